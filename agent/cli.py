@@ -1,0 +1,23 @@
+"""The ``autonas`` command: one Typer app that gathers the workers' commands."""
+
+from __future__ import annotations
+
+import typer
+
+from nas.cli import register as register_nas
+
+app = typer.Typer(
+    help="AutoNAS-CodeLM: architecture search, training, distillation and compression of tiny code LMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+register_nas(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

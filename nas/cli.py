@@ -1,0 +1,217 @@
+"""Command-line entry points of the ``nas`` worker: ``train`` and ``arch sample|show``.
+
+They are registered on the project's ``autonas`` app and also run bare as ``python -m nas ...`` on a
+machine that has only torch and the worker's own dependencies.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from nas.errors import UserError, describe_validation_error
+
+err_console = Console(stderr=True)
+console = Console()
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a :class:`UserError` as one line and exit 2 (never a traceback for bad input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except ValidationError as err:
+            err_console.print(f"[bold red]error:[/] {describe_validation_error(err)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _parse_size(text: str | None, what: str) -> int | None:
+    """``8`` / ``8MB`` / ``1.5e6`` -> int; MB for byte limits means 10^6 bytes."""
+    if text is None:
+        return None
+    t = text.strip().lower().removesuffix("b").removesuffix("m") if what == "MB" else text.strip().lower()
+    try:
+        value = float(t)
+    except ValueError:
+        raise UserError(f"cannot read {what} value {text!r}") from None
+    if value <= 0:
+        raise UserError(f"{what} must be positive, got {text!r}")
+    return int(value * 1_000_000) if what == "MB" else int(value)
+
+
+def train_command(
+    arch: Annotated[Optional[Path], typer.Option(help="architecture JSON (default: the default ArchConfig)")] = None,
+    budget: Annotated[str, typer.Option(help="60s, 10m, 1h, or tokens: 500ktok, 2Mtok")] = "60s",
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/train-<arch hash>)")] = None,
+    tokenizer: Annotated[str, typer.Option(help="byte, or bpe:<vocab> (e.g. bpe:4096)")] = "byte",
+    corpus: Annotated[str, typer.Option(help="stdlib, a .jsonl/.parquet/.txt file, a folder of .py files, or a hub name")] = "stdlib",
+    text_field: Annotated[Optional[str], typer.Option(help="text column of a data-set corpus")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
+    lr: Annotated[float, typer.Option()] = 3e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the training step")] = False,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = 262_144,
+    checkpoint_every: Annotated[float, typer.Option(help="seconds between checkpoints")] = 60.0,
+    hf: Annotated[bool, typer.Option("--hf/--no-hf", help="also export a Hugging Face folder (Llama-family archs)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train one architecture under a budget; writes metrics.json, log.txt and model.safetensors."""
+    _train(**locals())
+
+
+@user_errors
+def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, corpus: str, text_field: str | None,
+           batch_size: int, grad_accum: int, lr: float, seed: int, device: str, compile: bool, eval_bytes: int,
+           checkpoint_every: float, hf: bool, overwrite: bool, quiet: bool) -> None:
+    from nas.budget import parse_budget
+    from nas.data import CorpusSpec, prepare_corpus
+    from nas.space import ArchConfig
+    from nas.tokenizer import parse_tokenizer_spec
+    from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
+
+    # Everything a user can get wrong is checked before anything is written.
+    parsed_budget = parse_budget(budget)
+    _, vocab = parse_tokenizer_spec(tokenizer)
+    arch_cfg = ArchConfig.load(arch) if arch is not None else ArchConfig(vocab_size=vocab)
+    cfg = TrainConfig.from_budget(parsed_budget, batch_size=batch_size, grad_accum=grad_accum, lr=lr, seed=seed,
+                                  device=device, compile=compile, eval_bytes=eval_bytes, checkpoint_every_s=checkpoint_every)
+    resolve_device(cfg.device)
+    spec = CorpusSpec(source=corpus, text_field=text_field)
+    out_dir = out or Path("runs") / f"train-{arch_cfg.short_hash()}"
+    with err_console.status(f"preparing corpus {corpus!r} with tokenizer {tokenizer} ..."):
+        data = prepare_corpus(spec, tokenizer)
+    trainer = Trainer(arch_cfg, data, cfg, out_dir, spec, tokenizer, log_to_console=not quiet)
+    prepare_run_dir(out_dir, overwrite=overwrite)
+    err_console.print(f"training {arch_cfg.describe()} for {parsed_budget.describe()} on {trainer.device} -> {out_dir}",
+                      highlight=False)
+    outcome = trainer.run()
+    if outcome.status == "interrupted":
+        err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
+        raise typer.Exit(130)
+    if outcome.status != "ok":
+        err_console.print(f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
+        raise typer.Exit(1)
+    if hf:
+        _export_hf_folder(out_dir, arch_cfg, data)
+    _print_metrics(outcome.metrics)
+
+
+def _export_hf_folder(out_dir: Path, arch_cfg: Any, data: Any) -> None:
+    from safetensors.torch import load_model
+
+    from nas.hf import export_blockers, export_hf
+    from nas.model import CodeLM
+
+    blockers = export_blockers(arch_cfg)
+    if blockers:
+        err_console.print(f"no Hugging Face export: {'; '.join(blockers)}", highlight=False)
+        return
+    model = CodeLM(arch_cfg)
+    load_model(model, str(out_dir / "model.safetensors"))
+    tok_json = getattr(data.tokenizer, "path", None)
+    export_hf(model, out_dir / "hf", tokenizer_json=tok_json, eos_id=data.tokenizer.eos_id)
+    err_console.print(f"Hugging Face folder: {out_dir / 'hf'}", highlight=False)
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    table = Table(title="metrics.json", show_header=False)
+    for key in ("val_bpb", "params", "params_non_embedding", "size_bytes_int8", "steps", "tokens_trained",
+                "tokens_per_s", "latency_ms_p50", "latency_ms_prefill_p50", "wall_s", "peak_mem_mb"):
+        if key in metrics:
+            v = metrics[key]
+            table.add_row(key, f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(table)
+
+
+arch_app = typer.Typer(help="Sample and inspect architectures.", no_args_is_help=True)
+
+
+@arch_app.command("sample")
+def arch_sample(
+    space: Annotated[str, typer.Option(help="default, tiny, or a JSON file of gene choices")] = "default",
+    n: Annotated[int, typer.Option("-n", min=1, help="how many")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_params: Annotated[Optional[str], typer.Option(help="e.g. 5e6")] = None,
+    max_mb: Annotated[Optional[str], typer.Option(help="max size in MB (10^6 bytes) at --dtype")] = None,
+    dtype: Annotated[str, typer.Option(help="dtype for --max-mb: int8, fp16, fp32")] = "int8",
+    vocab_size: Annotated[Optional[int], typer.Option(help="fix the vocabulary (e.g. to a BPE's size)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write the (first) architecture here")] = None,
+) -> None:
+    """Draw architectures from a search space, optionally under size constraints; prints JSON."""
+    _arch_sample(space, n, seed, max_params, max_mb, dtype, vocab_size, out)
+
+
+@user_errors
+def _arch_sample(space: str, n: int, seed: int, max_params: str | None, max_mb: str | None, dtype: str,
+                 vocab_size: int | None, out: Path | None) -> None:
+    from nas.space import ArchConstraints, get_space
+
+    sp = get_space(space)
+    if vocab_size is not None:
+        sp = sp.model_copy(update={"vocab_size": (vocab_size,)})
+    constraints = ArchConstraints(max_params=_parse_size(max_params, "parameter"), max_bytes=_parse_size(max_mb, "MB"),
+                                  bytes_dtype=dtype)  # type: ignore[arg-type]
+    rng = random.Random(seed)
+    archs = [sp.sample_feasible(rng, constraints) for _ in range(n)]
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(archs[0].to_json())
+        except OSError as err:
+            raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+    payload: Any = archs[0].model_dump() if n == 1 else [a.model_dump() for a in archs]
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+@arch_app.command("show")
+def arch_show(path: Annotated[Path, typer.Argument(help="architecture JSON")]) -> None:
+    """Size, cost and export status of an architecture."""
+    _arch_show(path)
+
+
+@user_errors
+def _arch_show(path: Path) -> None:
+    from nas.hf import export_blockers
+    from nas.metrics import arch_metrics
+    from nas.space import ArchConfig
+
+    arch = ArchConfig.load(path)
+    table = Table(title=f"{path}: {arch.describe()}", show_header=False)
+    for key, value in arch_metrics(arch).items():
+        table.add_row(key, f"{value:,}")
+    table.add_row("head_dim", str(arch.head_dim))
+    blockers = export_blockers(arch)
+    table.add_row("hf_export", "LlamaForCausalLM" if not blockers else "no: " + "; ".join(blockers))
+    table.add_row("arch_hash", arch.short_hash())
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the worker's commands to a Typer app."""
+    app.command("train")(train_command)
+    app.add_typer(arch_app, name="arch")
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer(help="nas worker: train and inspect small code LMs.", no_args_is_help=True, add_completion=False)
+    register(app)
+    return app

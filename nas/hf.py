@@ -1,0 +1,146 @@
+"""Hugging Face ``transformers`` export and import for Llama-family architectures.
+
+An ArchConfig with RMSNorm + SwiGLU + RoPE is exactly a ``LlamaForCausalLM``: the weights map one to one
+(our module names follow Llama's), so the exported folder loads with ``AutoModelForCausalLM`` anywhere.
+Other shapes (LayerNorm, GELU, learned positions) have no lossless Llama equivalent and are refused with
+the reason, instead of being exported approximately.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from nas.errors import UserError
+from nas.model import CodeLM
+from nas.space import ArchConfig
+
+
+class NotExportable(UserError):
+    """The architecture has no exact Hugging Face equivalent."""
+
+
+def export_blockers(arch: ArchConfig) -> list[str]:
+    """Why ``arch`` cannot be exported exactly (empty when it can)."""
+    reasons = []
+    if arch.norm != "rmsnorm":
+        reasons.append(f"norm={arch.norm} (Llama uses RMSNorm)")
+    if arch.activation != "swiglu":
+        reasons.append(f"activation={arch.activation} (Llama uses SwiGLU)")
+    if arch.pos != "rope":
+        reasons.append(f"pos={arch.pos} (Llama uses RoPE)")
+    return reasons
+
+
+def to_hf_config(arch: ArchConfig, eos_id: int | None = None):  # -> transformers.LlamaConfig
+    """The ``LlamaConfig`` that holds ``arch`` exactly; raises :class:`NotExportable` otherwise."""
+    from transformers import LlamaConfig
+
+    blockers = export_blockers(arch)
+    if blockers:
+        raise NotExportable("cannot export to Hugging Face Llama: " + "; ".join(blockers))
+    return LlamaConfig(
+        vocab_size=arch.vocab_size,
+        hidden_size=arch.d_model,
+        intermediate_size=arch.d_ff,
+        num_hidden_layers=arch.n_layers,
+        num_attention_heads=arch.n_heads,
+        num_key_value_heads=arch.n_kv_heads,
+        head_dim=arch.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=arch.context_length,
+        rms_norm_eps=arch.norm_eps,
+        tie_word_embeddings=arch.tie_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": float(arch.rope_theta)},
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+
+
+def _hf_state_dict(model: CodeLM) -> dict[str, torch.Tensor]:
+    """Our names -> Llama names (``model.`` prefix for the trunk); tied head stored once."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            if model.arch.tie_embeddings:
+                continue
+            out[name] = tensor
+        else:
+            out["model." + name] = tensor
+    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+
+def export_hf(model: CodeLM, out_dir: str | Path, tokenizer_json: str | Path | None = None, eos_id: int | None = None) -> Path:
+    """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads: config.json,
+    model.safetensors and, when given, the tokenizer (``tokenizer.json`` for ``PreTrainedTokenizerFast``)."""
+    from transformers import GenerationConfig
+
+    config = to_hf_config(model.arch, eos_id)
+    config.architectures = ["LlamaForCausalLM"]
+    config.dtype = "float32"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    GenerationConfig(eos_token_id=eos_id, bos_token_id=eos_id, pad_token_id=eos_id).save_pretrained(out)
+    save_file(_hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer_json is not None:
+        _save_hf_tokenizer(Path(tokenizer_json), out, eos_id)
+    return out
+
+
+def _save_hf_tokenizer(tokenizer_json: Path, out: Path, eos_id: int | None) -> None:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    eos = tok.id_to_token(eos_id) if eos_id is not None else None
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=eos)
+    fast.save_pretrained(out)
+
+
+def arch_from_hf_config(config) -> ArchConfig:  # config: transformers.LlamaConfig
+    """The ArchConfig of a Llama-family Hugging Face config (for loading teachers and exported models)."""
+    if getattr(config, "model_type", "") != "llama":
+        raise UserError(f"only Llama-family models map onto an ArchConfig, got model_type={config.model_type!r}")
+    rope = getattr(config, "rope_parameters", None) or {}
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim * config.num_attention_heads != config.hidden_size:
+        raise UserError("head_dim * num_attention_heads != hidden_size: not representable as an ArchConfig")
+    return ArchConfig(
+        n_layers=config.num_hidden_layers,
+        d_model=config.hidden_size,
+        n_heads=config.num_attention_heads,
+        n_kv_heads=config.num_key_value_heads or config.num_attention_heads,
+        d_ff=config.intermediate_size,
+        activation="swiglu",
+        norm="rmsnorm",
+        pos="rope",
+        tie_embeddings=bool(config.tie_word_embeddings),
+        vocab_size=config.vocab_size,
+        context_length=config.max_position_embeddings,
+        rope_theta=float(rope.get("rope_theta", 10000.0)),
+        norm_eps=float(config.rms_norm_eps),
+    )
+
+
+def load_hf_as_codelm(path: str | Path) -> CodeLM:
+    """Load an exported (or any Llama-family) HF folder into our CodeLM."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise UserError(f"not a Hugging Face model folder (no config.json): {p}")
+    arch = arch_from_hf_config(AutoConfig.from_pretrained(p))
+    hf = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+    sd = {k.removeprefix("model."): v for k, v in hf.state_dict().items()}
+    model = CodeLM(arch)
+    if arch.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+        sd["lm_head.weight"] = sd["embed_tokens.weight"]
+    model.load_state_dict(sd, strict=True)
+    return model

@@ -1,0 +1,166 @@
+"""Tokenizers: raw bytes (256 symbols) and byte-level BPE trained with Hugging Face ``tokenizers``.
+
+Both are lossless over UTF-8 and both know how many bytes of text each token stands for, which is what
+bits per byte needs to compare models across tokenizers. The document separator is a real token in both:
+byte 0 (NUL, which does not occur in source code) for the byte tokenizer, ``<|endoftext|>`` for BPE; it
+counts as one byte of text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from nas.errors import UserError
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+class Tokenizer(Protocol):
+    name: str
+    vocab_size: int
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+    def decode(self, ids: Iterable[int]) -> str: ...
+    def token_bytes(self) -> np.ndarray: ...
+    def fingerprint(self) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens. Vocab 256; NUL doubles as the document separator."""
+
+    name = "byte"
+    vocab_size = 256
+    eos_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(int(i) for i in ids if 0 < int(i) < 256).decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> np.ndarray:
+        return np.ones(256, dtype=np.int32)
+
+    def fingerprint(self) -> str:
+        return "byte"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte <-> printable-character table, which ByteLevel BPE uses."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+class BPETokenizer:
+    """A byte-level BPE tokenizer (``tokenizers.Tokenizer``) with a known byte length per token."""
+
+    def __init__(self, tok, path: Path | None = None):  # tok: tokenizers.Tokenizer
+        self._tok = tok
+        self.path = path
+        self.vocab_size = tok.get_vocab_size()
+        eos = tok.token_to_id(EOS_TOKEN)
+        if eos is None:
+            raise UserError(f"BPE tokenizer has no {EOS_TOKEN} token")
+        self.eos_id = int(eos)
+        self.name = f"bpe{self.vocab_size}"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        p = Path(path)
+        try:
+            return cls(HFTokenizer.from_file(str(p)), p)
+        except Exception as err:  # tokenizers raises plain Exception on bad JSON
+            raise UserError(f"cannot load tokenizer {p}: {err}") from None
+
+    def save(self, path: str | Path) -> None:
+        self._tok.save(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def token_bytes(self) -> np.ndarray:
+        out = np.zeros(self.vocab_size, dtype=np.int32)
+        for token, idx in self._tok.get_vocab(with_added_tokens=True).items():
+            if idx == self.eos_id:
+                out[idx] = 1
+            elif all(ch in _UNICODE_TO_BYTE for ch in token):
+                out[idx] = len(token)
+            else:  # another special token: never produced by encode on plain text
+                out[idx] = 0
+        return out
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
+    """Train a byte-level BPE of ``vocab_size`` tokens (256 byte symbols + merges + EOS)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise UserError(f"a BPE vocabulary needs more than the 256 byte symbols, got {vocab_size}")
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return BPETokenizer(tok)
+
+
+_SPEC = re.compile(r"^(byte|bpe)(?::?(\d+)(k?))?$")
+
+
+def parse_tokenizer_spec(spec: str) -> tuple[str, int]:
+    """``byte`` -> ("byte", 256); ``bpe:4096`` / ``bpe4k`` -> ("bpe", 4096)."""
+    m = _SPEC.match(spec.strip().lower())
+    if not m:
+        raise UserError(f"unknown tokenizer {spec!r}: use 'byte' or 'bpe:<vocab size>' (e.g. bpe:4096, bpe8k)")
+    kind, num, k = m.groups()
+    if kind == "byte":
+        if num:
+            raise UserError(f"the byte tokenizer has a fixed vocabulary of 256: {spec!r}")
+        return "byte", 256
+    if not num:
+        raise UserError(f"BPE needs a vocabulary size: {spec!r} (e.g. bpe:4096)")
+    size = int(num) * (1024 if k else 1)
+    if size < 257 or size > 65535:
+        raise UserError(f"BPE vocabulary size must be between 257 and 65535, got {size}")
+    return "bpe", size
