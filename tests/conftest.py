@@ -1,0 +1,38 @@
+"""Shared fixtures: an isolated token cache and a small real corpus made from standard-library files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nas.data import stdlib_dir
+
+SMALL_CORPUS_FILES = [
+    "json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "json/tool.py",
+    "textwrap.py", "string.py", "shlex.py", "fnmatch.py", "glob.py", "heapq.py", "bisect.py",
+    "colorsys.py", "keyword.py", "numbers.py", "queue.py", "sched.py", "stat.py", "this.py", "token.py",
+    "csv.py", "difflib.py", "getopt.py", "gettext.py", "graphlib.py",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test session tokenizes into its own cache, never the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUTONAS_CACHE", str(tmp_path_factory.mktemp("autonas-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def small_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~25 real Python files (about 300 KB) copied from the standard library."""
+    root = tmp_path_factory.mktemp("corpus")
+    src = stdlib_dir()
+    for rel in SMALL_CORPUS_FILES:
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / rel, target)
+    return root
