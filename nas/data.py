@@ -211,7 +211,7 @@ def _token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint8) if vocab_size <= 256 else (np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32))
 
 
-def _tokenize_docs(tok: Tokenizer, docs: list[Document], dtype: np.dtype) -> np.ndarray:
+def tokenize_documents(tok: Tokenizer, docs: list[Document], dtype: np.dtype) -> np.ndarray:
     """Each document followed by the separator, concatenated."""
     if isinstance(tok, ByteTokenizer):
         sep = bytes([tok.eos_id])
@@ -270,7 +270,7 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "dtype": dtype.name, "source": spec.source, "splits": {}}
         for split in SPLITS:
-            arr = _tokenize_docs(tok, parts[split], dtype)
+            arr = tokenize_documents(tok, parts[split], dtype)
             _atomic_write_array(directory / f"{split}.bin", arr)
             meta["splits"][split] = {
                 "tokens": int(arr.size),

@@ -248,6 +248,9 @@ class Trainer:
         else:
             _write_json_atomic(self.out / "run.json", self._run_record())
             (self.out / "arch.json").write_text(self.arch.to_json())
+            tok_path = getattr(self.corpus.tokenizer, "path", None)
+            if tok_path is not None:  # a run folder is self-contained: its model is usable without the cache
+                shutil.copyfile(tok_path, self.out / "tokenizer.json")
             self._log(f"start {self.arch.describe()} on {device}, budget {cfg.budget_s or '-'} s / {cfg.budget_tokens or '-'} tokens")
         step_fn = torch.compile(model) if cfg.compile else model
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.arch.context_length

@@ -236,3 +236,17 @@ def test_arch_cli_sample_and_show(tmp_path):
     assert shown.exit_code == 0 and arch.short_hash() in shown.output
     impossible = _cli(["arch", "sample", "--max-params", "10"])
     assert impossible.exit_code == 2 and "no architecture in the search space fits" in impossible.output
+
+
+def test_bpe_run_folder_carries_its_tokenizer(tmp_path, small_corpus_dir):
+    from nas.tokenizer import BPETokenizer
+
+    spec = CorpusSpec(source=str(small_corpus_dir))
+    corpus = prepare_corpus(spec, "bpe:512")
+    arch = TINY.model_copy(update={"vocab_size": 512})
+    out = tmp_path / "run"
+    prepare_run_dir(out)
+    outcome = Trainer(arch, corpus, _cfg(budget_tokens=5 * 8 * 64), out, spec, "bpe:512", log_to_console=False).run()
+    assert outcome.status == "ok" and outcome.metrics["tokenizer"] == "bpe512"
+    tok = BPETokenizer.load(out / "tokenizer.json")
+    assert tok.fingerprint() == corpus.tokenizer.fingerprint()
