@@ -64,8 +64,12 @@ def stdlib_dir() -> Path:
 
 
 def _source_files(root: Path) -> list[Path]:
+    """Source files under ``root``, sorted; installed packages and caches are pruned, not walked."""
     skip = {"site-packages", "dist-packages", "__pycache__"}
-    files = [p for p in root.rglob("*") if p.suffix in CODE_SUFFIXES and p.is_file() and not skip & set(p.relative_to(root).parts)]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".")]
+        files.extend(Path(dirpath) / f for f in filenames if f.endswith(CODE_SUFFIXES))
     return sorted(files)
 
 
@@ -255,10 +259,71 @@ def get_tokenizer(spec: str, train_docs: list[Document], corpus_fp: str) -> Toke
     return BPETokenizer.load(path)
 
 
+def _source_signature(spec: CorpusSpec, tokenizer: str) -> str | None:
+    """A cheap identity of a local corpus (names, sizes, mtimes) so a cached run skips reading it.
+
+    None for hub data sets, which are always loaded (datasets keeps its own cache).
+    """
+    h = hashlib.sha256(f"{spec.model_dump_json()}|{tokenizer}".encode())
+    path = Path(spec.source)
+    if spec.source == "stdlib":
+        root: Path | None = stdlib_dir()
+        h.update(sys.version.encode())
+    elif path.is_dir():
+        root = path
+    elif path.is_file():
+        st = path.stat()
+        h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:24]
+    else:
+        return None
+    h.update(str(root.resolve()).encode())
+    for p in _source_files(root):
+        st = p.stat()
+        h.update(f"{p.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _load_tokenizer_file(kind: str, path: str | None) -> Tokenizer:
+    return ByteTokenizer() if kind == "byte" else BPETokenizer.load(str(path))
+
+
+def _open_tokenized(directory: Path, tok: Tokenizer, fp: str) -> TokenizedCorpus:
+    meta = json.loads((directory / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    splits = {}
+    for split in SPLITS:
+        n = meta["splits"][split]["tokens"]
+        splits[split] = np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
+    return TokenizedCorpus(
+        tokenizer=tok,
+        splits=splits,
+        token_bytes=tok.token_bytes(),
+        directory=directory,
+        corpus_fingerprint=fp,
+        documents={s: meta["splits"][s]["documents"] for s in SPLITS},
+        text_bytes={s: meta["splits"][s]["text_bytes"] for s in SPLITS},
+    )
+
+
 def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> TokenizedCorpus:
-    """Load, split and tokenize a corpus, or reuse the cached arrays from an earlier call."""
+    """Load, split and tokenize a corpus, or reuse the cached arrays from an earlier call.
+
+    A local corpus whose files are unchanged (same names, sizes and mtimes) is served from the cache
+    without being read again, which keeps the start of every search trial short.
+    """
     spec = spec or CorpusSpec()
-    parse_tokenizer_spec(tokenizer)  # fail fast on a bad name, before reading any corpus
+    kind, _ = parse_tokenizer_spec(tokenizer)  # fail fast on a bad name, before reading any corpus
+    signature = _source_signature(spec, tokenizer)
+    index = cache_root() / "index" / f"{signature}.json" if signature else None
+    if index is not None and index.is_file():
+        try:
+            entry = json.loads(index.read_text())
+            directory = Path(entry["directory"])
+            if (directory / "meta.json").is_file():
+                return _open_tokenized(directory, _load_tokenizer_file(kind, entry.get("tokenizer_path")), entry["corpus_fingerprint"])
+        except (ValueError, KeyError, OSError, UserError):
+            pass  # a stale or damaged index entry: rebuild below
     docs = load_documents(spec)
     fp = corpus_fingerprint(spec, docs)
     parts = split_documents(docs, spec)
@@ -278,17 +343,9 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
                 "text_bytes": int(sum(len(d.text.encode("utf-8")) + 1 for d in parts[split])),
             }
         _atomic_write_text(meta_path, json.dumps(meta, indent=2))
-    meta = json.loads(meta_path.read_text())
-    splits = {}
-    for split in SPLITS:
-        n = meta["splits"][split]["tokens"]
-        splits[split] = np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
-    return TokenizedCorpus(
-        tokenizer=tok,
-        splits=splits,
-        token_bytes=tok.token_bytes(),
-        directory=directory,
-        corpus_fingerprint=fp,
-        documents={s: meta["splits"][s]["documents"] for s in SPLITS},
-        text_bytes={s: meta["splits"][s]["text_bytes"] for s in SPLITS},
-    )
+    if index is not None:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tok_path = getattr(tok, "path", None)
+        _atomic_write_text(index, json.dumps({"directory": str(directory), "corpus_fingerprint": fp,
+                                              "tokenizer_path": str(tok_path) if tok_path else None}))
+    return _open_tokenized(directory, tok, fp)
