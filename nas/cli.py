@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from nas.data import CorpusSpec
 from nas.errors import UserError, describe_validation_error
 
 err_console = Console(stderr=True)
@@ -83,7 +84,7 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
            batch_size: int, grad_accum: int, lr: float, seed: int, device: str, compile: bool, eval_bytes: int,
            checkpoint_every: float, hf: bool, overwrite: bool, quiet: bool) -> None:
     from nas.budget import parse_budget
-    from nas.data import CorpusSpec, prepare_corpus
+    from nas.data import prepare_corpus
     from nas.space import ArchConfig
     from nas.tokenizer import parse_tokenizer_spec
     from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
@@ -205,10 +206,78 @@ def _arch_show(path: Path) -> None:
     console.print(table)
 
 
+search_app = typer.Typer(help="Architecture search.", no_args_is_help=True)
+
+
+@search_app.command("search")
+def search_command(
+    out: Annotated[Path, typer.Option(help="search folder: results.tsv, pareto.json, pareto.png, best/, trials/")] = Path("runs/search"),
+    space: Annotated[str, typer.Option(help="default, tiny, or a JSON file of gene choices")] = "default",
+    objectives: Annotated[str, typer.Option(help="bpb plus any of bytes_int8, bytes_fp16, params, latency")] = "bpb,bytes_int8",
+    strategy: Annotated[str, typer.Option(help="nsga2, evolution or random")] = "nsga2",
+    trials: Annotated[Optional[int], typer.Option(min=1, help="stage-1 trainings")] = None,
+    budget: Annotated[Optional[str], typer.Option(help="wall-clock budget of the search, e.g. 1h")] = None,
+    stage1: Annotated[str, typer.Option(help="stage-1 training budget per trial (30s, 200ktok)")] = "30s",
+    stage2: Annotated[str, typer.Option(help="stage-2 budget for promoted trials; 'none' to skip")] = "120s",
+    eta: Annotated[int, typer.Option(min=2, help="promote the best 1/eta")] = 3,
+    stage2_max: Annotated[int, typer.Option(min=0)] = 4,
+    max_mb: Annotated[Optional[float], typer.Option(help="hard size limit in MB (10^6 bytes)")] = None,
+    bytes_dtype: Annotated[str, typer.Option(help="dtype of --max-mb: int8, fp16, fp32")] = "int8",
+    max_params: Annotated[Optional[str], typer.Option(help="hard parameter limit, e.g. 5e6")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help="hard per-token decode latency limit (ms, this machine)")] = None,
+    screen: Annotated[bool, typer.Option("--screen/--no-screen", help="zero-cost proxy screening")] = True,
+    screen_proxy: Annotated[str, typer.Option()] = "params_non_embedding",
+    population: Annotated[int, typer.Option(min=2)] = 12,
+    seed: Annotated[int, typer.Option()] = 0,
+    executor: Annotated[str, typer.Option(help="local or ray")] = "local",
+    workers: Annotated[Optional[int], typer.Option(min=1, help="local CPU worker processes")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="HOST:PORT of a Ray cluster, or 'local'")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL or journal file (default OUT/study.journal)")] = None,
+    study_name: Annotated[str, typer.Option()] = "search",
+    resume: Annotated[bool, typer.Option(help="continue the study stored for --out")] = False,
+    tokenizer: Annotated[str, typer.Option()] = "byte",
+    corpus: Annotated[str, typer.Option()] = "stdlib",
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    eval_bytes: Annotated[int, typer.Option(min=1)] = 131_072,
+    quiet: Annotated[bool, typer.Option(help="no live table")] = False,
+) -> None:
+    """Multi-objective, multi-fidelity architecture search (resumable with --resume)."""
+    _search(**locals())
+
+
+@user_errors
+def _search(**kw: Any) -> None:
+    from nas.objectives import SearchLimits
+    from nas.search import Search, SearchConfig
+
+    limits = SearchLimits(max_mb=kw["max_mb"], bytes_dtype=kw["bytes_dtype"], max_params=_parse_size(kw["max_params"], "parameter"),
+                          max_latency_ms=kw["max_latency_ms"])
+    cfg = SearchConfig(
+        out=str(kw["out"]), space=kw["space"], objectives=kw["objectives"], strategy=kw["strategy"], limits=limits,
+        trials=kw["trials"], budget=kw["budget"], stage1_budget=kw["stage1"],
+        stage2_budget=None if kw["stage2"].lower() == "none" else kw["stage2"], eta=kw["eta"], stage2_max=kw["stage2_max"],
+        screen=kw["screen"], screen_proxy=kw["screen_proxy"], population=kw["population"], seed=kw["seed"],
+        executor=kw["executor"], workers=kw["workers"], ray_address=kw["ray_address"], storage=kw["storage"],
+        study_name=kw["study_name"], corpus=CorpusSpec(source=kw["corpus"]), tokenizer=kw["tokenizer"],
+        batch_size=kw["batch_size"], eval_bytes=kw["eval_bytes"],
+    )
+    summary = Search(cfg, resume=kw["resume"], live=not kw["quiet"]).run()
+    console.print()
+    table = Table(title=f"Pareto front (stage {summary['stage_of_front']}), {kw['out']}/pareto.json")
+    for name in summary["objectives"]:
+        table.add_column(name, justify="right")
+    table.add_column("trial", justify="right")
+    table.add_column("architecture")
+    for m in summary["front"]:
+        table.add_row(*(f"{m['objectives'][n]:.4g}" for n in summary["objectives"]), str(m["trial"]), m["describe"])
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the worker's commands to a Typer app."""
     app.command("train")(train_command)
     app.add_typer(arch_app, name="arch")
+    app.add_typer(search_app, name="nas")
 
 
 def make_app() -> typer.Typer:

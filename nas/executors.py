@@ -1,0 +1,296 @@
+"""Where trials run: long-lived local worker processes (one per GPU, else CPU processes) or Ray tasks.
+
+Both take a :class:`~nas.trial.TrialSpec`, run :func:`~nas.trial.run_trial` and hand back a
+:class:`~nas.trial.TrialResult`, so the search and its result files do not depend on the executor.
+
+Local workers (``python -m nas.worker``) are started once and reused, so a trial does not pay for Python and torch start-up
+(about two seconds here); each runs in a process group of its own, and a trial past its time limit has
+its worker's whole group killed (never processes found by name: other jobs share the machine) and the
+worker replaced. A worker that dies (the kernel's OOM killer, a segfault) fails only its trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any, Protocol
+
+from nas.errors import UserError
+from nas.trial import RESULT_FILES, TrialResult, TrialSpec
+
+
+class Executor(Protocol):
+    slots: int
+
+    def free_slots(self) -> int: ...
+    def submit(self, spec: TrialSpec) -> None: ...
+    def wait(self, timeout: float | None = None) -> list[TrialResult]: ...
+    def shutdown(self) -> None: ...
+
+
+@dataclass
+class _Worker:
+    """One ``python -m nas.worker`` process in a session (process group) of its own."""
+
+    device: str
+    env: dict[str, str]
+    log_path: str | None = None
+    process: subprocess.Popen | None = None
+    spec: TrialSpec | None = None
+    started: float = 0.0
+    deadline: float | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nas.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            env={**os.environ, **self.env}, start_new_session=True, text=True, bufsize=1,
+        )
+        if log is not subprocess.DEVNULL:
+            log.close()
+        self.ready = False
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.process.kill()
+        self.process.wait(timeout=10)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+        self.process = None
+
+
+class LocalExecutor:
+    """One worker per visible GPU, else ``workers`` CPU processes sharing the cores evenly."""
+
+    def __init__(self, workers: int | None = None, devices: list[str] | None = None, log_path: str | None = None):
+        import torch
+
+        if devices is None:
+            if torch.cuda.is_available():
+                devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            else:
+                devices = ["cpu"] * (workers or 1)
+        if not devices:
+            raise UserError("no devices to run trials on")
+        threads = max(1, (os.cpu_count() or 1) // len(devices))
+        self.workers: list[_Worker] = []
+        for dev in devices:
+            env = {"OMP_NUM_THREADS": str(threads), "AUTONAS_WORKER_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+            if dev.startswith("cuda"):
+                env["CUDA_VISIBLE_DEVICES"] = dev.split(":")[1] if ":" in dev else "0"
+            self.workers.append(_Worker(device="cuda" if dev.startswith("cuda") else "cpu", env=env, log_path=log_path))
+        for w in self.workers:
+            w.start()
+        self.slots = len(self.workers)
+
+    def free_slots(self) -> int:
+        return sum(1 for w in self.workers if w.spec is None)
+
+    def submit(self, spec: TrialSpec) -> None:
+        worker = next((w for w in self.workers if w.spec is None), None)
+        if worker is None:
+            raise RuntimeError("no free worker: call wait() first")
+        if not worker.alive():
+            worker.kill()
+            worker.start()
+        spec = spec.model_copy(update={"device": worker.device})
+        worker.spec, worker.started = spec, time.monotonic()
+        worker.deadline = worker.started + spec.time_limit_s if spec.time_limit_s else None
+        assert worker.process is not None and worker.process.stdin is not None
+        worker.process.stdin.write(spec.model_dump_json() + "\n")
+        worker.process.stdin.flush()
+
+    def _replace(self, worker: _Worker, status: str, reason: str) -> TrialResult:
+        spec = worker.spec
+        assert spec is not None
+        worker.kill()
+        worker.start()
+        worker.spec = None
+        return TrialResult(number=spec.number, stage=spec.stage, status=status, reason=reason,  # type: ignore[arg-type]
+                           run_s=time.monotonic() - worker.started)
+
+    def _read(self, worker: _Worker) -> TrialResult | None:
+        """The worker's next result line; None while it only reported being ready."""
+        assert worker.process is not None and worker.process.stdout is not None
+        line = worker.process.stdout.readline()
+        if line.strip() == "ready":
+            return None
+        if not line:
+            worker.process.wait(timeout=10)
+            code = worker.process.returncode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            return self._replace(worker, "crashed", f"worker process died ({how}); running out of memory is the usual cause")
+        result = TrialResult.model_validate_json(line)
+        worker.spec = None
+        return result
+
+    def wait(self, timeout: float | None = None) -> list[TrialResult]:
+        """Results of trials that finished within ``timeout`` seconds (possibly none)."""
+        out: list[TrialResult] = []
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            busy = [w for w in self.workers if w.spec is not None]
+            if not busy:
+                return out
+            now = time.monotonic()
+            limits = [w.deadline - now for w in busy if w.deadline is not None]
+            if end is not None:
+                limits.append(end - now)
+            limit = max(0.0, min(limits)) if limits else None
+            streams = {w.process.stdout: w for w in busy if w.process is not None and w.process.stdout is not None}
+            for stream in wait(list(streams), timeout=limit):
+                result = self._read(streams[stream])  # type: ignore[index]
+                if result is not None:
+                    out.append(result)
+            for w in busy:
+                if w.spec is not None and w.deadline is not None and time.monotonic() >= w.deadline:
+                    out.append(self._replace(w, "timeout", f"no result within the trial time limit of {w.spec.time_limit_s:.0f} s"))
+            if out or (end is not None and time.monotonic() >= end):
+                return out
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            if w.process is not None and w.process.stdin is not None and w.spec is None and w.alive():
+                try:
+                    w.process.stdin.close()
+                    w.process.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            w.kill()
+
+
+def _ray_run(spec_json: str, threads: int) -> str:
+    import torch
+
+    from nas.trial import run_trial
+
+    torch.set_num_threads(max(1, threads))
+    return run_trial(TrialSpec.model_validate_json(spec_json), include_files=True).model_dump_json()
+
+
+class RayExecutor:
+    """Trials as Ray tasks on an existing cluster (``address``), or a local one (``address='local'``).
+
+    Each task asks for ``gpus_per_trial`` GPUs (default: 1 where the cluster has GPUs) and
+    ``cpus_per_trial`` CPUs; Ray places it. Workers write the trial folder themselves when they share the
+    driver's disk; otherwise the small result files come back with the result and are written here.
+    """
+
+    def __init__(self, address: str, cpus_per_trial: int = 1, gpus_per_trial: float | None = None, connect_timeout_s: float = 30.0):
+        try:
+            import ray
+        except ImportError:
+            raise UserError("the ray executor needs the 'ray' package: pip install ray") from None
+        self.ray = ray
+        os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(int(connect_timeout_s)))
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
+                                  "configure_logging": False}
+        if address != "local":
+            _check_reachable(address, connect_timeout_s)
+        loopback = address == "local" or _host(address) in ("127.0.0.1", "localhost", "::1")
+        if loopback:  # keep a one-machine cluster on the loopback interface
+            kwargs["_node_ip_address"] = "127.0.0.1"
+        try:
+            if address == "local":
+                ray.init(num_cpus=os.cpu_count(), **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except Exception as err:  # ray raises ConnectionError, RuntimeError, ValueError ... for a bad address
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"cannot connect to the Ray cluster at {address!r}: {first[:200]}") from None
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0)
+        self.gpus_per_trial = gpus_per_trial if gpus_per_trial is not None else (1.0 if gpus >= 1 else 0.0)
+        self.cpus_per_trial = cpus_per_trial
+        by_cpu = int(resources.get("CPU", 1) // max(cpus_per_trial, 1))
+        self.slots = max(1, int(gpus // self.gpus_per_trial) if self.gpus_per_trial else by_cpu)
+        self._remote = ray.remote(_ray_run).options(num_cpus=cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0)
+        self._running: dict[Any, tuple[TrialSpec, float]] = {}
+
+    def free_slots(self) -> int:
+        return self.slots - len(self._running)
+
+    def submit(self, spec: TrialSpec) -> None:
+        spec = spec.model_copy(update={"device": "auto"})
+        ref = self._remote.remote(spec.model_dump_json(), self.cpus_per_trial)
+        self._running[ref] = (spec, time.monotonic())
+
+    def wait(self, timeout: float | None = None) -> list[TrialResult]:
+        if not self._running:
+            return []
+        now = time.monotonic()
+        deadlines = [start + spec.time_limit_s - now for spec, start in self._running.values() if spec.time_limit_s]
+        limit = min([timeout] + deadlines) if timeout is not None and deadlines else (timeout if not deadlines else min(deadlines))
+        ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=None if limit is None else max(0.0, limit))
+        out = []
+        for ref in ready:
+            spec, start = self._running.pop(ref)
+            try:
+                result = TrialResult.model_validate_json(self.ray.get(ref))
+            except Exception as err:  # the task's worker died
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                result = TrialResult(number=spec.number, stage=spec.stage, status="crashed", reason=f"ray task failed: {first[:300]}",
+                                     run_s=time.monotonic() - start)
+            _write_missing_files(spec, result)
+            out.append(result)
+        for ref, (spec, start) in list(self._running.items()):
+            if spec.time_limit_s and time.monotonic() - start >= spec.time_limit_s:
+                self.ray.cancel(ref, force=True)
+                self._running.pop(ref)
+                out.append(TrialResult(number=spec.number, stage=spec.stage, status="timeout",
+                                       reason=f"no result within the trial time limit of {spec.time_limit_s:.0f} s",
+                                       run_s=time.monotonic() - start))
+        return out
+
+    def shutdown(self) -> None:
+        for ref in list(self._running):
+            self.ray.cancel(ref, force=True)
+        self._running.clear()
+        self.ray.shutdown()
+
+
+def _host(address: str) -> str:
+    return address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """Fail in seconds on a wrong address (ray.init itself retries for minutes)."""
+    import socket
+
+    rest = address.split("://", 1)[-1]
+    if ":" not in rest:
+        raise UserError(f"Ray address {address!r} needs a port (host:port), or use 'local'")
+    host, port = rest.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 5.0)):
+            pass
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
+
+
+def _write_missing_files(spec: TrialSpec, result: TrialResult) -> None:
+    from pathlib import Path
+
+    out = Path(spec.out_dir)
+    if not result.files or (out / "metrics.json").is_file():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in result.files.items():
+        if name in RESULT_FILES:
+            (out / name).write_text(text)
+    result.files = {}

@@ -1,0 +1,101 @@
+"""One search trial: train an architecture at one fidelity and report its metrics.
+
+``run_trial`` is what every executor runs, in a worker process of its own (local) or a Ray worker, so a
+trial's outcome does not depend on where it ran. A trial folder whose ``metrics.json`` already exists is
+read back instead of retrained (so a resumed search repeats no finished work), and one with a checkpoint
+continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nas.data import CorpusSpec
+from nas.errors import UserError
+from nas.space import ArchConfig
+
+Status = Literal["ok", "diverged", "failed", "timeout", "crashed", "interrupted"]
+RESULT_FILES = ("metrics.json", "log.txt", "arch.json", "run.json")
+
+
+class TrialSpec(BaseModel):
+    """Everything a worker needs to run a trial (JSON-serialisable, sent across processes/machines)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    number: int
+    stage: int = Field(1, ge=1)
+    arch: ArchConfig
+    budget: str
+    out_dir: str
+    corpus: CorpusSpec = CorpusSpec()
+    tokenizer: str = "byte"
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+    device: str = "auto"
+    eval_bytes: int = 262_144
+    time_limit_s: float | None = None
+    measure_latency: bool = True
+
+
+class TrialResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    number: int
+    stage: int
+    status: Status
+    reason: str = ""
+    metrics: dict[str, Any] = {}
+    run_s: float = 0.0  # time inside run_trial (training + eval + set-up in the worker)
+    files: dict[str, str] = {}  # small result files, for executors whose workers do not share the disk
+
+
+@lru_cache(maxsize=4)
+def _corpus(spec_json: str, tokenizer: str):  # -> TokenizedCorpus, kept per worker process
+    from nas.data import prepare_corpus
+
+    return prepare_corpus(CorpusSpec.model_validate_json(spec_json), tokenizer)
+
+
+def _read_files(out: Path) -> dict[str, str]:
+    return {name: (out / name).read_text() for name in RESULT_FILES if (out / name).is_file()}
+
+
+def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
+    """Train ``spec.arch`` for ``spec.budget`` into ``spec.out_dir``; never raises for a bad trial."""
+    from nas.budget import parse_budget
+    from nas.train import METRICS_FILE, Trainer, TrainConfig, prepare_run_dir
+
+    t0 = time.perf_counter()
+    out = Path(spec.out_dir)
+
+    def result(status: Status, reason: str = "", metrics: dict[str, Any] | None = None) -> TrialResult:
+        return TrialResult(number=spec.number, stage=spec.stage, status=status, reason=reason, metrics=metrics or {},
+                           run_s=time.perf_counter() - t0, files=_read_files(out) if include_files else {})
+
+    if (out / METRICS_FILE).is_file():  # finished before a crash of the search: reuse, do not retrain
+        metrics = json.loads((out / METRICS_FILE).read_text())
+        return result(metrics.get("status", "ok"), metrics.get("fail_reason", ""), metrics)
+    try:
+        corpus = _corpus(spec.corpus.model_dump_json(), spec.tokenizer)
+        cfg = TrainConfig.from_budget(parse_budget(spec.budget), batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
+                                      device=spec.device, eval_bytes=spec.eval_bytes, measure_latency=spec.measure_latency,
+                                      checkpoint_every_s=30.0)
+        prepare_run_dir(out)
+        outcome = Trainer(spec.arch, corpus, cfg, out, spec.corpus, spec.tokenizer, log_to_console=False).run()
+    except UserError as err:
+        return result("failed", str(err))
+    except (RuntimeError, MemoryError) as err:  # CUDA / CPU out of memory, shape errors of exotic configs
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        kind = "out of memory" if "out of memory" in text.lower() or isinstance(err, MemoryError) else "runtime error"
+        (out / "error.txt").write_text(traceback.format_exc()) if out.is_dir() else None
+        return result("failed", f"{kind}: {text[:300]}")
+    return result(outcome.status, outcome.reason, outcome.metrics)
