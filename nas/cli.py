@@ -255,7 +255,7 @@ def _search(**kw: Any) -> None:
     cfg = SearchConfig(
         out=str(kw["out"]), space=kw["space"], objectives=kw["objectives"], strategy=kw["strategy"], limits=limits,
         trials=kw["trials"], budget=kw["budget"], stage1_budget=kw["stage1"],
-        stage2_budget=None if kw["stage2"].lower() == "none" else kw["stage2"], eta=kw["eta"], stage2_max=kw["stage2_max"],
+        stage2_budget=kw["stage2"], eta=kw["eta"], stage2_max=kw["stage2_max"],
         screen=kw["screen"], screen_proxy=kw["screen_proxy"], population=kw["population"], seed=kw["seed"],
         executor=kw["executor"], workers=kw["workers"], ray_address=kw["ray_address"], storage=kw["storage"],
         study_name=kw["study_name"], corpus=CorpusSpec(source=kw["corpus"]), tokenizer=kw["tokenizer"],

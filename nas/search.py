@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nas.budget import parse_budget
 from nas.data import CorpusSpec
@@ -45,6 +45,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 Strategy = Literal["nsga2", "evolution", "random"]
 STOP_FILE = "STOP"
+TRAINED_STATUSES = ("ok", "diverged", "failed", "timeout", "crashed", "interrupted")
 
 
 class SearchConfig(BaseModel):
@@ -83,6 +84,11 @@ class SearchConfig(BaseModel):
     eval_bytes: int = Field(131_072, gt=0)
     trial_timeout_s: float = Field(1800.0, gt=0, description="limit for token-budget trials")
     export_hf: bool = True
+
+    @field_validator("stage2_budget", mode="before")
+    @classmethod
+    def _none_means_no_stage2(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in ("", "none", "off", "0") else v
 
 
 @dataclass
@@ -301,24 +307,33 @@ class Search:
         return self.elapsed_before + (time.monotonic() - self.t_start)
 
     def _stage1_trained(self) -> int:
+        """Stage-1 trials that went to a worker and came back (whatever the outcome)."""
         return sum(1 for t in self.study.get_trials(deepcopy=False)
                    if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-                   and t.user_attrs.get("status") not in ("rejected", None))
+                   and t.user_attrs.get("status") in TRAINED_STATUSES)
 
     def _stop_requested(self) -> bool:
         return (self.out / STOP_FILE).exists()
 
-    def _stage1_open(self) -> bool:
+    def _stage1_time_left(self) -> bool:
         cfg = self.cfg
         if self._stop_requested():
-            return False
-        if cfg.trials is not None and self._stage1_trained() + len(self.running) + len(self.ready) >= cfg.trials:
             return False
         if cfg.budget is not None:
             share = 1 - cfg.stage2_share if cfg.stage2_budget and cfg.stage2_max else 1.0
             if self.elapsed() >= parse_budget(cfg.budget).seconds * share:  # type: ignore[operator]
                 return False
         return True
+
+    def _stage1_open(self) -> bool:
+        """May more candidates be asked for (the queue counts as planned work)?"""
+        limit = self.cfg.trials
+        return self._stage1_time_left() and (limit is None or self._stage1_trained() + len(self.running) + len(self.ready) < limit)
+
+    def _stage1_open_for_submit(self) -> bool:
+        """May a queued candidate start training?"""
+        limit = self.cfg.trials
+        return self._stage1_time_left() and (limit is None or self._stage1_trained() + len(self.running) < limit)
 
     def _resubmit_interrupted(self) -> None:
         """Trials a killed search left RUNNING: run them again (their folders resume or hold the result)."""
@@ -327,7 +342,7 @@ class Search:
                 arch_attr = t.user_attrs.get("arch")
                 trial = optuna.trial.Trial(study, t._trial_id)
                 if arch_attr is None:
-                    self._tell(study, trial, {"status": "failed", "reason": "interrupted before it was set up"}, None,
+                    self._tell(study, trial, {"status": "lost", "reason": "the search was killed while it was being sampled"}, None,
                                optuna.trial.TrialState.FAIL)
                     continue
                 arch = ArchConfig(**arch_attr)
@@ -371,12 +386,6 @@ class Search:
         cand = self.ready.popleft()
         return cand.trial.number, cand.arch
 
-    def _stage1_open_for_submit(self) -> bool:
-        cfg = self.cfg
-        if cfg.trials is not None and self._stage1_trained() + len(self.running) >= cfg.trials:
-            return False
-        return not self._stop_requested()
-
     def _promotions(self) -> list[tuple[int, ArchConfig]]:
         """The best 1/eta of stage 1 by Pareto rank (then crowding), at most stage2_max, not yet promoted."""
         if not self.cfg.stage2_budget or self.cfg.stage2_max == 0:
@@ -405,11 +414,7 @@ class Search:
         from nas.executors import LocalExecutor, RayExecutor
 
         self.out.mkdir(parents=True, exist_ok=True)
-        self._open_studies()
-        self._proxy_batch()
-        self.t_start = time.monotonic()
-        self.pending: deque[tuple[int, int, ArchConfig]] = deque()
-        if self._executor is None:
+        if self._executor is None:  # connect first: a bad cluster address must not touch the study
             if self.cfg.executor == "ray":
                 if not self.cfg.ray_address:
                     raise UserError("--executor ray needs --ray-address HOST:PORT (or 'local' to start one here)")
@@ -417,10 +422,19 @@ class Search:
             else:
                 self._executor = LocalExecutor(workers=self.cfg.workers, log_path=str(self.out / "workers.log"))
         self.executor = self._executor
+        self.t_start = time.monotonic()
+        self.pending: deque[tuple[int, int, ArchConfig]] = deque()
+        self._live = None
+        try:
+            self._open_studies()
+            self._proxy_batch()
+        except BaseException:
+            self.executor.shutdown()
+            raise
         self._resubmit_interrupted()
         self._live_start()
         try:
-            while self.pending or self._stage1_open() or self.running:
+            while self.pending or self.running or self._stage1_open() or (self.ready and self._stage1_open_for_submit()):
                 self._fill(1, self._next_stage1)
                 if not self.running:
                     break
