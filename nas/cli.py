@@ -226,7 +226,7 @@ def search_command(
     max_params: Annotated[Optional[str], typer.Option(help="hard parameter limit, e.g. 5e6")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option(help="hard per-token decode latency limit (ms, this machine)")] = None,
     screen: Annotated[bool, typer.Option("--screen/--no-screen", help="zero-cost proxy screening")] = True,
-    screen_proxy: Annotated[str, typer.Option()] = "params_non_embedding",
+    screen_proxy: Annotated[str, typer.Option(help="proxy that ranks candidates at screening (best measured: synflow)")] = "synflow",
     population: Annotated[int, typer.Option(min=2)] = 12,
     seed: Annotated[int, typer.Option()] = 0,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",

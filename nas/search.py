@@ -66,7 +66,7 @@ class SearchConfig(BaseModel):
     stage2_max: int = Field(4, ge=0)
     stage2_share: float = Field(0.3, ge=0, lt=1, description="part of --budget kept for stage 2")
     screen: bool = True
-    screen_proxy: str = "params_non_embedding"
+    screen_proxy: str = "synflow"
     screen_batch: int = Field(6, ge=1)
     screen_keep: float = Field(0.5, gt=0, le=1)
     population: int = Field(12, ge=2)
