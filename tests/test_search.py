@@ -262,3 +262,18 @@ def test_corrupted_storage_file_is_a_clear_error(tmp_path, small_corpus_dir):
                                  "--corpus", str(small_corpus_dir), "--quiet"])
     assert result.exit_code == 2 and "corrupted" in result.output, result.output
     assert (out / "study.journal").read_bytes() == before
+
+
+def test_latency_limit_is_checked_on_the_untrained_model(tmp_path, small_corpus_dir):
+    from nas.errors import UserError
+
+    out = tmp_path / "s"
+    cfg = _cfg(out, small_corpus_dir, trials=1, screen_batch=2, limits=SearchLimits(max_latency_ms=1e-6))
+    with pytest.raises(UserError, match="limits reject almost every sampled architecture"):
+        Search(cfg, live=False).run()
+    rows = _rows(out) if (out / "results.tsv").exists() else []
+    study = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+    rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
+    assert len(rejected) >= 50 and not (out / "trials").exists() and not [r for r in rows if r["status"] == "ok"]
+    assert all("latency over the limit" in t.user_attrs["reason"] and t.user_attrs["metrics"]["latency_ms_p50"] > 0 for t in rejected)
