@@ -139,7 +139,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
                 "tokens_per_s", "latency_ms_p50", "latency_ms_prefill_p50", "wall_s", "peak_mem_mb"):
         if key in metrics:
             v = metrics[key]
-            table.add_row(key, f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+            table.add_row(key, (f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4f}") if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
     console.print(table)
 
 

@@ -165,6 +165,13 @@ class Search:
                                           sampler=optuna.samplers.RandomSampler(seed=cfg.seed), load_if_exists=True)
         if not self.resume:
             self.study.set_user_attr("config", json.loads(cfg.model_dump_json()))
+        else:
+            stored = self.study.user_attrs.get("config", {})
+            for key in ("space", "objectives", "tokenizer", "stage1_budget", "corpus"):
+                mine = json.loads(cfg.model_dump_json())[key]
+                if key in stored and stored[key] != mine:
+                    raise UserError(f"cannot resume with a different {key} ({mine!r}; the study was run with {stored[key]!r}): "
+                                    "start a new study in another --out instead")
         self.elapsed_before = float(self.study.user_attrs.get("elapsed_s", 0.0))
 
     def _proxy_batch(self) -> None:

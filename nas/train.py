@@ -334,6 +334,7 @@ class Trainer:
                 if time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s:
                     checkpoint()
                     last_ckpt = time.perf_counter()
+            progress_bar.update(progress(), state["step"], last_loss, state["tokens"] / max(state["train_s"], 1e-9))
         state["wall_s"] = wall_base + time.perf_counter() - wall_start
         state["compile_s"] = round(compile_s, 3)
         if status == "interrupted":

@@ -277,3 +277,15 @@ def test_latency_limit_is_checked_on_the_untrained_model(tmp_path, small_corpus_
     rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
     assert len(rejected) >= 50 and not (out / "trials").exists() and not [r for r in rows if r["status"] == "ok"]
     assert all("latency over the limit" in t.user_attrs["reason"] and t.user_attrs["metrics"]["latency_ms_p50"] > 0 for t in rejected)
+
+
+def test_wall_clock_budget_ends_the_search_and_resume_checks_the_config(tmp_path, small_corpus_dir):
+    from nas.errors import UserError
+
+    out = tmp_path / "s"
+    summary = Search(_cfg(out, small_corpus_dir, trials=None, budget="8s", stage1_budget="2s", screen=False), live=False).run()
+    ok = [r for r in _rows(out) if r["status"] == "ok"]
+    assert ok and summary["elapsed_s"] >= 8  # ran until the budget, then stopped on its own
+    assert not [r for r in _rows(out) if r["state"] == "running"]
+    with pytest.raises(UserError, match="cannot resume with a different objectives"):
+        Search(_cfg(out, small_corpus_dir, trials=None, budget="8s", objectives="bpb,params"), resume=True, live=False).run()
