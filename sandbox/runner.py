@@ -1,0 +1,87 @@
+"""Run a worker command as a subprocess under limits: wall clock, memory, and an environment without
+API keys. On timeout the worker's whole process group is killed (TERM, then KILL after a grace period);
+nothing is ever killed by name, since other jobs share the machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+SECRET_NAME = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|^ANTHROPIC_|^OPENAI_|^AWS_|^HF_TOKEN$)", re.IGNORECASE)
+
+
+def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The current environment minus anything that looks like a credential, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k)}
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    returncode: int | None
+    timed_out: bool
+    wall_s: float
+    signal: int | None  # the signal that ended the process, if any
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def _limits(memory_mb: int | None):  # -> preexec function
+    def apply() -> None:
+        if memory_mb is not None:
+            limit = memory_mb * 2**20
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def run_limited(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, timeout_s: float, memory_mb: int | None = None,
+                env: dict[str, str] | None = None, grace_s: float = 5.0) -> RunOutcome:
+    """Run ``cmd`` in its own session with stdout+stderr to ``log_path``; never raises for the worker's failures."""
+    t0 = time.monotonic()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(list(cmd), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=env if env is not None else scrubbed_env(), start_new_session=True,
+                                preexec_fn=_limits(memory_mb))
+        try:
+            proc.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc, grace_s)
+        finally:
+            _reap_group(proc.pid)
+    code = proc.returncode
+    return RunOutcome(returncode=code, timed_out=timed_out, wall_s=time.monotonic() - t0,
+                      signal=-code if code is not None and code < 0 else None)
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _reap_group(pgid: int) -> None:
+    """Children the worker left running in its group go too (its own session: nothing else is in it)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

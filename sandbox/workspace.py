@@ -1,0 +1,127 @@
+"""A run's git workspace: configs, results and journal on a branch ``autonas/<run-id>``.
+
+A kept experiment is one commit by the agent identity, its message saying what was tried, why, and the
+numbers as trailers (``val-bpb: 2.31``). A discarded experiment is reset, but its full diff is kept as a
+commit under ``refs/autonas/discarded/<id>`` (outside every branch), so a reviewer sees everything that
+was tried. ``results.tsv`` and ``journal.md`` are ignored by git: they record discards too and survive
+every reset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+
+class WorkspaceError(Exception):
+    """A workspace problem the user can fix (foreign changes, missing branch); one line for the CLI."""
+
+
+AGENT = git.Actor("AutoNAS agent", "agent@autonas.local")
+IGNORED = ("results.tsv", "journal.md", "runs/", "*.safetensors", "__pycache__/")
+
+
+@dataclass(frozen=True)
+class ExperimentCommit:
+    sha: str
+    title: str
+    trailers: dict[str, str]
+
+
+class Workspace:
+    def __init__(self, root: Path, run_id: str, repo: git.Repo):
+        self.root, self.run_id, self.repo = root, run_id, repo
+
+    @property
+    def branch(self) -> str:
+        return f"autonas/{self.run_id}"
+
+    @classmethod
+    def create(cls, root: str | Path, run_id: str) -> "Workspace":
+        """A new repository (or a new branch in an existing clean one) for this run."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            repo = git.Repo(root)
+        except git.InvalidGitRepositoryError:
+            repo = git.Repo.init(root)
+        ws = cls(root, run_id, repo)
+        if repo.head.is_valid():
+            ws.ensure_clean()
+            if ws.branch in [h.name for h in repo.heads]:
+                raise WorkspaceError(f"branch {ws.branch} already exists in {root}: resume that run or choose another run id")
+            repo.create_head(ws.branch).checkout()
+        else:
+            repo.git.checkout("-b", ws.branch)
+        gi = root / ".gitignore"
+        lines = gi.read_text().splitlines() if gi.exists() else []
+        gi.write_text("\n".join(lines + [p for p in IGNORED if p not in lines]) + "\n")
+        repo.index.add([".gitignore"])
+        repo.index.commit(f"autonas run {run_id}: workspace", author=AGENT, committer=AGENT)
+        return ws
+
+    @classmethod
+    def open(cls, root: str | Path, run_id: str) -> "Workspace":
+        root = Path(root)
+        try:
+            repo = git.Repo(root)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise WorkspaceError(f"no workspace at {root}") from None
+        ws = cls(root, run_id, repo)
+        if ws.branch not in [h.name for h in repo.heads]:
+            raise WorkspaceError(f"workspace {root} has no branch {ws.branch}")
+        repo.heads[ws.branch].checkout()
+        return ws
+
+    def ensure_clean(self) -> None:
+        """Refuse to work over changes that are not ours."""
+        if self.repo.is_dirty(untracked_files=True):
+            changed = [d.a_path for d in self.repo.index.diff(None)] + self.repo.untracked_files
+            raise WorkspaceError(f"workspace {self.root} has uncommitted changes that are not the agent's ({', '.join(changed[:5])}); "
+                            "commit or remove them first")
+
+    def has_changes(self) -> bool:
+        return self.repo.is_dirty(untracked_files=True)
+
+    def commit_experiment(self, title: str, body: str, trailers: dict[str, str | float | int]) -> str:
+        """Commit every change in the tree as one experiment; returns the commit sha."""
+        self.repo.git.add(A=True)
+        lines = [title.strip(), "", body.strip(), ""] + [f"{k}: {_fmt(v)}" for k, v in trailers.items()]
+        commit = self.repo.index.commit("\n".join(lines).strip() + "\n", author=AGENT, committer=AGENT)
+        return commit.hexsha
+
+    def discard(self, experiment_id: str, title: str) -> str | None:
+        """Keep the change under ``refs/autonas/discarded/<id>`` and reset the tree; returns that commit's sha."""
+        if not self.has_changes():
+            return None
+        self.repo.git.add(A=True)
+        tree = self.repo.index.write_tree()
+        commit = git.Commit.create_from_tree(self.repo, tree, f"discarded: {title}\n", parent_commits=[self.repo.head.commit],
+                                             author=AGENT, committer=AGENT)
+        self.repo.git.update_ref(f"refs/autonas/discarded/{experiment_id}", commit.hexsha)
+        self.repo.head.reset(index=True, working_tree=True)
+        self.repo.git.clean("-fd")  # ignored files (results.tsv, journal, runs/) stay
+        return commit.hexsha
+
+    def experiments(self) -> list[ExperimentCommit]:
+        """The agent's kept experiments on this run's branch, oldest first, with their trailers."""
+        out = []
+        for c in reversed(list(self.repo.iter_commits(self.branch))):
+            if c.author.email != AGENT.email or c.message.startswith(f"autonas run {self.run_id}: workspace"):
+                continue
+            trailers = {}
+            for line in str(c.message).strip().splitlines()[1:]:
+                key, sep, value = line.partition(": ")
+                if sep and key and " " not in key:
+                    trailers[key] = value
+            out.append(ExperimentCommit(c.hexsha, str(c.message).splitlines()[0], trailers))
+        return out
+
+    def discarded_refs(self) -> dict[str, str]:
+        return {r.path.rsplit("/", 1)[-1]: r.commit.hexsha for r in self.repo.refs if r.path.startswith("refs/autonas/discarded/")}
+
+
+def _fmt(v: str | float | int) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
