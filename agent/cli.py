@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from agent.commands import register as register_agent
 from nas.cli import register as register_nas
 
 app = typer.Typer(
@@ -12,6 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+register_agent(app)
 register_nas(app)
 
 

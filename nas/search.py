@@ -520,10 +520,27 @@ class Search:
             "stage_of_front": stage, "elapsed_s": round(self.elapsed(), 1), "counts": self._counts(), "front": members,
         }
         (self.out / "pareto.json").write_text(json.dumps(summary, indent=2))
+        self._write_metrics(members)
         self.write_results()
         self._plot(members)
         self._export(members)
         return summary
+
+    def _write_metrics(self, members: list[dict[str, Any]]) -> None:
+        """The worker contract: a flat metrics.json (the best-bpb member of the front, and counts)."""
+        metrics: dict[str, Any] = {"status": "ok" if members else "failed", "fail_reason": "" if members else "no trial finished",
+                                   "front_size": len(members), "stage_of_front": members[0]["stage"] if members else 0,
+                                   "elapsed_s": round(self.elapsed(), 1), "wall_s": round(self.elapsed(), 1)}
+        metrics.update({f"trials_{k}": v for k, v in self._counts().items()})
+        if members:
+            best = min(members, key=lambda m: m["objectives"]["bpb"])
+            metrics.update({k: v for k, v in best["metrics"].items() if isinstance(v, (int, float, str)) and k not in ("status", "fail_reason")})
+            metrics.update(best["latency_remeasured"])
+            metrics["best_trial"] = best["trial"]
+            metrics["best_arch_file"] = str(self.out / "best" / f"{members.index(best):02d}-{best['arch_hash']}.json")
+        tmp = self.out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        tmp.replace(self.out / "metrics.json")
 
     def _counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -586,7 +603,7 @@ class Search:
 
     def _note(self, line: str) -> None:
         self.log_lines.append(line)
-        with open(self.out / "search.log", "a") as fh:
+        with open(self.out / "log.txt", "a") as fh:
             fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
 
     def _live_start(self) -> None:

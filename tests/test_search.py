@@ -61,6 +61,9 @@ def test_limits_reject_before_training_and_outputs_are_written(tmp_path, small_c
     assert summary["stage_of_front"] == 2 and summary["front"]
     pareto = json.loads((out / "pareto.json").read_text())
     assert pareto["front"][0]["latency_remeasured"]["latency_ms_p50"] > 0
+    metrics = json.loads((out / "metrics.json").read_text())  # the worker contract, for the agent's judge
+    assert metrics["status"] == "ok" and metrics["val_bpb"] == min(m["objectives"]["bpb"] for m in pareto["front"])
+    assert (out / "log.txt").is_file()
     assert (out / "pareto.png").stat().st_size > 10_000
     best = sorted((out / "best").glob("*.json"))
     assert best and ArchConfig.load(best[0]).model_dump() == pareto["front"][0]["arch"]

@@ -1,0 +1,320 @@
+"""The research loop as a LangGraph ``StateGraph``: plan -> edit -> run -> judge -> record, looping until a
+budget is spent, then report. Checkpointed after every node in ``RUN/checkpoints.sqlite`` so that
+``autonas resume`` after a crash, Ctrl-C or SIGKILL continues from the last finished node. ``record`` is
+idempotent (it looks for the experiment's commit and results row before writing), so a node re-run after a
+kill never commits an experiment twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+from agent.goal import Goal, parse_goal
+from agent.judge import judge, noise_estimate
+from agent.offline import OfflinePlanner, group_key
+from agent.plans import parse_plan
+from agent.settings import RunSettings
+from nas.budget import parse_budget
+from sandbox.runner import run_limited, scrubbed_env
+from sandbox.workspace import Workspace
+
+RECURSION_LIMIT = 1_000_000  # set explicitly: LangGraph's default changed between 1.x releases
+RESULT_COLUMNS = ["experiment", "commit", "kind", "decision", "val_bpb", "size_bytes_int8", "latency_ms_p50", "params",
+                  "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason"]
+
+
+class AgentState(TypedDict, total=False):
+    step: int
+    plan: dict[str, Any] | None
+    exp_id: str | None
+    run_dir: str | None
+    metrics: dict[str, Any] | None
+    verdict: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    incumbent: dict[str, Any] | None
+    noise: float | None
+    elapsed_s: float
+    worker_s: float
+    agent_s: float
+    done: bool
+    stop_reason: str
+
+
+class ResearchAgent:
+    """Holds what nodes need but a checkpoint must not: the workspace, the planner, the settings."""
+
+    def __init__(self, settings: RunSettings):
+        self.s = settings
+        self.goal: Goal = parse_goal(settings.goal)
+        from nas.tokenizer import parse_tokenizer_spec
+
+        _, vocab = parse_tokenizer_spec(settings.tokenizer)
+        self.planner = OfflinePlanner(self.goal, vocab, settings.experiment_budget, settings.search_trials, settings.seed)
+        self.run_dir = settings.run_dir
+
+    # -------------------------------------------------------------------------------------- nodes
+
+    def _timed(self, state: AgentState, started: float, worker_s: float = 0.0) -> dict[str, float]:
+        dt = time.monotonic() - started
+        return {"elapsed_s": state.get("elapsed_s", 0.0) + dt, "agent_s": state.get("agent_s", 0.0) + dt - worker_s,
+                "worker_s": state.get("worker_s", 0.0) + worker_s}
+
+    def _stop_reason(self, state: AgentState) -> str | None:
+        s = self.s
+        if (self.run_dir / "STOP").exists():
+            return "stop file"
+        if state.get("elapsed_s", 0.0) >= s.budget_s:
+            return f"time budget of {s.budget_s:g}s spent"
+        if s.max_experiments is not None and len(state.get("history", [])) >= s.max_experiments:
+            return f"{s.max_experiments} experiments done"
+        if s.max_gpu_hours is not None and self._gpus() and state.get("worker_s", 0.0) * self._gpus() / 3600 >= s.max_gpu_hours:
+            return f"{s.max_gpu_hours:g} GPU-hours spent"
+        remaining = s.budget_s - state.get("elapsed_s", 0.0)
+        exp = parse_budget(s.experiment_budget).seconds
+        if exp is not None and remaining < exp * 0.5:
+            return "too little time left for another experiment"
+        return None
+
+    @staticmethod
+    def _gpus() -> int:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+    def plan(self, state: AgentState) -> dict[str, Any]:
+        t0 = time.monotonic()
+        reason = self._stop_reason(state)
+        if reason:
+            return {"done": True, "stop_reason": reason, **self._timed(state, t0)}
+        proposal = self.planner.propose(state.get("history", []), state.get("incumbent"))
+        plan = parse_plan(proposal.model_dump())  # the same validation an LLM's plan goes through
+        exp_id = f"e{state.get('step', 0) + 1:03d}"
+        self._journal(f"## {exp_id}: {plan.kind}\n\n{plan.rationale}\n")
+        return {"plan": plan.model_dump(), "exp_id": exp_id, "metrics": None, "verdict": None, **self._timed(state, t0)}
+
+    def edit(self, state: AgentState) -> dict[str, Any]:
+        """The built-in editor: the plan's configuration becomes files in the workspace (the experiment's diff)."""
+        t0 = time.monotonic()
+        ws = self.workspace()
+        plan, exp_id = state["plan"], state["exp_id"]
+        assert plan is not None and exp_id is not None
+        configs = ws.root / "configs"
+        configs.mkdir(exist_ok=True)
+        if plan["kind"] == "train":
+            (configs / "arch.json").write_text(json.dumps(plan["config"]["arch"], indent=2) + "\n")
+            (configs / "train.json").write_text(json.dumps({k: v for k, v in plan["config"].items() if k != "arch"}, indent=2) + "\n")
+        else:
+            (configs / "search.json").write_text(json.dumps(plan["config"], indent=2) + "\n")
+        (configs / "plan.json").write_text(json.dumps({"experiment": exp_id, **plan}, indent=2) + "\n")
+        return self._timed(state, t0)
+
+    def _command(self, plan: dict[str, Any], out: Path) -> tuple[list[str], float]:
+        s, cfg = self.s, plan["config"]
+        py = [sys.executable, "-m", "nas"]
+        if plan["kind"] == "train":
+            cmd = py + ["train", "--arch", "configs/arch.json", "--budget", cfg["budget"], "--out", str(out), "--seed", str(cfg["seed"]),
+                        "--lr", str(cfg["lr"]), "--batch-size", str(cfg["batch_size"]), "--tokenizer", s.tokenizer,
+                        "--corpus", s.corpus, "--eval-bytes", str(s.eval_bytes), "--quiet"]
+            b = parse_budget(cfg["budget"])
+            return cmd, (b.seconds * 3 + 180) if b.seconds else 3600.0
+        cmd = py + ["nas", "search", "--out", str(out), "--space", cfg["space"], "--objectives", cfg["objectives"],
+                    "--strategy", cfg["strategy"], "--trials", str(cfg["trials"]), "--stage1", cfg["stage1_budget"], "--stage2", "none",
+                    "--seed", str(cfg["seed"]), "--tokenizer", s.tokenizer, "--corpus", s.corpus, "--eval-bytes", str(s.eval_bytes), "--quiet"]
+        if cfg.get("max_mb"):
+            cmd += ["--max-mb", str(cfg["max_mb"])]
+        if cfg.get("max_latency_ms"):
+            cmd += ["--max-latency-ms", str(cfg["max_latency_ms"])]
+        b = parse_budget(cfg["stage1_budget"])
+        per = (b.seconds * 3 + 120) if b.seconds else 600.0
+        return cmd, per * cfg["trials"] + 300
+
+    def run(self, state: AgentState) -> dict[str, Any]:
+        t0 = time.monotonic()
+        ws = self.workspace()
+        plan, exp_id = state["plan"], state["exp_id"]
+        assert plan is not None and exp_id is not None
+        out = Path("runs") / exp_id  # relative to the workspace, ignored by git
+        (ws.root / out).mkdir(parents=True, exist_ok=True)
+        cmd, timeout = self._command(plan, out)
+        outcome = run_limited(cmd, ws.root, ws.root / out / "worker.log", timeout_s=timeout, memory_mb=self.s.memory_mb,
+                              env=scrubbed_env({"PYTHONUNBUFFERED": "1"}))
+        metrics_path = ws.root / out / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+        if metrics is None:
+            metrics = {"status": "crashed", "fail_reason": ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
+                       + f"; see {out / 'worker.log'}"}
+        return {"metrics": metrics, "run_dir": str(ws.root / out), **self._timed(state, t0, worker_s=outcome.wall_s)}
+
+    def judge(self, state: AgentState) -> dict[str, Any]:
+        t0 = time.monotonic()
+        plan, metrics = state["plan"], state.get("metrics")
+        assert plan is not None
+        history = state.get("history", [])
+        if plan["kind"] == "nas_search":
+            ok = bool(metrics) and metrics.get("status") == "ok"
+            verdict = {"decision": "keep" if ok else "crash", "metric": (metrics or {}).get("val_bpb"),
+                       "reason": (f"search found a front of {metrics.get('front_size')}; its members are trained next" if ok
+                                  else str((metrics or {}).get("fail_reason", "search failed")))}
+            return {"verdict": verdict, **self._timed(state, t0)}
+        key = group_key(plan)
+        groups: dict[str, list[float]] = {}
+        for h in history:
+            if h["plan"]["kind"] == "train" and isinstance(h.get("val_bpb"), float):
+                groups.setdefault(group_key(h["plan"]), []).append(h["val_bpb"])
+        bpb = (metrics or {}).get("val_bpb")
+        same = groups.get(key, [])
+        if isinstance(bpb, float):
+            groups.setdefault(key, []).append(bpb)
+        noise = noise_estimate(list(groups.values()))
+        incumbent = state.get("incumbent")
+        inc_key = group_key(incumbent["plan"]) if incumbent else None
+        if incumbent and key == inc_key:  # a repeat of the incumbent only measures noise
+            verdict = {"decision": "repeat", "reason": "repeat of the incumbent with another seed (noise measurement)",
+                       "metric": bpb, "noise": noise}
+            return {"verdict": verdict, "noise": noise, **self._timed(state, t0)}
+        inc_bpb = statistics.fmean(groups[inc_key]) if inc_key in groups else None
+        candidate = dict(metrics or {})
+        if isinstance(bpb, float):
+            candidate["val_bpb"] = statistics.fmean(groups[key])  # the mean of this config's repeats decides
+        v = judge(self.goal, candidate, inc_bpb, noise, repeats=len(same) + 1)
+        return {"verdict": v.model_dump(), "noise": noise, **self._timed(state, t0)}
+
+    def record(self, state: AgentState) -> dict[str, Any]:
+        t0 = time.monotonic()
+        ws = self.workspace()
+        plan, exp_id, verdict, metrics = state["plan"], state["exp_id"], state["verdict"], state.get("metrics") or {}
+        assert plan is not None and exp_id is not None and verdict is not None
+        decision = verdict["decision"]
+        done_ids = {e.trailers.get("experiment") for e in ws.experiments()}
+        commit = ""
+        title = self._title(plan)
+        if decision == "keep":
+            if exp_id not in done_ids:  # idempotent: a re-run of this node after a kill does not commit again
+                trailers = {"experiment": exp_id, "kind": plan["kind"]}
+                for key, name in (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"),
+                                  ("params", "params")):
+                    if key in metrics:
+                        trailers[name] = metrics[key]
+                if verdict.get("delta") is not None:
+                    trailers["delta-bpb"] = verdict["delta"]
+                if verdict.get("noise") is not None:
+                    trailers["noise-bpb"] = verdict["noise"]
+                commit = ws.commit_experiment(title, f"{plan['rationale']}\n\nJudge: {verdict['reason']}", trailers)
+            else:
+                commit = next(e.sha for e in ws.experiments() if e.trailers.get("experiment") == exp_id)
+        else:
+            ws.discard(exp_id, title)
+        entry = {"id": exp_id, "plan": plan, "decision": decision, "reason": verdict["reason"], "commit": commit,
+                 "run_dir": state.get("run_dir"), "val_bpb": metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
+                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        self._append_result(entry, verdict)
+        self._journal(f"**{decision}**: {verdict['reason']}" + (f" (commit {commit[:10]})" if commit else "") + "\n")
+        history = list(state.get("history", [])) + [entry]
+        update: dict[str, Any] = {"history": history, "step": state.get("step", 0) + 1}
+        if decision == "keep" and plan["kind"] == "train":
+            update["incumbent"] = entry
+        return {**update, **self._timed(state, t0)}
+
+    def report(self, state: AgentState) -> dict[str, Any]:
+        from agent.report import write_report
+
+        t0 = time.monotonic()
+        write_report(self, state)
+        return {"done": True, **self._timed(state, t0)}
+
+    # -------------------------------------------------------------------------------------- helpers
+
+    def workspace(self) -> Workspace:
+        if not hasattr(self, "_ws"):
+            self._ws = Workspace.open(self.s.workspace, self.s.run_id)
+        return self._ws
+
+    @staticmethod
+    def _title(plan: dict[str, Any]) -> str:
+        if plan["kind"] == "train":
+            from nas.space import ArchConfig
+
+            arch = ArchConfig(**plan["config"]["arch"])
+            return f"train {arch.describe()} for {plan['config']['budget']} (seed {plan['config']['seed']})"
+        return f"architecture search: {plan['config']['trials']} trials, {plan['config']['objectives']}"
+
+    def _journal(self, text: str) -> None:
+        with open(self.s.workspace / "journal.md", "a") as fh:
+            fh.write(text + "\n")
+
+    def _append_result(self, entry: dict[str, Any], verdict: dict[str, Any]) -> None:
+        path = self.s.workspace / "results.tsv"
+        if path.exists():
+            with open(path) as fh:
+                if any(row.get("experiment") == entry["id"] for row in csv.DictReader(fh, delimiter="\t")):
+                    return
+        m = entry["metrics"]
+        arch = entry["plan"]["config"].get("arch")
+        row = {"experiment": entry["id"], "commit": entry["commit"][:10], "kind": entry["plan"]["kind"], "decision": entry["decision"],
+               "val_bpb": m.get("val_bpb", ""), "size_bytes_int8": m.get("size_bytes_int8", ""), "latency_ms_p50": m.get("latency_ms_p50", ""),
+               "params": m.get("params", ""), "delta_bpb": verdict.get("delta", ""), "noise_bpb": verdict.get("noise", ""),
+               "seed": entry["plan"]["config"].get("seed", ""), "rationale": entry["plan"]["rationale"], "reason": entry["reason"],
+               "arch": _describe(arch) if arch else ""}
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, delimiter="\t")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _describe(arch: dict[str, Any]) -> str:
+    from nas.space import ArchConfig
+
+    return ArchConfig(**arch).describe()
+
+
+def _route_after_plan(state: AgentState) -> str:
+    return "report" if state.get("done") else "edit"
+
+
+def build_graph(agent: ResearchAgent) -> StateGraph:
+    g = StateGraph(AgentState)
+    for name in ("plan", "edit", "run", "judge", "record", "report"):
+        g.add_node(name, getattr(agent, name))
+    g.add_edge(START, "plan")
+    g.add_conditional_edges("plan", _route_after_plan, {"edit": "edit", "report": "report"})
+    g.add_edge("edit", "run")
+    g.add_edge("run", "judge")
+    g.add_edge("judge", "record")
+    g.add_edge("record", "plan")
+    g.add_edge("report", END)
+    return g
+
+
+def open_checkpointer(run_dir: Path) -> SqliteSaver:
+    conn = sqlite3.connect(str(run_dir / "checkpoints.sqlite"), check_same_thread=False)
+    return SqliteSaver(conn)
+
+
+def graph_config(run_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": run_id}, "recursion_limit": RECURSION_LIMIT}
+
+
+def copy_best(agent: ResearchAgent, incumbent: dict[str, Any] | None) -> Path | None:
+    """Put the incumbent's model, arch and tokenizer in RUN/best (and an HF folder where exportable)."""
+    if not incumbent or not incumbent.get("run_dir"):
+        return None
+    src = Path(incumbent["run_dir"])
+    best = agent.run_dir / "best"
+    best.mkdir(exist_ok=True)
+    for name in ("model.safetensors", "arch.json", "tokenizer.json", "metrics.json"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, best / name)
+    return best

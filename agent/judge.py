@@ -1,0 +1,76 @@
+"""The metric judge: keep an experiment only when it beats the incumbent by more than run-to-run noise.
+
+The noise is measured, not assumed: the planner starts by training the baseline twice with different
+seeds, and every later re-run of a close call adds to the estimate (pooled standard deviation of repeated
+configurations). A result that would win by less than ``k`` noise standard deviations is a *close call*:
+the planner re-runs it with another seed, and the mean of the repeats decides. In the best-known public
+loop a pure seed change was once kept as an improvement; this rule is what prevents that.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from agent.goal import Goal
+
+Decision = Literal["keep", "discard", "close", "crash"]
+MIN_NOISE = 0.002  # bits per byte: below this the estimate from two runs is not trusted
+
+
+class Verdict(BaseModel):
+    decision: Decision
+    reason: str
+    metric: float | None = None
+    delta: float | None = None  # candidate - incumbent (negative is better)
+    noise: float | None = None
+
+
+def violations(goal: Goal, metrics: dict[str, Any]) -> list[str]:
+    out = []
+    if goal.max_mb is not None and metrics.get("size_bytes_int8", 0) > goal.max_mb * 1e6:
+        out.append(f"int8 size {metrics['size_bytes_int8'] / 1e6:.2f} MB > {goal.max_mb:g} MB")
+    if goal.max_latency_ms is not None and metrics.get("latency_ms_p50", 0) > goal.max_latency_ms:
+        out.append(f"latency {metrics['latency_ms_p50']:.2f} ms > {goal.max_latency_ms:g} ms")
+    if goal.max_params is not None and metrics.get("params", 0) > goal.max_params:
+        out.append(f"{metrics['params']:,} parameters > {goal.max_params:,}")
+    return out
+
+
+def noise_estimate(groups: list[list[float]]) -> float | None:
+    """Pooled standard deviation of val bpb over groups of repeated configurations (None without repeats)."""
+    num, dof = 0.0, 0
+    for g in groups:
+        if len(g) >= 2:
+            num += statistics.variance(g) * (len(g) - 1)
+            dof += len(g) - 1
+    return max(math.sqrt(num / dof), MIN_NOISE) if dof else None
+
+
+def judge(goal: Goal, metrics: dict[str, Any] | None, incumbent_bpb: float | None, noise: float | None,
+          repeats: int = 1, k: float = 2.0) -> Verdict:
+    """Keep, discard, close call (re-run with another seed) or crash, from metrics.json alone."""
+    if not metrics or metrics.get("status") != "ok" or not isinstance(metrics.get("val_bpb"), (int, float)):
+        reason = (metrics or {}).get("fail_reason") or "the worker wrote no usable metrics.json"
+        return Verdict(decision="crash", reason=str(reason))
+    bpb = float(metrics["val_bpb"])
+    broken = violations(goal, metrics)
+    if broken:
+        return Verdict(decision="discard", reason="breaks the goal's limits: " + "; ".join(broken), metric=bpb)
+    if incumbent_bpb is None:
+        return Verdict(decision="keep", reason="first result within the limits", metric=bpb, noise=noise)
+    delta = bpb - incumbent_bpb
+    sigma = noise if noise is not None else MIN_NOISE
+    # the mean of n repeats has standard error sigma / sqrt(n); the incumbent is itself a mean
+    threshold = k * sigma * math.sqrt(1.0 / max(repeats, 1) + 1.0)
+    if delta < -threshold:
+        return Verdict(decision="keep", reason=f"beats the incumbent by {-delta:.4f} bpb (> {threshold:.4f}, {k:g} sigma)",
+                       metric=bpb, delta=delta, noise=noise)
+    if delta < 0 and repeats < 3:
+        return Verdict(decision="close", reason=f"better by {-delta:.4f} bpb, within noise ({threshold:.4f}): re-run with another seed",
+                       metric=bpb, delta=delta, noise=noise)
+    return Verdict(decision="discard", reason=f"not better than the incumbent beyond noise (delta {delta:+.4f}, threshold {threshold:.4f})",
+                   metric=bpb, delta=delta, noise=noise)

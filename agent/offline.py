@@ -1,0 +1,101 @@
+"""The offline planner: a deterministic research strategy that needs no LLM.
+
+1. Train a baseline that fits the goal's limits, twice with different seeds (the second run measures
+   run-to-run noise for the judge).
+2. Run a small multi-objective architecture search under the same limits.
+3. Train the search's Pareto front at the full experiment budget, best first.
+4. Re-run any close call with another seed, so a lucky seed is never kept.
+5. Then explore the incumbent's neighbourhood: one-gene mutations not tried before.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from agent.goal import Goal
+from agent.plans import SearchConfigPlan, SearchPlan, TrainConfigPlan, TrainPlan
+from nas.space import ArchConfig, ArchConstraints, get_space
+
+
+def group_key(plan: dict[str, Any]) -> str:
+    """Experiments that differ only by seed form one group (their spread is the noise)."""
+    cfg = dict(plan["config"])
+    cfg.pop("seed", None)
+    return json.dumps({"kind": plan["kind"], "config": cfg}, sort_keys=True)
+
+
+class OfflinePlanner:
+    def __init__(self, goal: Goal, vocab_size: int, train_budget: str, search_trials: int, seed: int = 0):
+        self.goal, self.vocab, self.train_budget, self.search_trials, self.seed = goal, vocab_size, train_budget, search_trials, seed
+        self.space = get_space("default").model_copy(update={"vocab_size": (vocab_size,)})
+        self.constraints = ArchConstraints(max_bytes=int(goal.max_mb * 1e6) if goal.max_mb else None, max_params=goal.max_params)
+
+    def _train(self, arch: ArchConfig, rationale: str, seed: int = 0) -> TrainPlan:
+        return TrainPlan(config=TrainConfigPlan(arch=arch, budget=self.train_budget, seed=seed), rationale=rationale)
+
+    def _baseline_arch(self) -> ArchConfig:
+        arch = ArchConfig(vocab_size=self.vocab)
+        if self.constraints.allows(arch):
+            return arch
+        return self.space.sample_feasible(random.Random(self.seed), self.constraints)
+
+    def propose(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> TrainPlan | SearchPlan:
+        tried = {group_key(h["plan"]) for h in history}
+        last = history[-1] if history else None
+        # 4. a close call is re-run with the next seed before anything else
+        if last and last["decision"] == "close":
+            plan = dict(last["plan"])
+            seeds = [h["plan"]["config"].get("seed", 0) for h in history if group_key(h["plan"]) == group_key(plan)]
+            cfg = {**plan["config"], "seed": max(seeds) + 1}
+            return TrainPlan(config=TrainConfigPlan(**cfg), rationale=f"re-run of {last['id']} with seed {cfg['seed']}: "
+                             "its gain was within the measured noise")
+        trains = [h for h in history if h["plan"]["kind"] == "train"]
+        # 1. baseline, then its repeat for the noise estimate
+        if not trains:
+            return self._train(self._baseline_arch(), "baseline: the default shape within the goal's limits")
+        if len(trains) == 1 and trains[0]["decision"] != "crash":
+            return TrainPlan(config=TrainConfigPlan(**{**trains[0]["plan"]["config"], "seed": 1}),
+                             rationale="repeat the baseline with another seed to measure run-to-run noise")
+        # 2. one architecture search under the goal's limits
+        searches = [h for h in history if h["plan"]["kind"] == "nas_search"]
+        if not searches:
+            objectives = "bpb,bytes_int8" + (",latency" if self.goal.max_latency_ms else "")
+            return SearchPlan(config=SearchConfigPlan(objectives=objectives, trials=self.search_trials,
+                                                      stage1_budget=_fraction(self.train_budget, 4), seed=self.seed,
+                                                      max_mb=self.goal.max_mb, max_latency_ms=self.goal.max_latency_ms),
+                              rationale="multi-objective search (bpb vs int8 size) to find shapes worth a full training")
+        # 3. the search's front, best first, at the full budget
+        for h in searches:
+            for arch in _front_archs(h):
+                plan = self._train(arch, f"train Pareto candidate from {h['id']} at the full budget")
+                if group_key(plan.model_dump()) not in tried and self.constraints.allows(arch):
+                    return plan
+        # 5. neighbourhood of the incumbent
+        base = ArchConfig(**incumbent["plan"]["config"]["arch"]) if incumbent else self._baseline_arch()
+        rng = random.Random(self.seed * 7919 + len(history))
+        for _ in range(200):
+            arch = self.space.mutate(base, rng, n_genes=1 if rng.random() < 0.7 else 2)
+            plan = self._train(arch, f"one-step mutation of the incumbent ({base.describe()} -> {arch.describe()})")
+            if group_key(plan.model_dump()) not in tried and self.constraints.allows(arch):
+                return plan
+        return self._train(self.space.sample_feasible(rng, self.constraints), "random restart: the neighbourhood is exhausted")
+
+
+def _front_archs(search_record: dict[str, Any]) -> list[ArchConfig]:
+    path = Path(search_record.get("run_dir", "")) / "pareto.json"
+    if not path.is_file():
+        return []
+    front = json.loads(path.read_text()).get("front", [])
+    return [ArchConfig(**m["arch"]) for m in sorted(front, key=lambda m: m["objectives"]["bpb"])]
+
+
+def _fraction(budget: str, div: int) -> str:
+    from nas.budget import parse_budget
+
+    b = parse_budget(budget)
+    if b.seconds is not None:
+        return f"{max(2.0, b.seconds / div):g}s"
+    return f"{max(1000, (b.tokens or 0) // div)}tok"

@@ -1,0 +1,140 @@
+"""The morning report: report.md and report.html with the experiments table, a bpb-vs-size plot, the best
+model's path, and its score on the locked held-out split (read here and nowhere else in the loop)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from agent.graph import AgentState, ResearchAgent, copy_best
+
+
+def heldout_bpb(agent: ResearchAgent, best: Path) -> float | None:
+    """val-style bits per byte of the best model on the held-out files no experiment has seen."""
+    from safetensors.torch import load_model
+
+    from nas.data import CorpusSpec, prepare_corpus
+    from nas.metrics import evaluate_bpb
+    from nas.model import CodeLM
+    from nas.space import ArchConfig
+
+    if not (best / "model.safetensors").is_file():
+        return None
+    corpus = prepare_corpus(CorpusSpec(source=agent.s.corpus), agent.s.tokenizer)
+    if corpus["heldout"].size < 2:
+        return None
+    model = CodeLM(ArchConfig.load(best / "arch.json"))
+    load_model(model, str(best / "model.safetensors"))
+    return evaluate_bpb(model, corpus["heldout"], corpus.token_bytes, max_bytes=agent.s.eval_bytes).bpb
+
+
+def _plot(history: list[dict[str, Any]], incumbent_id: str | None, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(h["metrics"].get("size_bytes_int8"), h["val_bpb"], h["decision"], h["id"]) for h in history
+           if h["plan"]["kind"] == "train" and h.get("val_bpb") is not None and h["metrics"].get("size_bytes_int8")]
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {"keep": "#2ca02c", "discard": "#9aa5b1", "close": "#ff7f0e", "repeat": "#1f77b4"}
+    for decision, colour in colours.items():
+        sel = [(x, y) for x, y, d, _ in pts if d == decision]
+        if sel:
+            ax.scatter(*zip(*sel), c=colour, label=decision, s=28)
+    for x, y, _, i in pts:
+        ax.annotate(i, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if i == incumbent_id:
+            ax.scatter([x], [y], s=160, facecolors="none", edgecolors="#d62728", label="best")
+    ax.set_xscale("log")
+    ax.set_xlabel("int8 size (bytes)")
+    ax.set_ylabel("val bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(agent: ResearchAgent, state: AgentState) -> Path:
+    history = state.get("history", [])
+    incumbent = state.get("incumbent")
+    best = copy_best(agent, incumbent)
+    held = heldout_bpb(agent, best) if best else None
+    out = agent.run_dir
+    has_plot = _plot(history, incumbent["id"] if incumbent else None, out / "report.png")
+    kept = [h for h in history if h["decision"] == "keep"]
+    first = next((h for h in history if h.get("val_bpb") is not None and h["plan"]["kind"] == "train"), None)
+    lines = [f"# AutoNAS run {agent.s.run_id}", "", f"Goal: {agent.s.goal}", "",
+             f"Stopped: {state.get('stop_reason', 'finished')}. {len(history)} experiments, {len(kept)} kept, "
+             f"{state.get('elapsed_s', 0):.0f}s elapsed ({state.get('worker_s', 0):.0f}s in workers, "
+             f"{state.get('agent_s', 0):.1f}s agent overhead).", ""]
+    if incumbent:
+        m = incumbent["metrics"]
+        lines += ["## Best model", "",
+                  f"- experiment {incumbent['id']} (commit {incumbent['commit'][:10]}): val bpb {incumbent['val_bpb']:.4f}"
+                  + (f", first experiment {first['val_bpb']:.4f}" if first else ""),
+                  f"- held-out bpb (locked split, read only here): {held:.4f}" if held is not None else "- held-out bpb: not available",
+                  f"- int8 size {m.get('size_bytes_int8', 0) / 1e6:.3f} MB, {m.get('params', 0):,} parameters, "
+                  f"decode {m.get('latency_ms_p50', float('nan')):.2f} ms/token p50",
+                  f"- files: `{best}`", ""]
+    lines += ["## Experiments", "", "| id | kind | decision | val bpb | int8 MB | ms/token | rationale | judge |", "|---|---|---|---|---|---|---|---|"]
+    for h in history:
+        m = h["metrics"]
+        bpb = f"{h['val_bpb']:.4f}" if h.get("val_bpb") is not None else "-"
+        size = f"{m['size_bytes_int8'] / 1e6:.3f}" if isinstance(m.get("size_bytes_int8"), (int, float)) else "-"
+        lat = f"{m['latency_ms_p50']:.2f}" if isinstance(m.get("latency_ms_p50"), (int, float)) else "-"
+        lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {bpb} | {size} | {lat} | "
+                     f"{h['plan']['rationale'].replace('|', '/')} | {h['reason'].replace('|', '/')} |")
+    if has_plot:
+        lines += ["", "![val bpb against int8 size](report.png)"]
+    lines += ["", "Discarded experiments keep their full diff under `refs/autonas/discarded/<id>` in the workspace; "
+              "`results.tsv` and `journal.md` there list everything that was tried."]
+    md = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(_html(md, agent.s.run_id))
+    (out / "summary.json").write_text(json.dumps({"experiments": len(history), "kept": len(kept),
+                                                  "best_val_bpb": incumbent["val_bpb"] if incumbent else None,
+                                                  "first_val_bpb": first["val_bpb"] if first else None, "heldout_bpb": held,
+                                                  "elapsed_s": state.get("elapsed_s"), "agent_s": state.get("agent_s"),
+                                                  "worker_s": state.get("worker_s"), "best_dir": str(best) if best else None}, indent=2))
+    return out / "report.md"
+
+
+def _html(md: str, title: str) -> str:
+    """A plain HTML rendering of the Markdown report (tables, headings, the plot), without dependencies."""
+    body, in_table = [], False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+                body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
+                continue
+            body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("!["):
+            body.append('<img src="report.png" alt="val bpb against int8 size">')
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"

@@ -1,0 +1,34 @@
+"""What a run was asked to do; saved as run.json so ``autonas resume`` rebuilds the same run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    goal: str
+    runs_dir: str = "runs"
+    budget_s: float = Field(600.0, gt=0, description="wall clock for the whole run")
+    experiment_budget: str = "60s"
+    max_experiments: int | None = Field(None, ge=1)
+    max_cost_usd: float | None = Field(None, ge=0)
+    max_gpu_hours: float | None = Field(None, gt=0)
+    search_trials: int = Field(6, ge=1)
+    tokenizer: str = "byte"
+    corpus: str = "stdlib"
+    eval_bytes: int = Field(131_072, gt=0)
+    memory_mb: int | None = Field(None, gt=0, description="address-space limit of each worker")
+    seed: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run_id
+
+    @property
+    def workspace(self) -> Path:
+        return self.run_dir / "workspace"
