@@ -238,6 +238,7 @@ class ResearchAgent:
     def workspace(self) -> Workspace:
         if not hasattr(self, "_ws"):
             self._ws = Workspace.open(self.s.workspace, self.s.run_id)
+            self._ws.ensure_clean_except_agent()
         return self._ws
 
     @staticmethod

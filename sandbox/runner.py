@@ -38,6 +38,12 @@ class RunOutcome:
 
 def _limits(memory_mb: int | None):  # -> preexec function
     def apply() -> None:
+        try:  # Linux: the worker dies with the agent, so a resumed run never races an orphan in the same folder
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
         if memory_mb is not None:
             limit = memory_mb * 2**20
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -82,6 +82,15 @@ class Workspace:
             raise WorkspaceError(f"workspace {self.root} has uncommitted changes that are not the agent's ({', '.join(changed[:5])}); "
                             "commit or remove them first")
 
+    def ensure_clean_except_agent(self, agent_paths: tuple[str, ...] = ("configs/",)) -> None:
+        """On resume: changes in the agent's own config files are an experiment in flight (its edit node ran
+        before a kill); anything else is someone else's and stops the run."""
+        changed = [d.a_path for d in self.repo.index.diff(None)] + list(self.repo.untracked_files)
+        foreign = [p for p in changed if not p.startswith(agent_paths)]
+        if foreign:
+            raise WorkspaceError(f"workspace {self.root} has uncommitted changes that are not the agent's ({', '.join(foreign[:5])}); "
+                                 "commit or remove them first")
+
     def has_changes(self) -> bool:
         return self.repo.is_dirty(untracked_files=True)
 
