@@ -23,13 +23,14 @@ def _load_settings(run_id: str, runs_dir: Path) -> RunSettings:
     return RunSettings.model_validate_json(path.read_text())
 
 
-def _drive(settings: RunSettings, fresh: bool) -> dict[str, Any]:
+def _drive(agent: Any, fresh: bool) -> dict[str, Any]:
     """Run the graph from its start (fresh) or from its last checkpoint; Ctrl-C ends cleanly after the node."""
-    from agent.graph import ResearchAgent, build_graph, graph_config, open_checkpointer
+    from agent.graph import build_graph, graph_config, open_checkpointer
+    from agent.llm import KEY_ENV
     from sandbox.workspace import WorkspaceError
 
+    settings = agent.s
     try:
-        agent = ResearchAgent(settings)
         agent.workspace()
     except WorkspaceError as err:
         raise UserError(str(err)) from None
@@ -40,7 +41,9 @@ def _drive(settings: RunSettings, fresh: bool) -> dict[str, Any]:
     if not fresh and not snapshot.next:
         if snapshot.values.get("done"):
             raise UserError(f"run {settings.run_id} has finished; its report is {settings.run_dir / 'report.md'}")
-    err_console.print("planner: offline (deterministic strategy); judge: metric rule with measured noise", highlight=False)
+    no_key = "" if agent.planner.client or settings.planner.provider != "auto" else \
+        f" (no {' or '.join(KEY_ENV.values())} in the environment, so no LLM is used)"
+    err_console.print(agent.describe_llms() + no_key, highlight=False)
     try:
         state = graph.invoke({"step": 0, "history": [], "elapsed_s": 0.0, "worker_s": 0.0, "agent_s": 0.0} if fresh else None, config)
     except KeyboardInterrupt:
@@ -63,6 +66,17 @@ def run_command(
     corpus: Annotated[str, typer.Option()] = "stdlib",
     eval_bytes: Annotated[int, typer.Option(min=1)] = 131_072,
     seed: Annotated[int, typer.Option()] = 0,
+    planner: Annotated[str, typer.Option(help="auto (a key in the environment picks it, else offline), offline, anthropic, openai")] = "auto",
+    planner_model: Annotated[Optional[str], typer.Option()] = None,
+    judge: Annotated[Optional[str], typer.Option(help="default: the planner's LLM (offline: the metric rule)")] = None,
+    judge_model: Annotated[Optional[str], typer.Option()] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="planner server, e.g. http://localhost:8000/v1 for vLLM/llama.cpp/Ollama")] = None,
+    judge_base_url: Annotated[Optional[str], typer.Option()] = None,
+    llm_timeout: Annotated[float, typer.Option(help="seconds per LLM request (the SDK retries 429/5xx/timeouts)")] = 120.0,
+    price_in: Annotated[Optional[float], typer.Option(help="USD per million input tokens (overrides the built-in table)")] = None,
+    price_out: Annotated[Optional[float], typer.Option(help="USD per million output tokens")] = None,
+    max_plan_attempts: Annotated[int, typer.Option(min=1, max=10)] = 3,
+    prompts: Annotated[Optional[Path], typer.Option(help="folder of prompt templates overriding prompts/*.txt")] = None,
 ) -> None:
     """Start a research run: plan, edit, run, judge and commit experiments until the budget is spent."""
     _run(**locals())
@@ -71,8 +85,12 @@ def run_command(
 @user_errors
 def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | None, max_cost: float | None,
          max_gpu_hours: float | None, search_trials: int, run_id: str | None, runs_dir: Path, tokenizer: str, corpus: str,
-         eval_bytes: int, seed: int) -> None:
+         eval_bytes: int, seed: int, planner: str, planner_model: str | None, judge: str | None, judge_model: str | None,
+         base_url: str | None, judge_base_url: str | None, llm_timeout: float, price_in: float | None, price_out: float | None,
+         max_plan_attempts: int, prompts: Path | None) -> None:
     from agent.goal import parse_goal
+    from agent.graph import ResearchAgent
+    from agent.llm import LLMSpec
     from nas.budget import parse_budget
     from nas.tokenizer import parse_tokenizer_spec
     from sandbox.workspace import Workspace, WorkspaceError
@@ -89,9 +107,14 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
     settings = RunSettings(run_id=run_id, goal=goal, runs_dir=str(runs_dir), budget_s=total.seconds,
                            experiment_budget=experiment_budget, max_experiments=max_experiments, max_cost_usd=max_cost,
                            max_gpu_hours=max_gpu_hours, search_trials=search_trials, tokenizer=tokenizer, corpus=corpus,
-                           eval_bytes=eval_bytes, seed=seed)
+                           eval_bytes=eval_bytes, seed=seed,
+                           planner=_llm_spec(planner, planner_model, base_url, llm_timeout, price_in, price_out),
+                           judge=(LLMSpec() if judge is None and judge_model is None and judge_base_url is None else
+                                  _llm_spec(judge or planner, judge_model, judge_base_url, llm_timeout, price_in, price_out)),
+                           max_plan_attempts=max_plan_attempts, prompts_dir=str(prompts.resolve()) if prompts else None)
     if settings.run_dir.exists():
         raise UserError(f"run {run_id!r} already exists in {runs_dir}: resume it with `autonas resume {run_id}` or pick another --run-id")
+    agent = ResearchAgent(settings)  # keys, servers and prompt templates are checked before anything is created
     try:
         settings.run_dir.mkdir(parents=True)
     except OSError as err:
@@ -102,8 +125,19 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
         raise UserError(str(err)) from None
     (settings.run_dir / "run.json").write_text(settings.model_dump_json(indent=2))
     err_console.print(f"run {run_id}: {goal!r}, budget {budget}, folder {settings.run_dir}", highlight=False)
-    state = _drive(settings, fresh=True)
+    state = _drive(agent, fresh=True)
     _summary(settings, state)
+
+
+def _llm_spec(provider: str, model: str | None, base_url: str | None, timeout: float, price_in: float | None,
+              price_out: float | None) -> Any:
+    from agent.llm import PROVIDERS, LLMSpec
+
+    if provider not in PROVIDERS:
+        raise UserError(f"unknown LLM provider {provider!r}: use one of {', '.join(PROVIDERS)}")
+    if (price_in is None) != (price_out is None):
+        raise UserError("give both --price-in and --price-out, or neither")
+    return LLMSpec(provider=provider, model=model, base_url=base_url, timeout_s=timeout, price_in=price_in, price_out=price_out)
 
 
 def resume_command(
@@ -116,9 +150,12 @@ def resume_command(
 
 @user_errors
 def _resume(run_id: str, runs_dir: Path) -> None:
+    from agent.graph import ResearchAgent
+
     settings = _load_settings(run_id, runs_dir)
+    agent = ResearchAgent(settings)
     (settings.run_dir / "STOP").unlink(missing_ok=True)
-    state = _drive(settings, fresh=False)
+    state = _drive(agent, fresh=False)
     _summary(settings, state)
 
 

@@ -22,8 +22,12 @@ from langgraph.graph import END, START, StateGraph
 
 from agent.goal import Goal, parse_goal
 from agent.judge import judge, noise_estimate
+from agent.llm import CostLedger, LLMSpec, make_client, resolve_provider
+from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner, group_key
-from agent.plans import parse_plan
+from agent.planner import Planner
+from agent.plans import PlanContext
+from agent.prompting import Prompts
 from agent.settings import RunSettings
 from nas.budget import parse_budget
 from sandbox.runner import run_limited, scrubbed_env
@@ -31,12 +35,13 @@ from sandbox.workspace import Workspace
 
 RECURSION_LIMIT = 1_000_000  # set explicitly: LangGraph's default changed between 1.x releases
 RESULT_COLUMNS = ["experiment", "commit", "kind", "decision", "val_bpb", "size_bytes_int8", "latency_ms_p50", "params",
-                  "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason"]
+                  "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason", "planner"]
 
 
 class AgentState(TypedDict, total=False):
     step: int
     plan: dict[str, Any] | None
+    plan_source: str | None
     exp_id: str | None
     run_dir: str | None
     metrics: dict[str, Any] | None
@@ -52,16 +57,40 @@ class AgentState(TypedDict, total=False):
 
 
 class ResearchAgent:
-    """Holds what nodes need but a checkpoint must not: the workspace, the planner, the settings."""
+    """Holds what nodes need but a checkpoint must not: the workspace, the planner, the settings, the LLM
+    clients and their cost ledger (a file, so the spend survives kills)."""
 
-    def __init__(self, settings: RunSettings):
+    def __init__(self, settings: RunSettings, env: dict[str, str] | None = None):
         self.s = settings
         self.goal: Goal = parse_goal(settings.goal)
         from nas.tokenizer import parse_tokenizer_spec
 
-        _, vocab = parse_tokenizer_spec(settings.tokenizer)
-        self.planner = OfflinePlanner(self.goal, vocab, settings.experiment_budget, settings.search_trials, settings.seed)
+        _, self.vocab = parse_tokenizer_spec(settings.tokenizer)
         self.run_dir = settings.run_dir
+        self.prompts = Prompts(Path(settings.prompts_dir) if settings.prompts_dir else None)
+        self.ledger = CostLedger(self.run_dir / "llm_calls.jsonl")
+        planner_client = make_client(settings.planner, "planner", env)
+        judge_spec = settings.judge
+        if judge_spec == LLMSpec():  # not set: the judge is the planner's LLM
+            judge_spec = settings.planner
+        elif judge_spec.base_url is None and resolve_provider(judge_spec, env) == resolve_provider(settings.planner, env):
+            judge_spec = judge_spec.model_copy(update={"base_url": settings.planner.base_url})
+        judge_client = make_client(judge_spec, "judge", env)
+        for client in (planner_client, judge_client):
+            if client and settings.max_cost_usd is not None and client.spec.price(client.model) is None:
+                from nas.errors import UserError
+
+                raise UserError(f"no price known for model {client.model!r}, so --max-cost cannot be enforced: "
+                                "give --price-in and --price-out (USD per million tokens)")
+        offline = OfflinePlanner(self.goal, self.vocab, settings.experiment_budget, settings.search_trials, settings.seed)
+        self.planner = Planner(self.goal, offline, settings.tokenizer, settings.experiment_budget, self.prompts, planner_client,
+                               self.ledger, settings.max_plan_attempts, settings.max_cost_usd)
+        self.llm_judge = (LLMJudge(self.goal, judge_client, self.ledger, self.prompts, max_cost_usd=settings.max_cost_usd)
+                          if judge_client else None)
+
+    def describe_llms(self) -> str:
+        judge = self.llm_judge.describe() if self.llm_judge else "metric rule with measured noise"
+        return f"planner: {self.planner.describe()}; judge: {judge}"
 
     # -------------------------------------------------------------------------------------- nodes
 
@@ -78,6 +107,8 @@ class ResearchAgent:
             return f"time budget of {s.budget_s:g}s spent"
         if s.max_experiments is not None and len(state.get("history", [])) >= s.max_experiments:
             return f"{s.max_experiments} experiments done"
+        if s.max_cost_usd is not None and self.ledger.total_usd >= s.max_cost_usd:
+            return f"LLM spend cap of ${s.max_cost_usd:g} reached (${self.ledger.total_usd:.4f} spent)"
         if s.max_gpu_hours is not None and self._gpus() and state.get("worker_s", 0.0) * self._gpus() / 3600 >= s.max_gpu_hours:
             return f"{s.max_gpu_hours:g} GPU-hours spent"
         remaining = s.budget_s - state.get("elapsed_s", 0.0)
@@ -97,11 +128,19 @@ class ResearchAgent:
         reason = self._stop_reason(state)
         if reason:
             return {"done": True, "stop_reason": reason, **self._timed(state, t0)}
-        proposal = self.planner.propose(state.get("history", []), state.get("incumbent"))
-        plan = parse_plan(proposal.model_dump())  # the same validation an LLM's plan goes through
+        outcome = self.planner.propose(state.get("history", []), state.get("incumbent"), state.get("noise"), self._plan_context(state))
+        plan = outcome.plan
         exp_id = f"e{state.get('step', 0) + 1:03d}"
-        self._journal(f"## {exp_id}: {plan.kind}\n\n{plan.rationale}\n")
-        return {"plan": plan.model_dump(), "exp_id": exp_id, "metrics": None, "verdict": None, **self._timed(state, t0)}
+        notes = "".join(f"- {n}\n" for n in outcome.notes)
+        self._journal(f"## {exp_id}: {plan.kind} (planned by {outcome.source})\n\n{notes}{plan.rationale}\n")
+        return {"plan": plan.model_dump(), "plan_source": outcome.source, "exp_id": exp_id, "metrics": None, "verdict": None,
+                **self._timed(state, t0)}
+
+    def _plan_context(self, state: AgentState) -> PlanContext:
+        g = self.goal
+        return PlanContext(vocab_size=self.vocab, max_bytes_int8=int(g.max_mb * 1e6) if g.max_mb else None, max_params=g.max_params,
+                           max_mb=g.max_mb, max_latency_ms=g.max_latency_ms, time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0),
+                           experiment_s=parse_budget(self.s.experiment_budget).seconds)
 
     def edit(self, state: AgentState) -> dict[str, Any]:
         """The built-in editor: the plan's configuration becomes files in the workspace (the experiment's diff)."""
@@ -188,6 +227,11 @@ class ResearchAgent:
         if isinstance(bpb, float):
             candidate["val_bpb"] = statistics.fmean(groups[key])  # the mean of this config's repeats decides
         v = judge(self.goal, candidate, inc_bpb, noise, repeats=len(same) + 1)
+        if self.llm_judge is not None:
+            notes: list[str] = []
+            v = self.llm_judge.review(v, state["exp_id"] or "", plan, metrics or {}, incumbent, len(same) + 1, notes)
+            if notes:
+                self._journal("".join(f"- {n}\n" for n in notes))
         return {"verdict": v.model_dump(), "noise": noise, **self._timed(state, t0)}
 
     def record(self, state: AgentState) -> dict[str, Any]:
@@ -215,7 +259,7 @@ class ResearchAgent:
                 commit = next(e.sha for e in ws.experiments() if e.trailers.get("experiment") == exp_id)
         else:
             ws.discard(exp_id, title)
-        entry = {"id": exp_id, "plan": plan, "decision": decision, "reason": verdict["reason"], "commit": commit,
+        entry = {"id": exp_id, "plan": plan, "planner": state.get("plan_source") or "offline", "decision": decision, "reason": verdict["reason"], "commit": commit,
                  "run_dir": state.get("run_dir"), "val_bpb": metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
                  "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
         self._append_result(entry, verdict)
@@ -266,7 +310,7 @@ class ResearchAgent:
                "val_bpb": m.get("val_bpb", ""), "size_bytes_int8": m.get("size_bytes_int8", ""), "latency_ms_p50": m.get("latency_ms_p50", ""),
                "params": m.get("params", ""), "delta_bpb": verdict.get("delta", ""), "noise_bpb": verdict.get("noise", ""),
                "seed": entry["plan"]["config"].get("seed", ""), "rationale": entry["plan"]["rationale"], "reason": entry["reason"],
-               "arch": _describe(arch) if arch else ""}
+               "arch": _describe(arch) if arch else "", "planner": entry.get("planner", "")}
         new = not path.exists()
         with open(path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, delimiter="\t")

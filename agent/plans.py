@@ -78,3 +78,72 @@ def parse_plan(raw: str | dict) -> TrainPlan | SearchPlan:
 def plan_schema() -> dict:
     """JSON schema of a plan, for LLM structured output."""
     return _ADAPTER.json_schema()
+
+
+def plan_tool_schema() -> dict:
+    """The plan as one JSON object for an LLM tool call: providers want an object at the top level (not the
+    ``oneOf`` of the union), so ``config`` is the ``anyOf`` of the kinds' configs and ``kind`` says which."""
+    union = plan_schema()
+    defs = union.get("$defs", {})
+    return {
+        "type": "object",
+        "properties": {
+            "kind": {"type": "string", "enum": list(PLAN_KINDS),
+                     "description": "train: train one architecture; nas_search: a short multi-objective architecture search"},
+            "config": {"anyOf": [{"$ref": "#/$defs/TrainConfigPlan"}, {"$ref": "#/$defs/SearchConfigPlan"}],
+                       "description": "TrainConfigPlan for kind train, SearchConfigPlan for kind nas_search"},
+            "rationale": {"type": "string", "minLength": 1, "description": "why this experiment, in one or two sentences"},
+        },
+        "required": ["kind", "config", "rationale"],
+        "additionalProperties": False,
+        "$defs": {k: v for k, v in defs.items() if k in ("TrainConfigPlan", "SearchConfigPlan", "ArchConfig")},
+    }
+
+
+class PlanContext(BaseModel):
+    """What a plan must agree with beyond its schema: the run's tokenizer, the goal's limits, the time left."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vocab_size: int
+    max_bytes_int8: int | None = None
+    max_params: int | None = None
+    max_mb: float | None = None
+    max_latency_ms: float | None = None
+    time_left_s: float
+    experiment_s: float | None = None  # the run's budget of one training experiment, when time-based
+
+
+def check_plan(plan: TrainPlan | SearchPlan, ctx: PlanContext) -> TrainPlan | SearchPlan:
+    """Semantic checks (PlanError with the reason) and the goal's limits filled into a search that left them out."""
+    from nas.budget import parse_budget
+    from nas.errors import UserError
+    from nas.objectives import parse_objectives
+    from nas.space import ArchConstraints, get_space
+
+    try:
+        if isinstance(plan, TrainPlan):
+            arch = plan.config.arch
+            if arch.vocab_size != ctx.vocab_size:
+                raise PlanError(f"config.arch.vocab_size is {arch.vocab_size} but the run's tokenizer has {ctx.vocab_size} tokens")
+            broken = ArchConstraints(max_bytes=ctx.max_bytes_int8, max_params=ctx.max_params).violations(arch)
+            if broken:
+                raise PlanError("config.arch breaks the goal's limits: " + "; ".join(broken))
+            b = parse_budget(plan.config.budget)
+            if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
+                raise PlanError(f"config.budget {plan.config.budget} is more than the {ctx.time_left_s:.0f}s left in the run")
+            return plan
+        cfg = plan.config
+        get_space(cfg.space)
+        parse_objectives(cfg.objectives)
+        b = parse_budget(cfg.stage1_budget)
+        if b.seconds is not None and b.seconds * cfg.trials > 2 * max(ctx.time_left_s, 1.0):
+            raise PlanError(f"{cfg.trials} trials of {cfg.stage1_budget} do not fit in the {ctx.time_left_s:.0f}s left")
+        limits = {"max_mb": _tighter(cfg.max_mb, ctx.max_mb), "max_latency_ms": _tighter(cfg.max_latency_ms, ctx.max_latency_ms)}
+        return plan.model_copy(update={"config": cfg.model_copy(update=limits)})
+    except UserError as err:
+        raise PlanError(str(err)) from None
+
+
+def _tighter(a: float | None, b: float | None) -> float | None:
+    return b if a is None else (a if b is None else min(a, b))

@@ -73,7 +73,7 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
     lines = [f"# AutoNAS run {agent.s.run_id}", "", f"Goal: {agent.s.goal}", "",
              f"Stopped: {state.get('stop_reason', 'finished')}. {len(history)} experiments, {len(kept)} kept, "
              f"{state.get('elapsed_s', 0):.0f}s elapsed ({state.get('worker_s', 0):.0f}s in workers, "
-             f"{state.get('agent_s', 0):.1f}s agent overhead).", ""]
+             f"{state.get('agent_s', 0):.1f}s agent overhead).", "", _llm_line(agent), ""]
     if incumbent:
         m = incumbent["metrics"]
         lines += ["## Best model", "",
@@ -102,8 +102,23 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
                                                   "best_val_bpb": incumbent["val_bpb"] if incumbent else None,
                                                   "first_val_bpb": first["val_bpb"] if first else None, "heldout_bpb": held,
                                                   "elapsed_s": state.get("elapsed_s"), "agent_s": state.get("agent_s"),
-                                                  "worker_s": state.get("worker_s"), "best_dir": str(best) if best else None}, indent=2))
+                                                  "worker_s": state.get("worker_s"), "best_dir": str(best) if best else None,
+                                                  "llm_calls": len(agent.ledger.records), "llm_input_tokens": agent.ledger.tokens[0],
+                                                  "llm_output_tokens": agent.ledger.tokens[1], "llm_cost_usd": agent.ledger.total_usd,
+                                                  "planned_by": {src: sum(h.get("planner") == src for h in history)
+                                                                 for src in sorted({h.get("planner", "offline") for h in history})}},
+                                                 indent=2))
     return out / "report.md"
+
+
+def _llm_line(agent: ResearchAgent) -> str:
+    ledger = agent.ledger
+    if not ledger.records:
+        return agent.describe_llms() + ". No LLM calls."
+    failed = sum(not r.ok for r in ledger.records)
+    tin, tout = ledger.tokens
+    return (f"{agent.describe_llms()}. {len(ledger.records)} LLM calls ({failed} without a usable answer), "
+            f"{tin:,} input and {tout:,} output tokens, ${ledger.total_usd:.4f} (per call: `llm_calls.jsonl`).")
 
 
 def _html(md: str, title: str) -> str:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.llm import LLMSpec
+
 
 class RunSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -24,6 +26,10 @@ class RunSettings(BaseModel):
     eval_bytes: int = Field(131_072, gt=0)
     memory_mb: int | None = Field(None, gt=0, description="address-space limit of each worker")
     seed: int = 0
+    planner: LLMSpec = LLMSpec()
+    judge: LLMSpec = LLMSpec()
+    max_plan_attempts: int = Field(3, ge=1, le=10, description="invalid LLM plans before the offline planner takes the step")
+    prompts_dir: str | None = Field(None, description="folder of prompt templates overriding prompts/*.txt")
 
     @property
     def run_dir(self) -> Path:

@@ -1,0 +1,91 @@
+"""Compact text views of a run for LLM prompts: the experiments table, the incumbent, the latest front.
+
+Kept short on purpose (a long run must not grow the prompt without bound): the table shows the last
+``max_rows`` experiments plus the incumbent's row if it scrolled out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from agent.goal import Goal
+
+
+def limits_text(goal: Goal) -> str:
+    parts = []
+    if goal.max_mb is not None:
+        parts.append(f"int8 size <= {goal.max_mb:g} MB")
+    if goal.max_latency_ms is not None:
+        parts.append(f"decode latency p50 <= {goal.max_latency_ms:g} ms per token")
+    if goal.max_params is not None:
+        parts.append(f"<= {goal.max_params:,} parameters")
+    return ", ".join(parts) or "none stated"
+
+
+def _num(x: Any, fmt: str) -> str:
+    return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+
+
+def _what(entry: dict[str, Any]) -> str:
+    plan = entry["plan"]
+    cfg = plan["config"]
+    if plan["kind"] == "train":
+        from nas.space import ArchConfig
+
+        return f"{ArchConfig(**cfg['arch']).describe()}, {cfg['budget']}, lr {cfg['lr']:g}"
+    return f"search {cfg['strategy']}, {cfg['trials']} trials x {cfg['stage1_budget']}, {cfg['objectives']}"
+
+
+def history_table(history: list[dict[str, Any]], incumbent: dict[str, Any] | None, max_rows: int = 30) -> str:
+    if not history:
+        return "(none yet)"
+    rows = history[-max_rows:]
+    if incumbent and all(r["id"] != incumbent["id"] for r in rows):
+        rows = [incumbent] + rows
+    lines = ["| id | kind | decision | val_bpb | int8 MB | latency ms | seed | what | judge |", "|---|---|---|---|---|---|---|---|---|"]
+    for h in rows:
+        m = h.get("metrics", {})
+        size = m.get("size_bytes_int8")
+        lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {_num(h.get('val_bpb'), '.4f')} | "
+                     f"{_num(size / 1e6 if isinstance(size, (int, float)) else None, '.3f')} | {_num(m.get('latency_ms_p50'), '.2f')} | "
+                     f"{h['plan']['config'].get('seed', '-')} | {_what(h)} | {str(h.get('reason', ''))[:90]} |")
+    if len(history) > max_rows:
+        lines.insert(0, f"({len(history) - max_rows} older experiments not shown)")
+    return "\n".join(lines)
+
+
+def incumbent_text(incumbent: dict[str, Any] | None) -> str:
+    if not incumbent:
+        return "none yet (no training result kept)"
+    m = incumbent.get("metrics", {})
+    arch = json.dumps(incumbent["plan"]["config"]["arch"], sort_keys=True)
+    size = m.get("size_bytes_int8")
+    return (f"{incumbent['id']}: val_bpb {_num(incumbent.get('val_bpb'), '.4f')}, int8 "
+            f"{_num(size / 1e6 if isinstance(size, (int, float)) else None, '.3f')} MB, latency {_num(m.get('latency_ms_p50'), '.2f')} ms\n"
+            f"arch: {arch}\ntraining: " + json.dumps({k: v for k, v in incumbent["plan"]["config"].items() if k != "arch"}, sort_keys=True))
+
+
+def front_text(history: list[dict[str, Any]], max_members: int = 8) -> str:
+    searches = [h for h in history if h["plan"]["kind"] == "nas_search" and h.get("run_dir")]
+    for h in reversed(searches):
+        path = Path(h["run_dir"]) / "pareto.json"
+        if not path.is_file():
+            continue
+        front = sorted(json.loads(path.read_text()).get("front", []), key=lambda m: m["objectives"]["bpb"])[:max_members]
+        lines = [f"from {h['id']} (short training, so bpb is higher than a full run would give):"]
+        for m in front:
+            objs = ", ".join(f"{k} {v:.4g}" for k, v in m["objectives"].items())
+            lines.append(f"- {objs}; arch {json.dumps(m['arch'], sort_keys=True)}")
+        return "\n".join(lines)
+    return "(no search run yet)"
+
+
+def space_text(space: Any) -> str:
+    return "\n".join(f"- {k}: {', '.join(str(v) for v in vals)}" for k, vals in space.model_dump().items())
+
+
+def seconds_text(s: float) -> str:
+    s = max(0.0, s)
+    return f"{s / 3600:.1f}h" if s >= 5400 else (f"{s / 60:.0f}m" if s >= 120 else f"{s:.0f}s")
