@@ -27,12 +27,13 @@ from nas.errors import UserError
 ProviderName = Literal["auto", "offline", "anthropic", "openai"]
 PROVIDERS: tuple[str, ...] = ("auto", "offline", "anthropic", "openai")
 KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
-DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4.1"}
+DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-6", "openai": "gpt-4.1"}
 DEFAULT_URL = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1"}
 
 # Published list prices in USD per million tokens (input, output), matched by model-name prefix, longest
 # first. Prices move: --price-in/--price-out override them, and an unknown model has no price.
 PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
+    "claude-opus-4-6": (5.0, 25.0),
     "claude-opus-4-5": (5.0, 25.0),
     "claude-opus-4": (15.0, 75.0),
     "claude-sonnet-4": (3.0, 15.0),
@@ -101,9 +102,34 @@ class LLMClient(ABC):
         self.model = spec.model or DEFAULT_MODEL[self.provider]
         self.api_key = api_key
 
-    @abstractmethod
+    _sdk: Any  # the provider's SDK module: its exception classes share names across anthropic and openai
+
     def call_tool(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> ToolReply:
-        """One request that asks the model to answer by calling ``tool_name`` with arguments in ``schema``."""
+        """One request that asks the model to answer by calling ``tool_name`` with arguments in ``schema``.
+        Transport failures (after the SDK's retries) raise LLMError; a malformed answer comes back with data None."""
+        sdk, name = self._sdk, self.provider
+        try:
+            resp = self._request(system, user, tool_name, description, schema)
+        except sdk.APIStatusError as err:
+            raise LLMError(f"{name} answered HTTP {err.status_code}: {_short(err.message)}") from None
+        except sdk.APITimeoutError:
+            raise LLMError(f"{name} did not answer within {self.spec.timeout_s:g}s") from None
+        except sdk.APIConnectionError as err:
+            raise LLMError(f"cannot reach {name}: {_short(str(err))}") from None
+        except (sdk.APIError, ValueError) as err:  # e.g. a 200 whose body is not JSON
+            raise LLMError(f"{name} sent an unreadable response: {_short(str(err))}") from None
+        try:
+            return self._read(resp, tool_name)
+        except Exception as err:  # noqa: BLE001 - a malformed reply is the model's fault, never a crash of the run
+            return ToolReply(data=None, text=f"(unreadable reply: {_short(repr(err))})", usage=Usage(), model=self.model)
+
+    @abstractmethod
+    def _request(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> Any:
+        """The SDK call forcing a call of ``tool_name``."""
+
+    @abstractmethod
+    def _read(self, resp: Any, tool_name: str) -> ToolReply:
+        """The tool's arguments, any text and the token usage from the SDK's response object."""
 
     def describe(self) -> str:
         where = f" at {self.spec.base_url}" if self.spec.base_url else ""
@@ -123,20 +149,15 @@ class AnthropicClient(LLMClient):
             kwargs["base_url"] = spec.base_url
         self._client = anthropic.Anthropic(**kwargs)
 
-    def call_tool(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> ToolReply:
-        try:
-            resp = self._client.messages.create(
-                model=self.model, max_tokens=self.spec.max_output_tokens, system=system,
-                messages=[{"role": "user", "content": user}],
-                tools=[{"name": tool_name, "description": description, "input_schema": schema}],
-                tool_choice={"type": "tool", "name": tool_name},
-            )
-        except self._sdk.APIStatusError as err:
-            raise LLMError(f"anthropic answered HTTP {err.status_code}: {_short(err.message)}") from None
-        except self._sdk.APITimeoutError:
-            raise LLMError(f"anthropic did not answer within {self.spec.timeout_s:g}s") from None
-        except self._sdk.APIConnectionError as err:
-            raise LLMError(f"cannot reach anthropic: {_short(str(err))}") from None
+    def _request(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> Any:
+        return self._client.messages.create(
+            model=self.model, max_tokens=self.spec.max_output_tokens, system=system,
+            messages=[{"role": "user", "content": user}],
+            tools=[{"name": tool_name, "description": description, "input_schema": schema}],
+            tool_choice={"type": "tool", "name": tool_name},
+        )
+
+    def _read(self, resp: Any, tool_name: str) -> ToolReply:
         usage = Usage(input_tokens=_int(getattr(getattr(resp, "usage", None), "input_tokens", 0)),
                       output_tokens=_int(getattr(getattr(resp, "usage", None), "output_tokens", 0)))
         data, texts = None, []
@@ -165,20 +186,15 @@ class OpenAIClient(LLMClient):
             kwargs["base_url"] = spec.base_url
         self._client = openai.OpenAI(**kwargs)
 
-    def call_tool(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> ToolReply:
-        try:
-            resp = self._client.chat.completions.create(
-                model=self.model, max_tokens=self.spec.max_output_tokens,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-                tools=[{"type": "function", "function": {"name": tool_name, "description": description, "parameters": schema}}],
-                tool_choice={"type": "function", "function": {"name": tool_name}},
-            )
-        except self._sdk.APIStatusError as err:
-            raise LLMError(f"openai answered HTTP {err.status_code}: {_short(err.message)}") from None
-        except self._sdk.APITimeoutError:
-            raise LLMError(f"openai did not answer within {self.spec.timeout_s:g}s") from None
-        except self._sdk.APIConnectionError as err:
-            raise LLMError(f"cannot reach openai: {_short(str(err))}") from None
+    def _request(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> Any:
+        return self._client.chat.completions.create(
+            model=self.model, max_tokens=self.spec.max_output_tokens,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            tools=[{"type": "function", "function": {"name": tool_name, "description": description, "parameters": schema}}],
+            tool_choice={"type": "function", "function": {"name": tool_name}},
+        )
+
+    def _read(self, resp: Any, tool_name: str) -> ToolReply:
         u = getattr(resp, "usage", None)
         usage = Usage(input_tokens=_int(getattr(u, "prompt_tokens", 0)), output_tokens=_int(getattr(u, "completion_tokens", 0)))
         data, text = None, ""

@@ -36,3 +36,10 @@ def small_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / rel, target)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_llm_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach a real LLM: keys and base URLs from the developer's shell are removed."""
+    for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
