@@ -77,6 +77,7 @@ def run_command(
     price_out: Annotated[Optional[float], typer.Option(help="USD per million output tokens")] = None,
     max_plan_attempts: Annotated[int, typer.Option(min=1, max=10)] = 3,
     prompts: Annotated[Optional[Path], typer.Option(help="folder of prompt templates overriding prompts/*.txt")] = None,
+    memory_mb: Annotated[Optional[int], typer.Option(min=64, help="address-space limit of each worker process")] = None,
 ) -> None:
     """Start a research run: plan, edit, run, judge and commit experiments until the budget is spent."""
     _run(**locals())
@@ -87,7 +88,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
          max_gpu_hours: float | None, search_trials: int, run_id: str | None, runs_dir: Path, tokenizer: str, corpus: str,
          eval_bytes: int, seed: int, planner: str, planner_model: str | None, judge: str | None, judge_model: str | None,
          base_url: str | None, judge_base_url: str | None, llm_timeout: float, price_in: float | None, price_out: float | None,
-         max_plan_attempts: int, prompts: Path | None) -> None:
+         max_plan_attempts: int, prompts: Path | None, memory_mb: int | None) -> None:
     from agent.goal import parse_goal
     from agent.graph import ResearchAgent
     from agent.llm import LLMSpec
@@ -111,7 +112,8 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
                            planner=_llm_spec(planner, planner_model, base_url, llm_timeout, price_in, price_out),
                            judge=(LLMSpec() if judge is None and judge_model is None and judge_base_url is None else
                                   _llm_spec(judge or planner, judge_model, judge_base_url, llm_timeout, price_in, price_out)),
-                           max_plan_attempts=max_plan_attempts, prompts_dir=str(prompts.resolve()) if prompts else None)
+                           max_plan_attempts=max_plan_attempts, prompts_dir=str(prompts.resolve()) if prompts else None,
+                           memory_mb=memory_mb)
     if settings.run_dir.exists():
         raise UserError(f"run {run_id!r} already exists in {runs_dir}: resume it with `autonas resume {run_id}` or pick another --run-id")
     agent = ResearchAgent(settings)  # keys, servers and prompt templates are checked before anything is created

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from langgraph.checkpoint.sqlite import SqliteSaver
+from rich.console import Console
+from rich.markup import escape
 from langgraph.graph import END, START, StateGraph
 
 from agent.goal import Goal, parse_goal
@@ -33,6 +35,7 @@ from nas.budget import parse_budget
 from sandbox.runner import run_limited, scrubbed_env
 from sandbox.workspace import Workspace
 
+PROGRESS = Console(stderr=True, highlight=False)
 RECURSION_LIMIT = 1_000_000  # set explicitly: LangGraph's default changed between 1.x releases
 RESULT_COLUMNS = ["experiment", "commit", "kind", "decision", "val_bpb", "size_bytes_int8", "latency_ms_p50", "params",
                   "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason", "planner"]
@@ -45,6 +48,7 @@ class AgentState(TypedDict, total=False):
     exp_id: str | None
     run_dir: str | None
     metrics: dict[str, Any] | None
+    exp_worker_s: float | None
     verdict: dict[str, Any] | None
     history: list[dict[str, Any]]
     incumbent: dict[str, Any] | None
@@ -112,10 +116,17 @@ class ResearchAgent:
         if s.max_gpu_hours is not None and self._gpus() and state.get("worker_s", 0.0) * self._gpus() / 3600 >= s.max_gpu_hours:
             return f"{s.max_gpu_hours:g} GPU-hours spent"
         remaining = s.budget_s - state.get("elapsed_s", 0.0)
-        exp = parse_budget(s.experiment_budget).seconds
-        if exp is not None and remaining < exp * 0.5:
+        if remaining < 0.5 * self._expected_experiment_s(state):
             return "too little time left for another experiment"
         return None
+
+    def _expected_experiment_s(self, state: AgentState) -> float:
+        """Wall clock of a training experiment as measured so far (start-up and evaluation included), else
+        its nominal budget: the run does not start an experiment it would overrun by more than half."""
+        walls = [h["worker_s"] for h in state.get("history", []) if h["plan"]["kind"] == "train" and h.get("worker_s")]
+        if walls:
+            return statistics.fmean(walls[-5:])
+        return parse_budget(self.s.experiment_budget).seconds or 0.0
 
     @staticmethod
     def _gpus() -> int:
@@ -133,6 +144,8 @@ class ResearchAgent:
         exp_id = f"e{state.get('step', 0) + 1:03d}"
         notes = "".join(f"- {n}\n" for n in outcome.notes)
         self._journal(f"## {exp_id}: {plan.kind} (planned by {outcome.source})\n\n{notes}{plan.rationale}\n")
+        PROGRESS.print(f"[bold]{exp_id}[/] {escape(self._title(plan.model_dump()))} [dim](planner: {outcome.source}, "
+                       f"{state.get('elapsed_s', 0.0):.0f}s of {self.s.budget_s:.0f}s used)[/]")
         return {"plan": plan.model_dump(), "plan_source": outcome.source, "exp_id": exp_id, "metrics": None, "verdict": None,
                 **self._timed(state, t0)}
 
@@ -193,7 +206,8 @@ class ResearchAgent:
         if metrics is None:
             metrics = {"status": "crashed", "fail_reason": ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
                        + f"; see {out / 'worker.log'}"}
-        return {"metrics": metrics, "run_dir": str(ws.root / out), **self._timed(state, t0, worker_s=outcome.wall_s)}
+        return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": outcome.wall_s,
+                **self._timed(state, t0, worker_s=outcome.wall_s)}
 
     def judge(self, state: AgentState) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -260,10 +274,13 @@ class ResearchAgent:
         else:
             ws.discard(exp_id, title)
         entry = {"id": exp_id, "plan": plan, "planner": state.get("plan_source") or "offline", "decision": decision, "reason": verdict["reason"], "commit": commit,
-                 "run_dir": state.get("run_dir"), "val_bpb": metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
+                 "run_dir": state.get("run_dir"), "worker_s": state.get("exp_worker_s"), "val_bpb": metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
                  "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
         self._append_result(entry, verdict)
         self._journal(f"**{decision}**: {verdict['reason']}" + (f" (commit {commit[:10]})" if commit else "") + "\n")
+        bpb = entry["val_bpb"]
+        PROGRESS.print(f"     {decision}" + (f", val bpb {bpb:.4f}" if bpb is not None else "") + f": {escape(verdict['reason'])}"
+                       + (f" [green](commit {commit[:10]})[/]" if commit else ""))
         history = list(state.get("history", [])) + [entry]
         update: dict[str, Any] = {"history": history, "step": state.get("step", 0) + 1}
         if decision == "keep" and plan["kind"] == "train":
