@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
 from rich.console import Console
 from rich.markup import escape
-from langgraph.graph import END, START, StateGraph
 
 from agent.goal import Goal, parse_goal
 from agent.judge import judge, noise_estimate
-from agent.llm import CostLedger, LLMSpec, make_client, resolve_provider
+from agent.llm import CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner, group_key
 from agent.planner import Planner
@@ -32,6 +32,7 @@ from agent.plans import PlanContext
 from agent.prompting import Prompts
 from agent.settings import RunSettings
 from nas.budget import parse_budget
+from nas.errors import UserError
 from sandbox.runner import run_limited, scrubbed_env
 from sandbox.workspace import Workspace
 
@@ -74,18 +75,12 @@ class ResearchAgent:
         self.prompts = Prompts(Path(settings.prompts_dir) if settings.prompts_dir else None)
         self.ledger = CostLedger(self.run_dir / "llm_calls.jsonl")
         planner_client = make_client(settings.planner, "planner", env)
-        judge_spec = settings.judge
-        if judge_spec == LLMSpec():  # not set: the judge is the planner's LLM
-            judge_spec = settings.planner
-        elif judge_spec.base_url is None and resolve_provider(judge_spec, env) == resolve_provider(settings.planner, env):
-            judge_spec = judge_spec.model_copy(update={"base_url": settings.planner.base_url})
-        judge_client = make_client(judge_spec, "judge", env)
-        for client in (planner_client, judge_client):
-            if client and settings.max_cost_usd is not None and client.spec.price(client.model) is None:
-                from nas.errors import UserError
-
-                raise UserError(f"no price known for model {client.model!r}, so --max-cost cannot be enforced: "
-                                "give --price-in and --price-out (USD per million tokens)")
+        judge_client = make_client(judge_spec(settings.planner, settings.judge, env), "judge", env)
+        if settings.max_cost_usd is not None:
+            for client in (planner_client, judge_client):
+                if client and client.spec.price(client.model) is None:
+                    raise UserError(f"no price known for model {client.model!r}, so --max-cost cannot be enforced: "
+                                    "give --price-in and --price-out (USD per million tokens)")
         offline = OfflinePlanner(self.goal, self.vocab, settings.experiment_budget, settings.search_trials, settings.seed)
         self.planner = Planner(self.goal, offline, settings.tokenizer, settings.experiment_budget, self.prompts, planner_client,
                                self.ledger, settings.max_plan_attempts, settings.max_cost_usd)
@@ -151,9 +146,8 @@ class ResearchAgent:
 
     def _plan_context(self, state: AgentState) -> PlanContext:
         g = self.goal
-        return PlanContext(vocab_size=self.vocab, max_bytes_int8=int(g.max_mb * 1e6) if g.max_mb else None, max_params=g.max_params,
-                           max_mb=g.max_mb, max_latency_ms=g.max_latency_ms, time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0),
-                           experiment_s=parse_budget(self.s.experiment_budget).seconds)
+        return PlanContext(vocab_size=self.vocab, max_mb=g.max_mb, max_params=g.max_params, max_latency_ms=g.max_latency_ms,
+                           time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0))
 
     def edit(self, state: AgentState) -> dict[str, Any]:
         """The built-in editor: the plan's configuration becomes files in the workspace (the experiment's diff)."""

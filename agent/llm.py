@@ -229,6 +229,16 @@ def resolve_provider(spec: LLMSpec, env: dict[str, str] | None = None) -> str:
     return "offline"
 
 
+def judge_spec(planner: LLMSpec, judge: LLMSpec, env: dict[str, str] | None = None) -> LLMSpec:
+    """The judge's LLM: the planner's when the judge was not set; a judge on the planner's provider without a
+    URL of its own talks to the planner's server."""
+    if judge == LLMSpec():
+        return planner
+    if judge.base_url is None and resolve_provider(judge, env) == resolve_provider(planner, env):
+        return judge.model_copy(update={"base_url": planner.base_url})
+    return judge
+
+
 def make_client(spec: LLMSpec, role: str, env: dict[str, str] | None = None, check_reachable: bool = True) -> LLMClient | None:
     """The client for one role, or None for offline. User errors: a named provider without its key (a local
     server given by ``base_url`` may need none), an unreachable server."""

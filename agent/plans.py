@@ -106,12 +106,10 @@ class PlanContext(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     vocab_size: int
-    max_bytes_int8: int | None = None
+    max_mb: float | None = None  # int8 bytes / 10^6, as in the goal
     max_params: int | None = None
-    max_mb: float | None = None
     max_latency_ms: float | None = None
     time_left_s: float
-    experiment_s: float | None = None  # the run's budget of one training experiment, when time-based
 
 
 def check_plan(plan: TrainPlan | SearchPlan, ctx: PlanContext) -> TrainPlan | SearchPlan:
@@ -126,7 +124,8 @@ def check_plan(plan: TrainPlan | SearchPlan, ctx: PlanContext) -> TrainPlan | Se
             arch = plan.config.arch
             if arch.vocab_size != ctx.vocab_size:
                 raise PlanError(f"config.arch.vocab_size is {arch.vocab_size} but the run's tokenizer has {ctx.vocab_size} tokens")
-            broken = ArchConstraints(max_bytes=ctx.max_bytes_int8, max_params=ctx.max_params).violations(arch)
+            max_bytes = int(ctx.max_mb * 1e6) if ctx.max_mb else None
+            broken = ArchConstraints(max_bytes=max_bytes, max_params=ctx.max_params).violations(arch)
             if broken:
                 raise PlanError("config.arch breaks the goal's limits: " + "; ".join(broken))
             b = parse_budget(plan.config.budget)

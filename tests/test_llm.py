@@ -25,7 +25,7 @@ from tests.llm_server import Reply, ScriptedLLMServer, anthropic_text, anthropic
 
 runner = CliRunner()
 GOAL = parse_goal("find the best Python code model under 1 MB")
-CTX = PlanContext(vocab_size=256, max_bytes_int8=1_000_000, max_mb=1.0, time_left_s=600, experiment_s=None)
+CTX = PlanContext(vocab_size=256, max_mb=1.0, time_left_s=600)
 SMALL = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128)
 
 
