@@ -44,11 +44,10 @@ class Planner:
 
     def propose(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None, noise: float | None,
                 ctx: PlanContext) -> PlanOutcome:
-        offline_plan = lambda: parse_plan(self.offline.propose(history, incumbent).model_dump())  # noqa: E731
         if self.client is None:
-            return PlanOutcome(offline_plan(), "offline")
+            return PlanOutcome(self._offline(history, incumbent), "offline")
         if history and history[-1]["decision"] == "close":
-            return PlanOutcome(offline_plan(), "rule", ["a close call is re-run with another seed before anything else"])
+            return PlanOutcome(self._offline(history, incumbent), "rule", ["a close call is re-run with another seed before anything else"])
         notes: list[str] = []
         feedback = ""
         for attempt in range(1, self.max_attempts + 1):
@@ -71,6 +70,7 @@ class Planner:
             raw: dict[str, Any] | str = reply.data if reply.data is not None else _json_in(reply.text)
             try:
                 plan = check_plan(parse_plan(raw), ctx)
+                _refuse_exact_repeat(plan, history)
                 return PlanOutcome(plan, "llm", notes)
             except PlanError as err:
                 notes.append(f"plan rejected (attempt {attempt}/{self.max_attempts}): {err}")
@@ -78,10 +78,21 @@ class Planner:
                 feedback = (f"# Your previous answer was rejected\nAnswer: {shown}\nError: {err}\n"
                             "Fix exactly this error and call submit_plan again.\n")
         notes.append("the offline planner takes this step")
-        return PlanOutcome(offline_plan(), "offline fallback", notes)
+        return PlanOutcome(self._offline(history, incumbent), "offline fallback", notes)
+
+    def _offline(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> TrainPlan | SearchPlan:
+        return parse_plan(self.offline.propose(history, incumbent).model_dump())
 
     def _over_budget(self) -> bool:
         return self.max_cost_usd is not None and self.ledger is not None and self.ledger.total_usd >= self.max_cost_usd
+
+
+def _refuse_exact_repeat(plan: TrainPlan | SearchPlan, history: list[dict[str, Any]]) -> None:
+    """The same kind and config with the same seed would only re-measure a known number."""
+    config = plan.model_dump()["config"]
+    for h in history:
+        if h["plan"]["kind"] == plan.kind and h["plan"]["config"] == config:
+            raise PlanError(f"this exact configuration was already run as {h['id']}: change the config, or the seed for a deliberate repeat")
 
 
 def _json_in(text: str) -> dict[str, Any] | str:

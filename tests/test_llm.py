@@ -118,6 +118,16 @@ def test_invalid_plans_go_back_with_the_error_then_offline_takes_the_step(tmp_pa
         assert "breaks the goal's limits" in user_text(srv.requests[-1])
 
 
+def test_an_exact_repeat_is_refused(tmp_path):
+    done = {"id": "e001", "plan": train_plan(), "decision": "keep", "reason": "first", "val_bpb": 3.0, "metrics": {}}
+    done["plan"]["config"] = {**done["plan"]["config"], "lr": 3e-3, "batch_size": 16}  # as recorded: defaults filled in
+    with ScriptedLLMServer() as srv:
+        srv.script.extend([tool_reply("openai", train_plan()), tool_reply("openai", train_plan(seed=1))])
+        out = make_planner(tmp_path, "openai", srv).propose([done], done, None, CTX)
+        assert out.source == "llm" and out.plan.config.seed == 1
+        assert "already run as e001" in out.notes[0] and "already run as e001" in user_text(srv.requests[1])
+
+
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 def test_sdk_retries_429_and_500(tmp_path, provider):
     with ScriptedLLMServer() as srv:
