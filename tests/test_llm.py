@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.goal import parse_goal
 from agent.judge import Verdict
-from agent.llm import AnthropicClient, CostLedger, LLMSpec, OpenAIClient, make_client, resolve_provider
+from agent.llm import AnthropicClient, CostLedger, LLMSpec, OpenAIClient, judge_spec, make_client, resolve_provider
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner
 from agent.planner import Planner
@@ -210,6 +210,12 @@ def test_provider_resolution_and_key_errors(tmp_path):
         make_client(LLMSpec(provider="anthropic"), "planner", {})
     with pytest.raises(UserError, match="cannot reach the judge's LLM server"):
         make_client(LLMSpec(provider="openai", base_url=f"http://127.0.0.1:{_closed_port()}/v1"), "judge", {})
+    # the judge: the planner's LLM unless set; another provider keeps its own server
+    planner = LLMSpec(provider="anthropic", model="claude-opus-4-6", base_url="http://127.0.0.1:1")
+    assert judge_spec(planner, LLMSpec(), {}) == planner
+    assert judge_spec(planner, LLMSpec(provider="anthropic", model="claude-haiku-4-5"), {}).base_url == planner.base_url
+    other = judge_spec(planner, LLMSpec(provider="openai", model="gpt-4.1"), {})
+    assert (other.provider, other.model, other.base_url) == ("openai", "gpt-4.1", None)
     # a local OpenAI-compatible server needs no key
     with ScriptedLLMServer() as srv:
         assert make_client(LLMSpec(provider="openai", base_url=srv.openai_url), "planner", {}) is not None
