@@ -50,10 +50,12 @@ def run_random(tmp: Path, args: argparse.Namespace) -> dict:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.monotonic() - t0
     with open(out / "results.tsv") as fh:
-        recs = sorted((r for r in csv.DictReader(fh, delimiter="\t") if r["stage"] == "1"), key=lambda r: int(r["trial"]))
-    bpbs = [float(r["val_bpb"]) for r in recs if r.get("val_bpb") not in (None, "", "nan")]
-    return {"method": "random search", "wall_s": wall, "experiments": len(recs), "kept": None, "first_val_bpb": bpbs[0] if bpbs else None,
-            "best_val_bpb": min(bpbs) if bpbs else None, "heldout_bpb": None, "agent_overhead_s_per_iter": None}
+        rows = sorted((r for r in csv.DictReader(fh, delimiter="\t") if r["stage"] == "1"), key=lambda r: int(r["trial"]))
+    trained = [r for r in rows if r["status"] != "rejected"]  # rejected: broke the size limit, never trained
+    bpbs = [float(r["val_bpb"]) for r in trained if r.get("val_bpb") not in (None, "", "nan")]
+    return {"method": "random search", "wall_s": wall, "experiments": len(trained), "rejected_untrained": len(rows) - len(trained),
+            "kept": None, "first_val_bpb": bpbs[0] if bpbs else None, "best_val_bpb": min(bpbs) if bpbs else None,
+            "heldout_bpb": None, "agent_overhead_s_per_iter": None}
 
 
 def main() -> None:
