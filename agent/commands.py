@@ -190,6 +190,14 @@ def _status(run_id: str, runs_dir: Path) -> None:
     summary = settings.run_dir / "summary.json"
     state = "finished" if summary.is_file() else ("stopping (STOP file)" if (settings.run_dir / "STOP").exists() else "running or interrupted")
     console.print(f"{len(rows)} experiments recorded; {state}", highlight=False)
+    calls = settings.run_dir / "llm_calls.jsonl"
+    if calls.is_file():
+        from agent.llm import CostLedger
+
+        ledger = CostLedger(calls)
+        tin, tout = ledger.tokens
+        cap = f" of ${settings.max_cost_usd:g}" if settings.max_cost_usd is not None else ""
+        console.print(f"LLM: {len(ledger.records)} calls, {tin:,} in / {tout:,} out tokens, ${ledger.total_usd:.4f}{cap}", highlight=False)
 
 
 def review_command(run_id: Annotated[str, typer.Argument()], runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:

@@ -53,7 +53,10 @@ def run_random(tmp: Path, args: argparse.Namespace) -> dict:
         rows = sorted((r for r in csv.DictReader(fh, delimiter="\t") if r["stage"] == "1"), key=lambda r: int(r["trial"]))
     trained = [r for r in rows if r["status"] != "rejected"]  # rejected: broke the size limit, never trained
     bpbs = [float(r["val_bpb"]) for r in trained if r.get("val_bpb") not in (None, "", "nan")]
+    statuses = {st: sum(r["status"] == st for r in trained) for st in sorted({r["status"] for r in trained})}
     return {"method": "random search", "wall_s": wall, "experiments": len(trained), "rejected_untrained": len(rows) - len(trained),
+            "trial_statuses": " ".join(f"{k}:{v}" for k, v in statuses.items()),
+            "mean_trial_wall_s": sum(float(r["wall_s"]) for r in trained if r.get("wall_s")) / max(1, sum(bool(r.get("wall_s")) for r in trained)),
             "kept": None, "first_val_bpb": bpbs[0] if bpbs else None, "best_val_bpb": min(bpbs) if bpbs else None,
             "heldout_bpb": None, "agent_overhead_s_per_iter": None}
 

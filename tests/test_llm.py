@@ -314,6 +314,8 @@ def test_run_with_an_llm_planner_and_judge_end_to_end(tmp_path, small_corpus_dir
     assert summary["llm_calls"] == len(ledger) and summary["llm_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in ledger))
     assert summary["planned_by"] == {"llm": 3}
     assert "LLM calls" in (run / "report.md").read_text()
+    status = runner.invoke(app, ["status", "l1", "--runs-dir", str(tmp_path)])
+    assert status.exit_code == 0 and f"LLM: {len(ledger)} calls" in status.output
     # the key is never passed to workers or saved
     assert "test-key" not in (run / "run.json").read_text()
 
