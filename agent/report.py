@@ -46,6 +46,10 @@ def _plot(history: list[dict[str, Any]], incumbent_id: str | None, path: Path) -
         sel = [(x, y) for x, y, d, _ in pts if d == decision]
         if sel:
             ax.scatter(*zip(*sel), c=colour, label=decision, s=28)
+    from nas.pareto import pareto_front
+
+    front = sorted((pts[i][0], pts[i][1]) for i in pareto_front([(x, y) for x, y, _, _ in pts]))
+    ax.step(*zip(*front), where="post", color="#d62728", alpha=0.5, lw=1, label="Pareto front (size, bpb)")
     for x, y, _, i in pts:
         ax.annotate(i, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if i == incumbent_id:
@@ -92,7 +96,10 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
         lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {bpb} | {size} | {lat} | "
                      f"{h['plan']['rationale'].replace('|', '/')} | {h['reason'].replace('|', '/')} |")
     if has_plot:
-        lines += ["", "![val bpb against int8 size](report.png)"]
+        lines += ["", "![val bpb against int8 size, with the Pareto front of the trained experiments](report.png)"]
+    search_plot = _latest_search_plot(history, out)
+    if search_plot:
+        lines += ["", f"Pareto front of the latest architecture search (short training): ![search front]({search_plot.name})"]
     lines += ["", "Discarded experiments keep their full diff under `refs/autonas/discarded/<id>` in the workspace; "
               "`results.tsv` and `journal.md` there list everything that was tried."]
     md = "\n".join(lines) + "\n"
@@ -109,6 +116,19 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
                                                                  for src in sorted({h.get("planner", "offline") for h in history})}},
                                                  indent=2))
     return out / "report.md"
+
+
+def _latest_search_plot(history: list[dict[str, Any]], out: Path) -> Path | None:
+    """Copy the latest search's pareto.png next to the report (the workspace's runs/ is not committed)."""
+    import shutil
+
+    for h in reversed(history):
+        src = Path(h.get("run_dir") or "") / "pareto.png"
+        if h["plan"]["kind"] == "nas_search" and src.is_file():
+            dst = out / "search_pareto.png"
+            shutil.copyfile(src, dst)
+            return dst
+    return None
 
 
 def _llm_line(agent: ResearchAgent) -> str:
@@ -143,8 +163,11 @@ def _html(md: str, title: str) -> str:
             body.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line.startswith("## "):
             body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("!["):
-            body.append('<img src="report.png" alt="val bpb against int8 size">')
+        elif "![" in line:
+            text, _, rest = line.partition("![")
+            alt, _, src = rest.partition("](")
+            body.append(f"<p>{html.escape(text)}</p>" if text.strip() else "")
+            body.append(f'<img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt.rstrip("]"))}">')
         elif line.startswith("- "):
             body.append(f"<li>{html.escape(line[2:])}</li>")
         elif line.strip():
