@@ -6,7 +6,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -14,6 +14,10 @@ from rich.table import Table
 from agent.settings import RunSettings
 from nas.cli import console, err_console, user_errors
 from nas.errors import UserError
+
+if TYPE_CHECKING:
+    from agent.graph import ResearchAgent
+    from agent.llm import LLMSpec
 
 
 def _load_settings(run_id: str, runs_dir: Path) -> RunSettings:
@@ -23,7 +27,7 @@ def _load_settings(run_id: str, runs_dir: Path) -> RunSettings:
     return RunSettings.model_validate_json(path.read_text())
 
 
-def _drive(agent: Any, fresh: bool) -> dict[str, Any]:
+def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
     """Run the graph from its start (fresh) or from its last checkpoint; Ctrl-C ends cleanly after the node."""
     from agent.graph import build_graph, graph_config, open_checkpointer
     from agent.llm import KEY_ENV
@@ -41,8 +45,8 @@ def _drive(agent: Any, fresh: bool) -> dict[str, Any]:
     if not fresh and not snapshot.next:
         if snapshot.values.get("done"):
             raise UserError(f"run {settings.run_id} has finished; its report is {settings.run_dir / 'report.md'}")
-    no_key = "" if agent.planner.client or settings.planner.provider != "auto" else \
-        f" (no {' or '.join(KEY_ENV.values())} in the environment, so no LLM is used)"
+    no_llm = agent.planner.client is None and agent.llm_judge is None and settings.planner.provider == "auto"
+    no_key = f" (no {' or '.join(KEY_ENV.values())} in the environment, so no LLM is used)" if no_llm else ""
     err_console.print(agent.describe_llms() + no_key, highlight=False)
     try:
         state = graph.invoke({"step": 0, "history": [], "elapsed_s": 0.0, "worker_s": 0.0, "agent_s": 0.0} if fresh else None, config)
@@ -132,7 +136,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
 
 
 def _llm_spec(provider: str, model: str | None, base_url: str | None, timeout: float, price_in: float | None,
-              price_out: float | None) -> Any:
+              price_out: float | None) -> "LLMSpec":
     from agent.llm import PROVIDERS, LLMSpec
 
     if provider not in PROVIDERS:
