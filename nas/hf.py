@@ -144,3 +144,26 @@ def load_hf_as_codelm(path: str | Path) -> CodeLM:
         sd["lm_head.weight"] = sd["embed_tokens.weight"]
     model.load_state_dict(sd, strict=True)
     return model
+
+
+def load_hf_causal_lm(path_or_id: str, device: str = "cpu"):  # -> (PreTrainedModel, PreTrainedTokenizerBase)
+    """``AutoModelForCausalLM.from_pretrained`` and its tokenizer, in fp32, in eval mode.
+
+    A path that does not exist is refused before transformers tries the hub (which would fail offline
+    with a long message); a hub id works when it is in the local Hugging Face cache or online.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path_or_id).expanduser()
+    looks_local = p.is_absolute() or str(path_or_id).startswith((".", "~")) or p.exists() or str(path_or_id).count("/") > 1
+    if looks_local and not p.is_dir():
+        raise UserError(f"teacher model folder {path_or_id} does not exist")
+    if looks_local and not (p / "config.json").is_file():
+        raise UserError(f"{path_or_id} is not a Hugging Face model folder (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(p) if looks_local else path_or_id, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(p) if looks_local else path_or_id)
+    except OSError as err:
+        raise UserError(f"cannot load Hugging Face model {path_or_id}: {str(err).splitlines()[0]}") from None
+    model.to(torch.device(device)).eval()
+    return model, tokenizer

