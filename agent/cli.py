@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from agent.commands import register as register_agent
+from distill.cli import register as register_distill
 from nas.cli import register as register_nas
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 register_agent(app)
 register_nas(app)
+register_distill(app)
 
 
 def main() -> None:

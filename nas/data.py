@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.errors import UserError
-from nas.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, parse_tokenizer_spec, train_bpe
+from nas.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer_file, parse_tokenizer_spec, train_bpe
 
 Split = Literal["train", "val", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "val", "heldout")
@@ -248,6 +248,8 @@ def get_tokenizer(spec: str, train_docs: list[Document], corpus_fp: str) -> Toke
     kind, size = parse_tokenizer_spec(spec)
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "file":
+        return load_tokenizer_file(spec.strip()[5:])
     path = cache_root() / "tokenizers" / f"{corpus_fp}-bpe{size}.json"
     if path.is_file():
         return BPETokenizer.load(path)
@@ -265,6 +267,10 @@ def _source_signature(spec: CorpusSpec, tokenizer: str) -> str | None:
     None for hub data sets, which are always loaded (datasets keeps its own cache).
     """
     h = hashlib.sha256(f"{spec.model_dump_json()}|{tokenizer}".encode())
+    if tokenizer.strip().startswith("file:"):  # a tokenizer file edited in place must not hit the old cache
+        tok_file = load_tokenizer_file(tokenizer.strip()[5:]).path
+        if tok_file is not None:
+            h.update(hashlib.sha256(Path(tok_file).read_bytes()).hexdigest().encode())
     path = Path(spec.source)
     if spec.source == "stdlib":
         root: Path | None = stdlib_dir()
@@ -285,7 +291,7 @@ def _source_signature(spec: CorpusSpec, tokenizer: str) -> str | None:
 
 
 def _load_tokenizer_file(kind: str, path: str | None) -> Tokenizer:
-    return ByteTokenizer() if kind == "byte" else BPETokenizer.load(str(path))
+    return ByteTokenizer() if kind == "byte" else load_tokenizer_file(str(path))
 
 
 def _open_tokenized(directory: Path, tok: Tokenizer, fp: str) -> TokenizedCorpus:

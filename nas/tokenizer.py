@@ -18,6 +18,9 @@ import numpy as np
 from nas.errors import UserError
 
 EOS_TOKEN = "<|endoftext|>"
+# Document separators of other tokenizers a teacher may bring (GPT-2/StarCoder, Llama 2, Llama 3, Gemma).
+OTHER_EOS_TOKENS = ("</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
+_BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
 class Tokenizer(Protocol):
@@ -81,9 +84,9 @@ class BPETokenizer:
         self._tok = tok
         self.path = path
         self.vocab_size = tok.get_vocab_size()
-        eos = tok.token_to_id(EOS_TOKEN)
+        eos = next((tok.token_to_id(t) for t in (EOS_TOKEN, *OTHER_EOS_TOKENS) if tok.token_to_id(t) is not None), None)
         if eos is None:
-            raise UserError(f"BPE tokenizer has no {EOS_TOKEN} token")
+            raise UserError(f"tokenizer has no document separator ({EOS_TOKEN} or {', '.join(OTHER_EOS_TOKENS)})")
         self.eos_id = int(eos)
         self.name = f"bpe{self.vocab_size}"
 
@@ -110,14 +113,21 @@ class BPETokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def token_bytes(self) -> np.ndarray:
+        """Bytes of text per token: byte-level BPE symbols, SentencePiece pieces (``▁`` is a space,
+        ``<0xNN>`` one byte); special tokens other than the separator stand for no text."""
         out = np.zeros(self.vocab_size, dtype=np.int32)
+        special = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
         for token, idx in self._tok.get_vocab(with_added_tokens=True).items():
             if idx == self.eos_id:
                 out[idx] = 1
+            elif token in special:
+                out[idx] = 0  # never produced by encode on plain text
             elif all(ch in _UNICODE_TO_BYTE for ch in token):
                 out[idx] = len(token)
-            else:  # another special token: never produced by encode on plain text
-                out[idx] = 0
+            elif _BYTE_FALLBACK.match(token):
+                out[idx] = 1
+            else:
+                out[idx] = len(token.replace("\u2581", " ").encode("utf-8"))
         return out
 
     def fingerprint(self) -> str:
@@ -149,7 +159,13 @@ _SPEC = re.compile(r"^(byte|bpe)(?::?(\d+)(k?))?$")
 
 
 def parse_tokenizer_spec(spec: str) -> tuple[str, int]:
-    """``byte`` -> ("byte", 256); ``bpe:4096`` / ``bpe4k`` -> ("bpe", 4096)."""
+    """``byte`` -> ("byte", 256); ``bpe:4096`` / ``bpe4k`` -> ("bpe", 4096); ``file:PATH`` -> ("file", its size).
+
+    ``file:`` names a ``tokenizer.json`` (or a folder holding one), e.g. a teacher's, so a student
+    shares its vocabulary exactly.
+    """
+    if spec.strip().startswith("file:"):
+        return "file", load_tokenizer_file(spec.strip()[5:]).vocab_size
     m = _SPEC.match(spec.strip().lower())
     if not m:
         raise UserError(f"unknown tokenizer {spec!r}: use 'byte' or 'bpe:<vocab size>' (e.g. bpe:4096, bpe8k)")
@@ -164,3 +180,13 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int]:
     if size < 257 or size > 65535:
         raise UserError(f"BPE vocabulary size must be between 257 and 65535, got {size}")
     return "bpe", size
+
+
+def load_tokenizer_file(path: str | Path) -> BPETokenizer:
+    """A ``tokenizer.json``, or the one inside a folder (a run folder or a Hugging Face model folder)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    if not p.is_file():
+        raise UserError(f"no tokenizer file at {p}")
+    return BPETokenizer.load(p)

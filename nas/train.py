@@ -18,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from nas.model import CodeLM, build_model
 from nas.space import ArchConfig
 
 METRICS_FILE = "metrics.json"
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, inputs, targets) -> loss
 
 
 class TrainConfig(BaseModel):
@@ -190,7 +191,11 @@ class Trainer:
     """Trains ``arch`` on ``corpus`` into ``out``; call :meth:`run`."""
 
     def __init__(self, arch: ArchConfig, corpus: TokenizedCorpus, cfg: TrainConfig, out: Path,
-                 corpus_spec: CorpusSpec | None = None, tokenizer_name: str = "byte", log_to_console: bool = True):
+                 corpus_spec: CorpusSpec | None = None, tokenizer_name: str = "byte", log_to_console: bool = True,
+                 loss_fn: LossFn | None = None, extra_record: dict[str, Any] | None = None,
+                 extra_metrics: Callable[[], dict[str, Any]] | None = None):
+        """``loss_fn(logits, inputs, targets)`` replaces next-token cross-entropy (distillation uses it);
+        ``extra_record`` joins run.json (and must match on resume); ``extra_metrics()`` joins metrics.json."""
         if arch.vocab_size != corpus.vocab_size:
             raise UserError(
                 f"arch vocab_size {arch.vocab_size} does not match the tokenizer's {corpus.vocab_size} "
@@ -200,6 +205,7 @@ class Trainer:
         self.corpus_spec = corpus_spec or CorpusSpec()
         self.tokenizer_name = tokenizer_name
         self.log_to_console = log_to_console
+        self.loss_fn, self.extra_record, self.extra_metrics = loss_fn, extra_record or {}, extra_metrics
         self.device = resolve_device(cfg.device)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
@@ -213,6 +219,7 @@ class Trainer:
             "corpus": self.corpus_spec.model_dump(),
             "tokenizer": self.tokenizer_name,
             "corpus_fingerprint": self.corpus.corpus_fingerprint,
+            **self.extra_record,
         }
 
     def _check_same_run(self) -> None:
@@ -221,7 +228,7 @@ class Trainer:
             return
         saved = json.loads(path.read_text())
         mine = self._run_record()
-        for key in ("arch", "corpus_fingerprint", "tokenizer"):
+        for key in ("arch", "corpus_fingerprint", "tokenizer", *self.extra_record):
             if saved.get(key) != mine.get(key):
                 raise UserError(f"{self.out} holds a checkpoint of a different run ({key} differs); choose another --out")
 
@@ -297,7 +304,10 @@ class Trainer:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     with autocast():
                         logits = step_fn(x)
-                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+                    if self.loss_fn is None:
+                        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+                    else:
+                        loss = self.loss_fn(logits, x, y)
                     (loss / cfg.grad_accum).backward()
                     window_loss += loss.detach()
                 if cfg.grad_clip > 0:
@@ -371,6 +381,8 @@ class Trainer:
             save_model(model, str(self.out / "model.safetensors"))
             if self.cfg.measure_latency:
                 metrics.update(measure_latency(model).as_metrics())
+        if self.extra_metrics is not None:
+            metrics.update(self.extra_metrics())
         metrics["eval_s"] = round(time.perf_counter() - t_eval, 3)
         metrics["wall_s"] = round(state["wall_s"] + metrics["eval_s"], 3)
         metrics["peak_mem_mb"] = round(peak_memory_mb(self.device), 1)

