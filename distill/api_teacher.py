@@ -112,7 +112,9 @@ class APITeacher:
             u = getattr(resp, "usage", None)
             return Completion(choice.message.content or "", tokens, int(getattr(u, "prompt_tokens", 0) or 0),
                               int(getattr(u, "completion_tokens", 0) or 0))
-        kw = {"model": self.spec.model, "max_tokens": n_tok, "temperature": min(t, 1.0), "system": SYSTEM_PROMPT,
+        # anthropic>=1.0 removed sampling parameters from Messages.create and newer Claude models reject
+        # them: a Claude teacher samples at the API's default, the temperature applies to OpenAI servers only.
+        kw = {"model": self.spec.model, "max_tokens": n_tok, "system": SYSTEM_PROMPT,
               "messages": [{"role": "user", "content": prompt}]}
         if stop:
             kw["stop_sequences"] = [s for s in stop if s.strip()]  # the API refuses whitespace-only stops

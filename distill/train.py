@@ -90,6 +90,7 @@ def teacher_val_bpb(teacher: Teacher, corpus: TokenizedCorpus, cfg: TrainConfig,
 def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, train: TrainConfig, loss: KDLossConfig,
             out: Path, topk: int | None = None, log_to_console: bool = True, eval_teacher: bool = True) -> TrainOutcome:
     """Token-level KD of ``teacher`` into ``student`` (already reconciled) under ``train``'s budget."""
+    Path(out).mkdir(parents=True, exist_ok=True)
     corpus = prepare_corpus(corpus_spec, teacher.tokenizer_spec)
     if corpus.vocab_size != student.vocab_size:
         raise UserError(f"corpus tokenizer has {corpus.vocab_size} tokens, the student {student.vocab_size}")
@@ -129,6 +130,7 @@ def sequence_distill(teacher_jsonl: Path, student: ArchConfig, corpus_spec: Corp
     """Sequence-level KD: cross-entropy on the teacher's completions (prompt + completion as documents)."""
     from distill.api_teacher import read_generations
 
+    Path(out).mkdir(parents=True, exist_ok=True)
     base = prepare_corpus(corpus_spec, tokenizer)
     rows = [r for r in read_generations(teacher_jsonl) if r.get("completion")]
     if not rows:

@@ -43,3 +43,21 @@ def _no_llm_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never reach a real LLM: keys and base URLs from the developer's shell are removed."""
     for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+
+
+TINY_ARCH = {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 2, "d_ff": 64, "context_length": 64, "vocab_size": 256}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished training run folder (arch.json, model.safetensors, metrics.json) of a tiny byte model."""
+    from nas.data import CorpusSpec, prepare_corpus
+    from nas.space import ArchConfig
+    from nas.train import Trainer, TrainConfig
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    spec = CorpusSpec(source=str(small_corpus_dir))
+    cfg = TrainConfig(budget_tokens=20_000, batch_size=8, eval_bytes=8192, measure_latency=False, device="cpu")
+    outcome = Trainer(ArchConfig(**TINY_ARCH), prepare_corpus(spec, "byte"), cfg, out, spec, log_to_console=False).run()
+    assert outcome.status == "ok"
+    return out
