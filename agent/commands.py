@@ -225,7 +225,7 @@ def _review(run_id: str, runs_dir: Path) -> None:
     for e in ws.experiments():
         bpb = float(e.trailers["val-bpb"]) if "val-bpb" in e.trailers else None
         delta = "" if bpb is None or best is None else f"{bpb - best:+.4f}"
-        if bpb is not None and e.trailers.get("kind") == "train":
+        if bpb is not None and e.trailers.get("kind") in ("train", "distill"):
             best = bpb if best is None else min(best, bpb)
         size = f"{float(e.trailers['size-int8-bytes']) / 1e6:.3f}" if "size-int8-bytes" in e.trailers else ""
         table.add_row(e.sha[:10], e.trailers.get("experiment", ""), f"{bpb:.4f}" if bpb is not None else "", delta, size, e.title)

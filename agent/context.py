@@ -35,6 +35,12 @@ def _what(entry: dict[str, Any]) -> str:
         from nas.space import ArchConfig
 
         return f"{ArchConfig(**cfg['arch']).describe()}, {cfg['budget']}, lr {cfg['lr']:g}"
+    if plan["kind"] == "distill":
+        from nas.space import ArchConfig
+
+        return f"distill {cfg['teacher']} -> {ArchConfig(**cfg['arch']).describe()}, {cfg['loss']}, {cfg['budget']}"
+    if plan["kind"] == "eval":
+        return f"HumanEval of {cfg['target']}, {cfg['limit'] or 164} problems, n={cfg['n']}"
     return f"search {cfg['strategy']}, {cfg['trials']} trials x {cfg['stage1_budget']}, {cfg['objectives']}"
 
 

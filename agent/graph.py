@@ -28,7 +28,7 @@ from agent.llm import CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner, group_key
 from agent.planner import Planner
-from agent.plans import PlanContext
+from agent.plans import MODEL_KINDS, PlanContext
 from agent.prompting import Prompts
 from agent.settings import RunSettings
 from nas.budget import parse_budget
@@ -118,7 +118,7 @@ class ResearchAgent:
     def _expected_experiment_s(self, state: AgentState) -> float:
         """Wall clock of a training experiment as measured so far (start-up and evaluation included), else
         its nominal budget: the run does not start an experiment it would overrun by more than half."""
-        walls = [h["worker_s"] for h in state.get("history", []) if h["plan"]["kind"] == "train" and h.get("worker_s")]
+        walls = [h["worker_s"] for h in state.get("history", []) if h["plan"]["kind"] in MODEL_KINDS and h.get("worker_s")]
         if walls:
             return statistics.fmean(walls[-5:])
         return parse_budget(self.s.experiment_budget).seconds or 0.0
@@ -147,7 +147,8 @@ class ResearchAgent:
     def _plan_context(self, state: AgentState) -> PlanContext:
         g = self.goal
         return PlanContext(vocab_size=self.vocab, max_mb=g.max_mb, max_params=g.max_params, max_latency_ms=g.max_latency_ms,
-                           time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0))
+                           time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0),
+                           models=tuple(model_runs(state.get("history", []))), has_incumbent=state.get("incumbent") is not None)
 
     def edit(self, state: AgentState) -> dict[str, Any]:
         """The built-in editor: the plan's configuration becomes files in the workspace (the experiment's diff)."""
@@ -157,17 +158,35 @@ class ResearchAgent:
         assert plan is not None and exp_id is not None
         configs = ws.root / "configs"
         configs.mkdir(exist_ok=True)
-        if plan["kind"] == "train":
+        if plan["kind"] in MODEL_KINDS:
             (configs / "arch.json").write_text(json.dumps(plan["config"]["arch"], indent=2) + "\n")
-            (configs / "train.json").write_text(json.dumps({k: v for k, v in plan["config"].items() if k != "arch"}, indent=2) + "\n")
+            name = "train.json" if plan["kind"] == "train" else "distill.json"
+            (configs / name).write_text(json.dumps({k: v for k, v in plan["config"].items() if k != "arch"}, indent=2) + "\n")
+        elif plan["kind"] == "eval":
+            (configs / "eval.json").write_text(json.dumps(plan["config"], indent=2) + "\n")
         else:
             (configs / "search.json").write_text(json.dumps(plan["config"], indent=2) + "\n")
         (configs / "plan.json").write_text(json.dumps({"experiment": exp_id, **plan}, indent=2) + "\n")
         return self._timed(state, t0)
 
-    def _command(self, plan: dict[str, Any], out: Path) -> tuple[list[str], float]:
+    def _command(self, plan: dict[str, Any], out: Path, state: AgentState) -> tuple[list[str], float]:
         s, cfg = self.s, plan["config"]
         py = [sys.executable, "-m", "nas"]
+        if plan["kind"] == "distill":
+            teacher = resolve_model_ref(cfg["teacher"], state)
+            cmd = [sys.executable, "-m", "distill", "distill", "--teacher", teacher, "--student", "configs/arch.json",
+                   "--loss", cfg["loss"], "--temperature", str(cfg["temperature"]), "--ce-weight", str(cfg["ce_weight"]),
+                   "--budget", cfg["budget"], "--out", str(out), "--seed", str(cfg["seed"]), "--lr", str(cfg["lr"]),
+                   "--batch-size", str(cfg["batch_size"]), "--corpus", s.corpus, "--eval-bytes", str(s.eval_bytes), "--quiet"]
+            b = parse_budget(cfg["budget"])
+            return cmd, (b.seconds * 4 + 180) if b.seconds else 3600.0
+        if plan["kind"] == "eval":
+            target = resolve_model_ref(cfg["target"], state)
+            cmd = [sys.executable, "-m", "distill", "eval", "humaneval", "--model", target, "--out", str(out),
+                   "-n", str(cfg["n"]), "-k", "1", "--max-new-tokens", str(cfg["max_new_tokens"]), "--seed", str(cfg["seed"])]
+            if cfg.get("limit"):
+                cmd += ["--limit", str(cfg["limit"])]
+            return cmd, 1800.0
         if plan["kind"] == "train":
             cmd = py + ["train", "--arch", "configs/arch.json", "--budget", cfg["budget"], "--out", str(out), "--seed", str(cfg["seed"]),
                         "--lr", str(cfg["lr"]), "--batch-size", str(cfg["batch_size"]), "--tokenizer", s.tokenizer,
@@ -192,7 +211,11 @@ class ResearchAgent:
         assert plan is not None and exp_id is not None
         out = Path("runs") / exp_id  # relative to the workspace, ignored by git
         (ws.root / out).mkdir(parents=True, exist_ok=True)
-        cmd, timeout = self._command(plan, out)
+        try:
+            cmd, timeout = self._command(plan, out, state)
+        except UserError as err:  # e.g. the teacher's run folder is gone: the experiment fails, the run goes on
+            metrics = {"status": "crashed", "fail_reason": str(err)}
+            return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         outcome = run_limited(cmd, ws.root, ws.root / out / "worker.log", timeout_s=timeout, memory_mb=self.s.memory_mb,
                               env=scrubbed_env({"PYTHONUNBUFFERED": "1"}))
         metrics_path = ws.root / out / "metrics.json"
@@ -208,6 +231,12 @@ class ResearchAgent:
         plan, metrics = state["plan"], state.get("metrics")
         assert plan is not None
         history = state.get("history", [])
+        if plan["kind"] == "eval":
+            ok = bool(metrics) and "humaneval_pass_at_1" in metrics
+            verdict = {"decision": "keep" if ok else "crash", "metric": None,
+                       "reason": (f"HumanEval pass@1 {metrics['humaneval_pass_at_1']:.4f} on {metrics['humaneval_problems']} problems"
+                                  if ok else str((metrics or {}).get("fail_reason", "evaluation failed")))}
+            return {"verdict": verdict, **self._timed(state, t0)}
         if plan["kind"] == "nas_search":
             ok = bool(metrics) and metrics.get("status") == "ok"
             verdict = {"decision": "keep" if ok else "crash", "metric": (metrics or {}).get("val_bpb"),
@@ -217,7 +246,7 @@ class ResearchAgent:
         key = group_key(plan)
         groups: dict[str, list[float]] = {}
         for h in history:
-            if h["plan"]["kind"] == "train" and isinstance(h.get("val_bpb"), float):
+            if h["plan"]["kind"] in MODEL_KINDS and isinstance(h.get("val_bpb"), float):
                 groups.setdefault(group_key(h["plan"]), []).append(h["val_bpb"])
         bpb = (metrics or {}).get("val_bpb")
         same = groups.get(key, [])
@@ -255,7 +284,7 @@ class ResearchAgent:
             if exp_id not in done_ids:  # idempotent: a re-run of this node after a kill does not commit again
                 trailers = {"experiment": exp_id, "kind": plan["kind"]}
                 for key, name in (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"),
-                                  ("params", "params")):
+                                  ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1")):
                     if key in metrics:
                         trailers[name] = metrics[key]
                 if verdict.get("delta") is not None:
@@ -277,7 +306,7 @@ class ResearchAgent:
                        + (f" [green](commit {commit[:10]})[/]" if commit else ""))
         history = list(state.get("history", [])) + [entry]
         update: dict[str, Any] = {"history": history, "step": state.get("step", 0) + 1}
-        if decision == "keep" and plan["kind"] == "train":
+        if decision == "keep" and plan["kind"] in MODEL_KINDS:
             update["incumbent"] = entry
         return {**update, **self._timed(state, t0)}
 
@@ -303,6 +332,15 @@ class ResearchAgent:
 
             arch = ArchConfig(**plan["config"]["arch"])
             return f"train {arch.describe()} for {plan['config']['budget']} (seed {plan['config']['seed']})"
+        if plan["kind"] == "distill":
+            from nas.space import ArchConfig
+
+            c = plan["config"]
+            return (f"distill {c['teacher']} into {ArchConfig(**c['arch']).describe()} ({c['loss']}, T={c['temperature']:g}) "
+                    f"for {c['budget']} (seed {c['seed']})")
+        if plan["kind"] == "eval":
+            c = plan["config"]
+            return f"HumanEval of {c['target']} ({c['limit'] or 164} problems, n={c['n']})"
         return f"architecture search: {plan['config']['trials']} trials, {plan['config']['objectives']}"
 
     def _journal(self, text: str) -> None:
@@ -374,3 +412,26 @@ def copy_best(agent: ResearchAgent, incumbent: dict[str, Any] | None) -> Path | 
         if (src / name).is_file():
             shutil.copyfile(src / name, best / name)
     return best
+
+
+def model_runs(history: list[dict[str, Any]]) -> dict[str, str]:
+    """Experiment id -> run folder of every finished model (train / distill with a val bpb)."""
+    return {h["id"]: h["run_dir"] for h in history
+            if h["plan"]["kind"] in MODEL_KINDS and h.get("val_bpb") is not None and h.get("run_dir")}
+
+
+def resolve_model_ref(ref: str, state: AgentState) -> str:
+    """'incumbent' or an experiment id -> that model's run folder (absolute)."""
+    if ref == "incumbent":
+        inc = state.get("incumbent")
+        if not inc or not inc.get("run_dir"):
+            raise UserError("no incumbent model yet")
+        path = inc["run_dir"]
+    else:
+        runs = model_runs(state.get("history", []))
+        if ref not in runs:
+            raise UserError(f"experiment {ref} has no finished model")
+        path = runs[ref]
+    if not (Path(path) / "model.safetensors").is_file():
+        raise UserError(f"the model of {ref} is missing ({path})")
+    return str(Path(path).resolve())

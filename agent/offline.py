@@ -5,7 +5,10 @@
 2. Run a small multi-objective architecture search under the same limits.
 3. Train the search's Pareto front at the full experiment budget, best first.
 4. Re-run any close call with another seed, so a lucky seed is never kept.
-5. Then explore the incumbent's neighbourhood: one-gene mutations not tried before.
+5. Distil the incumbent into its own architecture once (born-again networks, Furlanello et al. 2018:
+   a student of the teacher's size trained on its soft targets often beats it), then score the
+   incumbent on HumanEval once, so the report carries a code-ability figure.
+6. Then explore the incumbent's neighbourhood: one-gene mutations not tried before.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal import Goal
-from agent.plans import SearchConfigPlan, SearchPlan, TrainConfigPlan, TrainPlan
+from agent.plans import (AnyPlan, DistillConfigPlan, DistillPlan, EvalConfigPlan, EvalPlan, SearchConfigPlan, SearchPlan,
+                         TrainConfigPlan, TrainPlan)
 from nas.space import ArchConfig, ArchConstraints, get_space
 
 
@@ -42,7 +46,7 @@ class OfflinePlanner:
             return arch
         return self.space.sample_feasible(random.Random(self.seed), self.constraints)
 
-    def propose(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> TrainPlan | SearchPlan:
+    def propose(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> AnyPlan:
         tried = {group_key(h["plan"]) for h in history}
         last = history[-1] if history else None
         # 4. a close call is re-run with the next seed before anything else
@@ -50,8 +54,10 @@ class OfflinePlanner:
             plan = dict(last["plan"])
             seeds = [h["plan"]["config"].get("seed", 0) for h in history if group_key(h["plan"]) == group_key(plan)]
             cfg = {**plan["config"], "seed": max(seeds) + 1}
-            return TrainPlan(config=TrainConfigPlan(**cfg), rationale=f"re-run of {last['id']} with seed {cfg['seed']}: "
-                             "its gain was within the measured noise")
+            from agent.plans import parse_plan
+
+            return parse_plan({"kind": plan["kind"], "config": cfg, "rationale": f"re-run of {last['id']} with seed "
+                               f"{cfg['seed']}: its gain was within the measured noise"})
         trains = [h for h in history if h["plan"]["kind"] == "train"]
         # 1. baseline, then its repeat for the noise estimate
         if not trains:
@@ -73,7 +79,15 @@ class OfflinePlanner:
                 plan = self._train(arch, f"train Pareto candidate from {h['id']} at the full budget")
                 if group_key(plan.model_dump()) not in tried and self.constraints.allows(arch):
                     return plan
-        # 5. neighbourhood of the incumbent
+        # 5. born-again distillation of the incumbent, then one HumanEval of the incumbent
+        if incumbent is not None and not any(h["plan"]["kind"] == "distill" for h in history):
+            return DistillPlan(config=DistillConfigPlan(teacher=incumbent["id"], arch=ArchConfig(**incumbent["plan"]["config"]["arch"]),
+                                                        loss="fkl", budget=self.train_budget),
+                               rationale=f"born-again distillation: {incumbent['id']}'s soft targets into its own architecture")
+        if incumbent is not None and not any(h["plan"]["kind"] == "eval" for h in history):
+            return EvalPlan(config=EvalConfigPlan(target=incumbent["id"], limit=20, max_new_tokens=96),
+                            rationale=f"HumanEval pass@1 of the incumbent {incumbent['id']} (first 20 problems, greedy)")
+        # 6. neighbourhood of the incumbent
         base = ArchConfig(**incumbent["plan"]["config"]["arch"]) if incumbent else self._baseline_arch()
         rng = random.Random(self.seed * 7919 + len(history))
         for _ in range(200):

@@ -17,7 +17,7 @@ from agent.context import front_text, history_table, incumbent_text, limits_text
 from agent.goal import Goal
 from agent.llm import CostLedger, LLMClient, LLMError
 from agent.offline import OfflinePlanner
-from agent.plans import PlanContext, PlanError, SearchPlan, TrainPlan, check_plan, parse_plan, plan_tool_schema
+from agent.plans import AnyPlan, PlanContext, PlanError, SearchPlan, TrainPlan, check_plan, parse_plan, plan_tool_schema
 from agent.prompting import Prompts
 
 TOOL = "submit_plan"
@@ -26,7 +26,7 @@ TOOL_DESCRIPTION = "Submit the next experiment as a plan {kind, config, rational
 
 @dataclass
 class PlanOutcome:
-    plan: TrainPlan | SearchPlan
+    plan: AnyPlan
     source: str  # "llm", "offline", "rule" (close-call re-run) or "offline fallback"
     notes: list[str] = field(default_factory=list)
 
@@ -80,14 +80,14 @@ class Planner:
         notes.append("the offline planner takes this step")
         return PlanOutcome(self._offline(history, incumbent), "offline fallback", notes)
 
-    def _offline(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> TrainPlan | SearchPlan:
+    def _offline(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> AnyPlan:
         return parse_plan(self.offline.propose(history, incumbent).model_dump())
 
     def _over_budget(self) -> bool:
         return self.max_cost_usd is not None and self.ledger is not None and self.ledger.total_usd >= self.max_cost_usd
 
 
-def _refuse_exact_repeat(plan: TrainPlan | SearchPlan, history: list[dict[str, Any]]) -> None:
+def _refuse_exact_repeat(plan: AnyPlan, history: list[dict[str, Any]]) -> None:
     """The same kind and config with the same seed would only re-measure a known number."""
     config = plan.model_dump()["config"]
     for h in history:

@@ -35,6 +35,34 @@ class SearchConfigPlan(BaseModel):
     max_latency_ms: float | None = Field(None, gt=0)
 
 
+class DistillConfigPlan(BaseModel):
+    """Distil an earlier experiment's model (the teacher) into a student architecture ``arch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field("incumbent", description="'incumbent' or the id of a finished train/distill experiment, e.g. e003")
+    arch: ArchConfig
+    loss: Literal["fkl", "rkl", "skl", "srkl"] = "fkl"
+    temperature: float = Field(1.0, gt=0, le=10)
+    ce_weight: float = Field(0.5, ge=0, le=1)
+    budget: str = "60s"
+    lr: float = Field(3e-3, gt=0, lt=1)
+    batch_size: int = Field(16, ge=1, le=512)
+    seed: int = Field(0, ge=0)
+
+
+class EvalConfigPlan(BaseModel):
+    """HumanEval on an earlier experiment's model (greedy pass@1 unless n > 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field("incumbent", description="'incumbent' or the id of a finished train/distill experiment")
+    limit: int | None = Field(40, ge=1, le=164, description="first N problems (None: all 164)")
+    n: int = Field(1, ge=1, le=200)
+    max_new_tokens: int = Field(128, ge=8, le=1024)
+    seed: int = Field(0, ge=0)
+
+
 class TrainPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,16 +79,34 @@ class SearchPlan(BaseModel):
     rationale: str = Field(min_length=1)
 
 
-Plan = Annotated[Union[TrainPlan, SearchPlan], Field(discriminator="kind")]
+class DistillPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["distill"] = "distill"
+    config: DistillConfigPlan
+    rationale: str = Field(min_length=1)
+
+
+class EvalPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["eval"] = "eval"
+    config: EvalConfigPlan
+    rationale: str = Field(min_length=1)
+
+
+AnyPlan = Union[TrainPlan, SearchPlan, DistillPlan, EvalPlan]
+Plan = Annotated[AnyPlan, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter = TypeAdapter(Plan)
-PLAN_KINDS = ("train", "nas_search")
+PLAN_KINDS = ("train", "nas_search", "distill", "eval")
+MODEL_KINDS = ("train", "distill")  # kinds whose result is a model that competes for the incumbent
 
 
 class PlanError(ValueError):
     """The planner's output is not a valid plan; the message is fed back to it."""
 
 
-def parse_plan(raw: str | dict) -> TrainPlan | SearchPlan:
+def parse_plan(raw: str | dict) -> AnyPlan:
     try:
         data = json.loads(raw) if isinstance(raw, str) else raw
     except json.JSONDecodeError as err:
@@ -80,6 +126,9 @@ def plan_schema() -> dict:
     return _ADAPTER.json_schema()
 
 
+_CONFIG_DEFS = ("TrainConfigPlan", "SearchConfigPlan", "DistillConfigPlan", "EvalConfigPlan")
+
+
 def plan_tool_schema() -> dict:
     """The plan as one JSON object for an LLM tool call: providers want an object at the top level (not the
     ``oneOf`` of the union), so ``config`` is the ``anyOf`` of the kinds' configs and ``kind`` says which."""
@@ -89,14 +138,17 @@ def plan_tool_schema() -> dict:
         "type": "object",
         "properties": {
             "kind": {"type": "string", "enum": list(PLAN_KINDS),
-                     "description": "train: train one architecture; nas_search: a short multi-objective architecture search"},
-            "config": {"anyOf": [{"$ref": "#/$defs/TrainConfigPlan"}, {"$ref": "#/$defs/SearchConfigPlan"}],
-                       "description": "TrainConfigPlan for kind train, SearchConfigPlan for kind nas_search"},
+                     "description": "train: train one architecture; nas_search: a short multi-objective architecture "
+                                    "search; distill: distil an earlier model (teacher) into an architecture; "
+                                    "eval: HumanEval pass@k of an earlier model"},
+            "config": {"anyOf": [{"$ref": f"#/$defs/{name}"} for name in _CONFIG_DEFS],
+                       "description": "TrainConfigPlan for train, SearchConfigPlan for nas_search, DistillConfigPlan for "
+                                      "distill, EvalConfigPlan for eval"},
             "rationale": {"type": "string", "minLength": 1, "description": "why this experiment, in one or two sentences"},
         },
         "required": ["kind", "config", "rationale"],
         "additionalProperties": False,
-        "$defs": {k: v for k, v in defs.items() if k in ("TrainConfigPlan", "SearchConfigPlan", "ArchConfig")},
+        "$defs": {k: v for k, v in defs.items() if k in (*_CONFIG_DEFS, "ArchConfig")},
     }
 
 
@@ -110,27 +162,51 @@ class PlanContext(BaseModel):
     max_params: int | None = None
     max_latency_ms: float | None = None
     time_left_s: float
+    models: tuple[str, ...] = ()  # ids of finished train/distill experiments (teachers / eval targets)
+    has_incumbent: bool = False
 
 
-def check_plan(plan: TrainPlan | SearchPlan, ctx: PlanContext) -> TrainPlan | SearchPlan:
+def _check_model_ref(ref: str, field: str, ctx: PlanContext) -> None:
+    if ref == "incumbent":
+        if not ctx.has_incumbent:
+            raise PlanError(f"config.{field} is 'incumbent' but nothing has been kept yet")
+    elif ref not in ctx.models:
+        known = ", ".join(ctx.models) or "none yet"
+        raise PlanError(f"config.{field} {ref!r} is not a finished train/distill experiment (known: {known})")
+
+
+def _check_arch_and_budget(arch: ArchConfig, budget: str, ctx: PlanContext) -> None:
+    from nas.budget import parse_budget
+    from nas.space import ArchConstraints
+
+    if arch.vocab_size != ctx.vocab_size:
+        raise PlanError(f"config.arch.vocab_size is {arch.vocab_size} but the run's tokenizer has {ctx.vocab_size} tokens")
+    max_bytes = int(ctx.max_mb * 1e6) if ctx.max_mb else None
+    broken = ArchConstraints(max_bytes=max_bytes, max_params=ctx.max_params).violations(arch)
+    if broken:
+        raise PlanError("config.arch breaks the goal's limits: " + "; ".join(broken))
+    b = parse_budget(budget)
+    if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
+        raise PlanError(f"config.budget {budget} is more than the {ctx.time_left_s:.0f}s left in the run")
+
+
+def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
     """Semantic checks (PlanError with the reason) and the goal's limits filled into a search that left them out."""
     from nas.budget import parse_budget
     from nas.errors import UserError
     from nas.objectives import parse_objectives
-    from nas.space import ArchConstraints, get_space
+    from nas.space import get_space
 
     try:
         if isinstance(plan, TrainPlan):
-            arch = plan.config.arch
-            if arch.vocab_size != ctx.vocab_size:
-                raise PlanError(f"config.arch.vocab_size is {arch.vocab_size} but the run's tokenizer has {ctx.vocab_size} tokens")
-            max_bytes = int(ctx.max_mb * 1e6) if ctx.max_mb else None
-            broken = ArchConstraints(max_bytes=max_bytes, max_params=ctx.max_params).violations(arch)
-            if broken:
-                raise PlanError("config.arch breaks the goal's limits: " + "; ".join(broken))
-            b = parse_budget(plan.config.budget)
-            if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
-                raise PlanError(f"config.budget {plan.config.budget} is more than the {ctx.time_left_s:.0f}s left in the run")
+            _check_arch_and_budget(plan.config.arch, plan.config.budget, ctx)
+            return plan
+        if isinstance(plan, DistillPlan):
+            _check_model_ref(plan.config.teacher, "teacher", ctx)
+            _check_arch_and_budget(plan.config.arch, plan.config.budget, ctx)
+            return plan
+        if isinstance(plan, EvalPlan):
+            _check_model_ref(plan.config.target, "target", ctx)
             return plan
         cfg = plan.config
         get_space(cfg.space)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.graph import AgentState, ResearchAgent, copy_best
+from agent.plans import MODEL_KINDS
 
 
 def heldout_bpb(agent: ResearchAgent, best: Path) -> float | None:
@@ -37,7 +38,7 @@ def _plot(history: list[dict[str, Any]], incumbent_id: str | None, path: Path) -
     import matplotlib.pyplot as plt
 
     pts = [(h["metrics"].get("size_bytes_int8"), h["val_bpb"], h["decision"], h["id"]) for h in history
-           if h["plan"]["kind"] == "train" and h.get("val_bpb") is not None and h["metrics"].get("size_bytes_int8")]
+           if h["plan"]["kind"] in MODEL_KINDS and h.get("val_bpb") is not None and h["metrics"].get("size_bytes_int8")]
     if not pts:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -73,7 +74,7 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
     out = agent.run_dir
     has_plot = _plot(history, incumbent["id"] if incumbent else None, out / "report.png")
     kept = [h for h in history if h["decision"] == "keep"]
-    first = next((h for h in history if h.get("val_bpb") is not None and h["plan"]["kind"] == "train"), None)
+    first = next((h for h in history if h.get("val_bpb") is not None and h["plan"]["kind"] in MODEL_KINDS), None)
     lines = [f"# AutoNAS run {agent.s.run_id}", "", f"Goal: {agent.s.goal}", "",
              f"Stopped: {state.get('stop_reason', 'finished')}. {len(history)} experiments, {len(kept)} kept, "
              f"{state.get('elapsed_s', 0):.0f}s elapsed ({state.get('worker_s', 0):.0f}s in workers, "

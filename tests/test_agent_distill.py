@@ -1,0 +1,77 @@
+"""The agent's distill and eval plan kinds, driven end to end by a scripted LLM planner on 127.0.0.1."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.offline import OfflinePlanner
+from agent.plans import DistillPlan, EvalPlan, PlanContext, PlanError, check_plan, parse_plan, plan_tool_schema
+from sandbox.workspace import Workspace
+from tests.llm_server import ScriptedLLMServer, anthropic_tool
+from tests.test_llm import GOAL, SMALL, _cli, train_plan
+
+runner = CliRunner()
+
+
+def _distill(teacher: str, **over) -> dict:
+    return {"kind": "distill", "config": {"teacher": teacher, "arch": SMALL.model_dump(), "loss": "rkl", "budget": "16ktok", **over},
+            "rationale": f"distil {teacher} into the small shape"}
+
+
+def _eval(target: str) -> dict:
+    return {"kind": "eval", "config": {"target": target, "limit": 3, "max_new_tokens": 16}, "rationale": "code ability"}
+
+
+def test_distill_and_eval_plans_are_checked_against_the_history() -> None:
+    ctx = PlanContext(vocab_size=256, max_mb=1.0, time_left_s=600, models=("e001",), has_incumbent=True)
+    assert isinstance(check_plan(parse_plan(_distill("e001")), ctx), DistillPlan)
+    assert isinstance(check_plan(parse_plan(_eval("incumbent")), ctx), EvalPlan)
+    with pytest.raises(PlanError, match="not a finished train/distill experiment"):
+        check_plan(parse_plan(_distill("e007")), ctx)
+    with pytest.raises(PlanError, match="nothing has been kept"):
+        check_plan(parse_plan(_eval("incumbent")), ctx.model_copy(update={"has_incumbent": False}))
+    with pytest.raises(PlanError, match="loss"):
+        parse_plan(_distill("e001", loss="mse"))
+    assert set(plan_tool_schema()["properties"]["kind"]["enum"]) == {"train", "nas_search", "distill", "eval"}
+
+
+def test_offline_planner_distils_then_evaluates_the_incumbent() -> None:
+    planner = OfflinePlanner(GOAL, 256, "16ktok", 2)
+    inc = {"id": "e003", "plan": train_plan(), "decision": "keep", "val_bpb": 3.0, "run_dir": "/nowhere"}
+    history = [inc, {"id": "e004r", "plan": train_plan(seed=1), "decision": "repeat", "val_bpb": 3.01},
+               {"id": "e004", "plan": {"kind": "nas_search", "config": {}}, "decision": "keep", "run_dir": "/nowhere"}]
+    first = planner.propose(history, inc)
+    assert isinstance(first, DistillPlan) and first.config.teacher == "e003" and first.config.arch == SMALL
+    history.append({"id": "e005", "plan": first.model_dump(), "decision": "discard", "val_bpb": 3.1})
+    second = planner.propose(history, inc)
+    assert isinstance(second, EvalPlan) and second.config.target == "e003"
+
+
+@pytest.mark.slow
+def test_llm_planner_runs_distill_and_eval_experiments(tmp_path, small_corpus_dir, monkeypatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    script = [train_plan(), _distill("e009"), _distill("e001"), _eval("incumbent")]
+
+    def respond(path: str, body: dict):
+        return anthropic_tool(body["tools"][0]["name"], script.pop(0) if script else _eval("e001"))
+
+    with ScriptedLLMServer(respond) as srv:
+        result = runner.invoke(app, _cli(tmp_path, small_corpus_dir, "kd", "--base-url", srv.anthropic_url, "--judge", "offline",
+                                         "--max-experiments", "3"))
+    assert result.exit_code == 0, result.output
+    ws = tmp_path / "kd" / "workspace"
+    rows = list(csv.DictReader(open(ws / "results.tsv"), delimiter="\t"))
+    assert [r["kind"] for r in rows] == ["train", "distill", "eval"]
+    assert "not a finished train/distill experiment" in (ws / "journal.md").read_text()  # e009 went back to the planner
+    distilled = json.loads((ws / "runs" / "e002" / "metrics.json").read_text())
+    assert distilled["status"] == "ok" and distilled["kd_loss"] == "rkl" and distilled["kd_teacher"].startswith("autonas:")
+    evaluated = json.loads((ws / "runs" / "e003" / "metrics.json").read_text())
+    assert evaluated["humaneval_problems"] == 3 and 0.0 <= evaluated["humaneval_pass_at_1"] <= 1.0
+    commits = {e.trailers.get("experiment"): e for e in Workspace.open(ws, "kd").experiments()}
+    assert "e003" in commits and "humaneval-pass-at-1" in commits["e003"].trailers
+    assert (ws / "configs" / "distill.json").is_file() and (ws / "configs" / "eval.json").is_file()
