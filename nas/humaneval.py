@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -168,7 +168,7 @@ def evaluate_samples(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(run_program, problems[s["task_id"]].program(s["completion"]), limits): i
                    for i, s in enumerate(samples)}
-        for fut in _as_completed(futures):
+        for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
             done += 1
             if progress:
@@ -187,12 +187,6 @@ def evaluate_samples(
     isolation = next((r.isolation for r in results if r is not None), Isolation())
     return EvalReport(mean_pass_at_k(counts, ks), len(per_task), len(samples), outcomes["passed"], wall,
                       results_file, isolation, outcomes)
-
-
-def _as_completed(futures: dict) -> Iterator:  # type: ignore[type-arg]
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
 
 
 # --------------------------------------------------------------------------------------------------

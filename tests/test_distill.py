@@ -162,3 +162,26 @@ def test_api_teacher_needs_a_key_or_a_server() -> None:
         APITeacher(APITeacherSpec.parse("anthropic:claude-haiku-4-5"), env={})
     with pytest.raises(UserError, match="openai:<model>"):
         APITeacherSpec.parse("gemini:pro")
+
+
+def test_hf_model_and_api_model_as_humaneval_sources(hf_teacher_dir: Path, tmp_path: Path) -> None:
+    from agent.cli import app
+    from nas.humaneval import STOP_SEQUENCES, HFModelSource, read_problems
+
+    text = HFModelSource(str(hf_teacher_dir)).complete("def add(a, b):\n", 1, 0.0, 1.0, 8, STOP_SEQUENCES, 0)
+    assert len(text) == 1 and isinstance(text[0], str)
+    problems = read_problems()
+
+    def canonical(path: str, body: dict) -> Reply:  # a perfect "teacher": answers each prompt with its solution
+        prompt = body["messages"][-1]["content"]
+        solution = next(p.canonical_solution for p in problems.values() if p.prompt == prompt)
+        return Reply(body={"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                           "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": solution}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    with ScriptedLLMServer(canonical) as srv:
+        res = CliRunner().invoke(app, ["eval", "humaneval", "--model", "openai:local-coder", "--base-url", srv.openai_url,
+                                       "--limit", "4", "--out", str(tmp_path / "api")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "api" / "metrics.json").read_text())
+    assert m["humaneval_pass_at_1"] == 1.0 and m["humaneval_model"] == "openai:local-coder"
