@@ -46,6 +46,7 @@ def distill_command(
     ce_weight: Annotated[float, typer.Option(help="weight of the hard-label cross-entropy in [0, 1]")] = 0.5,
     skew: Annotated[float, typer.Option(help="skew for skl / srkl (DistiLLM alpha)")] = 0.1,
     topk: Annotated[int, typer.Option(help="use only the teacher's top-k log-probs plus a tail bucket (0: full logits)")] = 0,
+    cache_topk: Annotated[Optional[Path], typer.Option(help="folder caching the teacher's top-k log-probs (needs --topk); shared by students")] = None,
     adopt_teacher_vocab: Annotated[bool, typer.Option(help="give the student the teacher's vocabulary size and tokenizer")] = False,
     corpus: Annotated[str, typer.Option(help="stdlib, a local file/folder, or a hub name")] = "stdlib",
     text_field: Annotated[Optional[str], typer.Option()] = None,
@@ -69,7 +70,7 @@ def distill_command(
 
 @user_errors
 def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | None, temperature: float, ce_weight: float,
-             skew: float, topk: int, adopt_teacher_vocab: bool, corpus: str, text_field: str | None, batch_size: int,
+             skew: float, topk: int, cache_topk: Path | None, adopt_teacher_vocab: bool, corpus: str, text_field: str | None, batch_size: int,
              lr: float, seed: int, device: str, eval_bytes: int, prompts: int, teacher_data: Path | None,
              teacher_base_url: str | None, teacher_max_tokens: int, concurrency: int, mode: str, tokenizer: str,
              quiet: bool) -> None:
@@ -86,6 +87,8 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
         raise UserError(f"unknown --mode {mode!r}: use mix or replace")
     if topk < 0 or topk > 1000:
         raise UserError(f"--topk must be between 0 and 1000, got {topk}")
+    if cache_topk is not None and not topk:
+        raise UserError("--cache-topk stores the teacher's top-k log-probs: give --topk too (e.g. --topk 20)")
     if not student.is_file():
         raise UserError(f"student architecture {student} does not exist")
     arch = ArchConfig.load(student)
@@ -118,7 +121,7 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
     prepare_run_dir(out_dir)
     err_console.print(f"distilling {t.name} -> {arch.describe()} ({loss}, T={temperature:g}, ce {ce_weight:g}"
                       f"{f', top-{topk}' if topk else ''}) for {parsed.describe()} -> {out_dir}", highlight=False)
-    outcome = distill(t, arch, spec, cfg, kd, out_dir, topk or None, log_to_console=not quiet)
+    outcome = distill(t, arch, spec, cfg, kd, out_dir, topk or None, log_to_console=not quiet, cache_dir=cache_topk)
     _finish(outcome, out_dir)
 
 

@@ -26,6 +26,7 @@ class Teacher(Protocol):
     context_length: int
     tokenizer_spec: str  # what nas.data.prepare_corpus takes: "byte" or "file:<tokenizer.json>"
     tokenizer_fingerprint: str
+    fingerprint: str  # identifies the weights (for the top-k logit cache)
 
     def to(self, device: torch.device) -> "Teacher": ...
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor: ...
@@ -61,6 +62,7 @@ class CodeLMTeacher:
         self.context_length = arch.context_length
         self.arch = arch
         self.name = f"autonas:{d.resolve().name}"
+        self.fingerprint = _files_fingerprint([d / "model.safetensors", d / "arch.json"])
         self.params = sum(p.numel() for p in self.model.parameters())
 
     def to(self, device: torch.device) -> "CodeLMTeacher":
@@ -100,6 +102,10 @@ class HFTeacher:
             raise UserError(f"{path_or_id}: the model has {self.logit_size} logits but its tokenizer {self.vocab_size} tokens")
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
         self.name = f"hf:{path_or_id}"
+        folder = Path(getattr(self.model, "name_or_path", "") or path_or_id)
+        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [folder / "config.json"]
+        self.fingerprint = _files_fingerprint([w for w in weights if w.is_file()]) if folder.is_dir() else \
+            hashlib.sha256(path_or_id.encode()).hexdigest()[:16]
         self.params = sum(p.numel() for p in self.model.parameters())
 
     def to(self, device: torch.device) -> "HFTeacher":
@@ -110,6 +116,17 @@ class HFTeacher:
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids).logits
         return out[..., : self.vocab_size]  # padded embedding rows stand for no token
+
+
+def _files_fingerprint(paths: list[Path]) -> str:
+    """A content hash of the teacher's weight files (read once; teachers here are small enough)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def load_teacher(spec: str) -> Teacher:

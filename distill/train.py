@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from distill.logit_cache import TopKLogitCache
 from distill.losses import KDLossConfig, kd_loss_full, kd_loss_topk, teacher_topk
 from distill.teachers import Teacher
 from nas.data import CorpusSpec, TokenizedCorpus, prepare_corpus
@@ -59,15 +60,25 @@ class KDLossHook:
     teacher: Teacher
     loss: KDLossConfig
     topk: int | None = None
+    cache: TopKLogitCache | None = None
     last_parts: dict[str, float] | None = None
 
-    def __call__(self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _teacher_topk(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.topk
+        cached = self.cache.get(inputs) if self.cache is not None else None
+        if cached is not None:
+            return cached
         with torch.no_grad():
-            t_logits = self.teacher.logits(inputs).float()
+            ids, logp = teacher_topk(self.teacher.logits(inputs).float(), self.topk)
+        return self.cache.put(inputs, ids, logp) if self.cache is not None else (ids, logp)
+
+    def __call__(self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.topk:
-            ids, logp = teacher_topk(t_logits, self.topk)
+            ids, logp = self._teacher_topk(inputs)
             value, parts = kd_loss_topk(logits, ids, logp, targets, self.loss)
         else:
+            with torch.no_grad():
+                t_logits = self.teacher.logits(inputs).float()
             value, parts = kd_loss_full(logits, t_logits, targets, self.loss)
         self.last_parts = parts
         return value
@@ -88,13 +99,20 @@ def teacher_val_bpb(teacher: Teacher, corpus: TokenizedCorpus, cfg: TrainConfig,
 
 
 def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, train: TrainConfig, loss: KDLossConfig,
-            out: Path, topk: int | None = None, log_to_console: bool = True, eval_teacher: bool = True) -> TrainOutcome:
-    """Token-level KD of ``teacher`` into ``student`` (already reconciled) under ``train``'s budget."""
+            out: Path, topk: int | None = None, log_to_console: bool = True, eval_teacher: bool = True,
+            cache_dir: Path | None = None) -> TrainOutcome:
+    """Token-level KD of ``teacher`` into ``student`` (already reconciled) under ``train``'s budget.
+
+    With ``topk`` and ``cache_dir``, the teacher's top-k log-probs are read from / written to a disk
+    cache shared by every student distilled from the same teacher."""
+    if cache_dir is not None and not topk:
+        raise UserError("the teacher logit cache stores top-k log-probs: give --topk with --cache-topk")
     Path(out).mkdir(parents=True, exist_ok=True)
     corpus = prepare_corpus(corpus_spec, teacher.tokenizer_spec)
     if corpus.vocab_size != student.vocab_size:
         raise UserError(f"corpus tokenizer has {corpus.vocab_size} tokens, the student {student.vocab_size}")
-    hook = KDLossHook(teacher, loss, topk)
+    cache = TopKLogitCache(cache_dir, teacher.fingerprint, topk) if cache_dir is not None and topk else None
+    hook = KDLossHook(teacher, loss, topk, cache)
     trainer = Trainer(student, corpus, train, out, corpus_spec, teacher.tokenizer_spec, log_to_console=log_to_console,
                       loss_fn=hook, extra_record={"distill": {"teacher": teacher.name, "loss": loss.model_dump(), "topk": topk}})
     teacher.to(trainer.device)
@@ -103,6 +121,8 @@ def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, trai
         m: dict[str, Any] = {"kd_teacher": teacher.name, "kd_loss": loss.kind, "kd_temperature": loss.temperature,
                              "kd_ce_weight": loss.ce_weight, "kd_topk": topk or 0,
                              "kd_teacher_params": int(getattr(teacher, "params", 0))}
+        if cache is not None:
+            m.update({"kd_cache_hits": cache.hits, "kd_cache_misses": cache.misses})
         if hook.last_parts:
             m.update({"kd_last_ce": hook.last_parts["ce"], "kd_last_div": hook.last_parts["kd"]})
         if eval_teacher:

@@ -185,3 +185,19 @@ def test_hf_model_and_api_model_as_humaneval_sources(hf_teacher_dir: Path, tmp_p
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "api" / "metrics.json").read_text())
     assert m["humaneval_pass_at_1"] == 1.0 and m["humaneval_model"] == "openai:local-coder"
+
+
+def test_topk_logit_cache_makes_a_second_student_skip_the_teacher(tiny_run: Path, small_corpus_dir: Path, tmp_path: Path) -> None:
+    teacher = load_teacher(str(tiny_run))
+    student = ArchConfig(**{**TINY_ARCH, "d_model": 16, "n_heads": 1, "n_kv_heads": 1, "d_ff": 32})
+    spec = CorpusSpec(source=str(small_corpus_dir))
+    runs = []
+    for name in ("first", "second"):
+        runs.append(distill(teacher, student, spec, CFG, KDLossConfig(), tmp_path / name, topk=6, log_to_console=False,
+                            eval_teacher=False, cache_dir=tmp_path / "cache").metrics)
+    first, second = runs
+    assert first["kd_cache_misses"] == first["steps"] and first["kd_cache_hits"] == 0
+    assert second["kd_cache_hits"] == second["steps"] and second["kd_cache_misses"] == 0
+    assert second["val_bpb"] == first["val_bpb"]  # the cached run is the same run
+    with pytest.raises(UserError, match="--topk"):
+        distill(teacher, student, spec, CFG, KDLossConfig(), tmp_path / "x", cache_dir=tmp_path / "cache")
