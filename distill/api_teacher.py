@@ -17,6 +17,7 @@ import ast
 import json
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -64,6 +65,15 @@ class Completion:
     tokens: list[dict[str, Any]] = field(default_factory=list)  # [{"token", "logprob", "top": [[tok, lp], ...]}]
     input_tokens: int = 0
     output_tokens: int = 0
+
+
+_FENCE = re.compile(r"^\s*```[A-Za-z0-9_+-]*[ \t]*\n(.*?)(?:\n[ \t]*```\s*)?$", re.S)
+
+
+def strip_fences(text: str) -> str:
+    """Chat models wrap code in Markdown fences despite being asked not to; the program needs the code."""
+    m = _FENCE.match(text)
+    return m.group(1) + "\n" if m else text
 
 
 class APITeacher:
@@ -127,7 +137,7 @@ class APITeacher:
 
     def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  stop: Sequence[str], seed: int) -> list[str]:
-        return [self.complete_one(prompt, temperature, max_new_tokens, stop, seed + i).text for i in range(n)]
+        return [strip_fences(self.complete_one(prompt, temperature, max_new_tokens, stop, seed + i).text) for i in range(n)]
 
     def is_rate_limit(self, err: Exception) -> bool:
         return isinstance(err, getattr(self._sdk, "RateLimitError", ()))

@@ -114,3 +114,11 @@ def test_mask_restricts_positions_and_vocab_mismatch_is_refused() -> None:
         kd_loss_full(s, torch.randn(1, 4, 7), y, cfg)
     with pytest.raises(ValueError, match="vocabulary"):
         kd_loss_topk(s, torch.full((1, 4, 2), 9), torch.full((1, 4, 2), -1.0), y, cfg)
+
+
+def test_markdown_fences_are_stripped_from_api_completions() -> None:
+    from distill.api_teacher import strip_fences
+
+    assert strip_fences("```python\n    return a + b\n```") == "    return a + b\n"
+    assert strip_fences("```\n    return 1\n") == "    return 1\n"
+    assert strip_fences("    return x  # no fence\n") == "    return x  # no fence\n"
