@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nas.cli import _print_metrics, console, err_console, user_errors
+from nas.cli import _print_metrics, console, err_console, exit_unless_finished, user_errors
 from nas.errors import UserError
 
 eval_app = typer.Typer(help="Evaluate code ability (HumanEval pass@k).", no_args_is_help=True)
@@ -126,12 +126,7 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
 
 
 def _finish(outcome: Any, out_dir: Path) -> None:
-    if outcome.status == "interrupted":
-        err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
-        raise typer.Exit(130)
-    if outcome.status != "ok":
-        err_console.print(f"[bold red]run failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
-        raise typer.Exit(1)
+    exit_unless_finished(outcome, out_dir)
     _print_metrics(outcome.metrics)
 
 

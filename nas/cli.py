@@ -105,15 +105,20 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
     err_console.print(f"training {arch_cfg.describe()} for {parsed_budget.describe()} on {trainer.device} -> {out_dir}",
                       highlight=False)
     outcome = trainer.run()
+    exit_unless_finished(outcome, out_dir)
+    if hf:
+        _export_hf_folder(out_dir, arch_cfg, data)
+    _print_metrics(outcome.metrics)
+
+
+def exit_unless_finished(outcome: Any, out_dir: Path) -> None:
+    """An interrupted run exits 130 (rerun to resume), a failed one 1 with its recorded reason."""
     if outcome.status == "interrupted":
         err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
         raise typer.Exit(130)
     if outcome.status != "ok":
         err_console.print(f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
         raise typer.Exit(1)
-    if hf:
-        _export_hf_folder(out_dir, arch_cfg, data)
-    _print_metrics(outcome.metrics)
 
 
 def _export_hf_folder(out_dir: Path, arch_cfg: Any, data: Any) -> None:
