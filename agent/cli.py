@@ -6,6 +6,7 @@ import typer
 
 from agent.commands import register as register_agent
 from distill.cli import register as register_distill
+from kernels.cli import register as register_kernels
 from nas.cli import register as register_nas
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 register_agent(app)
 register_nas(app)
 register_distill(app)
+register_kernels(app)
 
 
 def main() -> None:

@@ -107,7 +107,6 @@ def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, trai
     cache shared by every student distilled from the same teacher."""
     if cache_dir is not None and not topk:
         raise UserError("the teacher logit cache stores top-k log-probs: give --topk with --cache-topk")
-    Path(out).mkdir(parents=True, exist_ok=True)
     corpus = prepare_corpus(corpus_spec, teacher.tokenizer_spec)
     if corpus.vocab_size != student.vocab_size:
         raise UserError(f"corpus tokenizer has {corpus.vocab_size} tokens, the student {student.vocab_size}")
@@ -150,7 +149,6 @@ def sequence_distill(teacher_jsonl: Path, student: ArchConfig, corpus_spec: Corp
     """Sequence-level KD: cross-entropy on the teacher's completions (prompt + completion as documents)."""
     from distill.api_teacher import read_generations
 
-    Path(out).mkdir(parents=True, exist_ok=True)
     base = prepare_corpus(corpus_spec, tokenizer)
     rows = [r for r in read_generations(teacher_jsonl) if r.get("completion")]
     if not rows:

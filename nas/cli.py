@@ -138,10 +138,13 @@ def _export_hf_folder(out_dir: Path, arch_cfg: Any, data: Any) -> None:
     err_console.print(f"Hugging Face folder: {out_dir / 'hf'}", highlight=False)
 
 
-def _print_metrics(metrics: dict[str, Any]) -> None:
+TRAIN_KEYS = ("val_bpb", "params", "params_non_embedding", "size_bytes_int8", "steps", "tokens_trained",
+              "tokens_per_s", "latency_ms_p50", "latency_ms_prefill_p50", "wall_s", "peak_mem_mb")
+
+
+def _print_metrics(metrics: dict[str, Any], keys: tuple[str, ...] = TRAIN_KEYS) -> None:
     table = Table(title="metrics.json", show_header=False)
-    for key in ("val_bpb", "params", "params_non_embedding", "size_bytes_int8", "steps", "tokens_trained",
-                "tokens_per_s", "latency_ms_p50", "latency_ms_prefill_p50", "wall_s", "peak_mem_mb"):
+    for key in keys:
         if key in metrics:
             v = metrics[key]
             table.add_row(key, (f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4f}") if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))

@@ -193,9 +193,13 @@ class Trainer:
     def __init__(self, arch: ArchConfig, corpus: TokenizedCorpus, cfg: TrainConfig, out: Path,
                  corpus_spec: CorpusSpec | None = None, tokenizer_name: str = "byte", log_to_console: bool = True,
                  loss_fn: LossFn | None = None, extra_record: dict[str, Any] | None = None,
-                 extra_metrics: Callable[[], dict[str, Any]] | None = None):
+                 extra_metrics: Callable[[], dict[str, Any]] | None = None, init_weights: Path | None = None,
+                 keep_zeros: bool = False):
         """``loss_fn(logits, inputs, targets)`` replaces next-token cross-entropy (distillation uses it);
-        ``extra_record`` joins run.json (and must match on resume); ``extra_metrics()`` joins metrics.json."""
+        ``extra_record`` joins run.json (and must match on resume); ``extra_metrics()`` joins metrics.json.
+        ``init_weights`` (safetensors) starts from a trained model instead of a fresh one (fine-tuning,
+        recovery after pruning); ``keep_zeros`` keeps every zero weight of a matrix at zero through
+        training (sparsity survives the fine-tune and a resume, since the mask is read off the weights)."""
         if arch.vocab_size != corpus.vocab_size:
             raise UserError(
                 f"arch vocab_size {arch.vocab_size} does not match the tokenizer's {corpus.vocab_size} "
@@ -206,6 +210,7 @@ class Trainer:
         self.tokenizer_name = tokenizer_name
         self.log_to_console = log_to_console
         self.loss_fn, self.extra_record, self.extra_metrics = loss_fn, extra_record or {}, extra_metrics
+        self.init_weights, self.keep_zeros = init_weights, keep_zeros
         self.device = resolve_device(cfg.device)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
@@ -240,6 +245,7 @@ class Trainer:
 
     def run(self) -> TrainOutcome:
         cfg, device = self.cfg, self.device
+        self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         model = build_model(self.arch, seed=cfg.seed).to(device)
         opt = build_optimizer(model, cfg, device)
@@ -253,12 +259,17 @@ class Trainer:
             state["resumed_from_step"] = state["step"]
             self._log(f"resumed from {ckpt.name} at step {state['step']} ({state['tokens']} tokens)")
         else:
+            if self.init_weights is not None:
+                from safetensors.torch import load_model
+
+                load_model(model, str(self.init_weights), device=str(device))
             _write_json_atomic(self.out / "run.json", self._run_record())
             (self.out / "arch.json").write_text(self.arch.to_json())
             tok_path = getattr(self.corpus.tokenizer, "path", None)
             if tok_path is not None:  # a run folder is self-contained: its model is usable without the cache
                 shutil.copyfile(tok_path, self.out / "tokenizer.json")
             self._log(f"start {self.arch.describe()} on {device}, budget {cfg.budget_s or '-'} s / {cfg.budget_tokens or '-'} tokens")
+        masks = [(p, p != 0) for p in model.parameters() if p.dim() == 2 and bool((p == 0).any())] if self.keep_zeros else []
         step_fn = torch.compile(model) if cfg.compile else model
         compile_s = 0.0
         if cfg.compile:  # compile outside the budget's clock, on a batch that does not touch the data order
@@ -314,6 +325,10 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                if masks:
+                    with torch.no_grad():
+                        for p, mask in masks:
+                            p.mul_(mask)
                 window_steps += 1
                 state["step"] += 1
                 state["tokens"] += tokens_per_step

@@ -1,0 +1,63 @@
+"""``autonas compress`` (also ``python -m kernels compress``): prune, recover, INT8, measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nas.cli import _print_metrics, err_console, user_errors
+
+
+REPORT_KEYS = ("val_bpb_before", "val_bpb_pruned", "val_bpb_recovered", "val_bpb_int8_weights", "val_bpb", "val_bpb_change_pct",
+               "prune_sparsity", "params_before", "params", "size_bytes_on_disk_fp32_before", "size_bytes_on_disk_fp32",
+               "size_bytes_on_disk_int8", "int8_linear_ratio", "latency_ms_p50_before", "latency_ms_p50", "latency_speedup", "wall_s")
+
+
+def compress_command(
+    model: Annotated[Path, typer.Option(help="a finished run folder (arch.json + model.safetensors)")],
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default <model>-compressed)")] = None,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="per-channel INT8 weights (+ the backend's int8 runtime)")] = False,
+    int8_backend: Annotated[str, typer.Option(help="cpu (dynamic int8 kernels), cuda (torchao) or reference")] = "cpu",
+    prune: Annotated[Optional[str], typer.Option(help="magnitude:0.5, wanda:0.5, ffn:0.5 (structured) or 2:4 (GPU)")] = None,
+    recover: Annotated[Optional[str], typer.Option(help="recovery fine-tune budget after pruning: 2m, 500ktok")] = None,
+    recover_lr: Annotated[float, typer.Option()] = 1e-3,
+    eval_bytes: Annotated[int, typer.Option(min=1)] = 262_144,
+    seed: Annotated[int, typer.Option()] = 0,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Compress a trained model; writes the compressed model and metrics.json (bpb, size, latency before/after)."""
+    _compress(**locals())
+
+
+@user_errors
+def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, prune: str | None, recover: str | None,
+              recover_lr: float, eval_bytes: int, seed: int, quiet: bool) -> None:
+    from kernels.compress import CompressConfig, compress
+    from kernels.prune import PruneSpec
+    from nas.budget import parse_budget
+    from nas.errors import UserError
+
+    if int8_backend not in ("cpu", "cuda", "reference"):
+        raise UserError(f"unknown --int8-backend {int8_backend!r}: use cpu, cuda or reference")
+    if prune:
+        PruneSpec.parse(prune)
+    if recover and not prune:
+        raise UserError("--recover fine-tunes after pruning: give --prune too")
+    cfg = CompressConfig.with_recovery(parse_budget(recover) if recover else None, int8=int8, int8_backend=int8_backend,
+                                       prune=prune, recover_lr=recover_lr, eval_bytes=eval_bytes, seed=seed)
+    out_dir = out or model.with_name(model.name + "-compressed")
+    err_console.print(f"compressing {model} ({'prune ' + prune if prune else ''}{' + recover ' + recover if recover else ''}"
+                      f"{' + int8' if int8 else ''}) -> {out_dir}", highlight=False)
+    _print_metrics(compress(model, out_dir, cfg, log_to_console=not quiet), REPORT_KEYS)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compress")(compress_command)
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer(help="kernels worker: compression and fast inference.", no_args_is_help=True, add_completion=False)
+    register(app)
+    return app

@@ -1,0 +1,161 @@
+"""Compress a trained model: prune (optional), recover with a short fine-tune (optional), INT8 (optional).
+
+Reads a run folder (``arch.json``, ``model.safetensors``, ``run.json`` for its corpus and tokenizer) and
+never writes into it. Writes an output folder with the compressed model (``model.safetensors`` fp32
+with its zeros, ``model_int8.safetensors`` with ``--int8``), ``arch.json``, the tokenizer, and a flat
+``metrics.json``: val bpb before / after each stage on the same validation bytes, sizes on disk,
+sparsity, parameters and batch-1 decode latency before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_model, save_model
+
+from kernels.prune import (PruneSpec, input_norms, prune_ffn_channels, prune_semi_structured_24, prune_unstructured,
+                           require_semi_structured_device)
+from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
+from nas.budget import Budget
+from nas.data import CorpusSpec, TokenizedCorpus, prepare_corpus
+from nas.errors import UserError
+from nas.metrics import evaluate_bpb, measure_latency
+from nas.model import CodeLM, build_model
+from nas.space import ArchConfig
+from nas.train import Trainer, TrainConfig
+
+
+class CompressConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    int8: bool = False
+    int8_backend: str = Field("cpu", pattern="^(cpu|cuda|reference)$")
+    prune: str | None = None  # magnitude:0.5 | wanda:0.5 | ffn:0.5 | 2:4
+    recover_s: float | None = Field(None, gt=0)
+    recover_tokens: int | None = Field(None, gt=0)
+    recover_lr: float = Field(1e-3, gt=0)
+    calib_batches: int = Field(8, ge=1)
+    eval_bytes: int = Field(262_144, gt=0)
+    seed: int = 0
+    measure_latency: bool = True
+
+    @classmethod
+    def with_recovery(cls, recover: Budget | None, **kw: Any) -> "CompressConfig":
+        return cls(recover_s=recover.seconds if recover else None, recover_tokens=recover.tokens if recover else None, **kw)
+
+
+def load_run(model_dir: Path) -> tuple[CodeLM, CorpusSpec, str]:
+    """The trained model of a run folder and the corpus / tokenizer it was trained with."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise UserError(f"model folder {model_dir} does not exist")
+    if not (d / "arch.json").is_file() or not (d / "model.safetensors").is_file():
+        raise UserError(f"{model_dir} is not a finished run (needs arch.json and model.safetensors)")
+    try:
+        arch = ArchConfig.from_json((d / "arch.json").read_text())
+        model = build_model(arch)
+        load_model(model, str(d / "model.safetensors"))
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"cannot load the model in {model_dir} (corrupt?): {str(err).splitlines()[0][:200]}") from None
+    spec, tokenizer = CorpusSpec(), "byte"
+    if (d / "run.json").is_file():
+        run = json.loads((d / "run.json").read_text())
+        spec = CorpusSpec(**run.get("corpus", {}))
+        tokenizer = run.get("tokenizer", "byte")
+    if (d / "tokenizer.json").is_file():
+        tokenizer = f"file:{(d / 'tokenizer.json').resolve()}"
+    return model.eval(), spec, tokenizer
+
+
+def _bpb(model: torch.nn.Module, corpus: TokenizedCorpus, cfg: CompressConfig, device: str = "cpu") -> float:
+    return evaluate_bpb(model, corpus["val"], corpus.token_bytes, cfg.eval_bytes, 16, device).bpb  # type: ignore[arg-type]
+
+
+def _latency(model: torch.nn.Module) -> float:
+    return measure_latency(model).as_metrics()["latency_ms_p50"]  # type: ignore[arg-type]
+
+
+def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bool = True) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    spec = PruneSpec.parse(cfg.prune) if cfg.prune else None
+    if spec is not None and spec.method == "2:4" and not torch.cuda.is_available():
+        require_semi_structured_device()
+    if not cfg.int8 and spec is None:
+        raise UserError("nothing to do: give --int8 and/or --prune")
+    model, corpus_spec, tokenizer = load_run(model_dir)
+    out = Path(out)
+    if out.resolve() == Path(model_dir).resolve():
+        raise UserError("--out must differ from the source model folder (the source is never modified)")
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = prepare_corpus(corpus_spec, tokenizer)
+    m: dict[str, Any] = {"status": "ok", "source": str(Path(model_dir).resolve()), "params_before": sum(p.numel() for p in model.parameters()),
+                         "size_bytes_on_disk_fp32_before": (Path(model_dir) / "model.safetensors").stat().st_size}
+    m["val_bpb_before"] = _bpb(model, corpus, cfg)
+    if cfg.measure_latency:
+        m["latency_ms_p50_before"] = _latency(model)
+    if spec is not None:
+        m["prune_method"], m["prune_sparsity_target"] = spec.method, spec.sparsity
+        norms = input_norms(model, corpus["train"], cfg.calib_batches, seed=cfg.seed) if spec.method in ("wanda", "ffn") else None
+        if spec.method == "ffn":
+            model = prune_ffn_channels(model, spec.sparsity, norms)
+            m["prune_sparsity"] = round(1 - model.arch.d_ff / json.loads((Path(model_dir) / "arch.json").read_text())["d_ff"], 4)
+        elif spec.method in ("magnitude", "wanda"):
+            m["prune_sparsity"] = round(prune_unstructured(model, spec.method, spec.sparsity, norms), 4)
+        else:
+            model = model.cuda()
+            prune_semi_structured_24(model)
+            m["prune_sparsity"] = 0.5
+        m["val_bpb_pruned"] = _bpb(model, corpus, cfg, "cuda" if spec.method == "2:4" else "cpu")
+        if cfg.recover_s or cfg.recover_tokens:
+            model = _recover(model, corpus, corpus_spec, tokenizer, cfg, out, keep_zeros=spec.method in ("magnitude", "wanda"),
+                             log_to_console=log_to_console)
+            m["val_bpb_recovered"] = _bpb(model, corpus, cfg)
+    m["params"] = sum(p.numel() for p in model.parameters())
+    save_model(model, str(out / "model.safetensors"))
+    (out / "arch.json").write_text(model.arch.to_json())
+    if (Path(model_dir) / "tokenizer.json").is_file():
+        shutil.copyfile(Path(model_dir) / "tokenizer.json", out / "tokenizer.json")
+    m["size_bytes_on_disk_fp32"] = (out / "model.safetensors").stat().st_size
+    final: torch.nn.Module = model
+    if cfg.int8:
+        m.update(int8_summary(save_int8(model, out)))
+        reference = load_int8(out)
+        m["val_bpb_int8_weights"] = _bpb(reference, corpus, cfg)  # weight rounding alone
+        final = for_runtime(reference, cfg.int8_backend)  # type: ignore[arg-type]
+        m["int8_backend"] = cfg.int8_backend
+    m["val_bpb"] = _bpb(final, corpus, cfg, "cuda" if cfg.int8_backend == "cuda" and cfg.int8 else "cpu")
+    m["val_bpb_change_pct"] = round(100 * (m["val_bpb"] - m["val_bpb_before"]) / m["val_bpb_before"], 3)
+    if cfg.measure_latency and next(final.parameters(), torch.zeros(0)).device.type == "cpu":
+        m["latency_ms_p50"] = _latency(final)
+        m["latency_speedup"] = round(m["latency_ms_p50_before"] / m["latency_ms_p50"], 3)
+    m["wall_s"] = round(time.perf_counter() - t0, 3)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(m, indent=2, sort_keys=True))
+    os.replace(tmp, out / "metrics.json")
+    return m
+
+
+def _recover(model: CodeLM, corpus: TokenizedCorpus, spec: CorpusSpec, tokenizer: str, cfg: CompressConfig, out: Path,
+             keep_zeros: bool, log_to_console: bool) -> CodeLM:
+    """A short fine-tune from the pruned weights; zeros stay zero for unstructured sparsity."""
+    init = out / "pruned_init.safetensors"
+    save_model(model, str(init))
+    rec_dir = out / "recover"
+    train = TrainConfig(budget_s=cfg.recover_s, budget_tokens=cfg.recover_tokens, lr=cfg.recover_lr, warmup_frac=0.0,
+                        seed=cfg.seed, device="cpu", eval_bytes=cfg.eval_bytes, measure_latency=False)
+    outcome = Trainer(model.arch, corpus, train, rec_dir, spec, tokenizer, log_to_console=log_to_console, init_weights=init,
+                      keep_zeros=keep_zeros, extra_record={"recover_from": str(init)}).run()
+    if outcome.status != "ok":
+        raise UserError(f"recovery fine-tune ended: {outcome.status} {outcome.reason}")
+    recovered = build_model(model.arch)
+    load_model(recovered, str(rec_dir / "model.safetensors"))
+    return recovered.eval()

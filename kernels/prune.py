@@ -1,0 +1,154 @@
+"""Pruning: unstructured (magnitude, Wanda) and structured (FFN channels), before a recovery fine-tune.
+
+- **magnitude**: per linear layer, the smallest ``|w|`` are zeroed.
+- **Wanda** (Sun et al. 2024, "A Simple and Effective Pruning Approach for LLMs"): the score is
+  ``|w_ij| * ||x_j||_2`` with input-activation norms from a few calibration batches, compared within
+  each output row; no retraining is needed to pick the weights, and it beats magnitude on LLMs.
+- **FFN channels** (structured): each layer keeps its most important intermediate channels (score:
+  the down projection's column norm times the channel's activation norm), so the dense model really
+  shrinks (a smaller ``d_ff``) and runs faster on a CPU, where unstructured zeros give no speed.
+
+Embeddings and the LM head are never pruned (the head carries the vocabulary). Unstructured sparsity
+is kept through recovery by the trainer's ``keep_zeros`` (zeros stay zero after every step). 2:4
+semi-structured sparsity needs ``torch.sparse.to_sparse_semi_structured`` on a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from nas.errors import UserError
+from nas.model import CodeLM, build_model
+
+Method = Literal["magnitude", "wanda", "ffn", "2:4"]
+METHODS = ("magnitude", "wanda", "ffn", "2:4")
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    method: str
+    sparsity: float
+
+    @classmethod
+    def parse(cls, text: str) -> "PruneSpec":
+        """``wanda:0.5``, ``magnitude:0.4``, ``ffn:0.5`` or ``2:4`` (50 % by construction)."""
+        t = text.strip().lower()
+        if t == "2:4":
+            return cls("2:4", 0.5)
+        m = re.fullmatch(r"(magnitude|wanda|ffn):([0-9.eE+-]+)", t)
+        if not m:
+            raise UserError(f"unknown pruning {text!r}: use magnitude:<s>, wanda:<s>, ffn:<s> (s in (0, 1)) or 2:4")
+        try:
+            s = float(m.group(2))
+        except ValueError:
+            raise UserError(f"cannot read the sparsity in {text!r}") from None
+        if not 0 < s < 1:
+            raise UserError(f"sparsity must be in (0, 1), got {s:g}")
+        return cls(m.group(1), s)
+
+
+def prunable_linears(model: CodeLM) -> dict[str, torch.nn.Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+
+
+@torch.no_grad()
+def input_norms(model: CodeLM, tokens: np.ndarray, batches: int = 8, batch_size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """L2 norm of each input feature of every prunable linear layer over calibration windows."""
+    ctx = model.arch.context_length
+    rng = np.random.default_rng(seed)
+    sums: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, lin in prunable_linears(model).items():
+        def hook(mod, args, out, name=name):  # type: ignore[no-untyped-def]
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+        hooks.append(lin.register_forward_hook(hook))
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for _ in range(batches):
+            starts = rng.integers(0, max(1, tokens.size - ctx - 1), size=batch_size)
+            x = torch.from_numpy(np.stack([np.asarray(tokens[s : s + ctx], dtype=np.int64) for s in starts])).to(device)
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v.sqrt() for k, v in sums.items()}
+
+
+@torch.no_grad()
+def prune_unstructured(model: CodeLM, method: str, sparsity: float, norms: dict[str, torch.Tensor] | None = None) -> float:
+    """Zero ``sparsity`` of every prunable linear weight in place; returns the achieved sparsity."""
+    zeros = total = 0
+    for name, lin in prunable_linears(model).items():
+        w = lin.weight
+        if method == "magnitude":
+            score = w.abs()
+            k = int(round(sparsity * score.numel()))
+            if k:
+                thresh = score.flatten().kthvalue(k).values
+                w.masked_fill_(score <= thresh, 0.0)
+        elif method == "wanda":
+            if norms is None:
+                raise ValueError("Wanda needs calibration activation norms")
+            score = w.abs() * norms[name][None, :].to(w.device)
+            k = int(round(sparsity * w.shape[1]))  # per output row, as in the paper
+            if k:
+                idx = score.topk(k, dim=1, largest=False).indices
+                w.scatter_(1, idx, 0.0)
+        else:
+            raise ValueError(f"not an unstructured method: {method}")
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / max(total, 1)
+
+
+def require_semi_structured_device() -> None:
+    if not torch.cuda.is_available():
+        raise UserError("2:4 semi-structured sparsity runs only on a CUDA GPU (torch.sparse.to_sparse_semi_structured); "
+                        "use magnitude:0.5 or wanda:0.5 on this machine")
+
+
+@torch.no_grad()
+def prune_semi_structured_24(model: CodeLM) -> None:
+    """2:4 sparsity in the hardware format (CUDA only); the model must already be on the GPU."""
+    require_semi_structured_device()
+    from torch.sparse import to_sparse_semi_structured
+
+    for lin in prunable_linears(model).values():
+        w = lin.weight
+        groups = w.abs().reshape(-1, 4)
+        drop = groups.topk(2, dim=1, largest=False).indices
+        mask = torch.ones_like(groups, dtype=torch.bool).scatter_(1, drop, False).reshape(w.shape)
+        lin.weight = torch.nn.Parameter(to_sparse_semi_structured((w * mask).half()))
+
+
+@torch.no_grad()
+def prune_ffn_channels(model: CodeLM, sparsity: float, norms: dict[str, torch.Tensor] | None = None) -> CodeLM:
+    """A new, smaller dense model keeping ``1 - sparsity`` of each layer's FFN channels (the same count
+    in every layer, since ``d_ff`` is one number per architecture)."""
+    arch = model.arch
+    keep = max(1, int(round(arch.d_ff * (1 - sparsity))))
+    from nas.space import ArchConfig
+
+    small = build_model(ArchConfig.model_validate({**arch.model_dump(), "d_ff": keep}))
+    src = model.state_dict()
+    dst = {k: v.clone() for k, v in src.items() if ".mlp." not in k}
+    for i, layer in enumerate(model.layers):
+        mlp = layer.mlp
+        score = mlp.down_proj.weight.norm(dim=0)
+        if norms is not None and f"layers.{i}.mlp.down_proj" in norms:
+            score = score * norms[f"layers.{i}.mlp.down_proj"].to(score.device)
+        idx = score.topk(keep).indices.sort().values
+        p = f"layers.{i}.mlp."
+        dst[p + "up_proj.weight"] = mlp.up_proj.weight[idx].clone()
+        dst[p + "down_proj.weight"] = mlp.down_proj.weight[:, idx].clone()
+        if mlp.swiglu:
+            dst[p + "gate_proj.weight"] = mlp.gate_proj.weight[idx].clone()
+    small.load_state_dict(dst, strict=False)
+    return small.eval()
