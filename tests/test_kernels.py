@@ -1,0 +1,132 @@
+"""Compression: INT8 storage and runtimes, pruning methods, recovery that keeps sparsity, CLI errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, load_model
+from typer.testing import CliRunner
+
+from kernels.compress import CompressConfig, compress, load_run
+from kernels.prune import PruneSpec, input_norms, prune_ffn_channels, prune_unstructured, prunable_linears
+from kernels.quant import dequantize, for_runtime, load_int8, quantize_per_channel, save_int8
+from nas.data import CorpusSpec, prepare_corpus
+from nas.errors import UserError
+from nas.model import build_model
+from nas.space import ArchConfig
+
+SWIGLU = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=1, d_ff=128, context_length=64, activation="swiglu",
+                    norm="rmsnorm", tie_embeddings=False)
+
+
+def test_per_channel_int8_round_trip_is_within_half_a_step() -> None:
+    w = torch.randn(16, 40) * torch.linspace(0.01, 3, 16)[:, None]  # very different row scales
+    q, scale = quantize_per_channel(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127 and scale.shape == (16,)
+    err = (dequantize(q, scale) - w).abs()
+    assert bool((err <= scale[:, None] / 2 + 1e-7).all())
+
+
+@pytest.mark.parametrize("arch", [SWIGLU, ArchConfig(n_layers=1, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128, context_length=64)])
+def test_int8_file_reloads_and_runs_on_cpu(tmp_path: Path, arch: ArchConfig) -> None:
+    model = build_model(arch, seed=0).eval()
+    stats = save_int8(model, tmp_path)
+    assert stats.linear_ratio <= 0.27
+    stored = load_file(str(tmp_path / "model_int8.safetensors"))
+    assert all(v.dtype == torch.int8 for k, v in stored.items() if k.endswith(".qweight"))
+    ref = load_int8(tmp_path)
+    x = torch.randint(0, arch.vocab_size, (2, 24))
+    with torch.no_grad():
+        a, b, c = model(x), ref(x), for_runtime(ref, "cpu")(x)
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    assert (b - c).abs().max() < 0.1 * b.abs().max()
+    assert any("quantized" in type(m).__module__ for m in for_runtime(ref, "cpu").modules())
+    with pytest.raises(UserError, match="needs a GPU"):
+        if not torch.cuda.is_available():
+            for_runtime(ref, "cuda")
+        else:
+            raise UserError("needs a GPU")
+
+
+def test_unstructured_pruning_hits_the_target_and_wanda_prunes_per_row(small_corpus_dir: Path) -> None:
+    corpus = prepare_corpus(CorpusSpec(source=str(small_corpus_dir)), "byte")
+    model = build_model(SWIGLU, seed=0)
+    assert prune_unstructured(model, "magnitude", 0.4) == pytest.approx(0.4, abs=0.01)
+    model = build_model(SWIGLU, seed=0)
+    norms = input_norms(model, corpus["train"], batches=2, batch_size=2)
+    assert set(norms) == set(prunable_linears(model))
+    assert prune_unstructured(model, "wanda", 0.5, norms) == pytest.approx(0.5, abs=1e-6)
+    for lin in prunable_linears(model).values():
+        assert bool(((lin.weight == 0).sum(1) == lin.weight.shape[1] // 2).all())
+    assert not bool((model.lm_head.weight == 0).any())  # the head is never pruned
+
+
+def test_ffn_channel_pruning_shrinks_the_model_and_keeping_all_changes_nothing() -> None:
+    model = build_model(SWIGLU, seed=0).eval()
+    x = torch.randint(0, 256, (1, 16))
+    same = prune_ffn_channels(model, 0.001)  # rounds to keeping every channel
+    assert same.arch.d_ff == 128
+    with torch.no_grad():
+        assert torch.allclose(same(x), model(x), atol=1e-6)
+    half = prune_ffn_channels(model, 0.5)
+    assert half.arch.d_ff == 64 and sum(p.numel() for p in half.parameters()) < sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        assert half(x).shape == model(x).shape
+    assert PruneSpec.parse("ffn:0.5") == PruneSpec("ffn", 0.5) and PruneSpec.parse("2:4").sparsity == 0.5
+    for bad in ("wanda:1.5", "wanda:0", "lottery:0.5", "wanda:x"):
+        with pytest.raises(UserError):
+            PruneSpec.parse(bad)
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file())).hexdigest()
+
+
+def test_compress_prunes_recovers_keeping_zeros_then_int8(tiny_run: Path, tmp_path: Path) -> None:
+    before = _digest(tiny_run)
+    cfg = CompressConfig(int8=True, prune="magnitude:0.5", recover_tokens=4000, eval_bytes=4096, measure_latency=False)
+    m = compress(tiny_run, tmp_path / "c", cfg, log_to_console=False)
+    assert _digest(tiny_run) == before  # the source is never written
+    for key in ("val_bpb_before", "val_bpb_pruned", "val_bpb_recovered", "val_bpb_int8_weights", "val_bpb"):
+        assert 0 < m[key] < 20
+    assert m["prune_sparsity"] == pytest.approx(0.5, abs=0.01)
+    stored = load_file(str(tmp_path / "c" / "model_int8.safetensors"))
+    q = [v for k, v in stored.items() if k.endswith(".qweight")]
+    scales = [v for k, v in stored.items() if k.endswith(".scale")]
+    assert m["int8_linear_ratio"] == pytest.approx((sum(t.numel() for t in q) + 4 * sum(t.numel() for t in scales))
+                                                   / (4 * sum(t.numel() for t in q)), abs=1e-4)
+    assert m["size_bytes_on_disk_int8"] < m["size_bytes_on_disk_fp32"] - 0.7 * m["int8_linear_bytes_fp32"]
+    recovered, _, _ = load_run(tmp_path / "c")
+    zeros = [float((lin.weight == 0).float().mean()) for lin in prunable_linears(recovered).values()]
+    assert min(zeros) > 0.45  # the fine-tune kept the pruned weights at zero
+    saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert saved["val_bpb"] == m["val_bpb"] and (tmp_path / "c" / "model_int8.safetensors").is_file()
+
+
+def test_compress_cli_bad_input(tiny_run: Path, tmp_path: Path) -> None:
+    from agent.cli import app
+
+    runner = CliRunner()
+    cases = [
+        (["--model", str(tmp_path / "missing"), "--int8"], "does not exist"),
+        (["--model", str(tiny_run), "--prune", "wanda:1.5"], "sparsity must be in (0, 1)"),
+        (["--model", str(tiny_run)], "nothing to do"),
+        (["--model", str(tiny_run), "--recover", "10s", "--int8"], "give --prune too"),
+        (["--model", str(tiny_run), "--int8", "--out", str(tiny_run)], "--out must differ"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--model", str(tiny_run), "--prune", "2:4"], "only on a CUDA GPU"))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "arch.json").write_text((tiny_run / "arch.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    cases.append((["--model", str(corrupt), "--int8"], "corrupt"))
+    before = _digest(tiny_run)
+    for args, message in cases:
+        res = runner.invoke(app, ["compress", *args])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    assert _digest(tiny_run) == before
