@@ -39,6 +39,8 @@ def _what(entry: dict[str, Any]) -> str:
         from nas.space import ArchConfig
 
         return f"distill {cfg['teacher']} -> {ArchConfig(**cfg['arch']).describe()}, {cfg['loss']}, {cfg['budget']}"
+    if plan["kind"] == "compress":
+        return f"compress {cfg['target']}: prune {cfg.get('prune') or '-'}, recover {cfg.get('recover') or '-'}, int8 {cfg['int8']}"
     if plan["kind"] == "eval":
         return f"HumanEval of {cfg['target']}, {cfg['limit'] or 164} problems, n={cfg['n']}"
     return f"search {cfg['strategy']}, {cfg['trials']} trials x {cfg['stage1_budget']}, {cfg['objectives']}"

@@ -162,8 +162,8 @@ class ResearchAgent:
             (configs / "arch.json").write_text(json.dumps(plan["config"]["arch"], indent=2) + "\n")
             name = "train.json" if plan["kind"] == "train" else "distill.json"
             (configs / name).write_text(json.dumps({k: v for k, v in plan["config"].items() if k != "arch"}, indent=2) + "\n")
-        elif plan["kind"] == "eval":
-            (configs / "eval.json").write_text(json.dumps(plan["config"], indent=2) + "\n")
+        elif plan["kind"] in ("eval", "compress"):
+            (configs / f"{plan['kind']}.json").write_text(json.dumps(plan["config"], indent=2) + "\n")
         else:
             (configs / "search.json").write_text(json.dumps(plan["config"], indent=2) + "\n")
         (configs / "plan.json").write_text(json.dumps({"experiment": exp_id, **plan}, indent=2) + "\n")
@@ -180,6 +180,15 @@ class ResearchAgent:
                    "--batch-size", str(cfg["batch_size"]), "--corpus", s.corpus, "--eval-bytes", str(s.eval_bytes), "--quiet"]
             b = parse_budget(cfg["budget"])
             return cmd, (b.seconds * 4 + 180) if b.seconds else 3600.0
+        if plan["kind"] == "compress":
+            cmd = [sys.executable, "-m", "kernels", "compress", "--model", resolve_model_ref(cfg["target"], state), "--out", str(out),
+                   "--eval-bytes", str(s.eval_bytes), "--quiet", "--int8" if cfg["int8"] else "--no-int8"]
+            if cfg.get("prune"):
+                cmd += ["--prune", cfg["prune"]]
+            if cfg.get("recover"):
+                cmd += ["--recover", cfg["recover"]]
+            b = parse_budget(cfg["recover"]) if cfg.get("recover") else None
+            return cmd, ((b.seconds or 0) * 3 if b else 0) + 600.0
         if plan["kind"] == "eval":
             target = resolve_model_ref(cfg["target"], state)
             cmd = [sys.executable, "-m", "distill", "eval", "humaneval", "--model", target, "--out", str(out),
@@ -237,6 +246,15 @@ class ResearchAgent:
                        "reason": (f"HumanEval pass@1 {metrics['humaneval_pass_at_1']:.4f} on {metrics['humaneval_problems']} problems"
                                   if ok else str((metrics or {}).get("fail_reason", "evaluation failed")))}
             return {"verdict": verdict, **self._timed(state, t0)}
+        if plan["kind"] == "compress":
+            ok = bool(metrics) and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float)
+            reason = str((metrics or {}).get("fail_reason", "compression failed"))
+            if ok:
+                size = metrics.get("size_bytes_on_disk_int8") or metrics.get("size_bytes_on_disk_fp32")
+                reason = (f"compressed {plan['config']['target']}: val bpb {metrics['val_bpb_before']:.4f} -> {metrics['val_bpb']:.4f} "
+                          f"({metrics['val_bpb_change_pct']:+.2f}%), {size / 1e6:.3f} MB on disk"
+                          + (f", {metrics['latency_ms_p50']:.2f} ms/token" if "latency_ms_p50" in metrics else ""))
+            return {"verdict": {"decision": "keep" if ok else "crash", "metric": None, "reason": reason}, **self._timed(state, t0)}
         if plan["kind"] == "nas_search":
             ok = bool(metrics) and metrics.get("status") == "ok"
             verdict = {"decision": "keep" if ok else "crash", "metric": (metrics or {}).get("val_bpb"),
@@ -284,7 +302,8 @@ class ResearchAgent:
             if exp_id not in done_ids:  # idempotent: a re-run of this node after a kill does not commit again
                 trailers = {"experiment": exp_id, "kind": plan["kind"]}
                 for key, name in (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"),
-                                  ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1")):
+                                  ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1"),
+                                  ("size_bytes_on_disk_int8", "size-on-disk-int8-bytes"), ("val_bpb_change_pct", "bpb-change-pct")):
                     if key in metrics:
                         trailers[name] = metrics[key]
                 if verdict.get("delta") is not None:
@@ -338,6 +357,10 @@ class ResearchAgent:
             c = plan["config"]
             return (f"distill {c['teacher']} into {ArchConfig(**c['arch']).describe()} ({c['loss']}, T={c['temperature']:g}) "
                     f"for {c['budget']} (seed {c['seed']})")
+        if plan["kind"] == "compress":
+            c = plan["config"]
+            return f"compress {c['target']}: " + " + ".join(x for x in (c.get("prune"), c.get("recover") and f"recover {c['recover']}",
+                                                                       "int8" if c["int8"] else None) if x)
         if plan["kind"] == "eval":
             c = plan["config"]
             return f"HumanEval of {c['target']} ({c['limit'] or 164} problems, n={c['n']})"

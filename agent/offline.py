@@ -7,7 +7,8 @@
 4. Re-run any close call with another seed, so a lucky seed is never kept.
 5. Distil the incumbent into its own architecture once (born-again networks, Furlanello et al. 2018:
    a student of the teacher's size trained on its soft targets often beats it), then score the
-   incumbent on HumanEval once, so the report carries a code-ability figure.
+   incumbent on HumanEval once, so the report carries a code-ability figure, and quantize it to INT8
+   once (size on disk, CPU latency, and the bpb that costs).
 6. Then explore the incumbent's neighbourhood: one-gene mutations not tried before.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal import Goal
-from agent.plans import (AnyPlan, DistillConfigPlan, DistillPlan, EvalConfigPlan, EvalPlan, SearchConfigPlan, SearchPlan,
+from agent.plans import (AnyPlan, CompressConfigPlan, CompressPlan, DistillConfigPlan, DistillPlan, EvalConfigPlan, EvalPlan, SearchConfigPlan, SearchPlan,
                          TrainConfigPlan, TrainPlan)
 from nas.space import ArchConfig, ArchConstraints, get_space
 
@@ -87,6 +88,9 @@ class OfflinePlanner:
         if incumbent is not None and not any(h["plan"]["kind"] == "eval" for h in history):
             return EvalPlan(config=EvalConfigPlan(target=incumbent["id"], limit=20, max_new_tokens=96),
                             rationale=f"HumanEval pass@1 of the incumbent {incumbent['id']} (first 20 problems, greedy)")
+        if incumbent is not None and not any(h["plan"]["kind"] == "compress" for h in history):
+            return CompressPlan(config=CompressConfigPlan(target=incumbent["id"], int8=True),
+                                rationale=f"INT8 of the incumbent {incumbent['id']}: size on disk, CPU latency and the bpb it costs")
         # 6. neighbourhood of the incumbent
         base = ArchConfig(**incumbent["plan"]["config"]["arch"]) if incumbent else self._baseline_arch()
         rng = random.Random(self.seed * 7919 + len(history))

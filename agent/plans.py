@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from nas.errors import describe_validation_error
 from nas.space import ArchConfig
@@ -63,6 +63,30 @@ class EvalConfigPlan(BaseModel):
     seed: int = Field(0, ge=0)
 
 
+class CompressConfigPlan(BaseModel):
+    """Compress an earlier experiment's model: prune (optional) + recovery fine-tune + INT8 (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field("incumbent", description="'incumbent' or the id of a finished train/distill experiment")
+    int8: bool = True
+    prune: str | None = Field(None, description="magnitude:<s>, wanda:<s> or ffn:<s> with s in (0, 1)")
+    recover: str | None = Field(None, description="recovery fine-tune budget after pruning, e.g. 30s")
+
+    @field_validator("prune")
+    @classmethod
+    def _prune_spec(cls, v: str | None) -> str | None:
+        if v is not None:
+            from kernels.prune import PruneSpec
+            from nas.errors import UserError
+
+            try:
+                PruneSpec.parse(v)
+            except UserError as err:
+                raise ValueError(str(err)) from None
+        return v
+
+
 class TrainPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,6 +111,14 @@ class DistillPlan(BaseModel):
     rationale: str = Field(min_length=1)
 
 
+class CompressPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["compress"] = "compress"
+    config: CompressConfigPlan
+    rationale: str = Field(min_length=1)
+
+
 class EvalPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -95,10 +127,10 @@ class EvalPlan(BaseModel):
     rationale: str = Field(min_length=1)
 
 
-AnyPlan = Union[TrainPlan, SearchPlan, DistillPlan, EvalPlan]
+AnyPlan = Union[TrainPlan, SearchPlan, DistillPlan, EvalPlan, CompressPlan]
 Plan = Annotated[AnyPlan, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter = TypeAdapter(Plan)
-PLAN_KINDS = ("train", "nas_search", "distill", "eval")
+PLAN_KINDS = ("train", "nas_search", "distill", "eval", "compress")
 MODEL_KINDS = ("train", "distill")  # kinds whose result is a model that competes for the incumbent
 
 
@@ -126,7 +158,7 @@ def plan_schema() -> dict:
     return _ADAPTER.json_schema()
 
 
-_CONFIG_DEFS = ("TrainConfigPlan", "SearchConfigPlan", "DistillConfigPlan", "EvalConfigPlan")
+_CONFIG_DEFS = ("TrainConfigPlan", "SearchConfigPlan", "DistillConfigPlan", "EvalConfigPlan", "CompressConfigPlan")
 
 
 def plan_tool_schema() -> dict:
@@ -140,10 +172,10 @@ def plan_tool_schema() -> dict:
             "kind": {"type": "string", "enum": list(PLAN_KINDS),
                      "description": "train: train one architecture; nas_search: a short multi-objective architecture "
                                     "search; distill: distil an earlier model (teacher) into an architecture; "
-                                    "eval: HumanEval pass@k of an earlier model"},
+                                    "eval: HumanEval pass@k of an earlier model; compress: prune / INT8 an earlier model"},
             "config": {"anyOf": [{"$ref": f"#/$defs/{name}"} for name in _CONFIG_DEFS],
                        "description": "TrainConfigPlan for train, SearchConfigPlan for nas_search, DistillConfigPlan for "
-                                      "distill, EvalConfigPlan for eval"},
+                                      "distill, EvalConfigPlan for eval, CompressConfigPlan for compress"},
             "rationale": {"type": "string", "minLength": 1, "description": "why this experiment, in one or two sentences"},
         },
         "required": ["kind", "config", "rationale"],
@@ -207,6 +239,17 @@ def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
             return plan
         if isinstance(plan, EvalPlan):
             _check_model_ref(plan.config.target, "target", ctx)
+            return plan
+        if isinstance(plan, CompressPlan):
+            _check_model_ref(plan.config.target, "target", ctx)
+            if not plan.config.int8 and not plan.config.prune:
+                raise PlanError("config: a compress plan needs int8 and/or prune")
+            if plan.config.recover and not plan.config.prune:
+                raise PlanError("config.recover fine-tunes after pruning: set config.prune too")
+            if plan.config.recover:
+                b = parse_budget(plan.config.recover)
+                if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
+                    raise PlanError(f"config.recover {plan.config.recover} is more than the {ctx.time_left_s:.0f}s left")
             return plan
         cfg = plan.config
         get_space(cfg.space)

@@ -59,5 +59,10 @@ def register(app: typer.Typer) -> None:
 
 def make_app() -> typer.Typer:
     app = typer.Typer(help="kernels worker: compression and fast inference.", no_args_is_help=True, add_completion=False)
+
+    @app.callback()
+    def _group() -> None:
+        """Keeps ``compress`` a named subcommand (``python -m kernels compress ...``), as under ``autonas``."""
+
     register(app)
     return app

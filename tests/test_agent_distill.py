@@ -37,7 +37,11 @@ def test_distill_and_eval_plans_are_checked_against_the_history() -> None:
         check_plan(parse_plan(_eval("incumbent")), ctx.model_copy(update={"has_incumbent": False}))
     with pytest.raises(PlanError, match="loss"):
         parse_plan(_distill("e001", loss="mse"))
-    assert set(plan_tool_schema()["properties"]["kind"]["enum"]) == {"train", "nas_search", "distill", "eval"}
+    with pytest.raises(PlanError, match="sparsity must be in"):
+        parse_plan({"kind": "compress", "config": {"target": "e001", "prune": "wanda:2"}, "rationale": "x"})
+    with pytest.raises(PlanError, match="int8 and/or prune"):
+        check_plan(parse_plan({"kind": "compress", "config": {"target": "e001", "int8": False}, "rationale": "x"}), ctx)
+    assert set(plan_tool_schema()["properties"]["kind"]["enum"]) == {"train", "nas_search", "distill", "eval", "compress"}
 
 
 def test_offline_planner_distils_then_evaluates_the_incumbent() -> None:
@@ -50,23 +54,28 @@ def test_offline_planner_distils_then_evaluates_the_incumbent() -> None:
     history.append({"id": "e005", "plan": first.model_dump(), "decision": "discard", "val_bpb": 3.1})
     second = planner.propose(history, inc)
     assert isinstance(second, EvalPlan) and second.config.target == "e003"
+    history.append({"id": "e006", "plan": second.model_dump(), "decision": "keep"})
+    third = planner.propose(history, inc)
+    assert third.kind == "compress" and third.config.target == "e003" and third.config.int8
 
 
 @pytest.mark.slow
 def test_llm_planner_runs_distill_and_eval_experiments(tmp_path, small_corpus_dir, monkeypatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    script = [train_plan(), _distill("e009"), _distill("e001"), _eval("incumbent")]
+    compress = {"kind": "compress", "config": {"target": "e001", "int8": True, "prune": "wanda:0.5", "recover": "4ktok"},
+                "rationale": "smaller"}
+    script = [train_plan(), _distill("e009"), _distill("e001"), _eval("incumbent"), compress]
 
     def respond(path: str, body: dict):
         return anthropic_tool(body["tools"][0]["name"], script.pop(0) if script else _eval("e001"))
 
     with ScriptedLLMServer(respond) as srv:
         result = runner.invoke(app, _cli(tmp_path, small_corpus_dir, "kd", "--base-url", srv.anthropic_url, "--judge", "offline",
-                                         "--max-experiments", "3"))
+                                         "--max-experiments", "4"))
     assert result.exit_code == 0, result.output
     ws = tmp_path / "kd" / "workspace"
     rows = list(csv.DictReader(open(ws / "results.tsv"), delimiter="\t"))
-    assert [r["kind"] for r in rows] == ["train", "distill", "eval"]
+    assert [r["kind"] for r in rows] == ["train", "distill", "eval", "compress"]
     assert "not a finished train/distill experiment" in (ws / "journal.md").read_text()  # e009 went back to the planner
     distilled = json.loads((ws / "runs" / "e002" / "metrics.json").read_text())
     assert distilled["status"] == "ok" and distilled["kd_loss"] == "rkl" and distilled["kd_teacher"].startswith("autonas:")
@@ -75,3 +84,6 @@ def test_llm_planner_runs_distill_and_eval_experiments(tmp_path, small_corpus_di
     commits = {e.trailers.get("experiment"): e for e in Workspace.open(ws, "kd").experiments()}
     assert "e003" in commits and "humaneval-pass-at-1" in commits["e003"].trailers
     assert (ws / "configs" / "distill.json").is_file() and (ws / "configs" / "eval.json").is_file()
+    compressed = json.loads((ws / "runs" / "e004" / "metrics.json").read_text())
+    assert compressed["prune_method"] == "wanda" and "val_bpb_recovered" in compressed and compressed["int8_linear_ratio"] < 0.3
+    assert rows[3]["decision"] == "keep" and "size-on-disk-int8-bytes" in commits["e004"].trailers
