@@ -12,7 +12,9 @@ from nas.cli import _print_metrics, err_console, user_errors
 
 REPORT_KEYS = ("val_bpb_before", "val_bpb_pruned", "val_bpb_recovered", "val_bpb_int8_weights", "val_bpb", "val_bpb_change_pct",
                "prune_sparsity", "params_before", "params", "size_bytes_on_disk_fp32_before", "size_bytes_on_disk_fp32",
-               "size_bytes_on_disk_int8", "int8_linear_ratio", "latency_ms_p50_before", "latency_ms_p50", "latency_speedup", "wall_s")
+               "size_bytes_on_disk_int8", "int8_linear_ratio", "latency_ms_p50_before", "latency_ms_p50", "latency_speedup", "onnx_check_bpb_torch", "onnx_check_bpb_onnx",
+               "onnx_check_bpb_onnx_int8", "size_bytes_on_disk_onnx", "size_bytes_on_disk_onnx_int8", "latency_ms_p50_onnx",
+               "latency_ms_p50_onnx_int8", "wall_s")
 
 
 def compress_command(
@@ -20,6 +22,7 @@ def compress_command(
     out: Annotated[Optional[Path], typer.Option(help="output folder (default <model>-compressed)")] = None,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="per-channel INT8 weights (+ the backend's int8 runtime)")] = False,
     int8_backend: Annotated[str, typer.Option(help="cpu (dynamic int8 kernels), cuda (torchao) or reference")] = "cpu",
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also export the decode step (KV cache in/out) to ONNX, run by onnxruntime")] = False,
     prune: Annotated[Optional[str], typer.Option(help="magnitude:0.5, wanda:0.5, ffn:0.5 (structured) or 2:4 (GPU)")] = None,
     recover: Annotated[Optional[str], typer.Option(help="recovery fine-tune budget after pruning: 2m, 500ktok")] = None,
     recover_lr: Annotated[float, typer.Option()] = 1e-3,
@@ -32,7 +35,7 @@ def compress_command(
 
 
 @user_errors
-def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, prune: str | None, recover: str | None,
+def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx: bool, prune: str | None, recover: str | None,
               recover_lr: float, eval_bytes: int, seed: int, quiet: bool) -> None:
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
@@ -46,7 +49,7 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, prun
     if recover and not prune:
         raise UserError("--recover fine-tunes after pruning: give --prune too")
     cfg = CompressConfig.with_recovery(parse_budget(recover) if recover else None, int8=int8, int8_backend=int8_backend,
-                                       prune=prune, recover_lr=recover_lr, eval_bytes=eval_bytes, seed=seed)
+                                       prune=prune, onnx=onnx, recover_lr=recover_lr, eval_bytes=eval_bytes, seed=seed)
     out_dir = out or model.with_name(model.name + "-compressed")
     err_console.print(f"compressing {model} ({'prune ' + prune if prune else ''}{' + recover ' + recover if recover else ''}"
                       f"{' + int8' if int8 else ''}) -> {out_dir}", highlight=False)

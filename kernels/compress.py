@@ -45,6 +45,7 @@ class CompressConfig(BaseModel):
     eval_bytes: int = Field(262_144, gt=0)
     seed: int = 0
     measure_latency: bool = True
+    onnx: bool = False  # also export the decode step to ONNX (fp32, and int8 with int8) and check it
 
     @classmethod
     def with_recovery(cls, recover: Budget | None, **kw: Any) -> "CompressConfig":
@@ -137,10 +138,28 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     if cfg.measure_latency and next(final.parameters(), torch.zeros(0)).device.type == "cpu":
         m["latency_ms_p50"] = _latency(final)
         m["latency_speedup"] = round(m["latency_ms_p50_before"] / m["latency_ms_p50"], 3)
+    if cfg.onnx:
+        m.update(_onnx(model, out, corpus, cfg))
     m["wall_s"] = round(time.perf_counter() - t0, 3)
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(m, indent=2, sort_keys=True))
     os.replace(tmp, out / "metrics.json")
+    return m
+
+
+def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig) -> dict[str, Any]:
+    """Export the decode step, quantize it with onnxruntime when INT8 was asked, score and time both."""
+    from kernels.onnx_export import OnnxDecoder, check_against_torch, export_decode_step, quantize_onnx_int8
+
+    paths = {"onnx": export_decode_step(model, out)}
+    if cfg.int8:
+        paths["onnx_int8"] = quantize_onnx_int8(paths["onnx"])
+    decoders = {name: OnnxDecoder(p, model, torch.get_num_threads()) for name, p in paths.items()}
+    m: dict[str, Any] = {f"size_bytes_on_disk_{name}": p.stat().st_size for name, p in paths.items()}
+    m.update({f"onnx_check_{k}": v for k, v in check_against_torch(model, decoders, corpus["val"], corpus.token_bytes).items()})
+    if cfg.measure_latency:
+        for name, dec in decoders.items():
+            m[f"latency_ms_p50_{name}"] = dec.decode_latency_ms()["latency_ms_p50"]
     return m
 
 

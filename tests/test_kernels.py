@@ -130,3 +130,30 @@ def test_compress_cli_bad_input(tiny_run: Path, tmp_path: Path) -> None:
         res = runner.invoke(app, ["compress", *args])
         assert res.exit_code == 2 and message in res.output, (args, res.output)
     assert _digest(tiny_run) == before
+
+
+@pytest.mark.parametrize("arch", [
+    SWIGLU,  # RMSNorm, SwiGLU, RoPE, grouped-query attention
+    ArchConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, pos="learned", context_length=64),
+])
+def test_onnx_decode_step_matches_pytorch_token_by_token(tmp_path: Path, arch: ArchConfig) -> None:
+    import numpy as np
+
+    from kernels.onnx_export import OnnxDecoder, export_decode_step, quantize_onnx_int8, torch_nll_nats
+
+    model = build_model(arch, seed=0).eval()
+    path = export_decode_step(model, tmp_path)
+    tokens = np.random.default_rng(0).integers(1, 255, arch.context_length)
+    ref = torch_nll_nats(model, tokens)
+    assert np.allclose(OnnxDecoder(path, model).nll_nats(tokens), ref, atol=1e-4)  # cache carried across 63 steps
+    int8 = OnnxDecoder(quantize_onnx_int8(path), model).nll_nats(tokens)
+    assert abs(int8.mean() - ref.mean()) < 0.05 * ref.mean()
+    assert (tmp_path / "decode_step_int8.onnx").stat().st_size < (tmp_path / "decode_step.onnx").stat().st_size
+
+
+def test_compress_with_onnx_checks_the_graph(tiny_run: Path, tmp_path: Path) -> None:
+    m = compress(tiny_run, tmp_path / "o", CompressConfig(int8=True, onnx=True, eval_bytes=4096, measure_latency=False),
+                 log_to_console=False)
+    assert m["onnx_check_bpb_onnx"] == pytest.approx(m["onnx_check_bpb_torch"], rel=1e-5)
+    assert m["onnx_check_bpb_onnx_int8"] == pytest.approx(m["onnx_check_bpb_torch"], rel=0.05)
+    assert (tmp_path / "o" / "decode_step.onnx").is_file() and m["size_bytes_on_disk_onnx_int8"] < m["size_bytes_on_disk_onnx"]
