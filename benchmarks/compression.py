@@ -1,12 +1,12 @@
 """Compression figures on this CPU: INT8 and 50 % pruning (with recovery) on a trained model, and
 per-token decode latency of ~10M / ~50M-parameter shapes in fp32, INT8 (PyTorch dynamic int8 kernels)
-and torchao's int8 configs.
+torchao's int8 configs, and the ONNX decode step (KV cache in/out) under onnxruntime fp32 / int8.
 
 1. Train (or reuse with --model) a 4 x 128 byte model on the stdlib corpus for --train-budget.
 2. ``compress`` it: --int8; magnitude / wanda / ffn at 50 % with a --recover fine-tune, each then INT8.
 3. Latency: random-init models of the two sizes (latency does not depend on the weights' values).
 
-    python benchmarks/compression.py [--model runs/x] [--train-budget 3m] [--recover 60s]
+    python benchmarks/compression.py [--model runs/x] [--train-budget 3m] [--recover 60s] [--skip-quality|--skip-latency]
 """
 
 from __future__ import annotations
@@ -42,37 +42,36 @@ def _p50(model: torch.nn.Module) -> float:
     return float(measure_latency(model, repeats=5).as_metrics()["latency_ms_p50"])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--train-budget", default="3m")
-    ap.add_argument("--recover", default="60s")
-    ap.add_argument("--eval-bytes", type=int, default=262_144)
-    ap.add_argument("--skip-latency", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    quality, speed = [], []
+def quality_rows(model_dir: Path | None, train_budget: str, recover_budget: str, eval_bytes: int) -> list[dict]:
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        src = args.model
+        src = model_dir
         if src is None:
             src = Path(tmp) / "src"
             arch = ArchConfig(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4, d_ff=512, activation="swiglu", norm="rmsnorm")
-            cfg = TrainConfig.from_budget(parse_budget(args.train_budget), device="cpu", eval_bytes=args.eval_bytes)
+            cfg = TrainConfig.from_budget(parse_budget(train_budget), device="cpu", eval_bytes=eval_bytes)
             Trainer(arch, prepare_corpus(CorpusSpec(), "byte"), cfg, src, log_to_console=True).run()
-        recover = parse_budget(args.recover)
-        runs = [("int8", CompressConfig(int8=True, eval_bytes=args.eval_bytes))]
+        recover = parse_budget(recover_budget)
+        runs = [("int8", CompressConfig(int8=True, eval_bytes=eval_bytes))]
         for method in ("magnitude", "wanda", "ffn"):
-            runs.append((f"{method}:0.5 + recover {args.recover} + int8",
-                         CompressConfig.with_recovery(recover, prune=f"{method}:0.5", int8=True, eval_bytes=args.eval_bytes)))
+            runs.append((f"{method}:0.5 + recover {recover_budget} + int8",
+                         CompressConfig.with_recovery(recover, prune=f"{method}:0.5", int8=True, eval_bytes=eval_bytes)))
         for name, cfg in runs:
             m = compress(src, Path(tmp) / name.split(" ")[0].replace(":", "-"), cfg, log_to_console=False)
-            quality.append({"pipeline": name, "val_bpb_before": m["val_bpb_before"], "pruned": m.get("val_bpb_pruned"),
-                            "recovered": m.get("val_bpb_recovered"), "int8_weights": m["val_bpb_int8_weights"],
-                            "final (cpu int8)": m["val_bpb"], "change_pct": m["val_bpb_change_pct"],
-                            "linear_int8_ratio": m["int8_linear_ratio"], "disk_fp32_MB": m["size_bytes_on_disk_fp32_before"] / 1e6,
-                            "disk_int8_MB": m["size_bytes_on_disk_int8"] / 1e6, "ms_before": m.get("latency_ms_p50_before"),
-                            "ms_after": m.get("latency_ms_p50")})
-    if not args.skip_latency:
+            rows.append({"pipeline": name, "val_bpb_before": m["val_bpb_before"], "pruned": m.get("val_bpb_pruned"),
+                         "recovered": m.get("val_bpb_recovered"), "int8_weights": m["val_bpb_int8_weights"],
+                         "final (cpu int8)": m["val_bpb"], "change_pct": m["val_bpb_change_pct"],
+                         "linear_int8_ratio": m["int8_linear_ratio"], "disk_fp32_MB": m["size_bytes_on_disk_fp32_before"] / 1e6,
+                         "disk_int8_MB": m["size_bytes_on_disk_int8"] / 1e6, "ms_before": m.get("latency_ms_p50_before"),
+                         "ms_after": m.get("latency_ms_p50")})
+    return rows
+
+
+def latency_rows() -> list[dict]:
+    from kernels.onnx_export import OnnxDecoder, export_decode_step, quantize_onnx_int8
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
         for label, arch in SHAPES.items():
             model = build_model(arch, seed=0).eval()
             params = sum(p.numel() for p in model.parameters())
@@ -89,15 +88,30 @@ def main() -> None:
                     variants[cfg_name] = q
             except ImportError:
                 pass
-            base = None
-            for name, m in variants.items():
-                ms = _p50(m)
-                base = base or ms
-                speed.append({"shape": f"{label} ({params / 1e6:.1f}M)", "variant": name, "ms_per_token_p50": ms,
-                              "speedup_vs_fp32": round(base / ms, 2)})
-    report("compression_quality", "Compression of a trained 4x128 model (val bpb, size, CPU latency)", quality)
-    if speed:
-        report("compression_latency", f"Batch-1 decode latency, {torch.get_num_threads()} CPU threads", speed)
+            timings = {name: _p50(m) for name, m in variants.items()}
+            onnx_path = export_decode_step(model, Path(tmp) / label.strip("~"))
+            for name, path in (("onnxruntime fp32", onnx_path), ("onnxruntime int8", quantize_onnx_int8(onnx_path))):
+                timings[name] = OnnxDecoder(path, model, torch.get_num_threads()).decode_latency_ms()["latency_ms_p50"]
+            for name, ms in timings.items():
+                rows.append({"shape": f"{label} ({params / 1e6:.1f}M)", "variant": name, "ms_per_token_p50": ms,
+                             "speedup_vs_fp32": round(timings["fp32"] / ms, 2)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--train-budget", default="3m")
+    ap.add_argument("--recover", default="60s")
+    ap.add_argument("--eval-bytes", type=int, default=262_144)
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
+    args = ap.parse_args()
+    if not args.skip_quality:
+        report("compression_quality", "Compression of a trained 4x128 model (val bpb, size, CPU latency)",
+               quality_rows(args.model, args.train_budget, args.recover, args.eval_bytes))
+    if not args.skip_latency:
+        report("compression_latency", f"Batch-1 decode latency, {torch.get_num_threads()} CPU threads", latency_rows())
 
 
 if __name__ == "__main__":
