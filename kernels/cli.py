@@ -26,6 +26,7 @@ def compress_command(
     prune: Annotated[Optional[str], typer.Option(help="magnitude:0.5, wanda:0.5, ffn:0.5 (structured) or 2:4 (GPU)")] = None,
     recover: Annotated[Optional[str], typer.Option(help="recovery fine-tune budget after pruning: 2m, 500ktok")] = None,
     recover_lr: Annotated[float, typer.Option()] = 1e-3,
+    recover_distill: Annotated[bool, typer.Option(help="recover with knowledge distillation from the unpruned model")] = False,
     eval_bytes: Annotated[int, typer.Option(min=1)] = 262_144,
     seed: Annotated[int, typer.Option()] = 0,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
@@ -36,7 +37,7 @@ def compress_command(
 
 @user_errors
 def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx: bool, prune: str | None, recover: str | None,
-              recover_lr: float, eval_bytes: int, seed: int, quiet: bool) -> None:
+              recover_lr: float, recover_distill: bool, eval_bytes: int, seed: int, quiet: bool) -> None:
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
     from nas.budget import parse_budget
@@ -46,10 +47,12 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
         raise UserError(f"unknown --int8-backend {int8_backend!r}: use cpu, cuda or reference")
     if prune:
         PruneSpec.parse(prune)
+    if recover_distill and not recover:
+        raise UserError("--recover-distill needs a --recover budget")
     if recover and not prune:
         raise UserError("--recover fine-tunes after pruning: give --prune too")
     cfg = CompressConfig.with_recovery(parse_budget(recover) if recover else None, int8=int8, int8_backend=int8_backend,
-                                       prune=prune, onnx=onnx, recover_lr=recover_lr, eval_bytes=eval_bytes, seed=seed)
+                                       prune=prune, onnx=onnx, recover_lr=recover_lr, recover_distill=recover_distill, eval_bytes=eval_bytes, seed=seed)
     out_dir = out or model.with_name(model.name + "-compressed")
     err_console.print(f"compressing {model} ({'prune ' + prune if prune else ''}{' + recover ' + recover if recover else ''}"
                       f"{' + int8' if int8 else ''}) -> {out_dir}", highlight=False)

@@ -9,6 +9,7 @@ sparsity, parameters and batch-1 decode latency before and after.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 
@@ -41,6 +43,7 @@ class CompressConfig(BaseModel):
     recover_s: float | None = Field(None, gt=0)
     recover_tokens: int | None = Field(None, gt=0)
     recover_lr: float = Field(1e-3, gt=0)
+    recover_distill: bool = False  # recover with KD from the unpruned model (forward KL, half CE)
     calib_batches: int = Field(8, ge=1)
     eval_bytes: int = Field(262_144, gt=0)
     seed: int = 0
@@ -104,6 +107,7 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     if cfg.measure_latency:
         m["latency_ms_p50_before"] = _latency(model)
     if spec is not None:
+        teacher = copy.deepcopy(model) if cfg.recover_distill else None
         m["prune_method"], m["prune_sparsity_target"] = spec.method, spec.sparsity
         norms = input_norms(model, corpus["train"], cfg.calib_batches, seed=cfg.seed) if spec.method in ("wanda", "ffn") else None
         if spec.method == "ffn":
@@ -118,7 +122,8 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
         m["val_bpb_pruned"] = _bpb(model, corpus, cfg, "cuda" if spec.method == "2:4" else "cpu")
         if cfg.recover_s or cfg.recover_tokens:
             model = _recover(model, corpus, corpus_spec, tokenizer, cfg, out, keep_zeros=spec.method in ("magnitude", "wanda"),
-                             log_to_console=log_to_console)
+                             log_to_console=log_to_console, teacher=teacher)
+            m["recover_distill"] = cfg.recover_distill
             m["val_bpb_recovered"] = _bpb(model, corpus, cfg)
     m["params"] = sum(p.numel() for p in model.parameters())
     save_model(model, str(out / "model.safetensors"))
@@ -163,16 +168,33 @@ def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig
     return m
 
 
+def distill_loss_from(teacher: CodeLM, ce_weight: float = 0.5):  # -> nas.train.LossFn
+    """Cross-entropy mixed with forward KL to ``teacher`` (the fused, chunked kernel where Triton runs)."""
+    from kernels.triton.ops import fused_fkl
+
+    teacher.eval()
+
+    def loss(logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher(inputs).float()
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return ce_weight * ce + (1 - ce_weight) * fused_fkl(logits.float(), t_logits)
+
+    return loss
+
+
 def _recover(model: CodeLM, corpus: TokenizedCorpus, spec: CorpusSpec, tokenizer: str, cfg: CompressConfig, out: Path,
-             keep_zeros: bool, log_to_console: bool) -> CodeLM:
-    """A short fine-tune from the pruned weights; zeros stay zero for unstructured sparsity."""
+             keep_zeros: bool, log_to_console: bool, teacher: CodeLM | None = None) -> CodeLM:
+    """A short fine-tune from the pruned weights (with KD from ``teacher`` when given); zeros stay zero
+    for unstructured sparsity."""
     init = out / "pruned_init.safetensors"
     save_model(model, str(init))
     rec_dir = out / "recover"
     train = TrainConfig(budget_s=cfg.recover_s, budget_tokens=cfg.recover_tokens, lr=cfg.recover_lr, warmup_frac=0.0,
                         seed=cfg.seed, device="cpu", eval_bytes=cfg.eval_bytes, measure_latency=False)
     outcome = Trainer(model.arch, corpus, train, rec_dir, spec, tokenizer, log_to_console=log_to_console, init_weights=init,
-                      keep_zeros=keep_zeros, extra_record={"recover_from": str(init)}).run()
+                      keep_zeros=keep_zeros, loss_fn=distill_loss_from(teacher) if teacher is not None else None,
+                      extra_record={"recover_from": str(init), "recover_distill": teacher is not None}).run()
     if outcome.status != "ok":
         raise UserError(f"recovery fine-tune ended: {outcome.status} {outcome.reason}")
     recovered = build_model(model.arch)

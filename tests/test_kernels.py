@@ -157,3 +157,20 @@ def test_compress_with_onnx_checks_the_graph(tiny_run: Path, tmp_path: Path) -> 
     assert m["onnx_check_bpb_onnx"] == pytest.approx(m["onnx_check_bpb_torch"], rel=1e-5)
     assert m["onnx_check_bpb_onnx_int8"] == pytest.approx(m["onnx_check_bpb_torch"], rel=0.05)
     assert (tmp_path / "o" / "decode_step.onnx").is_file() and m["size_bytes_on_disk_onnx_int8"] < m["size_bytes_on_disk_onnx"]
+
+
+def test_recovery_can_distil_from_the_unpruned_model(tiny_run: Path, tmp_path: Path) -> None:
+    from kernels.compress import distill_loss_from
+    from kernels.triton.ops import fkl_reference
+
+    teacher = load_run(tiny_run)[0]
+    logits = torch.randn(2, 8, 256, requires_grad=True)
+    inputs = torch.randint(0, 256, (2, 8))
+    loss = distill_loss_from(teacher, ce_weight=0.0)(logits, inputs, inputs)
+    with torch.no_grad():
+        assert float(loss) == pytest.approx(float(fkl_reference(logits, teacher(inputs))), rel=1e-4)
+    cfg = CompressConfig(prune="wanda:0.5", recover_tokens=4000, recover_distill=True, eval_bytes=4096, measure_latency=False)
+    m = compress(tiny_run, tmp_path / "kd", cfg, log_to_console=False)
+    assert m["recover_distill"] is True and 0 < m["val_bpb_recovered"] < 20
+    run = json.loads((tmp_path / "kd" / "recover" / "run.json").read_text())
+    assert run["recover_distill"] is True
