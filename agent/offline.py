@@ -21,7 +21,7 @@ from typing import Any
 
 from agent.goal import Goal
 from agent.plans import (AnyPlan, CompressConfigPlan, CompressPlan, DistillConfigPlan, DistillPlan, EvalConfigPlan, EvalPlan, SearchConfigPlan, SearchPlan,
-                         TrainConfigPlan, TrainPlan)
+                         TrainConfigPlan, TrainPlan, parse_plan)
 from nas.space import ArchConfig, ArchConstraints, get_space
 
 
@@ -55,8 +55,6 @@ class OfflinePlanner:
             plan = dict(last["plan"])
             seeds = [h["plan"]["config"].get("seed", 0) for h in history if group_key(h["plan"]) == group_key(plan)]
             cfg = {**plan["config"], "seed": max(seeds) + 1}
-            from agent.plans import parse_plan
-
             return parse_plan({"kind": plan["kind"], "config": cfg, "rationale": f"re-run of {last['id']} with seed "
                                f"{cfg['seed']}: its gain was within the measured noise"})
         trains = [h for h in history if h["plan"]["kind"] == "train"]

@@ -17,7 +17,7 @@ from agent.context import front_text, history_table, incumbent_text, limits_text
 from agent.goal import Goal
 from agent.llm import CostLedger, LLMClient, LLMError
 from agent.offline import OfflinePlanner
-from agent.plans import AnyPlan, PlanContext, PlanError, SearchPlan, TrainPlan, check_plan, parse_plan, plan_tool_schema
+from agent.plans import AnyPlan, PlanContext, PlanError, check_plan, parse_plan, plan_tool_schema
 from agent.prompting import Prompts
 
 TOOL = "submit_plan"

@@ -75,7 +75,7 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
              teacher_base_url: str | None, teacher_max_tokens: int, concurrency: int, mode: str, tokenizer: str,
              quiet: bool) -> None:
     from distill.losses import KDLossConfig
-    from distill.train import LOSSES, distill, reconcile_student, sequence_distill
+    from distill.train import LOSSES, distill, reconcile_student
     from nas.budget import parse_budget
     from nas.data import CorpusSpec
     from nas.space import ArchConfig

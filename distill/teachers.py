@@ -36,29 +36,14 @@ class CodeLMTeacher:
     """A run folder written by ``autonas train`` (arch.json, model.safetensors, tokenizer.json if BPE)."""
 
     def __init__(self, run_dir: str | Path):
-        from safetensors.torch import load_model
-
-        from nas.model import build_model
-        from nas.space import ArchConfig
+        from nas.run_folder import load_trained_model
 
         d = Path(run_dir).expanduser()
-        if not d.is_dir():
-            raise UserError(f"teacher folder {run_dir} does not exist")
-        if not (d / "arch.json").is_file() or not (d / "model.safetensors").is_file():
-            raise UserError(f"{run_dir} is not a finished training run (needs arch.json and model.safetensors)")
-        arch = ArchConfig.from_json((d / "arch.json").read_text())
-        self.model = build_model(arch)
-        load_model(self.model, str(d / "model.safetensors"))
-        self.model.eval()
+        self.model, tok = load_trained_model(d)
+        arch = self.model.arch
         tok_file = d / "tokenizer.json"
-        if tok_file.is_file():
-            tok = load_tokenizer_file(tok_file)
-            self.tokenizer_spec, self.tokenizer_fingerprint = f"file:{tok_file.resolve()}", tok.fingerprint()
-            self.vocab_size = tok.vocab_size
-        else:
-            self.tokenizer_spec, self.tokenizer_fingerprint, self.vocab_size = "byte", "byte", 256
-        if arch.vocab_size != self.vocab_size:
-            raise UserError(f"{run_dir}: model vocabulary {arch.vocab_size} differs from its tokenizer's {self.vocab_size}")
+        self.tokenizer_spec = f"file:{tok_file.resolve()}" if tok_file.is_file() else "byte"
+        self.tokenizer_fingerprint, self.vocab_size = tok.fingerprint(), tok.vocab_size
         self.context_length = arch.context_length
         self.arch = arch
         self.name = f"autonas:{d.resolve().name}"

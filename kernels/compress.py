@@ -30,7 +30,6 @@ from nas.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from nas.errors import UserError
 from nas.metrics import evaluate_bpb, measure_latency
 from nas.model import CodeLM, build_model
-from nas.space import ArchConfig
 from nas.train import Trainer, TrainConfig
 
 
@@ -57,19 +56,10 @@ class CompressConfig(BaseModel):
 
 def load_run(model_dir: Path) -> tuple[CodeLM, CorpusSpec, str]:
     """The trained model of a run folder and the corpus / tokenizer it was trained with."""
+    from nas.run_folder import load_trained_model
+
     d = Path(model_dir)
-    if not d.is_dir():
-        raise UserError(f"model folder {model_dir} does not exist")
-    if not (d / "arch.json").is_file() or not (d / "model.safetensors").is_file():
-        raise UserError(f"{model_dir} is not a finished run (needs arch.json and model.safetensors)")
-    try:
-        arch = ArchConfig.from_json((d / "arch.json").read_text())
-        model = build_model(arch)
-        load_model(model, str(d / "model.safetensors"))
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(f"cannot load the model in {model_dir} (corrupt?): {str(err).splitlines()[0][:200]}") from None
+    model, _ = load_trained_model(d)
     spec, tokenizer = CorpusSpec(), "byte"
     if (d / "run.json").is_file():
         run = json.loads((d / "run.json").read_text())

@@ -25,7 +25,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.errors import UserError
-from nas.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer_file, parse_tokenizer_spec, train_bpe
+from nas.tokenizer import (BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer_file, parse_tokenizer_spec,
+                           tokenizer_file, train_bpe)
 
 Split = Literal["train", "val", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "val", "heldout")
@@ -249,7 +250,7 @@ def get_tokenizer(spec: str, train_docs: list[Document], corpus_fp: str) -> Toke
     if kind == "byte":
         return ByteTokenizer()
     if kind == "file":
-        return load_tokenizer_file(spec.strip()[5:])
+        return BPETokenizer.load(tokenizer_file(spec))  # type: ignore[arg-type]
     path = cache_root() / "tokenizers" / f"{corpus_fp}-bpe{size}.json"
     if path.is_file():
         return BPETokenizer.load(path)
@@ -267,10 +268,9 @@ def _source_signature(spec: CorpusSpec, tokenizer: str) -> str | None:
     None for hub data sets, which are always loaded (datasets keeps its own cache).
     """
     h = hashlib.sha256(f"{spec.model_dump_json()}|{tokenizer}".encode())
-    if tokenizer.strip().startswith("file:"):  # a tokenizer file edited in place must not hit the old cache
-        tok_file = load_tokenizer_file(tokenizer.strip()[5:]).path
-        if tok_file is not None:
-            h.update(hashlib.sha256(Path(tok_file).read_bytes()).hexdigest().encode())
+    named_file = tokenizer_file(tokenizer)
+    if named_file is not None:  # a tokenizer file edited in place must not hit the old cache
+        h.update(hashlib.sha256(named_file.read_bytes()).hexdigest().encode())
     path = Path(spec.source)
     if spec.source == "stdlib":
         root: Path | None = stdlib_dir()

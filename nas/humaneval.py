@@ -260,23 +260,12 @@ class OurModelSource:
 
     def __init__(self, run_dir: Path, device: str = "cpu"):
         import torch
-        from safetensors.torch import load_model
 
-        from nas.model import build_model
-        from nas.space import ArchConfig
-        from nas.tokenizer import BPETokenizer, ByteTokenizer
+        from nas.run_folder import load_trained_model
 
         run_dir = Path(run_dir)
-        if not (run_dir / "model.safetensors").is_file() or not (run_dir / "arch.json").is_file():
-            raise UserError(f"{run_dir} is not a finished run folder (needs arch.json and model.safetensors)")
-        arch = ArchConfig.from_json((run_dir / "arch.json").read_text())
-        self.model = build_model(arch)
-        load_model(self.model, str(run_dir / "model.safetensors"))
-        self.model.to(torch.device(device)).eval()
-        tok_file = run_dir / "tokenizer.json"
-        self.tokenizer = BPETokenizer.load(tok_file) if tok_file.is_file() else ByteTokenizer()
-        if self.tokenizer.vocab_size != arch.vocab_size:
-            raise UserError(f"{run_dir}: tokenizer has {self.tokenizer.vocab_size} tokens, the model {arch.vocab_size}")
+        self.model, self.tokenizer = load_trained_model(run_dir)
+        self.model.to(torch.device(device))
         self.name = f"autonas:{run_dir.name}"
 
     def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,

@@ -164,8 +164,9 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int]:
     ``file:`` names a ``tokenizer.json`` (or a folder holding one), e.g. a teacher's, so a student
     shares its vocabulary exactly.
     """
-    if spec.strip().startswith("file:"):
-        return "file", load_tokenizer_file(spec.strip()[5:]).vocab_size
+    named_file = tokenizer_file(spec)
+    if named_file is not None:
+        return "file", BPETokenizer.load(named_file).vocab_size
     m = _SPEC.match(spec.strip().lower())
     if not m:
         raise UserError(f"unknown tokenizer {spec!r}: use 'byte' or 'bpe:<vocab size>' (e.g. bpe:4096, bpe8k)")
@@ -182,11 +183,21 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int]:
     return "bpe", size
 
 
-def load_tokenizer_file(path: str | Path) -> BPETokenizer:
+def _tokenizer_path(path: str | Path) -> Path:
     """A ``tokenizer.json``, or the one inside a folder (a run folder or a Hugging Face model folder)."""
     p = Path(path).expanduser()
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
         raise UserError(f"no tokenizer file at {p}")
-    return BPETokenizer.load(p)
+    return p
+
+
+def tokenizer_file(spec: str) -> Path | None:
+    """The file a ``file:PATH`` tokenizer spec names; None for ``byte`` / ``bpe`` specs."""
+    s = spec.strip()
+    return _tokenizer_path(s[len("file:"):]) if s.startswith("file:") else None
+
+
+def load_tokenizer_file(path: str | Path) -> BPETokenizer:
+    return BPETokenizer.load(_tokenizer_path(path))

@@ -1,0 +1,39 @@
+"""Reading a finished training run folder (``arch.json``, ``model.safetensors``, ``tokenizer.json`` if BPE).
+
+One loader for everything that consumes a trained model (HumanEval generation, a teacher for
+distillation, compression), so the checks and the messages for a missing or corrupt folder are the same
+everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nas.errors import UserError
+from nas.model import CodeLM, build_model
+from nas.space import ArchConfig
+from nas.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
+
+
+def load_trained_model(run_dir: str | Path) -> tuple[CodeLM, Tokenizer]:
+    """The model (fp32, eval mode, on CPU) and its tokenizer; a clear UserError for a bad folder."""
+    from safetensors.torch import load_model
+
+    d = Path(run_dir).expanduser()
+    if not d.is_dir():
+        raise UserError(f"model folder {run_dir} does not exist")
+    if not (d / "arch.json").is_file() or not (d / "model.safetensors").is_file():
+        raise UserError(f"{run_dir} is not a finished run (needs arch.json and model.safetensors)")
+    try:
+        arch = ArchConfig.from_json((d / "arch.json").read_text())
+        model = build_model(arch)
+        load_model(model, str(d / "model.safetensors"))
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"cannot load the model in {run_dir} (corrupt?): {str(err).splitlines()[0][:200]}") from None
+    tok_file = d / "tokenizer.json"
+    tokenizer: Tokenizer = load_tokenizer_file(tok_file) if tok_file.is_file() else ByteTokenizer()
+    if tokenizer.vocab_size != arch.vocab_size:
+        raise UserError(f"{run_dir}: the model has {arch.vocab_size} tokens, its tokenizer {tokenizer.vocab_size}")
+    return model.eval(), tokenizer
