@@ -64,15 +64,16 @@ def run_limited(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, timeo
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(proc, grace_s)
+            kill_group(proc, grace_s)
         finally:
-            _reap_group(proc.pid)
+            reap_group(proc.pid)
     code = proc.returncode
     return RunOutcome(returncode=code, timed_out=timed_out, wall_s=time.monotonic() - t0,
                       signal=-code if code is not None and code < 0 else None)
 
 
-def _kill_group(proc: subprocess.Popen, grace_s: float) -> None:
+def kill_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """TERM the process group led by ``proc`` (started with ``start_new_session``), KILL it after ``grace_s``."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace_s)
@@ -85,7 +86,7 @@ def _kill_group(proc: subprocess.Popen, grace_s: float) -> None:
     proc.wait()
 
 
-def _reap_group(pgid: int) -> None:
+def reap_group(pgid: int) -> None:
     """Children the worker left running in its group go too (its own session: nothing else is in it)."""
     try:
         os.killpg(pgid, signal.SIGKILL)

@@ -56,6 +56,32 @@ def error(status: int, kind: str = "api_error") -> Reply:
                  headers={"retry-after-ms": "20"})
 
 
+def anthropic_sse(message: dict[str, Any]) -> str:
+    """A whole Messages reply as the server-sent events a streaming client (``stream: true``, as the Claude Code
+    CLI always asks) reads: message_start, one start/delta/stop triple per content block, message_delta with
+    the stop reason and output tokens, message_stop."""
+    def event(kind: str, data: dict[str, Any]) -> str:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+    usage = message.get("usage", {})
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}}
+    out = [event("message_start", {"message": start})]
+    for i, block in enumerate(message.get("content", [])):
+        if block["type"] == "text":
+            out.append(event("content_block_start", {"index": i, "content_block": {"type": "text", "text": ""}}))
+            out.append(event("content_block_delta", {"index": i, "delta": {"type": "text_delta", "text": block["text"]}}))
+        elif block["type"] == "tool_use":
+            out.append(event("content_block_start", {"index": i, "content_block": {**block, "input": {}}}))
+            out.append(event("content_block_delta", {"index": i, "delta": {"type": "input_json_delta",
+                                                                           "partial_json": json.dumps(block["input"])}}))
+        out.append(event("content_block_stop", {"index": i}))
+    out.append(event("message_delta", {"delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": None},
+                                       "usage": {"output_tokens": usage.get("output_tokens", 0)}}))
+    out.append(event("message_stop", {}))
+    return "".join(out)
+
+
 class ScriptedLLMServer:
     """Answers each request with the next scripted :class:`Reply`, or ``responder(path, request)`` once the
     script is used up. Every request is recorded (path, headers, JSON body)."""
@@ -85,11 +111,17 @@ class ScriptedLLMServer:
                     reply = server.responder(self.path, body) if server.responder else error(500)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
-                data = reply.body if isinstance(reply.body, (str, bytes)) else json.dumps(reply.body)
+                streaming = isinstance(body, dict) and body.get("stream") is True and reply.status == 200 \
+                    and isinstance(reply.body, dict) and reply.body.get("type") == "message"
+                if streaming:
+                    data, content_type = anthropic_sse(reply.body), "text/event-stream"
+                else:
+                    data = reply.body if isinstance(reply.body, (str, bytes)) else json.dumps(reply.body)
+                    content_type = "application/json"
                 data = data.encode() if isinstance(data, str) else data
                 try:
                     self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     for k, v in reply.headers.items():
                         self.send_header(k, v)
