@@ -82,6 +82,12 @@ def run_command(
     max_plan_attempts: Annotated[int, typer.Option(min=1, max=10)] = 3,
     prompts: Annotated[Optional[Path], typer.Option(help="folder of prompt templates overriding prompts/*.txt")] = None,
     memory_mb: Annotated[Optional[int], typer.Option(min=64, help="address-space limit of each worker process")] = None,
+    editor: Annotated[str, typer.Option(help="code editor for plans that change code: builtin, claude-code, gui, or a "
+                                             "fallback chain such as claude-code,gui")] = "builtin",
+    claude_binary: Annotated[Optional[str], typer.Option(help="the claude CLI (default: on PATH, else claude-agent-sdk's)")] = None,
+    claude_model: Annotated[Optional[str], typer.Option(help="model for Claude Code (default: the CLI's own)")] = None,
+    editor_max_turns: Annotated[int, typer.Option(min=1, max=500)] = 30,
+    editor_timeout: Annotated[str, typer.Option(help="wall clock of one code edit")] = "15m",
 ) -> None:
     """Start a research run: plan, edit, run, judge and commit experiments until the budget is spent."""
     _run(**locals())
@@ -92,12 +98,15 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
          max_gpu_hours: float | None, search_trials: int, run_id: str | None, runs_dir: Path, tokenizer: str, corpus: str,
          eval_bytes: int, seed: int, planner: str, planner_model: str | None, judge: str | None, judge_model: str | None,
          base_url: str | None, judge_base_url: str | None, llm_timeout: float, price_in: float | None, price_out: float | None,
-         max_plan_attempts: int, prompts: Path | None, memory_mb: int | None) -> None:
+         max_plan_attempts: int, prompts: Path | None, memory_mb: int | None, editor: str, claude_binary: str | None,
+         claude_model: str | None, editor_max_turns: int, editor_timeout: str) -> None:
+    from agent.editing import parse_editors
     from agent.goal import parse_goal
     from agent.graph import ResearchAgent
     from agent.llm import LLMSpec
     from nas.budget import parse_budget
     from nas.tokenizer import parse_tokenizer_spec
+    import nas
     from sandbox.workspace import Workspace, WorkspaceError
 
     parse_goal(goal)
@@ -106,6 +115,10 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
         raise UserError("--budget is wall-clock time (e.g. 10m, 8h)")
     parse_budget(experiment_budget)
     parse_tokenizer_spec(tokenizer)
+    editors = parse_editors(editor)
+    edit_timeout = parse_budget(editor_timeout).seconds
+    if edit_timeout is None:
+        raise UserError("--editor-timeout is wall-clock time (e.g. 15m)")
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id):
         raise UserError(f"run id {run_id!r} may use letters, digits, '.', '_' and '-' only")
@@ -117,7 +130,8 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
                            judge=(LLMSpec() if judge is None and judge_model is None and judge_base_url is None else
                                   _llm_spec(judge or planner, judge_model, judge_base_url, llm_timeout, price_in, price_out)),
                            max_plan_attempts=max_plan_attempts, prompts_dir=str(prompts.resolve()) if prompts else None,
-                           memory_mb=memory_mb)
+                           memory_mb=memory_mb, editors=editors, claude_binary=claude_binary, claude_model=claude_model,
+                           editor_max_turns=editor_max_turns, editor_timeout_s=edit_timeout)
     if settings.run_dir.exists():
         raise UserError(f"run {run_id!r} already exists in {runs_dir}: resume it with `autonas resume {run_id}` or pick another --run-id")
     agent = ResearchAgent(settings)  # keys, servers and prompt templates are checked before anything is created
@@ -126,7 +140,9 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
     except OSError as err:
         raise UserError(f"cannot create {settings.run_dir}: {err.strerror or err}") from None
     try:
-        Workspace.create(settings.workspace, run_id)
+        ws = Workspace.create(settings.workspace, run_id)
+        if settings.code_editing:  # the editors change this copy; the workers run it
+            ws.seed_code([Path(nas.__file__).resolve().parent])
     except WorkspaceError as err:
         raise UserError(str(err)) from None
     (settings.run_dir / "run.json").write_text(settings.model_dump_json(indent=2))

@@ -23,8 +23,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.goal import Goal, parse_goal
+from agent.editing import apply_code_change, config_files, edit_summary, worker_env
 from agent.judge import judge, noise_estimate
-from agent.llm import CostLedger, judge_spec, make_client
+from agent.llm import CallRecord, CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner, group_key
 from agent.planner import Planner
@@ -33,6 +34,7 @@ from agent.prompting import Prompts
 from agent.settings import RunSettings
 from nas.budget import parse_budget
 from nas.errors import UserError
+from ccaa.editor import BuiltinEditor, EditInstruction
 from sandbox.runner import run_limited, scrubbed_env
 from sandbox.workspace import Workspace
 
@@ -51,6 +53,7 @@ class AgentState(TypedDict, total=False):
     metrics: dict[str, Any] | None
     exp_worker_s: float | None
     verdict: dict[str, Any] | None
+    edit: dict[str, Any] | None
     history: list[dict[str, Any]]
     incumbent: dict[str, Any] | None
     noise: float | None
@@ -141,33 +144,43 @@ class ResearchAgent:
         self._journal(f"## {exp_id}: {plan.kind} (planned by {outcome.source})\n\n{notes}{plan.rationale}\n")
         PROGRESS.print(f"[bold]{exp_id}[/] {escape(self._title(plan.model_dump()))} [dim](planner: {outcome.source}, "
                        f"{state.get('elapsed_s', 0.0):.0f}s of {self.s.budget_s:.0f}s used)[/]")
-        return {"plan": plan.model_dump(), "plan_source": outcome.source, "exp_id": exp_id, "metrics": None, "verdict": None,
+        return {"plan": plan.model_dump(), "plan_source": outcome.source, "exp_id": exp_id, "metrics": None, "verdict": None, "edit": None,
                 **self._timed(state, t0)}
 
     def _plan_context(self, state: AgentState) -> PlanContext:
         g = self.goal
         return PlanContext(vocab_size=self.vocab, max_mb=g.max_mb, max_params=g.max_params, max_latency_ms=g.max_latency_ms,
                            time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0),
-                           models=tuple(model_runs(state.get("history", []))), has_incumbent=state.get("incumbent") is not None)
+                           models=tuple(model_runs(state.get("history", []))), has_incumbent=state.get("incumbent") is not None,
+                           code_editing=self.s.code_editing)
 
     def edit(self, state: AgentState) -> dict[str, Any]:
-        """The built-in editor: the plan's configuration becomes files in the workspace (the experiment's diff)."""
+        """The plan's configuration goes in through the built-in editor; a plan's code change through the configured
+        editor chain (or a replay of the same change made earlier). A failed edit leaves the tree as it was and the
+        experiment fails in the run node; the run goes on."""
         t0 = time.monotonic()
         ws = self.workspace()
         plan, exp_id = state["plan"], state["exp_id"]
         assert plan is not None and exp_id is not None
-        configs = ws.root / "configs"
-        configs.mkdir(exist_ok=True)
-        if plan["kind"] in MODEL_KINDS:
-            (configs / "arch.json").write_text(json.dumps(plan["config"]["arch"], indent=2) + "\n")
-            name = "train.json" if plan["kind"] == "train" else "distill.json"
-            (configs / name).write_text(json.dumps({k: v for k, v in plan["config"].items() if k != "arch"}, indent=2) + "\n")
-        elif plan["kind"] in ("eval", "compress"):
-            (configs / f"{plan['kind']}.json").write_text(json.dumps(plan["config"], indent=2) + "\n")
-        else:
-            (configs / "search.json").write_text(json.dumps(plan["config"], indent=2) + "\n")
-        (configs / "plan.json").write_text(json.dumps({"experiment": exp_id, **plan}, indent=2) + "\n")
-        return self._timed(state, t0)
+        if ws.has_changes():  # an edit of this experiment that a kill interrupted: start it again from the last commit
+            ws.reset_tree()
+        configs = BuiltinEditor().edit(ws.root, EditInstruction(files=config_files(plan, exp_id)))
+        if not configs.ok:
+            return {"edit": {"ok": False, "editor": "builtin", "error": configs.error, "cost_usd": 0.0}, **self._timed(state, t0)}
+        if not plan.get("code_change"):
+            return {"edit": None, **self._timed(state, t0)}
+        log_dir = ws.root / "runs" / exp_id / "edit"
+        results = apply_code_change(self.s, self.prompts, plan, exp_id, self._title(plan), ws.root, log_dir, state.get("history", []))
+        summary = edit_summary(results, log_dir)
+        for r in results:
+            PROGRESS.print(f"     [dim]edit:[/] {escape(r.summary())}")
+            if r.cost_usd or r.editor != "builtin":
+                self.ledger.add(CallRecord(role="editor", provider=r.editor, model=self.s.claude_model or r.editor, input_tokens=0,
+                                           output_tokens=0, cost_usd=r.cost_usd if r.editor == "claude-code" else None,
+                                           seconds=r.wall_s, ok=r.ok, note=(r.error or f"{len(r.files_changed)} file(s)")[:200]))
+        self._journal("Code change: " + plan["code_change"] + "\n\n" + "".join(
+            f"- {r.summary()}" + (f" (transcript {r.transcript})" if r.transcript else "") + "\n" for r in results))
+        return {"edit": summary, **self._timed(state, t0)}
 
     def _command(self, plan: dict[str, Any], out: Path, state: AgentState) -> tuple[list[str], float]:
         s, cfg = self.s, plan["config"]
@@ -220,13 +233,17 @@ class ResearchAgent:
         assert plan is not None and exp_id is not None
         out = Path("runs") / exp_id  # relative to the workspace, ignored by git
         (ws.root / out).mkdir(parents=True, exist_ok=True)
+        edit = state.get("edit")
+        if edit and not edit["ok"]:
+            metrics = {"status": "crashed", "fail_reason": f"edit failed ({edit['editor']}): {edit['error']}"}
+            return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         try:
             cmd, timeout = self._command(plan, out, state)
         except UserError as err:  # e.g. the teacher's run folder is gone: the experiment fails, the run goes on
             metrics = {"status": "crashed", "fail_reason": str(err)}
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         outcome = run_limited(cmd, ws.root, ws.root / out / "worker.log", timeout_s=timeout, memory_mb=self.s.memory_mb,
-                              env=scrubbed_env({"PYTHONUNBUFFERED": "1"}))
+                              env=worker_env(ws.has_code(), ws.root, scrubbed_env({"PYTHONUNBUFFERED": "1"})))
         metrics_path = ws.root / out / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         if metrics is None:
@@ -310,12 +327,20 @@ class ResearchAgent:
                     trailers["delta-bpb"] = verdict["delta"]
                 if verdict.get("noise") is not None:
                     trailers["noise-bpb"] = verdict["noise"]
-                commit = ws.commit_experiment(title, f"{plan['rationale']}\n\nJudge: {verdict['reason']}", trailers)
+                body = f"{plan['rationale']}\n\nJudge: {verdict['reason']}"
+                edit = state.get("edit")
+                if edit and edit.get("ok"):
+                    body += f"\n\nCode change ({edit['editor']}): {plan['code_change']}\nFiles: {', '.join(edit['files'])}"
+                    trailers["editor"] = edit["editor"]
+                    if edit.get("cost_usd"):
+                        trailers["edit-cost-usd"] = edit["cost_usd"]
+                commit = ws.commit_experiment(title, body, trailers)
             else:
                 commit = next(e.sha for e in ws.experiments() if e.trailers.get("experiment") == exp_id)
         else:
             ws.discard(exp_id, title)
         entry = {"id": exp_id, "plan": plan, "planner": state.get("plan_source") or "offline", "decision": decision, "reason": verdict["reason"], "commit": commit,
+                 "edit": state.get("edit"),
                  "run_dir": state.get("run_dir"), "worker_s": state.get("exp_worker_s"), "val_bpb": metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
                  "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
         self._append_result(entry, verdict)
@@ -341,11 +366,17 @@ class ResearchAgent:
     def workspace(self) -> Workspace:
         if not hasattr(self, "_ws"):
             self._ws = Workspace.open(self.s.workspace, self.s.run_id)
-            self._ws.ensure_clean_except_agent()
+            # a kill during an edit leaves the editor's change in the tree: it is the agent's, and the edit node redoes it
+            self._ws.ensure_clean_except_agent(("configs/", "nas/") if self._ws.has_code() else ("configs/",))
         return self._ws
 
+    @classmethod
+    def _title(cls, plan: dict[str, Any]) -> str:
+        title = cls._config_title(plan)
+        return f"{title} + code change" if plan.get("code_change") else title
+
     @staticmethod
-    def _title(plan: dict[str, Any]) -> str:
+    def _config_title(plan: dict[str, Any]) -> str:
         if plan["kind"] == "train":
             from nas.space import ArchConfig
 

@@ -29,7 +29,7 @@ def group_key(plan: dict[str, Any]) -> str:
     """Experiments that differ only by seed form one group (their spread is the noise)."""
     cfg = dict(plan["config"])
     cfg.pop("seed", None)
-    return json.dumps({"kind": plan["kind"], "config": cfg}, sort_keys=True)
+    return json.dumps({"kind": plan["kind"], "config": cfg, "code_change": plan.get("code_change")}, sort_keys=True)
 
 
 class OfflinePlanner:
@@ -55,8 +55,8 @@ class OfflinePlanner:
             plan = dict(last["plan"])
             seeds = [h["plan"]["config"].get("seed", 0) for h in history if group_key(h["plan"]) == group_key(plan)]
             cfg = {**plan["config"], "seed": max(seeds) + 1}
-            return parse_plan({"kind": plan["kind"], "config": cfg, "rationale": f"re-run of {last['id']} with seed "
-                               f"{cfg['seed']}: its gain was within the measured noise"})
+            return parse_plan({"kind": plan["kind"], "config": cfg, "code_change": plan.get("code_change"),
+                               "rationale": f"re-run of {last['id']} with seed {cfg['seed']}: its gain was within the measured noise"})
         trains = [h for h in history if h["plan"]["kind"] == "train"]
         # 1. baseline, then its repeat for the noise estimate
         if not trains:

@@ -59,7 +59,9 @@ class Planner:
                 experiment_budget=self.experiment_budget, tokenizer=self.tokenizer, vocab_size=ctx.vocab_size,
                 space=space_text(self.offline.space), incumbent=incumbent_text(incumbent),
                 noise=f"{noise:.4f} bpb" if noise is not None else "not measured yet", history=history_table(history, incumbent),
-                front=front_text(history), feedback=feedback)
+                front=front_text(history), feedback=feedback,
+                code_editing=("available: a plan may carry code_change" if ctx.code_editing
+                              else "not available in this run (built-in editor only): leave code_change out"))
             assert self.ledger is not None
             try:
                 reply = self.ledger.call(self.client, "planner", self.prompts.render("planner_system"), user, TOOL, TOOL_DESCRIPTION,
@@ -91,7 +93,7 @@ def _refuse_exact_repeat(plan: AnyPlan, history: list[dict[str, Any]]) -> None:
     """The same kind and config with the same seed would only re-measure a known number."""
     config = plan.model_dump()["config"]
     for h in history:
-        if h["plan"]["kind"] == plan.kind and h["plan"]["config"] == config:
+        if h["plan"]["kind"] == plan.kind and h["plan"]["config"] == config and h["plan"].get("code_change") == plan.code_change:
             raise PlanError(f"this exact configuration was already run as {h['id']}: change the config, or the seed for a deliberate repeat")
 
 

@@ -87,44 +87,41 @@ class CompressConfigPlan(BaseModel):
         return v
 
 
-class TrainPlan(BaseModel):
+class PlanBase(BaseModel):
+    """What every plan carries besides its kind and config: why, and optionally a change to the workspace's code
+    that an LLM editor (Claude Code, or the GUI fallback) makes before the worker runs."""
+
     model_config = ConfigDict(extra="forbid")
 
+    rationale: str = Field(min_length=1)
+    code_change: str | None = Field(None, min_length=1, max_length=4000,
+                                    description="optional: a change to the model or search code in the workspace (the nas/ "
+                                                "package), in words, for the code editor; leave out for config-only experiments")
+
+
+class TrainPlan(PlanBase):
     kind: Literal["train"] = "train"
     config: TrainConfigPlan
-    rationale: str = Field(min_length=1)
 
 
-class SearchPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SearchPlan(PlanBase):
     kind: Literal["nas_search"] = "nas_search"
     config: SearchConfigPlan
-    rationale: str = Field(min_length=1)
 
 
-class DistillPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DistillPlan(PlanBase):
     kind: Literal["distill"] = "distill"
     config: DistillConfigPlan
-    rationale: str = Field(min_length=1)
 
 
-class CompressPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CompressPlan(PlanBase):
     kind: Literal["compress"] = "compress"
     config: CompressConfigPlan
-    rationale: str = Field(min_length=1)
 
 
-class EvalPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EvalPlan(PlanBase):
     kind: Literal["eval"] = "eval"
     config: EvalConfigPlan
-    rationale: str = Field(min_length=1)
 
 
 AnyPlan = Union[TrainPlan, SearchPlan, DistillPlan, EvalPlan, CompressPlan]
@@ -177,6 +174,8 @@ def plan_tool_schema() -> dict:
                        "description": "TrainConfigPlan for train, SearchConfigPlan for nas_search, DistillConfigPlan for "
                                       "distill, EvalConfigPlan for eval, CompressConfigPlan for compress"},
             "rationale": {"type": "string", "minLength": 1, "description": "why this experiment, in one or two sentences"},
+            "code_change": {"type": "string", "description": "optional, only where the run has a code editor: a change to the "
+                                                             "workspace's model/search code (nas/ package) in words"},
         },
         "required": ["kind", "config", "rationale"],
         "additionalProperties": False,
@@ -196,6 +195,7 @@ class PlanContext(BaseModel):
     time_left_s: float
     models: tuple[str, ...] = ()  # ids of finished train/distill experiments (teachers / eval targets)
     has_incumbent: bool = False
+    code_editing: bool = False  # the run has an editor that can change code (claude-code or gui)
 
 
 def _check_model_ref(ref: str, field: str, ctx: PlanContext) -> None:
@@ -229,6 +229,11 @@ def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
     from nas.objectives import parse_objectives
     from nas.space import get_space
 
+    if plan.code_change and not ctx.code_editing:
+        raise PlanError("code_change needs a code editor but this run has only the built-in one (--editor builtin): "
+                        "leave code_change out")
+    if plan.code_change and plan.kind in ("eval", "compress"):
+        raise PlanError(f"code_change applies to train, distill and nas_search plans, not {plan.kind}")
     try:
         if isinstance(plan, TrainPlan):
             _check_arch_and_budget(plan.config.arch, plan.config.budget, ctx)

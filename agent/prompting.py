@@ -16,10 +16,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "prompts"
 FIELDS: dict[str, frozenset[str]] = {
     "planner_system": frozenset(),
     "planner": frozenset({"goal", "limits", "time_left", "experiment_budget", "tokenizer", "vocab_size", "space", "incumbent",
-                          "noise", "history", "front", "feedback"}),
+                          "noise", "history", "front", "feedback", "code_editing"}),
     "judge_system": frozenset(),
     "judge": frozenset({"goal", "limits", "experiment", "rationale", "metrics", "incumbent", "statistics"}),
     "editor": frozenset({"workspace", "experiment", "title", "rationale", "instructions"}),
+    "editor_system": frozenset({"workspace"}),
 }
 
 

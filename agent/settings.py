@@ -30,6 +30,16 @@ class RunSettings(BaseModel):
     judge: LLMSpec = LLMSpec()
     max_plan_attempts: int = Field(3, ge=1, le=10, description="invalid LLM plans before the offline planner takes the step")
     prompts_dir: str | None = Field(None, description="folder of prompt templates overriding prompts/*.txt")
+    editors: tuple[str, ...] = Field(("builtin",), min_length=1, description="code editors tried in order for a plan's code_change")
+    claude_binary: str | None = None
+    claude_model: str | None = None
+    editor_max_turns: int = Field(30, ge=1, le=500)
+    editor_timeout_s: float = Field(900.0, gt=0)
+
+    @property
+    def code_editing(self) -> bool:
+        """An LLM editor is configured, so plans may change code and the workspace carries the code to change."""
+        return any(e != "builtin" for e in self.editors)
 
     @property
     def run_dir(self) -> Path:

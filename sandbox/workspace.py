@@ -62,6 +62,26 @@ class Workspace:
         repo.index.commit(f"autonas run {run_id}: workspace", author=AGENT, committer=AGENT)
         return ws
 
+    def seed_code(self, packages: list[Path]) -> str:
+        """Copy the named Python packages into the workspace and commit them: the workers run with the workspace
+        first on ``sys.path``, so an editor's change to this copy (a new attention variant, a new search dimension)
+        is what the next experiment trains, and each such change is a reviewable diff of the run's history."""
+        import shutil
+
+        for pkg in packages:
+            target = self.root / pkg.name
+            if target.exists():
+                raise WorkspaceError(f"workspace {self.root} already has {pkg.name}/; cannot seed the code into it")
+            shutil.copytree(pkg, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        self.repo.git.add(A=True)
+        names = ", ".join(p.name for p in packages)
+        commit = self.repo.index.commit(f"autonas run {self.run_id}: code ({names}) the workers run and the editors change\n",
+                                        author=AGENT, committer=AGENT)
+        return commit.hexsha
+
+    def has_code(self, package: str = "nas") -> bool:
+        return (self.root / package / "__init__.py").is_file()
+
     @classmethod
     def open(cls, root: str | Path, run_id: str) -> "Workspace":
         root = Path(root)
@@ -110,15 +130,19 @@ class Workspace:
         commit = git.Commit.create_from_tree(self.repo, tree, f"discarded: {title}\n", parent_commits=[self.repo.head.commit],
                                              author=AGENT, committer=AGENT)
         self.repo.git.update_ref(f"refs/autonas/discarded/{experiment_id}", commit.hexsha)
-        self.repo.head.reset(index=True, working_tree=True)
-        self.repo.git.clean("-fd")  # ignored files (results.tsv, journal, runs/) stay
+        self.reset_tree()  # ignored files (results.tsv, journal, runs/) stay
         return commit.hexsha
+
+    def reset_tree(self) -> None:
+        """Back to the last commit: tracked changes undone, untracked files removed (ignored ones such as runs/ stay)."""
+        self.repo.head.reset(index=True, working_tree=True)
+        self.repo.git.clean("-fd")
 
     def experiments(self) -> list[ExperimentCommit]:
         """The agent's kept experiments on this run's branch, oldest first, with their trailers."""
         out = []
         for c in reversed(list(self.repo.iter_commits(self.branch))):
-            if c.author.email != AGENT.email or c.message.startswith(f"autonas run {self.run_id}: workspace"):
+            if c.author.email != AGENT.email or c.message.startswith(f"autonas run {self.run_id}: "):
                 continue
             trailers = {}
             for line in str(c.message).strip().splitlines()[1:]:

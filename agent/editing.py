@@ -1,0 +1,136 @@
+"""The agent's side of editing: which editors a run uses, what they are told, and replaying a change.
+
+The plan's configuration always goes in through the built-in editor (exact files, no LLM). A plan's
+``code_change`` goes to the configured chain (``--editor claude-code,gui``): the first that succeeds wins, a
+failure is one line in the run log and the experiment fails, the run goes on. A re-run of a plan whose code
+change already succeeded (a close call re-measured with another seed) applies that exact diff again instead of
+asking an LLM for a new one, so both runs measure the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+from agent.plans import MODEL_KINDS
+from agent.prompting import Prompts
+from agent.settings import RunSettings
+from ccaa.editor import BuiltinEditor, EditInstruction, Editor, EditorReport, EditResult, edit_with_fallback
+from nas.errors import UserError
+
+PATCH_NAME = "edit.patch"
+
+
+def parse_editors(spec: str) -> tuple[str, ...]:
+    """``builtin``, ``claude-code``, ``gui`` or a comma-separated fallback chain of them."""
+    from ccaa.editor import EDITOR_NAMES
+
+    names = tuple(n.strip() for n in spec.split(",") if n.strip())
+    bad = [n for n in names if n not in EDITOR_NAMES]
+    if not names or bad:
+        raise UserError(f"--editor {spec!r}: use {', '.join(EDITOR_NAMES)} or a comma-separated chain (e.g. claude-code,gui)")
+    if len(set(names)) != len(names):
+        raise UserError(f"--editor {spec!r} names an editor twice")
+    return names
+
+
+def build_editors(settings: RunSettings, env: Mapping[str, str] | None = None) -> list[Editor]:
+    """The code-change chain, in the configured order."""
+    editors: list[Editor] = []
+    for name in settings.editors:
+        if name == "builtin":
+            editors.append(BuiltinEditor())
+        elif name == "claude-code":
+            from ccaa.claude_code import ClaudeCodeEditor
+
+            editors.append(ClaudeCodeEditor(binary=settings.claude_binary, model=settings.claude_model,
+                                            max_turns=settings.editor_max_turns, env=env))
+        else:
+            from ccaa.gui import GuiEditor
+
+            editors.append(GuiEditor(env=env))
+    return editors
+
+
+def config_files(plan: dict[str, Any], exp_id: str) -> dict[str, str]:
+    """The plan's configuration as the files the workers read (``configs/``), plus the plan itself."""
+    cfg = plan["config"]
+    files: dict[str, str] = {}
+    if plan["kind"] in MODEL_KINDS:
+        files["configs/arch.json"] = json.dumps(cfg["arch"], indent=2) + "\n"
+        name = "train.json" if plan["kind"] == "train" else "distill.json"
+        files[f"configs/{name}"] = json.dumps({k: v for k, v in cfg.items() if k != "arch"}, indent=2) + "\n"
+    elif plan["kind"] in ("eval", "compress"):
+        files[f"configs/{plan['kind']}.json"] = json.dumps(cfg, indent=2) + "\n"
+    else:
+        files["configs/search.json"] = json.dumps(cfg, indent=2) + "\n"
+    files["configs/plan.json"] = json.dumps({"experiment": exp_id, **plan}, indent=2) + "\n"
+    return files
+
+
+def code_instruction(prompts: Prompts, plan: dict[str, Any], exp_id: str, title: str, workspace: Path, log_dir: Path,
+                     timeout_s: float) -> EditInstruction:
+    text = prompts.render("editor", workspace=workspace, experiment=exp_id, title=title, rationale=plan["rationale"],
+                          instructions=plan["code_change"])
+    return EditInstruction(text=text, system_prompt=prompts.render("editor_system", workspace=workspace), log_dir=log_dir,
+                           timeout_s=timeout_s)
+
+
+def replay_patch(history: list[dict[str, Any]], code_change: str) -> Path | None:
+    """The stored diff of an earlier experiment whose editor made this same code change."""
+    for h in reversed(history):
+        edit = h.get("edit") or {}
+        if h["plan"].get("code_change") == code_change and edit.get("ok") and edit.get("patch") and Path(edit["patch"]).is_file():
+            return Path(edit["patch"])
+    return None
+
+
+class PatchReplay(Editor):
+    """Applies a stored diff with ``git apply``: the same code change, without an LLM."""
+
+    name = "replay"
+
+    def __init__(self, patch: Path):
+        super().__init__()
+        self.patch = patch
+
+    def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
+        proc = subprocess.run(["git", "apply", "--whitespace=nowarn", str(self.patch)], cwd=workspace, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return EditorReport(ok=False, error=f"the stored change {self.patch} no longer applies: {proc.stderr.strip()[:200]}")
+        return EditorReport(ok=True)
+
+
+def apply_code_change(settings: RunSettings, prompts: Prompts, plan: dict[str, Any], exp_id: str, title: str, workspace: Path,
+                      log_dir: Path, history: list[dict[str, Any]], env: Mapping[str, str] | None = None) -> list[EditResult]:
+    """Run the replay or the editor chain; the winning diff is stored as ``edit.patch`` in the experiment's folder."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stored = replay_patch(history, plan["code_change"])
+    instruction = code_instruction(prompts, plan, exp_id, title, workspace, log_dir, settings.editor_timeout_s)
+    chain: list[Editor] = [PatchReplay(stored)] if stored else build_editors(settings, env)
+    results = edit_with_fallback(chain, workspace, instruction)
+    if results[-1].ok:
+        (log_dir / PATCH_NAME).write_text(results[-1].diff + "\n")
+    return results
+
+
+def edit_summary(results: list[EditResult], log_dir: Path) -> dict[str, Any]:
+    """A checkpoint-friendly record of the attempts (plain JSON)."""
+    last = results[-1]
+    return {"ok": last.ok, "editor": last.editor, "files": list(last.files_changed), "error": last.error,
+            "cost_usd": sum(r.cost_usd for r in results), "turns": last.turns, "session_id": last.session_id,
+            "patch": str(log_dir / PATCH_NAME) if last.ok else None,
+            "attempts": [{"editor": r.editor, "ok": r.ok, "error": r.error, "wall_s": round(r.wall_s, 2),
+                          "transcript": str(r.transcript) if r.transcript else None} for r in results]}
+
+
+def worker_env(workspace_has_code: bool, workspace: Path, base: Mapping[str, str]) -> dict[str, str]:
+    """Workers import the workspace's copy of the code first when the run carries one."""
+    env = dict(base)
+    if workspace_has_code:
+        env["PYTHONPATH"] = os.pathsep.join([str(workspace.resolve())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
