@@ -100,7 +100,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
          base_url: str | None, judge_base_url: str | None, llm_timeout: float, price_in: float | None, price_out: float | None,
          max_plan_attempts: int, prompts: Path | None, memory_mb: int | None, editor: str, claude_binary: str | None,
          claude_model: str | None, editor_max_turns: int, editor_timeout: str) -> None:
-    from agent.editing import parse_editors
+    from agent.editing import editor_warnings, parse_editors
     from agent.goal import parse_goal
     from agent.graph import ResearchAgent
     from agent.llm import LLMSpec
@@ -147,6 +147,8 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
         raise UserError(str(err)) from None
     (settings.run_dir / "run.json").write_text(settings.model_dump_json(indent=2))
     err_console.print(f"run {run_id}: {goal!r}, budget {budget}, folder {settings.run_dir}", highlight=False)
+    for warning in editor_warnings(settings):
+        err_console.print(f"warning: {warning}; code changes fall to the next editor or fail", highlight=False)
     state = _drive(agent, fresh=True)
     _summary(settings, state)
 

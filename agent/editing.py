@@ -37,6 +37,30 @@ def parse_editors(spec: str) -> tuple[str, ...]:
     return names
 
 
+def editor_warnings(settings: RunSettings) -> list[str]:
+    """Editors that cannot run on this machine, said once at the start (their edits would fail one by one)."""
+    import shutil
+
+    from ccaa.editor import EditorUnavailable
+
+    out = []
+    for name in settings.editors:
+        if name == "claude-code":
+            from ccaa.claude_code import find_claude_binary
+
+            try:
+                find_claude_binary(settings.claude_binary)
+            except EditorUnavailable as err:
+                out.append(f"editor claude-code: {err}")
+        elif name == "gui":
+            missing = [b for b in ("xterm", "tesseract") if shutil.which(b) is None]
+            if not os.environ.get("DISPLAY") and shutil.which("Xvfb") is None:
+                missing.append("a display (DISPLAY or Xvfb)")
+            if missing:
+                out.append(f"editor gui: missing {', '.join(missing)}")
+    return out
+
+
 def build_editors(settings: RunSettings, env: Mapping[str, str] | None = None) -> list[Editor]:
     """The code-change chain, in the configured order."""
     editors: list[Editor] = []
@@ -120,7 +144,8 @@ def apply_code_change(settings: RunSettings, prompts: Prompts, plan: dict[str, A
 def edit_summary(results: list[EditResult], log_dir: Path) -> dict[str, Any]:
     """A checkpoint-friendly record of the attempts (plain JSON)."""
     last = results[-1]
-    return {"ok": last.ok, "editor": last.editor, "files": list(last.files_changed), "error": last.error,
+    error = None if last.ok else "; ".join(f"{r.editor}: {r.error}" for r in results)
+    return {"ok": last.ok, "editor": last.editor, "files": list(last.files_changed), "error": error,
             "cost_usd": sum(r.cost_usd for r in results), "turns": last.turns, "session_id": last.session_id,
             "patch": str(log_dir / PATCH_NAME) if last.ok else None,
             "attempts": [{"editor": r.editor, "ok": r.ok, "error": r.error, "wall_s": round(r.wall_s, 2),

@@ -166,7 +166,7 @@ class ResearchAgent:
             ws.reset_tree()
         configs = BuiltinEditor().edit(ws.root, EditInstruction(files=config_files(plan, exp_id)))
         if not configs.ok:
-            return {"edit": {"ok": False, "editor": "builtin", "error": configs.error, "cost_usd": 0.0}, **self._timed(state, t0)}
+            return {"edit": {"ok": False, "editor": "builtin", "error": f"builtin: {configs.error}", "cost_usd": 0.0}, **self._timed(state, t0)}
         if not plan.get("code_change"):
             return {"edit": None, **self._timed(state, t0)}
         log_dir = ws.root / "runs" / exp_id / "edit"
@@ -235,7 +235,7 @@ class ResearchAgent:
         (ws.root / out).mkdir(parents=True, exist_ok=True)
         edit = state.get("edit")
         if edit and not edit["ok"]:
-            metrics = {"status": "crashed", "fail_reason": f"edit failed ({edit['editor']}): {edit['error']}"}
+            metrics = {"status": "crashed", "fail_reason": f"edit failed: {edit['error']}"}
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         try:
             cmd, timeout = self._command(plan, out, state)
