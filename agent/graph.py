@@ -8,6 +8,7 @@ kill never commits an experiment twice.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 import sqlite3
@@ -196,6 +197,8 @@ class ResearchAgent:
         if plan["kind"] == "compress":
             cmd = [sys.executable, "-m", "kernels", "compress", "--model", resolve_model_ref(cfg["target"], state), "--out", str(out),
                    "--eval-bytes", str(s.eval_bytes), "--quiet", "--int8" if cfg["int8"] else "--no-int8"]
+            if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+                cmd.append("--onnx")  # so the deployment runtime is chosen among PyTorch and ONNX Runtime by measurement
             if cfg.get("prune"):
                 cmd += ["--prune", cfg["prune"]]
             if cfg.get("recover"):
@@ -270,7 +273,9 @@ class ResearchAgent:
                 size = metrics.get("size_bytes_on_disk_int8") or metrics.get("size_bytes_on_disk_fp32")
                 reason = (f"compressed {plan['config']['target']}: val bpb {metrics['val_bpb_before']:.4f} -> {metrics['val_bpb']:.4f} "
                           f"({metrics['val_bpb_change_pct']:+.2f}%), {size / 1e6:.3f} MB on disk"
-                          + (f", {metrics['latency_ms_p50']:.2f} ms/token" if "latency_ms_p50" in metrics else ""))
+                          + (f", {metrics['latency_ms_p50_deploy_cpu']:.2f} ms/token on CPU with {metrics['deploy_cpu_runtime']}"
+                             if "latency_ms_p50_deploy_cpu" in metrics else
+                             f", {metrics['latency_ms_p50']:.2f} ms/token" if "latency_ms_p50" in metrics else ""))
             return {"verdict": {"decision": "keep" if ok else "crash", "metric": None, "reason": reason}, **self._timed(state, t0)}
         if plan["kind"] == "nas_search":
             ok = bool(metrics) and metrics.get("status") == "ok"

@@ -70,7 +70,7 @@ class CompressConfigPlan(BaseModel):
 
     target: str = Field("incumbent", description="'incumbent' or the id of a finished train/distill experiment")
     int8: bool = True
-    prune: str | None = Field(None, description="magnitude:<s>, wanda:<s> or ffn:<s> with s in (0, 1)")
+    prune: str | None = Field(None, description="magnitude:<s>, wanda:<s>, ffn:<s> or heads:<s> with s in (0, 1)")
     recover: str | None = Field(None, description="recovery fine-tune budget after pruning, e.g. 30s")
 
     @field_validator("prune")

@@ -14,7 +14,7 @@ REPORT_KEYS = ("val_bpb_before", "val_bpb_pruned", "val_bpb_recovered", "val_bpb
                "prune_sparsity", "params_before", "params", "size_bytes_on_disk_fp32_before", "size_bytes_on_disk_fp32",
                "size_bytes_on_disk_int8", "int8_linear_ratio", "latency_ms_p50_before", "latency_ms_p50", "latency_speedup", "onnx_check_bpb_torch", "onnx_check_bpb_onnx",
                "onnx_check_bpb_onnx_int8", "size_bytes_on_disk_onnx", "size_bytes_on_disk_onnx_int8", "latency_ms_p50_onnx",
-               "latency_ms_p50_onnx_int8", "wall_s")
+               "latency_ms_p50_onnx_int8", "deploy_cpu_runtime", "latency_ms_p50_deploy_cpu", "hf_export", "wall_s")
 
 
 def compress_command(

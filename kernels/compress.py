@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 
-from kernels.prune import (PruneSpec, input_norms, prune_ffn_channels, prune_semi_structured_24, prune_unstructured,
-                           require_semi_structured_device)
+from kernels.prune import (PruneSpec, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
+                           prune_unstructured, require_semi_structured_device)
 from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
 from nas.budget import Budget
 from nas.data import CorpusSpec, TokenizedCorpus, prepare_corpus
@@ -99,10 +99,14 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     if spec is not None:
         teacher = copy.deepcopy(model) if cfg.recover_distill else None
         m["prune_method"], m["prune_sparsity_target"] = spec.method, spec.sparsity
-        norms = input_norms(model, corpus["train"], cfg.calib_batches, seed=cfg.seed) if spec.method in ("wanda", "ffn") else None
+        norms = input_norms(model, corpus["train"], cfg.calib_batches, seed=cfg.seed) if spec.method in ("wanda", "ffn", "heads") else None
         if spec.method == "ffn":
             model = prune_ffn_channels(model, spec.sparsity, norms)
             m["prune_sparsity"] = round(1 - model.arch.d_ff / json.loads((Path(model_dir) / "arch.json").read_text())["d_ff"], 4)
+        elif spec.method == "heads":
+            before_heads = model.arch.n_heads
+            model = prune_attention_heads(model, spec.sparsity, norms)
+            m["prune_sparsity"] = round(1 - model.arch.n_heads / before_heads, 4)
         elif spec.method in ("magnitude", "wanda"):
             m["prune_sparsity"] = round(prune_unstructured(model, spec.method, spec.sparsity, norms), 4)
         else:
@@ -121,6 +125,7 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     if (Path(model_dir) / "tokenizer.json").is_file():
         shutil.copyfile(Path(model_dir) / "tokenizer.json", out / "tokenizer.json")
     m["size_bytes_on_disk_fp32"] = (out / "model.safetensors").stat().st_size
+    m.update(_hf_export(model, out, corpus))
     final: torch.nn.Module = model
     if cfg.int8:
         m.update(int8_summary(save_int8(model, out)))
@@ -135,11 +140,47 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
         m["latency_speedup"] = round(m["latency_ms_p50_before"] / m["latency_ms_p50"], 3)
     if cfg.onnx:
         m.update(_onnx(model, out, corpus, cfg))
+    if cfg.measure_latency:
+        m.update(choose_cpu_deployment(m))
     m["wall_s"] = round(time.perf_counter() - t0, 3)
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(m, indent=2, sort_keys=True))
     os.replace(tmp, out / "metrics.json")
     return m
+
+
+def _hf_export(model: CodeLM, out: Path, corpus: TokenizedCorpus) -> dict[str, Any]:
+    """The compressed model (fp32 weights, pruned shape and zeros included) as a Hugging Face Llama folder ``hf/``,
+    where the architecture has an exact Llama equivalent; otherwise the reason is recorded."""
+    from nas.hf import export_blockers, export_hf
+
+    blockers = export_blockers(model.arch)
+    if blockers:
+        return {"hf_export": "not exportable: " + "; ".join(blockers)}
+    tok = out / "tokenizer.json"
+    export_hf(model, out / "hf", tokenizer_json=tok if tok.is_file() else None, eos_id=corpus.tokenizer.eos_id)
+    return {"hf_export": "hf"}
+
+
+# ONNX runtimes: the metric that times each, and the one that checks its scores against PyTorch's.
+ONNX_RUNTIMES = {"onnx_fp32": ("latency_ms_p50_onnx", "onnx_check_bpb_onnx"),
+                 "onnx_int8": ("latency_ms_p50_onnx_int8", "onnx_check_bpb_onnx_int8")}
+
+
+def choose_cpu_deployment(m: dict[str, Any], max_check_change_pct: float = 1.0) -> dict[str, Any]:
+    """The fastest measured CPU runtime whose scores agree with PyTorch's: an ONNX graph counts only when its bpb on
+    the check window is within ``max_check_change_pct`` of the PyTorch model's on the same window."""
+    timed = {"torch_fp32" if not m.get("int8_backend") else "torch_int8": m.get("latency_ms_p50")}
+    base = m.get("onnx_check_bpb_torch")
+    for name, (latency_key, key) in ONNX_RUNTIMES.items():
+        latency = m.get(latency_key)
+        if latency is not None and base and m.get(key) is not None and 100 * abs(m[key] - base) / base <= max_check_change_pct:
+            timed[name] = latency
+    timed = {k: v for k, v in timed.items() if isinstance(v, (int, float))}
+    if not timed:
+        return {}
+    best = min(timed, key=timed.__getitem__)
+    return {"deploy_cpu_runtime": best, "latency_ms_p50_deploy_cpu": timed[best]}
 
 
 def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig) -> dict[str, Any]:

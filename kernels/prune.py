@@ -36,13 +36,13 @@ class PruneSpec:
 
     @classmethod
     def parse(cls, text: str) -> "PruneSpec":
-        """``wanda:0.5``, ``magnitude:0.4``, ``ffn:0.5`` or ``2:4`` (50 % by construction)."""
+        """``wanda:0.5``, ``magnitude:0.4``, ``ffn:0.5``, ``heads:0.5`` or ``2:4`` (50 % by construction)."""
         t = text.strip().lower()
         if t == "2:4":
             return cls("2:4", 0.5)
-        m = re.fullmatch(r"(magnitude|wanda|ffn):([0-9.eE+-]+)", t)
+        m = re.fullmatch(r"(magnitude|wanda|ffn|heads):([0-9.eE+-]+)", t)
         if not m:
-            raise UserError(f"unknown pruning {text!r}: use magnitude:<s>, wanda:<s>, ffn:<s> (s in (0, 1)) or 2:4")
+            raise UserError(f"unknown pruning {text!r}: use magnitude:<s>, wanda:<s>, ffn:<s>, heads:<s> (s in (0, 1)) or 2:4")
         try:
             s = float(m.group(2))
         except ValueError:
@@ -150,5 +150,40 @@ def prune_ffn_channels(model: CodeLM, sparsity: float, norms: dict[str, torch.Te
         dst[p + "down_proj.weight"] = mlp.down_proj.weight[:, idx].clone()
         if mlp.swiglu:
             dst[p + "gate_proj.weight"] = mlp.gate_proj.weight[idx].clone()
+    small.load_state_dict(dst, strict=False)
+    return small.eval()
+
+
+@torch.no_grad()
+def prune_attention_heads(model: CodeLM, sparsity: float, norms: dict[str, torch.Tensor] | None = None) -> CodeLM:
+    """A new, smaller dense model keeping ``1 - sparsity`` of each layer's key/value head groups (a KV head with the
+    query heads that share it, so MHA, GQA and MQA keep their ratio); the survivors keep their size, recorded as
+    ``head_size`` in the new config. A group's score is how much it can write into the residual stream: the
+    o_proj column norms of its query heads, times their input activation norms when calibration norms are given
+    (the Wanda criterion summed per head)."""
+    from nas.space import ArchConfig
+
+    arch = model.arch
+    hd, rep = arch.head_dim, arch.n_heads // arch.n_kv_heads
+    keep = max(1, int(round(arch.n_kv_heads * (1 - sparsity))))
+    if keep == arch.n_kv_heads:
+        raise UserError(f"heads:{sparsity:g} keeps all {arch.n_kv_heads} key/value heads: raise the sparsity")
+    small = build_model(ArchConfig.model_validate({**arch.model_dump(), "n_heads": keep * rep, "n_kv_heads": keep, "head_size": hd}))
+    dst = {k: v.clone() for k, v in model.state_dict().items() if ".self_attn." not in k}
+    for i, layer in enumerate(model.layers):
+        attn = layer.self_attn
+        score = attn.o_proj.weight.norm(dim=0)  # one per input feature of o_proj = per (query head, dim)
+        if norms is not None and f"layers.{i}.self_attn.o_proj" in norms:
+            score = score * norms[f"layers.{i}.self_attn.o_proj"].to(score.device)
+        groups = score.view(arch.n_kv_heads, rep * hd).sum(dim=1)
+        kv = groups.topk(keep).indices.sort().values
+        q_heads = (kv[:, None] * rep + torch.arange(rep)).reshape(-1)
+        q_rows = (q_heads[:, None] * hd + torch.arange(hd)).reshape(-1)
+        kv_rows = (kv[:, None] * hd + torch.arange(hd)).reshape(-1)
+        p = f"layers.{i}.self_attn."
+        dst[p + "q_proj.weight"] = attn.q_proj.weight[q_rows].clone()
+        dst[p + "k_proj.weight"] = attn.k_proj.weight[kv_rows].clone()
+        dst[p + "v_proj.weight"] = attn.v_proj.weight[kv_rows].clone()
+        dst[p + "o_proj.weight"] = attn.o_proj.weight[:, q_rows].clone()
     small.load_state_dict(dst, strict=False)
     return small.eval()

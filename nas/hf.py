@@ -109,8 +109,6 @@ def arch_from_hf_config(config) -> ArchConfig:  # config: transformers.LlamaConf
         raise UserError(f"only Llama-family models map onto an ArchConfig, got model_type={config.model_type!r}")
     rope = getattr(config, "rope_parameters", None) or {}
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if head_dim * config.num_attention_heads != config.hidden_size:
-        raise UserError("head_dim * num_attention_heads != hidden_size: not representable as an ArchConfig")
     return ArchConfig(
         n_layers=config.num_hidden_layers,
         d_model=config.hidden_size,
@@ -125,6 +123,7 @@ def arch_from_hf_config(config) -> ArchConfig:  # config: transformers.LlamaConf
         context_length=config.max_position_embeddings,
         rope_theta=float(rope.get("rope_theta", 10000.0)),
         norm_eps=float(config.rms_norm_eps),
+        head_size=None if head_dim * config.num_attention_heads == config.hidden_size else head_dim,
     )
 
 

@@ -43,10 +43,12 @@ class ArchConfig(BaseModel):
     context_length: int = Field(256, ge=8, le=131072)
     rope_theta: float = Field(10000.0, gt=0)
     norm_eps: float = Field(1e-5, gt=0, lt=1)
+    head_size: int | None = Field(None, ge=2, le=1024, description="explicit size of one attention head; default "
+                                  "d_model / n_heads. Set when heads are pruned away: the survivors keep their size")
 
     @model_validator(mode="after")
     def _check_shape(self) -> "ArchConfig":
-        if self.d_model % self.n_heads:
+        if self.head_size is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(
@@ -54,12 +56,12 @@ class ArchConfig(BaseModel):
                 "(MHA: equal, GQA: a divisor, MQA: 1)"
             )
         if self.pos == "rope" and self.head_dim % 2:
-            raise ValueError(f"RoPE needs an even head size, got d_model/n_heads = {self.head_dim}")
+            raise ValueError(f"RoPE needs an even head size, got {self.head_dim}")
         return self
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_size if self.head_size is not None else self.d_model // self.n_heads
 
     @property
     def is_llama_family(self) -> bool:
@@ -90,13 +92,15 @@ class ArchConfig(BaseModel):
 
     def short_hash(self) -> str:
         """Stable 10-hex-digit id of the shape (same JSON, same id, on every machine)."""
-        canon = json.dumps(self.model_dump(), sort_keys=True)
+        # head_size joined the config later: left out while unset, so every earlier shape keeps its id
+        canon = json.dumps(self.model_dump(exclude={"head_size"} if self.head_size is None else None), sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:10]
 
     def describe(self) -> str:
         attn = "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
         return (
-            f"L{self.n_layers} d{self.d_model} h{self.n_heads}/{self.n_kv_heads}{attn} ff{self.d_ff} "
+            f"L{self.n_layers} d{self.d_model} h{self.n_heads}/{self.n_kv_heads}{attn}"
+            + (f"x{self.head_size}" if self.head_size is not None else "") + f" ff{self.d_ff} "
             f"{self.activation} {self.norm} {self.pos} V{self.vocab_size} ctx{self.context_length}"
             + (" tied" if self.tie_embeddings else "")
         )

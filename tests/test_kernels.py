@@ -174,3 +174,65 @@ def test_recovery_can_distil_from_the_unpruned_model(tiny_run: Path, tmp_path: P
     assert m["recover_distill"] is True and 0 < m["val_bpb_recovered"] < 20
     run = json.loads((tmp_path / "kd" / "recover" / "run.json").read_text())
     assert run["recover_distill"] is True
+
+
+def test_compressed_folder_carries_a_hugging_face_export(tiny_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    m = compress(tiny_run, tmp_path / "h", CompressConfig(int8=True, prune="ffn:0.5", eval_bytes=4096, measure_latency=False),
+                 log_to_console=False)
+    assert m["hf_export"] == "hf"
+    ours, _, _ = load_run(tmp_path / "h")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "h" / "hf").eval()
+    assert hf.config.intermediate_size == ours.arch.d_ff < json.loads((tiny_run / "arch.json").read_text())["d_ff"]
+    ids = torch.randint(0, ours.arch.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours.eval()(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_deployment_is_the_fastest_runtime_that_scores_like_pytorch() -> None:
+    from kernels.compress import choose_cpu_deployment
+
+    m = {"int8_backend": "cpu", "latency_ms_p50": 6.4, "latency_ms_p50_onnx": 7.2, "latency_ms_p50_onnx_int8": 3.0,
+         "onnx_check_bpb_torch": 2.0, "onnx_check_bpb_onnx": 2.0, "onnx_check_bpb_onnx_int8": 2.01}
+    assert choose_cpu_deployment(m) == {"deploy_cpu_runtime": "onnx_int8", "latency_ms_p50_deploy_cpu": 3.0}
+    drifted = {**m, "onnx_check_bpb_onnx_int8": 2.1}  # 5 % off PyTorch on the check window: not eligible
+    assert choose_cpu_deployment(drifted) == {"deploy_cpu_runtime": "torch_int8", "latency_ms_p50_deploy_cpu": 6.4}
+    assert choose_cpu_deployment({"latency_ms_p50": 1.0}) == {"deploy_cpu_runtime": "torch_fp32", "latency_ms_p50_deploy_cpu": 1.0}
+
+
+@pytest.mark.parametrize("arch", [ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=96),
+                                  ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=96)], ids=["mha", "gqa"])
+def test_head_pruning_removes_heads_that_write_nothing_without_changing_the_output(arch: ArchConfig, tmp_path: Path) -> None:
+    from kernels.latency import measure_decode
+    from kernels.prune import prune_attention_heads
+    from nas.hf import export_hf, load_hf_as_codelm
+
+    model = build_model(arch, seed=0).eval()
+    rep, hd = arch.n_heads // arch.n_kv_heads, arch.head_dim
+    dead = [1] if arch.n_kv_heads == 2 else [1, 3]  # key/value groups whose query heads write nothing
+    with torch.no_grad():
+        for layer in model.layers:
+            for g in dead:
+                layer.self_attn.o_proj.weight[:, g * rep * hd:(g + 1) * rep * hd] = 0
+    small = prune_attention_heads(model, 0.5)
+    assert small.arch.n_kv_heads == arch.n_kv_heads // 2 and small.arch.n_heads == arch.n_heads // 2
+    assert small.arch.head_size == hd and small.arch.d_model == arch.d_model
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    ids = torch.randint(0, arch.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(small(ids), model(ids), atol=1e-5, rtol=1e-5)
+    export_hf(small, tmp_path / "hf", eos_id=0)  # head_dim * heads != hidden: still an exact Llama
+    with torch.no_grad():
+        torch.testing.assert_close(load_hf_as_codelm(tmp_path / "hf")(ids), small(ids), atol=1e-5, rtol=1e-5)
+    assert measure_decode(small, "static", 4, 6, 0, 1).tokens == measure_decode(small, "eager", 4, 6, 0, 1).tokens
+    with pytest.raises(UserError, match="keeps all"):
+        prune_attention_heads(model, 0.01)
+
+
+def test_compress_prunes_heads_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
+    m = compress(tiny_run, tmp_path / "hp", CompressConfig(int8=True, prune="heads:0.5", eval_bytes=4096, measure_latency=False),
+                 log_to_console=False)
+    small, _, _ = load_run(tmp_path / "hp")
+    assert m["prune_sparsity"] == 0.5 and small.arch.head_size is not None and m["params"] < m["params_before"]
+    assert 0 < m["val_bpb"] < 20 and m["hf_export"] == "hf"
