@@ -59,8 +59,59 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
     _print_metrics(compress(model, out_dir, cfg, log_to_console=not quiet), REPORT_KEYS)
 
 
+def latency_command(
+    model: Annotated[Path, typer.Option(help="a run folder (arch.json + model.safetensors), compressed or not")],
+    modes: Annotated[str, typer.Option(help="comma list of eager, static, compile, cuda-graph")] = "eager,static",
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    threads: Annotated[Optional[str], typer.Option(help="CPU thread counts to compare, e.g. 1,2 (default: torch's)")] = None,
+    prompt: Annotated[int, typer.Option(min=1)] = 32,
+    decode: Annotated[int, typer.Option(min=2)] = 64,
+    repeats: Annotated[int, typer.Option(min=1)] = 5,
+    out: Annotated[Optional[Path], typer.Option(help="write the figures as JSON here")] = None,
+) -> None:
+    """Batch-1 prefill and per-token decode latency (p50/p90) of a model, by decoding mode and thread count."""
+    _latency(**locals())
+
+
+@user_errors
+def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: int, decode: int, repeats: int, out: Path | None) -> None:
+    import json
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from kernels.compress import load_run
+    from kernels.latency import MODES, measure_decode
+    from nas.errors import UserError
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    bad = [m for m in wanted if m not in MODES]
+    if bad or not wanted:
+        raise UserError(f"--modes {modes!r}: use a comma list of {', '.join(MODES)}")
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise UserError(f"--device {device!r}: use cpu" + (" or cuda" if torch.cuda.is_available() else " (no CUDA device here)"))
+    try:
+        counts = [int(t) for t in threads.split(",")] if threads else [None]
+    except ValueError:
+        raise UserError(f"--threads {threads!r}: a comma list of whole numbers") from None
+    net, _, _ = load_run(model)
+    net = net.to(device)
+    rows = [measure_decode(net, mode, prompt, decode, warmup=2, repeats=repeats, threads=n).as_dict()
+            for n in counts for mode in wanted]
+    table = Table(title=f"decode latency of {model} ({device})")
+    for col in ("mode", "threads", "prefill_ms_p50", "decode_ms_p50", "decode_ms_p90"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["mode"]), str(r["threads"]), f"{r['prefill_ms_p50']:.3f}", f"{r['decode_ms_p50']:.3f}", f"{r['decode_ms_p90']:.3f}")
+    Console().print(table)
+    if out:
+        out.write_text(json.dumps({"model": str(model), "device": device, "rows": rows}, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.command("compress")(compress_command)
+    app.command("latency")(latency_command)
 
 
 def make_app() -> typer.Typer:

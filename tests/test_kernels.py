@@ -236,3 +236,21 @@ def test_compress_prunes_heads_end_to_end(tiny_run: Path, tmp_path: Path) -> Non
     small, _, _ = load_run(tmp_path / "hp")
     assert m["prune_sparsity"] == 0.5 and small.arch.head_size is not None and m["params"] < m["params_before"]
     assert 0 < m["val_bpb"] < 20 and m["hf_export"] == "hf"
+
+
+def test_latency_cli_reports_modes_and_refuses_bad_input(tiny_run: Path, tmp_path: Path) -> None:
+    from kernels.cli import make_app
+
+    app = make_app()
+    out = tmp_path / "lat.json"
+    ok = CliRunner().invoke(app, ["latency", "--model", str(tiny_run), "--modes", "eager,static", "--threads", "1",
+                                  "--decode", "6", "--repeats", "1", "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["eager", "static"] and rows[0]["tokens"] == rows[1]["tokens"]
+    for args, message in ((["--modes", "warp"], "--modes 'warp'"), (["--threads", "two"], "--threads 'two'"),
+                          (["--modes", "cuda-graph"], "cuda-graph latency needs")):
+        bad = CliRunner().invoke(app, ["latency", "--model", str(tiny_run), *args])
+        assert bad.exit_code == 2 and message in bad.output
+    missing = CliRunner().invoke(app, ["latency", "--model", str(tmp_path / "nope")])
+    assert missing.exit_code == 2
