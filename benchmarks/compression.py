@@ -21,7 +21,7 @@ import torch
 
 from _common import report
 from kernels.compress import CompressConfig, compress
-from kernels.prune import prune_ffn_channels
+from kernels.prune import prune_attention_heads, prune_ffn_channels
 from kernels.quant import for_runtime
 from nas.budget import parse_budget
 from nas.data import CorpusSpec, prepare_corpus
@@ -53,7 +53,7 @@ def quality_rows(model_dir: Path | None, train_budget: str, recover_budget: str,
             Trainer(arch, prepare_corpus(CorpusSpec(), "byte"), cfg, src, log_to_console=True).run()
         recover = parse_budget(recover_budget)
         runs = [("int8", CompressConfig(int8=True, eval_bytes=eval_bytes))]
-        for method in ("magnitude", "wanda", "ffn"):
+        for method in ("magnitude", "wanda", "ffn", "heads"):
             runs.append((f"{method}:0.5 + recover {recover_budget} + int8",
                          CompressConfig.with_recovery(recover, prune=f"{method}:0.5", int8=True, eval_bytes=eval_bytes)))
         for name, cfg in runs:
@@ -76,7 +76,9 @@ def latency_rows() -> list[dict]:
             model = build_model(arch, seed=0).eval()
             params = sum(p.numel() for p in model.parameters())
             variants = {"fp32": model, "int8 (torch dynamic, per-channel)": for_runtime(model, "cpu"),
-                        "ffn:0.5 fp32": prune_ffn_channels(model, 0.5), "ffn:0.5 int8": for_runtime(prune_ffn_channels(model, 0.5), "cpu")}
+                        "ffn:0.5 fp32": prune_ffn_channels(model, 0.5), "ffn:0.5 int8": for_runtime(prune_ffn_channels(model, 0.5), "cpu"),
+                        "heads:0.5 fp32": prune_attention_heads(model, 0.5),
+                        "heads:0.5 int8": for_runtime(prune_attention_heads(model, 0.5), "cpu")}
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

@@ -126,3 +126,32 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
     assert editor_rows[0]["ok"] and editor_rows[0]["cost_usd"] > 0 and not editor_rows[1]["ok"]
     # the seeded code is one commit of its own, not an experiment
     assert any(c.message.startswith("autonas run ed1: code (nas)") for c in repo.iter_commits("autonas/ed1"))
+
+
+def test_workspace_carries_the_code_workers_import_and_tolerates_an_edit_in_flight(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import nas
+    from agent.editing import worker_env
+    from sandbox.workspace import Workspace, WorkspaceError
+
+    ws = Workspace.create(tmp_path / "ws", "r")
+    ws.seed_code([Path(nas.__file__).resolve().parent])
+    assert ws.has_code() and (ws.root / "nas" / "model.py").is_file() and not list((ws.root / "nas").rglob("__pycache__"))
+    assert ws.experiments() == []  # the code snapshot is set-up, not an experiment
+    env = worker_env(True, ws.root, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    where = subprocess.run([sys.executable, "-c", "import nas; print(nas.__file__)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where) == (ws.root / "nas" / "__init__.py").resolve()
+    (ws.root / "nas" / "model.py").write_text("# an edit a kill interrupted\n")
+    (ws.root / "runs").mkdir()
+    (ws.root / "runs" / "keep.txt").write_text("ignored files survive\n")
+    ws.ensure_clean_except_agent(("configs/", "nas/"))  # the agent's own edit in flight
+    with pytest.raises(WorkspaceError, match="not the agent's"):
+        ws.ensure_clean_except_agent(("configs/",))
+    ws.reset_tree()
+    assert not ws.has_changes() and (ws.root / "runs" / "keep.txt").is_file()
+    with pytest.raises(WorkspaceError, match="already has nas/"):
+        ws.seed_code([Path(nas.__file__).resolve().parent])
