@@ -109,11 +109,19 @@ def ensure_display(start_xvfb: bool = True, size: tuple[int, int] = (1280, 800))
         if not start_xvfb or shutil.which("Xvfb") is None:
             raise EditorUnavailable("no display: set DISPLAY or install Xvfb (apt-get install xvfb)")
         read_fd, write_fd = os.pipe()
-        proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{size[0]}x{size[1]}x24", "-nolisten", "tcp"],
-                                pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        log = open(Path(tempfile.gettempdir()) / f"autonas-xvfb-{os.getpid()}.log", "wb")
+        # -noreset: the server would otherwise reset whenever its last client leaves (between two screenshots)
+        proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{size[0]}x{size[1]}x24", "-nolisten", "tcp",
+                                 "-noreset"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         os.close(write_fd)
-        number = os.read(read_fd, 32).decode().strip()
+        raw = b""
+        while not raw.endswith(b"\n"):  # read to the newline: closing the pipe early kills Xvfb ("Cannot write display number")
+            chunk = os.read(read_fd, 32)
+            if not chunk:
+                break
+            raw += chunk
         os.close(read_fd)
+        number = raw.decode().strip()
         if not number:
             proc.kill()
             raise EditorUnavailable("Xvfb did not start")
@@ -126,6 +134,7 @@ def ensure_display(start_xvfb: bool = True, size: tuple[int, int] = (1280, 800))
             proc.kill()
             raise EditorUnavailable(f"Xvfb reported display {name} but no X socket appeared")
         atexit.register(proc.terminate)
+        atexit.register(lambda: Path(log.name).unlink(missing_ok=True))
         _DISPLAY["xvfb"] = proc
     # python-xlib (under pyautogui) insists on an Xauthority file even for a display that needs none
     auth = os.environ.get("XAUTHORITY") or str(Path.home() / ".Xauthority")
