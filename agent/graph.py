@@ -175,7 +175,7 @@ class ResearchAgent:
         summary = edit_summary(results, log_dir)
         for r in results:
             PROGRESS.print(f"     [dim]edit:[/] {escape(r.summary())}")
-            if r.cost_usd or r.editor != "builtin":
+            if r.editor in ("claude-code", "gui"):  # LLM editors; the built-in one and patch replays cost nothing
                 self.ledger.add(CallRecord(role="editor", provider=r.editor, model=self.s.claude_model or r.editor, input_tokens=0,
                                            output_tokens=0, cost_usd=r.cost_usd if r.editor == "claude-code" else None,
                                            seconds=r.wall_s, ok=r.ok, note=(r.error or f"{len(r.files_changed)} file(s)")[:200]))

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -63,6 +62,20 @@ def editor_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] |
     env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")  # no telemetry or update checks from a worker
     env.update(extra or {})
     return env
+
+
+def confinement_flags(permission_mode: str = "acceptEdits", tools: Sequence[str] = EDIT_TOOLS, allowed_tools: Sequence[str] = (),
+                      system_prompt: str = "", model: str | None = None) -> list[str]:
+    """The flags that keep Claude Code (headless or interactive) to file edits in its working directory, with our
+    rules appended to its system prompt."""
+    flags = ["--permission-mode", permission_mode, "--tools", ",".join(tools)]
+    if allowed_tools:
+        flags += ["--allowedTools", ",".join(allowed_tools)]
+    if system_prompt:
+        flags += ["--append-system-prompt", system_prompt]
+    if model:
+        flags += ["--model", model]
+    return flags
 
 
 @dataclass
@@ -124,15 +137,8 @@ class ClaudeCodeEditor(Editor):
         self.base_env, self.extra_env, self.timeout_s = env, dict(extra_env or {}), timeout_s
 
     def command(self, binary: str, instruction: EditInstruction) -> list[str]:
-        cmd = [binary, "-p", instruction.text, "--output-format", "stream-json", "--verbose", "--max-turns", str(self.max_turns),
-               "--permission-mode", self.permission_mode, "--tools", ",".join(self.tools)]
-        if self.allowed_tools:
-            cmd += ["--allowedTools", ",".join(self.allowed_tools)]
-        if instruction.system_prompt:
-            cmd += ["--append-system-prompt", instruction.system_prompt]
-        if self.model:
-            cmd += ["--model", self.model]
-        return cmd
+        return [binary, "-p", instruction.text, "--output-format", "stream-json", "--verbose", "--max-turns", str(self.max_turns),
+                *confinement_flags(self.permission_mode, self.tools, self.allowed_tools, instruction.system_prompt, self.model)]
 
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
         if not instruction.text.strip():

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from ccaa.claude_code import EDIT_TOOLS, editor_env, find_claude_binary
+from ccaa.claude_code import confinement_flags, editor_env, find_claude_binary
 from ccaa.editor import EditInstruction, Editor, EditorReport, EditorUnavailable, snapshot_tree
 
 
@@ -249,10 +249,7 @@ class GuiEditor(Editor):
     def terminal_command(self, instruction: EditInstruction) -> list[str]:
         if self.command is not None:
             return list(self.command)
-        cmd = [find_claude_binary(), "--permission-mode", "acceptEdits", "--tools", ",".join(EDIT_TOOLS)]
-        if instruction.system_prompt:
-            cmd += ["--append-system-prompt", instruction.system_prompt]
-        return cmd
+        return [find_claude_binary(), *confinement_flags(system_prompt=instruction.system_prompt)]
 
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
         if not instruction.text.strip():

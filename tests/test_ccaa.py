@@ -237,7 +237,7 @@ def test_claude_code_that_hangs_is_killed_with_its_group(tmp_path: Path) -> None
         wall = time.monotonic() - t0
     assert not result.ok and "did not finish within 4s" in result.error
     assert wall < 40
-    left = subprocess.run(["pgrep", "-f", f"claude -p x --output-format"], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", "claude -p x --output-format"], capture_output=True, text=True).stdout.split()
     assert left == []
 
 
