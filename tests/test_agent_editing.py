@@ -155,3 +155,31 @@ def test_workspace_carries_the_code_workers_import_and_tolerates_an_edit_in_flig
     assert not ws.has_changes() and (ws.root / "runs" / "keep.txt").is_file()
     with pytest.raises(WorkspaceError, match="already has nas/"):
         ws.seed_code([Path(nas.__file__).resolve().parent])
+
+
+@pytest.mark.slow
+def test_missing_editor_binary_fails_the_experiment_and_the_run_goes_on(tmp_path: Path, small_corpus_dir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def respond(path: str, body: dict) -> Reply:
+        names = [t["name"] for t in body.get("tools", [])]
+        if names == ["submit_verdict"]:
+            return anthropic_tool("submit_verdict", {"decision": "keep", "reason": "fine"})
+        calls.append("plan")
+        if len(calls) == 1:
+            return anthropic_tool("submit_plan", train_plan(code_change="add QK-norm in nas/model.py", rationale="qk"))
+        return anthropic_tool("submit_plan", train_plan(seed=len(calls), rationale="plain"))
+
+    with ScriptedLLMServer(respond) as srv:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        result = runner.invoke(app, ["run", "find the best Python code model under 1 MB", "--run-id", "nb", "--runs-dir",
+                                     str(tmp_path), "--budget", "30m", "--experiment-budget", "16ktok", "--corpus",
+                                     str(small_corpus_dir), "--eval-bytes", "6000", "--base-url", srv.anthropic_url,
+                                     "--max-experiments", "2", "--editor", "claude-code", "--claude-binary", str(tmp_path / "no-claude")])
+    assert result.exit_code == 0, result.output
+    assert "warning: editor claude-code: no Claude Code binary at" in result.output
+    rows = list(csv.DictReader(open(tmp_path / "nb" / "workspace" / "results.tsv"), delimiter="\t"))
+    assert rows[0]["decision"] == "crash" and "no Claude Code binary" in rows[0]["reason"]
+    assert rows[1]["decision"] == "keep"  # the run went on
+    assert not (tmp_path / "nb" / "workspace" / "runs" / "e001" / "worker.log").exists()
