@@ -39,25 +39,14 @@ def parse_editors(spec: str) -> tuple[str, ...]:
 
 def editor_warnings(settings: RunSettings) -> list[str]:
     """Editors that cannot run on this machine, said once at the start (their edits would fail one by one)."""
-    import shutil
-
     from ccaa.editor import EditorUnavailable
 
     out = []
-    for name in settings.editors:
-        if name == "claude-code":
-            from ccaa.claude_code import find_claude_binary
-
-            try:
-                find_claude_binary(settings.claude_binary)
-            except EditorUnavailable as err:
-                out.append(f"editor claude-code: {err}")
-        elif name == "gui":
-            missing = [b for b in ("xterm", "tesseract") if shutil.which(b) is None]
-            if not os.environ.get("DISPLAY") and shutil.which("Xvfb") is None:
-                missing.append("a display (DISPLAY or Xvfb)")
-            if missing:
-                out.append(f"editor gui: missing {', '.join(missing)}")
+    for editor in build_editors(settings):
+        try:
+            editor.check()
+        except EditorUnavailable as err:
+            out.append(f"editor {editor.name}: {err}")
     return out
 
 

@@ -84,7 +84,6 @@ class StreamSummary:
 
     session_id: str | None = None
     result: dict[str, Any] | None = None
-    assistant_messages: int = 0
     writes: list[str] = field(default_factory=list)  # files a writing tool reported writing (its result was no error)
     refused: int = 0
     _pending: dict[str, str] = field(default_factory=dict)
@@ -103,7 +102,6 @@ class StreamSummary:
         kind = event.get("type")
         content = (event.get("message") or {}).get("content") if isinstance(event.get("message"), dict) else None
         if kind == "assistant":
-            self.assistant_messages += 1
             for block in content or []:
                 if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") in WRITING_TOOLS:
                     path = (block.get("input") or {}).get("file_path") or (block.get("input") or {}).get("notebook_path")
@@ -139,6 +137,9 @@ class ClaudeCodeEditor(Editor):
     def command(self, binary: str, instruction: EditInstruction) -> list[str]:
         return [binary, "-p", instruction.text, "--output-format", "stream-json", "--verbose", "--max-turns", str(self.max_turns),
                 *confinement_flags(self.permission_mode, self.tools, self.allowed_tools, instruction.system_prompt, self.model)]
+
+    def check(self) -> None:
+        find_claude_binary(self.binary)
 
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
         if not instruction.text.strip():

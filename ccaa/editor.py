@@ -89,6 +89,9 @@ class Editor(ABC):
     def __init__(self, watch: Sequence[Path] | None = None):
         self.watch = tuple(Path(p) for p in watch) if watch is not None else None
 
+    def check(self) -> None:
+        """Raise :class:`EditorUnavailable` when this editor cannot run on this machine (the agent says so at start)."""
+
     @abstractmethod
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
         """Make the change in ``workspace``; may raise :class:`EditorUnavailable`."""

@@ -102,12 +102,10 @@ def ensure_display(start_xvfb: bool = True, size: tuple[int, int] = (1280, 800))
     """The display this process drives: ``$DISPLAY`` if set, else a private Xvfb started once (and stopped at exit)."""
     if "name" in _DISPLAY:
         return _DISPLAY["name"]
-    name = os.environ.get("DISPLAY")
-    if name and not _display_alive(name):
-        name = None  # a stale DISPLAY (no server behind it) is the same as none
+    name = _live_display()
     if not name:
         if not start_xvfb or shutil.which("Xvfb") is None:
-            raise EditorUnavailable("no display: set DISPLAY or install Xvfb (apt-get install xvfb)")
+            raise EditorUnavailable(NO_DISPLAY)
         read_fd, write_fd = os.pipe()
         log = open(Path(tempfile.gettempdir()) / f"autonas-xvfb-{os.getpid()}.log", "wb")
         # -noreset: the server would otherwise reset whenever its last client leaves (between two screenshots)
@@ -144,6 +142,15 @@ def ensure_display(start_xvfb: bool = True, size: tuple[int, int] = (1280, 800))
     os.environ.update({"DISPLAY": name, "XAUTHORITY": auth, "XDG_SESSION_TYPE": "x11"})
     _DISPLAY["name"] = name
     return name
+
+
+NO_DISPLAY = "no display: set DISPLAY or install Xvfb (apt-get install xvfb)"
+
+
+def _live_display() -> str | None:
+    """``$DISPLAY`` when a server is behind it; a stale one counts as none."""
+    name = os.environ.get("DISPLAY")
+    return name if name and _display_alive(name) else None
 
 
 def _display_alive(name: str) -> bool:
@@ -251,11 +258,18 @@ class GuiEditor(Editor):
             return list(self.command)
         return [find_claude_binary(), *confinement_flags(system_prompt=instruction.system_prompt)]
 
+    def check(self) -> None:
+        if shutil.which("xterm") is None:
+            raise EditorUnavailable("no terminal to drive: apt-get install xterm")
+        if self.reader is None:
+            TesseractReader()  # raises when tesseract is missing
+        if "name" not in _DISPLAY and not _live_display() and shutil.which("Xvfb") is None:
+            raise EditorUnavailable(NO_DISPLAY)
+
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
         if not instruction.text.strip():
             return EditorReport(ok=False, error="the GUI editor needs a change described in words; this instruction has none")
-        if shutil.which("xterm") is None:
-            raise EditorUnavailable("no terminal to drive: apt-get install xterm")
+        self.check()
         reader = self.reader or TesseractReader()
         command = self.terminal_command(instruction)
         ensure_display()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.errors import UserError
-from nas.metrics import _percentile
+from nas.metrics import _percentile, _sync
 from nas.model import CodeLM, KVCache, apply_rope
 
 MODES = ("eager", "static", "compile", "cuda-graph")
@@ -104,11 +104,6 @@ def cpu_threads(threads: int | None) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _stepper(model: CodeLM, cache: KVCache, mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
