@@ -36,7 +36,8 @@ from agent.settings import RunSettings
 from nas.budget import parse_budget
 from nas.errors import UserError
 from ccaa.editor import BuiltinEditor, EditInstruction
-from sandbox.runner import run_limited, scrubbed_env
+from sandbox.environment import WORKER, child_env
+from sandbox.runner import run_limited
 from sandbox.workspace import Workspace
 
 PROGRESS = Console(stderr=True, highlight=False)
@@ -246,7 +247,7 @@ class ResearchAgent:
             metrics = {"status": "crashed", "fail_reason": str(err)}
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         outcome = run_limited(cmd, ws.root, ws.root / out / "worker.log", timeout_s=timeout, memory_mb=self.s.memory_mb,
-                              env=worker_env(ws.has_code(), ws.root, scrubbed_env({"PYTHONUNBUFFERED": "1"})))
+                              env=experiment_env(ws))
         metrics_path = ws.root / out / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         if metrics is None:
@@ -425,6 +426,12 @@ class ResearchAgent:
             if new:
                 writer.writeheader()
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def experiment_env(ws: Workspace) -> dict[str, str]:
+    """A worker's whole environment: the allow-listed worker settings of this process (no keys: no worker the
+    agent starts talks to an LLM), unbuffered output, and the workspace's code first on the import path."""
+    return worker_env(ws.has_code(), ws.root, child_env(WORKER, {"PYTHONUNBUFFERED": "1"}))
 
 
 def _describe(arch: dict[str, Any]) -> str:

@@ -8,8 +8,9 @@ Learned from running the CLI (2.1.x) against a local Messages server: it always 
 restricts the tool list and ``--allowedTools`` only auto-approves. The process runs in its own session with
 stdin from /dev/null, and on timeout its whole process group is killed (children otherwise outlive it).
 
-The CLI sees only the environment it needs: PATH, HOME, locale, and Anthropic's own settings. Keys of other
-providers never reach it.
+The CLI sees only the environment it needs (``sandbox.environment.CLAUDE_CODE_EDITOR``): PATH, HOME, locale, the
+machine's proxy and CA bundle, and Anthropic's own settings and key. Keys of other providers, and every other
+variable of the agent, never reach it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ccaa.editor import EditInstruction, Editor, EditorReport, EditorUnavailable
+from sandbox.environment import CLAUDE_CODE_EDITOR, Family, child_env
 from sandbox.runner import kill_group, reap_group
 
 # Tools that only read or edit files: no shell, no web, no sub-agents unless the user widens the list.
 EDIT_TOOLS = ("Read", "Edit", "Write", "Glob", "Grep", "NotebookEdit")
 WRITING_TOOLS = {"Edit", "Write", "MultiEdit", "NotebookEdit"}
-PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER", "NODE_EXTRA_CA_CERTS")
-ANTHROPIC_ENV_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_", "CLAUDE_CONFIG_DIR", "DISABLE_", "MAX_THINKING_TOKENS")
 INSTALL_HINT = "install it with `npm install -g @anthropic-ai/claude-code` or `pip install claude-agent-sdk`, or give --claude-binary"
 
 
@@ -55,10 +55,10 @@ def find_claude_binary(explicit: str | None = None) -> str:
     raise EditorUnavailable(f"no `claude` binary on PATH: {INSTALL_HINT}")
 
 
-def editor_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """An allow-list environment: the basics plus Anthropic's own variables; nothing else crosses over."""
-    base = os.environ if base is None else base
-    env = {k: v for k, v in base.items() if k in PASSED_ENV or k.startswith(ANTHROPIC_ENV_PREFIXES)}
+def editor_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None,
+               profile: tuple[Family, ...] = CLAUDE_CODE_EDITOR) -> dict[str, str]:
+    """The allow-listed environment of a Claude Code process (``base``: default this process's), plus ``extra``."""
+    env = child_env(profile, base=base)
     env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")  # no telemetry or update checks from a worker
     env.update(extra or {})
     return env

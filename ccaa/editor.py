@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from sandbox.environment import TOOL, child_env
+
 EDITOR_NAMES = ("builtin", "claude-code", "gui")
 MAX_WATCHED_FILES = 50_000
 
@@ -166,7 +168,8 @@ def edit_with_fallback(editors: Sequence[Editor], workspace: str | Path, instruc
 # ------------------------------------------------------------------------------------------ tree snapshots
 
 def _git(workspace: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    """git with the system basics of this process's environment (``sandbox.environment.TOOL``: no keys) plus ``env``."""
+    proc = subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, env=child_env(TOOL, env))
     if check and proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout.strip()

@@ -9,7 +9,9 @@ instruction with ``pyautogui`` once the tool is ready, and finishes when the wor
 has stopped moving, or when the time limit passes. Every screen that differs from the last one is kept as a PNG
 with its text in ``gui_transcript.jsonl`` for review.
 
-pyautogui binds to the display when it is imported, so the display is chosen once per process.
+pyautogui binds to the display when it is imported, so the display is chosen once per process. The terminal (and
+the tool in it) gets the editor's allow-listed environment plus the display (``sandbox.environment.GUI_EDITOR``);
+Xvfb and tesseract get only the system basics.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from ccaa.claude_code import confinement_flags, editor_env, find_claude_binary
 from ccaa.editor import EditInstruction, Editor, EditorReport, EditorUnavailable, snapshot_tree
+from sandbox.environment import GUI_EDITOR, TOOL, child_env
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,11 @@ class TesseractReader:
             raise EditorUnavailable("no `tesseract` for reading the screen: apt-get install tesseract-ocr, or use a vision model")
 
     def read(self, png: Path) -> str:
-        import pytesseract
-        from PIL import Image
-
-        with Image.open(png) as img:
-            return pytesseract.image_to_string(img)
+        """``tesseract PNG stdout`` (what pytesseract runs), started with the system basics only."""
+        proc = subprocess.run(["tesseract", str(png), "stdout"], capture_output=True, text=True, env=child_env(TOOL), timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"tesseract failed on {png.name}: {proc.stderr.strip()[-200:]}")
+        return proc.stdout
 
 
 class VisionModelReader:
@@ -110,7 +113,8 @@ def ensure_display(start_xvfb: bool = True, size: tuple[int, int] = (1280, 800))
         log = open(Path(tempfile.gettempdir()) / f"autonas-xvfb-{os.getpid()}.log", "wb")
         # -noreset: the server would otherwise reset whenever its last client leaves (between two screenshots)
         proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{size[0]}x{size[1]}x24", "-nolisten", "tcp",
-                                 "-noreset"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                                 "-noreset"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                                env=child_env(TOOL))
         os.close(write_fd)
         raw = b""
         while not raw.endswith(b"\n"):  # read to the newline: closing the pipe early kills Xvfb ("Cannot write display number")
@@ -283,8 +287,7 @@ class GuiEditor(Editor):
             private_home = Path(tempfile.mkdtemp(prefix="autonas-gui-home-"))
             prepare_claude_home(private_home)
         home = self.home or private_home or Path.home()
-        env = editor_env(self.base_env, {"HOME": str(home), "DISPLAY": os.environ["DISPLAY"], "XAUTHORITY": os.environ["XAUTHORITY"],
-                                         "TERM": "xterm-256color", "LANG": env_lang(self.base_env), **self.extra_env})
+        env = self.terminal_env(home)
         term = subprocess.Popen(["xterm", "-geometry", self.geometry, "-fa", "DejaVu Sans Mono", "-fs", str(self.font_size),
                                  "-bg", "white", "-fg", "black", "-u8", "-T", "autonas-editor", "-e", *command],
                                 cwd=workspace, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -295,6 +298,12 @@ class GuiEditor(Editor):
             kill_tree(term)
             if private_home is not None:
                 shutil.rmtree(private_home, ignore_errors=True)
+
+    def terminal_env(self, home: Path) -> dict[str, str]:
+        """The terminal's whole environment: the GUI editor's allow-list of ``env`` (default: this process's), the
+        display :func:`ensure_display` chose, a UTF-8 locale, and the private HOME."""
+        return editor_env(self.base_env, {"HOME": str(home), "DISPLAY": os.environ["DISPLAY"], "XAUTHORITY": os.environ["XAUTHORITY"],
+                                          "TERM": "xterm-256color", "LANG": env_lang(self.base_env), **self.extra_env}, profile=GUI_EDITOR)
 
     def _drive(self, gui: Any, reader: ScreenReader, term: subprocess.Popen, workspace: Path, instruction: EditInstruction,
                shots: Path, transcript: Path) -> EditorReport:

@@ -7,6 +7,9 @@ Local workers (``python -m nas.worker``) are started once and reused, so a trial
 (about two seconds here); each runs in a process group of its own, and a trial past its time limit has
 its worker's whole group killed (never processes found by name: other jobs share the machine) and the
 worker replaced. A worker that dies (the kernel's OOM killer, a segfault) fails only its trial.
+
+Workers see only the allow-listed worker environment (``sandbox.environment``), never the driver's keys; so does
+a local Ray cluster started here, whose processes are started from this process's environment.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Protocol
 
 from nas.errors import UserError
 from nas.trial import RESULT_FILES, TrialResult, TrialSpec
+from sandbox.environment import WORKER, child_env, environ_limited_to
 
 
 class Executor(Protocol):
@@ -49,7 +53,7 @@ class _Worker:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nas.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            env={**os.environ, **self.env}, start_new_session=True, text=True, bufsize=1,
+            env=child_env(WORKER, self.env), start_new_session=True, text=True, bufsize=1,
         )
         if log is not subprocess.DEVNULL:
             log.close()
@@ -207,7 +211,8 @@ class RayExecutor:
             kwargs["_node_ip_address"] = "127.0.0.1"
         try:
             if address == "local":
-                ray.init(num_cpus=os.cpu_count(), **kwargs)
+                with environ_limited_to(WORKER):  # the cluster's processes (and so the tasks) start from it
+                    ray.init(num_cpus=os.cpu_count(), **kwargs)
             else:
                 ray.init(address=address, **kwargs)
         except Exception as err:  # ray raises ConnectionError, RuntimeError, ValueError ... for a bad address

@@ -1,11 +1,11 @@
-"""Run a worker command as a subprocess under limits: wall clock, memory, and an environment without
-API keys. On timeout the worker's whole process group is killed (TERM, then KILL after a grace period);
-nothing is ever killed by name, since other jobs share the machine."""
+"""Run a worker command as a subprocess under limits: wall clock, memory, and an environment built from the
+allow-list in ``sandbox.environment`` (the worker's families of settings, no keys). On timeout the worker's
+whole process group is killed (TERM, then KILL after a grace period); nothing is ever killed by name, since
+other jobs share the machine."""
 
 from __future__ import annotations
 
 import os
-import re
 import resource
 import signal
 import subprocess
@@ -14,14 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-SECRET_NAME = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|^ANTHROPIC_|^OPENAI_|^AWS_|^HF_TOKEN$)", re.IGNORECASE)
-
-
-def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The current environment minus anything that looks like a credential, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k)}
-    env.update(extra or {})
-    return env
+from sandbox.environment import WORKER, child_env
 
 
 @dataclass(frozen=True)
@@ -53,11 +46,12 @@ def _limits(memory_mb: int | None):  # -> preexec function
 
 def run_limited(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, timeout_s: float, memory_mb: int | None = None,
                 env: dict[str, str] | None = None, grace_s: float = 5.0) -> RunOutcome:
-    """Run ``cmd`` in its own session with stdout+stderr to ``log_path``; never raises for the worker's failures."""
+    """Run ``cmd`` in its own session with stdout+stderr to ``log_path``; never raises for the worker's failures.
+    ``env`` is the whole environment of the child (default: the worker profile of this process's environment)."""
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(list(cmd), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env if env is not None else scrubbed_env(), start_new_session=True,
+                                env=env if env is not None else child_env(WORKER), start_new_session=True,
                                 preexec_fn=_limits(memory_mb))
         try:
             proc.wait(timeout=timeout_s)

@@ -6,7 +6,8 @@ import time
 import git
 import pytest
 
-from sandbox.runner import run_limited, scrubbed_env
+from sandbox.environment import WORKER, child_env
+from sandbox.runner import run_limited
 from sandbox.workspace import AGENT, Workspace, WorkspaceError
 
 
@@ -71,11 +72,11 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_runner_memory_limit_and_scrubbed_env(tmp_path, monkeypatch):
+def test_runner_memory_limit_and_allow_listed_env(tmp_path, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-secret")
     monkeypatch.setenv("MY_SERVICE_TOKEN", "t")
     monkeypatch.setenv("AUTONAS_HARMLESS", "1")
-    env = scrubbed_env()
+    env = child_env(WORKER)
     assert "ANTHROPIC_API_KEY" not in env and "MY_SERVICE_TOKEN" not in env and env["AUTONAS_HARMLESS"] == "1"
     code = "import os; print(sorted(k for k in os.environ if 'KEY' in k or 'TOKEN' in k)); b = bytearray(2 * 1024**3)"
     out = run_limited([sys.executable, "-c", code], tmp_path, tmp_path / "log.txt", timeout_s=60, memory_mb=512)
