@@ -166,7 +166,9 @@ class ResearchAgent:
         assert plan is not None and exp_id is not None
         if ws.has_changes():  # an edit of this experiment that a kill interrupted: start it again from the last commit
             ws.reset_tree()
-        configs = BuiltinEditor().edit(ws.root, EditInstruction(files=config_files(plan, exp_id)))
+        # our own exact files, refused outside the workspace: no watch on the run folder, where the checkpointer may be
+        # writing the previous step in the background (a false "wrote outside the workspace")
+        configs = BuiltinEditor(watch=()).edit(ws.root, EditInstruction(files=config_files(plan, exp_id)))
         if not configs.ok:
             return {"edit": {"ok": False, "editor": "builtin", "error": f"builtin: {configs.error}", "cost_usd": 0.0}, **self._timed(state, t0)}
         if not plan.get("code_change"):
