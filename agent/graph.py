@@ -248,6 +248,8 @@ class ResearchAgent:
         except UserError as err:  # e.g. the teacher's run folder is gone: the experiment fails, the run goes on
             metrics = {"status": "crashed", "fail_reason": str(err)}
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
+        if plan["kind"] == "nas_search":
+            cmd += search_continuation(ws.root / out, plan)
         outcome = run_limited(cmd, ws.root, ws.root / out / "worker.log", timeout_s=timeout, memory_mb=self.s.memory_mb,
                               env=experiment_env(ws))
         metrics_path = ws.root / out / "metrics.json"
@@ -434,6 +436,41 @@ def experiment_env(ws: Workspace) -> dict[str, str]:
     """A worker's whole environment: the allow-listed worker settings of this process (no keys: no worker the
     agent starts talks to an LLM), unbuffered output, and the workspace's code first on the import path."""
     return worker_env(ws.has_code(), ws.root, child_env(WORKER, {"PYTHONUNBUFFERED": "1"}))
+
+
+PLAN_STAMP = "agent_plan.json"
+
+
+def search_continuation(out: Path, plan: dict[str, Any]) -> list[str]:
+    """``["--resume"]`` when a nas_search experiment is re-run (after a kill) in a folder that holds its study: the
+    search continues, its finished trials count. The folder carries a stamp of the plan that started the study, so
+    a study of another plan is never continued: that folder is moved aside (kept for review) and the search starts
+    afresh, as it does when the study is missing or unreadable."""
+    from nas.search import SearchConfig
+    from nas.storage import open_storage, study_exists
+
+    stamp = {"kind": plan["kind"], "config": plan["config"], "code_change": plan.get("code_change")}
+    stamp_path = out / PLAN_STAMP
+    if (out / "study.journal").exists():
+        try:
+            same_plan = json.loads(stamp_path.read_text()) == stamp
+        except (OSError, ValueError):
+            same_plan = False
+        if same_plan:
+            try:
+                if study_exists(open_storage(None, out), SearchConfig.model_fields["study_name"].default):
+                    return ["--resume"]
+            except UserError:
+                pass
+        n = 1
+        while out.with_name(f"{out.name}.stale-{n}").exists():
+            n += 1
+        aside = out.with_name(f"{out.name}.stale-{n}")
+        out.rename(aside)
+        out.mkdir()
+        PROGRESS.print(f"     [dim]{out.name}: the folder held a study this plan cannot continue; moved to {aside.name}[/]")
+    stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
+    return []
 
 
 def _describe(arch: dict[str, Any]) -> str:
