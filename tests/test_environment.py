@@ -32,7 +32,7 @@ def canaries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_allow_list_admits_settings_and_drops_unknown_secrets() -> None:
     base = {**SETTINGS, **CANARIES, "ANTHROPIC_API_KEY": "a", "ANTHROPIC_BASE_URL": "http://x", "DISPLAY": ":1",
-            "HTTP_PROXY": "http://user:pw@proxy:3128", "HF_HUB_TOKEN": "h", "TRANSFORMERS_PASSWORD": "p"}
+            "HTTP_PROXY": "http://user:pw@proxy:3128", "HF_HUB_TOKEN": "h", "TRANSFORMERS_PASSWORD": "p", "NVIDIA_API_KEY": "n"}
     worker = child_env(WORKER, {"PYTHONUNBUFFERED": "1"}, base=base)
     assert worker == {**SETTINGS, "PYTHONUNBUFFERED": "1"}  # no key, no display, no proxy with a password
     editor = child_env(CLAUDE_CODE_EDITOR, base=base)
