@@ -3,14 +3,20 @@
 A code editor (Claude Code, the GUI fallback) changes the research code in a run's workspace and the
 agent then runs a worker on that code. The worker needs the machine (CPU threads, GPUs, the interpreter,
 the corpus, the token cache, its run folder) but nothing else of the user's: so it runs under bubblewrap
-with
+in a **file system built from a list**, not the host's with holes punched in it:
 
-- the whole file system **read-only**, the user's **home and ``/tmp`` hidden** behind empty tmpfs mounts,
-  and only what the worker provably needs bound back: the interpreter and virtual environment, the
-  readable paths the caller names (the workspace, the corpus, teacher models) read-only, and the
-  writable paths (its run folder, the token cache) read-write;
-- its own ``/proc`` and ``/dev`` (GPU device nodes bound through), new PID, IPC and UTS namespaces, no
-  capabilities, and **no network** unless the experiment needs one (a Ray cluster, an API teacher);
+- the system read-only (``/usr`` and its ``/bin``, ``/lib`` links, ``/sys`` for device topology, and the
+  ``/etc`` files libraries read: users, hosts, resolver, loader cache, certificates, alternatives, fonts;
+  never ``/etc/shadow``, ``/root``, ``/home``, ``/run`` or ``/var``, so no other user's files and no
+  service's socket);
+- the interpreter, its virtual environment and the installed project read-only; the readable paths the
+  caller names (the workspace, the corpus, teacher models) read-only; the writable ones (its run folder,
+  the token cache) read-write. A writable path that is, or passes through, a symbolic link inside one of
+  the readable trees is refused: an edit could have planted ``runs/e001 -> ~/.ssh``;
+- a private ``/tmp`` and an empty home, its own ``/proc`` and ``/dev`` (GPU device nodes bound through),
+  new PID, IPC and UTS namespaces, a new session (no typing into the agent's terminal), no capabilities,
+  the seccomp filter of :mod:`sandbox.seccomp` (no keyrings, ptrace, bpf, ...), and **no network** unless
+  the experiment needs one (a Ray cluster, an API teacher: then it shares the host's network);
 - ``--die-with-parent``: a killed agent takes its worker's whole namespace with it.
 
 The environment is the caller's (already built from an allow-list by :mod:`sandbox.environment`).
@@ -21,13 +27,23 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandbox import seccomp
+
+# /etc entries that libraries and toolchains read; bound when present.
+ETC_ENTRIES = ("passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
+               "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "ssl", "ca-certificates",
+               "ca-certificates.conf", "alternatives", "fonts", "mime.types", "os-release", "protocols", "services",
+               "machine-id", "pki", "crypto-policies", "gitconfig")
+SYSTEM_ROOTS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt")
+
 
 class ConfinementUnavailable(RuntimeError):
-    """bubblewrap is missing or the kernel refuses its namespaces."""
+    """bubblewrap is missing, the kernel refuses its namespaces, or a path would let the worker out."""
 
 
 @dataclass(frozen=True)
@@ -40,63 +56,87 @@ class Confinement:
     home: Path = field(default_factory=Path.home)
 
     def describe(self) -> str:
-        return (f"bubblewrap: read-only system, {self.home} and /tmp hidden, writable {', '.join(map(str, self.writable)) or 'nothing'}, "
-                f"{'network' if self.network else 'no network'}")
+        return (f"bubblewrap: system read-only, home empty, writable {', '.join(map(str, self.writable)) or 'nothing'}, "
+                f"{'host network' if self.network else 'no network'}")
 
 
-def _interpreter_paths() -> list[Path]:
-    """The interpreter, its standard library and the virtual environment: bound back when the home hides them."""
-    paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(sys.executable).resolve().parent.parent}
-    return sorted(paths)
+def _code_paths() -> list[Path]:
+    """The interpreter, its standard library, the virtual environment and the installed project."""
+    project = Path(__file__).resolve().parents[1]  # an editable install's tree, or site-packages
+    return sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
+                   Path(sys.executable).resolve().parent.parent, project})
 
 
 def _under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _hidden_roots(c: Confinement) -> list[Path]:
-    """Shallow first: a home inside /tmp (a test's) is hidden again inside /tmp's tmpfs."""
-    return sorted({c.home.resolve(), Path("/tmp").resolve()}, key=lambda p: len(p.parts))
+def _check_writable(path: Path, readable: list[Path]) -> None:
+    """Refuse a writable path that is a link, or passes through one inside a readable tree (a planted link)."""
+    lexical = Path(os.path.abspath(path))
+    for part in [lexical, *lexical.parents]:
+        if part.is_symlink() and (part == lexical or any(_under(part, r) and part != r for r in readable)):
+            raise ConfinementUnavailable(f"refusing to let a worker write through the symbolic link {part} -> "
+                                         f"{os.readlink(part)}")
 
 
-def bwrap_prefix(c: Confinement) -> list[str]:
-    """The ``bwrap ... --`` words to put before a worker command (raises :class:`ConfinementUnavailable`)."""
+def _system_args() -> list[str]:
+    args: list[str] = []
+    for name in SYSTEM_ROOTS:
+        p = Path("/") / name
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), str(p)]
+        elif p.is_dir():
+            args += ["--ro-bind", str(p), str(p)]
+    for name in ETC_ENTRIES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return args + ["--ro-bind-try", "/sys", "/sys"]
+
+
+def bwrap_prefix(c: Confinement, seccomp_fd: int) -> list[str]:
+    """The ``bwrap ... --`` words to put before a worker command (raises :class:`ConfinementUnavailable`).
+
+    ``seccomp_fd`` (from :func:`sandbox.seccomp.filter_fd`) must be passed to the child (``pass_fds``).
+    """
     bwrap = shutil.which("bwrap")
     if not bwrap:
         raise ConfinementUnavailable("bubblewrap is not installed (apt-get install bubblewrap): refusing to run edited code unconfined")
-    hidden = _hidden_roots(c)
-    args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--cap-drop", "ALL",
-            "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    readable = [Path(os.path.abspath(p)) for p in c.readable]
+    for w in c.writable:
+        _check_writable(Path(w), readable)
+    args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--cap-drop", "ALL", *_system_args(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--dir", str(c.home), "--seccomp", str(seccomp_fd)]
     if not c.network:
         args.append("--unshare-net")
     for node in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
         args += ["--dev-bind", node, node]
-    for root in hidden:
-        args += ["--tmpfs", str(root)]
-    bound: list[Path] = []
-    for p in _interpreter_paths() + [Path(x).resolve() for x in c.readable]:
-        if any(_under(p, h) for h in hidden) and p.exists() and not any(_under(p, b) for b in bound):
+    for p in _code_paths() + readable:
+        if p.exists():
             args += ["--ro-bind", str(p), str(p)]
-            bound.append(p)
-    for p in c.writable:
-        p = Path(p).resolve()
-        p.mkdir(parents=True, exist_ok=True)
-        args += ["--bind", str(p), str(p)]
+    for w in c.writable:
+        w = Path(os.path.abspath(w))
+        w.mkdir(parents=True, exist_ok=True)
+        args += ["--bind", str(w), str(w)]
     return args + ["--"]
 
 
-def confined(cmd: list[str], c: Confinement) -> list[str]:
-    """``cmd`` wrapped so that it runs under ``c``; its working directory must be visible inside."""
-    return bwrap_prefix(c) + list(cmd)
+def run_confined(cmd: list[str], c: Confinement, **popen_kw) -> subprocess.Popen:
+    """Start ``cmd`` under ``c`` (``popen_kw`` as for :class:`subprocess.Popen`; its cwd must be readable inside)."""
+    fd = seccomp.filter_fd()
+    try:
+        pass_fds = tuple(popen_kw.pop("pass_fds", ())) + (fd,)
+        return subprocess.Popen(bwrap_prefix(c, fd) + list(cmd), pass_fds=pass_fds, **popen_kw)
+    finally:
+        os.close(fd)
 
 
 def can_confine() -> str | None:
     """None when confinement works here, else one line saying why not."""
-    import subprocess
-
     try:
-        prefix = bwrap_prefix(Confinement())
+        proc = run_confined(["true"], Confinement(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     except ConfinementUnavailable as e:
         return str(e)
-    res = subprocess.run(prefix + ["true"], capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-    return None if res.returncode == 0 else f"the kernel refused bubblewrap's namespaces: {res.stderr.strip()[:200]}"
+    _, err = proc.communicate(timeout=30)
+    return None if proc.returncode == 0 else f"the kernel refused bubblewrap's namespaces: {err.strip()[:200]}"

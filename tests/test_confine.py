@@ -1,5 +1,6 @@
 """Workers that run edited code, confined by bubblewrap: a real ``python -m nas train`` still trains, while the
-code cannot read the hidden home, write outside its run folder, or reach a listener on 127.0.0.1."""
+code cannot read the home, /etc/shadow or a service's socket, write outside its run folder, reach a listener on
+127.0.0.1, type into the terminal, use the keyrings, or be handed a writable link into the home."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.confine import Confinement, can_confine, confined
+from sandbox.confine import Confinement, ConfinementUnavailable, can_confine, run_confined
 
 REASON = can_confine()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no confinement here: {REASON}")
@@ -34,6 +35,10 @@ try:
     seen["network"] = "connected"
 except OSError as e:
     seen["network"] = type(e).__name__
+for name, path in (("shadow", "/etc/shadow"), ("run_dir_listing", "/run"), ("var", "/var")):
+    seen[name] = os.path.exists(path)
+import ctypes
+seen["keyctl"] = ctypes.CDLL(None, use_errno=True).syscall(250, 0, -3, 0)
 import torch, nas
 seen["imports"] = "ok"
 print("SEEN" + json.dumps(seen))
@@ -49,10 +54,15 @@ def _listener() -> socket.socket:
 
 def _run_probe(c: Confinement, home: Path, run: Path, project: Path, port: int, cwd: Path) -> dict:
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
-    res = subprocess.run(confined([sys.executable, "-c", PROBE, str(home), str(run), str(project), str(port)], c),
-                         cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return json.loads(res.stdout.split("SEEN", 1)[1])
+    out, err, code = _run(run_confined([sys.executable, "-c", PROBE, str(home), str(run), str(project), str(port)], c,
+                                       cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    assert code == 0, err[-2000:]
+    return json.loads(out.split("SEEN", 1)[1])
+
+
+def _run(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str, int]:
+    out, err = proc.communicate(timeout=timeout)
+    return out, err, proc.returncode
 
 
 def test_confined_code_sees_only_what_it_was_given(tmp_path: Path) -> None:
@@ -68,19 +78,57 @@ def test_confined_code_sees_only_what_it_was_given(tmp_path: Path) -> None:
     assert seen["project"] == "OSError" and not (project / "escaped.txt").exists()
     assert seen["tmp"] == "written" and not Path("/tmp/private.txt").exists()  # its own /tmp, gone with it
     assert seen["network"] in ("ConnectionRefusedError", "OSError", "TimeoutError") and seen["imports"] == "ok"
+    assert not seen["shadow"] and not seen["run_dir_listing"] and not seen["var"]
+    assert seen["keyctl"] == -1
     with_net = _run_probe(Confinement(writable=(run,), readable=(tmp_path / "ws", project), home=home, network=True),
                           home, run, project, listener.getsockname()[1], tmp_path / "ws")
     assert with_net["network"] == "connected"  # granted only to experiments that need it
     listener.close()
 
 
+def test_a_confined_worker_cannot_type_into_the_terminal_it_was_started_from() -> None:
+    """TIOCSTI: with the agent's terminal as the worker's stdin, pushed characters would run as commands after it."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    probe = "import fcntl, termios\nfcntl.ioctl(0, termios.TIOCSTI, b'Z')\nprint('typed')\n"
+    launcher = (
+        "import os, subprocess, sys\n"
+        "from sandbox.confine import Confinement, run_confined\n"
+        f"fd = os.open({name!r}, os.O_RDWR)  # a session leader's first terminal: its controlling terminal\n"
+        f"p = run_confined([sys.executable, '-c', {probe!r}], Confinement(), stdin=fd, stdout=subprocess.PIPE,\n"
+        "                 stderr=subprocess.PIPE, text=True, cwd='/')\n"
+        "out, err = p.communicate(timeout=60)\n"
+        "print('RESULT', p.returncode, out.strip(), (err.strip().splitlines() or [''])[-1])\n")
+    res = subprocess.run([sys.executable, "-c", launcher], start_new_session=True, capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[1])
+    os.set_blocking(slave, False)
+    try:
+        pending = os.read(slave, 100)
+    except BlockingIOError:
+        pending = b""
+    os.close(master)
+    os.close(slave)
+    assert "RESULT" in res.stdout, res.stderr[-2000:]
+    assert "typed" not in res.stdout and b"Z" not in pending
+
+
+def test_a_writable_link_planted_in_the_workspace_is_refused(tmp_path: Path) -> None:
+    secret_dir = tmp_path / "home" / ".ssh"
+    secret_dir.mkdir(parents=True)
+    (tmp_path / "ws" / "runs").mkdir(parents=True)
+    (tmp_path / "ws" / "runs" / "e001").symlink_to(secret_dir)
+    with pytest.raises(ConfinementUnavailable, match="symbolic link"):
+        run_confined(["true"], Confinement(writable=(tmp_path / "ws" / "runs" / "e001",), readable=(tmp_path / "ws",)))
+    assert list(secret_dir.iterdir()) == []
+
+
 def test_interpreter_hidden_by_the_home_is_bound_back() -> None:
     """When the home holds the interpreter (pyenv, a venv in the home), it is bound back read-only, alone."""
     home = Path(sys.base_prefix).resolve().parent
-    res = subprocess.run(confined([sys.executable, "-c", f"import os, torch; print(sorted(os.listdir({str(home)!r})))"],
-                                  Confinement(home=home)), capture_output=True, text=True, timeout=120, cwd="/")
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert eval(res.stdout.strip()) == [Path(sys.base_prefix).resolve().name]
+    out, err, code = _run(run_confined([sys.executable, "-c", f"import os, torch; print(sorted(os.listdir({str(home)!r})))"],
+                                       Confinement(home=home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"))
+    assert code == 0, err[-2000:]
+    assert eval(out.strip()) == [Path(sys.base_prefix).resolve().name]
 
 
 @pytest.mark.slow
@@ -93,9 +141,9 @@ def test_a_real_training_run_works_confined(tmp_path: Path, small_corpus_dir: Pa
     cache = Path(os.environ["AUTONAS_CACHE"])
     c = Confinement(writable=(out, cache), readable=(tmp_path / "ws", small_corpus_dir))
     env = {"PATH": os.environ["PATH"], "HOME": str(Path.home()), "AUTONAS_CACHE": str(cache)}
-    res = subprocess.run(confined([sys.executable, "-m", "nas", "train", "--arch", str(arch), "--budget", "8ktok",
-                                   "--corpus", str(small_corpus_dir), "--out", str(out), "--eval-bytes", "4000"], c),
-                         cwd=tmp_path / "ws", env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    _, err, code = _run(run_confined([sys.executable, "-m", "nas", "train", "--arch", str(arch), "--budget", "8ktok",
+                                      "--corpus", str(small_corpus_dir), "--out", str(out), "--eval-bytes", "4000"], c,
+                                     cwd=tmp_path / "ws", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    assert code == 0, err[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val_bpb"] > 0
