@@ -271,6 +271,18 @@ def _nproc_for(limits: ExecLimits, dedicated: bool) -> int:
     return base if dedicated else base + _user_task_count(os.getuid())
 
 
+def _can_switch_users() -> bool:
+    """Root with CAP_SETUID and CAP_SETGID (a root confined by :mod:`sandbox.confine` has none)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        caps = next(int(line.split()[1], 16) for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return bool(caps & (1 << 6)) and bool(caps & (1 << 7))
+
+
 @functools.lru_cache(maxsize=1)
 def probe() -> _Sandbox:
     """Find bwrap, prlimit, setpriv and an interpreter the sandbox user can run, and run one program to prove it.
@@ -284,7 +296,7 @@ def probe() -> _Sandbox:
     if not prlimit or not setpriv:
         raise SandboxUnavailable("prlimit and setpriv (util-linux) are not installed; refusing to run untrusted code "
                                  "without rlimits (--unsafe-no-sandbox overrides)")
-    dedicated = os.geteuid() == 0
+    dedicated = _can_switch_users()
     interp = next((p for p in _interpreter_candidates()
                    if p.is_file() and os.access(p, os.X_OK) and (not dedicated or _readable_by_others(p))), None)
     if interp is None:
