@@ -7,6 +7,7 @@ import typer
 from agent.commands import register as register_agent
 from distill.cli import register as register_distill
 from kernels.cli import register as register_kernels
+from nas.cli import OneLineErrors
 from nas.cli import register as register_nas
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,  # usage errors in one line and exit 2, like every UserError
 )
 register_agent(app)
 register_nas(app)

