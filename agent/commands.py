@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -227,6 +228,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
                            editor_max_turns=editor_max_turns, editor_timeout_s=edit_timeout)
     if settings.run_dir.exists():
         raise UserError(f"run {run_id!r} already exists in {runs_dir}: resume it with `autonas resume {run_id}` or pick another --run-id")
+    record = settings.model_dump_json(indent=2)  # fails here, before anything exists, if a value cannot be stored
     agent = ResearchAgent(settings)  # keys, servers and prompt templates are checked before anything is created
     try:
         settings.run_dir.mkdir(parents=True)
@@ -236,9 +238,10 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
         ws = Workspace.create(settings.workspace, run_id)
         if settings.code_editing:  # the editors change this copy; the workers run it
             ws.seed_code([Path(nas.__file__).resolve().parent])
-    except WorkspaceError as err:
-        raise UserError(str(err)) from None
-    (settings.run_dir / "run.json").write_text(settings.model_dump_json(indent=2))
+        (settings.run_dir / "run.json").write_text(record)
+    except (WorkspaceError, OSError) as err:  # no half-made run is left behind: this command made the folder
+        shutil.rmtree(settings.run_dir, ignore_errors=True)
+        raise UserError(f"cannot set up run {run_id} in {settings.run_dir}: {getattr(err, 'strerror', None) or err}") from None
     err_console.print(f"run {run_id}: {goal!r}, budget {budget}, folder {settings.run_dir}", highlight=False)
     for warning in editor_warnings(settings):
         err_console.print(f"warning: {warning}; code changes fall to the next editor or fail", highlight=False)

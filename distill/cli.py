@@ -105,6 +105,8 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
         validate.output_dir(cache_topk, "--cache-topk", results=())
     if teacher_data is not None:
         validate.output_file(teacher_data, "--teacher-data", overwrite=True)  # a cache: read, then appended to
+        if teacher_data.exists():
+            validate.text_file(teacher_data, "--teacher-data")
     arch = ArchConfig.load(student)
     parsed = validate.budget(budget, "--budget")
     cfg = TrainConfig.from_budget(parsed, batch_size=batch_size, lr=lr, seed=seed, device=device, eval_bytes=eval_bytes)

@@ -67,6 +67,12 @@ class OneLineErrors(TyperGroup):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        for arg in sys.argv[1:] if args is None else args:
+            try:
+                str(arg).encode("utf-8")
+            except UnicodeEncodeError:  # bytes the locale could not decode: they would end up in JSON files
+                print_error(f"argument {ascii(arg)} is not valid UTF-8 text")
+                sys.exit(2)
         try:
             rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _USAGE_ERROR as err:

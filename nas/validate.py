@@ -93,12 +93,14 @@ def int_list(text: str, flag: str, *, ge: int = 1, le: int | None = None) -> lis
 
 
 def input_file(path: Path, flag: str) -> Path:
-    """An existing, readable file (not a folder)."""
+    """An existing, readable regular file (not a folder, a device or a pipe)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"{flag} {path} does not exist")
     if p.is_dir():
         raise UserError(f"{flag} {path} is a folder; a file is expected")
+    if not p.is_file():
+        raise UserError(f"{flag} {path} is not a regular file (a device or a pipe?); a file is expected")
     try:
         with open(p, "rb") as fh:
             fh.read(1)

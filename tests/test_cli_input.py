@@ -56,6 +56,7 @@ ROWS: list[tuple] = [
     ("eval-samples-latin1", ["eval", "humaneval", "--samples", "{latin1}"], "not UTF-8"),
     ("eval-samples-folder", ["eval", "humaneval", "--samples", "{folder}"], "a file is expected"),
     ("eval-samples-missing", ["eval", "humaneval", "--samples", "{missing}"], "does not exist"),
+    ("eval-samples-device", ["eval", "humaneval", "--samples", "/dev/zero"], "not a regular file"),
     ("eval-samples-not-objects", ["eval", "humaneval", "--samples", "{list_jsonl}"], "not a JSON object"),
     ("eval-samples-not-json", ["eval", "humaneval", "--samples", "{file}"], "not valid JSON"),
     ("eval-timeout-negative", ["eval", "humaneval", "--samples", "{samples}", "--timeout", "-1"], "--timeout"),
@@ -123,9 +124,13 @@ ROWS: list[tuple] = [
     ("distill-out-done", ["distill", "--teacher", "{model}", "--student", "{arch}", "--out", "{done}"], "--overwrite"),
     ("distill-cache-file", ["distill", "--teacher", "{model}", "--student", "{arch}", "--topk", "5", "--cache-topk", "{file}"],
      "is a file"),
+    ("distill-teacher-data-binary", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
+                                     "--teacher-data", "{binary}"], "not UTF-8"),
     ("distill-teacher-data-folder", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
                                      "--teacher-data", "{folder}"], "is a folder"),
     # run
+    ("run-goal-not-utf8", ["run", GOAL + " \udcff", "--runs-dir", "{runs_new}"], "not valid UTF-8", SUB),
+    ("arch-show-name-not-utf8", ["arch", "show", "\udcff.json"], "not valid UTF-8"),
     ("run-corpus-missing", ["run", GOAL, "--corpus", "/missing.jsonl", "--runs-dir", "{runs_new}"], "does not exist", SUB),
     ("run-prompts-missing", ["run", GOAL, "--prompts", "/missing", "--runs-dir", "{runs_new}"], "does not exist"),
     ("run-prompts-file", ["run", GOAL, "--prompts", "{file}", "--runs-dir", "{runs_new}"], "a folder is expected"),
@@ -345,3 +350,6 @@ def test_overwrite_lets_the_output_folder_be_reused(world: dict[str, str], tmp_p
     f.write_text("{}")
     assert validate.output_file(f, overwrite=True) == f
     assert validate.budget("720h", "--budget").seconds == MAX_BUDGET_S
+    result = CliRunner().invoke(app, ["arch", "sample", "--space", "tiny", "--out", str(f), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(f.read_text())["d_model"] > 0
