@@ -20,6 +20,7 @@ from agent.prompting import Prompts
 from agent.settings import RunSettings
 from ccaa.editor import BuiltinEditor, EditInstruction, Editor, EditorReport, EditResult, edit_with_fallback
 from nas.errors import UserError
+from sandbox import gitexe
 
 PATCH_NAME = "edit.patch"
 
@@ -111,7 +112,8 @@ class PatchReplay(Editor):
         self.patch = patch
 
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
-        proc = subprocess.run(["git", "apply", "--whitespace=nowarn", str(self.patch)], cwd=workspace, capture_output=True, text=True)
+        proc = subprocess.run([gitexe.executable(), "apply", "--whitespace=nowarn", str(self.patch.resolve())], cwd=workspace,
+                              capture_output=True, text=True, env=gitexe.safe_env())
         if proc.returncode != 0:
             return EditorReport(ok=False, error=f"the stored change {self.patch} no longer applies: {proc.stderr.strip()[:200]}")
         return EditorReport(ok=True)

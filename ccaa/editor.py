@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from sandbox.environment import TOOL, child_env
+from sandbox import gitexe
 
 EDITOR_NAMES = ("builtin", "claude-code", "gui")
 MAX_WATCHED_FILES = 50_000
@@ -106,6 +106,7 @@ class Editor(ABC):
         branch_before = _git(workspace, "symbolic-ref", "-q", "HEAD", check=False)
         tree_before = snapshot_tree(workspace)
         outside_before = snapshot_outside(roots, workspace)
+        git_state_before = gitexe.protected_state(workspace)
         try:
             report = self.apply(workspace, instruction)
         except EditorUnavailable as err:
@@ -113,6 +114,9 @@ class Editor(ABC):
         except Exception as err:  # an editor bug must not end the run: the experiment fails, the run goes on
             report = EditorReport(ok=False, error=f"{type(err).__name__}: {err}")
         problems = []
+        git_changes = gitexe.restore_protected(workspace, git_state_before)  # before any git runs on the tree again
+        if git_changes:
+            problems.append(f"the editor changed git's own files (.git/{', .git/'.join(git_changes[:3])}), which name commands git runs")
         if _git(workspace, "symbolic-ref", "-q", "HEAD", check=False) != branch_before:
             problems.append("the editor switched branches")
             _git(workspace, "checkout", "-q", "-f", branch_before.removeprefix("refs/heads/"))
@@ -127,7 +131,7 @@ class Editor(ABC):
         error = report.error if not report.ok else None
         if outside:
             error = f"wrote outside the workspace: {', '.join(outside[:5])}" + (f" (+{len(outside) - 5} more)" if len(outside) > 5 else "")
-        elif problems and error is None:
+        elif git_changes or (problems and error is None):
             error = "; ".join(problems)
         elif error is None and not files:
             error = "empty diff: the editor changed nothing in the workspace"
@@ -168,8 +172,8 @@ def edit_with_fallback(editors: Sequence[Editor], workspace: str | Path, instruc
 # ------------------------------------------------------------------------------------------ tree snapshots
 
 def _git(workspace: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> str:
-    """git with the system basics of this process's environment (``sandbox.environment.TOOL``: no keys) plus ``env``."""
-    proc = subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, env=child_env(TOOL, env))
+    """git through :mod:`sandbox.gitexe` (no hooks, no fsmonitor, no keys) with ``env`` added."""
+    proc = subprocess.run([gitexe.executable(), *args], cwd=workspace, capture_output=True, text=True, env=gitexe.safe_env(env))
     if check and proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout.strip()

@@ -4,7 +4,7 @@ A kept experiment is one commit by the agent identity, its message saying what w
 numbers as trailers (``val-bpb: 2.31``). A discarded experiment is reset, but its full diff is kept as a
 commit under ``refs/autonas/discarded/<id>`` (outside every branch), so a reviewer sees everything that
 was tried. ``results.tsv`` and ``journal.md`` are ignored by git: they record discards too and survive
-every reset.
+every reset. Git runs through :mod:`sandbox.gitexe`: no hooks, no fsmonitor, no keys in its environment.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import git
+
+from sandbox import gitexe
 
 
 class WorkspaceError(Exception):
@@ -41,6 +43,7 @@ class Workspace:
     @classmethod
     def create(cls, root: str | Path, run_id: str) -> "Workspace":
         """A new repository (or a new branch in an existing clean one) for this run."""
+        gitexe.use_for_gitpython()
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         try:
@@ -59,7 +62,7 @@ class Workspace:
         lines = gi.read_text().splitlines() if gi.exists() else []
         gi.write_text("\n".join(lines + [p for p in IGNORED if p not in lines]) + "\n")
         repo.index.add([".gitignore"])
-        repo.index.commit(f"autonas run {run_id}: workspace", author=AGENT, committer=AGENT)
+        repo.index.commit(f"autonas run {run_id}: workspace", author=AGENT, committer=AGENT, skip_hooks=True)
         return ws
 
     def seed_code(self, packages: list[Path]) -> str:
@@ -76,7 +79,7 @@ class Workspace:
         self.repo.git.add(A=True)
         names = ", ".join(p.name for p in packages)
         commit = self.repo.index.commit(f"autonas run {self.run_id}: code ({names}) the workers run and the editors change\n",
-                                        author=AGENT, committer=AGENT)
+                                        author=AGENT, committer=AGENT, skip_hooks=True)
         return commit.hexsha
 
     def has_code(self, package: str = "nas") -> bool:
@@ -85,6 +88,7 @@ class Workspace:
     @classmethod
     def open(cls, root: str | Path, run_id: str) -> "Workspace":
         root = Path(root)
+        gitexe.use_for_gitpython()
         try:
             repo = git.Repo(root)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
@@ -118,7 +122,8 @@ class Workspace:
         """Commit every change in the tree as one experiment; returns the commit sha."""
         self.repo.git.add(A=True)
         lines = [title.strip(), "", body.strip(), ""] + [f"{k}: {_fmt(v)}" for k, v in trailers.items()]
-        commit = self.repo.index.commit("\n".join(lines).strip() + "\n", author=AGENT, committer=AGENT)
+        commit = self.repo.index.commit("\n".join(lines).strip() + "\n", author=AGENT, committer=AGENT,
+                                        skip_hooks=True)  # GitPython runs hooks itself, with our whole environment
         return commit.hexsha
 
     def discard(self, experiment_id: str, title: str) -> str | None:
