@@ -172,11 +172,41 @@ def corpus(source: str, flag: str = "--corpus") -> str:
     p = Path(source).expanduser()
     if not p.exists():
         raise UserError(f"{flag} {source} does not exist (use stdlib, a local file or folder, or a hub name owner/name)")
-    if p.is_file():
-        input_file(p, flag)
-    else:
+    if p.is_dir():
         input_dir(p, flag)
+    else:
+        _sniff_corpus_file(input_file(p, flag), flag)
     return source
+
+
+def _sniff_corpus_file(p: Path, flag: str) -> None:
+    """A supported suffix, and a head that looks like its format (a binary file is refused without reading it
+    all: corpora may be large)."""
+    from nas.data import _dataset_builder  # the loader's own table of suffixes
+
+    builder = _dataset_builder(p)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(65_536)
+            if builder == "parquet":
+                fh.seek(max(0, p.stat().st_size - 4))
+                tail = fh.read(4)
+        if builder != "parquet" and p.suffix == ".gz":
+            with gzip.open(p, "rb") as gz:
+                head = gz.read(65_536)
+    except (OSError, EOFError, zlib.error) as err:
+        raise UserError(f"{flag} {p} cannot be read ({err.strerror or err if isinstance(err, OSError) else err})") from None
+    if builder == "parquet":
+        if head[:4] != b"PAR1" or tail != b"PAR1":
+            raise UserError(f"{flag} {p} is not a Parquet file (no PAR1 magic bytes)")
+        return
+    try:
+        if b"\0" in head:
+            raise UnicodeDecodeError("utf-8", head, head.index(b"\0"), head.index(b"\0") + 1, "NUL byte")
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3 or b"\0" in head:  # not a multi-byte character cut by the 64 KiB window
+            raise UserError(f"{flag} {p} is not UTF-8 text (at byte {err.start}: a binary file, or another encoding)") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,7 +248,7 @@ def output_dir(path: Path, flag: str = "--out", *, overwrite: bool = False, resu
             raise UserError(f"{flag} {path} is a file; give a folder")
         held = [name for name in results if (p / name).exists()]
         if held and not overwrite:
-            raise UserError(f"{flag} {path} already holds a run's results ({held[0]}); choose another {flag}"
+            raise UserError(f"{flag} {path} already holds a finished run ({held[0]}); choose another {flag}"
                             " or pass --overwrite")
         _probe(p, flag, p)
     else:

@@ -108,6 +108,10 @@ ROWS: list[tuple] = [
     ("train-lr-nan", ["train", "--lr", "nan", "--out", "{fresh}"], "finite"),
     ("train-checkpoint-zero", ["train", "--checkpoint-every", "0", "--out", "{fresh}"], "--checkpoint-every"),
     ("train-corpus-missing", ["train", "--corpus", "/missing.jsonl", "--out", "{fresh}"], "does not exist"),
+    ("train-corpus-binary", ["train", "--corpus", "{binary}", "--out", "{fresh}"], "not UTF-8"),
+    ("train-corpus-fake-parquet", ["train", "--corpus", "{fake_parquet}", "--out", "{fresh}"], "not a Parquet file"),
+    ("train-corpus-unsupported", ["train", "--corpus", "{binary_json}.png", "--out", "{fresh}"], "does not exist"),
+    ("train-corpus-suffix", ["train", "--corpus", "{odd_suffix}", "--out", "{fresh}"], "unsupported corpus file"),
     ("train-arch-folder", ["train", "--arch", "{folder}", "--out", "{fresh}"], "a file is expected"),
     ("train-arch-binary", ["train", "--arch", "{binary}", "--out", "{fresh}"], "cannot read"),
     ("train-batch-size-zero", ["train", "--batch-size", "0"], "--batch-size", SUB),
@@ -259,6 +263,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     paths["latin1"].write_bytes('{"task_id": "HumanEval/0", "completion": "caf\u00e9"}\n'.encode("latin-1"))
     paths["list_jsonl"] = root / "lists.jsonl"
     paths["list_jsonl"].write_text("[1, 2]\n")
+    paths["odd_suffix"] = root / "corpus.xyz"
+    paths["odd_suffix"].write_text("text\n")
+    paths["fake_parquet"] = root / "corpus.parquet"
+    paths["fake_parquet"].write_bytes(b"PAR1" + bytes(range(256)))
     paths["fake_gz"] = root / "problems.jsonl.gz"
     paths["fake_gz"].write_text('{"task_id": "x"}\n')
     paths["bad_prompts"] = root / "prompts"
