@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 
 def _check_run_id(run_id: str) -> str:
-    if not RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
-        raise UserError(f"run id {run_id!r} may use letters, digits, '.', '_' and '-' only")
+    if not RUN_ID.fullmatch(run_id) or run_id in (".", "..") or len(run_id) > 128:
+        raise UserError(f"run id {run_id[:140]!r} may use letters, digits, '.', '_' and '-' only, at most 128 of them")
     return run_id
 
 

@@ -205,6 +205,9 @@ def _not_a_model(spec: str) -> str:
             "openai:<model> or anthropic:<model>")
 
 
+GENERATION_FILE = "generation.json"  # beside samples.jsonl: the model and settings that wrote them
+
+
 @eval_app.command("humaneval")
 def humaneval_command(
     model: Annotated[Optional[str], typer.Option(help="run folder, Hugging Face folder, hf:<id>, openai:<m>, anthropic:<m>")] = None,
@@ -227,6 +230,8 @@ def humaneval_command(
     overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
     unsafe_no_sandbox: Annotated[bool, typer.Option("--unsafe-no-sandbox",
                                                     help="run generated programs without kernel isolation; only for trusted code")] = False,
+    generate_only: Annotated[bool, typer.Option(help="--model: write samples.jsonl and generation.json, execute nothing "
+                                                     "(score them later with --samples, e.g. by trusted code)")] = False,
 ) -> None:
     """Generate completions and score them, or score an existing samples file; prints pass@k."""
     _humaneval(**locals())
@@ -236,10 +241,12 @@ def humaneval_command(
 def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperature: float | None, top_p: float,
                max_new_tokens: int, out: Path | None, limit: int | None, problems: Path | None, workers: int | None,
                timeout: float, memory_mb: int, ignore_incomplete: bool, device: str, base_url: str | None, seed: int,
-               overwrite: bool, unsafe_no_sandbox: bool) -> None:
+               overwrite: bool, unsafe_no_sandbox: bool, generate_only: bool) -> None:
     # Everything a user can get wrong is checked before a model is loaded, a program runs or anything is written.
     if (model is None) == (samples is None):
         raise UserError("give exactly one of --model (generate then score) or --samples (score a file)")
+    if generate_only and model is None:
+        raise UserError("--generate-only needs --model (it writes the samples that --samples scores)")
     ks = sorted(set(validate.int_list(k, "-k", ge=1, le=100_000)))
     validate.number(n, "-n", ge=1, le=100_000)
     validate.number(timeout, "--timeout", gt=0, le=600)
@@ -250,7 +257,11 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
     validate.number(workers, "--workers", le=1024)
     if model is not None and not model.startswith(("hf:", "openai:", "anthropic:")):
         local = Path(model).expanduser()
-        if not (local / "arch.json").is_file() and not (local / "config.json").is_file():
+        try:
+            is_model = (local / "arch.json").is_file() or (local / "config.json").is_file()
+        except OSError:  # e.g. a name too long
+            is_model = False
+        if not is_model:
             raise UserError(_not_a_model(model))
     if model is not None:
         validate.device(device)
@@ -271,7 +282,7 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
         from nas.train import resolve_device
 
         resolve_device(device)  # CUDA asked for on a machine without it
-    if not unsafe_no_sandbox:  # said before any generation or progress bar, in one line
+    if not unsafe_no_sandbox and not generate_only:  # said before any generation or progress bar, in one line
         from sandbox.isolation import SandboxUnavailable, probe
 
         try:
@@ -292,6 +303,14 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
     metrics: dict[str, Any] = {}
     if samples is not None:
         target = samples
+        generation = samples.parent / GENERATION_FILE  # written by --generate-only: which model wrote the samples
+        if generation.is_file():
+            try:
+                recorded = json.loads(validate.text_file(generation, "--samples"))
+            except ValueError as err:
+                raise UserError(f"{generation} is not JSON ({err}); delete it or regenerate the samples") from None
+            if isinstance(recorded, dict):
+                metrics.update({k: v for k, v in recorded.items() if k.startswith("humaneval_")})
     else:
         assert model is not None and out_dir is not None
         settings = GenerationSettings(n=n, temperature=(0.0 if n == 1 else 0.8) if temperature is None else temperature,
@@ -305,6 +324,10 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
             generate_samples(source, probs, settings, target, lambda i, total: bar.update(task, completed=i, total=total))
         metrics.update({"humaneval_model": source.name, "humaneval_n": n, "humaneval_temperature": settings.temperature,
                         "humaneval_generate_s": round(time.perf_counter() - t0, 3)})
+        if generate_only:
+            (out_dir / GENERATION_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+            console.print(f"wrote {target} ({len(probs)} problems x {n}); score it with --samples {target}", highlight=False)
+            return
     with _progress("executing") as bar:
         task = bar.add_task("exec", total=None)
         report = evaluate_samples(target, ks, probs, limits, workers, ignore_incomplete,

@@ -111,7 +111,7 @@ def _check_space(space: str) -> None:
     """A named space, or a readable UTF-8 JSON file (``get_space`` says what is wrong inside it)."""
     from nas.space import SPACES
 
-    if space not in SPACES and Path(space).exists():
+    if space not in SPACES and Path(space).suffix == ".json":
         validate.text_file(Path(space), "--space")
 
 
@@ -349,6 +349,7 @@ def _search(**kw: Any) -> None:
         validate.output_file(Path(storage), "--storage", overwrite=True)
     # A search folder of ours is the study's business (--resume, --study-name); another run's results are refused.
     out = kw["out"]
+    validate.output_dir(out, "--out", overwrite=True)  # a usable folder first
     ours = any((out / name).exists() for name in ("study.journal", "pareto.json", "results.tsv"))
     validate.output_dir(out, "--out", overwrite=kw["overwrite"], results=() if ours else validate.RESULT_FILES)
     limits = SearchLimits(max_mb=kw["max_mb"], bytes_dtype=kw["bytes_dtype"], max_params=_parse_size(kw["max_params"], "parameter", "--max-params"),

@@ -18,7 +18,9 @@ standard library and ``nas``'s light modules.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import inspect
 import json
 import math
 import os
@@ -26,10 +28,12 @@ import re
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from nas.budget import Budget, parse_budget
 from nas.errors import UserError
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 MAX_BUDGET_S = 30 * 86_400.0
 MAX_BUDGET_TOKENS = 10**13
@@ -92,6 +96,24 @@ def int_list(text: str, flag: str, *, ge: int = 1, le: int | None = None) -> lis
 # files and folders read
 
 
+def _os_errors(fn: _F) -> _F:
+    """What the file system itself refuses (a name too long, a loop of links, an I/O error) is one line too."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as err:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            what, flag = list(bound.arguments.values())[:2]
+            raise UserError(f"{flag} {what} cannot be used: {err.strerror or err}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_os_errors
 def input_file(path: Path, flag: str) -> Path:
     """An existing, readable regular file (not a folder, a device or a pipe)."""
     p = Path(path).expanduser()
@@ -109,6 +131,7 @@ def input_file(path: Path, flag: str) -> Path:
     return p
 
 
+@_os_errors
 def input_dir(path: Path, flag: str) -> Path:
     """An existing folder."""
     p = Path(path).expanduser()
@@ -121,6 +144,7 @@ def input_dir(path: Path, flag: str) -> Path:
     return p
 
 
+@_os_errors
 def text_file(path: Path, flag: str) -> str:
     """The UTF-8 text of a file (gzip-compressed when it ends in ``.gz``); binary content is refused."""
     p = input_file(path, flag)
@@ -140,6 +164,7 @@ def text_file(path: Path, flag: str) -> str:
                         "give a UTF-8 text file") from None
 
 
+@_os_errors
 def jsonl_file(path: Path, flag: str) -> list[dict[str, Any]]:
     """The rows of a JSON-lines file: every non-blank line a JSON object."""
     rows = []
@@ -163,6 +188,7 @@ def device(text: str, flag: str = "--device") -> str:
     return text
 
 
+@_os_errors
 def corpus(source: str, flag: str = "--corpus") -> str:
     """``stdlib``, an existing local file or folder, or a hub name (``owner/name``)."""
     from nas.data import _looks_like_hub_name  # the loader's own rule for what is a hub name
@@ -239,6 +265,7 @@ def _creatable(p: Path, flag: str) -> None:
     _probe(base, flag, p)
 
 
+@_os_errors
 def output_dir(path: Path, flag: str = "--out", *, overwrite: bool = False, results: Iterable[str] = RESULT_FILES) -> Path:
     """A folder the command may write into: absent but creatable, or an existing writable folder that holds no
     other run's results (one of ``results``) unless ``overwrite``. Nothing is created."""
@@ -256,6 +283,7 @@ def output_dir(path: Path, flag: str = "--out", *, overwrite: bool = False, resu
     return p
 
 
+@_os_errors
 def output_file(path: Path, flag: str = "--out", *, overwrite: bool = False) -> Path:
     """A file the command may write: absent with a creatable folder, or existing and ``overwrite``."""
     p = Path(path).expanduser()

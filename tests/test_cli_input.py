@@ -132,6 +132,15 @@ ROWS: list[tuple] = [
                                      "--teacher-data", "{binary}"], "not UTF-8"),
     ("distill-teacher-data-folder", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
                                      "--teacher-data", "{folder}"], "is a folder"),
+    # names longer than the file system allows
+    ("long-compress-out", ["compress", "--model", "{model}", "--int8", "--out", "{long}"], "too long"),
+    ("long-search-out", ["nas", "search", "--out", "{long}", "--trials", "1"], "too long"),
+    ("long-eval-model", ["eval", "humaneval", "--model", "{long}"], "is not a run folder"),
+    ("long-eval-samples", ["eval", "humaneval", "--samples", "{long}"], "too long"),
+    ("long-arch-sample-out", ["arch", "sample", "--out", "{long}"], "too long"),
+    ("long-train-corpus", ["train", "--corpus", "{long}", "--out", "{fresh}"], "too long"),
+    ("long-run-id", ["run", GOAL, "--run-id", "x" * 300, "--runs-dir", "{runs_new}"], "at most 128"),
+    ("long-status-runs-dir", ["status", RUN, "--runs-dir", "{long}"], "too long"),
     # run
     ("run-goal-not-utf8", ["run", GOAL + " \udcff", "--runs-dir", "{runs_new}"], "not valid UTF-8", SUB),
     ("arch-show-name-not-utf8", ["arch", "show", "\udcff.json"], "not valid UTF-8"),
@@ -280,6 +289,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                              ("runs_ledger", "ok", {"ledger": b'{"role": "planner"}\n\xff\xfe\n'})]:
         paths[key] = root / key
         _run_folder(paths[key], kind, **extra)
+    paths["long"] = root / ("x" * 300)
     return {k: str(v) for k, v in paths.items()}
 
 
