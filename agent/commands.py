@@ -201,6 +201,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
     total = validate.budget(budget, "--budget", time_only=True)
     validate.budget(experiment_budget, "--experiment-budget")
     edit_timeout = validate.budget(editor_timeout, "--editor-timeout", time_only=True).seconds
+    validate.seed(seed)
     validate.number(max_experiments, "--max-experiments", le=1_000_000)
     validate.number(max_cost, "--max-cost", ge=0, le=1_000_000)
     validate.number(max_gpu_hours, "--max-gpu-hours", gt=0, le=1_000_000)

@@ -50,6 +50,7 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
     validate.output_dir(out_dir, "--out", overwrite=overwrite)
     recover_budget = validate.budget(recover, "--recover") if recover else None
     validate.number(recover_lr, "--recover-lr", gt=0, le=10)
+    validate.seed(seed)
 
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec

@@ -149,6 +149,7 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
 
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
     parsed_budget = validate.budget(budget, "--budget")
+    validate.seed(seed)
     validate.number(lr, "--lr", gt=0, le=10)
     validate.number(checkpoint_every, "--checkpoint-every", gt=0)
     validate.corpus(corpus)
@@ -240,6 +241,7 @@ def _arch_sample(space: str, n: int, seed: int, max_params: str | None, max_mb: 
     from nas.space import ArchConstraints, get_space
 
     validate.number(n, "-n", le=10_000)
+    validate.seed(seed)
     validate.number(vocab_size, "--vocab-size", ge=2, le=1_000_000)
     if out is not None:
         validate.output_file(out, "--out", overwrite=overwrite)
@@ -337,6 +339,7 @@ def _search(**kw: Any) -> None:
     validate.budget(kw["stage1"], "--stage1")
     if kw["stage2"] != "none":
         validate.budget(kw["stage2"], "--stage2")
+    validate.seed(kw["seed"])
     validate.number(kw["max_mb"], "--max-mb", gt=0, le=1e9)
     validate.number(kw["max_latency_ms"], "--max-latency-ms", gt=0, le=1e6)
     validate.number(kw["trials"], "--trials", le=1_000_000)

@@ -64,6 +64,14 @@ def _show(x: float | int) -> str:
     return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
 
+MAX_SEED = 2**32 - 1  # numpy's limit; torch and random take it too
+
+
+def seed(value: int, flag: str = "--seed") -> int:
+    """A random seed every library here accepts: 0 to 2^32 - 1."""
+    return number(value, flag, ge=0, le=MAX_SEED)
+
+
 def budget(text: str, flag: str, *, time_only: bool = False) -> Budget:
     """A budget as people write it (``10m``, ``2h``, ``2Mtok``), at most 30 days or 10^13 tokens."""
     try:

@@ -132,6 +132,15 @@ ROWS: list[tuple] = [
                                      "--teacher-data", "{binary}"], "not UTF-8"),
     ("distill-teacher-data-folder", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
                                      "--teacher-data", "{folder}"], "is a folder"),
+    # seeds no library takes
+    ("seed-train-negative", ["train", "--seed", "-1", "--out", "{fresh}"], "--seed"),
+    ("seed-train-huge", ["train", "--seed", str(2**70), "--out", "{fresh}"], "--seed"),
+    ("seed-search", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--seed", "-5"], "--seed"),
+    ("seed-distill", ["distill", "--teacher", "{model}", "--student", "{arch}", "--seed", str(2**40)], "--seed"),
+    ("seed-compress", ["compress", "--model", "{model}", "--int8", "--out", "{fresh}", "--seed", "-1"], "--seed"),
+    ("seed-eval", ["eval", "humaneval", "--model", "{model}", "--seed", "-1"], "--seed"),
+    ("seed-run", ["run", GOAL, "--seed", "-1", "--runs-dir", "{runs_new}"], "--seed"),
+    ("seed-arch-sample", ["arch", "sample", "--seed", "-1"], "--seed"),
     # names longer than the file system allows
     ("long-compress-out", ["compress", "--model", "{model}", "--int8", "--out", "{long}"], "too long"),
     ("long-search-out", ["nas", "search", "--out", "{long}", "--trials", "1"], "too long"),
