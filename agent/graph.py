@@ -15,6 +15,7 @@ import sqlite3
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -23,6 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from rich.console import Console
 from rich.markup import escape
 
+from agent.confining import experiment_confinement, prepare_shared_cache, trusted_scoring
 from agent.goal import Goal, parse_goal
 from agent.editing import apply_code_change, config_files, edit_summary, worker_env
 from agent.judge import judge, noise_estimate
@@ -36,6 +38,7 @@ from agent.settings import RunSettings
 from nas.budget import parse_budget
 from nas.errors import UserError
 from ccaa.editor import BuiltinEditor, EditInstruction
+from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
 from sandbox.runner import run_limited
 from sandbox.workspace import Workspace
@@ -210,7 +213,7 @@ class ResearchAgent:
             return cmd, ((b.seconds or 0) * 3 if b else 0) + 600.0
         if plan["kind"] == "eval":
             target = resolve_model_ref(cfg["target"], state)
-            cmd = [sys.executable, "-m", "distill", "eval", "humaneval", "--model", target, "--out", str(out),
+            cmd = [sys.executable, "-m", "distill", "eval", "humaneval", "--model", target, "--out", str(out), "--generate-only",
                    "-n", str(cfg["n"]), "-k", "1", "--max-new-tokens", str(cfg["max_new_tokens"]), "--seed", str(cfg["seed"])]
             if cfg.get("limit"):
                 cmd += ["--limit", str(cfg["limit"])]
@@ -250,8 +253,20 @@ class ResearchAgent:
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         if plan["kind"] == "nas_search":
             cmd += search_continuation(ws.root / out, plan)
-        outcome = run_limited(cmd, ws.root, ws.root / out / "worker.log", timeout_s=timeout, memory_mb=self.s.memory_mb,
-                              env=experiment_env(ws))
+        log = ws.root / out / "worker.log"
+        try:
+            confinement = experiment_confinement(ws, self.s, out)
+            if confinement is not None:
+                prepare_shared_cache(self.s)
+            outcome = run_limited(cmd, ws.root, log, timeout_s=timeout, memory_mb=self.s.memory_mb, env=experiment_env(ws),
+                                  confinement=confinement)
+        except (ConfinementUnavailable, UserError) as err:  # the experiment fails with the reason, the run goes on
+            metrics = {"status": "crashed", "fail_reason": str(err)}
+            return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
+        if plan["kind"] == "eval" and outcome.ok:  # the generated samples are scored by the installed harness
+            score_cmd, score_env = trusted_scoring(plan, out)
+            scored = run_limited(score_cmd, ws.root, log, timeout_s=timeout, memory_mb=self.s.memory_mb, env=score_env)
+            outcome = replace(scored, wall_s=outcome.wall_s + scored.wall_s)
         metrics_path = ws.root / out / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         if metrics is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from sandbox.confine import Confinement, run_confined
 from sandbox.environment import WORKER, child_env
 
 
@@ -45,14 +46,16 @@ def _limits(memory_mb: int | None):  # -> preexec function
 
 
 def run_limited(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, timeout_s: float, memory_mb: int | None = None,
-                env: dict[str, str] | None = None, grace_s: float = 5.0) -> RunOutcome:
+                env: dict[str, str] | None = None, grace_s: float = 5.0, confinement: Confinement | None = None) -> RunOutcome:
     """Run ``cmd`` in its own session with stdout+stderr to ``log_path``; never raises for the worker's failures.
-    ``env`` is the whole environment of the child (default: the worker profile of this process's environment)."""
+    ``env`` is the whole environment of the child (default: the worker profile of this process's environment).
+    With ``confinement`` the worker runs under bubblewrap (:mod:`sandbox.confine`), which may raise
+    :class:`~sandbox.confine.ConfinementUnavailable` before anything starts."""
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(list(cmd), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env if env is not None else child_env(WORKER), start_new_session=True,
-                                preexec_fn=_limits(memory_mb))
+        kw = dict(cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                  env=env if env is not None else child_env(WORKER), start_new_session=True, preexec_fn=_limits(memory_mb))
+        proc = run_confined(list(cmd), confinement, **kw) if confinement is not None else subprocess.Popen(list(cmd), **kw)
         try:
             proc.wait(timeout=timeout_s)
             timed_out = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ from tests.test_ccaa import ToolTurns, needs_claude, tool
 
 runner = CliRunner()
 SMALL = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128)
-MARKER = 'import sys\nprint("WORKSPACE-CODE-MARKER", file=sys.stderr)\n'
+# The edited code also probes its confinement: the home's canary, a write into the workspace (its code), the network.
+MARKER = ('import os, socket, sys\nprint("WORKSPACE-CODE-MARKER", file=sys.stderr)\n'
+          'home = os.path.exists(os.path.join(os.path.expanduser("~"), "canary.txt"))\n'
+          'try:\n    open(os.path.join(os.getcwd(), "escaped.txt"), "w").write("x"); wrote = True\n'
+          'except OSError:\n    wrote = False\n'
+          'try:\n    socket.create_connection(("127.0.0.1", int(os.environ.get("AUTONAS_TEST_PORT", "9"))), timeout=1); net = True\n'
+          'except OSError:\n    net = False\n'
+          'print("CONFINED-PROBE home=%s wrote=%s net=%s" % (home, wrote, net), file=sys.stderr)\n')
 
 
 def train_plan(arch: ArchConfig = SMALL, seed: int = 0, **over: Any) -> dict:
@@ -91,6 +99,11 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
     respond.workspace = (tmp_path / "runs" / "ed1" / "workspace").resolve()  # type: ignore[attr-defined]
     home = tmp_path / "home"
     home.mkdir()
+    (home / "canary.txt").write_text("a secret the edited code must not see")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    monkeypatch.setenv("AUTONAS_TEST_PORT", str(listener.getsockname()[1]))
     with ScriptedLLMServer(respond) as srv:
         monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
         monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.anthropic_url)  # the Claude Code CLI reads it from its environment
@@ -111,9 +124,13 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
     assert "editor: claude-code" in e001.message and "Code change (claude-code): print a marker" in e001.message
     assert set(e001.stats.files) >= {"nas/__init__.py", "configs/arch.json", "configs/plan.json"}
     assert (ws / "nas" / "__init__.py").read_text() == MARKER
-    assert "WORKSPACE-CODE-MARKER" in (ws / "runs" / "e001" / "worker.log").read_text()
+    worker_log = (ws / "runs" / "e001" / "worker.log").read_text()
+    assert "WORKSPACE-CODE-MARKER" in worker_log
+    assert "CONFINED-PROBE home=False wrote=False net=False" in worker_log  # the edited code ran confined
+    assert not (ws / "escaped.txt").exists()
+    listener.close()
     assert (ws / "runs" / "e001" / "edit" / "claude_transcript.jsonl").is_file()
-    assert "+print(\"WORKSPACE-CODE-MARKER\"" in (ws / "runs" / "e001" / "edit" / "edit.patch").read_text()
+    assert 'print("WORKSPACE-CODE-MARKER"' in (ws / "runs" / "e001" / "edit" / "edit.patch").read_text()
     # e002: both editors failed, nothing of the edit is left, the run went on
     assert not (ws / "runs" / "e002" / "metrics.json").exists()  # no worker ran
     assert "refs/autonas/discarded/e002" in [r.path for r in repo.refs]
