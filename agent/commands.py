@@ -202,6 +202,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
     validate.budget(experiment_budget, "--experiment-budget")
     edit_timeout = validate.budget(editor_timeout, "--editor-timeout", time_only=True).seconds
     validate.seed(seed)
+    validate.number(eval_bytes, "--eval-bytes", le=10**11)
     validate.number(max_experiments, "--max-experiments", le=1_000_000)
     validate.number(max_cost, "--max-cost", ge=0, le=1_000_000)
     validate.number(max_gpu_hours, "--max-gpu-hours", gt=0, le=1_000_000)
@@ -258,8 +259,7 @@ def _llm_spec(provider: str, model: str | None, base_url: str | None, timeout: f
         raise UserError(f"unknown LLM provider {provider!r}: use one of {', '.join(PROVIDERS)}")
     if (price_in is None) != (price_out is None):
         raise UserError("give both --price-in and --price-out, or neither")
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise UserError(f"server URL {base_url!r} must start with http:// or https:// (e.g. http://localhost:8000/v1)")
+    validate.url(base_url, "server URL")
     return LLMSpec(provider=provider, model=model, base_url=base_url, timeout_s=timeout, price_in=price_in, price_out=price_out)
 
 

@@ -95,6 +95,9 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
     if not teacher.startswith(("hf:", "openai:", "anthropic:")):
         validate.input_dir(Path(teacher), "--teacher")
     validate.seed(seed)
+    validate.number(batch_size, "--batch-size", le=65_536)
+    validate.number(eval_bytes, "--eval-bytes", le=10**11)
+    validate.url(teacher_base_url, "--teacher-base-url")
     validate.number(temperature, "--temperature", gt=0, le=20)
     validate.number(ce_weight, "--ce-weight", ge=0, le=1)
     validate.number(skew, "--skew", ge=0, lt=1)
@@ -251,6 +254,7 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
     ks = sorted(set(validate.int_list(k, "-k", ge=1, le=100_000)))
     validate.number(n, "-n", ge=1, le=100_000)
     validate.seed(seed)
+    validate.url(base_url, "--base-url")
     validate.number(timeout, "--timeout", gt=0, le=600)
     validate.number(temperature, "--temperature", ge=0, le=10)
     validate.number(top_p, "--top-p", gt=0, le=1)

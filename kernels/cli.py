@@ -51,6 +51,7 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
     recover_budget = validate.budget(recover, "--recover") if recover else None
     validate.number(recover_lr, "--recover-lr", gt=0, le=10)
     validate.seed(seed)
+    validate.number(eval_bytes, "--eval-bytes", le=10**11)
 
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec

@@ -150,6 +150,9 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
     parsed_budget = validate.budget(budget, "--budget")
     validate.seed(seed)
+    validate.number(batch_size, "--batch-size", le=65_536)
+    validate.number(grad_accum, "--grad-accum", le=65_536)
+    validate.number(eval_bytes, "--eval-bytes", le=10**11)
     validate.number(lr, "--lr", gt=0, le=10)
     validate.number(checkpoint_every, "--checkpoint-every", gt=0)
     validate.corpus(corpus)
@@ -340,6 +343,10 @@ def _search(**kw: Any) -> None:
     if kw["stage2"] != "none":
         validate.budget(kw["stage2"], "--stage2")
     validate.seed(kw["seed"])
+    validate.number(kw["batch_size"], "--batch-size", le=65_536)
+    validate.number(kw["eval_bytes"], "--eval-bytes", le=10**11)
+    validate.number(kw["population"], "--population", le=100_000)
+    validate.number(kw["eta"], "--eta", le=1000)
     validate.number(kw["max_mb"], "--max-mb", gt=0, le=1e9)
     validate.number(kw["max_latency_ms"], "--max-latency-ms", gt=0, le=1e6)
     validate.number(kw["trials"], "--trials", le=1_000_000)

@@ -72,6 +72,13 @@ def seed(value: int, flag: str = "--seed") -> int:
     return number(value, flag, ge=0, le=MAX_SEED)
 
 
+def url(text: str | None, flag: str) -> str | None:
+    """An http(s) server address (None passes: an unset option)."""
+    if text is not None and not re.match(r"https?://[^\s/]+", text):
+        raise UserError(f"{flag} {text!r} must be an http:// or https:// address (e.g. http://localhost:8000/v1)")
+    return text
+
+
 def budget(text: str, flag: str, *, time_only: bool = False) -> Budget:
     """A budget as people write it (``10m``, ``2h``, ``2Mtok``), at most 30 days or 10^13 tokens."""
     try:

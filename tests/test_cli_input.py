@@ -132,6 +132,14 @@ ROWS: list[tuple] = [
                                      "--teacher-data", "{binary}"], "not UTF-8"),
     ("distill-teacher-data-folder", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
                                      "--teacher-data", "{folder}"], "is a folder"),
+    # sizes no machine here holds, addresses that are not addresses
+    ("train-batch-size-huge", ["train", "--batch-size", "1000000000", "--out", "{fresh}"], "--batch-size"),
+    ("search-population-huge", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--population", "10000000"], "--population"),
+    ("compress-eval-bytes-huge", ["compress", "--model", "{model}", "--int8", "--out", "{fresh}", "--eval-bytes", "1" + "0" * 15],
+     "--eval-bytes"),
+    ("eval-base-url", ["eval", "humaneval", "--model", "openai:m", "--base-url", "localhost:8000"], "http://"),
+    ("distill-base-url", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
+                          "--teacher-base-url", "ftp://x"], "http://"),
     # seeds no library takes
     ("seed-train-negative", ["train", "--seed", "-1", "--out", "{fresh}"], "--seed"),
     ("seed-train-huge", ["train", "--seed", str(2**70), "--out", "{fresh}"], "--seed"),
