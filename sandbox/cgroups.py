@@ -118,13 +118,37 @@ def _read_pids(d: Path) -> list[int]:
         return []
 
 
-def make(name: str, memory_bytes: int, max_tasks: int) -> Group | None:
-    """Groups named ``name`` with the two limits, or None where this process cannot make them."""
+STALE_AFTER_S = 600.0  # an empty group this old was left by a killed evaluator (a live one joins within seconds)
+
+
+def sweep_stale(found: dict[str, Hierarchy], prefix: str) -> None:
+    """Remove empty groups named ``prefix*`` that a killed evaluator left behind (a non-empty one refuses rmdir)."""
+    now = time.time()
+    for h in found.values():
+        parent = h.child("")
+        try:
+            candidates = [d for d in parent.iterdir() if d.name.startswith(prefix) and d.is_dir()]
+        except OSError:
+            continue
+        for d in candidates:
+            try:
+                if now - d.stat().st_mtime > STALE_AFTER_S:
+                    d.rmdir()
+            except OSError:
+                pass
+
+
+def make(name: str, memory_bytes: int, max_tasks: int, stale_prefix: str | None = None) -> Group | None:
+    """Groups named ``name`` with the two limits, or None where this process cannot make them.
+
+    ``stale_prefix``: first remove old empty groups of that name prefix (see :func:`sweep_stale`)."""
     if os.geteuid() != 0:
         return None
     found = hierarchies()
     if set(found) != set(CONTROLLERS):
         return None
+    if stale_prefix:
+        sweep_stale(found, stale_prefix)
     made: list[Path] = []
     try:
         for c in CONTROLLERS:

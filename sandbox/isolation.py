@@ -97,7 +97,8 @@ os._exit(0)
 '''
 _MARKER = "\x1eautonas-verdict:"
 _RUNNER_SOURCE = _RUNNER.replace("MARKER", repr(_MARKER), 1)
-RUNNER_TAG = "autonas-sandbox-runner"  # in every runner's argv, so a test (or a person) can find leftovers with ps
+RUNNER_TAG = "autonas-sandbox-runner"
+CGROUP_PREFIX = "autonas-sandbox-"  # each program's control group: <prefix><its uid>  # in every runner's argv, so a test (or a person) can find leftovers with ps
 
 # Uids for sandboxes started by root: a range far above any account's (useradd stops at 60000, systemd's
 # dynamic users at 65519), picked at random per program so two programs never share a process limit.
@@ -486,8 +487,8 @@ def _identity_prefix(sb: _Sandbox, uid: int | None, group: cgroups.Group | None)
 def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
     nonce = secrets.token_hex(16)
     uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN) if sb.dedicated_uid else None
-    group = (cgroups.make(f"autonas-sandbox-{uid}", (limits.memory_mb + limits.scratch_mb + 16) * 2**20,
-                          _SANDBOX_TASKS + limits.max_processes) if uid is not None else None)
+    group = (cgroups.make(f"{CGROUP_PREFIX}{uid}", (limits.memory_mb + limits.scratch_mb + 16) * 2**20,
+                          _SANDBOX_TASKS + limits.max_processes, stale_prefix=CGROUP_PREFIX) if uid is not None else None)
     fds = {"program": _data_fd(source.encode()), "seccomp": _data_fd(seccomp.filter_program()),
            **{path: _data_fd(text.encode()) for path, text in _ETC_FILES.items()}}
     try:

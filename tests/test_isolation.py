@@ -15,13 +15,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from nas.humaneval import read_problems, write_jsonl
-from sandbox.isolation import RUNNER_TAG, SANDBOX_UID_BASE, SANDBOX_UID_SPAN, ExecLimits, probe, run_program
+from sandbox.isolation import CGROUP_PREFIX, RUNNER_TAG, SANDBOX_UID_BASE, SANDBOX_UID_SPAN, ExecLimits, probe, run_program
 
 AUTONAS = str(Path(sys.executable).with_name("autonas"))
 PROBLEMS = read_problems()
@@ -327,3 +328,42 @@ def test_without_a_sandbox_the_harness_refuses_unless_told(tmp_path: Path) -> No
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["humaneval_isolation"] == "none" and metrics["humaneval_pass_at_1"] == 1.0
+
+
+@needs_sandbox
+def test_killing_the_evaluator_takes_its_programs_with_it(tmp_path: Path) -> None:
+    """SIGKILL of ``autonas eval`` mid-run: every sandbox dies with it (bwrap --die-with-parent, PID namespaces)."""
+    samples = tmp_path / "slow.jsonl"
+    write_jsonl(samples, [{"task_id": TASK, "completion": WRONG + "import time\nwhile True:\n    time.sleep(0.05)\n"}] * 4)
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"]}
+    proc = subprocess.Popen([AUTONAS, "eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "--timeout", "60",
+                             "--out", str(tmp_path / "e")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not _sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _sandbox_processes(), "no sandbox started"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _sandbox_processes() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="control groups are made by root only")
+def test_groups_left_by_a_killed_evaluator_are_swept() -> None:
+    from sandbox import cgroups
+
+    found = cgroups.hierarchies()
+    group = cgroups.make(f"{CGROUP_PREFIX}test-{uuid.uuid4().hex[:8]}", 2**28, 8)
+    if group is None:
+        pytest.skip("no memory and pids controllers here")
+    fresh = cgroups.make(f"{CGROUP_PREFIX}test-{uuid.uuid4().hex[:8]}", 2**28, 8)
+    assert fresh is not None
+    old = time.time() - 2 * cgroups.STALE_AFTER_S
+    for d in group.dirs:
+        os.utime(d, (old, old))
+    cgroups.sweep_stale(found, CGROUP_PREFIX)
+    assert not any(d.exists() for d in group.dirs)
+    assert all(d.exists() for d in fresh.dirs)  # a young one may be about to be joined: kept
+    fresh.remove()
