@@ -557,23 +557,17 @@ def _trial_spec(ctx: Context, number: int, out: Path):  # -> TrialSpec
                      tokenizer="byte", batch_size=16, eval_bytes=16_384, time_limit_s=120, measure_latency=True)
 
 
-def check_local_executor_trial(ctx: Context) -> dict[str, Any]:
-    """A trial through nas.executors.LocalExecutor's worker process on the GPU (one worker per GPU)."""
-    _require_cuda(ctx)
-    _corpus(ctx)
-    from nas.executors import LocalExecutor
-
-    ex = LocalExecutor(devices=[f"cuda:{ctx.device.index or 0}"])
+def _one_gpu_trial(ex: Any, spec: Any, what: str, t0: float) -> tuple[Any, dict[str, Any]]:
+    """Submit one trial to an executor, wait up to 150 s, and insist that it ran, and ran on the GPU."""
     try:
-        t0 = time.perf_counter()
-        ex.submit(_trial_spec(ctx, 0, ctx.work / "trial_local"))
+        ex.submit(spec)
         results = []
         while not results and time.perf_counter() - t0 < 150:
             results = ex.wait(timeout=150)
     finally:
         ex.shutdown()
     if not results:
-        raise RuntimeError("no result from the local worker within 150 s")
+        raise RuntimeError(f"no result from the {what} within 150 s")
     r = results[0]
     figures = {"status": r.status, "run_s": round(r.run_s, 2), "device": r.metrics.get("device"),
                "tokens_per_s": r.metrics.get("tokens_per_s"), "val_bpb": r.metrics.get("val_bpb"),
@@ -581,8 +575,18 @@ def check_local_executor_trial(ctx: Context) -> dict[str, Any]:
     if r.status != "ok":
         raise RuntimeError(f"trial {r.status}: {r.reason}")
     if not str(r.metrics.get("device", "")).startswith("cuda"):
-        raise RuntimeError(f"the trial ran on {r.metrics.get('device')!r}, not on the GPU")
-    return figures
+        raise RuntimeError(f"the {what} ran on {r.metrics.get('device')!r}, not on the GPU")
+    return r, figures
+
+
+def check_local_executor_trial(ctx: Context) -> dict[str, Any]:
+    """A trial through nas.executors.LocalExecutor's worker process on the GPU (one worker per GPU)."""
+    _require_cuda(ctx)
+    _corpus(ctx)
+    from nas.executors import LocalExecutor
+
+    ex = LocalExecutor(devices=[f"cuda:{ctx.device.index or 0}"])
+    return _one_gpu_trial(ex, _trial_spec(ctx, 0, ctx.work / "trial_local"), "local worker", time.perf_counter())[1]
 
 
 def check_ray_trial(ctx: Context) -> dict[str, Any]:
@@ -595,26 +599,12 @@ def check_ray_trial(ctx: Context) -> dict[str, Any]:
     t0 = time.perf_counter()
     ex = RayExecutor("local", gpus_per_trial=1.0)
     start_s = time.perf_counter() - t0
-    try:
-        gpus = ex.ray.cluster_resources().get("GPU", 0)
-        if gpus < 1:
-            raise RuntimeError(f"the local Ray cluster sees {gpus} GPUs")
-        ex.submit(_trial_spec(ctx, 1, ctx.work / "trial_ray"))
-        results = []
-        while not results and time.perf_counter() - t0 < 150:
-            results = ex.wait(timeout=150)
-    finally:
+    gpus = ex.ray.cluster_resources().get("GPU", 0)
+    if gpus < 1:
         ex.shutdown()
-    if not results:
-        raise RuntimeError("no result from the Ray task within 150 s")
-    r = results[0]
-    figures = {"status": r.status, "ray_start_s": round(start_s, 2), "run_s": round(r.run_s, 2), "cluster_gpus": gpus,
-               "device": r.metrics.get("device"), "tokens_per_s": r.metrics.get("tokens_per_s"), "val_bpb": r.metrics.get("val_bpb")}
-    if r.status != "ok":
-        raise RuntimeError(f"trial {r.status}: {r.reason}")
-    if not str(r.metrics.get("device", "")).startswith("cuda"):
-        raise RuntimeError(f"the Ray task ran on {r.metrics.get('device')!r}, not on the GPU")
-    return figures
+        raise RuntimeError(f"the local Ray cluster sees {gpus} GPUs")
+    _, figures = _one_gpu_trial(ex, _trial_spec(ctx, 1, ctx.work / "trial_ray"), "Ray task", t0)
+    return {**figures, "ray_start_s": round(start_s, 2), "cluster_gpus": gpus}
 
 
 def _project_files_using(name: str) -> list[str]:
