@@ -119,6 +119,7 @@ def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
     """Run the graph from its start (fresh) or from its last checkpoint; Ctrl-C ends cleanly after the node."""
     from agent.graph import build_graph, graph_config, open_checkpointer
     from agent.llm import KEY_ENV
+    from sandbox.gitexe import GitTampered
     from sandbox.workspace import WorkspaceError
 
     settings = agent.s
@@ -141,6 +142,8 @@ def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
     except KeyboardInterrupt:
         err_console.print(f"interrupted; state kept. continue with: autonas resume {settings.run_id}", highlight=False)
         raise typer.Exit(130) from None
+    except GitTampered as err:  # an editor replaced the workspace's .git: nothing more runs there
+        raise UserError(f"{err}; the run's state is kept in {settings.run_dir}") from None
     return state
 
 

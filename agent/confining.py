@@ -3,24 +3,29 @@
 Once a run's workspace carries code (a code editor is configured), every worker imports that code, which an
 LLM may have written: such workers run under :mod:`sandbox.confine`. They may write only their own run
 folder; they read the workspace (their code, configs and the other experiments' models), the corpus, the
-token cache and the Hugging Face cache. The token cache is filled here, by the installed code, before a
+token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``). The token cache is filled here, by the installed code, before a
 confined worker starts, so the worker never needs to write it (and cannot poison it for later experiments).
 
 An evaluation is split the same way: the confined worker only generates completions with the model's own
 code (``--generate-only``); scoring them, which executes generated programs and writes the numbers, runs
-the installed harness with ``python -I`` (no workspace on its import path, not even the working folder).
+the installed harness with ``python -I`` (no workspace on its import path, not even the working folder) in
+a fresh folder outside the workspace, on a copy of the samples: nothing the worker left there (a link, a
+FIFO, a metrics.json of its own) is followed, read or trusted.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from agent.settings import RunSettings
+from distill.cli import GENERATION_FILE
 from sandbox.confine import Confinement
 from sandbox.environment import WORKER, child_env
+from sandbox.safe_files import UnsafeFile, copy_regular
 from sandbox.workspace import Workspace
 
 
@@ -34,11 +39,12 @@ def experiment_confinement(ws: Workspace, settings: RunSettings, out: Path) -> C
         return None
     from nas.data import cache_root
 
-    readable = [ws.root.resolve(), cache_root(), hf_cache()]
+    readable = [ws.root.absolute(), cache_root(), hf_cache() / "hub"]
     corpus = Path(settings.corpus).expanduser()
     if corpus.exists():
         readable.append(corpus.resolve())
-    return Confinement(writable=((ws.root / out).resolve(),), readable=tuple(p for p in readable if p.exists()))
+    # not resolved: confine refuses a run folder that is, or passes through, a link planted in the workspace
+    return Confinement(writable=(ws.root.absolute() / out,), readable=tuple(p for p in readable if p.exists()))
 
 
 def prepare_shared_cache(settings: RunSettings) -> None:
@@ -48,10 +54,24 @@ def prepare_shared_cache(settings: RunSettings) -> None:
     prepare_corpus(CorpusSpec(source=settings.corpus), settings.tokenizer)
 
 
-def trusted_scoring(plan: dict[str, Any], out: Path) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that score an evaluation's samples with the installed harness."""
-    cmd = [sys.executable, "-I", "-m", "distill", "eval", "humaneval", "--samples", str(out / "samples.jsonl"),
-           "--out", str(out), "-k", "1"]
+SAMPLES_MAX_BYTES = 256 * 2**20
+
+
+def trusted_scoring(plan: dict[str, Any], worker_out: Path, scoring_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Copy the worker's samples (a regular file, no link followed) into ``scoring_dir``, a fresh folder the worker
+    cannot reach, and return the command and environment that score them there with the installed harness.
+    Raises :class:`~sandbox.safe_files.UnsafeFile` when the samples are not a plain file."""
+    if scoring_dir.is_symlink() or scoring_dir.is_file():
+        scoring_dir.unlink()
+    elif scoring_dir.exists():
+        shutil.rmtree(scoring_dir)  # a re-run after a kill: scored again from scratch
+    scoring_dir.mkdir(parents=True)
+    for name in ("samples.jsonl", GENERATION_FILE):
+        copied = copy_regular(worker_out / name, scoring_dir / name, SAMPLES_MAX_BYTES)
+        if name == "samples.jsonl" and not copied:
+            raise UnsafeFile(f"the worker left no samples.jsonl in {worker_out}")
+    cmd = [sys.executable, "-I", "-m", "distill", "eval", "humaneval", "--samples", str(scoring_dir / "samples.jsonl"),
+           "--out", str(scoring_dir), "-k", "1"]
     if plan["config"].get("limit"):
         cmd += ["--limit", str(plan["config"]["limit"])]
     return cmd, child_env(WORKER)

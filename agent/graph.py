@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import shutil
 import sqlite3
 import statistics
 import sys
@@ -41,6 +40,7 @@ from ccaa.editor import BuiltinEditor, EditInstruction
 from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
 from sandbox.runner import run_limited
+from sandbox.safe_files import UnsafeFile, copy_regular, read_json_object
 from sandbox.workspace import Workspace
 
 PROGRESS = Console(stderr=True, highlight=False)
@@ -263,12 +263,21 @@ class ResearchAgent:
         except (ConfinementUnavailable, UserError) as err:  # the experiment fails with the reason, the run goes on
             metrics = {"status": "crashed", "fail_reason": str(err)}
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
-        if plan["kind"] == "eval" and outcome.ok:  # the generated samples are scored by the installed harness
-            score_cmd, score_env = trusted_scoring(plan, out)
-            scored = run_limited(score_cmd, ws.root, log, timeout_s=timeout, memory_mb=self.s.memory_mb, env=score_env)
-            outcome = replace(scored, wall_s=outcome.wall_s + scored.wall_s)
         metrics_path = ws.root / out / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+        try:
+            if plan["kind"] == "eval":  # only numbers the installed harness wrote, outside the workspace, count
+                scoring = self.run_dir / "scoring" / exp_id
+                metrics_path = scoring / "metrics.json"
+                if outcome.ok:
+                    score_cmd, score_env = trusted_scoring(plan, ws.root / out, scoring)
+                    scored = run_limited(score_cmd, ws.root, scoring / "score.log", timeout_s=timeout,
+                                         memory_mb=self.s.memory_mb, env=score_env)
+                    outcome = replace(scored, wall_s=outcome.wall_s + scored.wall_s)
+                    for name in ("metrics.json", "samples.jsonl_results.jsonl"):  # the numbers beside the samples
+                        copy_regular(scoring / name, ws.root / out / name, 256 * 2**20)  # replaces whatever stood there
+            metrics = read_json_object(metrics_path) if outcome.ok or plan["kind"] != "eval" else None
+        except UnsafeFile as err:  # a link, a FIFO, a huge or malformed file left by the worker: its experiment fails
+            metrics = {"status": "crashed", "fail_reason": str(err)}
         if metrics is None:
             metrics = {"status": "crashed", "fail_reason": ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
                        + f"; see {out / 'worker.log'}"}
@@ -521,6 +530,9 @@ def graph_config(run_id: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": run_id}, "recursion_limit": RECURSION_LIMIT}
 
 
+BEST_FILE_MAX_BYTES = 8 * 2**30
+
+
 def copy_best(agent: ResearchAgent, incumbent: dict[str, Any] | None) -> Path | None:
     """Put the incumbent's model, arch and tokenizer in RUN/best (and an HF folder where exportable)."""
     if not incumbent or not incumbent.get("run_dir"):
@@ -529,8 +541,10 @@ def copy_best(agent: ResearchAgent, incumbent: dict[str, Any] | None) -> Path | 
     best = agent.run_dir / "best"
     best.mkdir(exist_ok=True)
     for name in ("model.safetensors", "arch.json", "tokenizer.json", "metrics.json"):
-        if (src / name).is_file():
-            shutil.copyfile(src / name, best / name)
+        try:  # a worker's file: copied only if it is a regular file, never through a link it planted
+            copy_regular(src / name, best / name, BEST_FILE_MAX_BYTES)
+        except UnsafeFile as err:
+            PROGRESS.print(f"[yellow]best/: {escape(str(err))}; not copied[/yellow]")
     return best
 
 

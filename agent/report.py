@@ -120,15 +120,19 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
 
 
 def _latest_search_plot(history: list[dict[str, Any]], out: Path) -> Path | None:
-    """Copy the latest search's pareto.png next to the report (the workspace's runs/ is not committed)."""
-    import shutil
+    """Copy the latest search's pareto.png next to the report (the workspace's runs/ is not committed); a worker's
+    file, so only a regular one is copied, never through a link."""
+    from sandbox.safe_files import UnsafeFile, copy_regular
 
     for h in reversed(history):
         src = Path(h.get("run_dir") or "") / "pareto.png"
-        if h["plan"]["kind"] == "nas_search" and src.is_file():
+        if h["plan"]["kind"] == "nas_search":
             dst = out / "search_pareto.png"
-            shutil.copyfile(src, dst)
-            return dst
+            try:
+                if copy_regular(src, dst, 64 * 2**20):
+                    return dst
+            except UnsafeFile:
+                return None
     return None
 
 

@@ -102,37 +102,37 @@ class Editor(ABC):
         workspace = Path(workspace).resolve()
         t0 = time.monotonic()
         roots = self.watch if self.watch is not None else (workspace.parent,)
-        head_before = _git(workspace, "rev-parse", "HEAD")
-        branch_before = _git(workspace, "symbolic-ref", "-q", "HEAD", check=False)
         tree_before = snapshot_tree(workspace)
         outside_before = snapshot_outside(roots, workspace)
         git_state_before = gitexe.protected_state(workspace)
+        records = [workspace / p for p in AGENT_RECORDS]  # git-ignored, so no tree diff would show a write there
+        records_before = snapshot_outside(records, instruction.log_dir)
         try:
             report = self.apply(workspace, instruction)
         except EditorUnavailable as err:
             report = EditorReport(ok=False, error=str(err))
         except Exception as err:  # an editor bug must not end the run: the experiment fails, the run goes on
             report = EditorReport(ok=False, error=f"{type(err).__name__}: {err}")
-        problems = []
-        git_changes = gitexe.restore_protected(workspace, git_state_before)  # before any git runs on the tree again
-        if git_changes:
-            problems.append(f"the editor changed git's own files (.git/{', .git/'.join(git_changes[:3])}), which name commands git runs")
-        if _git(workspace, "symbolic-ref", "-q", "HEAD", check=False) != branch_before:
-            problems.append("the editor switched branches")
-            _git(workspace, "checkout", "-q", "-f", branch_before.removeprefix("refs/heads/"))
-        if _git(workspace, "rev-parse", "HEAD") != head_before:
-            problems.append("the editor made a commit of its own")
-            _git(workspace, "reset", "-q", "--mixed", head_before)  # its changes stay in the tree, to be judged below
+        # Before any git runs on the tree again: .git as it was (a commit or branch switch of the editor's own is
+        # undone with it: HEAD and refs are among its files; the changes stay in the tree and fail the edit below).
+        git_changes = gitexe.restore_protected(workspace, git_state_before)
         outside = sorted(set(changed_outside(outside_before, snapshot_outside(roots, workspace)))
                          | {p for p in report.claimed_outside_writes if not _inside(Path(p), workspace)})
+        into_records = changed_outside(records_before, snapshot_outside(records, instruction.log_dir))
+        for path in into_records:  # what it added goes; what it changed cannot be put back, so the edit fails
+            if path not in records_before and (Path(path).is_file() or Path(path).is_symlink()):
+                Path(path).unlink()
         tree_after = snapshot_tree(workspace)
         files = tuple(_git(workspace, "diff", "--name-only", tree_before, tree_after).splitlines())
         diff = _git(workspace, "diff", tree_before, tree_after)
         error = report.error if not report.ok else None
         if outside:
             error = f"wrote outside the workspace: {', '.join(outside[:5])}" + (f" (+{len(outside) - 5} more)" if len(outside) > 5 else "")
-        elif git_changes or (problems and error is None):
-            error = "; ".join(problems)
+        elif into_records:
+            error = f"wrote into the agent's records (results, run folders): {', '.join(into_records[:3])}"
+        elif git_changes:
+            error = (f"the editor changed git's own files ({', '.join(git_changes[:3])}{' ...' if len(git_changes) > 3 else ''}): "
+                     "git finds commands to run there, and a commit or branch switch is the agent's to make")
         elif error is None and not files:
             error = "empty diff: the editor changed nothing in the workspace"
         if error is not None:
@@ -171,6 +171,8 @@ def edit_with_fallback(editors: Sequence[Editor], workspace: str | Path, instruc
 
 # ------------------------------------------------------------------------------------------ tree snapshots
 
+AGENT_RECORDS = ("runs", "results.tsv", "journal.md")  # the agent's own files in a workspace (ignored by git)
+
 def _git(workspace: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> str:
     """git through :mod:`sandbox.gitexe` (no hooks, no fsmonitor, no keys) with ``env`` added."""
     proc = subprocess.run([gitexe.executable(), *args], cwd=workspace, capture_output=True, text=True, env=gitexe.safe_env(env))
@@ -208,13 +210,18 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def snapshot_outside(roots: Sequence[Path], workspace: Path) -> dict[str, tuple[int, int]]:
-    """(mtime, size) of every file under ``roots`` except the workspace itself, to find writes outside it."""
+def snapshot_outside(roots: Sequence[Path], workspace: Path | None) -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every file under ``roots`` (folders or files) except under ``workspace``, to find writes there."""
     seen: dict[str, tuple[int, int]] = {}
-    stack = [Path(r).resolve() for r in roots if Path(r).exists()]
+    for r in roots:
+        if Path(r).is_file() or Path(r).is_symlink():
+            st = os.lstat(r)
+            seen[str(r)] = (st.st_mtime_ns, st.st_size)
+    stack = [Path(r).resolve() for r in roots if Path(r).is_dir() and not Path(r).is_symlink()]
+    skip = Path(workspace).resolve() if workspace is not None else None
     while stack and len(seen) < MAX_WATCHED_FILES:
         folder = stack.pop()
-        if folder == workspace:
+        if folder == skip:
             continue
         try:
             entries = list(os.scandir(folder))

@@ -210,6 +210,7 @@ def _not_a_model(spec: str) -> str:
 
 
 GENERATION_FILE = "generation.json"  # beside samples.jsonl: the model and settings that wrote them
+GENERATION_KEYS = ("humaneval_model", "humaneval_n", "humaneval_temperature", "humaneval_generate_s")
 
 
 @eval_app.command("humaneval")
@@ -315,8 +316,8 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
                 recorded = json.loads(validate.text_file(generation, "--samples"))
             except ValueError as err:
                 raise UserError(f"{generation} is not JSON ({err}); delete it or regenerate the samples") from None
-            if isinstance(recorded, dict):
-                metrics.update({k: v for k, v in recorded.items() if k.startswith("humaneval_")})
+            if isinstance(recorded, dict):  # what generation says about itself, never a score
+                metrics.update({k: recorded[k] for k in GENERATION_KEYS if k in recorded})
     else:
         assert model is not None and out_dir is not None
         settings = GenerationSettings(n=n, temperature=(0.0 if n == 1 else 0.8) if temperature is None else temperature,

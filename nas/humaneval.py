@@ -175,7 +175,10 @@ def evaluate_samples(
         futures = {pool.submit(run_program, problems[s["task_id"]].program(s["completion"]), limits): i
                    for i, s in enumerate(samples)}
         for fut in as_completed(futures):
-            results[futures[fut]] = fut.result()
+            try:
+                results[futures[fut]] = fut.result()
+            except OSError as err:  # the harness could not start this one program: it fails, the others go on
+                results[futures[fut]] = ExecResult(f"failed: the harness could not run it ({err})", 0.0)
             done += 1
             if progress:
                 progress(done, len(samples))

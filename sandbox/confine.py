@@ -9,7 +9,8 @@ in a **file system built from a list**, not the host's with holes punched in it:
   ``/etc`` files libraries read: users, hosts, resolver, loader cache, certificates, alternatives, fonts;
   never ``/etc/shadow``, ``/root``, ``/home``, ``/run`` or ``/var``, so no other user's files and no
   service's socket);
-- the interpreter, its virtual environment and the installed project read-only; the readable paths the
+- the interpreter, its virtual environment and the installed packages read-only (not the project folder
+  around them, which may hold other runs); the readable paths the
   caller names (the workspace, the corpus, teacher models) read-only; the writable ones (its run folder,
   the token cache) read-write. A writable path that is, or passes through, a symbolic link inside one of
   the readable trees is refused: an edit could have planted ``runs/e001 -> ~/.ssh``;
@@ -40,6 +41,8 @@ ETC_ENTRIES = ("passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.
                "ca-certificates.conf", "alternatives", "fonts", "mime.types", "os-release", "protocols", "services",
                "machine-id", "pki", "crypto-policies", "gitconfig")
 SYSTEM_ROOTS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt")
+PROJECT_PACKAGES = ("nas", "distill", "kernels", "sandbox", "harness", "agent", "ccaa", "prompts")
+TMP_BYTES = 2 * 2**30  # the private /tmp (compiler caches, temporary files): a tmpfs, so memory
 
 
 class ConfinementUnavailable(RuntimeError):
@@ -63,8 +66,9 @@ class Confinement:
 def _code_paths() -> list[Path]:
     """The interpreter, its standard library, the virtual environment and the installed project."""
     project = Path(__file__).resolve().parents[1]  # an editable install's tree, or site-packages
+    packages = {project / name for name in PROJECT_PACKAGES if (project / name).is_dir()}  # not runs/ or anything beside them
     return sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
-                   Path(sys.executable).resolve().parent.parent, project})
+                   Path(sys.executable).resolve().parent.parent} | packages)
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -105,7 +109,7 @@ def bwrap_prefix(c: Confinement, seccomp_fd: int) -> list[str]:
     for w in c.writable:
         _check_writable(Path(w), readable)
     args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--cap-drop", "ALL", *_system_args(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--cap-drop", "ALL", *_system_args(), "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
             "--dir", str(c.home), "--seccomp", str(seccomp_fd)]
     if not c.network:
         args.append("--unshare-net")

@@ -489,7 +489,8 @@ def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
     uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN) if sb.dedicated_uid else None
     group = (cgroups.make(f"{CGROUP_PREFIX}{uid}", (limits.memory_mb + limits.scratch_mb + 16) * 2**20,
                           _SANDBOX_TASKS + limits.max_processes, stale_prefix=CGROUP_PREFIX) if uid is not None else None)
-    fds = {"program": _data_fd(source.encode()), "seccomp": _data_fd(seccomp.filter_program()),
+    # surrogatepass: a lone surrogate in a completion fails that program (in the runner), not the evaluation
+    fds = {"program": _data_fd(source.encode("utf-8", "surrogatepass")), "seccomp": _data_fd(seccomp.filter_program()),
            **{path: _data_fd(text.encode()) for path, text in _ETC_FILES.items()}}
     try:
         cmd = (_identity_prefix(sb, uid, group) + _prlimit_args(sb.prlimit, limits, _nproc_for(limits, sb.dedicated_uid))
@@ -517,7 +518,7 @@ def _run_unsandboxed(source: str, limits: ExecLimits) -> ExecResult:
     scratch = Path(tempfile.mkdtemp(prefix="autonas-exec-"))
     try:
         os.chmod(scratch, 0o700)
-        (scratch / "program.py").write_text(source)
+        (scratch / "program.py").write_bytes(source.encode("utf-8", "surrogatepass"))
         prlimit = shutil.which("prlimit")
         head = _prlimit_args(prlimit, limits, None) if prlimit else []
         cmd = head + [sys.executable, "-I", "-S", "-c", _RUNNER_SOURCE, str(scratch / "program.py"),

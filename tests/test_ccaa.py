@@ -132,7 +132,7 @@ def test_guard_undoes_an_editors_own_commit_and_judges_the_change(tmp_path: Path
     ws = make_workspace(tmp_path)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
     result = _Rogue("commit").edit(ws, EditInstruction(text="x"))
-    assert not result.ok and "commit of its own" in result.error
+    assert not result.ok and "commit or branch switch is the agent's to make" in result.error
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip() == head
     assert git_status(ws) == ""  # reverted: the tree is as it was
 
