@@ -477,11 +477,11 @@ def _launch(cmd: list[str], limits: ExecLimits, nonce: str, pass_fds: tuple[int,
 
 
 def _identity_prefix(sb: _Sandbox, uid: int | None, group: cgroups.Group | None) -> list[str]:
-    """Root: join the program's control group, then become its dedicated uid (setpriv); else nothing."""
-    if uid is None:
-        return []
+    """Join the program's control group (root), then, through setpriv, die with the evaluator (parent-death
+    signal, which bwrap's --die-with-parent sets only below itself) and become the program's dedicated uid."""
     head = cgroups.joining_prefix(group) if group is not None else []
-    return head + [sb.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    ids = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
+    return head + [sb.setpriv, "--pdeathsig", "SIGKILL", *ids, "--"]
 
 
 def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:

@@ -330,24 +330,68 @@ def test_without_a_sandbox_the_harness_refuses_unless_told(tmp_path: Path) -> No
     assert metrics["humaneval_isolation"] == "none" and metrics["humaneval_pass_at_1"] == 1.0
 
 
+def _descendants(root: int) -> set[int]:
+    """Live (non-zombie) processes below ``root``, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(name))
+    found, stack = set(), [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def _uid(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.add(pid)
+        except (OSError, IndexError):
+            continue
+    return alive
+
+
 @needs_sandbox
 def test_killing_the_evaluator_takes_its_programs_with_it(tmp_path: Path) -> None:
-    """SIGKILL of ``autonas eval`` mid-run: every sandbox dies with it (bwrap --die-with-parent, PID namespaces)."""
+    """SIGKILL of ``autonas eval`` mid-run: every sandbox dies with it (parent-death signal, PID namespaces)."""
     samples = tmp_path / "slow.jsonl"
     write_jsonl(samples, [{"task_id": TASK, "completion": WRONG + "import time\nwhile True:\n    time.sleep(0.05)\n"}] * 4)
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"]}
+    err = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([AUTONAS, "eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "--timeout", "60",
-                             "--out", str(tmp_path / "e")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not _sandbox_processes() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _sandbox_processes(), "no sandbox started"
-    proc.kill()
-    proc.wait()
+                             "--out", str(tmp_path / "e")], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline, sandboxes = time.monotonic() + 60, set()
+        while proc.poll() is None and time.monotonic() < deadline:
+            sandboxes = {p for p in _descendants(proc.pid) if SANDBOX_UID_BASE <= _uid(p) < SANDBOX_UID_BASE + SANDBOX_UID_SPAN}
+            if len(sandboxes) >= 6:  # two programs (one per core), each an outer bwrap, the namespace's init, python
+                break
+            time.sleep(0.1)
+        assert sandboxes, f"no sandbox started (evaluator exit {proc.poll()}: {(tmp_path / 'stderr.txt').read_text()[-500:]})"
+        everything = _descendants(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
     deadline = time.monotonic() + 10
-    while _sandbox_processes() and time.monotonic() < deadline:
+    while _alive(everything) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _sandbox_processes() == []
+    assert _alive(everything) == set()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="control groups are made by root only")
