@@ -299,7 +299,7 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
     if overwrite and out_dir is not None:  # a failure below must not leave the old figures looking new
         (out_dir / "metrics.json").unlink(missing_ok=True)
 
-    from nas.execution import ExecLimits
+    from sandbox.isolation import ExecLimits
     from nas.humaneval import GenerationSettings, evaluate_samples, generate_samples, read_problems
 
     probs = read_problems(problems)
