@@ -14,6 +14,14 @@ from sandbox import gitexe
 from sandbox.workspace import Workspace
 
 
+def _workspace_with_one_experiment(tmp_path: Path) -> Workspace:
+    ws = Workspace.create(tmp_path / "ws", "r")
+    (ws.root / "configs").mkdir()
+    (ws.root / "configs" / "a.json").write_text("{}\n")
+    ws.commit_experiment("e001: a", "body", {})
+    return ws
+
+
 def _plant_hooks(ws: Path, canary: Path) -> None:
     for name in ("pre-commit", "post-commit", "commit-msg", "post-checkout", "fsmonitor-watchman"):
         hook = ws / ".git" / "hooks" / name
@@ -64,10 +72,7 @@ class _BoobyTrap(Editor):
 
 def test_an_edit_that_touches_git_files_fails_and_is_undone(tmp_path: Path) -> None:
     canary = tmp_path / "ran.txt"
-    ws = Workspace.create(tmp_path / "ws", "r")
-    (ws.root / "configs").mkdir()
-    (ws.root / "configs" / "a.json").write_text("{}\n")
-    ws.commit_experiment("e001: a", "body", {})
+    ws = _workspace_with_one_experiment(tmp_path)
     config_before = (ws.root / ".git" / "config").read_bytes()
     result = _BoobyTrap(canary).edit(ws.root, EditInstruction(text="tune the learning rate"))
     assert not result.ok and "git's own files" in (result.error or "")
@@ -118,10 +123,7 @@ class _Planted(Editor):
 @pytest.mark.parametrize("plant", [_commondir, _nested_repo, _gitfile], ids=["commondir", "nested-repo", "gitfile"])
 def test_git_files_planted_anywhere_are_refused_and_undone(tmp_path: Path, plant) -> None:
     canary = tmp_path / "ran.txt"
-    ws = Workspace.create(tmp_path / "ws", "r")
-    (ws.root / "configs").mkdir()
-    (ws.root / "configs" / "a.json").write_text("{}\n")
-    ws.commit_experiment("e001: a", "body", {})
+    ws = _workspace_with_one_experiment(tmp_path)
     config_before = (ws.root / ".git" / "config").read_bytes()
     result = _Planted(plant, canary).edit(ws.root, EditInstruction(text="tune the learning rate"))
     assert not result.ok and "git's own files" in (result.error or ""), result.error
@@ -146,10 +148,7 @@ class _Forger(Editor):
 
 
 def test_an_edit_that_writes_the_agents_records_fails(tmp_path: Path) -> None:
-    ws = Workspace.create(tmp_path / "ws", "r")
-    (ws.root / "configs").mkdir()
-    (ws.root / "configs" / "a.json").write_text("{}\n")
-    ws.commit_experiment("e001: a", "body", {})
+    ws = _workspace_with_one_experiment(tmp_path)
     log_dir = ws.root / "runs" / "e002" / "edit"
     log_dir.mkdir(parents=True)
     result = _Forger(watch=()).edit(ws.root, EditInstruction(text="x", log_dir=log_dir))
