@@ -266,7 +266,7 @@ class ResearchAgent:
         metrics_path = ws.root / out / "metrics.json"
         try:
             if plan["kind"] == "eval":  # only numbers the installed harness wrote, outside the workspace, count
-                scoring = self.run_dir / "scoring" / exp_id
+                scoring = (self.run_dir / "scoring" / exp_id).absolute()  # the scorer's working folder is the workspace
                 metrics_path = scoring / "metrics.json"
                 if outcome.ok:
                     score_cmd, score_env = trusted_scoring(plan, ws.root / out, scoring)
