@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -69,8 +70,9 @@ def test_llm_planner_runs_distill_and_eval_experiments(tmp_path, small_corpus_di
     def respond(path: str, body: dict):
         return anthropic_tool(body["tools"][0]["name"], script.pop(0) if script else _eval("e001"))
 
+    monkeypatch.chdir(tmp_path)  # a relative --runs-dir, as in the README: the evaluation's scorer runs elsewhere
     with ScriptedLLMServer(respond) as srv:
-        result = runner.invoke(app, _cli(tmp_path, small_corpus_dir, "kd", "--base-url", srv.anthropic_url, "--judge", "offline",
+        result = runner.invoke(app, _cli(Path("."), small_corpus_dir, "kd", "--base-url", srv.anthropic_url, "--judge", "offline",
                                          "--max-experiments", "4"))
     assert result.exit_code == 0, result.output
     ws = tmp_path / "kd" / "workspace"
