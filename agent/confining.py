@@ -44,7 +44,9 @@ def experiment_confinement(ws: Workspace, settings: RunSettings, out: Path) -> C
     if corpus.exists():
         readable.append(corpus.resolve())
     # not resolved: confine refuses a run folder that is, or passes through, a link planted in the workspace
-    return Confinement(writable=(ws.root.absolute() / out,), readable=tuple(p for p in readable if p.exists()))
+    memory = settings.memory_mb * 2**20 if settings.memory_mb else None
+    return Confinement(writable=(ws.root.absolute() / out,), readable=tuple(p for p in readable if p.exists()),
+                       memory_bytes=memory)
 
 
 def prepare_shared_cache(settings: RunSettings) -> None:

@@ -18,6 +18,7 @@ in a **file system built from a list**, not the host's with holes punched in it:
   new PID, IPC and UTS namespaces, a new session (no typing into the agent's terminal), no capabilities,
   the seccomp filter of :mod:`sandbox.seccomp` (no keyrings, ptrace, bpf, ...), and **no network** unless
   the experiment needs one (a Ray cluster, an API teacher: then it shares the host's network);
+- a control group of its own (when the agent is root) bounding its tasks and memory, tmpfs included;
 - ``--die-with-parent``: a killed agent takes its worker's whole namespace with it.
 
 The environment is the caller's (already built from an allow-list by :mod:`sandbox.environment`).
@@ -27,13 +28,15 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import seccomp
+from sandbox import cgroups, seccomp
 
 # /etc entries that libraries and toolchains read; bound when present.
 ETC_ENTRIES = ("passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
@@ -42,6 +45,7 @@ ETC_ENTRIES = ("passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.
                "machine-id", "pki", "crypto-policies", "gitconfig")
 SYSTEM_ROOTS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt")
 PROJECT_PACKAGES = ("nas", "distill", "kernels", "sandbox", "harness", "agent", "ccaa", "prompts")
+GROUP_PREFIX = "autonas-worker-"
 TMP_BYTES = 2 * 2**30  # the private /tmp (compiler caches, temporary files): a tmpfs, so memory
 
 
@@ -57,6 +61,8 @@ class Confinement:
     readable: tuple[Path, ...] = ()
     network: bool = False
     home: Path = field(default_factory=Path.home)
+    max_tasks: int = 4096  # threads and processes of the worker and everything it starts (a control group's pids.max)
+    memory_bytes: int | None = None  # the control group's memory limit (tmpfs pages included); None: the machine's
 
     def describe(self) -> str:
         return (f"bubblewrap: system read-only, home empty, writable {', '.join(map(str, self.writable)) or 'nothing'}, "
@@ -109,7 +115,7 @@ def bwrap_prefix(c: Confinement, seccomp_fd: int) -> list[str]:
     for w in c.writable:
         _check_writable(Path(w), readable)
     args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--cap-drop", "ALL", *_system_args(), "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
+            "--unshare-cgroup", "--cap-drop", "ALL", *_system_args(), "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
             "--dir", str(c.home), "--seccomp", str(seccomp_fd)]
     if not c.network:
         args.append("--unshare-net")
@@ -125,14 +131,38 @@ def bwrap_prefix(c: Confinement, seccomp_fd: int) -> list[str]:
     return args + ["--"]
 
 
+def _group_for(c: Confinement) -> cgroups.Group | None:
+    """A control group bounding the worker's tasks and memory (root only; None where groups cannot be made)."""
+    memory = c.memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return cgroups.make(f"{GROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}", memory, c.max_tasks, stale_prefix=GROUP_PREFIX)
+
+
+def _release_when_done(proc: subprocess.Popen, group: cgroups.Group) -> None:
+    def release() -> None:
+        proc.wait()
+        group.kill()  # what the worker left behind in its group goes with it
+        group.remove()
+
+    threading.Thread(target=release, name="confined-worker-group", daemon=True).start()
+
+
 def run_confined(cmd: list[str], c: Confinement, **popen_kw) -> subprocess.Popen:
-    """Start ``cmd`` under ``c`` (``popen_kw`` as for :class:`subprocess.Popen`; its cwd must be readable inside)."""
+    """Start ``cmd`` under ``c`` (``popen_kw`` as for :class:`subprocess.Popen`; its cwd must be readable inside).
+
+    When this process is root, the worker runs in a control group of its own (``c.max_tasks``,
+    ``c.memory_bytes``), joined by a shell before bwrap starts and removed once the worker has ended."""
     fd = seccomp.filter_fd()
     try:
+        prefix = bwrap_prefix(c, fd)
+        group = _group_for(c)
         pass_fds = tuple(popen_kw.pop("pass_fds", ())) + (fd,)
-        return subprocess.Popen(bwrap_prefix(c, fd) + list(cmd), pass_fds=pass_fds, **popen_kw)
+        head = cgroups.joining_prefix(group) if group is not None else []
+        proc = subprocess.Popen(head + prefix + list(cmd), pass_fds=pass_fds, **popen_kw)
     finally:
         os.close(fd)
+    if group is not None:
+        _release_when_done(proc, group)
+    return proc
 
 
 def can_confine() -> str | None:

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,23 @@ def test_a_real_training_run_works_confined(tmp_path: Path, small_corpus_dir: Pa
     assert code == 0, err[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val_bpb"] > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="control groups are made by root only")
+def test_a_confined_fork_bomb_stops_at_the_groups_task_limit() -> None:
+    from sandbox import cgroups
+    from sandbox.confine import GROUP_PREFIX
+
+    if set(cgroups.hierarchies()) != set(cgroups.CONTROLLERS):
+        pytest.skip("no memory and pids controllers here")
+    bomb = ("import os, time\nn = 0\nfor _ in range(500):\n    try:\n        if os.fork() == 0:\n            time.sleep(20); os._exit(0)\n"
+            "        n += 1\n    except OSError:\n        break\nprint('forked', n)\n")
+    out, err, code = _run(run_confined([sys.executable, "-c", bomb], Confinement(max_tasks=32), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, cwd="/"), timeout=120)
+    assert code == 0, err[-2000:]
+    assert 0 < int(out.split("forked")[1]) < 32
+    deadline = time.monotonic() + 10
+    while any(GROUP_PREFIX + str(os.getpid()) in str(d) for h in cgroups.hierarchies().values() for d in h.child("").iterdir()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(GROUP_PREFIX + str(os.getpid()) in str(d) for h in cgroups.hierarchies().values() for d in h.child("").iterdir())
