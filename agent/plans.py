@@ -9,7 +9,9 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from nas.errors import describe_validation_error
+from nas import validate
 from nas.space import ArchConfig
+from nas.validate import MAX_SEED
 
 
 class TrainConfigPlan(BaseModel):
@@ -19,7 +21,7 @@ class TrainConfigPlan(BaseModel):
     budget: str = "60s"
     lr: float = Field(3e-3, gt=0, lt=1)
     batch_size: int = Field(16, ge=1, le=512)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class SearchConfigPlan(BaseModel):
@@ -30,7 +32,7 @@ class SearchConfigPlan(BaseModel):
     strategy: Literal["nsga2", "evolution", "random"] = "nsga2"
     trials: int = Field(6, ge=1, le=1000)
     stage1_budget: str = "20s"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     max_mb: float | None = Field(None, gt=0)
     max_latency_ms: float | None = Field(None, gt=0)
 
@@ -48,7 +50,7 @@ class DistillConfigPlan(BaseModel):
     budget: str = "60s"
     lr: float = Field(3e-3, gt=0, lt=1)
     batch_size: int = Field(16, ge=1, le=512)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class EvalConfigPlan(BaseModel):
@@ -60,7 +62,7 @@ class EvalConfigPlan(BaseModel):
     limit: int | None = Field(40, ge=1, le=164, description="first N problems (None: all 164)")
     n: int = Field(1, ge=1, le=200)
     max_new_tokens: int = Field(128, ge=8, le=1024)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class CompressConfigPlan(BaseModel):
@@ -208,7 +210,6 @@ def _check_model_ref(ref: str, field: str, ctx: PlanContext) -> None:
 
 
 def _check_arch_and_budget(arch: ArchConfig, budget: str, ctx: PlanContext) -> None:
-    from nas.budget import parse_budget
     from nas.space import ArchConstraints
 
     if arch.vocab_size != ctx.vocab_size:
@@ -217,14 +218,13 @@ def _check_arch_and_budget(arch: ArchConfig, budget: str, ctx: PlanContext) -> N
     broken = ArchConstraints(max_bytes=max_bytes, max_params=ctx.max_params).violations(arch)
     if broken:
         raise PlanError("config.arch breaks the goal's limits: " + "; ".join(broken))
-    b = parse_budget(budget)
+    b = validate.budget(budget, "config.budget")
     if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
         raise PlanError(f"config.budget {budget} is more than the {ctx.time_left_s:.0f}s left in the run")
 
 
 def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
     """Semantic checks (PlanError with the reason) and the goal's limits filled into a search that left them out."""
-    from nas.budget import parse_budget
     from nas.errors import UserError
     from nas.objectives import parse_objectives
     from nas.space import get_space
@@ -252,14 +252,14 @@ def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
             if plan.config.recover and not plan.config.prune:
                 raise PlanError("config.recover fine-tunes after pruning: set config.prune too")
             if plan.config.recover:
-                b = parse_budget(plan.config.recover)
+                b = validate.budget(plan.config.recover, "config.recover")
                 if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
                     raise PlanError(f"config.recover {plan.config.recover} is more than the {ctx.time_left_s:.0f}s left")
             return plan
         cfg = plan.config
         get_space(cfg.space)
         parse_objectives(cfg.objectives)
-        b = parse_budget(cfg.stage1_budget)
+        b = validate.budget(cfg.stage1_budget, "config.stage1_budget")
         if b.seconds is not None and b.seconds * cfg.trials > 2 * max(ctx.time_left_s, 1.0):
             raise PlanError(f"{cfg.trials} trials of {cfg.stage1_budget} do not fit in the {ctx.time_left_s:.0f}s left")
         limits = {"max_mb": _tighter(cfg.max_mb, ctx.max_mb), "max_latency_ms": _tighter(cfg.max_latency_ms, ctx.max_latency_ms)}

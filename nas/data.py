@@ -99,6 +99,7 @@ def _load_with_datasets(spec: CorpusSpec) -> list[Document]:
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own error lines would precede our one line
     path = Path(spec.source)
     try:
         if path.is_file():

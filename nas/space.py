@@ -41,7 +41,7 @@ class ArchConfig(BaseModel):
     tie_embeddings: bool = True
     vocab_size: int = Field(256, ge=2, le=1_048_576)
     context_length: int = Field(256, ge=8, le=131072)
-    rope_theta: float = Field(10000.0, gt=0)
+    rope_theta: float = Field(10000.0, gt=0, le=1e9)  # finite: JSON admits Infinity
     norm_eps: float = Field(1e-5, gt=0, lt=1)
     head_size: int | None = Field(None, ge=2, le=1024, description="explicit size of one attention head; default "
                                   "d_model / n_heads. Set when heads are pruned away: the survivors keep their size")

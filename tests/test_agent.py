@@ -160,3 +160,15 @@ def test_existing_run_and_foreign_changes_are_refused(tmp_path, small_corpus_dir
     assert sorted(p.name for p in settings.run_dir.iterdir()) == before and (settings.workspace / "someone_elses.py").exists()
     again = runner.invoke(app, ["run", "best code model under 1 MB", "--run-id", "f1", "--runs-dir", str(tmp_path)])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+@pytest.mark.parametrize("change, message", [({"budget": "99999h"}, "maximum of 30 days"), ({"seed": 2**40}, "4294967295"),
+                                             ({"budget": "1e20tok"}, "")])
+def test_a_plans_budget_and_seed_have_the_workers_bounds(change: dict, message: str) -> None:
+    """A planner's 99999h or 2^40 seed is sent back to it with the reason, not handed to a worker that refuses it."""
+    from agent.plans import PlanContext, check_plan
+
+    arch = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128)
+    plan = {"kind": "train", "config": {"arch": arch.model_dump(), "budget": "16ktok", "seed": 0, **change}, "rationale": "x"}
+    with pytest.raises(PlanError, match=message):
+        check_plan(parse_plan(plan), PlanContext(vocab_size=256, time_left_s=10**9))
