@@ -16,7 +16,6 @@ FIFO, a metrics.json of its own) is followed, read or trusted.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from agent.settings import RunSettings
 from distill.cli import GENERATION_FILE
 from sandbox.confine import Confinement
 from sandbox.environment import WORKER, child_env
-from sandbox.safe_files import UnsafeFile, copy_regular
+from sandbox.safe_files import UnsafeFile, copy_regular, remove
 from sandbox.workspace import Workspace
 
 
@@ -63,10 +62,7 @@ def trusted_scoring(plan: dict[str, Any], worker_out: Path, scoring_dir: Path) -
     """Copy the worker's samples (a regular file, no link followed) into ``scoring_dir``, a fresh folder the worker
     cannot reach, and return the command and environment that score them there with the installed harness.
     Raises :class:`~sandbox.safe_files.UnsafeFile` when the samples are not a plain file."""
-    if scoring_dir.is_symlink() or scoring_dir.is_file():
-        scoring_dir.unlink()
-    elif scoring_dir.exists():
-        shutil.rmtree(scoring_dir)  # a re-run after a kill: scored again from scratch
+    remove(scoring_dir)  # a re-run after a kill is scored again from scratch
     scoring_dir.mkdir(parents=True)
     for name in ("samples.jsonl", GENERATION_FILE):
         copied = copy_regular(worker_out / name, scoring_dir / name, SAMPLES_MAX_BYTES)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.environment import TOOL, child_env
+from sandbox.safe_files import remove
 
 SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "diff.ignoreSubmodules=all",
                "-c", "submodule.recurse=false", "-c", "protocol.allow=never")
@@ -128,10 +129,7 @@ def _put_back_gitdir(workspace: Path, before: GitState) -> bool:
                      and (os.lstat(p).st_dev, os.lstat(p).st_ino) == (before.dev, before.ino)), None)
     if original is None:
         raise GitTampered(f"the workspace's .git directory is gone from {workspace}; stopping before git runs there again")
-    if gitdir.is_symlink() or gitdir.is_file():
-        gitdir.unlink()
-    elif gitdir.exists():
-        shutil.rmtree(gitdir)
+    remove(gitdir)
     original.rename(gitdir)
     return True
 
@@ -155,16 +153,13 @@ def restore_protected(workspace: Path, before: GitState) -> list[str]:
     changed = [".git (replaced)"] if _put_back_gitdir(workspace, before) else []
     for nested in nested_git_dirs(workspace):
         changed.append(str(nested.relative_to(workspace)))
-        shutil.rmtree(nested) if nested.is_dir() and not nested.is_symlink() else nested.unlink()
+        remove(nested)
     gitdir = workspace / ".git"
     now = protected_state(workspace).files
     for rel in sorted(k for k in set(before.files) | set(now) if before.files.get(k) != now.get(k)):
         changed.append(".git/" + rel)
         target = gitdir / rel
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
-            shutil.rmtree(target)
+        remove(target)
         if rel in before.files:
             data = before.files[rel]
             target.parent.mkdir(parents=True, exist_ok=True)

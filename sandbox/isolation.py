@@ -52,7 +52,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from sandbox import cgroups, seccomp
 
@@ -253,15 +253,25 @@ def _prlimit_args(prlimit: str, limits: ExecLimits, nproc: int | None) -> list[s
     return args + ["--"]
 
 
-def _user_task_count(uid: int) -> int:
-    """Tasks (threads included) that ``uid`` runs now: what RLIMIT_NPROC counts for a shared uid."""
-    n = 0
+def _processes() -> Iterator[tuple[int, int, str, int]]:
+    """(pid, uid, state, parent pid) of every process now, read from /proc (ones that vanish midway are skipped)."""
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                st = os.stat(f"/proc/{name}")
-                if st.st_uid == uid:
-                    n += len(os.listdir(f"/proc/{name}/task"))
+                uid = os.stat(f"/proc/{name}").st_uid
+                state, ppid = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+                yield int(name), uid, state, int(ppid)
+            except (OSError, ValueError, IndexError):
+                continue
+
+
+def _user_task_count(uid: int) -> int:
+    """Tasks (threads included) that ``uid`` runs now: what RLIMIT_NPROC counts for a shared uid."""
+    n = 0
+    for pid, owner, _, _ in _processes():
+        if owner == uid:
+            try:
+                n += len(os.listdir(f"/proc/{pid}/task"))
             except OSError:
                 continue
     return n
@@ -357,19 +367,7 @@ class _OutputDrain:
 
 def _live_processes_of(uid: int) -> list[int]:
     """Processes of ``uid`` that still run; zombies are dead (their reaping is the host init's business)."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.stat(f"/proc/{name}").st_uid == uid and _state(int(name)) != "Z":
-                    pids.append(int(name))
-            except OSError:
-                continue
-    return pids
-
-
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return [pid for pid, owner, state, _ in _processes() if owner == uid and state != "Z"]
 
 
 def _kill_uid(uid: int, patience_s: float = 5.0) -> None:
@@ -389,13 +387,8 @@ def _kill_tree(root: int) -> None:
     """Stop then kill ``root`` and every descendant, found through /proc (the unsafe mode's only sweep)."""
     for _ in range(5):
         kids: dict[int, list[int]] = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                kids.setdefault(ppid, []).append(int(name))
+        for pid, _, _, ppid in _processes():
+            kids.setdefault(ppid, []).append(pid)
         tree, stack = [], [root]
         while stack:
             pid = stack.pop()

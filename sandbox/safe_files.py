@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,12 @@ def copy_regular(src: str | Path, dst: str | Path, max_bytes: int) -> bool:
         os.close(fd)
     os.replace(tmp, dst)
     return True
+
+
+def remove(path: str | Path) -> None:
+    """Remove whatever stands at ``path``: a link itself (never its target), a file, or a folder with its contents."""
+    p = Path(path)
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.exists():
+        shutil.rmtree(p)
