@@ -16,7 +16,7 @@ from rich.table import Table
 from agent.settings import RunSettings
 from nas import validate
 from nas.cli import console, err_console, user_errors
-from nas.errors import UserError, describe_validation_error
+from harness.errors import UserError, describe_validation_error
 
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -195,7 +195,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
     from agent.goal import parse_goal
     from agent.graph import ResearchAgent
     from agent.llm import LLMSpec
-    from nas.tokenizer import parse_tokenizer_spec
+    from harness.tokenizer import parse_tokenizer_spec
     import nas
     from sandbox.workspace import Workspace, WorkspaceError
 

@@ -36,7 +36,7 @@ def experiment_confinement(ws: Workspace, settings: RunSettings, out: Path) -> C
     """None when the workspace carries no code (the installed code runs, as written by us)."""
     if not ws.has_code():
         return None
-    from nas.data import cache_root
+    from harness.data import cache_root
 
     readable = [ws.root.absolute(), cache_root(), hf_cache() / "hub"]
     corpus = Path(settings.corpus).expanduser()
@@ -50,7 +50,7 @@ def experiment_confinement(ws: Workspace, settings: RunSettings, out: Path) -> C
 
 def prepare_shared_cache(settings: RunSettings) -> None:
     """Tokenize the run's corpus into the shared cache with the installed code (a no-op once it is there)."""
-    from nas.data import CorpusSpec, prepare_corpus
+    from harness.data import CorpusSpec, prepare_corpus
 
     prepare_corpus(CorpusSpec(source=settings.corpus), settings.tokenizer)
 

@@ -19,7 +19,7 @@ from agent.plans import MODEL_KINDS
 from agent.prompting import Prompts
 from agent.settings import RunSettings
 from ccaa.editor import BuiltinEditor, EditInstruction, Editor, EditorReport, EditResult, edit_with_fallback
-from nas.errors import UserError
+from harness.errors import UserError
 from sandbox import gitexe
 
 PATCH_NAME = "edit.patch"

@@ -6,7 +6,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
-from nas.errors import UserError
+from harness.errors import UserError
 
 _MB = re.compile(r"(\d+(?:\.\d+)?)\s*(mb|mib|megabytes?)\b", re.IGNORECASE)
 _KB = re.compile(r"(\d+(?:\.\d+)?)\s*(kb|kib|kilobytes?)\b", re.IGNORECASE)

@@ -34,8 +34,8 @@ from agent.planner import Planner
 from agent.plans import MODEL_KINDS, PlanContext
 from agent.prompting import Prompts
 from agent.settings import RunSettings
-from nas.budget import parse_budget
-from nas.errors import UserError
+from harness.budget import parse_budget
+from harness.errors import UserError
 from ccaa.editor import BuiltinEditor, EditInstruction
 from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
@@ -76,7 +76,7 @@ class ResearchAgent:
     def __init__(self, settings: RunSettings, env: dict[str, str] | None = None):
         self.s = settings
         self.goal: Goal = parse_goal(settings.goal)
-        from nas.tokenizer import parse_tokenizer_spec
+        from harness.tokenizer import parse_tokenizer_spec
 
         _, self.vocab = parse_tokenizer_spec(settings.tokenizer)
         self.run_dir = settings.run_dir

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.errors import UserError
+from harness.errors import UserError
 
 ProviderName = Literal["auto", "offline", "anthropic", "openai"]
 PROVIDERS: tuple[str, ...] = ("auto", "offline", "anthropic", "openai")

@@ -109,7 +109,7 @@ def _front_archs(search_record: dict[str, Any]) -> list[ArchConfig]:
 
 
 def _fraction(budget: str, div: int) -> str:
-    from nas.budget import parse_budget
+    from harness.budget import parse_budget
 
     b = parse_budget(budget)
     if b.seconds is not None:

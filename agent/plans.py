@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from nas.errors import describe_validation_error
+from harness.errors import describe_validation_error
 from nas import validate
 from nas.space import ArchConfig
 from nas.validate import MAX_SEED
@@ -80,7 +80,7 @@ class CompressConfigPlan(BaseModel):
     def _prune_spec(cls, v: str | None) -> str | None:
         if v is not None:
             from kernels.prune import PruneSpec
-            from nas.errors import UserError
+            from harness.errors import UserError
 
             try:
                 PruneSpec.parse(v)
@@ -225,7 +225,7 @@ def _check_arch_and_budget(arch: ArchConfig, budget: str, ctx: PlanContext) -> N
 
 def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
     """Semantic checks (PlanError with the reason) and the goal's limits filled into a search that left them out."""
-    from nas.errors import UserError
+    from harness.errors import UserError
     from nas.objectives import parse_objectives
     from nas.space import get_space
 

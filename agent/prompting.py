@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
-from nas.errors import UserError
+from harness.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "prompts"
 

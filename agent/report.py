@@ -16,8 +16,8 @@ def heldout_bpb(agent: ResearchAgent, best: Path) -> float | None:
     """val-style bits per byte of the best model on the held-out files no experiment has seen."""
     from safetensors.torch import load_model
 
-    from nas.data import CorpusSpec, prepare_corpus
-    from nas.metrics import evaluate_bpb
+    from harness.data import CorpusSpec, prepare_corpus
+    from harness.metrics import evaluate_bpb
     from nas.model import CodeLM
     from nas.space import ArchConfig
 

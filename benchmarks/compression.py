@@ -23,9 +23,9 @@ from _common import report
 from kernels.compress import CompressConfig, compress
 from kernels.prune import prune_attention_heads, prune_ffn_channels
 from kernels.quant import for_runtime
-from nas.budget import parse_budget
-from nas.data import CorpusSpec, prepare_corpus
-from nas.metrics import measure_latency
+from harness.budget import parse_budget
+from harness.data import CorpusSpec, prepare_corpus
+from harness.metrics import measure_latency
 from nas.model import build_model
 from nas.space import ArchConfig
 from nas.train import Trainer, TrainConfig

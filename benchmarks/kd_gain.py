@@ -20,9 +20,9 @@ from _common import report
 from distill.losses import KDLossConfig
 from distill.teachers import CodeLMTeacher
 from distill.train import distill
-from nas.budget import parse_budget
-from nas.data import CorpusSpec, prepare_corpus
-from nas.metrics import arch_metrics
+from harness.budget import parse_budget
+from harness.data import CorpusSpec, prepare_corpus
+from nas.counting import arch_metrics
 from nas.space import ArchConfig
 from nas.train import Trainer, TrainConfig
 

@@ -24,7 +24,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from _common import report
 from nas.counting import count_params
-from nas.data import prepare_corpus
+from harness.data import prepare_corpus
 from nas.executors import LocalExecutor
 from nas.proxies import PROXY_NAMES, compute_proxies
 from nas.space import get_space

@@ -14,12 +14,12 @@ import tempfile
 from pathlib import Path
 
 from _common import report
-from nas.budget import parse_budget
-from nas.data import prepare_corpus
-from nas.metrics import evaluate_bpb
+from harness.budget import parse_budget
+from harness.data import prepare_corpus
+from harness.metrics import evaluate_bpb
 from nas.model import build_model
 from nas.space import ArchConfig
-from nas.tokenizer import parse_tokenizer_spec
+from harness.tokenizer import parse_tokenizer_spec
 from nas.train import Trainer, TrainConfig, prepare_run_dir
 
 

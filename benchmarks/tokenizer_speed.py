@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from _common import report
-from nas.data import CorpusSpec, load_documents, split_documents, tokenize_documents
-from nas.tokenizer import ByteTokenizer, train_bpe
+from harness.data import CorpusSpec, load_documents, split_documents, tokenize_documents
+from harness.tokenizer import ByteTokenizer, train_bpe
 
 
 def main() -> None:

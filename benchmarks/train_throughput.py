@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from _common import report
 from nas.counting import count_params, flops_per_token
-from nas.data import prepare_corpus
+from harness.data import prepare_corpus
 from nas.model import build_model
 from nas.space import ArchConfig
 from nas.train import Trainer, TrainConfig, prepare_run_dir

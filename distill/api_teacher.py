@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.errors import UserError
+from harness.errors import UserError
 
 KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 SYSTEM_PROMPT = ("You complete Python code. Reply with only the code that continues the given text, "

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nas import validate
 from nas.cli import OneLineErrors, _print_metrics, console, err_console, exit_unless_finished, user_errors
-from nas.errors import UserError
+from harness.errors import UserError
 
 eval_app = typer.Typer(help="Evaluate code ability (HumanEval pass@k).", no_args_is_help=True)
 
@@ -78,7 +78,7 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
              overwrite: bool, quiet: bool) -> None:
     from distill.losses import KDLossConfig
     from distill.train import LOSSES, distill, reconcile_student
-    from nas.data import CorpusSpec
+    from harness.data import CorpusSpec
     from nas.space import ArchConfig
     from nas.train import TrainConfig, prepare_run_dir, resolve_device
 
@@ -132,7 +132,7 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
     sidecar = student.parent / "tokenizer.json"
     student_fp = None
     if sidecar.is_file():
-        from nas.tokenizer import load_tokenizer_file
+        from harness.tokenizer import load_tokenizer_file
 
         student_fp = load_tokenizer_file(sidecar).fingerprint()
     elif arch.vocab_size == 256:
@@ -156,8 +156,8 @@ def _sequence_level(teacher: str, arch: Any, spec: Any, cfg: Any, out_dir: Path,
                     quiet: bool, overwrite: bool) -> None:
     from distill.api_teacher import APITeacher, APITeacherSpec, generate_teacher_data, prompts_from_corpus
     from distill.train import sequence_distill
-    from nas.data import load_documents, split_documents
-    from nas.tokenizer import parse_tokenizer_spec
+    from harness.data import load_documents, split_documents
+    from harness.tokenizer import parse_tokenizer_spec
     from nas.train import prepare_run_dir
 
     _, vocab = parse_tokenizer_spec(tokenizer)
@@ -188,7 +188,8 @@ def _sequence_level(teacher: str, arch: Any, spec: Any, cfg: Any, out_dir: Path,
 
 def resolve_completion_source(spec: str, device: str = "cpu", base_url: str | None = None) -> Any:
     """Our run folder, a Hugging Face folder / hf:<id>, or openai:<model> / anthropic:<model>."""
-    from nas.humaneval import HFModelSource, OurModelSource
+    from nas.hf import HFModelSource
+    from nas.run_folder import OurModelSource
 
     if spec.startswith(("openai:", "anthropic:")):
         from distill.api_teacher import APITeacher, APITeacherSpec
@@ -300,7 +301,7 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
         (out_dir / "metrics.json").unlink(missing_ok=True)
 
     from sandbox.isolation import ExecLimits
-    from nas.humaneval import GenerationSettings, evaluate_samples, generate_samples, read_problems
+    from harness.humaneval import GenerationSettings, evaluate_samples, generate_samples, read_problems
 
     probs = read_problems(problems)
     if limit:

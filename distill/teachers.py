@@ -14,8 +14,8 @@ from typing import Protocol
 
 import torch
 
-from nas.errors import UserError
-from nas.tokenizer import load_tokenizer_file
+from harness.errors import UserError
+from harness.tokenizer import load_tokenizer_file
 
 
 class Teacher(Protocol):
@@ -24,7 +24,7 @@ class Teacher(Protocol):
     name: str
     vocab_size: int  # the tokenizer's vocabulary: the student's vocab_size for exact KD
     context_length: int
-    tokenizer_spec: str  # what nas.data.prepare_corpus takes: "byte" or "file:<tokenizer.json>"
+    tokenizer_spec: str  # what harness.data.prepare_corpus takes: "byte" or "file:<tokenizer.json>"
     tokenizer_fingerprint: str
     fingerprint: str  # identifies the weights (for the top-k logit cache)
 
@@ -63,7 +63,7 @@ class HFTeacher:
     """``AutoModelForCausalLM.from_pretrained(path_or_id)``; its ``tokenizer.json`` becomes the student's."""
 
     def __init__(self, path_or_id: str):
-        from nas.data import cache_root
+        from harness.data import cache_root
         from nas.hf import load_hf_causal_lm
 
         self.model, hf_tok = load_hf_causal_lm(path_or_id)

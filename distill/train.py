@@ -22,9 +22,9 @@ import torch
 from distill.logit_cache import TopKLogitCache
 from distill.losses import KDLossConfig, kd_loss_full, kd_loss_topk, teacher_topk
 from distill.teachers import Teacher
-from nas.data import CorpusSpec, TokenizedCorpus, prepare_corpus
-from nas.errors import UserError
-from nas.metrics import evaluate_bpb
+from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
+from harness.errors import UserError
+from harness.metrics import evaluate_bpb
 from nas.space import ArchConfig
 from nas.train import Trainer, TrainConfig, TrainOutcome
 

@@ -40,7 +40,7 @@ def compress_command(
 @user_errors
 def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx: bool, prune: str | None, recover: str | None,
               recover_lr: float, recover_distill: bool, eval_bytes: int, seed: int, overwrite: bool, quiet: bool) -> None:
-    from nas.errors import UserError
+    from harness.errors import UserError
 
     # Everything a user can get wrong is checked before torch is imported or anything is written.
     validate.input_dir(model, "--model")
@@ -108,7 +108,7 @@ def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: 
 
     from kernels.compress import load_run
     from kernels.latency import MODES, measure_decode
-    from nas.errors import UserError
+    from harness.errors import UserError
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     bad = [m for m in wanted if m not in MODES]

@@ -25,10 +25,10 @@ from safetensors.torch import load_model, save_model
 from kernels.prune import (PruneSpec, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
                            prune_unstructured, require_semi_structured_device)
 from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
-from nas.budget import Budget
-from nas.data import CorpusSpec, TokenizedCorpus, prepare_corpus
-from nas.errors import UserError
-from nas.metrics import evaluate_bpb, measure_latency
+from harness.budget import Budget
+from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
+from harness.errors import UserError
+from harness.metrics import evaluate_bpb, measure_latency
 from nas.model import CodeLM, build_model
 from nas.train import Trainer, TrainConfig
 

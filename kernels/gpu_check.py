@@ -230,7 +230,7 @@ def check_environment(ctx: Context) -> dict[str, Any]:
 
 def check_imports(ctx: Context) -> dict[str, Any]:
     """Every project module on the checks' paths imports here (optional packages aside)."""
-    mods = ["nas.model", "nas.counting", "nas.data", "nas.metrics", "nas.train", "nas.trial", "nas.executors",
+    mods = ["nas.model", "nas.counting", "harness.data", "harness.metrics", "nas.train", "nas.trial", "nas.executors",
             "kernels.latency", "kernels.quant", "kernels.prune", "kernels.triton.ops"]
     for m in mods:
         importlib.import_module(m)
@@ -239,7 +239,7 @@ def check_imports(ctx: Context) -> dict[str, Any]:
 
 def check_corpus(ctx: Context) -> dict[str, Any]:
     """A small real corpus (standard-library files, byte tokens) for the training and eval checks."""
-    from nas.data import CorpusSpec, prepare_corpus, stdlib_dir
+    from harness.data import CorpusSpec, prepare_corpus, stdlib_dir
 
     src, root = stdlib_dir(), ctx.work / "corpus"
     copied = 0
@@ -486,7 +486,7 @@ def check_torchao_int8(ctx: Context) -> dict[str, Any]:
     _require_module("torchao")
     from kernels.latency import measure_decode
     from kernels.quant import for_runtime
-    from nas.metrics import evaluate_bpb
+    from harness.metrics import evaluate_bpb
 
     corpus = _corpus(ctx)
     base = _model(ctx)
@@ -516,7 +516,7 @@ def check_sparsity_24(ctx: Context) -> dict[str, Any]:
     """kernels.prune.prune_semi_structured_24 on the GPU, then bits per byte as kernels.compress measures it."""
     _require_cuda(ctx)
     from kernels.prune import prune_semi_structured_24
-    from nas.metrics import evaluate_bpb
+    from harness.metrics import evaluate_bpb
 
     corpus = _corpus(ctx)
     figures: dict[str, Any] = {}

@@ -24,8 +24,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from nas.errors import UserError
-from nas.metrics import _percentile, _sync
+from harness.errors import UserError
+from harness.metrics import _percentile, _sync
 from nas.model import CodeLM, KVCache, apply_rope
 
 MODES = ("eager", "static", "compile", "cuda-graph")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.model import CodeLM, apply_rope
 
 ONNX_FILE = "decode_step.onnx"

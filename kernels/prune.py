@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.model import CodeLM, build_model
 
 Method = Literal["magnitude", "wanda", "ffn", "2:4"]

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.model import CodeLM
 
 INT8_FILE = "model_int8.safetensors"

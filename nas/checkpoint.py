@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from nas.errors import UserError
+from harness.errors import UserError
 
 CKPT_DIR = "ckpt"
 

@@ -22,8 +22,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from nas import validate
-from nas.data import CorpusSpec
-from nas.errors import UserError, describe_validation_error
+from harness.data import CorpusSpec
+from harness.errors import UserError, describe_validation_error
 
 err_console = Console(stderr=True)
 console = Console()
@@ -142,9 +142,9 @@ def train_command(
 def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, corpus: str, text_field: str | None,
            batch_size: int, grad_accum: int, lr: float, seed: int, device: str, compile: bool, eval_bytes: int,
            checkpoint_every: float, hf: bool, overwrite: bool, quiet: bool) -> None:
-    from nas.data import prepare_corpus
+    from harness.data import prepare_corpus
     from nas.space import ArchConfig
-    from nas.tokenizer import parse_tokenizer_spec
+    from harness.tokenizer import parse_tokenizer_spec
     from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
 
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
@@ -276,7 +276,7 @@ def arch_show(path: Annotated[Path, typer.Argument(help="architecture JSON")]) -
 @user_errors
 def _arch_show(path: Path) -> None:
     from nas.hf import export_blockers
-    from nas.metrics import arch_metrics
+    from nas.counting import arch_metrics
     from nas.space import ArchConfig
 
     validate.input_file(path, "architecture file")
@@ -335,7 +335,7 @@ def search_command(
 def _search(**kw: Any) -> None:
     from nas.objectives import SearchLimits
     from nas.search import Search, SearchConfig
-    from nas.tokenizer import parse_tokenizer_spec
+    from harness.tokenizer import parse_tokenizer_spec
 
     if kw["budget"] is not None:
         validate.budget(kw["budget"], "--budget", time_only=True)

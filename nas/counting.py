@@ -93,3 +93,18 @@ def flops_per_token(arch: "ArchConfig", context: int | None = None) -> int:
     ctx = arch.context_length // 2 if context is None else context
     attention = 2 * 2 * arch.n_layers * ctx * arch.n_heads * arch.head_dim
     return 2 * dense + attention
+
+
+def arch_metrics(arch: ArchConfig) -> dict[str, int]:
+    """Size and cost figures known before training (units in the keys)."""
+    c = count_params(arch)
+    return {
+        "params": c.total,
+        "params_non_embedding": c.non_embedding,
+        "size_bytes_fp32": size_bytes(arch, "fp32"),
+        "size_bytes_fp16": size_bytes(arch, "fp16"),
+        "size_bytes_int8": size_bytes(arch, "int8"),
+        "flops_per_token": flops_per_token(arch),
+        "n_layers": arch.n_layers,
+        "d_model": arch.d_model,
+    }

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.trial import RESULT_FILES, TrialResult, TrialSpec
 from sandbox.environment import WORKER, child_env, environ_limited_to
 

@@ -9,11 +9,13 @@ the reason, instead of being exported approximately.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import save_file
 
-from nas.errors import UserError
+from harness.errors import UserError
+from harness.humaneval import truncate_at_stop
 from nas.model import CodeLM
 from nas.space import ArchConfig
 
@@ -166,3 +168,31 @@ def load_hf_causal_lm(path_or_id: str, device: str = "cpu"):  # -> (PreTrainedMo
         raise UserError(f"cannot load Hugging Face model {path_or_id}: {str(err).splitlines()[0]}") from None
     model.to(torch.device(device)).eval()
     return model, tokenizer
+
+
+class HFModelSource:
+    """A local Hugging Face causal LM (a folder written by ``save_pretrained``, or a cached hub id)."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        self.model, self.tokenizer = load_hf_causal_lm(path, device)
+        self.name = f"hf:{path}"
+
+    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str], seed: int) -> list[str]:
+        import torch
+
+        enc = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.eos_token_id,
+                                  "stop_strings": list(stop) or None, "tokenizer": self.tokenizer}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(do_sample=False)
+        out = []
+        for i in range(n):
+            torch.manual_seed(seed + i)
+            with torch.no_grad():
+                ids = self.model.generate(**enc, **kwargs)
+            text = self.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.append(truncate_at_stop(text, stop))
+        return out

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.counting import count_params, size_bytes
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.space import ArchConfig
 
 

@@ -8,11 +8,12 @@ everywhere.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.model import CodeLM, build_model
 from nas.space import ArchConfig
-from nas.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
+from harness.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
 
 
 def load_trained_model(run_dir: str | Path) -> tuple[CodeLM, Tokenizer]:
@@ -37,3 +38,28 @@ def load_trained_model(run_dir: str | Path) -> tuple[CodeLM, Tokenizer]:
     if tokenizer.vocab_size != arch.vocab_size:
         raise UserError(f"{run_dir}: the model has {arch.vocab_size} tokens, its tokenizer {tokenizer.vocab_size}")
     return model.eval(), tokenizer
+
+
+class OurModelSource:
+    """A model trained by ``autonas train`` / search / distill: a run folder with arch.json + model.safetensors."""
+
+    def __init__(self, run_dir: Path, device: str = "cpu"):
+        import torch
+
+        run_dir = Path(run_dir)
+        self.model, self.tokenizer = load_trained_model(run_dir)
+        self.model.to(torch.device(device))
+        self.name = f"autonas:{run_dir.name}"
+
+    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str], seed: int) -> list[str]:
+        import torch
+
+        ids = [self.tokenizer.eos_id, *self.tokenizer.encode(prompt)]
+        out = []
+        for i in range(n):
+            gen = torch.Generator().manual_seed(seed + i)
+            g = self.model.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p,
+                                    eos_id=self.tokenizer.eos_id, stop=stop, decode=self.tokenizer.decode, generator=gen)
+            out.append(g.text or "")
+        return out

@@ -31,9 +31,9 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nas.budget import parse_budget
-from nas.data import CorpusSpec
-from nas.errors import UserError
+from harness.budget import parse_budget
+from harness.data import CorpusSpec
+from harness.errors import UserError
 from nas.executors import Executor
 from nas.objectives import Objective, SearchLimits, parse_objectives
 from nas.pareto import pareto_front, rank_order
@@ -115,7 +115,7 @@ class Search:
         self.out = Path(cfg.out)
         self.objectives: list[Objective] = parse_objectives(cfg.objectives)
         self.space = get_space(cfg.space)
-        from nas.tokenizer import parse_tokenizer_spec
+        from harness.tokenizer import parse_tokenizer_spec
 
         _, vocab = parse_tokenizer_spec(cfg.tokenizer)
         self.space = self.space.model_copy(update={"vocab_size": (vocab,)})
@@ -223,7 +223,8 @@ class Search:
 
     def _screen_batch(self) -> None:
         """Ask a batch, drop what breaks the limits or is a known architecture, rank the rest by proxy."""
-        from nas.metrics import arch_metrics, measure_latency
+        from harness.metrics import measure_latency
+        from nas.counting import arch_metrics
         from nas.model import build_model
         from nas.proxies import compute_proxies
 
@@ -500,7 +501,7 @@ class Search:
 
     def finalize(self) -> dict[str, Any]:
         """Re-measure the final front's latency, write pareto.json / pareto.png / results.tsv, export the best."""
-        from nas.metrics import measure_latency
+        from harness.metrics import measure_latency
         from nas.model import build_model
 
         stage = 2 if self._front(self.study2) else 1

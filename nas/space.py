@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nas.counting import count_params, size_bytes
-from nas.errors import UserError, describe_validation_error
+from harness.errors import UserError, describe_validation_error
 
 Activation = Literal["gelu", "swiglu"]
 Norm = Literal["layernorm", "rmsnorm"]

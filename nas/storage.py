@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 
-from nas.errors import UserError
+from harness.errors import UserError
 
 RDB_SCHEMES = ("postgresql", "mysql", "sqlite", "oracle", "mssql")
 

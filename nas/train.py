@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import save_model
 
-from nas.budget import Budget
+from harness.budget import Budget
 from nas.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from nas.data import CorpusSpec, TokenizedCorpus
-from nas.errors import UserError
-from nas.metrics import arch_metrics, evaluate_bpb, measure_latency, peak_memory_mb
+from harness.data import CorpusSpec, TokenizedCorpus
+from harness.errors import UserError
+from harness.metrics import evaluate_bpb, measure_latency, peak_memory_mb
+from nas.counting import arch_metrics
 from nas.model import CodeLM, build_model
 from nas.space import ArchConfig
 

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.data import CorpusSpec
-from nas.errors import UserError
+from harness.data import CorpusSpec
+from harness.errors import UserError
 from nas.space import ArchConfig
 
 Status = Literal["ok", "diverged", "failed", "timeout", "crashed", "interrupted"]
@@ -60,7 +60,7 @@ class TrialResult(BaseModel):
 
 @lru_cache(maxsize=4)
 def _corpus(spec_json: str, tokenizer: str):  # -> TokenizedCorpus, kept per worker process
-    from nas.data import prepare_corpus
+    from harness.data import prepare_corpus
 
     return prepare_corpus(CorpusSpec.model_validate_json(spec_json), tokenizer)
 
@@ -71,7 +71,7 @@ def _read_files(out: Path) -> dict[str, str]:
 
 def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     """Train ``spec.arch`` for ``spec.budget`` into ``spec.out_dir``; never raises for a bad trial."""
-    from nas.budget import parse_budget
+    from harness.budget import parse_budget
     from nas.train import METRICS_FILE, Trainer, TrainConfig, prepare_run_dir
 
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Checks of command-line input, declared once and shared by every command.
 
-Every check raises :class:`~nas.errors.UserError` with one line that names the flag, the value and the fix,
+Every check raises :class:`~harness.errors.UserError` with one line that names the flag, the value and the fix,
 so the entry points print it and exit 2. The checks run before any heavy import or any work and change
 nothing on disk: a writable place is proven by creating and removing a temporary entry in it, never by
 creating the output itself.
@@ -30,8 +30,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from nas.budget import Budget, parse_budget
-from nas.errors import UserError
+from harness.budget import Budget, parse_budget
+from harness.errors import UserError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -206,7 +206,7 @@ def device(text: str, flag: str = "--device") -> str:
 @_os_errors
 def corpus(source: str, flag: str = "--corpus") -> str:
     """``stdlib``, an existing local file or folder, or a hub name (``owner/name``)."""
-    from nas.data import _looks_like_hub_name  # the loader's own rule for what is a hub name
+    from harness.data import _looks_like_hub_name  # the loader's own rule for what is a hub name
 
     if source == "stdlib" or _looks_like_hub_name(source):
         return source
@@ -223,7 +223,7 @@ def corpus(source: str, flag: str = "--corpus") -> str:
 def _sniff_corpus_file(p: Path, flag: str) -> None:
     """A supported suffix, and a head that looks like its format (a binary file is refused without reading it
     all: corpora may be large)."""
-    from nas.data import _dataset_builder  # the loader's own table of suffixes
+    from harness.data import _dataset_builder  # the loader's own table of suffixes
 
     builder = _dataset_builder(p)
     try:

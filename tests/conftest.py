@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.data import stdlib_dir
+from harness.data import stdlib_dir
 
 SMALL_CORPUS_FILES = [
     "json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "json/tool.py",
@@ -51,7 +51,7 @@ TINY_ARCH = {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 2, "d_ff"
 @pytest.fixture(scope="session")
 def tiny_run(small_corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished training run folder (arch.json, model.safetensors, metrics.json) of a tiny byte model."""
-    from nas.data import CorpusSpec, prepare_corpus
+    from harness.data import CorpusSpec, prepare_corpus
     from nas.space import ArchConfig
     from nas.train import Trainer, TrainConfig
 

@@ -17,7 +17,7 @@ from agent.cli import app
 from agent.goal import parse_goal
 from agent.judge import judge, noise_estimate
 from agent.plans import PlanError, parse_plan
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.space import ArchConfig
 
 REPO = Path(__file__).resolve().parents[1]

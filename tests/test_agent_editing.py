@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.editing import parse_editors
 from agent.plans import PlanContext, PlanError, check_plan, parse_plan
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.space import ArchConfig
 from tests.llm_server import Reply, ScriptedLLMServer, anthropic_tool
 from tests.test_ccaa import ToolTurns, needs_claude, tool

@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from nas.data import CorpusSpec, load_documents, prepare_corpus, split_documents, stdlib_dir
-from nas.errors import UserError
-from nas.tokenizer import BPETokenizer, ByteTokenizer, parse_tokenizer_spec, train_bpe
+from harness.data import CorpusSpec, load_documents, prepare_corpus, split_documents, stdlib_dir
+from harness.errors import UserError
+from harness.tokenizer import BPETokenizer, ByteTokenizer, parse_tokenizer_spec, train_bpe
 
 
 def test_default_corpus_is_the_stdlib():

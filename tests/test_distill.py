@@ -14,8 +14,8 @@ from distill.api_teacher import APITeacher, APITeacherSpec, CodePrompt, generate
 from distill.losses import KDLossConfig
 from distill.teachers import CodeLMTeacher, HFTeacher, load_teacher
 from distill.train import distill, reconcile_student, sequence_distill
-from nas.data import CorpusSpec
-from nas.errors import UserError
+from harness.data import CorpusSpec
+from harness.errors import UserError
 from nas.space import ArchConfig
 from nas.train import TrainConfig
 from tests.conftest import TINY_ARCH
@@ -29,7 +29,7 @@ def hf_teacher_dir(small_corpus_dir: Path, tmp_path_factory: pytest.TempPathFact
     """A tiny Llama made with transformers and saved with save_pretrained, with its own BPE tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from nas.tokenizer import EOS_TOKEN, train_bpe
+    from harness.tokenizer import EOS_TOKEN, train_bpe
 
     texts = [p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))]
     bpe = train_bpe(texts, 320)
@@ -166,7 +166,8 @@ def test_api_teacher_needs_a_key_or_a_server() -> None:
 
 def test_hf_model_and_api_model_as_humaneval_sources(hf_teacher_dir: Path, tmp_path: Path) -> None:
     from agent.cli import app
-    from nas.humaneval import STOP_SEQUENCES, HFModelSource, read_problems
+    from harness.humaneval import STOP_SEQUENCES, read_problems
+    from nas.hf import HFModelSource
 
     text = HFModelSource(str(hf_teacher_dir)).complete("def add(a, b):\n", 1, 0.0, 1.0, 8, STOP_SEQUENCES, 0)
     assert len(text) == 1 and isinstance(text[0], str)

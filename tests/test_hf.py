@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nas.hf import NotExportable, export_hf, load_hf_as_codelm, to_hf_config
 from nas.model import build_model
 from nas.space import ArchConfig
-from nas.tokenizer import train_bpe
+from harness.tokenizer import train_bpe
 
 LLAMA_ARCHS = [
     ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=160, context_length=64),

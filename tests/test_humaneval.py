@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from nas.humaneval import (GenerationSettings, OurModelSource, evaluate_samples, generate_samples, mean_pass_at_k,
+from harness.humaneval import (GenerationSettings, evaluate_samples, generate_samples, mean_pass_at_k,
                            pass_at_k, read_problems, truncate_at_stop, write_jsonl)
+from nas.run_folder import OurModelSource
 from sandbox.isolation import ExecLimits
 
 PROBLEMS = read_problems()

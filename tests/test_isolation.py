@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.humaneval import read_problems, write_jsonl
+from harness.humaneval import read_problems, write_jsonl
 from sandbox.isolation import CGROUP_PREFIX, RUNNER_TAG, SANDBOX_UID_BASE, SANDBOX_UID_SPAN, ExecLimits, probe, run_program
 
 AUTONAS = str(Path(sys.executable).with_name("autonas"))

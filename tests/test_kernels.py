@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from kernels.compress import CompressConfig, compress, load_run
 from kernels.prune import PruneSpec, input_norms, prune_ffn_channels, prune_unstructured, prunable_linears
 from kernels.quant import dequantize, for_runtime, load_int8, quantize_per_channel, save_int8
-from nas.data import CorpusSpec, prepare_corpus
-from nas.errors import UserError
+from harness.data import CorpusSpec, prepare_corpus
+from harness.errors import UserError
 from nas.model import build_model
 from nas.space import ArchConfig
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels.latency import StaticDecodeStep, cpu_threads, measure_decode
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.model import build_model
 from nas.space import ArchConfig
 

@@ -19,7 +19,7 @@ from agent.offline import OfflinePlanner
 from agent.planner import Planner
 from agent.plans import PlanContext
 from agent.prompting import Prompts
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.space import ArchConfig
 from tests.llm_server import Reply, ScriptedLLMServer, anthropic_text, anthropic_tool, error, openai_text, openai_tool
 

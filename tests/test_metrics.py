@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data import CorpusSpec, prepare_corpus
-from nas.metrics import arch_metrics, eval_token_count, evaluate_bpb, measure_latency
+from harness.data import CorpusSpec, prepare_corpus
+from harness.metrics import eval_token_count, evaluate_bpb, measure_latency
+from nas.counting import arch_metrics
 from nas.model import build_model
 from nas.space import ArchConfig
 

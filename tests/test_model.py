@@ -3,7 +3,7 @@ import torch
 
 from nas.model import build_model
 from nas.space import ArchConfig
-from nas.tokenizer import ByteTokenizer
+from harness.tokenizer import ByteTokenizer
 
 VARIANTS = [
     ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=128, context_length=64),

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from nas.objectives import SearchLimits, parse_objectives
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.pareto import crowding_distance, dominates, hypervolume, non_dominated_sort, pareto_front, rank_order
 from nas.space import ArchConfig
 

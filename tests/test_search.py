@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from nas.data import CorpusSpec
+from harness.data import CorpusSpec
 from nas.objectives import SearchLimits
 from nas.search import Search, SearchConfig
 from nas.space import ArchConfig
@@ -268,7 +268,7 @@ def test_corrupted_storage_file_is_a_clear_error(tmp_path, small_corpus_dir):
 
 
 def test_latency_limit_is_checked_on_the_untrained_model(tmp_path, small_corpus_dir):
-    from nas.errors import UserError
+    from harness.errors import UserError
 
     out = tmp_path / "s"
     cfg = _cfg(out, small_corpus_dir, trials=1, screen_batch=2, limits=SearchLimits(max_latency_ms=1e-6))
@@ -283,7 +283,7 @@ def test_latency_limit_is_checked_on_the_untrained_model(tmp_path, small_corpus_
 
 
 def test_wall_clock_budget_ends_the_search_and_resume_checks_the_config(tmp_path, small_corpus_dir):
-    from nas.errors import UserError
+    from harness.errors import UserError
 
     out = tmp_path / "s"
     summary = Search(_cfg(out, small_corpus_dir, trials=None, budget="8s", stage1_budget="2s", screen=False), live=False).run()

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nas.counting import count_params, flops_per_token, size_bytes
-from nas.errors import UserError
+from harness.errors import UserError
 from nas.model import build_model
 from nas.space import GENES, SPACES, ArchConfig, ArchConstraints, SearchSpace, get_space
 

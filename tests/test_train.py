@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from nas.data import CorpusSpec, prepare_corpus
-from nas.metrics import evaluate_bpb
+from harness.data import CorpusSpec, prepare_corpus
+from harness.metrics import evaluate_bpb
 from nas.model import build_model
 from nas.space import ArchConfig
 from nas.train import Trainer, TrainConfig, lr_multiplier, prepare_run_dir
@@ -239,7 +239,7 @@ def test_arch_cli_sample_and_show(tmp_path):
 
 
 def test_bpe_run_folder_carries_its_tokenizer(tmp_path, small_corpus_dir):
-    from nas.tokenizer import BPETokenizer
+    from harness.tokenizer import BPETokenizer
 
     spec = CorpusSpec(source=str(small_corpus_dir))
     corpus = prepare_corpus(spec, "bpe:512")

@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.errors import UserError
-from nas.tokenizer import (BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer_file, parse_tokenizer_spec,
+from harness.errors import UserError
+from harness.tokenizer import (BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer_file, parse_tokenizer_spec,
                            tokenizer_file, train_bpe)
 
 Split = Literal["train", "val", "heldout"]

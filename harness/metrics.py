@@ -19,24 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.counting import count_params, flops_per_token, size_bytes
-from nas.model import CodeLM
-from nas.space import ArchConfig
-
-
-def arch_metrics(arch: ArchConfig) -> dict[str, int]:
-    """Size and cost figures known before training (units in the keys)."""
-    c = count_params(arch)
-    return {
-        "params": c.total,
-        "params_non_embedding": c.non_embedding,
-        "size_bytes_fp32": size_bytes(arch, "fp32"),
-        "size_bytes_fp16": size_bytes(arch, "fp16"),
-        "size_bytes_int8": size_bytes(arch, "int8"),
-        "flops_per_token": flops_per_token(arch),
-        "n_layers": arch.n_layers,
-        "d_model": arch.d_model,
-    }
 
 
 @dataclass(frozen=True)
@@ -60,7 +42,7 @@ def eval_token_count(tokens: np.ndarray, token_bytes: np.ndarray, max_bytes: int
 
 @torch.no_grad()
 def evaluate_bpb(
-    model: CodeLM,
+    model: torch.nn.Module,
     tokens: np.ndarray,
     token_bytes: np.ndarray,
     max_bytes: int | None = 262_144,
@@ -144,7 +126,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def measure_latency(
-    model: CodeLM,
+    model: torch.nn.Module,
     prompt_tokens: int = 32,
     decode_tokens: int = 32,
     warmup: int = 2,
@@ -207,4 +189,4 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "p50": _percentile(values, 0.5), "p90": _percentile(values, 0.9)}
 
 
-__all__ = ["arch_metrics", "EvalResult", "evaluate_bpb", "LatencyResult", "measure_latency", "peak_memory_mb", "asdict"]
+__all__ = ["EvalResult", "evaluate_bpb", "LatencyResult", "measure_latency", "peak_memory_mb", "asdict"]

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from nas.errors import UserError
+from harness.errors import UserError
 from sandbox.isolation import ExecLimits, ExecResult, Isolation, SandboxUnavailable, probe, run_program
 
 # The stop sequences of the Codex paper (Chen et al., 2021): a completion ends at the next top-level line.
@@ -262,60 +262,3 @@ def generate_samples(
             if progress:
                 progress(i, len(todo))
     return out_file
-
-
-class OurModelSource:
-    """A model trained by ``autonas train`` / search / distill: a run folder with arch.json + model.safetensors."""
-
-    def __init__(self, run_dir: Path, device: str = "cpu"):
-        import torch
-
-        from nas.run_folder import load_trained_model
-
-        run_dir = Path(run_dir)
-        self.model, self.tokenizer = load_trained_model(run_dir)
-        self.model.to(torch.device(device))
-        self.name = f"autonas:{run_dir.name}"
-
-    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str], seed: int) -> list[str]:
-        import torch
-
-        ids = [self.tokenizer.eos_id, *self.tokenizer.encode(prompt)]
-        out = []
-        for i in range(n):
-            gen = torch.Generator().manual_seed(seed + i)
-            g = self.model.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                                    eos_id=self.tokenizer.eos_id, stop=stop, decode=self.tokenizer.decode, generator=gen)
-            out.append(g.text or "")
-        return out
-
-
-class HFModelSource:
-    """A local Hugging Face causal LM (a folder written by ``save_pretrained``, or a cached hub id)."""
-
-    def __init__(self, path: str, device: str = "cpu"):
-        from nas.hf import load_hf_causal_lm
-
-        self.model, self.tokenizer = load_hf_causal_lm(path, device)
-        self.name = f"hf:{path}"
-
-    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str], seed: int) -> list[str]:
-        import torch
-
-        enc = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.eos_token_id,
-                                  "stop_strings": list(stop) or None, "tokenizer": self.tokenizer}
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-        else:
-            kwargs.update(do_sample=False)
-        out = []
-        for i in range(n):
-            torch.manual_seed(seed + i)
-            with torch.no_grad():
-                ids = self.model.generate(**enc, **kwargs)
-            text = self.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            out.append(truncate_at_stop(text, stop))
-        return out

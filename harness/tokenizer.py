@@ -15,7 +15,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
-from nas.errors import UserError
+from harness.errors import UserError
 
 EOS_TOKEN = "<|endoftext|>"
 # Document separators of other tokenizers a teacher may bring (GPT-2/StarCoder, Llama 2, Llama 3, Gemma).
