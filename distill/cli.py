@@ -42,6 +42,8 @@ def distill_command(
     student: Annotated[Path, typer.Option(help="student architecture JSON (e.g. from a NAS front)")],
     loss: Annotated[str, typer.Option(help="fkl, rkl, skl, srkl (token-level) or seq (sequence-level on teacher text)")] = "fkl",
     budget: Annotated[str, typer.Option(help="60s, 10m, 1h, or tokens: 2Mtok")] = "10m",
+    max_seconds: Annotated[Optional[float], typer.Option(help="hard wall-clock cap from the command's start (teacher loading "
+                                                              "included): training ends there even before its budget")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/distill-<student hash>-<loss>)")] = None,
     temperature: Annotated[float, typer.Option(help="KD temperature")] = 1.0,
     ce_weight: Annotated[float, typer.Option(help="weight of the hard-label cross-entropy in [0, 1]")] = 0.5,
@@ -71,7 +73,7 @@ def distill_command(
 
 
 @user_errors
-def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | None, temperature: float, ce_weight: float,
+def _distill(teacher: str, student: Path, loss: str, budget: str, max_seconds: float | None, out: Path | None, temperature: float, ce_weight: float,
              skew: float, topk: int, cache_topk: Path | None, adopt_teacher_vocab: bool, corpus: str, text_field: str | None, batch_size: int,
              lr: float, seed: int, device: str, eval_bytes: int, prompts: int, teacher_data: Path | None,
              teacher_base_url: str | None, teacher_max_tokens: int, concurrency: int, mode: str, tokenizer: str,
@@ -82,6 +84,8 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
     from nas.space import ArchConfig
     from nas.train import TrainConfig, prepare_run_dir, resolve_device
 
+    started = time.monotonic()  # --max-seconds counts from here
+    validate.number(max_seconds, "--max-seconds", gt=0, le=validate.MAX_BUDGET_S)
     if loss not in LOSSES:
         raise UserError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
     if mode not in ("mix", "replace"):
@@ -113,14 +117,15 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
             validate.text_file(teacher_data, "--teacher-data")
     arch = ArchConfig.load(student)
     parsed = validate.budget(budget, "--budget")
-    cfg = TrainConfig.from_budget(parsed, batch_size=batch_size, lr=lr, seed=seed, device=device, eval_bytes=eval_bytes)
+    cfg = TrainConfig.from_budget(parsed, batch_size=batch_size, lr=lr, seed=seed, device=device, eval_bytes=eval_bytes,
+                                  max_seconds=max_seconds)
     resolve_device(cfg.device)
     spec = CorpusSpec(source=corpus, text_field=text_field)
     out_dir = out or Path("runs") / f"distill-{arch.short_hash()}-{loss}"
     validate.output_dir(out_dir, "--out", overwrite=overwrite)
     if loss == "seq":
         _sequence_level(teacher, arch, spec, cfg, out_dir, prompts, teacher_data, teacher_base_url, teacher_max_tokens,
-                        concurrency, mode, tokenizer, seed, quiet, overwrite)
+                        concurrency, mode, tokenizer, seed, quiet, overwrite, started)
         return
     if teacher.startswith(("openai:", "anthropic:")):
         raise UserError(f"{teacher} is an API teacher: it gives text (and at most top-20 log-probs), not logits; "
@@ -142,7 +147,8 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, out: Path | No
     prepare_run_dir(out_dir, overwrite=overwrite)
     err_console.print(f"distilling {t.name} -> {arch.describe()} ({loss}, T={temperature:g}, ce {ce_weight:g}"
                       f"{f', top-{topk}' if topk else ''}) for {parsed.describe()} -> {out_dir}", highlight=False)
-    outcome = distill(t, arch, spec, cfg, kd, out_dir, topk or None, log_to_console=not quiet, cache_dir=cache_topk)
+    outcome = distill(t, arch, spec, cfg, kd, out_dir, topk or None, log_to_console=not quiet, cache_dir=cache_topk,
+                      started=started)
     _finish(outcome, out_dir)
 
 
@@ -153,7 +159,7 @@ def _finish(outcome: Any, out_dir: Path) -> None:
 
 def _sequence_level(teacher: str, arch: Any, spec: Any, cfg: Any, out_dir: Path, n_prompts: int, teacher_data: Path | None,
                     base_url: str | None, max_tokens: int, concurrency: int, mode: str, tokenizer: str, seed: int,
-                    quiet: bool, overwrite: bool) -> None:
+                    quiet: bool, overwrite: bool, started: float | None = None) -> None:
     from distill.api_teacher import APITeacher, APITeacherSpec, generate_teacher_data, prompts_from_corpus
     from distill.train import sequence_distill
     from harness.data import load_documents, split_documents
@@ -178,7 +184,8 @@ def _sequence_level(teacher: str, arch: Any, spec: Any, cfg: Any, out_dir: Path,
     elif teacher_data is None or not teacher_data.is_file():
         raise UserError("--loss seq needs an API teacher (openai:<model> / anthropic:<model>) or an existing --teacher-data file")
     prepare_run_dir(out_dir, overwrite=overwrite)
-    outcome = sequence_distill(data_file, arch, spec, tokenizer, cfg, out_dir, mode, log_to_console=not quiet)  # type: ignore[arg-type]
+    outcome = sequence_distill(data_file, arch, spec, tokenizer, cfg, out_dir, mode, log_to_console=not quiet,  # type: ignore[arg-type]
+                               started=started)
     _finish(outcome, out_dir)
 
 

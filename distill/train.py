@@ -100,8 +100,9 @@ def teacher_val_bpb(teacher: Teacher, corpus: TokenizedCorpus, cfg: TrainConfig,
 
 def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, train: TrainConfig, loss: KDLossConfig,
             out: Path, topk: int | None = None, log_to_console: bool = True, eval_teacher: bool = True,
-            cache_dir: Path | None = None) -> TrainOutcome:
+            cache_dir: Path | None = None, started: float | None = None) -> TrainOutcome:
     """Token-level KD of ``teacher`` into ``student`` (already reconciled) under ``train``'s budget.
+    ``started`` (``time.monotonic()``) is where ``train.max_seconds`` counts from (default: now).
 
     With ``topk`` and ``cache_dir``, the teacher's top-k log-probs are read from / written to a disk
     cache shared by every student distilled from the same teacher."""
@@ -114,6 +115,8 @@ def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, trai
     hook = KDLossHook(teacher, loss, topk, cache)
     trainer = Trainer(student, corpus, train, out, corpus_spec, teacher.tokenizer_spec, log_to_console=log_to_console,
                       loss_fn=hook, extra_record={"distill": {"teacher": teacher.name, "loss": loss.model_dump(), "topk": topk}})
+    if started is not None:
+        trainer.started = started
     teacher.to(trainer.device)
 
     def extra() -> dict[str, Any]:
@@ -145,7 +148,8 @@ def corpus_with_teacher_text(base: TokenizedCorpus, teacher_tokens: np.ndarray, 
 
 
 def sequence_distill(teacher_jsonl: Path, student: ArchConfig, corpus_spec: CorpusSpec, tokenizer: str, train: TrainConfig,
-                     out: Path, mode: Literal["replace", "mix"] = "mix", log_to_console: bool = True) -> TrainOutcome:
+                     out: Path, mode: Literal["replace", "mix"] = "mix", log_to_console: bool = True,
+                     started: float | None = None) -> TrainOutcome:
     """Sequence-level KD: cross-entropy on the teacher's completions (prompt + completion as documents)."""
     from distill.api_teacher import read_generations
 
@@ -163,4 +167,6 @@ def sequence_distill(teacher_jsonl: Path, student: ArchConfig, corpus_spec: Corp
     trainer = Trainer(student, corpus, train, out, corpus_spec, tokenizer, log_to_console=log_to_console,
                       extra_record={"distill": {"teacher_data": str(Path(teacher_jsonl).resolve()), "loss": "seq", "mode": mode}},
                       extra_metrics=lambda: {"kd_loss": "seq", "kd_teacher_samples": len(rows), "kd_mode": mode})
+    if started is not None:
+        trainer.started = started
     return trainer.run()

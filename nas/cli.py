@@ -11,6 +11,7 @@ import json
 import math
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -118,6 +119,8 @@ def _check_space(space: str) -> None:
 def train_command(
     arch: Annotated[Optional[Path], typer.Option(help="architecture JSON (default: the default ArchConfig)")] = None,
     budget: Annotated[str, typer.Option(help="60s, 10m, 1h, or tokens: 500ktok, 2Mtok")] = "60s",
+    max_seconds: Annotated[Optional[float], typer.Option(help="hard wall-clock cap from the command's start: training "
+                                                              "ends there even before its budget (a partial, 'capped' run)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/train-<arch hash>)")] = None,
     tokenizer: Annotated[str, typer.Option(help="byte, or bpe:<vocab> (e.g. bpe:4096)")] = "byte",
     corpus: Annotated[str, typer.Option(help="stdlib, a .jsonl/.parquet/.txt file, a folder of .py files, or a hub name")] = "stdlib",
@@ -139,7 +142,7 @@ def train_command(
 
 
 @user_errors
-def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, corpus: str, text_field: str | None,
+def _train(arch: Path | None, budget: str, max_seconds: float | None, out: Path | None, tokenizer: str, corpus: str, text_field: str | None,
            batch_size: int, grad_accum: int, lr: float, seed: int, device: str, compile: bool, eval_bytes: int,
            checkpoint_every: float, hf: bool, overwrite: bool, quiet: bool) -> None:
     from harness.data import prepare_corpus
@@ -147,8 +150,10 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
     from harness.tokenizer import parse_tokenizer_spec
     from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
 
+    started = time.monotonic()  # --max-seconds counts from here: corpus preparation is inside the cap
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
     parsed_budget = validate.budget(budget, "--budget")
+    validate.number(max_seconds, "--max-seconds", gt=0, le=validate.MAX_BUDGET_S)
     validate.seed(seed)
     validate.number(batch_size, "--batch-size", le=65_536)
     validate.number(grad_accum, "--grad-accum", le=65_536)
@@ -161,7 +166,8 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
         validate.input_file(arch, "--arch")
     arch_cfg = ArchConfig.load(arch) if arch is not None else ArchConfig(vocab_size=vocab)
     cfg = TrainConfig.from_budget(parsed_budget, batch_size=batch_size, grad_accum=grad_accum, lr=lr, seed=seed,
-                                  device=device, compile=compile, eval_bytes=eval_bytes, checkpoint_every_s=checkpoint_every)
+                                  device=device, compile=compile, eval_bytes=eval_bytes, checkpoint_every_s=checkpoint_every,
+                                  max_seconds=max_seconds)
     resolve_device(cfg.device)
     spec = CorpusSpec(source=corpus, text_field=text_field)
     out_dir = out or Path("runs") / f"train-{arch_cfg.short_hash()}"
@@ -169,6 +175,7 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
     with err_console.status(f"preparing corpus {corpus!r} with tokenizer {tokenizer} ..."):
         data = prepare_corpus(spec, tokenizer)
     trainer = Trainer(arch_cfg, data, cfg, out_dir, spec, tokenizer, log_to_console=not quiet)
+    trainer.started = started
     prepare_run_dir(out_dir, overwrite=overwrite)
     err_console.print(f"training {arch_cfg.describe()} for {parsed_budget.describe()} on {trainer.device} -> {out_dir}",
                       highlight=False)
@@ -184,6 +191,9 @@ def exit_unless_finished(outcome: Any, out_dir: Path) -> None:
     if outcome.status == "interrupted":
         err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
         raise typer.Exit(130)
+    if outcome.status == "capped":
+        err_console.print(f"[bold red]stopped early:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
+        raise typer.Exit(1)
     if outcome.status != "ok":
         err_console.print(f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
         raise typer.Exit(1)

@@ -45,7 +45,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 Strategy = Literal["nsga2", "evolution", "random"]
 STOP_FILE = "STOP"
-TRAINED_STATUSES = ("ok", "diverged", "failed", "timeout", "crashed", "interrupted")
+TRAINED_STATUSES = ("ok", "diverged", "capped", "failed", "timeout", "crashed", "interrupted")
 
 
 class SearchConfig(BaseModel):
@@ -285,7 +285,15 @@ class Search:
         return TrialSpec(number=number, stage=stage, arch=arch, budget=budget,
                          out_dir=str(self.out / "trials" / f"s{stage}-{number:05d}"), corpus=self.cfg.corpus,
                          tokenizer=self.cfg.tokenizer, batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.cfg.seed,
-                         eval_bytes=self.cfg.eval_bytes, time_limit_s=_time_limit(budget, self.cfg.trial_timeout_s))
+                         eval_bytes=self.cfg.eval_bytes, time_limit_s=_time_limit(budget, self.cfg.trial_timeout_s),
+                         max_seconds=self._time_left())
+
+    def _time_left(self) -> float | None:
+        """Seconds left of the search's wall-clock --budget (None without one): a trial's wall cap, so the search
+        ends by its budget even when its trials' token budgets would take longer."""
+        if self.cfg.budget is None:
+            return None
+        return max(1.0, parse_budget(self.cfg.budget).seconds - self.elapsed())  # type: ignore[operator]
 
     def _submit(self, stage: int, trial_number: int, arch: ArchConfig) -> None:
         spec = self._spec(trial_number, stage, arch)

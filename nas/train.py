@@ -2,8 +2,12 @@
 
 Budgets are wall-clock seconds of training or a token count (whichever ends first); the learning-rate
 schedule (linear warm-up, cosine decay to ``min_lr_ratio``) follows the fraction of the budget spent, so
-a time budget needs no step count known in advance. A run folder holds ``run.json`` (what was asked),
-``log.txt``, ``ckpt/`` while it runs, and at the end ``model.safetensors``, ``metrics.json`` and
+a time budget needs no step count known in advance. A token budget gives the same number on a loaded
+machine as on an idle one; ``max_seconds`` is a separate hard wall-clock cap (counted from the trainer's
+creation, or ``Trainer.started``) that ends a run before its budget: such a run is ``capped``, a partial
+result that is not evaluated and never compared with finished ones. ``metrics.json`` says what ended the
+training (``stopped_by``: tokens, time, wall_cap or diverged). A run folder holds ``run.json`` (what was
+asked), ``log.txt``, ``ckpt/`` while it runs, and at the end ``model.safetensors``, ``metrics.json`` and
 ``arch.json``. ``metrics.json`` is written last, atomically: its presence means the run finished.
 """
 
@@ -46,6 +50,7 @@ class TrainConfig(BaseModel):
 
     budget_s: float | None = Field(None, gt=0, description="seconds of training (excluding eval/checkpoints)")
     budget_tokens: int | None = Field(None, gt=0)
+    max_seconds: float | None = Field(None, gt=0, description="hard wall-clock cap: training stops here even before its budget")
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -134,7 +139,7 @@ def build_optimizer(model: CodeLM, cfg: TrainConfig, device: torch.device) -> to
 
 @dataclass
 class TrainOutcome:
-    status: str  # ok | diverged | interrupted
+    status: str  # ok | diverged | capped | interrupted
     metrics: dict[str, Any]
     reason: str = ""
 
@@ -212,6 +217,7 @@ class Trainer:
         self.log_to_console = log_to_console
         self.loss_fn, self.extra_record, self.extra_metrics = loss_fn, extra_record or {}, extra_metrics
         self.init_weights, self.keep_zeros = init_weights, keep_zeros
+        self.started = time.monotonic()  # the wall cap counts from here; a command may set it to its own start
         self.device = resolve_device(cfg.device)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
@@ -307,6 +313,9 @@ class Trainer:
         wall_base = state["wall_s"]
         with _StopRequest() as stop, progress_bar:
             while progress() < 1.0:
+                if cfg.max_seconds is not None and time.monotonic() - self.started >= cfg.max_seconds:
+                    status, reason = "capped", self._cap_reason(state)
+                    break
                 t0 = time.perf_counter()
                 lr = cfg.lr * lr_multiplier(progress(), cfg.warmup_frac, cfg.min_lr_ratio)
                 for group in opt.param_groups:
@@ -369,6 +378,23 @@ class Trainer:
             return TrainOutcome(status, {}, reason)
         return self._finish(model, state, status, reason, last_loss)
 
+    def _cap_reason(self, state: dict[str, Any]) -> str:
+        cfg = self.cfg
+        done = (f"{state['tokens']:,} of {cfg.budget_tokens:,} tokens" if cfg.budget_tokens is not None
+                else f"{state['train_s']:.1f} of {cfg.budget_s:g} s of training")
+        return (f"wall-clock cap of {cfg.max_seconds:g}s reached after {done}: a partial result, not compared with "
+                "finished ones")
+
+    def _stopped_by(self, state: dict[str, Any], status: str) -> str:
+        """What ended the training: tokens, time (the budget), wall_cap or diverged."""
+        if status == "capped":
+            return "wall_cap"
+        if status != "ok":
+            return status
+        if self.cfg.budget_tokens is not None and state["tokens"] >= self.cfg.budget_tokens:
+            return "tokens"
+        return "time"
+
     def _finish(self, model: CodeLM, state: dict[str, Any], status: str, reason: str, last_loss: float) -> TrainOutcome:
         t_eval = time.perf_counter()
         metrics: dict[str, Any] = {"status": status, "fail_reason": reason}
@@ -382,6 +408,7 @@ class Trainer:
             "seed": self.cfg.seed,
             "steps": state["step"],
             "tokens_trained": state["tokens"],
+            "stopped_by": self._stopped_by(state, status),
             "train_s": round(state["train_s"], 3),
             "tokens_per_s": round(state["tokens"] / max(state["train_s"], 1e-9), 1),
             "train_loss_first": state["first_loss"],
@@ -389,6 +416,8 @@ class Trainer:
             "resumed_from_step": state.get("resumed_from_step", 0),
             "compile_s": state.get("compile_s", 0.0),
         })
+        metrics.update({k: v for k, v in (("budget_tokens", self.cfg.budget_tokens), ("budget_s", self.cfg.budget_s),
+                                          ("max_seconds", self.cfg.max_seconds)) if v is not None})
         if status == "ok":
             result = evaluate_bpb(model, self.corpus["val"], self.corpus.token_bytes, self.cfg.eval_bytes,
                                   self.cfg.eval_batch_size, self.device, self.autocast_dtype)

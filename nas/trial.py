@@ -21,7 +21,7 @@ from harness.data import CorpusSpec
 from harness.errors import UserError
 from nas.space import ArchConfig
 
-Status = Literal["ok", "diverged", "failed", "timeout", "crashed", "interrupted"]
+Status = Literal["ok", "diverged", "capped", "failed", "timeout", "crashed", "interrupted"]
 RESULT_FILES = ("metrics.json", "log.txt", "arch.json", "run.json")
 
 
@@ -43,6 +43,7 @@ class TrialSpec(BaseModel):
     device: str = "auto"
     eval_bytes: int = 262_144
     time_limit_s: float | None = None
+    max_seconds: float | None = None  # the trainer's wall cap: a trial ends cleanly (status capped) when it is hit
     measure_latency: bool = True
 
 
@@ -88,7 +89,7 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         corpus = _corpus(spec.corpus.model_dump_json(), spec.tokenizer)
         cfg = TrainConfig.from_budget(parse_budget(spec.budget), batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                                       device=spec.device, eval_bytes=spec.eval_bytes, measure_latency=spec.measure_latency,
-                                      checkpoint_every_s=30.0)
+                                      checkpoint_every_s=30.0, max_seconds=spec.max_seconds)
         prepare_run_dir(out)
         outcome = Trainer(spec.arch, corpus, cfg, out, spec.corpus, spec.tokenizer, log_to_console=False).run()
     except UserError as err:
