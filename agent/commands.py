@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from agent.settings import RunSettings
+from agent.settings import DEFAULT_EXPERIMENT_BUDGET, RunSettings
 from nas import validate
 from nas.cli import console, err_console, user_errors
 from harness.errors import UserError, describe_validation_error
@@ -150,7 +150,10 @@ def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
 def run_command(
     goal: Annotated[str, typer.Argument(help='e.g. "find the best Python code model under 8 MB"')],
     budget: Annotated[str, typer.Option(help="wall clock for the whole run: 10m, 8h")] = "10m",
-    experiment_budget: Annotated[str, typer.Option(help="training budget of one experiment")] = "60s",
+    experiment_budget: Annotated[str, typer.Option(help="training budget of one experiment, in tokens (500ktok, 2Mtok: the same "
+                                                        "number whatever the machine's load) or wall clock (60s)")] = DEFAULT_EXPERIMENT_BUDGET,
+    grace: Annotated[str, typer.Option(help="an experiment still running this long after --budget is killed (workers stop "
+                                            "cleanly at the budget: a partial result is a crash)")] = "30s",
     max_experiments: Annotated[Optional[int], typer.Option(min=1)] = None,
     max_cost: Annotated[Optional[float], typer.Option(help="USD cap on LLM spend (the offline planner spends none)")] = None,
     max_gpu_hours: Annotated[Optional[float], typer.Option()] = None,
@@ -185,7 +188,7 @@ def run_command(
 
 
 @user_errors
-def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | None, max_cost: float | None,
+def _run(goal: str, budget: str, experiment_budget: str, grace: str, max_experiments: int | None, max_cost: float | None,
          max_gpu_hours: float | None, search_trials: int, run_id: str | None, runs_dir: Path, tokenizer: str, corpus: str,
          eval_bytes: int, seed: int, planner: str, planner_model: str | None, judge: str | None, judge_model: str | None,
          base_url: str | None, judge_base_url: str | None, llm_timeout: float, price_in: float | None, price_out: float | None,
@@ -203,6 +206,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
     parse_goal(goal)
     total = validate.budget(budget, "--budget", time_only=True)
     validate.budget(experiment_budget, "--experiment-budget")
+    grace_s = validate.budget(grace, "--grace", time_only=True).seconds
     edit_timeout = validate.budget(editor_timeout, "--editor-timeout", time_only=True).seconds
     validate.seed(seed)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
@@ -222,7 +226,7 @@ def _run(goal: str, budget: str, experiment_budget: str, max_experiments: int | 
     editors = parse_editors(editor)
     run_id = _check_run_id(run_id or time.strftime("%Y%m%d-%H%M%S"))
     settings = RunSettings(run_id=run_id, goal=goal, runs_dir=str(runs_dir), budget_s=total.seconds,
-                           experiment_budget=experiment_budget, max_experiments=max_experiments, max_cost_usd=max_cost,
+                           experiment_budget=experiment_budget, grace_s=grace_s, max_experiments=max_experiments, max_cost_usd=max_cost,
                            max_gpu_hours=max_gpu_hours, search_trials=search_trials, tokenizer=tokenizer, corpus=corpus,
                            eval_bytes=eval_bytes, seed=seed,
                            planner=_llm_spec(planner, planner_model, base_url, llm_timeout, price_in, price_out),

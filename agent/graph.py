@@ -155,7 +155,7 @@ class ResearchAgent:
     def _plan_context(self, state: AgentState) -> PlanContext:
         g = self.goal
         return PlanContext(vocab_size=self.vocab, max_mb=g.max_mb, max_params=g.max_params, max_latency_ms=g.max_latency_ms,
-                           time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0),
+                           time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0), experiment_budget=self.s.experiment_budget,
                            models=tuple(model_runs(state.get("history", []))), has_incumbent=state.get("incumbent") is not None,
                            code_editing=self.s.code_editing)
 
@@ -189,7 +189,27 @@ class ResearchAgent:
             f"- {r.summary()}" + (f" (transcript {r.transcript})" if r.transcript else "") + "\n" for r in results))
         return {"edit": summary, **self._timed(state, t0)}
 
+    def _limits(self, own_s: float, state: AgentState) -> tuple[float, float]:
+        """(timeout, worker cap) of the next experiment. Budgets hold: the timeout is the experiment's own limit or, if
+        less, the time left in the run plus one grace period; the worker's own wall cap is the time left (and leaves a
+        reserve before the timeout), so a worker that would overrun stops at the run's budget and writes its metrics
+        (a partial result: a crash) before anything is killed."""
+        left = max(self.s.budget_s - state.get("elapsed_s", 0.0), 0.0)
+        timeout = min(own_s, left + self.s.grace_s)
+        return timeout, max(1.0, min(left, timeout - min(self.s.grace_s, 0.25 * timeout)))
+
     def _command(self, plan: dict[str, Any], out: Path, state: AgentState) -> tuple[list[str], float]:
+        cmd, own_s = self._own_command(plan, out, state)
+        timeout, cap = self._limits(own_s, state)
+        if plan["kind"] in ("train", "distill"):
+            cmd += ["--max-seconds", f"{cap:.1f}"]
+        elif plan["kind"] == "nas_search":  # the search stops sampling at its budget and caps its trials at what is left
+            cmd += ["--budget", f"{cap:.1f}s"]
+        return cmd, timeout
+
+    def _own_command(self, plan: dict[str, Any], out: Path, state: AgentState) -> tuple[list[str], float]:
+        """The worker's command line and its own time limit (a token budget's limit is generous: the run's time left
+        and the worker's wall cap are what bound it)."""
         s, cfg = self.s, plan["config"]
         py = [sys.executable, "-m", "nas"]
         if plan["kind"] == "distill":
@@ -270,7 +290,7 @@ class ResearchAgent:
                 metrics_path = scoring / "metrics.json"
                 if outcome.ok:
                     score_cmd, score_env = trusted_scoring(plan, ws.root / out, scoring)
-                    scored = run_limited(score_cmd, ws.root, scoring / "score.log", timeout_s=timeout,
+                    scored = run_limited(score_cmd, ws.root, scoring / "score.log", timeout_s=max(1.0, timeout - outcome.wall_s),
                                          memory_mb=self.s.memory_mb, env=score_env)
                     outcome = replace(scored, wall_s=outcome.wall_s + scored.wall_s)
                     for name in ("metrics.json", "samples.jsonl_results.jsonl"):  # the numbers beside the samples

@@ -69,7 +69,7 @@ class OfflinePlanner:
         if not searches:
             objectives = "bpb,bytes_int8" + (",latency" if self.goal.max_latency_ms else "")
             return SearchPlan(config=SearchConfigPlan(objectives=objectives, trials=self.search_trials,
-                                                      stage1_budget=_fraction(self.train_budget, 4), seed=self.seed,
+                                                      stage1_budget=budget_fraction(self.train_budget, 4), seed=self.seed,
                                                       max_mb=self.goal.max_mb, max_latency_ms=self.goal.max_latency_ms),
                               rationale="multi-objective search (bpb vs int8 size) to find shapes worth a full training")
         # 3. the search's front, best first, at the full budget
@@ -108,7 +108,8 @@ def _front_archs(search_record: dict[str, Any]) -> list[ArchConfig]:
     return [ArchConfig(**m["arch"]) for m in sorted(front, key=lambda m: m["objectives"]["bpb"])]
 
 
-def _fraction(budget: str, div: int) -> str:
+def budget_fraction(budget: str, div: int) -> str:
+    """``budget / div`` written as a budget of the same kind (a search's stage 1 is a fraction of one experiment)."""
     from harness.budget import parse_budget
 
     b = parse_budget(budget)

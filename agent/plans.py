@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from harness.budget import Budget
 from harness.errors import describe_validation_error
 from nas import validate
 from nas.space import ArchConfig
@@ -198,6 +199,7 @@ class PlanContext(BaseModel):
     models: tuple[str, ...] = ()  # ids of finished train/distill experiments (teachers / eval targets)
     has_incumbent: bool = False
     code_editing: bool = False  # the run has an editor that can change code (claude-code or gui)
+    experiment_budget: str | None = None  # the run's: every budget of a plan is of its kind (tokens or wall clock)
 
 
 def _check_model_ref(ref: str, field: str, ctx: PlanContext) -> None:
@@ -218,9 +220,36 @@ def _check_arch_and_budget(arch: ArchConfig, budget: str, ctx: PlanContext) -> N
     broken = ArchConstraints(max_bytes=max_bytes, max_params=ctx.max_params).violations(arch)
     if broken:
         raise PlanError("config.arch breaks the goal's limits: " + "; ".join(broken))
-    b = validate.budget(budget, "config.budget")
+    b = _check_budget_kind(budget, "config.budget", ctx)
     if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
         raise PlanError(f"config.budget {budget} is more than the {ctx.time_left_s:.0f}s left in the run")
+
+
+def _check_budget_kind(text: str, field: str, ctx: PlanContext) -> Budget:
+    """A plan's budget is of the kind of the run's experiment budget: with token budgets a wall-clock budget would
+    make its number depend on the machine's load (and the other way round, a token count has no known duration)."""
+    b = validate.budget(text, field)
+    if ctx.experiment_budget is not None:
+        run = validate.budget(ctx.experiment_budget, "experiment budget")
+        if (b.tokens is None) != (run.tokens is None):
+            kinds = ("tokens", "wall-clock time") if run.tokens is not None else ("wall-clock time", "tokens")
+            raise PlanError(f"{field} {text} is {kinds[1]} but this run counts experiment budgets in {kinds[0]} "
+                            f"(one experiment: {ctx.experiment_budget})")
+    return b
+
+
+def _default_budgets(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
+    """Budgets a plan left out are the run's (a search's stage 1: a quarter of it), not the schema's wall-clock defaults."""
+    from agent.offline import budget_fraction
+
+    if ctx.experiment_budget is None:
+        return plan
+    cfg = plan.config
+    if isinstance(plan, (TrainPlan, DistillPlan)) and "budget" not in cfg.model_fields_set:
+        return plan.model_copy(update={"config": cfg.model_copy(update={"budget": ctx.experiment_budget})})
+    if isinstance(plan, SearchPlan) and "stage1_budget" not in cfg.model_fields_set:
+        return plan.model_copy(update={"config": cfg.model_copy(update={"stage1_budget": budget_fraction(ctx.experiment_budget, 4)})})
+    return plan
 
 
 def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
@@ -234,6 +263,7 @@ def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
                         "leave code_change out")
     if plan.code_change and plan.kind in ("eval", "compress"):
         raise PlanError(f"code_change applies to train, distill and nas_search plans, not {plan.kind}")
+    plan = _default_budgets(plan, ctx)
     try:
         if isinstance(plan, TrainPlan):
             _check_arch_and_budget(plan.config.arch, plan.config.budget, ctx)
@@ -252,14 +282,14 @@ def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
             if plan.config.recover and not plan.config.prune:
                 raise PlanError("config.recover fine-tunes after pruning: set config.prune too")
             if plan.config.recover:
-                b = validate.budget(plan.config.recover, "config.recover")
+                b = _check_budget_kind(plan.config.recover, "config.recover", ctx)
                 if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
                     raise PlanError(f"config.recover {plan.config.recover} is more than the {ctx.time_left_s:.0f}s left")
             return plan
         cfg = plan.config
         get_space(cfg.space)
         parse_objectives(cfg.objectives)
-        b = validate.budget(cfg.stage1_budget, "config.stage1_budget")
+        b = _check_budget_kind(cfg.stage1_budget, "config.stage1_budget", ctx)
         if b.seconds is not None and b.seconds * cfg.trials > 2 * max(ctx.time_left_s, 1.0):
             raise PlanError(f"{cfg.trials} trials of {cfg.stage1_budget} do not fit in the {ctx.time_left_s:.0f}s left")
         limits = {"max_mb": _tighter(cfg.max_mb, ctx.max_mb), "max_latency_ms": _tighter(cfg.max_latency_ms, ctx.max_latency_ms)}

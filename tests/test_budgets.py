@@ -94,3 +94,99 @@ def test_bad_budgets_are_one_line_errors(tmp_path, args, message):
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# plans follow the kind of the run's experiment budget
+
+
+def _ctx(budget: str) -> PlanContext:
+    return PlanContext(vocab_size=256, time_left_s=600, experiment_budget=budget, models=("e001",), has_incumbent=True)
+
+
+def test_plan_budgets_follow_the_kind_of_the_experiment_budget():
+    arch = ArchConfig().model_dump()
+    train = {"kind": "train", "config": {"arch": arch}, "rationale": "baseline"}
+    assert check_plan(parse_plan(train), _ctx("500ktok")).config.budget == "500ktok"  # left out: the run's budget
+    assert check_plan(parse_plan(train), _ctx("45s")).config.budget == "45s"
+    search = check_plan(parse_plan({"kind": "nas_search", "config": {"trials": 3}, "rationale": "x"}), _ctx("400ktok"))
+    assert search.config.stage1_budget == "100000tok"
+    cases = [
+        ({**train, "config": {"arch": arch, "budget": "60s"}}, "500ktok", "config.budget 60s is wall-clock time but this run "
+                                                                         "counts experiment budgets in tokens"),
+        ({**train, "config": {"arch": arch, "budget": "2Mtok"}}, "60s", "config.budget 2Mtok is tokens"),
+        ({"kind": "distill", "config": {"teacher": "e001", "arch": arch, "budget": "1m"}, "rationale": "x"}, "1Mtok", "config.budget 1m"),
+        ({"kind": "nas_search", "config": {"stage1_budget": "10s"}, "rationale": "x"}, "1Mtok", "config.stage1_budget 10s"),
+        ({"kind": "compress", "config": {"target": "e001", "prune": "wanda:0.5", "recover": "20s"}, "rationale": "x"}, "1Mtok",
+         "config.recover 20s"),
+    ]
+    for raw, budget, message in cases:
+        with pytest.raises(PlanError, match=message):
+            check_plan(parse_plan(raw), _ctx(budget))
+    with_tokens = {**train, "config": {"arch": arch, "budget": "2Mtok"}}
+    assert check_plan(parse_plan(with_tokens), _ctx("500ktok")).config.budget == "2Mtok"
+
+
+def test_offline_plans_follow_the_kind_of_the_experiment_budget():
+    from agent.goal import parse_goal
+    from agent.offline import OfflinePlanner, budget_fraction
+
+    planner = OfflinePlanner(parse_goal("find the best Python code model under 2 MB"), 256, "600ktok", 4)
+    first = planner.propose([], None)
+    assert first.kind == "train" and first.config.budget == "600ktok"
+    history = [{"id": "e001", "plan": first.model_dump(), "decision": "keep"},
+               {"id": "e002", "plan": {**first.model_dump(), "config": {**first.model_dump()["config"], "seed": 1}}, "decision": "repeat"}]
+    search = planner.propose(history, history[0])
+    assert search.kind == "nas_search" and search.config.stage1_budget == "150000tok"
+    assert budget_fraction("40s", 4) == "10s" and budget_fraction("2ktok", 4) == "1000tok"
+
+
+# ------------------------------------------------------------------------------------------------
+# budgets hold: every experiment's limit is the smaller of its own and the time left (plus one grace period)
+
+
+def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
+    from agent.graph import ResearchAgent
+    from agent.settings import RunSettings
+
+    settings = RunSettings(run_id="t", goal="find the best Python code model under 2 MB", runs_dir=str(tmp_path),
+                           budget_s=300, grace_s=20, experiment_budget="500ktok")
+    agent = ResearchAgent(settings)
+    arch = ArchConfig().model_dump()
+    incumbent = {"id": "e001", "run_dir": str(tiny_run), "plan": {"kind": "train"}}
+    plans = [parse_plan({"kind": "train", "config": {"arch": arch, "budget": "500ktok"}, "rationale": "x"}),
+             parse_plan({"kind": "distill", "config": {"arch": arch, "budget": "500ktok"}, "rationale": "x"}),
+             parse_plan({"kind": "nas_search", "config": {"stage1_budget": "100ktok", "trials": 50}, "rationale": "x"}),
+             parse_plan({"kind": "compress", "config": {"target": "incumbent", "int8": True}, "rationale": "x"}),
+             parse_plan({"kind": "eval", "config": {"target": "incumbent"}, "rationale": "x"})]
+    for elapsed, left in ((240.0, 60.0), (310.0, 0.0)):
+        state = {"elapsed_s": elapsed, "incumbent": incumbent, "history": []}
+        for plan in plans:
+            cmd, timeout = agent._command(plan.model_dump(), Path("runs/e009"), state)
+            assert timeout == left + 20, (plan.kind, timeout)
+            if plan.kind in ("train", "distill"):
+                assert cmd[cmd.index("--max-seconds") + 1] == f"{max(left, 1.0):.1f}"
+            if plan.kind == "nas_search":
+                assert cmd[cmd.index("--budget") + 1] == f"{max(left, 1.0):.1f}s"
+    state = {"elapsed_s": 0.0, "incumbent": incumbent, "history": []}  # plenty of time: the experiment's own limits
+    timed = parse_plan({"kind": "train", "config": {"arch": arch, "budget": "20s"}, "rationale": "x"})
+    cmd, timeout = agent._command(timed.model_dump(), Path("runs/e009"), state)
+    assert timeout == 20 * 3 + 180 and float(cmd[cmd.index("--max-seconds") + 1]) == timeout - 20
+
+
+@pytest.mark.slow
+def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path, small_corpus_dir):
+    budget_s, grace_s = 25, 15
+    t0 = time.monotonic()
+    result = runner.invoke(app, ["run", "find the best Python code model under 2 MB", "--run-id", "o1", "--runs-dir", str(tmp_path),
+                                 "--budget", f"{budget_s}s", "--grace", f"{grace_s}s", "--experiment-budget", "50Mtok",
+                                 "--corpus", str(small_corpus_dir), "--eval-bytes", "4000"])
+    wall = time.monotonic() - t0
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "o1" / "workspace" / "results.tsv").read_text().splitlines()
+    assert len(rows) == 2 and "\tcrash\t" in rows[1] and "wall-clock cap" in rows[1]  # the one experiment, cut short
+    m = json.loads((tmp_path / "o1" / "workspace" / "runs" / "e001" / "metrics.json").read_text())
+    assert m["stopped_by"] == "wall_cap" and m["budget_tokens"] == 50_000_000 and 0 < m["tokens_trained"] < 50_000_000
+    assert m["max_seconds"] <= budget_s
+    assert (tmp_path / "o1" / "report.md").is_file()
+    assert wall < budget_s + grace_s, wall  # 50M tokens take hours here: the run's budget is what ended it
