@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nas import validate
 from nas.cli import OneLineErrors, _print_metrics, console, err_console, exit_unless_finished, user_errors
+from harness.budget import process_start
 from harness.errors import UserError
 
 eval_app = typer.Typer(help="Evaluate code ability (HumanEval pass@k).", no_args_is_help=True)
@@ -42,7 +43,7 @@ def distill_command(
     student: Annotated[Path, typer.Option(help="student architecture JSON (e.g. from a NAS front)")],
     loss: Annotated[str, typer.Option(help="fkl, rkl, skl, srkl (token-level) or seq (sequence-level on teacher text)")] = "fkl",
     budget: Annotated[str, typer.Option(help="60s, 10m, 1h, or tokens: 2Mtok")] = "10m",
-    max_seconds: Annotated[Optional[float], typer.Option(help="hard wall-clock cap from the command's start (teacher loading "
+    max_seconds: Annotated[Optional[float], typer.Option(help="hard wall-clock cap from the process' start (teacher loading "
                                                               "included): training ends there even before its budget")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/distill-<student hash>-<loss>)")] = None,
     temperature: Annotated[float, typer.Option(help="KD temperature")] = 1.0,
@@ -84,7 +85,7 @@ def _distill(teacher: str, student: Path, loss: str, budget: str, max_seconds: f
     from nas.space import ArchConfig
     from nas.train import TrainConfig, prepare_run_dir, resolve_device
 
-    started = time.monotonic()  # --max-seconds counts from here
+    started = process_start()  # --max-seconds counts from the worker's start
     validate.number(max_seconds, "--max-seconds", gt=0, le=validate.MAX_BUDGET_S)
     if loss not in LOSSES:
         raise UserError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")

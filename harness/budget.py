@@ -1,8 +1,11 @@
-"""Budgets written the way people say them: ``90s``, ``10m``, ``1.5h``, ``2M`` tokens (``2Mtok``)."""
+"""Budgets written the way people say them: ``90s``, ``10m``, ``1.5h``, ``2M`` tokens (``2Mtok``), and the clock a
+worker's wall-clock cap counts on (:func:`process_start`)."""
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from dataclasses import dataclass
 
 from harness.errors import UserError
@@ -37,3 +40,19 @@ def parse_budget(text: str) -> Budget:
             raise UserError(f"budget must be at least one token, got {text!r}")
         return Budget(tokens=tokens)
     raise UserError(f"unknown budget unit in {text!r}: use s, m, h, d for time or tok, ktok, Mtok for tokens")
+
+
+def process_start() -> float:
+    """When this process started, on the ``time.monotonic()`` clock: a worker's wall cap counts from here, so the
+    interpreter's start and the imports (seconds on a loaded machine) are inside the cap the agent set. Linux reads
+    it from /proc; elsewhere (or if /proc is unreadable) it is now."""
+    now = time.monotonic()
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # the command name may hold spaces: fields follow its ')'
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks after boot
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - age if 0 <= age < 86_400 * 365 else now

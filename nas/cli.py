@@ -11,7 +11,6 @@ import json
 import math
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -23,6 +22,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from nas import validate
+from harness.budget import process_start
 from harness.data import CorpusSpec
 from harness.errors import UserError, describe_validation_error
 
@@ -119,7 +119,7 @@ def _check_space(space: str) -> None:
 def train_command(
     arch: Annotated[Optional[Path], typer.Option(help="architecture JSON (default: the default ArchConfig)")] = None,
     budget: Annotated[str, typer.Option(help="60s, 10m, 1h, or tokens: 500ktok, 2Mtok")] = "60s",
-    max_seconds: Annotated[Optional[float], typer.Option(help="hard wall-clock cap from the command's start: training "
+    max_seconds: Annotated[Optional[float], typer.Option(help="hard wall-clock cap from the process' start: training "
                                                               "ends there even before its budget (a partial, 'capped' run)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/train-<arch hash>)")] = None,
     tokenizer: Annotated[str, typer.Option(help="byte, or bpe:<vocab> (e.g. bpe:4096)")] = "byte",
@@ -150,7 +150,7 @@ def _train(arch: Path | None, budget: str, max_seconds: float | None, out: Path 
     from harness.tokenizer import parse_tokenizer_spec
     from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
 
-    started = time.monotonic()  # --max-seconds counts from here: corpus preparation is inside the cap
+    started = process_start()  # --max-seconds counts from the worker's start: imports and corpus preparation are inside
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
     parsed_budget = validate.budget(budget, "--budget")
     validate.number(max_seconds, "--max-seconds", gt=0, le=validate.MAX_BUDGET_S)

@@ -295,6 +295,7 @@ class Trainer:
         last_loss = float("nan")
         window_loss = torch.zeros((), device=device)
         window_steps = 0
+        step_s = 0.0  # the last step's duration
         progress_bar = _Progress(self.log_to_console)
 
         def progress() -> float:
@@ -313,7 +314,8 @@ class Trainer:
         wall_base = state["wall_s"]
         with _StopRequest() as stop, progress_bar:
             while progress() < 1.0:
-                if cfg.max_seconds is not None and time.monotonic() - self.started >= cfg.max_seconds:
+                # the cap is a deadline: a step that would end past it is not started
+                if cfg.max_seconds is not None and time.monotonic() - self.started + step_s >= cfg.max_seconds:
                     status, reason = "capped", self._cap_reason(state)
                     break
                 t0 = time.perf_counter()
@@ -355,7 +357,8 @@ class Trainer:
                                                       f"first loss {state['first_loss']:.3f} at step {state['step']}")
                 if device.type == "cuda" and window_steps == 0:
                     torch.cuda.synchronize(device)
-                state["train_s"] += time.perf_counter() - t0
+                step_s = time.perf_counter() - t0
+                state["train_s"] += step_s
                 state["wall_s"] = wall_base + time.perf_counter() - wall_start
                 if window_steps == 0:
                     tps = state["tokens"] / max(state["train_s"], 1e-9)
