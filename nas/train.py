@@ -49,7 +49,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     budget_s: float | None = Field(None, gt=0, description="seconds of training (excluding eval/checkpoints)")
-    budget_tokens: int | None = Field(None, gt=0)
+    budget_tokens: int | None = Field(None, gt=0, description="tokens of training, rounded up to whole optimizer steps")
     max_seconds: float | None = Field(None, gt=0, description="hard wall-clock cap: training stops here even before its budget")
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
