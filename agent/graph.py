@@ -204,7 +204,7 @@ class ResearchAgent:
         if plan["kind"] in ("train", "distill"):
             cmd += ["--max-seconds", f"{cap:.1f}"]
         elif plan["kind"] == "nas_search":  # the search stops sampling at its budget and caps its trials at what is left
-            cmd += ["--budget", f"{cap:.1f}s"]
+            cmd += ["--budget", f"{cap:.1f}s", "--cap-trials"]
         return cmd, timeout
 
     def _own_command(self, plan: dict[str, Any], out: Path, state: AgentState) -> tuple[list[str], float]:

@@ -312,6 +312,8 @@ def search_command(
     strategy: Annotated[str, typer.Option(help="nsga2, evolution or random")] = "nsga2",
     trials: Annotated[Optional[int], typer.Option(min=1, help="stage-1 trainings")] = None,
     budget: Annotated[Optional[str], typer.Option(help="wall-clock budget of the search, e.g. 1h")] = None,
+    cap_trials: Annotated[bool, typer.Option(help="stop running trials at the end of --budget (partial results), so the "
+                                                  "search ends by it")] = False,
     stage1: Annotated[str, typer.Option(help="stage-1 training budget per trial (30s, 200ktok)")] = "30s",
     stage2: Annotated[str, typer.Option(help="stage-2 budget for promoted trials; 'none' to skip")] = "120s",
     eta: Annotated[int, typer.Option(min=2, help="promote the best 1/eta")] = 3,
@@ -349,6 +351,8 @@ def _search(**kw: Any) -> None:
 
     if kw["budget"] is not None:
         validate.budget(kw["budget"], "--budget", time_only=True)
+    elif kw["cap_trials"]:
+        raise UserError("--cap-trials stops trials at the end of --budget: give --budget too")
     validate.budget(kw["stage1"], "--stage1")
     if kw["stage2"] != "none":
         validate.budget(kw["stage2"], "--stage2")
@@ -376,7 +380,7 @@ def _search(**kw: Any) -> None:
                           max_latency_ms=kw["max_latency_ms"])
     cfg = SearchConfig(
         out=str(kw["out"]), space=kw["space"], objectives=kw["objectives"], strategy=kw["strategy"], limits=limits,
-        trials=kw["trials"], budget=kw["budget"], stage1_budget=kw["stage1"],
+        trials=kw["trials"], budget=kw["budget"], cap_trials=kw["cap_trials"], stage1_budget=kw["stage1"],
         stage2_budget=kw["stage2"], eta=kw["eta"], stage2_max=kw["stage2_max"],
         screen=kw["screen"], screen_proxy=kw["screen_proxy"], population=kw["population"], seed=kw["seed"],
         executor=kw["executor"], workers=kw["workers"], ray_address=kw["ray_address"], storage=kw["storage"],

@@ -60,6 +60,8 @@ class SearchConfig(BaseModel):
     limits: SearchLimits = SearchLimits()
     trials: int | None = Field(None, ge=1, description="stage-1 trainings to run (None: until the budget)")
     budget: str | None = Field(None, description="wall-clock budget of the whole search, e.g. 1h")
+    cap_trials: bool = Field(False, description="trials stop at the end of --budget (a capped trial is a partial result), "
+                                                "so the search ends by it; otherwise a running trial finishes")
     stage1_budget: str = "30s"
     stage2_budget: str | None = "120s"
     eta: int = Field(3, ge=2, description="promote the best 1/eta of stage 1")
@@ -286,14 +288,14 @@ class Search:
                          out_dir=str(self.out / "trials" / f"s{stage}-{number:05d}"), corpus=self.cfg.corpus,
                          tokenizer=self.cfg.tokenizer, batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.cfg.seed,
                          eval_bytes=self.cfg.eval_bytes, time_limit_s=_time_limit(budget, self.cfg.trial_timeout_s),
-                         max_seconds=self._time_left())
+                         deadline=self._deadline())
 
-    def _time_left(self) -> float | None:
-        """Seconds left of the search's wall-clock --budget (None without one): a trial's wall cap, so the search
-        ends by its budget even when its trials' token budgets would take longer."""
-        if self.cfg.budget is None:
+    def _deadline(self) -> float | None:
+        """With ``cap_trials``, the end of the search's --budget (``time.time()``): a trial's wall cap, so the search
+        ends by its budget even when its trials' token budgets would take longer (None: trials run to their budget)."""
+        if self.cfg.budget is None or not self.cfg.cap_trials:
             return None
-        return max(1.0, parse_budget(self.cfg.budget).seconds - self.elapsed())  # type: ignore[operator]
+        return time.time() + parse_budget(self.cfg.budget).seconds - self.elapsed()  # type: ignore[operator]
 
     def _submit(self, stage: int, trial_number: int, arch: ArchConfig) -> None:
         spec = self._spec(trial_number, stage, arch)

@@ -43,7 +43,7 @@ class TrialSpec(BaseModel):
     device: str = "auto"
     eval_bytes: int = 262_144
     time_limit_s: float | None = None
-    max_seconds: float | None = None  # the trainer's wall cap: a trial ends cleanly (status capped) when it is hit
+    deadline: float | None = None  # time.time() at which training stops (status capped): the search's budget holds
     measure_latency: bool = True
 
 
@@ -89,7 +89,8 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         corpus = _corpus(spec.corpus.model_dump_json(), spec.tokenizer)
         cfg = TrainConfig.from_budget(parse_budget(spec.budget), batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                                       device=spec.device, eval_bytes=spec.eval_bytes, measure_latency=spec.measure_latency,
-                                      checkpoint_every_s=30.0, max_seconds=spec.max_seconds)
+                                      checkpoint_every_s=30.0,
+                                      max_seconds=max(spec.deadline - time.time(), 1e-3) if spec.deadline is not None else None)
         prepare_run_dir(out)
         outcome = Trainer(spec.arch, corpus, cfg, out, spec.corpus, spec.tokenizer, log_to_console=False).run()
     except UserError as err:

@@ -170,7 +170,7 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
             if plan.kind in ("train", "distill"):
                 assert cmd[cmd.index("--max-seconds") + 1] == f"{max(left, 1.0):.1f}"
             if plan.kind == "nas_search":
-                assert cmd[cmd.index("--budget") + 1] == f"{max(left, 1.0):.1f}s"
+                assert cmd[cmd.index("--budget") + 1] == f"{max(left, 1.0):.1f}s" and "--cap-trials" in cmd
     state = {"elapsed_s": 0.0, "incumbent": incumbent, "history": []}  # plenty of time: the experiment's own limits
     timed = parse_plan({"kind": "train", "config": {"arch": arch, "budget": "20s"}, "rationale": "x"})
     cmd, timeout = agent._command(timed.model_dump(), Path("runs/e009"), state)
@@ -197,3 +197,24 @@ def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path
     # which starts when the set-up is done and its research loop starts)
     assert summary["elapsed_s"] < budget_s + grace_s, summary
     assert wall < budget_s + grace_s + 30, wall  # the set-up (imports, the workspace) on top
+
+
+def test_a_search_caps_its_token_trials_at_its_wall_clock_budget(tmp_path, small_corpus_dir):
+    """What the agent gives a nas_search experiment: --budget (the time left). Trials of a token budget far beyond it
+    stop at what is left of it, recorded as capped, and the search ends by its budget plus the trials' last step."""
+    import csv
+
+    from nas.search import Search, SearchConfig
+
+    out = tmp_path / "s"
+    cfg = SearchConfig(out=str(out), space="tiny", trials=3, budget="6s", cap_trials=True, stage1_budget="50Mtok", stage2_budget="none",
+                       eval_bytes=4000, batch_size=8, workers=1, population=3, screen=False,
+                       corpus=CorpusSpec(source=str(small_corpus_dir)))
+    summary = Search(cfg, live=False).run()
+    with open(out / "results.tsv") as fh:
+        trained = [r for r in csv.DictReader(fh, delimiter="\t") if r["status"] not in ("rejected", "not_run", "")]
+    assert trained and all(r["status"] == "capped" for r in trained), trained
+    for r in trained:
+        m = json.loads((out / "trials" / f"s1-{int(r['trial']):05d}" / "metrics.json").read_text())
+        assert m["stopped_by"] == "wall_cap" and m["max_seconds"] <= 6 and 0 <= m["tokens_trained"] < 50_000_000
+    assert summary["elapsed_s"] < 6 + 30, summary["elapsed_s"]  # not the hours 50M tokens would take
