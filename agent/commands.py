@@ -150,8 +150,8 @@ def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
 def run_command(
     goal: Annotated[str, typer.Argument(help='e.g. "find the best Python code model under 8 MB"')],
     budget: Annotated[str, typer.Option(help="wall clock for the whole run: 10m, 8h")] = "10m",
-    experiment_budget: Annotated[str, typer.Option(help="training budget of one experiment, in tokens (500ktok, 2Mtok: the same "
-                                                        "number whatever the machine's load) or wall clock (60s)")] = DEFAULT_EXPERIMENT_BUDGET,
+    experiment_budget: Annotated[str, typer.Option(help="training budget of one experiment, in tokens (500ktok, 2Mtok: the "
+                                                        "same number whatever the load) or wall clock (60s)")] = DEFAULT_EXPERIMENT_BUDGET,
     grace: Annotated[str, typer.Option(help="an experiment still running this long after --budget is killed (workers stop "
                                             "cleanly at the budget: a partial result is a crash)")] = "30s",
     max_experiments: Annotated[Optional[int], typer.Option(min=1)] = None,

@@ -74,9 +74,9 @@ def distill_command(
 
 
 @user_errors
-def _distill(teacher: str, student: Path, loss: str, budget: str, max_seconds: float | None, out: Path | None, temperature: float, ce_weight: float,
-             skew: float, topk: int, cache_topk: Path | None, adopt_teacher_vocab: bool, corpus: str, text_field: str | None, batch_size: int,
-             lr: float, seed: int, device: str, eval_bytes: int, prompts: int, teacher_data: Path | None,
+def _distill(teacher: str, student: Path, loss: str, budget: str, max_seconds: float | None, out: Path | None, temperature: float,
+             ce_weight: float, skew: float, topk: int, cache_topk: Path | None, adopt_teacher_vocab: bool, corpus: str,
+             text_field: str | None, batch_size: int, lr: float, seed: int, device: str, eval_bytes: int, prompts: int, teacher_data: Path | None,
              teacher_base_url: str | None, teacher_max_tokens: int, concurrency: int, mode: str, tokenizer: str,
              overwrite: bool, quiet: bool) -> None:
     from distill.losses import KDLossConfig

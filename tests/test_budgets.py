@@ -207,14 +207,27 @@ def test_a_search_caps_its_token_trials_at_its_wall_clock_budget(tmp_path, small
     from nas.search import Search, SearchConfig
 
     out = tmp_path / "s"
-    cfg = SearchConfig(out=str(out), space="tiny", trials=3, budget="6s", cap_trials=True, stage1_budget="50Mtok", stage2_budget="none",
+    cfg = SearchConfig(out=str(out), space="tiny", trials=2, budget="20s", cap_trials=True, stage1_budget="50Mtok", stage2_budget="none",
                        eval_bytes=4000, batch_size=8, workers=1, population=3, screen=False,
                        corpus=CorpusSpec(source=str(small_corpus_dir)))
     summary = Search(cfg, live=False).run()
     with open(out / "results.tsv") as fh:
-        trained = [r for r in csv.DictReader(fh, delimiter="\t") if r["status"] not in ("rejected", "not_run", "")]
-    assert trained and all(r["status"] == "capped" for r in trained), trained
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    trained = [r for r in rows if r["status"] not in ("rejected", "not_run", "")]
+    assert trained and all(r["status"] == "capped" for r in trained), [(r["status"], r["state"], r["reason"]) for r in rows]
     for r in trained:
         m = json.loads((out / "trials" / f"s1-{int(r['trial']):05d}" / "metrics.json").read_text())
-        assert m["stopped_by"] == "wall_cap" and m["max_seconds"] <= 6 and 0 <= m["tokens_trained"] < 50_000_000
-    assert summary["elapsed_s"] < 6 + 30, summary["elapsed_s"]  # not the hours 50M tokens would take
+        assert m["stopped_by"] == "wall_cap" and m["max_seconds"] <= 20 and 0 <= m["tokens_trained"] < 50_000_000
+    assert summary["elapsed_s"] < 20 + 30, summary["elapsed_s"]  # not the hours 50M tokens would take
+
+
+def test_distill_worker_stops_at_its_cap(tmp_path, small_corpus_dir, tiny_run):
+    out = tmp_path / "kd"
+    done = subprocess.run([sys.executable, "-m", "distill", "distill", "--teacher", str(tiny_run), "--student",
+                           str(tiny_run / "arch.json"), "--budget", "50Mtok", "--max-seconds", "12", "--out", str(out),
+                           "--corpus", str(small_corpus_dir), "--batch-size", "4", "--eval-bytes", "2000", "--device", "cpu",
+                           "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "capped" and m["stopped_by"] == "wall_cap" and m["max_seconds"] == 12
+    assert 0 < m["tokens_trained"] < 50_000_000 and m["kd_teacher"]
