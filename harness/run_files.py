@@ -192,13 +192,22 @@ def read_metrics(path: str | Path) -> RunMetrics:
         raise RunFileError(_one_line(str(err))) from None
     if data is None:
         raise MissingRunFile(f"{p} does not exist")
+    return parse_metrics(data, str(p))
+
+
+def parse_metrics(data: bytes | str, source: str = METRICS_FILE) -> RunMetrics:
+    """The contents of a ``metrics.json`` that arrived as bytes (e.g. from a remote worker), checked as
+    :func:`read_metrics` checks a file; ``source`` names it in the error."""
+    if len(data) > MAX_METRICS_BYTES:
+        raise RunFileError(f"{source} is {len(data)} bytes, more than the {MAX_METRICS_BYTES} allowed")
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        obj = json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise RunFileError(_one_line(f"{p} is not JSON ({type(err).__name__}: {err})")) from None
+        raise RunFileError(_one_line(f"{source} is not JSON ({type(err).__name__}: {err})")) from None
     if not isinstance(obj, dict):
-        raise RunFileError(f"{p} holds a JSON {type(obj).__name__}, not an object")
-    return _validate(obj, str(p))
+        raise RunFileError(f"{source} holds a JSON {type(obj).__name__}, not an object")
+    return _validate(obj, source)
 
 
 def append_log(out_dir: str | Path, line: str) -> None:
