@@ -7,7 +7,6 @@ and only the ``distill`` worker may talk to an LLM API (the API teacher).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nas import validate
 from nas.cli import OneLineErrors, _print_metrics, console, err_console, exit_unless_finished, user_errors
 from harness.errors import UserError
+from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE, append_log, write_metrics
 
 eval_app = typer.Typer(help="Evaluate code ability (HumanEval pass@k).", no_args_is_help=True)
 
@@ -25,12 +25,6 @@ eval_app = typer.Typer(help="Evaluate code ability (HumanEval pass@k).", no_args
 def _progress(label: str) -> Progress:
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
                     transient=False)
-
-
-def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    os.replace(tmp, out / "metrics.json")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,7 +49,7 @@ def distill_command(
     lr: Annotated[float, typer.Option()] = 3e-3,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
-    eval_bytes: Annotated[int, typer.Option(min=1)] = 262_144,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     prompts: Annotated[int, typer.Option(help="API teacher: code prompts cut from the corpus' train split")] = 200,
     teacher_data: Annotated[Optional[Path], typer.Option(help="API teacher: the JSONL data set (cached, resumable)")] = None,
     teacher_base_url: Annotated[Optional[str], typer.Option(help="API teacher: an OpenAI-compatible server")] = None,
@@ -298,7 +292,8 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
         except SandboxUnavailable as err:
             raise UserError(str(err)) from None
     if overwrite and out_dir is not None:  # a failure below must not leave the old figures looking new
-        (out_dir / "metrics.json").unlink(missing_ok=True)
+        for name in (METRICS_FILE, LOG_FILE):
+            (out_dir / name).unlink(missing_ok=True)
 
     from sandbox.isolation import ExecLimits
     from harness.humaneval import GenerationSettings, evaluate_samples, generate_samples, read_problems
@@ -308,7 +303,12 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
         probs = dict(list(probs.items())[:limit])
         ignore_incomplete = True
     limits = ExecLimits(timeout_s=timeout, memory_mb=memory_mb, unsafe_no_sandbox=unsafe_no_sandbox)
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"status": "ok", "kind": "eval"}
+    generate_s = 0.0
+    if out_dir is not None:
+        validate.make_dir(out_dir)
+        append_log(out_dir, f"humaneval: {len(probs)} problems, k {','.join(map(str, ks))}, "
+                            + (f"scoring {samples}" if samples is not None else f"model {model}, n {n}"))
     if samples is not None:
         target = samples
         generation = samples.parent / GENERATION_FILE  # written by --generate-only: which model wrote the samples
@@ -331,9 +331,11 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
             task = bar.add_task("gen", total=len(probs))
             generate_samples(source, probs, settings, target, lambda i, total: bar.update(task, completed=i, total=total))
         metrics.update({"humaneval_model": source.name, "humaneval_n": n, "humaneval_temperature": settings.temperature,
-                        "humaneval_generate_s": round(time.perf_counter() - t0, 3)})
+                        "humaneval_generate_s": round(time.perf_counter() - t0, 3), "seed": seed})
+        generate_s = metrics["humaneval_generate_s"]
+        append_log(out_dir, f"generated {target} with {source.name} in {generate_s:.1f} s")
         if generate_only:
-            (out_dir / GENERATION_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+            (out_dir / GENERATION_FILE).write_text(json.dumps({k: metrics[k] for k in GENERATION_KEYS}, indent=2) + "\n")
             console.print(f"wrote {target} ({len(probs)} problems x {n}); score it with --samples {target}", highlight=False)
             return
     with _progress("executing") as bar:
@@ -342,9 +344,11 @@ def _humaneval(model: str | None, samples: Path | None, k: str, n: int, temperat
                                   lambda i, total: bar.update(task, completed=i, total=total))
     metrics.update(report.as_metrics())
     metrics["humaneval_results_file"] = str(report.results_file)
+    metrics["wall_s"] = round(generate_s + report.wall_s, 3)  # this command's time (a recorded generation is not ours)
     if out_dir is not None:
-        validate.make_dir(out_dir)
-        _write_metrics(out_dir, metrics)
+        write_metrics(out_dir, metrics)
+        append_log(out_dir, "finished: " + ", ".join(f"{k} {v:.4f}" for k, v in report.pass_at.items())
+                   + f"; {report.passed}/{report.samples} samples passed")
     for key, value in report.pass_at.items():
         console.print(f"{key}: {value:.4f}", highlight=False)
     console.print(f"{report.passed}/{report.samples} samples passed over {report.problems} problems in {report.wall_s:.1f}s "
