@@ -17,6 +17,7 @@ from agent.settings import RunSettings
 from nas import validate
 from nas.cli import console, err_console, user_errors
 from harness.errors import UserError, describe_validation_error
+from harness.run_files import EVAL_BYTES
 
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -159,7 +160,7 @@ def run_command(
     runs_dir: Annotated[Path, typer.Option()] = Path("runs"),
     tokenizer: Annotated[str, typer.Option()] = "byte",
     corpus: Annotated[str, typer.Option()] = "stdlib",
-    eval_bytes: Annotated[int, typer.Option(min=1)] = 131_072,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     seed: Annotated[int, typer.Option()] = 0,
     planner: Annotated[str, typer.Option(help="auto (a key in the environment picks it, else offline), offline, anthropic, openai")] = "auto",
     planner_model: Annotated[Optional[str], typer.Option()] = None,

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.run_files import EVAL_BYTES
+
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def evaluate_bpb(
     model: torch.nn.Module,
     tokens: np.ndarray,
     token_bytes: np.ndarray,
-    max_bytes: int | None = 262_144,
+    max_bytes: int | None = EVAL_BYTES,
     batch_size: int = 16,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,

@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 from nas import validate
 from harness.data import CorpusSpec
 from harness.errors import UserError, describe_validation_error
+from harness.run_files import EVAL_BYTES
 
 err_console = Console(stderr=True)
 console = Console()
@@ -128,7 +129,7 @@ def train_command(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the training step")] = False,
-    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = 262_144,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     checkpoint_every: Annotated[float, typer.Option(help="seconds between checkpoints")] = 60.0,
     hf: Annotated[bool, typer.Option("--hf/--no-hf", help="also export a Hugging Face folder (Llama-family archs)")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
@@ -324,7 +325,7 @@ def search_command(
     tokenizer: Annotated[str, typer.Option()] = "byte",
     corpus: Annotated[str, typer.Option()] = "stdlib",
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    eval_bytes: Annotated[int, typer.Option(min=1)] = 131_072,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     quiet: Annotated[bool, typer.Option(help="no live table")] = False,
 ) -> None:
     """Multi-objective, multi-fidelity architecture search (resumable with --resume)."""
