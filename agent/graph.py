@@ -36,11 +36,12 @@ from agent.prompting import Prompts
 from agent.settings import RunSettings
 from harness.budget import parse_budget
 from harness.errors import UserError
+from harness.run_files import METRICS_FILE, MissingRunFile, RunFileError, RunMetrics, read_metrics
 from ccaa.editor import BuiltinEditor, EditInstruction
 from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
 from sandbox.runner import run_limited
-from sandbox.safe_files import UnsafeFile, copy_regular, read_json_object
+from sandbox.safe_files import UnsafeFile, copy_regular
 from sandbox.workspace import Workspace
 
 PROGRESS = Console(stderr=True, highlight=False)
@@ -244,12 +245,12 @@ class ResearchAgent:
         (ws.root / out).mkdir(parents=True, exist_ok=True)
         edit = state.get("edit")
         if edit and not edit["ok"]:
-            metrics = {"status": "crashed", "fail_reason": f"edit failed: {edit['error']}"}
+            metrics = RunMetrics.failure("crashed", f"edit failed: {edit['error']}").flat()
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         try:
             cmd, timeout = self._command(plan, out, state)
         except UserError as err:  # e.g. the teacher's run folder is gone: the experiment fails, the run goes on
-            metrics = {"status": "crashed", "fail_reason": str(err)}
+            metrics = RunMetrics.failure("crashed", str(err)).flat()
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         if plan["kind"] == "nas_search":
             cmd += search_continuation(ws.root / out, plan)
@@ -261,13 +262,13 @@ class ResearchAgent:
             outcome = run_limited(cmd, ws.root, log, timeout_s=timeout, memory_mb=self.s.memory_mb, env=experiment_env(ws),
                                   confinement=confinement)
         except (ConfinementUnavailable, UserError) as err:  # the experiment fails with the reason, the run goes on
-            metrics = {"status": "crashed", "fail_reason": str(err)}
+            metrics = RunMetrics.failure("crashed", str(err)).flat()
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
-        metrics_path = ws.root / out / "metrics.json"
+        metrics_path = ws.root / out / METRICS_FILE
         try:
             if plan["kind"] == "eval":  # only numbers the installed harness wrote, outside the workspace, count
                 scoring = (self.run_dir / "scoring" / exp_id).absolute()  # the scorer's working folder is the workspace
-                metrics_path = scoring / "metrics.json"
+                metrics_path = scoring / METRICS_FILE
                 if outcome.ok:
                     score_cmd, score_env = trusted_scoring(plan, ws.root / out, scoring)
                     scored = run_limited(score_cmd, ws.root, scoring / "score.log", timeout_s=timeout,
@@ -275,12 +276,15 @@ class ResearchAgent:
                     outcome = replace(scored, wall_s=outcome.wall_s + scored.wall_s)
                     for name in ("metrics.json", "samples.jsonl_results.jsonl"):  # the numbers beside the samples
                         copy_regular(scoring / name, ws.root / out / name, 256 * 2**20)  # replaces whatever stood there
-            metrics = read_json_object(metrics_path) if outcome.ok or plan["kind"] != "eval" else None
-        except UnsafeFile as err:  # a link, a FIFO, a huge or malformed file left by the worker: its experiment fails
-            metrics = {"status": "crashed", "fail_reason": str(err)}
+            # parsed and checked once, here; the judge, the record and the report see its flat dict
+            metrics = read_metrics(metrics_path).flat() if outcome.ok or plan["kind"] != "eval" else None
+        except MissingRunFile:
+            metrics = None
+        except (UnsafeFile, RunFileError) as err:  # a link, a FIFO, a huge, malformed or nested file: its experiment fails
+            metrics = RunMetrics.failure("crashed", str(err)).flat()
         if metrics is None:
-            metrics = {"status": "crashed", "fail_reason": ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
-                       + f"; see {out / 'worker.log'}"}
+            metrics = RunMetrics.failure("crashed", ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
+                                         + f"; see {out / 'worker.log'}").flat()
         return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": outcome.wall_s,
                 **self._timed(state, t0, worker_s=outcome.wall_s)}
 

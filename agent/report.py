@@ -83,6 +83,7 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
         m = incumbent["metrics"]
         lines += ["## Best model", "",
                   f"- experiment {incumbent['id']} (commit {incumbent['commit'][:10]}): val bpb {incumbent['val_bpb']:.4f}"
+                  + (f" on {m['eval_bytes']:,} validation bytes" if isinstance(m.get("eval_bytes"), int) else "")
                   + (f", first experiment {first['val_bpb']:.4f}" if first else ""),
                   f"- held-out bpb (locked split, read only here): {held:.4f}" if held is not None else "- held-out bpb: not available",
                   f"- int8 size {m.get('size_bytes_int8', 0) / 1e6:.3f} MB, {m.get('params', 0):,} parameters, "

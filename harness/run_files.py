@@ -91,9 +91,16 @@ class RunMetrics(BaseModel):
                 raise ValueError(f"{key}: {problem}")
         return self
 
+    @classmethod
+    def failure(cls, status: Status, reason: str) -> "RunMetrics":
+        """The metrics of a run that produced none of its own (the reason cut to fit the contract)."""
+        return cls(status=status, fail_reason=_one_line(reason, MAX_STRING_CHARS))
+
     def flat(self) -> dict[str, Any]:
-        """The keys the run wrote (typed and extra), as a plain dict: what the agent keeps in its state."""
-        return self.model_dump(exclude_unset=True)
+        """The keys the run wrote, as a plain dict (what the agent keeps in its state). A typed key written as
+        null reads as absent, so ``metrics.get("latency_ms_p50", 0)`` is always a number."""
+        typed = type(self).model_fields
+        return {k: v for k, v in self.model_dump(exclude_unset=True).items() if not (k in typed and v is None)}
 
 
 def _flat_problem(value: Any) -> str:
