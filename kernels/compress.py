@@ -3,8 +3,9 @@
 Reads a run folder (``arch.json``, ``model.safetensors``, ``run.json`` for its corpus and tokenizer) and
 never writes into it. Writes an output folder with the compressed model (``model.safetensors`` fp32
 with its zeros, ``model_int8.safetensors`` with ``--int8``), ``arch.json``, the tokenizer, and a flat
-``metrics.json``: val bpb before / after each stage on the same validation bytes, sizes on disk,
-sparsity, parameters and batch-1 decode latency before and after.
+``metrics.json`` (through ``harness.run_files``): val bpb before / after each stage on the same validation
+bytes, sizes on disk, sparsity, parameters and batch-1 decode latency before and after; and ``log.txt``, one
+line per stage, as every worker writes.
 """
 
 from __future__ import annotations
