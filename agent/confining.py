@@ -36,16 +36,21 @@ def experiment_confinement(ws: Workspace, settings: RunSettings, out: Path) -> C
     """None when the workspace carries no code (the installed code runs, as written by us)."""
     if not ws.has_code():
         return None
+    # not resolved: confine refuses a run folder that is, or passes through, a link planted in the workspace
+    return model_confinement(settings, writable=ws.root.absolute() / out, readable=(ws.root.absolute(),))
+
+
+def model_confinement(settings: RunSettings, writable: Path, readable: tuple[Path, ...]) -> Confinement:
+    """Confinement for a process that runs a model's edited code: it writes ``writable`` only and reads ``readable``,
+    the corpus, the token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``)."""
     from harness.data import cache_root
 
-    readable = [ws.root.absolute(), cache_root(), hf_cache() / "hub"]
+    paths = [*readable, cache_root(), hf_cache() / "hub"]
     corpus = Path(settings.corpus).expanduser()
     if corpus.exists():
-        readable.append(corpus.resolve())
-    # not resolved: confine refuses a run folder that is, or passes through, a link planted in the workspace
+        paths.append(corpus.resolve())
     memory = settings.memory_mb * 2**20 if settings.memory_mb else None
-    return Confinement(writable=(ws.root.absolute() / out,), readable=tuple(p for p in readable if p.exists()),
-                       memory_bytes=memory)
+    return Confinement(writable=(writable,), readable=tuple(p for p in paths if p.exists()), memory_bytes=memory)
 
 
 def prepare_shared_cache(settings: RunSettings) -> None:

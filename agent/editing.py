@@ -20,6 +20,7 @@ from agent.prompting import Prompts
 from agent.settings import RunSettings
 from ccaa.editor import BuiltinEditor, EditInstruction, Editor, EditorReport, EditResult, edit_with_fallback
 from harness.errors import UserError
+from harness.model_code import MODEL_CODE_ENV, off_limits_reason
 from sandbox import gitexe
 
 PATCH_NAME = "edit.patch"
@@ -90,7 +91,7 @@ def code_instruction(prompts: Prompts, plan: dict[str, Any], exp_id: str, title:
     text = prompts.render("editor", workspace=workspace, experiment=exp_id, title=title, rationale=plan["rationale"],
                           instructions=plan["code_change"])
     return EditInstruction(text=text, system_prompt=prompts.render("editor_system", workspace=workspace), log_dir=log_dir,
-                           timeout_s=timeout_s)
+                           timeout_s=timeout_s, off_limits=off_limits_reason)
 
 
 def replay_patch(history: list[dict[str, Any]], code_change: str) -> Path | None:
@@ -144,9 +145,11 @@ def edit_summary(results: list[EditResult], log_dir: Path) -> dict[str, Any]:
 
 
 def worker_env(workspace_has_code: bool, workspace: Path, base: Mapping[str, str]) -> dict[str, str]:
-    """Workers import the workspace's copy of the code first when the run carries one."""
+    """Workers run the workspace's model code when the run carries one (``AUTONAS_MODEL_CODE``); the harness and
+    the rest of ``nas`` always come from the installed package."""
     env = dict(base)
+    env.pop(MODEL_CODE_ENV, None)
+    env["PYTHONSAFEPATH"] = "1"  # the working folder (the workspace) is never on the import path: a planted harness/ stays out
     if workspace_has_code:
-        env["PYTHONPATH"] = os.pathsep.join([str(workspace.resolve())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env[MODEL_CODE_ENV] = str(workspace.resolve())
     return env
-

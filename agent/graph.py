@@ -33,14 +33,16 @@ from agent.offline import OfflinePlanner, group_key
 from agent.planner import Planner
 from agent.plans import MODEL_KINDS, PlanContext
 from agent.prompting import Prompts
+from agent.reproduce import COMMAND_FILE, WorkerCommand, stored_command
 from agent.settings import RunSettings
 from harness.budget import parse_budget
 from harness.errors import UserError
+from harness.model_code import CODE_DIR, CODE_RECORD, code_files, read_code_record, stamp_commit, write_code_record
 from ccaa.editor import BuiltinEditor, EditInstruction
 from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
 from sandbox.runner import run_limited
-from sandbox.safe_files import UnsafeFile, copy_regular, read_json_object
+from sandbox.safe_files import UnsafeFile, copy_regular, read_json_object, remove
 from sandbox.workspace import Workspace
 
 PROGRESS = Console(stderr=True, highlight=False)
@@ -255,6 +257,8 @@ class ResearchAgent:
             cmd += search_continuation(ws.root / out, plan)
         log = ws.root / out / "worker.log"
         try:
+            if ws.has_code():
+                code_files(ws.root)  # a workspace whose nas/ would replace fixed code is refused before anything runs
             confinement = experiment_confinement(ws, self.s, out)
             if confinement is not None:
                 prepare_shared_cache(self.s)
@@ -263,6 +267,10 @@ class ResearchAgent:
         except (ConfinementUnavailable, UserError) as err:  # the experiment fails with the reason, the run goes on
             metrics = {"status": "crashed", "fail_reason": str(err)}
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
+        # what re-makes this result, written by us after the worker is gone (its own copies are not trusted)
+        stored_command(cmd, out, timeout, ws.has_code()).save(ws.root / out)
+        if plan["kind"] in MODEL_KINDS and (ws.root / out / "model.safetensors").is_file():
+            write_code_record(ws.root / out, ws.root if ws.has_code() else None, commit=ws.repo.head.commit.hexsha)
         metrics_path = ws.root / out / "metrics.json"
         try:
             if plan["kind"] == "eval":  # only numbers the installed harness wrote, outside the workspace, count
@@ -357,11 +365,14 @@ class ResearchAgent:
                                   ("size_bytes_on_disk_int8", "size-on-disk-int8-bytes"), ("val_bpb_change_pct", "bpb-change-pct")):
                     if key in metrics:
                         trailers[name] = metrics[key]
+                trailers.update(self._provenance(plan, state.get("run_dir"), metrics))
                 if verdict.get("delta") is not None:
                     trailers["delta-bpb"] = verdict["delta"]
                 if verdict.get("noise") is not None:
                     trailers["noise-bpb"] = verdict["noise"]
                 body = f"{plan['rationale']}\n\nJudge: {verdict['reason']}"
+                if state.get("run_dir") and (Path(state["run_dir"]) / COMMAND_FILE).is_file():
+                    body += f"\n\nCommand: {WorkerCommand.load(Path(state['run_dir'])).display()}"
                 edit = state.get("edit")
                 if edit and edit.get("ok"):
                     body += f"\n\nCode change ({edit['editor']}): {plan['code_change']}\nFiles: {', '.join(edit['files'])}"
@@ -369,6 +380,8 @@ class ResearchAgent:
                     if edit.get("cost_usd"):
                         trailers["edit-cost-usd"] = edit["cost_usd"]
                 commit = ws.commit_experiment(title, body, trailers)
+                if state.get("run_dir") and plan["kind"] in MODEL_KINDS:
+                    stamp_commit(Path(state["run_dir"]), commit)
             else:
                 commit = next(e.sha for e in ws.experiments() if e.trailers.get("experiment") == exp_id)
         else:
@@ -397,9 +410,30 @@ class ResearchAgent:
 
     # -------------------------------------------------------------------------------------- helpers
 
+    def _provenance(self, plan: dict[str, Any], run_dir: str | None, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The trailers that let ``autonas reproduce`` re-make a kept model: seed, tokens trained, code hash, corpus."""
+        if plan["kind"] not in MODEL_KINDS:
+            return {}
+        out: dict[str, Any] = {"seed": plan["config"]["seed"]}
+        if isinstance(metrics.get("tokens_trained"), int):
+            out["tokens"] = metrics["tokens_trained"]
+        record = read_code_record(Path(run_dir)) if run_dir else None
+        if record is not None:
+            out["code-hash"] = record.hash
+        if not hasattr(self, "_corpus_fingerprint"):
+            from harness.data import CorpusSpec, prepare_corpus
+
+            self._corpus_fingerprint = prepare_corpus(CorpusSpec(source=self.s.corpus), self.s.tokenizer).corpus_fingerprint
+        out["corpus"] = self._corpus_fingerprint
+        return out
+
+
     def workspace(self) -> Workspace:
         if not hasattr(self, "_ws"):
             self._ws = Workspace.open(self.s.workspace, self.s.run_id)
+            if self._ws.carries_whole_package():
+                raise UserError(f"workspace {self._ws.root} was made by an older version (it carries the whole nas package, "
+                                "its measurement included): start a new run")
             # a kill during an edit leaves the editor's change in the tree: it is the agent's, and the edit node redoes it
             self._ws.ensure_clean_except_agent(("configs/", "nas/") if self._ws.has_code() else ("configs/",))
         return self._ws
@@ -540,7 +574,13 @@ def copy_best(agent: ResearchAgent, incumbent: dict[str, Any] | None) -> Path | 
     src = Path(incumbent["run_dir"])
     best = agent.run_dir / "best"
     best.mkdir(exist_ok=True)
-    for name in ("model.safetensors", "arch.json", "tokenizer.json", "metrics.json"):
+    names = ["model.safetensors", "arch.json", "tokenizer.json", "metrics.json", CODE_RECORD]
+    record = read_code_record(src)
+    if record is not None:
+        remove(best / CODE_DIR)
+        (best / CODE_DIR / "nas").mkdir(parents=True)
+        names += [f"{CODE_DIR}/{f}" for f in record.files]
+    for name in names:
         try:  # a worker's file: copied only if it is a regular file, never through a link it planted
             copy_regular(src / name, best / name, BEST_FILE_MAX_BYTES)
         except UnsafeFile as err:

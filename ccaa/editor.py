@@ -24,7 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from sandbox import gitexe
 
@@ -46,6 +46,9 @@ class EditInstruction:
     system_prompt: str = ""
     log_dir: Path | None = None  # transcripts and screenshots go here (inside the workspace's ignored runs/)
     timeout_s: float = 600.0
+    # the caller's rule over changed paths (relative to the workspace): the reason a path is off limits, or None.
+    # The agent passes the fixed-harness rule, so an edit of the measuring code fails and is undone.
+    off_limits: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,10 @@ class Editor(ABC):
                      "git finds commands to run there, and a commit or branch switch is the agent's to make")
         elif error is None and not files:
             error = "empty diff: the editor changed nothing in the workspace"
+        elif error is None and instruction.off_limits is not None:
+            refused = [reason for f in files if (reason := instruction.off_limits(f))]
+            if refused:
+                error = f"changed files that are off limits: {refused[0]}" + (f" (+{len(refused) - 1} more)" if len(refused) > 1 else "")
         if error is not None:
             restore_tree(workspace, tree_before, tree_after)
         return EditResult(editor=self.name, ok=error is None, files_changed=files if error is None else (), diff=diff if error is None else "",
