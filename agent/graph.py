@@ -23,7 +23,7 @@ from langgraph.graph import END, START, StateGraph
 from rich.console import Console
 from rich.markup import escape
 
-from agent.confining import experiment_confinement, prepare_shared_cache, trusted_scoring
+from agent.confining import experiment_confinement, prepare_shared_cache, score_model, trusted_scoring
 from agent.goal import Goal, parse_goal
 from agent.editing import apply_code_change, config_files, edit_summary, worker_env
 from agent.judge import judge, noise_estimate
@@ -37,6 +37,7 @@ from agent.reproduce import COMMAND_FILE, WorkerCommand, stored_command
 from agent.settings import RunSettings
 from harness.budget import parse_budget
 from harness.errors import UserError
+from harness.scoring import ScoringRefused
 from harness.model_code import CODE_DIR, CODE_RECORD, code_files, read_code_record, stamp_commit, write_code_record
 from ccaa.editor import BuiltinEditor, EditInstruction
 from sandbox.confine import ConfinementUnavailable
@@ -289,6 +290,8 @@ class ResearchAgent:
         if metrics is None:
             metrics = {"status": "crashed", "fail_reason": ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
                        + f"; see {out / 'worker.log'}"}
+        if plan["kind"] in MODEL_KINDS and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float):
+            metrics = self._harness_score(metrics, ws.root / out, exp_id)
         return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": outcome.wall_s,
                 **self._timed(state, t0, worker_s=outcome.wall_s)}
 
@@ -409,6 +412,20 @@ class ResearchAgent:
         return {"done": True, **self._timed(state, t0)}
 
     # -------------------------------------------------------------------------------------- helpers
+
+    def _harness_score(self, metrics: dict[str, Any], run_dir: Path, exp_id: str) -> dict[str, Any]:
+        """The recorded val bpb is the harness's own score of the saved model (its code running apart, confined when
+        edited); the worker's figure is kept beside it, and a worker whose figure is off is a failed experiment."""
+        try:
+            scored = score_model(self.s, run_dir, "val", (self.run_dir / "scoring" / exp_id).absolute())
+        except (ScoringRefused, ConfinementUnavailable, UserError) as err:
+            return {"status": "crashed", "fail_reason": f"the harness could not score the model: {err}"}
+        reported = metrics["val_bpb"]
+        if abs(reported - scored.bpb) > max(0.01, 0.01 * scored.bpb):
+            return {"status": "crashed", "fail_reason": f"the worker reported val bpb {reported:.4f}; the harness scores its "
+                                                       f"model {scored.bpb:.4f}"}
+        return {**metrics, "val_bpb": scored.bpb, "val_bpb_worker": reported, "val_bytes": scored.bytes,
+                "val_causality_probes": scored.probes}
 
     def _provenance(self, plan: dict[str, Any], run_dir: str | None, metrics: dict[str, Any]) -> dict[str, Any]:
         """The trailers that let ``autonas reproduce`` re-make a kept model: seed, tokens trained, code hash, corpus."""

@@ -5,47 +5,27 @@ from __future__ import annotations
 
 import html
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from agent.confining import model_confinement, prepare_shared_cache
-from agent.graph import AgentState, ResearchAgent, copy_best
+from agent.confining import score_model
+from agent.graph import PROGRESS, AgentState, ResearchAgent, copy_best
 from agent.plans import MODEL_KINDS
-from harness.model_code import read_code_record, stock_code_hash
+from harness.errors import UserError
+from harness.scoring import ScoringRefused
 from sandbox.confine import ConfinementUnavailable
-from sandbox.environment import WORKER, child_env
-from sandbox.runner import run_limited
-from sandbox.safe_files import UnsafeFile, read_json_object, remove
 
 
 def heldout_bpb(agent: ResearchAgent, best: Path) -> float | None:
-    """val-style bits per byte of the best model on the held-out files no experiment has seen.
-
-    Scored by ``nas evaluate`` in a process of its own that runs the model's own code (the copy in ``best/code``):
-    the installed code would build another network when the run edited the model. That code may be an LLM's, so the
-    process is confined like an experiment; only the JSON it writes into a fresh folder is read, as a plain file."""
+    """val-style bits per byte of the best model on the held-out files no experiment has seen, scored by the harness
+    in this process while the model's own code (the copy in ``best/code``) runs apart, confined when edited."""
     if not (best / "model.safetensors").is_file():
         return None
-    s = agent.s
-    scratch = (agent.run_dir / "heldout").absolute()
-    remove(scratch)
-    scratch.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "nas", "evaluate", "--model", str(best.absolute()), "--split", "heldout", "--corpus", s.corpus,
-           "--tokenizer", s.tokenizer, "--eval-bytes", str(s.eval_bytes), "--out", str(scratch / "heldout.json")]
-    record = read_code_record(best)
-    confinement = None
-    if record is not None and record.hash != stock_code_hash():
-        prepare_shared_cache(s)
-        confinement = model_confinement(s, writable=scratch, readable=(best.absolute(),))
     try:
-        outcome = run_limited(cmd, agent.run_dir, scratch / "log.txt", timeout_s=1800.0, memory_mb=s.memory_mb,
-                              env=child_env(WORKER, {"PYTHONUNBUFFERED": "1"}), confinement=confinement)
-        data = read_json_object(scratch / "heldout.json") if outcome.ok else None
-    except (ConfinementUnavailable, UnsafeFile):
+        return score_model(agent.s, best, "heldout", (agent.run_dir / "heldout").absolute()).bpb
+    except (ScoringRefused, ConfinementUnavailable, UserError) as err:
+        PROGRESS.print(f"[yellow]held-out score: {err}[/yellow]")
         return None
-    value = (data or {}).get("heldout_bpb")
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _plot(history: list[dict[str, Any]], incumbent_id: str | None, path: Path) -> bool:
