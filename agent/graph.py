@@ -26,13 +26,14 @@ from rich.markup import escape
 from agent.confining import experiment_confinement, prepare_shared_cache, trusted_scoring
 from agent.goal import Goal, parse_goal
 from agent.editing import apply_code_change, config_files, edit_summary, worker_env
-from agent.judge import judge, noise_estimate
+from agent.judge import MIN_NOISE, judge, noise_estimate
 from agent.llm import CallRecord, CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner, group_key
-from agent.planner import Planner
+from agent.planner import PlanOutcome, Planner
 from agent.plans import MODEL_KINDS, PlanContext
 from agent.prompting import Prompts
+from agent.repeats import scheduled_repeat
 from agent.settings import RunSettings
 from harness.budget import parse_budget
 from harness.errors import UserError
@@ -46,7 +47,7 @@ from sandbox.workspace import Workspace
 PROGRESS = Console(stderr=True, highlight=False)
 RECURSION_LIMIT = 1_000_000  # set explicitly: LangGraph's default changed between 1.x releases
 RESULT_COLUMNS = ["experiment", "commit", "kind", "decision", "val_bpb", "size_bytes_int8", "latency_ms_p50", "params",
-                  "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason", "planner"]
+                  "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason", "planner", "noise_source"]
 
 
 class AgentState(TypedDict, total=False):
@@ -142,7 +143,10 @@ class ResearchAgent:
         reason = self._stop_reason(state)
         if reason:
             return {"done": True, "stop_reason": reason, **self._timed(state, t0)}
-        outcome = self.planner.propose(state.get("history", []), state.get("incumbent"), state.get("noise"), self._plan_context(state))
+        repeat = scheduled_repeat(state.get("history", []))  # the loop's own repeats come before any planner's idea
+        outcome = (PlanOutcome(repeat, "rule", ["the loop re-runs a close call / measures noise with another seed before anything else"])
+                   if repeat is not None else
+                   self.planner.propose(state.get("history", []), state.get("incumbent"), state.get("noise"), self._plan_context(state)))
         plan = outcome.plan
         exp_id = f"e{state.get('step', 0) + 1:03d}"
         notes = "".join(f"- {n}\n" for n in outcome.notes)
@@ -324,7 +328,7 @@ class ResearchAgent:
         noise = noise_estimate(list(groups.values()))
         incumbent = state.get("incumbent")
         inc_key = group_key(incumbent["plan"]) if incumbent else None
-        if incumbent and key == inc_key:  # a repeat of the incumbent only measures noise
+        if incumbent and key == inc_key and isinstance(bpb, float):  # a repeat of the incumbent only measures noise (a crash is a crash)
             verdict = {"decision": "repeat", "reason": "repeat of the incumbent with another seed (noise measurement)",
                        "metric": bpb, "noise": noise}
             return {"verdict": verdict, "noise": noise, **self._timed(state, t0)}
@@ -359,8 +363,8 @@ class ResearchAgent:
                         trailers[name] = metrics[key]
                 if verdict.get("delta") is not None:
                     trailers["delta-bpb"] = verdict["delta"]
-                if verdict.get("noise") is not None:
-                    trailers["noise-bpb"] = verdict["noise"]
+                noise, source = noise_margin(verdict, state)
+                trailers["noise-bpb"], trailers["noise-source"] = noise, source
                 body = f"{plan['rationale']}\n\nJudge: {verdict['reason']}"
                 edit = state.get("edit")
                 if edit and edit.get("ok"):
@@ -377,7 +381,8 @@ class ResearchAgent:
                  "edit": state.get("edit"),
                  "run_dir": state.get("run_dir"), "worker_s": state.get("exp_worker_s"), "val_bpb": metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
                  "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
-        self._append_result(entry, verdict)
+        entry["noise_bpb"], entry["noise_source"] = noise_margin(verdict, state)
+        self._append_result(entry, verdict, state)
         self._journal(f"**{decision}**: {verdict['reason']}" + (f" (commit {commit[:10]})" if commit else "") + "\n")
         bpb = entry["val_bpb"]
         PROGRESS.print(f"     {decision}" + (f", val bpb {bpb:.4f}" if bpb is not None else "") + f": {escape(verdict['reason'])}"
@@ -435,7 +440,7 @@ class ResearchAgent:
         with open(self.s.workspace / "journal.md", "a") as fh:
             fh.write(text + "\n")
 
-    def _append_result(self, entry: dict[str, Any], verdict: dict[str, Any]) -> None:
+    def _append_result(self, entry: dict[str, Any], verdict: dict[str, Any], state: AgentState) -> None:
         path = self.s.workspace / "results.tsv"
         if path.exists():
             with open(path) as fh:
@@ -445,7 +450,8 @@ class ResearchAgent:
         arch = entry["plan"]["config"].get("arch")
         row = {"experiment": entry["id"], "commit": entry["commit"][:10], "kind": entry["plan"]["kind"], "decision": entry["decision"],
                "val_bpb": m.get("val_bpb", ""), "size_bytes_int8": m.get("size_bytes_int8", ""), "latency_ms_p50": m.get("latency_ms_p50", ""),
-               "params": m.get("params", ""), "delta_bpb": verdict.get("delta", ""), "noise_bpb": verdict.get("noise", ""),
+               "params": m.get("params", ""), "delta_bpb": verdict.get("delta", ""),
+               **dict(zip(("noise_bpb", "noise_source"), noise_margin(verdict, state))),
                "seed": entry["plan"]["config"].get("seed", ""), "rationale": entry["plan"]["rationale"], "reason": entry["reason"],
                "arch": _describe(arch) if arch else "", "planner": entry.get("planner", "")}
         new = not path.exists()
@@ -454,6 +460,13 @@ class ResearchAgent:
             if new:
                 writer.writeheader()
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def noise_margin(verdict: dict[str, Any], state: AgentState) -> tuple[float, str]:
+    """The run-to-run noise (bpb) a result was judged against: measured from repeats, or the judge's floor
+    (said so) while no repeat has finished."""
+    measured = verdict.get("noise") if verdict.get("noise") is not None else state.get("noise")
+    return (float(measured), "measured") if measured is not None else (MIN_NOISE, "floor")
 
 
 def experiment_env(ws: Workspace) -> dict[str, str]:
