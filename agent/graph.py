@@ -26,13 +26,14 @@ from rich.markup import escape
 from agent.confining import experiment_confinement, prepare_shared_cache, trusted_scoring
 from agent.goal import Goal, parse_goal
 from agent.editing import apply_code_change, config_files, edit_summary, worker_env
-from agent.judge import MIN_NOISE, judge, noise_estimate
+from agent.judge import MIN_NOISE, judge, noise_estimate, settle_latency
 from agent.llm import CallRecord, CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner, group_key
 from agent.planner import PlanOutcome, Planner
 from agent.plans import MODEL_KINDS, PlanContext
 from agent.prompting import Prompts
+from agent.remeasure import TIMEOUT_S as REMEASURE_TIMEOUT_S, remeasure_command
 from agent.repeats import scheduled_repeat
 from agent.settings import RunSettings
 from harness.budget import parse_budget
@@ -316,6 +317,8 @@ class ResearchAgent:
                        "reason": (f"search found a front of {metrics.get('front_size')}; its members are trained next" if ok
                                   else str((metrics or {}).get("fail_reason", "search failed")))}
             return {"verdict": verdict, **self._timed(state, t0)}
+        if plan["kind"] in MODEL_KINDS and metrics and metrics.get("status") == "ok":
+            metrics = settle_latency(self.goal.max_latency_ms, metrics, lambda i: self._remeasure_latency(state, i))
         key = group_key(plan)
         groups: dict[str, list[float]] = {}
         for h in history:
@@ -331,7 +334,7 @@ class ResearchAgent:
         if incumbent and key == inc_key and isinstance(bpb, float):  # a repeat of the incumbent only measures noise (a crash is a crash)
             verdict = {"decision": "repeat", "reason": "repeat of the incumbent with another seed (noise measurement)",
                        "metric": bpb, "noise": noise}
-            return {"verdict": verdict, "noise": noise, **self._timed(state, t0)}
+            return {"verdict": verdict, "noise": noise, "metrics": metrics, **self._timed(state, t0)}
         inc_bpb = statistics.fmean(groups[inc_key]) if inc_key in groups else None
         candidate = dict(metrics or {})
         if isinstance(bpb, float):
@@ -342,7 +345,25 @@ class ResearchAgent:
             v = self.llm_judge.review(v, state["exp_id"] or "", plan, metrics or {}, incumbent, len(same) + 1, notes)
             if notes:
                 self._journal("".join(f"- {n}\n" for n in notes))
-        return {"verdict": v.model_dump(), "noise": noise, **self._timed(state, t0)}
+        return {"verdict": v.model_dump(), "noise": noise, "metrics": metrics, **self._timed(state, t0)}
+
+    def _remeasure_latency(self, state: AgentState, attempt: int) -> dict[str, Any] | None:
+        """A fresh latency measurement of this experiment's saved model (None when it fails: the judge goes on
+        with the sessions it has)."""
+        ws, exp_id, metrics = self.workspace(), state["exp_id"], state.get("metrics") or {}
+        assert exp_id is not None
+        out = Path("runs") / exp_id  # relative to the workspace, as for the worker
+        result = out / f"latency_remeasure_{attempt}.json"
+        cmd = remeasure_command(out, result, str(metrics.get("latency_device", "cpu")))
+        try:
+            outcome = run_limited(cmd, ws.root, ws.root / out / "latency_remeasure.log", timeout_s=REMEASURE_TIMEOUT_S,
+                                  memory_mb=self.s.memory_mb, env=experiment_env(ws), confinement=experiment_confinement(ws, self.s, out))
+            fresh = read_json_object(ws.root / result) if outcome.ok else None
+        except (ConfinementUnavailable, UserError, UnsafeFile):
+            return None
+        PROGRESS.print(f"     [dim]latency re-measured ({attempt}): "
+                       f"{(fresh or {}).get('latency_ms_p50', float('nan')):.3f} ms/token p50[/]")
+        return fresh
 
     def record(self, state: AgentState) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -356,7 +377,7 @@ class ResearchAgent:
         if decision == "keep":
             if exp_id not in done_ids:  # idempotent: a re-run of this node after a kill does not commit again
                 trailers = {"experiment": exp_id, "kind": plan["kind"]}
-                for key, name in (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"),
+                for key, name in (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"), ("latency_ms_spread", "latency-ms-spread"),
                                   ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1"),
                                   ("size_bytes_on_disk_int8", "size-on-disk-int8-bytes"), ("val_bpb_change_pct", "bpb-change-pct")):
                     if key in metrics:
