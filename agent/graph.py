@@ -325,7 +325,7 @@ class ResearchAgent:
             if h["plan"]["kind"] in MODEL_KINDS and isinstance(h.get("val_bpb"), float):
                 groups.setdefault(group_key(h["plan"]), []).append(h["val_bpb"])
         bpb = (metrics or {}).get("val_bpb")
-        same = groups.get(key, [])
+        same = list(groups.get(key, []))  # the earlier runs of this config (a copy: the current one is appended below)
         if isinstance(bpb, float):
             groups.setdefault(key, []).append(bpb)
         noise = noise_estimate(list(groups.values()))

@@ -85,6 +85,20 @@ def test_a_crashed_repeat_is_crash_and_a_finished_one_is_repeat(tmp_path: Path) 
     assert ok["verdict"]["decision"] == "repeat" and ok["noise"] == pytest.approx(0.01414, abs=1e-4)
 
 
+def test_a_close_calls_rerun_is_judged_on_the_mean_of_its_runs(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    base = _entry("e001", _train(), "keep", 3.0)
+    code = _train(seed=4, code_change="add QK-norm")
+    history = [base, _entry("e002", _train(seed=1), "repeat", 3.02), _entry("e003", code, "close", 2.97)]
+    rerun = {**code, "config": {**code["config"], "seed": 5}}
+    state = {"exp_id": "e004", "plan": rerun, "history": history, "incumbent": base,
+             "metrics": {"status": "ok", "val_bpb": 2.96, "size_bytes_int8": 100_000}}
+    v = agent.judge(state)["verdict"]  # type: ignore[arg-type]
+    # mean 2.965 vs the incumbent's 3.01; pooled sigma 0.01118 over both pairs; two runs: 2 * sigma * sqrt(1/2 + 1) = 0.0274
+    assert v["decision"] == "keep" and v["metric"] == pytest.approx(2.965) and v["delta"] == pytest.approx(-0.045)
+    assert "0.0274" in v["reason"], v["reason"]
+
+
 def test_latency_is_judged_on_the_robust_statistic(tiny_run: Path) -> None:
     model, _ = load_trained_model(tiny_run)
     idle = measure_latency(model, prompt_tokens=8, decode_tokens=8, warmup=1, repeats=5).as_metrics()
@@ -204,7 +218,7 @@ def test_an_llm_run_measures_noise_and_reruns_a_close_call_with_its_code(tmp_pat
     plan4 = json.loads((ws / "configs" / "plan.json").read_text()) if rows[3]["decision"] == "keep" else None
     assert (ws / "runs" / "e004" / "edit" / "edit.patch").read_bytes() == (ws / "runs" / "e003" / "edit" / "edit.patch").read_bytes()
     assert "REPLAYED-CODE-MARKER" in (ws / "runs" / "e004" / "worker.log").read_text()
-    assert "over 2 run(s)" in judged[-1] and "with a marker" in judged[-1]
+    assert "over 2 run(s)" in judged[-1] and "with a marker" in judged[-1], judged[-1]
     journal = (ws / "journal.md").read_text()
     assert "replay changed 1 file(s)" in journal
     repo = git.Repo(ws)
