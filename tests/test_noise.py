@@ -218,7 +218,7 @@ def test_an_llm_run_measures_noise_and_reruns_a_close_call_with_its_code(tmp_pat
     plan4 = json.loads((ws / "configs" / "plan.json").read_text()) if rows[3]["decision"] == "keep" else None
     assert (ws / "runs" / "e004" / "edit" / "edit.patch").read_bytes() == (ws / "runs" / "e003" / "edit" / "edit.patch").read_bytes()
     assert "REPLAYED-CODE-MARKER" in (ws / "runs" / "e004" / "worker.log").read_text()
-    assert "over 2 run(s)" in judged[-1] and "with a marker" in judged[-1], judged[-1]
+    assert "e004 (train)" in judged[-1] and "re-run of e003" in judged[-1] and "over 2 run(s)" in judged[-1], judged[-1]
     journal = (ws / "journal.md").read_text()
     assert "replay changed 1 file(s)" in journal
     repo = git.Repo(ws)
