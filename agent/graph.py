@@ -377,8 +377,8 @@ class ResearchAgent:
         if decision == "keep":
             if exp_id not in done_ids:  # idempotent: a re-run of this node after a kill does not commit again
                 trailers = {"experiment": exp_id, "kind": plan["kind"]}
-                for key, name in (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"), ("latency_ms_spread", "latency-ms-spread"),
-                                  ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1"),
+                for key, name in (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"),
+                                  ("latency_ms_spread", "latency-ms-spread"), ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1"),
                                   ("size_bytes_on_disk_int8", "size-on-disk-int8-bytes"), ("val_bpb_change_pct", "bpb-change-pct")):
                     if key in metrics:
                         trailers[name] = metrics[key]
@@ -403,7 +403,7 @@ class ResearchAgent:
                  "run_dir": state.get("run_dir"), "worker_s": state.get("exp_worker_s"), "val_bpb": metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
                  "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
         entry["noise_bpb"], entry["noise_source"] = noise_margin(verdict, state)
-        self._append_result(entry, verdict, state)
+        self._append_result(entry, verdict)
         self._journal(f"**{decision}**: {verdict['reason']}" + (f" (commit {commit[:10]})" if commit else "") + "\n")
         bpb = entry["val_bpb"]
         PROGRESS.print(f"     {decision}" + (f", val bpb {bpb:.4f}" if bpb is not None else "") + f": {escape(verdict['reason'])}"
@@ -461,7 +461,7 @@ class ResearchAgent:
         with open(self.s.workspace / "journal.md", "a") as fh:
             fh.write(text + "\n")
 
-    def _append_result(self, entry: dict[str, Any], verdict: dict[str, Any], state: AgentState) -> None:
+    def _append_result(self, entry: dict[str, Any], verdict: dict[str, Any]) -> None:
         path = self.s.workspace / "results.tsv"
         if path.exists():
             with open(path) as fh:
@@ -471,8 +471,8 @@ class ResearchAgent:
         arch = entry["plan"]["config"].get("arch")
         row = {"experiment": entry["id"], "commit": entry["commit"][:10], "kind": entry["plan"]["kind"], "decision": entry["decision"],
                "val_bpb": m.get("val_bpb", ""), "size_bytes_int8": m.get("size_bytes_int8", ""), "latency_ms_p50": m.get("latency_ms_p50", ""),
-               "params": m.get("params", ""), "delta_bpb": verdict.get("delta", ""),
-               **dict(zip(("noise_bpb", "noise_source"), noise_margin(verdict, state))),
+               "params": m.get("params", ""), "delta_bpb": verdict.get("delta", ""), "noise_bpb": entry["noise_bpb"],
+               "noise_source": entry["noise_source"],
                "seed": entry["plan"]["config"].get("seed", ""), "rationale": entry["plan"]["rationale"], "reason": entry["reason"],
                "arch": _describe(arch) if arch else "", "planner": entry.get("planner", "")}
         new = not path.exists()
