@@ -85,13 +85,16 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
                   f"- int8 size {m.get('size_bytes_int8', 0) / 1e6:.3f} MB, {m.get('params', 0):,} parameters, "
                   f"decode {m.get('latency_ms_p50', float('nan')):.2f} ms/token p50",
                   f"- files: `{best}`", ""]
-    lines += ["## Experiments", "", "| id | kind | decision | val bpb | int8 MB | ms/token | rationale | judge |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["## Experiments", "", "| id | kind | decision | val bpb | noise bpb | int8 MB | ms/token | rationale | judge |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for h in history:
         m = h["metrics"]
         bpb = f"{h['val_bpb']:.4f}" if h.get("val_bpb") is not None else "-"
         size = f"{m['size_bytes_int8'] / 1e6:.3f}" if isinstance(m.get("size_bytes_int8"), (int, float)) else "-"
         lat = f"{m['latency_ms_p50']:.2f}" if isinstance(m.get("latency_ms_p50"), (int, float)) else "-"
-        lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {bpb} | {size} | {lat} | "
+        noise = (f"{h['noise_bpb']:.4f}" + (" (floor)" if h.get("noise_source") == "floor" else "")
+                 if isinstance(h.get("noise_bpb"), (int, float)) else "-")  # the margin it was judged against
+        lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {bpb} | {noise} | {size} | {lat} | "
                      f"{h['plan']['rationale'].replace('|', '/')} | {h['reason'].replace('|', '/')} |")
     if has_plot:
         lines += ["", "![val bpb against int8 size, with the Pareto front of the trained experiments](report.png)"]

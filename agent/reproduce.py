@@ -163,12 +163,13 @@ def reproduce(settings: RunSettings, ws: Workspace, ref: str) -> Reproduction:
     recorded = float(exp.trailers["val-bpb"])
     noise_text = exp.trailers.get("noise-bpb")
     noise = float(noise_text) if noise_text else MIN_NOISE
+    measured = exp.trailers.get("noise-source", "measured" if noise_text else "floor") == "measured"
     margin = MARGIN_SIGMAS * max(noise, MIN_NOISE)
     reason = "" if remade is not None else str(metrics.get("fail_reason") or
                                                ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}"))
     result = Reproduction(experiment=exp_id, commit=exp.sha, command=command.display(), recorded_bpb=recorded,
                           remade_bpb=float(remade) if remade is not None else None, noise_bpb=noise,
-                          noise_measured=noise_text is not None, margin_bpb=margin,
+                          noise_measured=measured, margin_bpb=margin,
                           inside=remade is not None and abs(float(remade) - recorded) <= margin, out_dir=str(work),
                           fail_reason=reason)
     (work / "reproduce.json").write_text(json.dumps({**asdict(result), "delta_bpb": result.delta}, indent=2) + "\n")

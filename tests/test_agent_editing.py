@@ -114,13 +114,15 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
         result = runner.invoke(app, ["run", "find the best Python code model under 1 MB", "--run-id", "ed1", "--runs-dir",
                                      str(tmp_path / "runs"), "--budget", "30m", "--experiment-budget", "16ktok", "--corpus",
                                      str(small_corpus_dir), "--eval-bytes", "6000", "--base-url", srv.anthropic_url,
-                                     "--max-experiments", "3", "--editor", "claude-code,builtin"])
+                                     "--max-experiments", "4", "--editor", "claude-code,builtin"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "ed1"
     ws = run / "workspace"
     rows = list(csv.DictReader(open(ws / "results.tsv"), delimiter="\t"))
-    assert [r["decision"] for r in rows][:2] == ["keep", "crash"] and rows[2]["decision"] in ("keep", "discard")
-    assert "edit failed" in rows[1]["reason"] and "empty diff" in rows[1]["reason"]
+    # e002: the loop's noise repeat of e001 runs on the kept change as it is (no edit, no LLM)
+    assert [r["decision"] for r in rows][:3] == ["keep", "repeat", "crash"] and rows[3]["decision"] in ("keep", "discard")
+    assert "edit failed" in rows[2]["reason"] and "empty diff" in rows[2]["reason"]
+    assert "WORKSPACE-CODE-MARKER" in (ws / "runs" / "e002" / "worker.log").read_text()
     # e001: the change is in the kept commit, and the worker ran the workspace's code
     repo = git.Repo(ws)
     e001 = next(c for c in repo.iter_commits("autonas/ed1") if "experiment: e001" in c.message)
@@ -137,9 +139,9 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
     listener.close()
     assert (ws / "runs" / "e001" / "edit" / "claude_transcript.jsonl").is_file()
     assert 'print("WORKSPACE-CODE-MARKER"' in (ws / "runs" / "e001" / "edit" / "edit.patch").read_text()
-    # e002: both editors failed, nothing of the edit is left, the run went on
-    assert not (ws / "runs" / "e002" / "metrics.json").exists()  # no worker ran
-    assert "refs/autonas/discarded/e002" in [r.path for r in repo.refs]
+    # e003: both editors failed, nothing of the edit is left, the run went on
+    assert not (ws / "runs" / "e003" / "metrics.json").exists()  # no worker ran
+    assert "refs/autonas/discarded/e003" in [r.path for r in repo.refs]
     journal = (ws / "journal.md").read_text()
     assert "claude-code edit failed: empty diff" in journal and "builtin edit failed" in journal
     # the editor's spend is in the ledger next to the planner's
