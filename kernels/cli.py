@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE
+from harness.model_code import model_code_root, reexec_with_model_code, write_code_record
 from nas import validate
 from nas.cli import OneLineErrors, _print_metrics, err_console, user_errors
 
@@ -53,6 +54,7 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
     validate.number(recover_lr, "--recover-lr", gt=0, le=10)
     validate.seed(seed)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
+    reexec_with_model_code(model)  # compressed by the code that trained it
 
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
@@ -72,7 +74,9 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
             (out_dir / name).unlink(missing_ok=True)
     err_console.print(f"compressing {model} ({'prune ' + prune if prune else ''}{' + recover ' + recover if recover else ''}"
                       f"{' + int8' if int8 else ''}) -> {out_dir}", highlight=False)
-    _print_metrics(compress(model, out_dir, cfg, log_to_console=not quiet), REPORT_KEYS)
+    metrics = compress(model, out_dir, cfg, log_to_console=not quiet)
+    write_code_record(out_dir, model_code_root())  # the compressed model carries the same code
+    _print_metrics(metrics, REPORT_KEYS)
 
 
 def latency_command(
@@ -99,6 +103,7 @@ def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: 
     validate.input_dir(model, "--model")
     if out is not None:
         validate.output_file(out, "--out", overwrite=overwrite)
+    reexec_with_model_code(model)  # timed with the code that trained it
     counts: list[int | None] = list(validate.int_list(threads, "--threads", ge=1, le=1024)) if threads else [None]
     validate.number(prompt, "--prompt", le=100_000)
     validate.number(decode, "--decode", le=100_000)

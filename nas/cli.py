@@ -146,6 +146,7 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
     from harness.data import prepare_corpus
     from nas.space import ArchConfig
     from harness.tokenizer import parse_tokenizer_spec
+    from harness.model_code import model_code_root, write_code_record
     from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
 
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
@@ -171,6 +172,7 @@ def _train(arch: Path | None, budget: str, out: Path | None, tokenizer: str, cor
         data = prepare_corpus(spec, tokenizer)
     trainer = Trainer(arch_cfg, data, cfg, out_dir, spec, tokenizer, log_to_console=not quiet)
     prepare_run_dir(out_dir, overwrite=overwrite)
+    write_code_record(out_dir, model_code_root())  # the model carries the code that trains it
     err_console.print(f"training {arch_cfg.describe()} for {parsed_budget.describe()} on {trainer.device} -> {out_dir}",
                       highlight=False)
     outcome = trainer.run()
@@ -292,6 +294,46 @@ def _arch_show(path: Path) -> None:
     console.print(table)
 
 
+def evaluate_command(
+    model: Annotated[Path, typer.Option(help="a finished run folder (arch.json + model.safetensors)")],
+    split: Annotated[str, typer.Option(help="val or heldout (the locked split no experiment reads)")] = "heldout",
+    corpus: Annotated[str, typer.Option(help="'stdlib', a folder, a local file, or a hub data set name")] = "stdlib",
+    tokenizer: Annotated[str, typer.Option(help="the tokenizer the model was trained with")] = "byte",
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of text scored")] = EVAL_BYTES,
+    out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
+) -> None:
+    """Bits per byte of a trained model on a split, by the model's own code and the fixed harness."""
+    _evaluate(model, split, corpus, tokenizer, eval_bytes, out)
+
+
+@user_errors
+def _evaluate(model: Path, split: str, corpus: str, tokenizer: str, eval_bytes: int, out: Path | None) -> None:
+    import json
+
+    from harness.data import prepare_corpus
+    from harness.metrics import evaluate_bpb
+    from harness.model_code import active_code_hash, reexec_with_model_code
+    from harness.tokenizer import parse_tokenizer_spec
+    from nas.run_folder import load_trained_model
+
+    validate.input_dir(model, "--model")
+    if split not in ("val", "heldout"):
+        raise UserError(f"--split {split!r}: use val or heldout")
+    parse_tokenizer_spec(tokenizer)
+    validate.corpus(corpus)
+    reexec_with_model_code(model)  # scored with the code that trained it
+    net, _ = load_trained_model(model)
+    data = prepare_corpus(CorpusSpec(source=corpus), tokenizer)
+    if data[split].size < 2:
+        raise UserError(f"the {split} split of {corpus!r} is empty")
+    result = evaluate_bpb(net, data[split], data.token_bytes, max_bytes=eval_bytes)
+    record = {f"{split}_bpb": result.bpb, "eval_bytes": result.bytes, "tokens": result.tokens, "code_hash": active_code_hash(),
+              "corpus_fingerprint": data.corpus_fingerprint}
+    if out is not None:
+        out.write_text(json.dumps(record, indent=2) + "\n")
+    console.print_json(json.dumps(record))
+
+
 search_app = typer.Typer(help="Architecture search.", no_args_is_help=True)
 
 
@@ -389,6 +431,7 @@ def _search(**kw: Any) -> None:
 def register(app: typer.Typer) -> None:
     """Attach the worker's commands to a Typer app."""
     app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
     app.add_typer(arch_app, name="arch")
     app.add_typer(search_app, name="nas")
 
