@@ -24,6 +24,7 @@ from agent.repeats import scheduled_repeat
 from agent.settings import RunSettings
 from harness.errors import UserError
 from harness.metrics import measure_latency
+from harness.model_code import seed_files
 from nas.run_folder import load_trained_model
 from nas.space import ArchConfig
 from sandbox.workspace import Workspace
@@ -33,6 +34,7 @@ from tests.test_ccaa import ToolTurns, needs_claude, tool
 runner = CliRunner()
 SMALL = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128)
 MARKER = 'import sys\nprint("REPLAYED-CODE-MARKER", file=sys.stderr)\n\n\n'
+SPACE_WITH_MARKER = seed_files()["nas/space.py"].decode() + "\n" + MARKER  # ends in blank lines: the patch must keep them
 
 
 def _train(seed: int = 0, budget: str = "8ktok", **over: Any) -> dict[str, Any]:
@@ -170,10 +172,10 @@ def test_the_reachability_check_uses_the_sdks_base_url_variable() -> None:
 
 def _scripted(workspace: Path, judged: list[str]):
     """Planner: a baseline, then a longer training with a code change. Judge: 'close' for the code change's first
-    run, 'keep' otherwise. Claude Code: writes the marker into nas/__init__.py."""
+    run, 'keep' otherwise. Claude Code: appends the marker to nas/space.py."""
     planned: list[int] = []
-    edit = ToolTurns([[tool("Read", {"file_path": str(workspace / "nas" / "__init__.py")}, 1)],
-                      [tool("Write", {"file_path": str(workspace / "nas" / "__init__.py"), "content": MARKER}, 2)]])
+    edit = ToolTurns([[tool("Read", {"file_path": str(workspace / "nas" / "space.py")}, 1)],
+                      [tool("Write", {"file_path": str(workspace / "nas" / "space.py"), "content": SPACE_WITH_MARKER}, 2)]])
 
     def respond(path: str, body: dict) -> Reply:
         names = [t["name"] for t in body.get("tools", [])]
@@ -186,7 +188,7 @@ def _scripted(workspace: Path, judged: list[str]):
             planned.append(1)
             if len(planned) == 1:
                 return anthropic_tool("submit_plan", _train(rationale="baseline"))
-            return anthropic_tool("submit_plan", _train(seed=7, budget="32ktok", code_change="print a marker from nas/__init__.py",
+            return anthropic_tool("submit_plan", _train(seed=7, budget="32ktok", code_change="print a marker from nas/space.py",
                                                         rationale="longer training with a marker"))
         return edit(path, body)
 
@@ -227,6 +229,6 @@ def test_an_llm_run_measures_noise_and_reruns_a_close_call_with_its_code(tmp_pat
     if plan4 is not None:  # kept: its commit carries the measured noise and the replayed change
         e004 = next(c for c in repo.iter_commits("autonas/nz") if "experiment: e004" in c.message)
         assert "noise-source: measured" in e004.message and "editor: replay" in e004.message
-        assert "nas/__init__.py" in e004.stats.files and (ws / "nas" / "__init__.py").read_text() == MARKER
+        assert "nas/space.py" in e004.stats.files and (ws / "nas" / "space.py").read_text() == SPACE_WITH_MARKER
     report = (tmp_path / "runs" / "nz" / "report.md").read_text()
     assert "| noise bpb |" in report and "0.0020 (floor)" in report
