@@ -17,6 +17,7 @@ from agent.settings import DEFAULT_EXPERIMENT_BUDGET, RunSettings
 from nas import validate
 from nas.cli import console, err_console, user_errors
 from harness.errors import UserError, describe_validation_error
+from harness.run_files import EVAL_BYTES
 
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -162,7 +163,7 @@ def run_command(
     runs_dir: Annotated[Path, typer.Option()] = Path("runs"),
     tokenizer: Annotated[str, typer.Option()] = "byte",
     corpus: Annotated[str, typer.Option()] = "stdlib",
-    eval_bytes: Annotated[int, typer.Option(min=1)] = 131_072,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     seed: Annotated[int, typer.Option()] = 0,
     planner: Annotated[str, typer.Option(help="auto (a key in the environment picks it, else offline), offline, anthropic, openai")] = "auto",
     planner_model: Annotated[Optional[str], typer.Option()] = None,
@@ -199,7 +200,7 @@ def _run(goal: str, budget: str, experiment_budget: str, grace: str, max_experim
     from agent.graph import ResearchAgent
     from agent.llm import LLMSpec
     from harness.tokenizer import parse_tokenizer_spec
-    import nas
+    from harness.model_code import seed_files as model_code_files
     from sandbox.workspace import Workspace, WorkspaceError
 
     # Everything a user can get wrong is checked before anything is created.
@@ -246,7 +247,7 @@ def _run(goal: str, budget: str, experiment_budget: str, grace: str, max_experim
     try:
         ws = Workspace.create(settings.workspace, run_id)
         if settings.code_editing:  # the editors change this copy; the workers run it
-            ws.seed_code([Path(nas.__file__).resolve().parent])
+            ws.seed_code(model_code_files())
         (settings.run_dir / "run.json").write_text(record)
     except (WorkspaceError, OSError) as err:  # no half-made run is left behind: this command made the folder
         shutil.rmtree(settings.run_dir, ignore_errors=True)
@@ -366,8 +367,41 @@ def _review(run_id: str, runs_dir: Path) -> None:
         console.print(f"{len(discarded)} discarded experiments kept as refs: " + ", ".join(sorted(discarded)), highlight=False)
 
 
+def reproduce_command(run_id: Annotated[str, typer.Argument(help="the run")],
+                      experiment: Annotated[str, typer.Argument(help="a kept experiment id (e003) or a commit prefix")],
+                      runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:
+    """Re-make a kept result from its commit and compare it with the recorded number and the run's noise margin."""
+    _reproduce(run_id, experiment, runs_dir)
+
+
+@user_errors
+def _reproduce(run_id: str, experiment: str, runs_dir: Path) -> None:
+    from agent.reproduce import reproduce
+    from sandbox.workspace import Workspace, WorkspaceError
+
+    settings = _load_settings(run_id, runs_dir)
+    try:
+        ws = Workspace.open(settings.workspace, run_id)
+    except WorkspaceError as err:
+        raise UserError(str(err)) from None
+    with err_console.status(f"re-making {experiment} of {run_id} ..."):
+        r = reproduce(settings, ws, experiment)
+    table = Table(title=f"{r.experiment} of {run_id} (commit {r.commit[:10]})", show_header=False)
+    table.add_row("command", r.command)
+    table.add_row("recorded val bpb", f"{r.recorded_bpb:.6f}")
+    table.add_row("re-made val bpb", f"{r.remade_bpb:.6f}" if r.remade_bpb is not None else f"failed: {r.fail_reason}")
+    table.add_row("difference", f"{r.delta:+.6f}" if r.delta is not None else "")
+    table.add_row("noise margin", f"±{r.margin_bpb:.6f} (2 x {'measured' if r.noise_measured else 'floor'} noise {r.noise_bpb:.6f})")
+    table.add_row("verdict", "reproduced: within the noise margin" if r.inside else "NOT reproduced")
+    table.add_row("folder", r.out_dir)
+    console.print(table)
+    if not r.inside:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
     app.command("resume")(resume_command)
     app.command("status")(status_command)
     app.command("review")(review_command)
+    app.command("reproduce")(reproduce_command)

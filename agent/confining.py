@@ -16,13 +16,17 @@ FIFO, a metrics.json of its own) is followed, read or trusted.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from agent.settings import RunSettings
 from distill.cli import GENERATION_FILE
-from sandbox.confine import Confinement
+from harness.errors import UserError
+from harness.model_code import MODEL_CODE_ENV, read_code_record, stock_code_hash
+from harness.scoring import ScoredBpb, score_run
+from sandbox.confine import Confinement, run_confined
 from sandbox.environment import WORKER, child_env
 from sandbox.safe_files import UnsafeFile, copy_regular, remove
 from sandbox.workspace import Workspace
@@ -36,16 +40,21 @@ def experiment_confinement(ws: Workspace, settings: RunSettings, out: Path) -> C
     """None when the workspace carries no code (the installed code runs, as written by us)."""
     if not ws.has_code():
         return None
+    # not resolved: confine refuses a run folder that is, or passes through, a link planted in the workspace
+    return model_confinement(settings, writable=ws.root.absolute() / out, readable=(ws.root.absolute(),))
+
+
+def model_confinement(settings: RunSettings, writable: Path, readable: tuple[Path, ...]) -> Confinement:
+    """Confinement for a process that runs a model's edited code: it writes ``writable`` only and reads ``readable``,
+    the corpus, the token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``)."""
     from harness.data import cache_root
 
-    readable = [ws.root.absolute(), cache_root(), hf_cache() / "hub"]
+    paths = [*readable, cache_root(), hf_cache() / "hub"]
     corpus = Path(settings.corpus).expanduser()
     if corpus.exists():
-        readable.append(corpus.resolve())
-    # not resolved: confine refuses a run folder that is, or passes through, a link planted in the workspace
+        paths.append(corpus.resolve())
     memory = settings.memory_mb * 2**20 if settings.memory_mb else None
-    return Confinement(writable=(ws.root.absolute() / out,), readable=tuple(p for p in readable if p.exists()),
-                       memory_bytes=memory)
+    return Confinement(writable=(writable,), readable=tuple(p for p in paths if p.exists()), memory_bytes=memory)
 
 
 def prepare_shared_cache(settings: RunSettings) -> None:
@@ -73,3 +82,33 @@ def trusted_scoring(plan: dict[str, Any], worker_out: Path, scoring_dir: Path) -
     if plan["config"].get("limit"):
         cmd += ["--limit", str(plan["config"]["limit"])]
     return cmd, child_env(WORKER)
+
+
+def score_model(settings: RunSettings, run_dir: Path, split: str, scratch: Path, timeout_s: float = 1800.0) -> ScoredBpb:
+    """Bits per byte of the model in ``run_dir`` on ``split``, scored by this process (the installed harness) while the
+    model's own code runs in a child that only turns tokens into logits: confined like an experiment when that code
+    is not the stock code, its output to ``scratch/logits.log``. Raises ScoringRefused, ConfinementUnavailable or
+    UserError with the reason."""
+    from harness.data import CorpusSpec, prepare_corpus
+
+    corpus = prepare_corpus(CorpusSpec(source=settings.corpus), settings.tokenizer)  # the installed code fills the cache
+    if corpus[split].size < 2:
+        raise UserError(f"the {split} split of {settings.corpus!r} is empty")
+    record = read_code_record(run_dir)
+    edited = record is not None and record.hash != stock_code_hash()
+    confinement = model_confinement(settings, writable=scratch, readable=(run_dir.absolute(),)) if edited else None
+    env = child_env(WORKER, {"PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1"})
+    env.pop(MODEL_CODE_ENV, None)  # the child restarts itself on the code the model carries
+    scratch.mkdir(parents=True, exist_ok=True)
+    log = open(scratch / "logits.log", "ab")
+
+    def spawn(args: list[str]) -> subprocess.Popen:
+        kw: dict[str, Any] = dict(cwd=str(scratch), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                                  start_new_session=True)
+        cmd = [sys.executable, *args]
+        return run_confined(cmd, confinement, **kw) if confinement is not None else subprocess.Popen(cmd, **kw)
+
+    try:
+        return score_run(run_dir, corpus[split], corpus.token_bytes, settings.eval_bytes, spawn, sys.executable, timeout_s)
+    finally:
+        log.close()

@@ -23,30 +23,36 @@ from langgraph.graph import END, START, StateGraph
 from rich.console import Console
 from rich.markup import escape
 
-from agent.confining import experiment_confinement, prepare_shared_cache, trusted_scoring
+from agent.confining import experiment_confinement, prepare_shared_cache, score_model, trusted_scoring
 from agent.goal import Goal, parse_goal
 from agent.editing import apply_code_change, config_files, edit_summary, worker_env
-from agent.judge import judge, noise_estimate
+from agent.judge import MIN_NOISE, judge, noise_estimate, settle_latency
 from agent.llm import CallRecord, CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner, group_key
-from agent.planner import Planner
+from agent.planner import PlanOutcome, Planner
 from agent.plans import MODEL_KINDS, PlanContext
 from agent.prompting import Prompts
+from agent.remeasure import TIMEOUT_S as REMEASURE_TIMEOUT_S, remeasure_command
+from agent.repeats import scheduled_repeat
+from agent.reproduce import COMMAND_FILE, WorkerCommand, stored_command
 from agent.settings import RunSettings
 from harness.budget import parse_budget
 from harness.errors import UserError
+from harness.run_files import METRICS_FILE, MissingRunFile, RunFileError, RunMetrics, read_metrics
+from harness.scoring import ScoringRefused
+from harness.model_code import CODE_DIR, CODE_RECORD, code_files, read_code_record, stamp_commit, write_code_record
 from ccaa.editor import BuiltinEditor, EditInstruction
 from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
 from sandbox.runner import run_limited
-from sandbox.safe_files import UnsafeFile, copy_regular, read_json_object
+from sandbox.safe_files import UnsafeFile, copy_regular, read_json_object, remove
 from sandbox.workspace import Workspace
 
 PROGRESS = Console(stderr=True, highlight=False)
 RECURSION_LIMIT = 1_000_000  # set explicitly: LangGraph's default changed between 1.x releases
 RESULT_COLUMNS = ["experiment", "commit", "kind", "decision", "val_bpb", "size_bytes_int8", "latency_ms_p50", "params",
-                  "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason", "planner"]
+                  "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason", "planner", "noise_source"]
 
 
 class AgentState(TypedDict, total=False):
@@ -142,7 +148,10 @@ class ResearchAgent:
         reason = self._stop_reason(state)
         if reason:
             return {"done": True, "stop_reason": reason, **self._timed(state, t0)}
-        outcome = self.planner.propose(state.get("history", []), state.get("incumbent"), state.get("noise"), self._plan_context(state))
+        repeat = scheduled_repeat(state.get("history", []))  # the loop's own repeats come before any planner's idea
+        outcome = (PlanOutcome(repeat, "rule", ["the loop re-runs a close call / measures noise with another seed before anything else"])
+                   if repeat is not None else
+                   self.planner.propose(state.get("history", []), state.get("incumbent"), state.get("noise"), self._plan_context(state)))
         plan = outcome.plan
         exp_id = f"e{state.get('step', 0) + 1:03d}"
         notes = "".join(f"- {n}\n" for n in outcome.notes)
@@ -264,30 +273,36 @@ class ResearchAgent:
         (ws.root / out).mkdir(parents=True, exist_ok=True)
         edit = state.get("edit")
         if edit and not edit["ok"]:
-            metrics = {"status": "crashed", "fail_reason": f"edit failed: {edit['error']}"}
+            metrics = RunMetrics.failure("crashed", f"edit failed: {edit['error']}").flat()
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         try:
             cmd, timeout = self._command(plan, out, state)
         except UserError as err:  # e.g. the teacher's run folder is gone: the experiment fails, the run goes on
-            metrics = {"status": "crashed", "fail_reason": str(err)}
+            metrics = RunMetrics.failure("crashed", str(err)).flat()
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
         if plan["kind"] == "nas_search":
             cmd += search_continuation(ws.root / out, plan)
         log = ws.root / out / "worker.log"
         try:
+            if ws.has_code():
+                code_files(ws.root)  # a workspace whose nas/ would replace fixed code is refused before anything runs
             confinement = experiment_confinement(ws, self.s, out)
             if confinement is not None:
                 prepare_shared_cache(self.s)
             outcome = run_limited(cmd, ws.root, log, timeout_s=timeout, memory_mb=self.s.memory_mb, env=experiment_env(ws),
                                   confinement=confinement)
         except (ConfinementUnavailable, UserError) as err:  # the experiment fails with the reason, the run goes on
-            metrics = {"status": "crashed", "fail_reason": str(err)}
+            metrics = RunMetrics.failure("crashed", str(err)).flat()
             return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": 0.0, **self._timed(state, t0)}
-        metrics_path = ws.root / out / "metrics.json"
+        # what re-makes this result, written by us after the worker is gone (its own copies are not trusted)
+        stored_command(cmd, out, timeout, ws.has_code()).save(ws.root / out)
+        if plan["kind"] in MODEL_KINDS and (ws.root / out / "model.safetensors").is_file():
+            write_code_record(ws.root / out, ws.root if ws.has_code() else None, commit=ws.repo.head.commit.hexsha)
+        metrics_path = ws.root / out / METRICS_FILE
         try:
             if plan["kind"] == "eval":  # only numbers the installed harness wrote, outside the workspace, count
                 scoring = (self.run_dir / "scoring" / exp_id).absolute()  # the scorer's working folder is the workspace
-                metrics_path = scoring / "metrics.json"
+                metrics_path = scoring / METRICS_FILE
                 if outcome.ok:
                     score_cmd, score_env = trusted_scoring(plan, ws.root / out, scoring)
                     scored = run_limited(score_cmd, ws.root, scoring / "score.log", timeout_s=max(1.0, timeout - outcome.wall_s),
@@ -295,12 +310,18 @@ class ResearchAgent:
                     outcome = replace(scored, wall_s=outcome.wall_s + scored.wall_s)
                     for name in ("metrics.json", "samples.jsonl_results.jsonl"):  # the numbers beside the samples
                         copy_regular(scoring / name, ws.root / out / name, 256 * 2**20)  # replaces whatever stood there
-            metrics = read_json_object(metrics_path) if outcome.ok or plan["kind"] != "eval" else None
-        except UnsafeFile as err:  # a link, a FIFO, a huge or malformed file left by the worker: its experiment fails
-            metrics = {"status": "crashed", "fail_reason": str(err)}
+            # parsed and checked once, here; the judge, the record and the report see its flat dict
+            metrics = read_metrics(metrics_path).flat() if outcome.ok or plan["kind"] != "eval" else None
+        except MissingRunFile:
+            metrics = None
+        except (UnsafeFile, RunFileError) as err:  # a link, a FIFO, a huge, malformed or nested file: its experiment fails
+            metrics = RunMetrics.failure("crashed", str(err)).flat()
         if metrics is None:
-            metrics = {"status": "crashed", "fail_reason": ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
-                       + f"; see {out / 'worker.log'}"}
+            metrics = RunMetrics.failure("crashed", ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
+                                         + f"; see {out / 'worker.log'}").flat()
+        if plan["kind"] in MODEL_KINDS and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float):
+            left = timeout - (time.monotonic() - t0)  # scoring is part of the experiment: it holds to the same limit
+            metrics = self._harness_score(metrics, ws.root / out, exp_id, max(left, self.s.grace_s))
         return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": outcome.wall_s,
                 **self._timed(state, t0, worker_s=outcome.wall_s)}
 
@@ -332,22 +353,24 @@ class ResearchAgent:
                        "reason": (f"search found a front of {metrics.get('front_size')}; its members are trained next" if ok
                                   else str((metrics or {}).get("fail_reason", "search failed")))}
             return {"verdict": verdict, **self._timed(state, t0)}
+        if plan["kind"] in MODEL_KINDS and metrics and metrics.get("status") == "ok":
+            metrics = settle_latency(self.goal.max_latency_ms, metrics, lambda i: self._remeasure_latency(state, i))
         key = group_key(plan)
         groups: dict[str, list[float]] = {}
         for h in history:
             if h["plan"]["kind"] in MODEL_KINDS and isinstance(h.get("val_bpb"), float):
                 groups.setdefault(group_key(h["plan"]), []).append(h["val_bpb"])
         bpb = (metrics or {}).get("val_bpb")
-        same = groups.get(key, [])
+        same = list(groups.get(key, []))  # the earlier runs of this config (a copy: the current one is appended below)
         if isinstance(bpb, float):
             groups.setdefault(key, []).append(bpb)
         noise = noise_estimate(list(groups.values()))
         incumbent = state.get("incumbent")
         inc_key = group_key(incumbent["plan"]) if incumbent else None
-        if incumbent and key == inc_key:  # a repeat of the incumbent only measures noise
+        if incumbent and key == inc_key and isinstance(bpb, float):  # a repeat of the incumbent only measures noise (a crash is a crash)
             verdict = {"decision": "repeat", "reason": "repeat of the incumbent with another seed (noise measurement)",
                        "metric": bpb, "noise": noise}
-            return {"verdict": verdict, "noise": noise, **self._timed(state, t0)}
+            return {"verdict": verdict, "noise": noise, "metrics": metrics, **self._timed(state, t0)}
         inc_bpb = statistics.fmean(groups[inc_key]) if inc_key in groups else None
         candidate = dict(metrics or {})
         if isinstance(bpb, float):
@@ -358,7 +381,25 @@ class ResearchAgent:
             v = self.llm_judge.review(v, state["exp_id"] or "", plan, metrics or {}, incumbent, len(same) + 1, notes)
             if notes:
                 self._journal("".join(f"- {n}\n" for n in notes))
-        return {"verdict": v.model_dump(), "noise": noise, **self._timed(state, t0)}
+        return {"verdict": v.model_dump(), "noise": noise, "metrics": metrics, **self._timed(state, t0)}
+
+    def _remeasure_latency(self, state: AgentState, attempt: int) -> dict[str, Any] | None:
+        """A fresh latency measurement of this experiment's saved model (None when it fails: the judge goes on
+        with the sessions it has)."""
+        ws, exp_id, metrics = self.workspace(), state["exp_id"], state.get("metrics") or {}
+        assert exp_id is not None
+        out = Path("runs") / exp_id  # relative to the workspace, as for the worker
+        result = out / f"latency_remeasure_{attempt}.json"
+        cmd = remeasure_command(out, result, str(metrics.get("latency_device", "cpu")))
+        try:
+            outcome = run_limited(cmd, ws.root, ws.root / out / "latency_remeasure.log", timeout_s=REMEASURE_TIMEOUT_S,
+                                  memory_mb=self.s.memory_mb, env=experiment_env(ws), confinement=experiment_confinement(ws, self.s, out))
+            fresh = read_json_object(ws.root / result) if outcome.ok else None
+        except (ConfinementUnavailable, UserError, UnsafeFile):
+            return None
+        PROGRESS.print(f"     [dim]latency re-measured ({attempt}): "
+                       f"{(fresh or {}).get('latency_ms_p50', float('nan')):.3f} ms/token p50[/]")
+        return fresh
 
     def record(self, state: AgentState) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -373,15 +414,18 @@ class ResearchAgent:
             if exp_id not in done_ids:  # idempotent: a re-run of this node after a kill does not commit again
                 trailers = {"experiment": exp_id, "kind": plan["kind"]}
                 for key, name in (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"),
-                                  ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1"),
+                                  ("latency_ms_spread", "latency-ms-spread"), ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1"),
                                   ("size_bytes_on_disk_int8", "size-on-disk-int8-bytes"), ("val_bpb_change_pct", "bpb-change-pct")):
                     if key in metrics:
                         trailers[name] = metrics[key]
+                trailers.update(self._provenance(plan, state.get("run_dir"), metrics))
                 if verdict.get("delta") is not None:
                     trailers["delta-bpb"] = verdict["delta"]
-                if verdict.get("noise") is not None:
-                    trailers["noise-bpb"] = verdict["noise"]
+                noise, source = noise_margin(verdict, state)
+                trailers["noise-bpb"], trailers["noise-source"] = noise, source
                 body = f"{plan['rationale']}\n\nJudge: {verdict['reason']}"
+                if state.get("run_dir") and (Path(state["run_dir"]) / COMMAND_FILE).is_file():
+                    body += f"\n\nCommand: {WorkerCommand.load(Path(state['run_dir'])).display()}"
                 edit = state.get("edit")
                 if edit and edit.get("ok"):
                     body += f"\n\nCode change ({edit['editor']}): {plan['code_change']}\nFiles: {', '.join(edit['files'])}"
@@ -389,6 +433,8 @@ class ResearchAgent:
                     if edit.get("cost_usd"):
                         trailers["edit-cost-usd"] = edit["cost_usd"]
                 commit = ws.commit_experiment(title, body, trailers)
+                if state.get("run_dir") and plan["kind"] in MODEL_KINDS:
+                    stamp_commit(Path(state["run_dir"]), commit)
             else:
                 commit = next(e.sha for e in ws.experiments() if e.trailers.get("experiment") == exp_id)
         else:
@@ -397,6 +443,7 @@ class ResearchAgent:
                  "edit": state.get("edit"),
                  "run_dir": state.get("run_dir"), "worker_s": state.get("exp_worker_s"), "val_bpb": metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
                  "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        entry["noise_bpb"], entry["noise_source"] = noise_margin(verdict, state)
         self._append_result(entry, verdict)
         self._journal(f"**{decision}**: {verdict['reason']}" + (f" (commit {commit[:10]})" if commit else "") + "\n")
         bpb = entry["val_bpb"]
@@ -417,9 +464,44 @@ class ResearchAgent:
 
     # -------------------------------------------------------------------------------------- helpers
 
+    def _harness_score(self, metrics: dict[str, Any], run_dir: Path, exp_id: str, timeout_s: float) -> dict[str, Any]:
+        """The recorded val bpb is the harness's own score of the saved model (its code running apart, confined when
+        edited); the worker's figure is kept beside it, and a worker whose figure is off is a failed experiment."""
+        try:
+            scored = score_model(self.s, run_dir, "val", (self.run_dir / "scoring" / exp_id).absolute(), timeout_s)
+        except (ScoringRefused, ConfinementUnavailable, UserError) as err:
+            return RunMetrics.failure("crashed", f"the harness could not score the model: {err}").flat()
+        reported = metrics["val_bpb"]
+        if abs(reported - scored.bpb) > max(0.01, 0.01 * scored.bpb):
+            return RunMetrics.failure("crashed", f"the worker reported val bpb {reported:.4f}; the harness scores its model "
+                                                 f"{scored.bpb:.4f}").flat()
+        return {**metrics, "val_bpb": scored.bpb, "val_bpb_worker": reported, "val_bytes": scored.bytes,
+                "val_causality_probes": scored.probes}
+
+    def _provenance(self, plan: dict[str, Any], run_dir: str | None, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The trailers that let ``autonas reproduce`` re-make a kept model: seed, tokens trained, code hash, corpus."""
+        if plan["kind"] not in MODEL_KINDS:
+            return {}
+        out: dict[str, Any] = {"seed": plan["config"]["seed"]}
+        if isinstance(metrics.get("tokens_trained"), int):
+            out["tokens"] = metrics["tokens_trained"]
+        record = read_code_record(Path(run_dir)) if run_dir else None
+        if record is not None:
+            out["code-hash"] = record.hash
+        if not hasattr(self, "_corpus_fingerprint"):
+            from harness.data import CorpusSpec, prepare_corpus
+
+            self._corpus_fingerprint = prepare_corpus(CorpusSpec(source=self.s.corpus), self.s.tokenizer).corpus_fingerprint
+        out["corpus"] = self._corpus_fingerprint
+        return out
+
+
     def workspace(self) -> Workspace:
         if not hasattr(self, "_ws"):
             self._ws = Workspace.open(self.s.workspace, self.s.run_id)
+            if self._ws.carries_whole_package():
+                raise UserError(f"workspace {self._ws.root} was made by an older version (it carries the whole nas package, "
+                                "its measurement included): start a new run")
             # a kill during an edit leaves the editor's change in the tree: it is the agent's, and the edit node redoes it
             self._ws.ensure_clean_except_agent(("configs/", "nas/") if self._ws.has_code() else ("configs/",))
         return self._ws
@@ -465,7 +547,8 @@ class ResearchAgent:
         arch = entry["plan"]["config"].get("arch")
         row = {"experiment": entry["id"], "commit": entry["commit"][:10], "kind": entry["plan"]["kind"], "decision": entry["decision"],
                "val_bpb": m.get("val_bpb", ""), "size_bytes_int8": m.get("size_bytes_int8", ""), "latency_ms_p50": m.get("latency_ms_p50", ""),
-               "params": m.get("params", ""), "delta_bpb": verdict.get("delta", ""), "noise_bpb": verdict.get("noise", ""),
+               "params": m.get("params", ""), "delta_bpb": verdict.get("delta", ""), "noise_bpb": entry["noise_bpb"],
+               "noise_source": entry["noise_source"],
                "seed": entry["plan"]["config"].get("seed", ""), "rationale": entry["plan"]["rationale"], "reason": entry["reason"],
                "arch": _describe(arch) if arch else "", "planner": entry.get("planner", "")}
         new = not path.exists()
@@ -474,6 +557,13 @@ class ResearchAgent:
             if new:
                 writer.writeheader()
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def noise_margin(verdict: dict[str, Any], state: AgentState) -> tuple[float, str]:
+    """The run-to-run noise (bpb) a result was judged against: measured from repeats, or the judge's floor
+    (said so) while no repeat has finished."""
+    measured = verdict.get("noise") if verdict.get("noise") is not None else state.get("noise")
+    return (float(measured), "measured") if measured is not None else (MIN_NOISE, "floor")
 
 
 def experiment_env(ws: Workspace) -> dict[str, str]:
@@ -560,7 +650,13 @@ def copy_best(agent: ResearchAgent, incumbent: dict[str, Any] | None) -> Path | 
     src = Path(incumbent["run_dir"])
     best = agent.run_dir / "best"
     best.mkdir(exist_ok=True)
-    for name in ("model.safetensors", "arch.json", "tokenizer.json", "metrics.json"):
+    names = ["model.safetensors", "arch.json", "tokenizer.json", "metrics.json", CODE_RECORD]
+    record = read_code_record(src)
+    if record is not None:
+        remove(best / CODE_DIR)
+        (best / CODE_DIR / "nas").mkdir(parents=True)
+        names += [f"{CODE_DIR}/{f}" for f in record.files]
+    for name in names:
         try:  # a worker's file: copied only if it is a regular file, never through a link it planted
             copy_regular(src / name, best / name, BEST_FILE_MAX_BYTES)
         except UnsafeFile as err:

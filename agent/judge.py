@@ -1,17 +1,20 @@
 """The metric judge: keep an experiment only when it beats the incumbent by more than run-to-run noise.
 
-The noise is measured, not assumed: the planner starts by training the baseline twice with different
-seeds, and every later re-run of a close call adds to the estimate (pooled standard deviation of repeated
+The noise is measured, not assumed: the graph repeats the first kept model with another seed, whoever
+plans, and every later re-run of a close call adds to the estimate (pooled standard deviation of repeated
 configurations). A result that would win by less than ``k`` noise standard deviations is a *close call*:
-the planner re-runs it with another seed, and the mean of the repeats decides. In the best-known public
+the graph re-runs it with another seed, and the mean of the repeats decides. In the best-known public
 loop a pure seed change was once kept as an improvement; this rule is what prevents that.
+
+A latency limit is judged on the robust statistic (median of per-repeat medians); a measurement whose
+per-repeat medians straddle the limit is taken again (:func:`settle_latency`), not rejected.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel
 
@@ -33,11 +36,44 @@ def violations(goal: Goal, metrics: dict[str, Any]) -> list[str]:
     out = []
     if goal.max_mb is not None and metrics.get("size_bytes_int8", 0) > goal.max_mb * 1e6:
         out.append(f"int8 size {metrics['size_bytes_int8'] / 1e6:.2f} MB > {goal.max_mb:g} MB")
+    # latency_ms_p50 is the robust statistic: the median of the per-repeat medians (harness.metrics.measure_latency)
     if goal.max_latency_ms is not None and metrics.get("latency_ms_p50", 0) > goal.max_latency_ms:
-        out.append(f"latency {metrics['latency_ms_p50']:.2f} ms > {goal.max_latency_ms:g} ms")
+        out.append(f"latency {metrics['latency_ms_p50']:.2f} ms > {goal.max_latency_ms:g} ms"
+                   + (f" (median of {metrics['latency_remeasures'] + 1} measurements)" if metrics.get("latency_remeasures") else ""))
     if goal.max_params is not None and metrics.get("params", 0) > goal.max_params:
         out.append(f"{metrics['params']:,} parameters > {goal.max_params:,}")
     return out
+
+
+LATENCY_REMEASURES = 3  # fresh measurements of a result whose latency spread straddles the limit, before the median decides
+
+
+def latency_undecided(limit_ms: float | None, metrics: dict[str, Any]) -> bool:
+    """True when the per-repeat medians of one measurement fall on both sides of the limit: the session was too
+    noisy (a busy machine) to say whether the model meets it, so it is measured again rather than rejected."""
+    lo, hi = metrics.get("latency_ms_p50_min"), metrics.get("latency_ms_p50_max")
+    if limit_ms is None or not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
+        return False
+    return lo <= limit_ms < hi
+
+
+def settle_latency(limit_ms: float | None, metrics: dict[str, Any], remeasure: Callable[[int], dict[str, Any] | None],
+                   max_remeasures: int = LATENCY_REMEASURES) -> dict[str, Any]:
+    """The metrics the latency limit is judged on. A measurement that decides (its spread is on one side of the
+    limit) is taken as it is; else ``remeasure(i)`` gives fresh measurements (None: it failed) until one decides,
+    and after ``max_remeasures`` the median of all the sessions' robust statistics decides."""
+    if not latency_undecided(limit_ms, metrics):
+        return metrics
+    sessions = [float(metrics["latency_ms_p50"])]
+    for i in range(1, max_remeasures + 1):
+        fresh = remeasure(i)
+        if not fresh or not isinstance(fresh.get("latency_ms_p50"), (int, float)):
+            break
+        sessions.append(float(fresh["latency_ms_p50"]))
+        if not latency_undecided(limit_ms, fresh):
+            return {**metrics, **fresh, "latency_remeasures": i, "latency_ms_p50_first": sessions[0]}
+    return {**metrics, "latency_ms_p50": statistics.median(sessions), "latency_remeasures": len(sessions) - 1,
+            "latency_ms_p50_first": sessions[0]}
 
 
 def noise_estimate(groups: list[list[float]]) -> float | None:

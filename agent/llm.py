@@ -29,6 +29,7 @@ PROVIDERS: tuple[str, ...] = ("auto", "offline", "anthropic", "openai")
 KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-6", "openai": "gpt-4.1"}
 DEFAULT_URL = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1"}
+URL_ENV = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}  # the SDKs' own fallback when no base_url is given
 
 # Published list prices in USD per million tokens (input, output), matched by model-name prefix, longest
 # first. Prices move: --price-in/--price-out override them, and an unknown model has no price.
@@ -252,7 +253,8 @@ def make_client(spec: LLMSpec, role: str, env: dict[str, str] | None = None, che
                         f"or use --{role} offline)")
     client = _CLIENTS[name](spec, key)
     if check_reachable:
-        check_server(spec.base_url or DEFAULT_URL[name], role)
+        # the address the SDK will really use: --base-url, else its environment variable, else the public API
+        check_server(spec.base_url or env.get(URL_ENV[name]) or DEFAULT_URL[name], role)
     return client
 
 

@@ -1,10 +1,10 @@
 """The offline planner: a deterministic research strategy that needs no LLM.
 
-1. Train a baseline that fits the goal's limits, twice with different seeds (the second run measures
-   run-to-run noise for the judge).
+1. Train a baseline that fits the goal's limits (the graph repeats it with another seed to measure
+   run-to-run noise, whoever plans: agent.repeats).
 2. Run a small multi-objective architecture search under the same limits.
 3. Train the search's Pareto front at the full experiment budget, best first.
-4. Re-run any close call with another seed, so a lucky seed is never kept.
+4. (Close calls are re-run with another seed by the graph, so a lucky seed is never kept.)
 5. Distil the incumbent into its own architecture once (born-again networks, Furlanello et al. 2018:
    a student of the teacher's size trained on its soft targets often beats it), then score the
    incumbent on HumanEval once, so the report carries a code-ability figure, and quantize it to INT8
@@ -21,7 +21,7 @@ from typing import Any
 
 from agent.goal import Goal
 from agent.plans import (AnyPlan, CompressConfigPlan, CompressPlan, DistillConfigPlan, DistillPlan, EvalConfigPlan, EvalPlan, SearchConfigPlan, SearchPlan,
-                         TrainConfigPlan, TrainPlan, parse_plan)
+                         TrainConfigPlan, TrainPlan)
 from nas.space import ArchConfig, ArchConstraints, get_space
 
 
@@ -49,21 +49,10 @@ class OfflinePlanner:
 
     def propose(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> AnyPlan:
         tried = {group_key(h["plan"]) for h in history}
-        last = history[-1] if history else None
-        # 4. a close call is re-run with the next seed before anything else
-        if last and last["decision"] == "close":
-            plan = dict(last["plan"])
-            seeds = [h["plan"]["config"].get("seed", 0) for h in history if group_key(h["plan"]) == group_key(plan)]
-            cfg = {**plan["config"], "seed": max(seeds) + 1}
-            return parse_plan({"kind": plan["kind"], "config": cfg, "code_change": plan.get("code_change"),
-                               "rationale": f"re-run of {last['id']} with seed {cfg['seed']}: its gain was within the measured noise"})
         trains = [h for h in history if h["plan"]["kind"] == "train"]
-        # 1. baseline, then its repeat for the noise estimate
+        # 1. baseline (its noise repeat and the re-runs of close calls are the graph's: agent.repeats)
         if not trains:
             return self._train(self._baseline_arch(), "baseline: the default shape within the goal's limits")
-        if len(trains) == 1 and trains[0]["decision"] != "crash":
-            return TrainPlan(config=TrainConfigPlan(**{**trains[0]["plan"]["config"], "seed": 1}),
-                             rationale="repeat the baseline with another seed to measure run-to-run noise")
         # 2. one architecture search under the goal's limits
         searches = [h for h in history if h["plan"]["kind"] == "nas_search"]
         if not searches:

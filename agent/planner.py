@@ -3,8 +3,8 @@
 An LLM's plan goes through the same validation as any plan (schema, then :func:`check_plan` against the
 run's tokenizer, limits and time left). A rejected plan goes back to the LLM with the error; after
 ``max_attempts`` rejections, a provider failure (after the SDK's retries) or an exhausted ``--max-cost``,
-the offline planner takes that step. A close call is always re-run with another seed by rule, whoever
-plans: that is the judge's contract, not a matter of taste.
+the offline planner takes that step. The noise repeat and the re-run of a close call are not a planner's
+choice: the graph schedules them before it asks a planner (:mod:`agent.repeats`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ TOOL_DESCRIPTION = "Submit the next experiment as a plan {kind, config, rational
 @dataclass
 class PlanOutcome:
     plan: AnyPlan
-    source: str  # "llm", "offline", "rule" (close-call re-run) or "offline fallback"
+    source: str  # "llm", "offline", "rule" (a repeat the graph schedules) or "offline fallback"
     notes: list[str] = field(default_factory=list)
 
 
@@ -46,8 +46,6 @@ class Planner:
                 ctx: PlanContext) -> PlanOutcome:
         if self.client is None:
             return PlanOutcome(self._offline(history, incumbent), "offline")
-        if history and history[-1]["decision"] == "close":
-            return PlanOutcome(self._offline(history, incumbent), "rule", ["a close call is re-run with another seed before anything else"])
         notes: list[str] = []
         feedback = ""
         for attempt in range(1, self.max_attempts + 1):

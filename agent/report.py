@@ -8,27 +8,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.graph import AgentState, ResearchAgent, copy_best
+from agent.confining import score_model
+from agent.graph import PROGRESS, AgentState, ResearchAgent, copy_best
 from agent.plans import MODEL_KINDS
+from harness.errors import UserError
+from harness.scoring import ScoringRefused
+from sandbox.confine import ConfinementUnavailable
 
 
 def heldout_bpb(agent: ResearchAgent, best: Path) -> float | None:
-    """val-style bits per byte of the best model on the held-out files no experiment has seen."""
-    from safetensors.torch import load_model
-
-    from harness.data import CorpusSpec, prepare_corpus
-    from harness.metrics import evaluate_bpb
-    from nas.model import CodeLM
-    from nas.space import ArchConfig
-
+    """val-style bits per byte of the best model on the held-out files no experiment has seen, scored by the harness
+    in this process while the model's own code (the copy in ``best/code``) runs apart, confined when edited."""
     if not (best / "model.safetensors").is_file():
         return None
-    corpus = prepare_corpus(CorpusSpec(source=agent.s.corpus), agent.s.tokenizer)
-    if corpus["heldout"].size < 2:
+    try:
+        return score_model(agent.s, best, "heldout", (agent.run_dir / "heldout").absolute()).bpb
+    except (ScoringRefused, ConfinementUnavailable, UserError) as err:
+        PROGRESS.print(f"[yellow]held-out score: {err}[/yellow]")
         return None
-    model = CodeLM(ArchConfig.load(best / "arch.json"))
-    load_model(model, str(best / "model.safetensors"))
-    return evaluate_bpb(model, corpus["heldout"], corpus.token_bytes, max_bytes=agent.s.eval_bytes).bpb
 
 
 def _plot(history: list[dict[str, Any]], incumbent_id: str | None, path: Path) -> bool:
@@ -83,18 +80,22 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
         m = incumbent["metrics"]
         lines += ["## Best model", "",
                   f"- experiment {incumbent['id']} (commit {incumbent['commit'][:10]}): val bpb {incumbent['val_bpb']:.4f}"
+                  + (f" on {m['eval_bytes']:,} validation bytes" if isinstance(m.get("eval_bytes"), int) else "")
                   + (f", first experiment {first['val_bpb']:.4f}" if first else ""),
                   f"- held-out bpb (locked split, read only here): {held:.4f}" if held is not None else "- held-out bpb: not available",
                   f"- int8 size {m.get('size_bytes_int8', 0) / 1e6:.3f} MB, {m.get('params', 0):,} parameters, "
                   f"decode {m.get('latency_ms_p50', float('nan')):.2f} ms/token p50",
                   f"- files: `{best}`", ""]
-    lines += ["## Experiments", "", "| id | kind | decision | val bpb | int8 MB | ms/token | rationale | judge |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["## Experiments", "", "| id | kind | decision | val bpb | noise bpb | int8 MB | ms/token | rationale | judge |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for h in history:
         m = h["metrics"]
         bpb = f"{h['val_bpb']:.4f}" if h.get("val_bpb") is not None else "-"
         size = f"{m['size_bytes_int8'] / 1e6:.3f}" if isinstance(m.get("size_bytes_int8"), (int, float)) else "-"
         lat = f"{m['latency_ms_p50']:.2f}" if isinstance(m.get("latency_ms_p50"), (int, float)) else "-"
-        lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {bpb} | {size} | {lat} | "
+        noise = (f"{h['noise_bpb']:.4f}" + (" (floor)" if h.get("noise_source") == "floor" else "")
+                 if isinstance(h.get("noise_bpb"), (int, float)) else "-")  # the margin it was judged against
+        lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {bpb} | {noise} | {size} | {lat} | "
                      f"{h['plan']['rationale'].replace('|', '/')} | {h['reason'].replace('|', '/')} |")
     if has_plot:
         lines += ["", "![val bpb against int8 size, with the Pareto front of the trained experiments](report.png)"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.llm import LLMSpec
+from harness.run_files import EVAL_BYTES
 
 # About 65 s of the default architecture (4 x 128, context 256, byte tokens) on one thread of the 2-core
 # development machine under other load (7,700 tokens/s, measured with `python -m nas train --budget 30s`):
@@ -31,7 +32,7 @@ class RunSettings(BaseModel):
     search_trials: int = Field(6, ge=1)
     tokenizer: str = "byte"
     corpus: str = "stdlib"
-    eval_bytes: int = Field(131_072, gt=0)
+    eval_bytes: int = Field(EVAL_BYTES, gt=0)
     memory_mb: int | None = Field(None, gt=0, description="address-space limit of each worker")
     seed: int = 0
     planner: LLMSpec = LLMSpec()

@@ -23,6 +23,7 @@ from pathlib import Path
 from _common import report
 
 from agent.goal import parse_goal
+from harness.run_files import EVAL_BYTES
 
 
 def run_agent(tmp: Path, args: argparse.Namespace) -> dict:
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--experiment-budget", default="60s")
     ap.add_argument("--goal", default="find the best Python code model under 2 MB")
-    ap.add_argument("--eval-bytes", type=int, default=131_072)
+    ap.add_argument("--eval-bytes", type=int, default=EVAL_BYTES)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -28,6 +28,7 @@ from harness.data import CorpusSpec, prepare_corpus
 from harness.metrics import measure_latency
 from nas.model import build_model
 from nas.space import ArchConfig
+from harness.run_files import EVAL_BYTES
 from nas.train import Trainer, TrainConfig
 
 SHAPES = {
@@ -105,7 +106,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--train-budget", default="3m")
     ap.add_argument("--recover", default="60s")
-    ap.add_argument("--eval-bytes", type=int, default=262_144)
+    ap.add_argument("--eval-bytes", type=int, default=EVAL_BYTES)
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     args = ap.parse_args()

@@ -24,6 +24,7 @@ from harness.budget import parse_budget
 from harness.data import CorpusSpec, prepare_corpus
 from nas.counting import arch_metrics
 from nas.space import ArchConfig
+from harness.run_files import EVAL_BYTES, read_metrics
 from nas.train import Trainer, TrainConfig
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--ce-weight", type=float, default=0.5)
     ap.add_argument("--teacher-dir", type=Path, default=None, help="reuse a trained teacher run folder")
-    ap.add_argument("--eval-bytes", type=int, default=262_144)
+    ap.add_argument("--eval-bytes", type=int, default=EVAL_BYTES)
     args = ap.parse_args()
     spec = CorpusSpec()
     corpus = prepare_corpus(spec, "byte")
@@ -50,9 +51,7 @@ def main() -> None:
             cfg = TrainConfig.from_budget(parse_budget(args.teacher_budget), **common)
             Trainer(teacher_arch, corpus, cfg, tdir, spec, log_to_console=True).run()
         teacher = CodeLMTeacher(tdir)
-        import json
-
-        tm = json.loads((tdir / "metrics.json").read_text())
+        tm = read_metrics(tdir).flat()
         rows.append({"model": "teacher", "loss": "-", "params": arch_metrics(teacher.arch)["params"],
                      "tokens": tm["tokens_trained"], "val_bpb": tm["val_bpb"], "gain_vs_scratch_pct": None, "train_s": tm["train_s"]})
         student_cfg = TrainConfig(budget_tokens=args.student_tokens, **common)

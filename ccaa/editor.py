@@ -24,7 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from sandbox import gitexe
 
@@ -46,6 +46,9 @@ class EditInstruction:
     system_prompt: str = ""
     log_dir: Path | None = None  # transcripts and screenshots go here (inside the workspace's ignored runs/)
     timeout_s: float = 600.0
+    # the caller's rule over changed paths (relative to the workspace): the reason a path is off limits, or None.
+    # The agent passes the fixed-harness rule, so an edit of the measuring code fails and is undone.
+    off_limits: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class Editor(ABC):
                 Path(path).unlink()
         tree_after = snapshot_tree(workspace)
         files = tuple(_git(workspace, "diff", "--name-only", tree_before, tree_after).splitlines())
-        diff = _git(workspace, "diff", tree_before, tree_after)
+        diff = tree_diff(workspace, tree_before, tree_after)
         error = report.error if not report.ok else None
         if outside:
             error = f"wrote outside the workspace: {', '.join(outside[:5])}" + (f" (+{len(outside) - 5} more)" if len(outside) > 5 else "")
@@ -135,6 +138,10 @@ class Editor(ABC):
                      "git finds commands to run there, and a commit or branch switch is the agent's to make")
         elif error is None and not files:
             error = "empty diff: the editor changed nothing in the workspace"
+        elif error is None and instruction.off_limits is not None:
+            refused = [reason for f in files if (reason := instruction.off_limits(f))]
+            if refused:
+                error = f"changed files that are off limits: {refused[0]}" + (f" (+{len(refused) - 1} more)" if len(refused) > 1 else "")
         if error is not None:
             restore_tree(workspace, tree_before, tree_after)
         return EditResult(editor=self.name, ok=error is None, files_changed=files if error is None else (), diff=diff if error is None else "",
@@ -175,10 +182,27 @@ AGENT_RECORDS = ("runs", "results.tsv", "journal.md")  # the agent's own files i
 
 def _git(workspace: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> str:
     """git through :mod:`sandbox.gitexe` (no hooks, no fsmonitor, no keys) with ``env`` added."""
-    proc = subprocess.run([gitexe.executable(), *args], cwd=workspace, capture_output=True, text=True, env=gitexe.safe_env(env))
+    return _git_bytes(workspace, *args, check=check, env=env).decode("utf-8", "surrogateescape").strip()
+
+
+def _git_bytes(workspace: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> bytes:
+    """git's output exactly as written: no newline translation, no stripping (a patch must stay appliable)."""
+    proc = subprocess.run([gitexe.executable(), *args], cwd=workspace, capture_output=True, env=gitexe.safe_env(env))
     if check and proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout.strip()
+        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.decode('utf-8', 'replace').strip()}")
+    return proc.stdout
+
+
+def tree_diff(workspace: Path, before: str, after: str) -> str:
+    """The change between two tree snapshots as a patch ``git apply`` takes back, byte for byte: its trailing
+    blank context lines and CR characters are kept (bytes that are not UTF-8 survive as surrogate escapes,
+    see :func:`patch_bytes`)."""
+    return _git_bytes(workspace, "diff", "--binary", before, after).decode("utf-8", "surrogateescape")
+
+
+def patch_bytes(diff: str) -> bytes:
+    """The bytes of a diff from :func:`tree_diff`, to store or apply."""
+    return diff.encode("utf-8", "surrogateescape")
 
 
 def snapshot_tree(workspace: Path) -> str:

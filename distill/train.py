@@ -120,7 +120,7 @@ def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, trai
     teacher.to(trainer.device)
 
     def extra() -> dict[str, Any]:
-        m: dict[str, Any] = {"kd_teacher": teacher.name, "kd_loss": loss.kind, "kd_temperature": loss.temperature,
+        m: dict[str, Any] = {"kind": "distill", "kd_teacher": teacher.name, "kd_loss": loss.kind, "kd_temperature": loss.temperature,
                              "kd_ce_weight": loss.ce_weight, "kd_topk": topk or 0,
                              "kd_teacher_params": int(getattr(teacher, "params", 0))}
         if cache is not None:
@@ -166,7 +166,7 @@ def sequence_distill(teacher_jsonl: Path, student: ArchConfig, corpus_spec: Corp
     corpus = corpus_with_teacher_text(base, np.concatenate(parts), mode)
     trainer = Trainer(student, corpus, train, out, corpus_spec, tokenizer, log_to_console=log_to_console,
                       extra_record={"distill": {"teacher_data": str(Path(teacher_jsonl).resolve()), "loss": "seq", "mode": mode}},
-                      extra_metrics=lambda: {"kd_loss": "seq", "kd_teacher_samples": len(rows), "kd_mode": mode})
+                      extra_metrics=lambda: {"kind": "distill", "kd_loss": "seq", "kd_teacher_samples": len(rows), "kd_mode": mode})
     if started is not None:
         trainer.started = started
     return trainer.run()

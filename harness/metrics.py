@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.run_files import EVAL_BYTES
+
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def evaluate_bpb(
     model: torch.nn.Module,
     tokens: np.ndarray,
     token_bytes: np.ndarray,
-    max_bytes: int | None = 262_144,
+    max_bytes: int | None = EVAL_BYTES,
     batch_size: int = 16,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -95,20 +97,41 @@ def evaluate_bpb(
 
 @dataclass(frozen=True)
 class LatencyResult:
+    """Batch-1 latency of one measurement session.
+
+    A machine's load comes and goes in bursts far longer than one decode step, so the steps of one repeat
+    are not independent samples: the robust figure is the median over repeats of each repeat's median step
+    (``decode_ms_p50``), and the spread of those per-repeat medians says how far one session can be trusted.
+    """
+
     device: str
     prompt_tokens: int
     decode_tokens: int
     prefill_ms_p50: float
     prefill_ms_p90: float
-    decode_ms_p50: float  # per token, with KV cache, batch 1
-    decode_ms_p90: float
+    decode_ms_p50: float  # per token, with KV cache, batch 1: median of the per-repeat medians
+    decode_ms_p90: float  # over all steps of all repeats
+    decode_ms_p50_repeats: tuple[float, ...] = ()  # each repeat's median step
 
-    def as_metrics(self) -> dict[str, float]:
+    @property
+    def decode_ms_p50_min(self) -> float:
+        return min(self.decode_ms_p50_repeats, default=self.decode_ms_p50)
+
+    @property
+    def decode_ms_p50_max(self) -> float:
+        return max(self.decode_ms_p50_repeats, default=self.decode_ms_p50)
+
+    def as_metrics(self) -> dict[str, float | int | str]:
         return {
             "latency_ms_prefill_p50": self.prefill_ms_p50,
             "latency_ms_prefill_p90": self.prefill_ms_p90,
             "latency_ms_p50": self.decode_ms_p50,
             "latency_ms_p90": self.decode_ms_p90,
+            "latency_ms_p50_min": self.decode_ms_p50_min,  # the spread of the per-repeat medians
+            "latency_ms_p50_max": self.decode_ms_p50_max,
+            "latency_ms_spread": self.decode_ms_p50_max - self.decode_ms_p50_min,
+            "latency_repeats": len(self.decode_ms_p50_repeats),
+            "latency_device": self.device,
         }
 
 
@@ -136,7 +159,8 @@ def measure_latency(
     """Batch-1 prompt prefill and per-token decode latency with the KV cache (greedy, fixed inputs).
 
     Warm-up passes run first (allocator, kernel selection); every decode step is timed on its own, with
-    a device synchronisation on CUDA, and p50/p90 are taken over all steps of all repeats.
+    a device synchronisation on CUDA. The decode p50 is the median of the per-repeat median steps (robust to
+    a burst of load during one repeat), reported with the per-repeat medians; p90 is over all steps.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -146,7 +170,7 @@ def measure_latency(
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.arch.vocab_size, (1, prompt_tokens), generator=g).to(device)
     cache = model.new_cache(1)
-    prefill, decode = [], []
+    prefill, decode, per_repeat = [], [], []
     for r in range(warmup + repeats):
         cache.reset()
         _sync(device)
@@ -165,14 +189,16 @@ def measure_latency(
         if r >= warmup:
             prefill.append((t1 - t0) * 1e3)
             decode.extend(steps)
+            per_repeat.append(statistics.median(steps))
     return LatencyResult(
         device=str(device),
         prompt_tokens=prompt_tokens,
         decode_tokens=decode_tokens,
         prefill_ms_p50=_percentile(prefill, 0.5),
         prefill_ms_p90=_percentile(prefill, 0.9),
-        decode_ms_p50=_percentile(decode, 0.5),
+        decode_ms_p50=statistics.median(per_repeat),
         decode_ms_p90=_percentile(decode, 0.9),
+        decode_ms_p50_repeats=tuple(per_repeat),
     )
 
 

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE
+from harness.model_code import model_code_root, reexec_with_model_code, write_code_record
 from nas import validate
 from nas.cli import OneLineErrors, _print_metrics, err_console, user_errors
 
@@ -28,7 +30,7 @@ def compress_command(
     recover: Annotated[Optional[str], typer.Option(help="recovery fine-tune budget after pruning: 2m, 500ktok")] = None,
     recover_lr: Annotated[float, typer.Option()] = 1e-3,
     recover_distill: Annotated[bool, typer.Option(help="recover with knowledge distillation from the unpruned model")] = False,
-    eval_bytes: Annotated[int, typer.Option(min=1)] = 262_144,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
@@ -52,6 +54,7 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
     validate.number(recover_lr, "--recover-lr", gt=0, le=10)
     validate.seed(seed)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
+    reexec_with_model_code(model)  # compressed by the code that trained it
 
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
@@ -67,10 +70,13 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
     cfg = CompressConfig.with_recovery(recover_budget, int8=int8, int8_backend=int8_backend,
                                        prune=prune, onnx=onnx, recover_lr=recover_lr, recover_distill=recover_distill, eval_bytes=eval_bytes, seed=seed)
     if overwrite:  # a failure below must not leave the old figures looking new
-        (out_dir / "metrics.json").unlink(missing_ok=True)
+        for name in (METRICS_FILE, LOG_FILE):
+            (out_dir / name).unlink(missing_ok=True)
     err_console.print(f"compressing {model} ({'prune ' + prune if prune else ''}{' + recover ' + recover if recover else ''}"
                       f"{' + int8' if int8 else ''}) -> {out_dir}", highlight=False)
-    _print_metrics(compress(model, out_dir, cfg, log_to_console=not quiet), REPORT_KEYS)
+    metrics = compress(model, out_dir, cfg, log_to_console=not quiet)
+    write_code_record(out_dir, model_code_root())  # the compressed model carries the same code
+    _print_metrics(metrics, REPORT_KEYS)
 
 
 def latency_command(
@@ -97,6 +103,7 @@ def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: 
     validate.input_dir(model, "--model")
     if out is not None:
         validate.output_file(out, "--out", overwrite=overwrite)
+    reexec_with_model_code(model)  # timed with the code that trained it
     counts: list[int | None] = list(validate.int_list(threads, "--threads", ge=1, le=1024)) if threads else [None]
     validate.number(prompt, "--prompt", le=100_000)
     validate.number(decode, "--decode", le=100_000)

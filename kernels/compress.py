@@ -3,15 +3,15 @@
 Reads a run folder (``arch.json``, ``model.safetensors``, ``run.json`` for its corpus and tokenizer) and
 never writes into it. Writes an output folder with the compressed model (``model.safetensors`` fp32
 with its zeros, ``model_int8.safetensors`` with ``--int8``), ``arch.json``, the tokenizer, and a flat
-``metrics.json``: val bpb before / after each stage on the same validation bytes, sizes on disk,
-sparsity, parameters and batch-1 decode latency before and after.
+``metrics.json`` (through ``harness.run_files``): val bpb before / after each stage on the same validation
+bytes, sizes on disk, sparsity, parameters and batch-1 decode latency before and after; and ``log.txt``, one
+line per stage, as every worker writes.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +29,7 @@ from harness.budget import Budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.metrics import evaluate_bpb, measure_latency
+from harness.run_files import EVAL_BYTES, append_log, write_metrics
 from nas.model import CodeLM, build_model
 from nas.train import Trainer, TrainConfig
 
@@ -44,7 +45,7 @@ class CompressConfig(BaseModel):
     recover_lr: float = Field(1e-3, gt=0)
     recover_distill: bool = False  # recover with KD from the unpruned model (forward KL, half CE)
     calib_batches: int = Field(8, ge=1)
-    eval_bytes: int = Field(262_144, gt=0)
+    eval_bytes: int = Field(EVAL_BYTES, gt=0)
     seed: int = 0
     measure_latency: bool = True
     onnx: bool = False  # also export the decode step to ONNX (fp32, and int8 with int8) and check it
@@ -90,10 +91,15 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     if out.resolve() == Path(model_dir).resolve():
         raise UserError("--out must differ from the source model folder (the source is never modified)")
     out.mkdir(parents=True, exist_ok=True)
+    append_log(out, f"compress {Path(model_dir).resolve()}: prune {cfg.prune or '-'}, recover "
+                    f"{cfg.recover_s or cfg.recover_tokens or '-'}, int8 {cfg.int8} ({cfg.int8_backend}), eval bytes {cfg.eval_bytes}")
     corpus = prepare_corpus(corpus_spec, tokenizer)
-    m: dict[str, Any] = {"status": "ok", "source": str(Path(model_dir).resolve()), "params_before": sum(p.numel() for p in model.parameters()),
-                         "size_bytes_on_disk_fp32_before": (Path(model_dir) / "model.safetensors").stat().st_size}
+    m: dict[str, Any] = {"status": "ok", "kind": "compress", "source": str(Path(model_dir).resolve()),
+                         "params_before": sum(p.numel() for p in model.parameters()),
+                         "size_bytes_on_disk_fp32_before": (Path(model_dir) / "model.safetensors").stat().st_size,
+                         "eval_bytes": cfg.eval_bytes, "seed": cfg.seed}
     m["val_bpb_before"] = _bpb(model, corpus, cfg)
+    append_log(out, f"before: val bpb {m['val_bpb_before']:.4f}, {m['params_before']} parameters")
     if cfg.measure_latency:
         m["latency_ms_p50_before"] = _latency(model)
     if spec is not None:
@@ -114,11 +120,13 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
             prune_semi_structured_24(model)
             m["prune_sparsity"] = 0.5
         m["val_bpb_pruned"] = _bpb(model, corpus, cfg, "cuda" if spec.method == "2:4" else "cpu")
+        append_log(out, f"pruned {spec.method} to sparsity {m['prune_sparsity']}: val bpb {m['val_bpb_pruned']:.4f}")
         if cfg.recover_s or cfg.recover_tokens:
             model = _recover(model, corpus, corpus_spec, tokenizer, cfg, out, keep_zeros=spec.method in ("magnitude", "wanda"),
                              log_to_console=log_to_console, teacher=teacher)
             m["recover_distill"] = cfg.recover_distill
             m["val_bpb_recovered"] = _bpb(model, corpus, cfg)
+            append_log(out, f"recovered (log in {out / 'recover'}): val bpb {m['val_bpb_recovered']:.4f}")
     m["params"] = sum(p.numel() for p in model.parameters())
     save_model(model, str(out / "model.safetensors"))
     (out / "arch.json").write_text(model.arch.to_json())
@@ -133,6 +141,7 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
         m["val_bpb_int8_weights"] = _bpb(reference, corpus, cfg)  # weight rounding alone
         final = for_runtime(reference, cfg.int8_backend)  # type: ignore[arg-type]
         m["int8_backend"] = cfg.int8_backend
+        append_log(out, f"int8 weights: val bpb {m['val_bpb_int8_weights']:.4f}")
     m["val_bpb"] = _bpb(final, corpus, cfg, "cuda" if cfg.int8_backend == "cuda" and cfg.int8 else "cpu")
     m["val_bpb_change_pct"] = round(100 * (m["val_bpb"] - m["val_bpb_before"]) / m["val_bpb_before"], 3)
     if cfg.measure_latency and next(final.parameters(), torch.zeros(0)).device.type == "cpu":
@@ -143,9 +152,9 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     if cfg.measure_latency:
         m.update(choose_cpu_deployment(m))
     m["wall_s"] = round(time.perf_counter() - t0, 3)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(m, indent=2, sort_keys=True))
-    os.replace(tmp, out / "metrics.json")
+    m = write_metrics(out, m).flat()
+    append_log(out, f"finished: val bpb {m['val_bpb_before']:.4f} -> {m['val_bpb']:.4f} ({m['val_bpb_change_pct']:+.2f}%), "
+                    f"{m['params']} parameters, {m['wall_s']:.1f} s")
     return m
 
 

@@ -1,0 +1,25 @@
+"""The research code: the editable model (``space``, ``model``, ``train``) and the fixed search around it.
+
+With ``AUTONAS_MODEL_CODE`` set (a run's workspace, or the ``code/`` folder a trained model carries), that folder's
+``nas/`` goes in front of this package's own: its model modules replace the installed ones, nothing else can
+(:mod:`harness.model_code` refuses a folder that would replace a fixed module).
+"""
+
+import os as _os
+
+if _os.environ.get("AUTONAS_MODEL_CODE"):
+    from harness.errors import UserError as _UserError
+    from harness.model_code import model_code_root as _root, package_path_for as _package_path
+
+    import harness as _harness
+
+    try:
+        if _os.path.realpath(_harness.__file__).startswith(_os.path.realpath(_root()) + _os.sep):  # measured by the model's own
+            raise _UserError(f"harness was imported from {_harness.__file__}, inside the model code folder: run with "
+                             "PYTHONSAFEPATH=1 (python -P) from another folder")
+        __path__.insert(0, _package_path(_root()))  # type: ignore[name-defined]  # noqa: F821
+    except _UserError as _err:  # a bad folder is the user's (or an editor's) to fix: one line, exit 2
+        import sys as _sys
+
+        print(f"error: {_err}", file=_sys.stderr)
+        raise SystemExit(2) from None

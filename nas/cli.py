@@ -25,6 +25,7 @@ from nas import validate
 from harness.budget import process_start
 from harness.data import CorpusSpec
 from harness.errors import UserError, describe_validation_error
+from harness.run_files import EVAL_BYTES
 
 err_console = Console(stderr=True)
 console = Console()
@@ -131,7 +132,7 @@ def train_command(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the training step")] = False,
-    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = 262_144,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     checkpoint_every: Annotated[float, typer.Option(help="seconds between checkpoints")] = 60.0,
     hf: Annotated[bool, typer.Option("--hf/--no-hf", help="also export a Hugging Face folder (Llama-family archs)")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
@@ -148,6 +149,7 @@ def _train(arch: Path | None, budget: str, max_seconds: float | None, out: Path 
     from harness.data import prepare_corpus
     from nas.space import ArchConfig
     from harness.tokenizer import parse_tokenizer_spec
+    from harness.model_code import model_code_root, write_code_record
     from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
 
     started = process_start()  # --max-seconds counts from the worker's start: imports and corpus preparation are inside
@@ -177,6 +179,7 @@ def _train(arch: Path | None, budget: str, max_seconds: float | None, out: Path 
     trainer = Trainer(arch_cfg, data, cfg, out_dir, spec, tokenizer, log_to_console=not quiet)
     trainer.started = started
     prepare_run_dir(out_dir, overwrite=overwrite)
+    write_code_record(out_dir, model_code_root())  # the model carries the code that trains it
     err_console.print(f"training {arch_cfg.describe()} for {parsed_budget.describe()} on {trainer.device} -> {out_dir}",
                       highlight=False)
     outcome = trainer.run()
@@ -301,6 +304,46 @@ def _arch_show(path: Path) -> None:
     console.print(table)
 
 
+def evaluate_command(
+    model: Annotated[Path, typer.Option(help="a finished run folder (arch.json + model.safetensors)")],
+    split: Annotated[str, typer.Option(help="val or heldout (the locked split no experiment reads)")] = "heldout",
+    corpus: Annotated[str, typer.Option(help="'stdlib', a folder, a local file, or a hub data set name")] = "stdlib",
+    tokenizer: Annotated[str, typer.Option(help="the tokenizer the model was trained with")] = "byte",
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of text scored")] = EVAL_BYTES,
+    out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
+) -> None:
+    """Bits per byte of a trained model on a split, by the model's own code and the fixed harness."""
+    _evaluate(model, split, corpus, tokenizer, eval_bytes, out)
+
+
+@user_errors
+def _evaluate(model: Path, split: str, corpus: str, tokenizer: str, eval_bytes: int, out: Path | None) -> None:
+    import json
+
+    from harness.data import prepare_corpus
+    from harness.metrics import evaluate_bpb
+    from harness.model_code import active_code_hash, reexec_with_model_code
+    from harness.tokenizer import parse_tokenizer_spec
+    from nas.run_folder import load_trained_model
+
+    validate.input_dir(model, "--model")
+    if split not in ("val", "heldout"):
+        raise UserError(f"--split {split!r}: use val or heldout")
+    parse_tokenizer_spec(tokenizer)
+    validate.corpus(corpus)
+    reexec_with_model_code(model)  # scored with the code that trained it
+    net, _ = load_trained_model(model)
+    data = prepare_corpus(CorpusSpec(source=corpus), tokenizer)
+    if data[split].size < 2:
+        raise UserError(f"the {split} split of {corpus!r} is empty")
+    result = evaluate_bpb(net, data[split], data.token_bytes, max_bytes=eval_bytes)
+    record = {f"{split}_bpb": result.bpb, "eval_bytes": result.bytes, "tokens": result.tokens, "code_hash": active_code_hash(),
+              "corpus_fingerprint": data.corpus_fingerprint}
+    if out is not None:
+        out.write_text(json.dumps(record, indent=2) + "\n")
+    console.print_json(json.dumps(record))
+
+
 search_app = typer.Typer(help="Architecture search.", no_args_is_help=True)
 
 
@@ -336,7 +379,7 @@ def search_command(
     tokenizer: Annotated[str, typer.Option()] = "byte",
     corpus: Annotated[str, typer.Option()] = "stdlib",
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    eval_bytes: Annotated[int, typer.Option(min=1)] = 131_072,
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     quiet: Annotated[bool, typer.Option(help="no live table")] = False,
 ) -> None:
     """Multi-objective, multi-fidelity architecture search (resumable with --resume)."""
@@ -402,6 +445,7 @@ def _search(**kw: Any) -> None:
 def register(app: typer.Typer) -> None:
     """Attach the worker's commands to a Typer app."""
     app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
     app.add_typer(arch_app, name="arch")
     app.add_typer(search_app, name="nas")
 

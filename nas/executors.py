@@ -289,13 +289,21 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 
 def _write_missing_files(spec: TrialSpec, result: TrialResult) -> None:
+    """A remote trial's files in its folder here; its metrics.json through the one writer, so it is checked too."""
     from pathlib import Path
 
+    from harness.run_files import METRICS_FILE, RunFileError, parse_metrics, write_metrics
+
     out = Path(spec.out_dir)
-    if not result.files or (out / "metrics.json").is_file():
+    if not result.files or (out / METRICS_FILE).is_file():
         return
     out.mkdir(parents=True, exist_ok=True)
     for name, text in result.files.items():
-        if name in RESULT_FILES:
+        if name in RESULT_FILES and name != METRICS_FILE:
             (out / name).write_text(text)
+    if METRICS_FILE in result.files:  # written last: its presence means the trial finished
+        try:
+            write_metrics(out, parse_metrics(result.files[METRICS_FILE], f"{out / METRICS_FILE} (from the worker)"))
+        except RunFileError:  # not the trainer's file: kept out of the folder, so a resume trains the trial again
+            pass
     result.files = {}

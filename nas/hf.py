@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from harness.errors import UserError
 from harness.humaneval import truncate_at_stop
+from harness.model_code import active_code_hash, stock_code_hash
 from nas.model import CodeLM
 from nas.space import ArchConfig
 
@@ -33,6 +34,10 @@ def export_blockers(arch: ArchConfig) -> list[str]:
         reasons.append(f"activation={arch.activation} (Llama uses SwiGLU)")
     if arch.pos != "rope":
         reasons.append(f"pos={arch.pos} (Llama uses RoPE)")
+    active, stock = active_code_hash(), stock_code_hash()
+    if active != stock:  # an edited network (another MLP, a new attention): the Llama mapping would be another model
+        reasons.append(f"the model code was edited (hash {active[:12]}, stock {stock[:12]}): Llama's modelling code is not the "
+                       "network that was trained")
     return reasons
 
 

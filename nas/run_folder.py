@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.errors import UserError
+from harness.model_code import carried_code_mismatch
 from nas.model import CodeLM, build_model
 from nas.space import ArchConfig
 from harness.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
@@ -25,6 +26,9 @@ def load_trained_model(run_dir: str | Path) -> tuple[CodeLM, Tokenizer]:
         raise UserError(f"model folder {run_dir} does not exist")
     if not (d / "arch.json").is_file() or not (d / "model.safetensors").is_file():
         raise UserError(f"{run_dir} is not a finished run (needs arch.json and model.safetensors)")
+    mismatch = carried_code_mismatch(d)  # another network than this process's model code would build
+    if mismatch:
+        raise UserError(mismatch)
     try:
         arch = ArchConfig.from_json((d / "arch.json").read_text())
         model = build_model(arch)

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from harness.budget import parse_budget
 from harness.data import CorpusSpec
 from harness.errors import UserError
+from harness.run_files import EVAL_BYTES, append_log, write_metrics
 from nas.executors import Executor
 from nas.objectives import Objective, SearchLimits, parse_objectives
 from nas.pareto import pareto_front, rank_order
@@ -83,7 +84,7 @@ class SearchConfig(BaseModel):
     tokenizer: str = "byte"
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)
-    eval_bytes: int = Field(131_072, gt=0)
+    eval_bytes: int = Field(EVAL_BYTES, gt=0)
     trial_timeout_s: float = Field(1800.0, gt=0, description="limit for token-budget trials")
     export_hf: bool = True
 
@@ -169,7 +170,7 @@ class Search:
             self.study.set_user_attr("config", json.loads(cfg.model_dump_json()))
         else:
             stored = self.study.user_attrs.get("config", {})
-            for key in ("space", "objectives", "tokenizer", "stage1_budget", "corpus"):
+            for key in ("space", "objectives", "tokenizer", "stage1_budget", "corpus", "eval_bytes"):  # scored alike
                 mine = json.loads(cfg.model_dump_json())[key]
                 if key in stored and stored[key] != mine:
                     raise UserError(f"cannot resume with a different {key} ({mine!r}; the study was run with {stored[key]!r}): "
@@ -540,18 +541,18 @@ class Search:
     def _write_metrics(self, members: list[dict[str, Any]]) -> None:
         """The worker contract: a flat metrics.json (the best-bpb member of the front, and counts)."""
         metrics: dict[str, Any] = {"status": "ok" if members else "failed", "fail_reason": "" if members else "no trial finished",
+                                   "kind": "search", "eval_bytes": self.cfg.eval_bytes,
                                    "front_size": len(members), "stage_of_front": members[0]["stage"] if members else 0,
                                    "elapsed_s": round(self.elapsed(), 1), "wall_s": round(self.elapsed(), 1)}
         metrics.update({f"trials_{k}": v for k, v in self._counts().items()})
         if members:
             best = min(members, key=lambda m: m["objectives"]["bpb"])
-            metrics.update({k: v for k, v in best["metrics"].items() if isinstance(v, (int, float, str)) and k not in ("status", "fail_reason")})
+            metrics.update({k: v for k, v in best["metrics"].items()
+                            if isinstance(v, (int, float, str)) and k not in ("status", "fail_reason", "kind")})
             metrics.update(best["latency_remeasured"])
             metrics["best_trial"] = best["trial"]
             metrics["best_arch_file"] = str(self.out / "best" / f"{members.index(best):02d}-{best['arch_hash']}.json")
-        tmp = self.out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        tmp.replace(self.out / "metrics.json")
+        write_metrics(self.out, metrics)
 
     def _counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -614,8 +615,7 @@ class Search:
 
     def _note(self, line: str) -> None:
         self.log_lines.append(line)
-        with open(self.out / "log.txt", "a") as fh:
-            fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+        append_log(self.out, line)
 
     def _live_start(self) -> None:
         self._live = None

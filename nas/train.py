@@ -35,11 +35,11 @@ from nas.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from harness.data import CorpusSpec, TokenizedCorpus
 from harness.errors import UserError
 from harness.metrics import evaluate_bpb, measure_latency, peak_memory_mb
+from harness.run_files import EVAL_BYTES, METRICS_FILE, append_log, write_metrics
 from nas.counting import arch_metrics
 from nas.model import CodeLM, build_model
 from nas.space import ArchConfig
 
-METRICS_FILE = "metrics.json"
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, inputs, targets) -> loss
 
 
@@ -64,7 +64,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
-    eval_bytes: int | None = Field(262_144, gt=0, description="bytes of val text scored (None: all)")
+    eval_bytes: int | None = Field(EVAL_BYTES, gt=0, description="bytes of val text scored (None: all)")
     eval_batch_size: int = Field(16, ge=1)
     checkpoint_every_s: float = Field(60.0, gt=0)
     log_every: int = Field(10, ge=1)
@@ -173,6 +173,10 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
 def prepare_run_dir(out: Path, overwrite: bool = False) -> None:
     """Create (or check) the run folder; refuse to clobber a finished run or an unwritable place."""
     if out.exists() and not out.is_dir():
@@ -245,8 +249,7 @@ class Trainer:
                 raise UserError(f"{self.out} holds a checkpoint of a different run ({key} differs); choose another --out")
 
     def _log(self, line: str) -> None:
-        with open(self.out / "log.txt", "a") as fh:
-            fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+        append_log(self.out, line)
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -400,7 +403,7 @@ class Trainer:
 
     def _finish(self, model: CodeLM, state: dict[str, Any], status: str, reason: str, last_loss: float) -> TrainOutcome:
         t_eval = time.perf_counter()
-        metrics: dict[str, Any] = {"status": status, "fail_reason": reason}
+        metrics: dict[str, Any] = {"status": status, "fail_reason": reason, "kind": "train"}
         metrics.update(arch_metrics(self.arch))
         metrics.update({
             "arch_hash": self.arch.short_hash(),
@@ -425,7 +428,7 @@ class Trainer:
             result = evaluate_bpb(model, self.corpus["val"], self.corpus.token_bytes, self.cfg.eval_bytes,
                                   self.cfg.eval_batch_size, self.device, self.autocast_dtype)
             metrics.update({"val_bpb": result.bpb, "val_loss_per_token": result.loss_per_token,
-                            "val_tokens": result.tokens, "val_bytes": result.bytes})
+                            "val_tokens": result.tokens, "val_bytes": result.bytes, "eval_bytes": self.cfg.eval_bytes})
             save_model(model, str(self.out / "model.safetensors"))
             if self.cfg.measure_latency:
                 metrics.update(measure_latency(model).as_metrics())
@@ -434,7 +437,9 @@ class Trainer:
         metrics["eval_s"] = round(time.perf_counter() - t_eval, 3)
         metrics["wall_s"] = round(state["wall_s"] + metrics["eval_s"], 3)
         metrics["peak_mem_mb"] = round(peak_memory_mb(self.device), 1)
-        _write_json_atomic(self.out / METRICS_FILE, metrics)
+        # a diverged run's losses may be NaN: null in the file (the contract holds finite numbers only)
+        metrics = {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in metrics.items()}
+        metrics = write_metrics(self.out, metrics).flat()
         self._log(f"finished: status {status} {reason} val_bpb {metrics.get('val_bpb', float('nan')):.4f}")
         for name in ("ckpt", "ckpt.old"):
             shutil.rmtree(self.out / name, ignore_errors=True)

@@ -8,7 +8,6 @@ continues from it.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from functools import lru_cache
@@ -19,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.data import CorpusSpec
 from harness.errors import UserError
+from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, read_metrics
 from nas.space import ArchConfig
 
 Status = Literal["ok", "diverged", "capped", "failed", "timeout", "crashed", "interrupted"]
-RESULT_FILES = ("metrics.json", "log.txt", "arch.json", "run.json")
+RESULT_FILES = (METRICS_FILE, "log.txt", "arch.json", "run.json")
 
 
 class TrialSpec(BaseModel):
@@ -41,7 +41,7 @@ class TrialSpec(BaseModel):
     lr: float = 3e-3
     seed: int = 0
     device: str = "auto"
-    eval_bytes: int = 262_144
+    eval_bytes: int = EVAL_BYTES
     time_limit_s: float | None = None
     deadline: float | None = None  # time.time() at which training stops (status capped): the search's budget holds
     measure_latency: bool = True
@@ -73,7 +73,7 @@ def _read_files(out: Path) -> dict[str, str]:
 def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     """Train ``spec.arch`` for ``spec.budget`` into ``spec.out_dir``; never raises for a bad trial."""
     from harness.budget import parse_budget
-    from nas.train import METRICS_FILE, Trainer, TrainConfig, prepare_run_dir
+    from nas.train import Trainer, TrainConfig, prepare_run_dir
 
     t0 = time.perf_counter()
     out = Path(spec.out_dir)
@@ -82,9 +82,12 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         return TrialResult(number=spec.number, stage=spec.stage, status=status, reason=reason, metrics=metrics or {},
                            run_s=time.perf_counter() - t0, files=_read_files(out) if include_files else {})
 
-    if (out / METRICS_FILE).is_file():  # finished before a crash of the search: reuse, do not retrain
-        metrics = json.loads((out / METRICS_FILE).read_text())
-        return result(metrics.get("status", "ok"), metrics.get("fail_reason", ""), metrics)
+    if (out / METRICS_FILE).exists() or (out / METRICS_FILE).is_symlink():  # finished before a crash of the search: reuse
+        try:
+            saved = read_metrics(out / METRICS_FILE)
+        except RunFileError as err:  # not what the trainer writes: the trial failed, it is not retrained over
+            return result("failed", str(err))
+        return result(saved.status, saved.fail_reason, saved.flat())
     try:
         corpus = _corpus(spec.corpus.model_dump_json(), spec.tokenizer)
         cfg = TrainConfig.from_budget(parse_budget(spec.budget), batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,

@@ -65,24 +65,30 @@ class Workspace:
         repo.index.commit(f"autonas run {run_id}: workspace", author=AGENT, committer=AGENT, skip_hooks=True)
         return ws
 
-    def seed_code(self, packages: list[Path]) -> str:
-        """Copy the named Python packages into the workspace and commit them: the workers run with the workspace
-        first on ``sys.path``, so an editor's change to this copy (a new attention variant, a new search dimension)
-        is what the next experiment trains, and each such change is a reviewable diff of the run's history."""
-        import shutil
+    def seed_code(self, files: dict[str, bytes]) -> str:
+        """Write the model code (relative path -> bytes, e.g. ``nas/model.py``) into the workspace and commit it.
 
-        for pkg in packages:
-            target = self.root / pkg.name
+        Workers run with this folder named in ``AUTONAS_MODEL_CODE``, so an editor's change to these files (a new
+        attention variant, another MLP) is what the next experiment trains, and each such change is a reviewable diff
+        of the run's history. Only model code is seeded: the measurement (``harness``) never enters a workspace."""
+        for rel, data in files.items():
+            target = self.root / rel
             if target.exists():
-                raise WorkspaceError(f"workspace {self.root} already has {pkg.name}/; cannot seed the code into it")
-            shutil.copytree(pkg, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                raise WorkspaceError(f"workspace {self.root} already has {rel}; cannot seed the code into it")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
         self.repo.git.add(A=True)
-        names = ", ".join(p.name for p in packages)
-        commit = self.repo.index.commit(f"autonas run {self.run_id}: code ({names}) the workers run and the editors change\n",
+        names = ", ".join(sorted(files))
+        commit = self.repo.index.commit(f"autonas run {self.run_id}: model code ({names}) the workers run and the editors change\n",
                                         author=AGENT, committer=AGENT, skip_hooks=True)
         return commit.hexsha
 
     def has_code(self, package: str = "nas") -> bool:
+        """Whether this run's workers run the workspace's model code (a code editor is configured)."""
+        return (self.root / package / "model.py").is_file()
+
+    def carries_whole_package(self, package: str = "nas") -> bool:
+        """A workspace made by an older version held the whole package (harness included): it cannot be resumed."""
         return (self.root / package / "__init__.py").is_file()
 
     @classmethod

@@ -18,6 +18,7 @@ from agent.cli import app
 from agent.editing import parse_editors
 from agent.plans import PlanContext, PlanError, check_plan, parse_plan
 from harness.errors import UserError
+from harness.model_code import seed_files
 from nas.space import ArchConfig
 from tests.llm_server import Reply, ScriptedLLMServer, anthropic_tool
 from tests.test_ccaa import ToolTurns, needs_claude, tool
@@ -32,6 +33,8 @@ MARKER = ('import os, socket, sys\nprint("WORKSPACE-CODE-MARKER", file=sys.stder
           'try:\n    socket.create_connection(("127.0.0.1", int(os.environ.get("AUTONAS_TEST_PORT", "9"))), timeout=1); net = True\n'
           'except OSError:\n    net = False\n'
           'print("CONFINED-PROBE home=%s wrote=%s net=%s" % (home, wrote, net), file=sys.stderr)\n')
+
+SPACE_WITH_MARKER = seed_files()["nas/space.py"].decode() + "\n" + MARKER
 
 
 def train_plan(arch: ArchConfig = SMALL, seed: int = 0, **over: Any) -> dict:
@@ -61,9 +64,9 @@ def test_unknown_editor_is_one_line_exit_2(tmp_path: Path) -> None:
 
 def _research(planner_calls: list[str]):
     """Planner: a code change Claude Code makes, then one it fails at, then a plain train plan. Judge: keep.
-    Claude Code: writes the marker into nas/__init__.py for the first instruction, answers in words to the second."""
-    first = ToolTurns([[tool("Read", {"file_path": "WS/nas/__init__.py"}, 1)],
-                       [tool("Write", {"file_path": "WS/nas/__init__.py", "content": MARKER}, 2)]])
+    Claude Code: appends the marker to nas/space.py for the first instruction, answers in words to the second."""
+    first = ToolTurns([[tool("Read", {"file_path": "WS/nas/space.py"}, 1)],
+                       [tool("Write", {"file_path": "WS/nas/space.py", "content": SPACE_WITH_MARKER}, 2)]])
     second = ToolTurns([[{"type": "text", "text": "I would rather not."}]])
 
     def respond(path: str, body: dict) -> Reply:
@@ -74,7 +77,7 @@ def _research(planner_calls: list[str]):
             planner_calls.append("plan")
             n = len(planner_calls)
             if n == 1:
-                return anthropic_tool("submit_plan", train_plan(code_change="print a marker from nas/__init__.py", rationale="marker"))
+                return anthropic_tool("submit_plan", train_plan(code_change="print a marker from nas/space.py", rationale="marker"))
             if n == 2:
                 return anthropic_tool("submit_plan", train_plan(seed=1, code_change="rewrite the trainer in Rust", rationale="rust"))
             return anthropic_tool("submit_plan", train_plan(ArchConfig(n_layers=2, d_model=96, n_heads=3, n_kv_heads=3, d_ff=256),
@@ -111,19 +114,24 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
         result = runner.invoke(app, ["run", "find the best Python code model under 1 MB", "--run-id", "ed1", "--runs-dir",
                                      str(tmp_path / "runs"), "--budget", "30m", "--experiment-budget", "16ktok", "--corpus",
                                      str(small_corpus_dir), "--eval-bytes", "6000", "--base-url", srv.anthropic_url,
-                                     "--max-experiments", "3", "--editor", "claude-code,builtin"])
+                                     "--max-experiments", "4", "--editor", "claude-code,builtin"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "ed1"
     ws = run / "workspace"
     rows = list(csv.DictReader(open(ws / "results.tsv"), delimiter="\t"))
-    assert [r["decision"] for r in rows][:2] == ["keep", "crash"] and rows[2]["decision"] in ("keep", "discard")
-    assert "edit failed" in rows[1]["reason"] and "empty diff" in rows[1]["reason"]
+    # e002: the loop's noise repeat of e001 runs on the kept change as it is (no edit, no LLM)
+    assert [r["decision"] for r in rows][:3] == ["keep", "repeat", "crash"] and rows[3]["decision"] in ("keep", "discard")
+    assert "edit failed" in rows[2]["reason"] and "empty diff" in rows[2]["reason"]
+    assert "WORKSPACE-CODE-MARKER" in (ws / "runs" / "e002" / "worker.log").read_text()
     # e001: the change is in the kept commit, and the worker ran the workspace's code
     repo = git.Repo(ws)
     e001 = next(c for c in repo.iter_commits("autonas/ed1") if "experiment: e001" in c.message)
     assert "editor: claude-code" in e001.message and "Code change (claude-code): print a marker" in e001.message
-    assert set(e001.stats.files) >= {"nas/__init__.py", "configs/arch.json", "configs/plan.json"}
-    assert (ws / "nas" / "__init__.py").read_text() == MARKER
+    assert set(e001.stats.files) >= {"nas/space.py", "configs/arch.json", "configs/plan.json"}
+    assert (ws / "nas" / "space.py").read_text() == SPACE_WITH_MARKER
+    carried = json.loads((ws / "runs" / "e001" / "code.json").read_text())  # the model carries the edited code
+    assert carried["commit"] == e001.hexsha and (ws / "runs" / "e001" / "code" / "nas" / "space.py").read_text() == SPACE_WITH_MARKER
+    assert json.loads((run / "summary.json").read_text())["heldout_bpb"]  # scored by the best model's own code, confined
     worker_log = (ws / "runs" / "e001" / "worker.log").read_text()
     assert "WORKSPACE-CODE-MARKER" in worker_log
     assert "CONFINED-PROBE home=False wrote=False net=False" in worker_log  # the edited code ran confined
@@ -131,9 +139,9 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
     listener.close()
     assert (ws / "runs" / "e001" / "edit" / "claude_transcript.jsonl").is_file()
     assert 'print("WORKSPACE-CODE-MARKER"' in (ws / "runs" / "e001" / "edit" / "edit.patch").read_text()
-    # e002: both editors failed, nothing of the edit is left, the run went on
-    assert not (ws / "runs" / "e002" / "metrics.json").exists()  # no worker ran
-    assert "refs/autonas/discarded/e002" in [r.path for r in repo.refs]
+    # e003: both editors failed, nothing of the edit is left, the run went on
+    assert not (ws / "runs" / "e003" / "metrics.json").exists()  # no worker ran
+    assert "refs/autonas/discarded/e003" in [r.path for r in repo.refs]
     journal = (ws / "journal.md").read_text()
     assert "claude-code edit failed: empty diff" in journal and "builtin edit failed" in journal
     # the editor's spend is in the ledger next to the planner's
@@ -142,7 +150,8 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
     assert [r["provider"] for r in editor_rows] == ["claude-code", "claude-code"]  # the built-in editor is no LLM call
     assert editor_rows[0]["ok"] and editor_rows[0]["cost_usd"] > 0 and not editor_rows[1]["ok"]
     # the seeded code is one commit of its own, not an experiment
-    assert any(c.message.startswith("autonas run ed1: code (nas)") for c in repo.iter_commits("autonas/ed1"))
+    assert any(c.message.startswith("autonas run ed1: model code (nas/model.py, nas/space.py, nas/train.py)")
+               for c in repo.iter_commits("autonas/ed1"))
 
 
 def test_workspace_carries_the_code_workers_import_and_tolerates_an_edit_in_flight(tmp_path: Path) -> None:
@@ -150,18 +159,18 @@ def test_workspace_carries_the_code_workers_import_and_tolerates_an_edit_in_flig
     import subprocess
     import sys
 
-    import nas
     from agent.editing import worker_env
+    from harness.model_code import seed_files
     from sandbox.workspace import Workspace, WorkspaceError
 
     ws = Workspace.create(tmp_path / "ws", "r")
-    ws.seed_code([Path(nas.__file__).resolve().parent])
+    ws.seed_code(seed_files())
     assert ws.has_code() and (ws.root / "nas" / "model.py").is_file() and not list((ws.root / "nas").rglob("__pycache__"))
     assert ws.experiments() == []  # the code snapshot is set-up, not an experiment
     env = worker_env(True, ws.root, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    where = subprocess.run([sys.executable, "-c", "import nas; print(nas.__file__)"], cwd=tmp_path, env=env,
+    where = subprocess.run([sys.executable, "-c", "import nas.model; print(nas.model.__file__)"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, check=True).stdout.strip()
-    assert Path(where) == (ws.root / "nas" / "__init__.py").resolve()
+    assert Path(where) == (ws.root / "nas" / "model.py").resolve()
     (ws.root / "nas" / "model.py").write_text("# an edit a kill interrupted\n")
     (ws.root / "runs").mkdir()
     (ws.root / "runs" / "keep.txt").write_text("ignored files survive\n")
@@ -171,7 +180,7 @@ def test_workspace_carries_the_code_workers_import_and_tolerates_an_edit_in_flig
     ws.reset_tree()
     assert not ws.has_changes() and (ws.root / "runs" / "keep.txt").is_file()
     with pytest.raises(WorkspaceError, match="already has nas/"):
-        ws.seed_code([Path(nas.__file__).resolve().parent])
+        ws.seed_code(seed_files())
 
 
 @pytest.mark.slow

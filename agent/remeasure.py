@@ -1,0 +1,32 @@
+"""A fresh latency measurement of a finished experiment's saved model, for a result too noisy to judge.
+
+It runs like the experiment's worker: a subprocess in the workspace with the worker's environment (the
+workspace's copy of the code first on the import path, so a model built by edited code is timed with that
+code) and the same confinement, writing only into the experiment's run folder. The timing itself is the
+harness's ``measure_latency``, as in training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SCRIPT = """
+import json, sys
+import torch
+from harness.metrics import measure_latency
+from nas.run_folder import load_trained_model
+run_dir, out, device = sys.argv[1], sys.argv[2], sys.argv[3]
+model, _ = load_trained_model(run_dir)
+if device.startswith("cuda") and torch.cuda.is_available():
+    model = model.to(device)
+with open(out, "w") as fh:
+    json.dump(measure_latency(model).as_metrics(), fh)
+"""
+
+TIMEOUT_S = 300.0
+
+
+def remeasure_command(run_dir: Path, out_file: Path, device: str) -> list[str]:
+    """The command (run in the workspace) that times the model in ``run_dir`` and writes its latency metrics."""
+    return [sys.executable, "-c", SCRIPT, str(run_dir), str(out_file), device]
