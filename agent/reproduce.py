@@ -5,7 +5,7 @@ worker command the run node stored beside the result (``command.json``: the inte
 the code hash and the corpus fingerprint in its trailers, and the measured noise. The tree is exported with
 ``git archive`` into a fresh folder (the workspace is never touched, so a run can be reproduced while it goes on),
 its model code is checked against the recorded hash, and the command runs again, confined like the original when it
-runs edited code, into ``RUN/reproduce/<experiment>-<n>``. Token budgets make the re-made number independent of the
+runs edited code, into ``RUN/reproduce/<experiment>-<n>``; the re-made model is scored by the harness as the run's was. Token budgets make the re-made number independent of the
 machine's load; the comparison uses the run's noise margin (2 standard deviations, the floor when unmeasured).
 """
 
@@ -18,12 +18,14 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent.confining import model_confinement, prepare_shared_cache
+from agent.confining import model_confinement, prepare_shared_cache, score_model
 from agent.judge import MIN_NOISE
 from agent.plans import MODEL_KINDS
 from agent.settings import RunSettings
 from harness.errors import UserError
-from harness.model_code import MODEL_CODE_ENV, code_files, hash_files, seed_files
+from harness.model_code import MODEL_CODE_ENV, code_files, hash_files, seed_files, write_code_record
+from harness.scoring import ScoringRefused
+from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
 from sandbox.runner import run_limited
 from sandbox.safe_files import UnsafeFile, read_json_object
@@ -174,6 +176,12 @@ def reproduce(settings: RunSettings, ws: Workspace, ref: str) -> Reproduction:
     except UnsafeFile as err:
         metrics = {"fail_reason": str(err)}
     remade = metrics.get("val_bpb") if outcome.ok and isinstance(metrics.get("val_bpb"), (int, float)) else None
+    if remade is not None:  # the number that counts is the harness's own score, as in the run
+        write_code_record(out, tree if command.model_code else None, commit=exp.sha)
+        try:
+            remade = score_model(settings, out, "val", work / "scoring", command.timeout_s).bpb
+        except (ScoringRefused, ConfinementUnavailable, UserError) as err:
+            remade, metrics = None, {"fail_reason": f"the harness could not score the re-made model: {err}"}
     recorded = float(exp.trailers["val-bpb"])
     noise_text = exp.trailers.get("noise-bpb")
     noise = float(noise_text) if noise_text else MIN_NOISE
