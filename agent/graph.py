@@ -198,18 +198,24 @@ class ResearchAgent:
             f"- {r.summary()}" + (f" (transcript {r.transcript})" if r.transcript else "") + "\n" for r in results))
         return {"edit": summary, **self._timed(state, t0)}
 
-    def _limits(self, own_s: float, state: AgentState) -> tuple[float, float]:
+    def _limits(self, own_s: float, state: AgentState, scored: bool = False) -> tuple[float, float]:
         """(timeout, worker cap) of the next experiment. Budgets hold: the timeout is the experiment's own limit or, if
         less, the time left in the run plus one grace period; the worker's own wall cap is the time left (and leaves a
         reserve before the timeout), so a worker that would overrun stops at the run's budget and writes its metrics
-        (a partial result: a crash) before anything is killed."""
+        (a partial result: a crash) before anything is killed. A model the harness scores afterwards (``scored``)
+        leaves that scoring its measured time out of the cap."""
         left = max(self.s.budget_s - state.get("elapsed_s", 0.0), 0.0)
         timeout = min(own_s, left + self.s.grace_s)
-        return timeout, max(1.0, min(left, timeout - min(self.s.grace_s, 0.25 * timeout)))
+        reserve = self._scoring_reserve_s() if scored else 0.0
+        return timeout, max(1.0, min(left - reserve, timeout - reserve - min(self.s.grace_s, 0.25 * timeout)))
+
+    def _scoring_reserve_s(self) -> float:
+        """Time kept for the harness's scoring of a model: 1.5 x the slowest scoring so far (60 s before the first)."""
+        return 1.5 * getattr(self, "_scoring_s", 40.0)
 
     def _command(self, plan: dict[str, Any], out: Path, state: AgentState) -> tuple[list[str], float]:
         cmd, own_s = self._own_command(plan, out, state)
-        timeout, cap = self._limits(own_s, state)
+        timeout, cap = self._limits(own_s, state, scored=plan["kind"] in MODEL_KINDS)
         if plan["kind"] in ("train", "distill"):
             cmd += ["--max-seconds", f"{cap:.1f}"]
         elif plan["kind"] == "nas_search":  # the search stops sampling at its budget and caps its trials at what is left
@@ -320,8 +326,8 @@ class ResearchAgent:
             metrics = RunMetrics.failure("crashed", ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
                                          + f"; see {out / 'worker.log'}").flat()
         if plan["kind"] in MODEL_KINDS and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float):
-            left = timeout - (time.monotonic() - t0)  # scoring is part of the experiment: it holds to the same limit
-            metrics = self._harness_score(metrics, ws.root / out, exp_id, max(left, self.s.grace_s))
+            left = timeout - (time.monotonic() - t0)  # scoring is part of the experiment: the worker's cap left it time
+            metrics = self._harness_score(metrics, ws.root / out, exp_id, max(left, self._scoring_reserve_s()))
         return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": outcome.wall_s,
                 **self._timed(state, t0, worker_s=outcome.wall_s)}
 
@@ -467,8 +473,10 @@ class ResearchAgent:
     def _harness_score(self, metrics: dict[str, Any], run_dir: Path, exp_id: str, timeout_s: float) -> dict[str, Any]:
         """The recorded val bpb is the harness's own score of the saved model (its code running apart, confined when
         edited); the worker's figure is kept beside it, and a worker whose figure is off is a failed experiment."""
+        started = time.monotonic()
         try:
             scored = score_model(self.s, run_dir, "val", (self.run_dir / "scoring" / exp_id).absolute(), timeout_s)
+            self._scoring_s = max(getattr(self, "_scoring_s", 0.0), time.monotonic() - started)
         except (ScoringRefused, ConfinementUnavailable, UserError) as err:
             return RunMetrics.failure("crashed", f"the harness could not score the model: {err}").flat()
         reported = metrics["val_bpb"]

@@ -126,7 +126,13 @@ def score_run(run_dir: Path, tokens: np.ndarray, token_bytes: np.ndarray, max_by
     if context < 2 or not 2 <= vocab <= 2**20:
         raise UserError(f"{run_dir}/arch.json: context_length {context}, vocab_size {vocab} out of range")
     proc = spawn(["-m", "nas.logits_server", str(Path(run_dir).absolute())])
-    killer = threading.Timer(timeout_s, proc.kill)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    killer = threading.Timer(timeout_s, expire)
     killer.start()
     try:
         remote = _RemoteModel(proc, context, vocab, seed)
@@ -137,6 +143,8 @@ def score_run(run_dir: Path, tokens: np.ndarray, token_bytes: np.ndarray, max_by
         proc.wait(timeout=30)
     except ScoringRefused:
         proc.kill()
+        if expired.is_set():
+            raise ScoringRefused(f"scoring did not finish within {timeout_s:.0f} s") from None
         raise
     finally:
         killer.cancel()
