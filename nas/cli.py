@@ -311,13 +311,14 @@ def evaluate_command(
     tokenizer: Annotated[str, typer.Option(help="the tokenizer the model was trained with")] = "byte",
     eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of text scored")] = EVAL_BYTES,
     out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Bits per byte of a trained model on a split, by the model's own code and the fixed harness."""
-    _evaluate(model, split, corpus, tokenizer, eval_bytes, out)
+    _evaluate(model, split, corpus, tokenizer, eval_bytes, out, overwrite)
 
 
 @user_errors
-def _evaluate(model: Path, split: str, corpus: str, tokenizer: str, eval_bytes: int, out: Path | None) -> None:
+def _evaluate(model: Path, split: str, corpus: str, tokenizer: str, eval_bytes: int, out: Path | None, overwrite: bool) -> None:
     import json
 
     from harness.data import prepare_corpus
@@ -327,6 +328,8 @@ def _evaluate(model: Path, split: str, corpus: str, tokenizer: str, eval_bytes: 
     from nas.run_folder import load_trained_model
 
     validate.input_dir(model, "--model")
+    if out is not None:
+        validate.output_file(out, "--out", overwrite=overwrite)
     if split not in ("val", "heldout"):
         raise UserError(f"--split {split!r}: use val or heldout")
     parse_tokenizer_spec(tokenizer)
