@@ -23,7 +23,7 @@ from agent.judge import MIN_NOISE
 from agent.plans import MODEL_KINDS
 from agent.settings import RunSettings
 from harness.errors import UserError
-from harness.model_code import MODEL_CODE_ENV, code_files, hash_files, seed_files, write_code_record
+from harness.model_code import MODEL_CODE_ENV, hash_files, model_files, write_code_record
 from harness.scoring import ScoringRefused
 from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
@@ -133,10 +133,7 @@ def check_code(tree: Path, recorded: str | None) -> None:
     """The model code at the commit is the code the result was recorded with."""
     if recorded is None:
         return
-    files = seed_files()
-    if (tree / "nas").is_dir():
-        files.update(code_files(tree))
-    actual = hash_files(files)
+    actual = hash_files(model_files(tree if (tree / "nas").is_dir() else None))
     if actual != recorded:
         raise UserError(f"the model code at this commit (hash {actual[:12]}) does not match the recorded code hash "
                         f"{recorded[:12]}: the workspace or the installed package changed since the run")

@@ -132,13 +132,17 @@ def model_code_root() -> Path | None:
     return Path(value).absolute() if value else None
 
 
-def active_code_hash() -> str:
-    """The hash of the model code this process runs: the installed code overlaid with the named folder's files."""
+def model_files(root: Path | None) -> dict[str, bytes]:
+    """The model code a folder stands for: the installed model modules overlaid with the folder's (None: installed only)."""
     files = seed_files()
-    root = model_code_root()
     if root is not None:
         files.update(code_files(root))
-    return hash_files(files)
+    return files
+
+
+def active_code_hash() -> str:
+    """The hash of the model code this process runs: the installed code overlaid with the named folder's files."""
+    return hash_files(model_files(model_code_root()))
 
 
 def package_path_for(root: Path) -> str:
@@ -153,9 +157,7 @@ def package_path_for(root: Path) -> str:
 def write_code_record(run_dir: Path, code_root: Path | None, commit: str | None = None) -> CodeRecord:
     """Copy the model code that trained the model in ``run_dir`` into ``run_dir/code`` and write ``code.json``: the
     installed model modules overlaid with those under ``code_root`` (None: the installed code alone)."""
-    files = seed_files()
-    if code_root is not None:
-        files.update(code_files(code_root))
+    files = model_files(code_root)
     record = CodeRecord(hash=hash_files(files), files=tuple(sorted(files)), commit=commit,
                         source="workspace" if code_root is not None else "installed")
     target = Path(run_dir) / CODE_DIR
@@ -222,7 +224,7 @@ def reexec_with_model_code(run_dir: Path) -> None:
     else:
         if not (code / PACKAGE).is_dir():
             raise UserError(f"{run_dir} carries no model code ({code} is missing) although code.json names some")
-        if hash_files({**seed_files(), **code_files(code)}) != record.hash:
+        if hash_files(model_files(code)) != record.hash:
             raise UserError(f"the model code in {code} does not match its code.json hash (edited after training?)")
         if model_code_root() == code:
             raise UserError(carried_code_mismatch(run_dir) or "")
