@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 
-from kernels.prune import (PruneSpec, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
+from kernels.prune import (SEMI_STRUCTURED_DTYPE, PruneSpec, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
                            prune_unstructured, require_semi_structured_device)
 from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
 from harness.budget import Budget
@@ -71,8 +71,9 @@ def load_run(model_dir: Path) -> tuple[CodeLM, CorpusSpec, str]:
     return model.eval(), spec, tokenizer
 
 
-def _bpb(model: torch.nn.Module, corpus: TokenizedCorpus, cfg: CompressConfig, device: str = "cpu") -> float:
-    return evaluate_bpb(model, corpus["val"], corpus.token_bytes, cfg.eval_bytes, 16, device).bpb  # type: ignore[arg-type]
+def _bpb(model: torch.nn.Module, corpus: TokenizedCorpus, cfg: CompressConfig, device: str = "cpu",
+         autocast_dtype: torch.dtype | None = None) -> float:
+    return evaluate_bpb(model, corpus["val"], corpus.token_bytes, cfg.eval_bytes, 16, device, autocast_dtype).bpb  # type: ignore[arg-type]
 
 
 def _latency(model: torch.nn.Module) -> float:
@@ -119,7 +120,11 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
             model = model.cuda()
             prune_semi_structured_24(model)
             m["prune_sparsity"] = 0.5
-        m["val_bpb_pruned"] = _bpb(model, corpus, cfg, "cuda" if spec.method == "2:4" else "cpu")
+        if spec.method == "2:4":  # the sparse matmuls take fp16 activations only (see SEMI_STRUCTURED_DTYPE)
+            m["val_bpb_pruned"] = _bpb(model, corpus, cfg, "cuda", SEMI_STRUCTURED_DTYPE)
+            m["val_bpb_pruned_autocast"] = str(SEMI_STRUCTURED_DTYPE).removeprefix("torch.")
+        else:
+            m["val_bpb_pruned"] = _bpb(model, corpus, cfg)
         append_log(out, f"pruned {spec.method} to sparsity {m['prune_sparsity']}: val bpb {m['val_bpb_pruned']:.4f}")
         if cfg.recover_s or cfg.recover_tokens:
             model = _recover(model, corpus, corpus_spec, tokenizer, cfg, out, keep_zeros=spec.method in ("magnitude", "wanda"),

@@ -108,6 +108,11 @@ def prune_unstructured(model: CodeLM, method: str, sparsity: float, norms: dict[
     return zeros / max(total, 1)
 
 
+# cuSPARSELt multiplies fp16/bf16 only: a 2:4 model's weights are stored in fp16 and its activations must
+# reach the sparse matmuls in fp16 too, so every forward of a 2:4 model runs under fp16 autocast.
+SEMI_STRUCTURED_DTYPE = torch.float16
+
+
 def require_semi_structured_device() -> None:
     if not torch.cuda.is_available():
         raise UserError("2:4 semi-structured sparsity runs only on a CUDA GPU (torch.sparse.to_sparse_semi_structured); "
@@ -125,7 +130,7 @@ def prune_semi_structured_24(model: CodeLM) -> None:
         groups = w.abs().reshape(-1, 4)
         drop = groups.topk(2, dim=1, largest=False).indices
         mask = torch.ones_like(groups, dtype=torch.bool).scatter_(1, drop, False).reshape(w.shape)
-        lin.weight = torch.nn.Parameter(to_sparse_semi_structured((w * mask).half()))
+        lin.weight = torch.nn.Parameter(to_sparse_semi_structured((w * mask).to(SEMI_STRUCTURED_DTYPE)))
 
 
 @torch.no_grad()
