@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 
-from kernels.prune import (SEMI_STRUCTURED_DTYPE, PruneSpec, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
+from kernels.prune import (SEMI_STRUCTURED_DTYPE, PruneSpec, densify_semi_structured, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
                            prune_unstructured, require_semi_structured_device)
 from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
 from harness.budget import Budget
@@ -123,11 +123,12 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
         if spec.method == "2:4":  # the sparse matmuls take fp16 activations only (see SEMI_STRUCTURED_DTYPE)
             m["val_bpb_pruned"] = _bpb(model, corpus, cfg, "cuda", SEMI_STRUCTURED_DTYPE)
             m["val_bpb_pruned_autocast"] = str(SEMI_STRUCTURED_DTYPE).removeprefix("torch.")
+            densify_semi_structured(model)  # saving, recovery and int8 work on the dense weights with the zeros
         else:
             m["val_bpb_pruned"] = _bpb(model, corpus, cfg)
         append_log(out, f"pruned {spec.method} to sparsity {m['prune_sparsity']}: val bpb {m['val_bpb_pruned']:.4f}")
         if cfg.recover_s or cfg.recover_tokens:
-            model = _recover(model, corpus, corpus_spec, tokenizer, cfg, out, keep_zeros=spec.method in ("magnitude", "wanda"),
+            model = _recover(model, corpus, corpus_spec, tokenizer, cfg, out, keep_zeros=spec.method in ("magnitude", "wanda", "2:4"),
                              log_to_console=log_to_console, teacher=teacher)
             m["recover_distill"] = cfg.recover_distill
             m["val_bpb_recovered"] = _bpb(model, corpus, cfg)

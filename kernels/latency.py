@@ -85,6 +85,13 @@ class DecodeLatency:
     decode_ms_p50: float
     decode_ms_p90: float
     tokens: tuple[int, ...]  # the greedy continuation of the last repeat (equal across modes when they agree)
+    # how many of ``tokens`` the model's own eager forward also picks: a mode that decodes other tokens than
+    # the model is fast at something else (on an H200 the cuda-graph mode drifted), so its time is no result
+    tokens_equal_eager: int | None = None
+
+    @property
+    def agrees_with_eager(self) -> bool:
+        return self.tokens_equal_eager is None or self.tokens_equal_eager == len(self.tokens)
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -139,7 +146,7 @@ def _cuda_graph(step: StaticDecodeStep, device: torch.device) -> Callable[[torch
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.no_grad():
-        _, next_out = step(token_in, pos_in)
+        outputs = step(token_in, pos_in)  # both kept referenced for the graph's life: every replay writes them
     for (k, v), (k0, v0) in zip(zip(step.cache.k, step.cache.v), saved):
         k.copy_(k0)
         v.copy_(v0)
@@ -148,7 +155,7 @@ def _cuda_graph(step: StaticDecodeStep, device: torch.device) -> Callable[[torch
         token_in.copy_(token)
         pos_in.copy_(position)
         graph.replay()
-        return next_out
+        return outputs[1]  # the closure holds both outputs, the logits too
 
     return replay
 
@@ -195,6 +202,19 @@ def measure_decode(model: CodeLM, mode: str = "eager", prompt_tokens: int = 32, 
                 decode.extend(steps)
                 tokens = out
     decode = decode or [0.0]
+    equal = None if mode == "eager" else sum(a == b for a, b in zip(tokens, _eager_greedy(model, prompt, decode_tokens)))
     return DecodeLatency(mode=mode, device=str(device), threads=n_threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
                          prefill_ms_p50=_percentile(prefill, 0.5), prefill_ms_p90=_percentile(prefill, 0.9),
-                         decode_ms_p50=_percentile(decode, 0.5), decode_ms_p90=_percentile(decode, 0.9), tokens=tuple(tokens))
+                         decode_ms_p50=_percentile(decode, 0.5), decode_ms_p90=_percentile(decode, 0.9), tokens=tuple(tokens),
+                         tokens_equal_eager=equal)
+
+
+def _eager_greedy(model: CodeLM, prompt: torch.Tensor, decode_tokens: int) -> list[int]:
+    """The reference continuation: the model's ordinary cached forward, untimed."""
+    cache = model.new_cache(1)
+    token = model(prompt, cache)[:, -1:].argmax(-1)
+    out = [int(token)]
+    for _ in range(decode_tokens - 1):
+        token = model(token, cache)[:, -1:].argmax(-1)
+        out.append(int(token))
+    return out

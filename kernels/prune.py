@@ -134,6 +134,22 @@ def prune_semi_structured_24(model: CodeLM) -> None:
 
 
 @torch.no_grad()
+def densify_semi_structured(model: CodeLM) -> None:
+    """Back to ordinary fp32 weights (the 2:4 zeros kept), on the CPU.
+
+    The hardware format is a speed format only: it cannot be saved to safetensors (its storage has no data
+    pointer), fine-tuned, or quantized by the int8 path, so everything after the 2:4 measurement works on the
+    dense weights with the same zeros, as it does for magnitude and Wanda pruning.
+    """
+    from torch.sparse import SparseSemiStructuredTensor
+
+    for lin in prunable_linears(model).values():
+        if isinstance(lin.weight, SparseSemiStructuredTensor):
+            lin.weight = torch.nn.Parameter(lin.weight.to_dense().float())
+    model.float().cpu()
+
+
+@torch.no_grad()
 def prune_ffn_channels(model: CodeLM, sparsity: float, norms: dict[str, torch.Tensor] | None = None) -> CodeLM:
     """A new, smaller dense model keeping ``1 - sparsity`` of each layer's FFN channels (the same count
     in every layer, since ``d_ff`` is one number per architecture)."""

@@ -38,8 +38,25 @@ def test_modes_agree_on_the_greedy_continuation_and_report_percentiles() -> None
     eager = measure_decode(model, "eager", prompt_tokens=8, decode_tokens=12, warmup=1, repeats=2, threads=1)
     static = measure_decode(model, "static", prompt_tokens=8, decode_tokens=12, warmup=1, repeats=2, threads=1)
     assert eager.tokens == static.tokens and len(eager.tokens) == 12
+    assert eager.tokens_equal_eager is None and static.tokens_equal_eager == 12 and static.agrees_with_eager
     for r in (eager, static):
         assert r.threads == 1 and 0 < r.decode_ms_p50 <= r.decode_ms_p90 and 0 < r.prefill_ms_p50 <= r.prefill_ms_p90
+
+
+def test_a_mode_that_decodes_other_tokens_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast mode that picks other tokens than the model measures nothing: the result says so."""
+    import kernels.latency as latency
+
+    real = latency._stepper
+
+    def drifting(model, cache, mode):  # type: ignore[no-untyped-def]
+        step = real(model, cache, mode)
+        return lambda token, position: (step(token, position) + 1) % model.arch.vocab_size
+
+    monkeypatch.setattr(latency, "_stepper", drifting)
+    r = measure_decode(build_model(GQA, seed=0), "static", prompt_tokens=8, decode_tokens=12, warmup=0, repeats=1, threads=1)
+    assert r.tokens_equal_eager is not None and r.tokens_equal_eager < 12 and not r.agrees_with_eager
+    assert r.as_dict()["tokens_equal_eager"] == r.tokens_equal_eager
 
 
 def test_thread_setting_is_restored_and_bad_modes_are_one_line() -> None:
