@@ -25,8 +25,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import UserError
-from harness.tokenizer import (BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer_file, parse_tokenizer_spec,
-                           tokenizer_file, train_bpe)
+from harness.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    load_tokenizer_file,
+    parse_tokenizer_spec,
+    tokenizer_file,
+    train_bpe,
+)
 
 Split = Literal["train", "val", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "val", "heldout")
@@ -89,7 +96,11 @@ def _read_tree(root: Path, spec: CorpusSpec) -> list[Document]:
 
 def _dataset_builder(path: Path) -> str:
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    for builder, sfx in (("json", (".jsonl", ".json", ".jsonl.gz", ".json.gz")), ("parquet", (".parquet",)), ("text", (".txt", ".txt.gz"))):
+    for builder, sfx in (
+        ("json", (".jsonl", ".json", ".jsonl.gz", ".json.gz")),
+        ("parquet", (".parquet",)),
+        ("text", (".txt", ".txt.gz")),
+    ):
         if suffix in sfx:
             return builder
     raise UserError(f"unsupported corpus file {path}: use .jsonl, .json, .parquet or .txt (or a folder of .py files)")
@@ -168,7 +179,11 @@ def split_documents(docs: list[Document], spec: CorpusSpec) -> dict[Split, list[
     out: dict[Split, list[Document]] = {"train": [], "val": [], "heldout": []}
     for d in docs:
         u = _bucket(d.key)
-        split: Split = "val" if u < spec.val_fraction else ("heldout" if u < spec.val_fraction + spec.heldout_fraction else "train")
+        split: Split = (
+            "val"
+            if u < spec.val_fraction
+            else ("heldout" if u < spec.val_fraction + spec.heldout_fraction else "train")
+        )
         out[split].append(d)
     wanted: list[Split] = ["val"] + (["heldout"] if spec.heldout_fraction > 0 and len(docs) >= 3 else [])
     for split in wanted:
@@ -214,7 +229,11 @@ class TokenizedCorpus:
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint8) if vocab_size <= 256 else (np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32))
+    return (
+        np.dtype(np.uint8)
+        if vocab_size <= 256
+        else (np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32))
+    )
 
 
 def tokenize_documents(tok: Tokenizer, docs: list[Document], dtype: np.dtype) -> np.ndarray:
@@ -301,7 +320,9 @@ def _open_tokenized(directory: Path, tok: Tokenizer, fp: str) -> TokenizedCorpus
     splits = {}
     for split in SPLITS:
         n = meta["splits"][split]["tokens"]
-        splits[split] = np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
+        splits[split] = (
+            np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
+        )
     return TokenizedCorpus(
         tokenizer=tok,
         splits=splits,
@@ -328,7 +349,9 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
             entry = json.loads(index.read_text())
             directory = Path(entry["directory"])
             if (directory / "meta.json").is_file():
-                return _open_tokenized(directory, _load_tokenizer_file(kind, entry.get("tokenizer_path")), entry["corpus_fingerprint"])
+                return _open_tokenized(
+                    directory, _load_tokenizer_file(kind, entry.get("tokenizer_path")), entry["corpus_fingerprint"]
+                )
         except (ValueError, KeyError, OSError, UserError):
             pass  # a stale or damaged index entry: rebuild below
     docs = load_documents(spec)
@@ -340,7 +363,13 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
     dtype = _token_dtype(tok.vocab_size)
     if not meta_path.is_file():
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "dtype": dtype.name, "source": spec.source, "splits": {}}
+        meta = {
+            "tokenizer": tok.name,
+            "vocab_size": tok.vocab_size,
+            "dtype": dtype.name,
+            "source": spec.source,
+            "splits": {},
+        }
         for split in SPLITS:
             arr = tokenize_documents(tok, parts[split], dtype)
             _atomic_write_array(directory / f"{split}.bin", arr)
@@ -353,6 +382,14 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
         tok_path = getattr(tok, "path", None)
-        _atomic_write_text(index, json.dumps({"directory": str(directory), "corpus_fingerprint": fp,
-                                              "tokenizer_path": str(tok_path) if tok_path else None}))
+        _atomic_write_text(
+            index,
+            json.dumps(
+                {
+                    "directory": str(directory),
+                    "corpus_fingerprint": fp,
+                    "tokenizer_path": str(tok_path) if tok_path else None,
+                }
+            ),
+        )
     return _open_tokenized(directory, tok, fp)

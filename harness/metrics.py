@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from harness.run_files import EVAL_BYTES
 
 
-
 @dataclass(frozen=True)
 class EvalResult:
     bpb: float
@@ -74,13 +73,15 @@ def evaluate_bpb(
         width = max(lengths)
         x = torch.zeros(len(group), width, dtype=torch.long)
         y = torch.full((len(group), width), -100, dtype=torch.long)
-        for row, (s, ln) in enumerate(zip(group, lengths)):
+        for row, (s, ln) in enumerate(zip(group, lengths, strict=True)):
             x[row, :ln] = data[s : s + ln]
             y[row, :ln] = data[s + 1 : s + 1 + ln]
         x, y_dev = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(x)
-        nats = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y_dev.view(-1), ignore_index=-100, reduction="sum")
+        nats = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), y_dev.view(-1), ignore_index=-100, reduction="sum"
+        )
         total_nats += float(nats)
         valid = y[y >= 0]
         total_tokens += int(valid.numel())

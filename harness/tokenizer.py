@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
@@ -91,7 +92,7 @@ class BPETokenizer:
         self.name = f"bpe{self.vocab_size}"
 
     @classmethod
-    def load(cls, path: str | Path) -> "BPETokenizer":
+    def load(cls, path: str | Path) -> BPETokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         p = Path(path)
@@ -196,7 +197,7 @@ def _tokenizer_path(path: str | Path) -> Path:
 def tokenizer_file(spec: str) -> Path | None:
     """The file a ``file:PATH`` tokenizer spec names; None for ``byte`` / ``bpe`` specs."""
     s = spec.strip()
-    return _tokenizer_path(s[len("file:"):]) if s.startswith("file:") else None
+    return _tokenizer_path(s[len("file:") :]) if s.startswith("file:") else None
 
 
 def load_tokenizer_file(path: str | Path) -> BPETokenizer:

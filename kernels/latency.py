@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +111,7 @@ def _stepper(model: CodeLM, cache: KVCache, mode: str) -> Callable[[torch.Tensor
     the caller updates in place between calls."""
     device = cache.k[0].device
     if mode == "eager":
+
         def eager(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
             return model(token, cache)[:, -1:].argmax(-1)
 
@@ -119,7 +120,9 @@ def _stepper(model: CodeLM, cache: KVCache, mode: str) -> Callable[[torch.Tensor
     if mode == "static":
         return lambda token, position: step(token, position)[1]
     if mode == "compile":
-        compiled = torch.compile(step, mode="reduce-overhead" if device.type == "cuda" else "default", fullgraph=True, dynamic=False)
+        compiled = torch.compile(
+            step, mode="reduce-overhead" if device.type == "cuda" else "default", fullgraph=True, dynamic=False
+        )
         return lambda token, position: compiled(token, position)[1]
     if mode == "cuda-graph":
         return _cuda_graph(step, device)
@@ -132,7 +135,8 @@ def _cuda_graph(step: StaticDecodeStep, device: torch.device) -> Callable[[torch
     pos_in = torch.zeros(1, dtype=torch.long, device=device)
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
-    saved = [(k.clone(), v.clone()) for k, v in zip(step.cache.k, step.cache.v)]  # warm-up writes slot 0: put it back
+    # the warm-up writes slot 0 of the cache: keep a copy to put back
+    saved = [(k.clone(), v.clone()) for k, v in zip(step.cache.k, step.cache.v, strict=True)]
     with torch.cuda.stream(side), torch.no_grad():
         for _ in range(3):
             step(token_in, pos_in)
@@ -140,7 +144,7 @@ def _cuda_graph(step: StaticDecodeStep, device: torch.device) -> Callable[[torch
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.no_grad():
         _, next_out = step(token_in, pos_in)
-    for (k, v), (k0, v0) in zip(zip(step.cache.k, step.cache.v), saved):
+    for (k, v), (k0, v0) in zip(zip(step.cache.k, step.cache.v, strict=True), saved, strict=True):
         k.copy_(k0)
         v.copy_(v0)
 
@@ -154,8 +158,16 @@ def _cuda_graph(step: StaticDecodeStep, device: torch.device) -> Callable[[torch
 
 
 @torch.no_grad()
-def measure_decode(model: CodeLM, mode: str = "eager", prompt_tokens: int = 32, decode_tokens: int = 32, warmup: int = 2,
-                   repeats: int = 5, threads: int | None = None, seed: int = 0) -> DecodeLatency:
+def measure_decode(
+    model: CodeLM,
+    mode: str = "eager",
+    prompt_tokens: int = 32,
+    decode_tokens: int = 32,
+    warmup: int = 2,
+    repeats: int = 5,
+    threads: int | None = None,
+    seed: int = 0,
+) -> DecodeLatency:
     """Greedy batch-1 decoding after a prompt; each decode step timed on its own (device-synchronised)."""
     if mode not in MODES:
         raise UserError(f"unknown latency mode {mode!r}: use {', '.join(MODES)}")
@@ -183,7 +195,7 @@ def measure_decode(model: CodeLM, mode: str = "eager", prompt_tokens: int = 32, 
             position.fill_(prompt_tokens)
             out = [int(token)]
             steps = []
-            for i in range(decode_tokens - 1):
+            for _ in range(decode_tokens - 1):
                 s0 = time.perf_counter()
                 token = step(token, position).clone()
                 _sync(device)
@@ -195,6 +207,15 @@ def measure_decode(model: CodeLM, mode: str = "eager", prompt_tokens: int = 32, 
                 decode.extend(steps)
                 tokens = out
     decode = decode or [0.0]
-    return DecodeLatency(mode=mode, device=str(device), threads=n_threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-                         prefill_ms_p50=_percentile(prefill, 0.5), prefill_ms_p90=_percentile(prefill, 0.9),
-                         decode_ms_p50=_percentile(decode, 0.5), decode_ms_p90=_percentile(decode, 0.9), tokens=tuple(tokens))
+    return DecodeLatency(
+        mode=mode,
+        device=str(device),
+        threads=n_threads,
+        prompt_tokens=prompt_tokens,
+        decode_tokens=decode_tokens,
+        prefill_ms_p50=_percentile(prefill, 0.5),
+        prefill_ms_p90=_percentile(prefill, 0.9),
+        decode_ms_p50=_percentile(decode, 0.5),
+        decode_ms_p90=_percentile(decode, 0.9),
+        tokens=tuple(tokens),
+    )

@@ -8,8 +8,9 @@ the reason, instead of being exported approximately.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -36,8 +37,10 @@ def export_blockers(arch: ArchConfig) -> list[str]:
         reasons.append(f"pos={arch.pos} (Llama uses RoPE)")
     active, stock = active_code_hash(), stock_code_hash()
     if active != stock:  # an edited network (another MLP, a new attention): the Llama mapping would be another model
-        reasons.append(f"the model code was edited (hash {active[:12]}, stock {stock[:12]}): Llama's modelling code is not the "
-                       "network that was trained")
+        reasons.append(
+            f"the model code was edited (hash {active[:12]}, stock {stock[:12]}): Llama's modelling code is not the "
+            "network that was trained"
+        )
     return reasons
 
 
@@ -82,7 +85,9 @@ def _hf_state_dict(model: CodeLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def export_hf(model: CodeLM, out_dir: str | Path, tokenizer_json: str | Path | None = None, eos_id: int | None = None) -> Path:
+def export_hf(
+    model: CodeLM, out_dir: str | Path, tokenizer_json: str | Path | None = None, eos_id: int | None = None
+) -> Path:
     """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads: config.json,
     model.safetensors and, when given, the tokenizer (``tokenizer.json`` for ``PreTrainedTokenizerFast``)."""
     from transformers import GenerationConfig
@@ -161,7 +166,9 @@ def load_hf_causal_lm(path_or_id: str, device: str = "cpu"):  # -> (PreTrainedMo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path_or_id).expanduser()
-    looks_local = p.is_absolute() or str(path_or_id).startswith((".", "~")) or p.exists() or str(path_or_id).count("/") > 1
+    looks_local = (
+        p.is_absolute() or str(path_or_id).startswith((".", "~")) or p.exists() or str(path_or_id).count("/") > 1
+    )
     if looks_local and not p.is_dir():
         raise UserError(f"teacher model folder {path_or_id} does not exist")
     if looks_local and not (p / "config.json").is_file():
@@ -182,13 +189,18 @@ class HFModelSource:
         self.model, self.tokenizer = load_hf_causal_lm(path, device)
         self.name = f"hf:{path}"
 
-    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str], seed: int) -> list[str]:
+    def complete(
+        self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
+    ) -> list[str]:
         import torch
 
         enc = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.eos_token_id,
-                                  "stop_strings": list(stop) or None, "tokenizer": self.tokenizer}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self.tokenizer.eos_token_id,
+            "stop_strings": list(stop) or None,
+            "tokenizer": self.tokenizer,
+        }
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
@@ -198,6 +210,6 @@ class HFModelSource:
             torch.manual_seed(seed + i)
             with torch.no_grad():
                 ids = self.model.generate(**enc, **kwargs)
-            text = self.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            text = self.tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out.append(truncate_at_stop(text, stop))
         return out

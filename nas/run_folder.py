@@ -7,14 +7,14 @@ everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from harness.errors import UserError
 from harness.model_code import carried_code_mismatch
+from harness.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
 from nas.model import CodeLM, build_model
 from nas.space import ArchConfig
-from harness.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
 
 
 def load_trained_model(run_dir: str | Path) -> tuple[CodeLM, Tokenizer]:
@@ -55,15 +55,24 @@ class OurModelSource:
         self.model.to(torch.device(device))
         self.name = f"autonas:{run_dir.name}"
 
-    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str], seed: int) -> list[str]:
+    def complete(
+        self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
+    ) -> list[str]:
         import torch
 
         ids = [self.tokenizer.eos_id, *self.tokenizer.encode(prompt)]
         out = []
         for i in range(n):
             gen = torch.Generator().manual_seed(seed + i)
-            g = self.model.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                                    eos_id=self.tokenizer.eos_id, stop=stop, decode=self.tokenizer.decode, generator=gen)
+            g = self.model.generate(
+                ids,
+                max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                eos_id=self.tokenizer.eos_id,
+                stop=stop,
+                decode=self.tokenizer.decode,
+                generator=gen,
+            )
             out.append(g.text or "")
         return out

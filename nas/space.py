@@ -17,8 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nas.counting import count_params, size_bytes
 from harness.errors import UserError, describe_validation_error
+from nas.counting import count_params, size_bytes
 
 Activation = Literal["gelu", "swiglu"]
 Norm = Literal["layernorm", "rmsnorm"]
@@ -43,11 +43,16 @@ class ArchConfig(BaseModel):
     context_length: int = Field(256, ge=8, le=131072)
     rope_theta: float = Field(10000.0, gt=0, le=1e9)  # finite: JSON admits Infinity
     norm_eps: float = Field(1e-5, gt=0, lt=1)
-    head_size: int | None = Field(None, ge=2, le=1024, description="explicit size of one attention head; default "
-                                  "d_model / n_heads. Set when heads are pruned away: the survivors keep their size")
+    head_size: int | None = Field(
+        None,
+        ge=2,
+        le=1024,
+        description="explicit size of one attention head; default "
+        "d_model / n_heads. Set when heads are pruned away: the survivors keep their size",
+    )
 
     @model_validator(mode="after")
-    def _check_shape(self) -> "ArchConfig":
+    def _check_shape(self) -> ArchConfig:
         if self.head_size is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
@@ -72,7 +77,7 @@ class ArchConfig(BaseModel):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "arch") -> "ArchConfig":
+    def from_json(cls, text: str, source: str = "arch") -> ArchConfig:
         """Parse and validate; any problem is a one-line :class:`UserError`."""
         try:
             return cls.model_validate_json(text)
@@ -80,7 +85,7 @@ class ArchConfig(BaseModel):
             raise UserError(describe_validation_error(err, source)) from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchConfig":
+    def load(cls, path: str | Path) -> ArchConfig:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"arch file not found: {p}")
@@ -100,7 +105,8 @@ class ArchConfig(BaseModel):
         attn = "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
         return (
             f"L{self.n_layers} d{self.d_model} h{self.n_heads}/{self.n_kv_heads}{attn}"
-            + (f"x{self.head_size}" if self.head_size is not None else "") + f" ff{self.d_ff} "
+            + (f"x{self.head_size}" if self.head_size is not None else "")
+            + f" ff{self.d_ff} "
             f"{self.activation} {self.norm} {self.pos} V{self.vocab_size} ctx{self.context_length}"
             + (" tied" if self.tie_embeddings else "")
         )
@@ -161,7 +167,7 @@ class SearchSpace(BaseModel):
     context_length: tuple[int, ...] = (256,)
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "SearchSpace":
+    def _non_empty(self) -> SearchSpace:
         for name in GENES:
             if not getattr(self, name):
                 raise ValueError(f"search space gene {name!r} has no choices")
@@ -235,9 +241,7 @@ class SearchSpace(BaseModel):
         ga, gb = self.encode(a), self.encode(b)
         return self.decode({name: (ga if rng.random() < 0.5 else gb)[name] for name in GENES})
 
-    def sample_feasible(
-        self, rng: random.Random, constraints: ArchConstraints, max_tries: int = 2000
-    ) -> ArchConfig:
+    def sample_feasible(self, rng: random.Random, constraints: ArchConstraints, max_tries: int = 2000) -> ArchConfig:
         """Rejection-sample an architecture that meets ``constraints``."""
         for _ in range(max_tries):
             arch = self.sample(rng)

@@ -90,7 +90,9 @@ def file_stats(path: Path, shown_as: str, max_function_lines: int, line_length: 
     try:
         tree = ast.parse(text, filename=str(path))
     except SyntaxError as err:
-        print(f"warning: {shown_as} does not parse ({err.msg}, line {err.lineno}); counted by lines only", file=sys.stderr)
+        print(
+            f"warning: {shown_as} does not parse ({err.msg}, line {err.lineno}); counted by lines only", file=sys.stderr
+        )
         return stats
     visitor = _Visitor(shown_as, max_function_lines)
     visitor.visit(tree)
