@@ -147,7 +147,7 @@ class AnthropicClient(LLMClient):
 
     def __init__(self, spec: LLMSpec, api_key: str | None):
         super().__init__(spec, api_key)
-        import anthropic
+        import anthropic  # only when this provider is chosen: the offline agent runs without either SDK
 
         self._sdk = anthropic
         kwargs: dict[str, Any] = {"api_key": api_key, "timeout": spec.timeout_s, "max_retries": spec.max_retries}
@@ -190,7 +190,7 @@ class OpenAIClient(LLMClient):
 
     def __init__(self, spec: LLMSpec, api_key: str | None):
         super().__init__(spec, api_key)
-        import openai
+        import openai  # only when this provider is chosen
 
         self._sdk = openai
         kwargs: dict[str, Any] = {

@@ -81,7 +81,10 @@ def main() -> None:
             }
         )
         for loss in [x.strip() for x in args.losses.split(",") if x.strip()]:
-            kd = KDLossConfig(kind=loss, temperature=args.temperature, ce_weight=args.ce_weight)  # type: ignore[arg-type]
+            # validated from the command line's strings: an unknown --losses name is pydantic's error
+            kd = KDLossConfig.model_validate(
+                {"kind": loss, "temperature": args.temperature, "ce_weight": args.ce_weight}
+            )
             m = distill(
                 teacher, student_arch, spec, student_cfg, kd, Path(tmp) / f"kd-{loss}", eval_teacher=False
             ).metrics

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def find_claude_binary(explicit: str | None = None) -> str:
     if found:
         return found
     try:
-        import claude_agent_sdk  # type: ignore[import-not-found]
+        import claude_agent_sdk  # optional: only its bundled binary is wanted, and only when no claude is on PATH
 
         bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
         if bundled.is_file() and os.access(bundled, os.X_OK):
@@ -229,7 +229,9 @@ class ClaudeCodeEditor(Editor):
         result = s.result or {}
         cost = float(result.get("total_cost_usd") or 0.0)
         turns = result.get("num_turns")
-        common = dict(
+        # the figures every outcome reports; a failure replaces ok and error
+        success = EditorReport(
+            ok=True,
             cost_usd=cost,
             turns=turns,
             session_id=s.session_id,
@@ -237,16 +239,16 @@ class ClaudeCodeEditor(Editor):
             claimed_outside_writes=tuple(s.writes),
         )
         if timed_out:
-            return EditorReport(
-                ok=False, error=f"Claude Code did not finish within {timeout:g}s (process group killed)", **common
+            return replace(
+                success, ok=False, error=f"Claude Code did not finish within {timeout:g}s (process group killed)"
             )
         if s.result is None:
             tail = stderr_path.read_text(errors="replace").strip().splitlines()[-1:] if stderr_path.exists() else []
             why = tail[0][:200] if tail else f"exit code {returncode}"
-            return EditorReport(ok=False, error=f"Claude Code ended without a result event ({why})", **common)
+            return replace(success, ok=False, error=f"Claude Code ended without a result event ({why})")
         if result.get("is_error") or result.get("subtype") != "success":
             detail = result.get("result") or result.get("subtype") or "error"
-            return EditorReport(
-                ok=False, error=f"Claude Code reported {result.get('subtype')}: {str(detail)[:200]}", **common
+            return replace(
+                success, ok=False, error=f"Claude Code reported {result.get('subtype')}: {str(detail)[:200]}"
             )
-        return EditorReport(ok=True, **common)
+        return success

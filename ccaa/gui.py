@@ -85,7 +85,7 @@ class VisionModelReader:
     PROMPT = "Transcribe every line of text visible in this terminal screenshot, top to bottom. Output only the text."
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, timeout_s: float = 60.0):
-        from openai import OpenAI
+        from openai import OpenAI  # the GUI editor's optional peers are imported only when it is used
 
         self.model = model
         self.client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=2)
@@ -196,7 +196,7 @@ def _display_alive(name: str) -> bool:
 
 
 def _pyautogui() -> Any:
-    import pyautogui
+    import pyautogui  # optional (the gui extra), and it needs a display at import
 
     pyautogui.FAILSAFE = False  # the pointer in a corner of a virtual screen is not a person trying to stop us
     return pyautogui
@@ -204,7 +204,7 @@ def _pyautogui() -> Any:
 
 def grab_screen(path: Path) -> bytes:
     """Screenshot of the whole display as PNG at ``path``; returns the raw pixels (for change detection)."""
-    import mss
+    import mss  # optional (the gui extra)
     import mss.tools
 
     with mss.MSS() as sct:
@@ -214,7 +214,7 @@ def grab_screen(path: Path) -> bytes:
 
 
 def is_blank(png: Path) -> bool:
-    from PIL import Image
+    from PIL import Image  # optional (the gui extra)
 
     with Image.open(png) as img:
         lo, hi = img.convert("L").getextrema()

@@ -55,7 +55,7 @@ class APITeacherSpec(BaseModel):
         provider, _, model = text.partition(":")
         if provider not in KEY_ENV or not model:
             raise UserError(f"API teacher {text!r}: use openai:<model> or anthropic:<model>")
-        return cls(provider=provider, model=model, **kw)  # type: ignore[arg-type]
+        return cls(provider=provider, model=model, **kw)
 
     @property
     def name(self) -> str:
@@ -99,12 +99,12 @@ class APITeacher:
         if spec.base_url:
             kwargs["base_url"] = spec.base_url
         if spec.provider == "openai":
-            import openai
+            import openai  # the SDK is imported only for the provider used: workers never load it otherwise
 
             self._sdk: Any = openai
             self._client: Any = openai.OpenAI(**kwargs)
         else:
-            import anthropic
+            import anthropic  # likewise, only for this provider
 
             self._sdk = anthropic
             self._client = anthropic.Anthropic(**kwargs)
@@ -213,7 +213,7 @@ def prompts_from_corpus(
             if (
                 not (
                     isinstance(doc, ast.Expr)
-                    and isinstance(getattr(doc, "value", None), ast.Constant)
+                    and isinstance(doc.value, ast.Constant)
                     and isinstance(doc.value.value, str)
                 )
                 or doc.end_lineno is None

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from distill.api_teacher import read_generations
 from distill.logit_cache import TopKLogitCache
 from distill.losses import KDLossConfig, kd_loss_full, kd_loss_topk, teacher_topk
 from distill.teachers import Teacher
@@ -207,8 +208,6 @@ def sequence_distill(
     started: float | None = None,
 ) -> TrainOutcome:
     """Sequence-level KD: cross-entropy on the teacher's completions (prompt + completion as documents)."""
-    from distill.api_teacher import read_generations
-
     base = prepare_corpus(corpus_spec, tokenizer)
     rows = [r for r in read_generations(teacher_jsonl) if r.get("completion")]
     if not rows:

@@ -74,7 +74,7 @@ def stdlib_dir() -> Path:
 def _source_files(root: Path) -> list[Path]:
     """Source files under ``root``, sorted; installed packages and caches are pruned, not walked."""
     skip = {"site-packages", "dist-packages", "__pycache__"}
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".")]
         files.extend(Path(dirpath) / f for f in filenames if f.endswith(CODE_SUFFIXES))
@@ -107,7 +107,7 @@ def _dataset_builder(path: Path) -> str:
 
 
 def _load_with_datasets(spec: CorpusSpec) -> list[Document]:
-    import datasets
+    import datasets  # slow to import (seconds): only for corpora that need it
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own error lines would precede our one line
@@ -185,7 +185,7 @@ def split_documents(docs: list[Document], spec: CorpusSpec) -> dict[Split, list[
             else ("heldout" if u < spec.val_fraction + spec.heldout_fraction else "train")
         )
         out[split].append(d)
-    wanted: list[Split] = ["val"] + (["heldout"] if spec.heldout_fraction > 0 and len(docs) >= 3 else [])
+    wanted: list[Split] = ["val", "heldout"] if spec.heldout_fraction > 0 and len(docs) >= 3 else ["val"]
     for split in wanted:
         if not out[split] and len(out["train"]) > 1:
             pick = min(out["train"], key=lambda d: _bucket(d.key))
@@ -270,7 +270,9 @@ def get_tokenizer(spec: str, train_docs: list[Document], corpus_fp: str) -> Toke
     if kind == "byte":
         return ByteTokenizer()
     if kind == "file":
-        return BPETokenizer.load(tokenizer_file(spec))  # type: ignore[arg-type]
+        named = tokenizer_file(spec)
+        assert named is not None  # kind "file" is a file:PATH spec, which names a path
+        return BPETokenizer.load(named)
     path = cache_root() / "tokenizers" / f"{corpus_fp}-bpe{size}.json"
     if path.is_file():
         return BPETokenizer.load(path)
@@ -293,7 +295,7 @@ def _source_signature(spec: CorpusSpec, tokenizer: str) -> str | None:
         h.update(hashlib.sha256(named_file.read_bytes()).hexdigest().encode())
     path = Path(spec.source)
     if spec.source == "stdlib":
-        root: Path | None = stdlib_dir()
+        root = stdlib_dir()
         h.update(sys.version.encode())
     elif path.is_dir():
         root = path
@@ -317,7 +319,7 @@ def _load_tokenizer_file(kind: str, path: str | None) -> Tokenizer:
 def _open_tokenized(directory: Path, tok: Tokenizer, fp: str) -> TokenizedCorpus:
     meta = json.loads((directory / "meta.json").read_text())
     dtype = np.dtype(meta["dtype"])
-    splits = {}
+    splits: dict[str, np.ndarray] = {}
     for split in SPLITS:
         n = meta["splits"][split]["tokens"]
         splits[split] = (
@@ -363,17 +365,18 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
     dtype = _token_dtype(tok.vocab_size)
     if not meta_path.is_file():
         directory.mkdir(parents=True, exist_ok=True)
+        split_meta: dict[str, dict[str, int]] = {}
         meta = {
             "tokenizer": tok.name,
             "vocab_size": tok.vocab_size,
             "dtype": dtype.name,
             "source": spec.source,
-            "splits": {},
+            "splits": split_meta,
         }
         for split in SPLITS:
             arr = tokenize_documents(tok, parts[split], dtype)
             _atomic_write_array(directory / f"{split}.bin", arr)
-            meta["splits"][split] = {
+            split_meta[split] = {
                 "tokens": int(arr.size),
                 "documents": len(parts[split]),
                 "text_bytes": int(sum(len(d.text.encode("utf-8")) + 1 for d in parts[split])),

@@ -27,10 +27,9 @@ import random
 import struct
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -55,12 +54,20 @@ class ScoredBpb:
     probes: int  # windows checked for causality
 
 
+@dataclass(frozen=True)
+class _RemoteArch:
+    """The figures of the child's arch.json that evaluate_bpb reads."""
+
+    context_length: int
+    vocab_size: int
+
+
 class _RemoteModel:
-    """Looks like the module :func:`evaluate_bpb` expects; every forward pass is the child's, checked here."""
+    """A :class:`harness.metrics.LanguageModel`; every forward pass is the child's, checked here."""
 
     def __init__(self, proc: subprocess.Popen, context_length: int, vocab_size: int, seed: int):
         self.proc, self.vocab = proc, vocab_size
-        self.arch = SimpleNamespace(context_length=context_length, vocab_size=vocab_size)
+        self.arch = _RemoteArch(context_length=context_length, vocab_size=vocab_size)
         self.training = False
         self.rng = random.Random(seed)
         self.probes = self.calls = 0
@@ -70,6 +77,10 @@ class _RemoteModel:
 
     def train(self, mode: bool = True) -> _RemoteModel:
         return self
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
+        """None here: the weights live in the child (evaluate_bpb is always given the device)."""
+        return iter(())
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, width = x.shape
@@ -148,7 +159,7 @@ def score_run(
     killer.start()
     try:
         remote = _RemoteModel(proc, context, vocab, seed)
-        result = evaluate_bpb(remote, tokens, token_bytes, max_bytes, batch_size=16, device="cpu")  # type: ignore[arg-type]
+        result = evaluate_bpb(remote, tokens, token_bytes, max_bytes, batch_size=16, device="cpu")
         assert proc.stdin is not None
         proc.stdin.write(struct.pack("<II", 0, 0))
         proc.stdin.close()

@@ -93,7 +93,7 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import Tokenizer as HFTokenizer  # only for BPE: the byte tokenizer needs none of it
 
         p = Path(path)
         try:
@@ -137,7 +137,7 @@ class BPETokenizer:
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
     """Train a byte-level BPE of ``vocab_size`` tokens (256 byte symbols + merges + EOS)."""
-    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import Tokenizer as HFTokenizer  # only for BPE, as in BPETokenizer.load
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 257:

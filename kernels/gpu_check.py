@@ -46,9 +46,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+
+# The project's modules (and triton, torchao, safetensors) are imported inside the checks that use them, on
+# purpose: a module that fails to import fails its own checks, recorded with the error, and the others still run.
+if TYPE_CHECKING:
+    from harness.data import TokenizedCorpus
+    from nas.model import Block, CodeLM
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_check.json"
@@ -138,7 +144,7 @@ def bench_ms(fn: Callable[[], Any], device: torch.device, rep_ms: int = 100) -> 
     for _ in range(3):
         fn()
     _sync(device)
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + rep_ms / 1e3
     while len(times) < 5 or (time.perf_counter() < end and len(times) < 200):
         t0 = time.perf_counter()
@@ -176,7 +182,8 @@ def _arch(preset: dict[str, Any]):  # -> ArchConfig
     return ArchConfig(**preset)
 
 
-def _model(ctx: Context):  # -> CodeLM on the device, trained weights when the bf16 check left them
+def _model(ctx: Context) -> CodeLM:
+    """The 20M model on the device, with the trained weights when the bf16 check left them."""
     from nas.model import build_model
 
     model = build_model(_arch(ARCH_20M), seed=0)
@@ -188,7 +195,7 @@ def _model(ctx: Context):  # -> CodeLM on the device, trained weights when the b
     return model.to(ctx.device).eval()
 
 
-def _corpus(ctx: Context):  # -> TokenizedCorpus
+def _corpus(ctx: Context) -> TokenizedCorpus:
     corpus = ctx.shared.get("corpus")
     if corpus is None:
         raise Skip("the corpus check did not prepare a corpus")
@@ -547,6 +554,7 @@ def check_triton_fused_fkl(ctx: Context) -> dict[str, Any]:
         s.grad = None
         loss = fn(s, t, 2.0)
         loss.backward()
+        assert s.grad is not None  # backward() just filled it
         return loss.detach(), s.grad.detach().clone()
 
     (loss, grad), (ref_loss, ref_grad) = run(ops.fused_fkl), run(ops.fkl_reference)
@@ -582,15 +590,14 @@ def check_torchao_int8(ctx: Context) -> dict[str, Any]:
         "decode_ms_p50_fp32": round(measure_decode(base, "eager", 32, 8, 1, 2).decode_ms_p50, 4),
     }
     for label, dyn in (("weight_only", False), ("dynamic_act", True)):
-        q = for_runtime(base.cpu(), "cuda", dynamic_activations=dyn)
+        q = cast("CodeLM", for_runtime(base.cpu(), "cuda", dynamic_activations=dyn))  # a copy with int8 linears
         base.to(ctx.device)
         with torch.no_grad():
             out = q(x).float()
         figures[f"{label}_logits_max_abs_err"] = float(f"{(out - ref).abs().max().item():.3g}")
         figures[f"{label}_val_bpb"] = round(bpb(q), 4)
-        figures[f"{label}_weight_type"] = (
-            type(q.layers[0].mlp.gate_proj.weight).__name__ if hasattr(q.layers[0], "mlp") else "?"
-        )
+        first = cast("Block", q.layers[0])  # the model's layers are Blocks
+        figures[f"{label}_weight_type"] = type(first.mlp.gate_proj.weight).__name__ if hasattr(first, "mlp") else "?"
         try:
             figures[f"{label}_decode_ms_p50"] = round(measure_decode(q, "eager", 32, 8, 1, 2).decode_ms_p50, 4)
         except Exception as err:  # noqa: BLE001 - quantized decode is a figure, the quantization is the check
@@ -631,7 +638,7 @@ def check_sparsity_24(ctx: Context) -> dict[str, Any]:
         evaluate_bpb(model, corpus["val"], corpus.token_bytes, 65_536, 16, ctx.device).bpb, 4
     )
     prune_semi_structured_24(model)
-    figures["sparse_weight_type"] = type(model.layers[0].mlp.gate_proj.weight).__name__
+    figures["sparse_weight_type"] = type(cast("Block", model.layers[0]).mlp.gate_proj.weight).__name__
     from kernels.prune import SEMI_STRUCTURED_DTYPE
 
     # exactly as kernels.compress measures val_bpb_pruned: fp16 autocast, the only input cuSPARSELt takes
@@ -664,7 +671,7 @@ def _one_gpu_trial(ex: Any, spec: Any, what: str, t0: float) -> tuple[Any, dict[
     """Submit one trial to an executor, wait up to 150 s, and insist that it ran, and ran on the GPU."""
     try:
         ex.submit(spec)
-        results = []
+        results: list[Any] = []
         while not results and time.perf_counter() - t0 < 150:
             results = ex.wait(timeout=150)
     finally:

@@ -20,13 +20,14 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.metrics import _percentile, _sync
-from nas.model import CodeLM, KVCache, apply_rope
+from nas.model import Block, CodeLM, KVCache, apply_rope
 
 MODES = ("eager", "static", "compile", "cuda-graph")
 
@@ -37,6 +38,8 @@ class StaticDecodeStep(torch.nn.Module):
     Uses the model's own modules and the tensors of a :class:`KVCache` (batch 1), so a prefill through the
     ordinary forward fills exactly the buffers the static steps read.
     """
+
+    slots: torch.Tensor  # a buffer: declared so that it reads as a tensor, not nn.Module's Tensor | Module
 
     def __init__(self, model: CodeLM, cache: KVCache):
         super().__init__()
@@ -51,9 +54,12 @@ class StaticDecodeStep(torch.nn.Module):
         if m.embed_positions is not None:
             x = x + m.embed_positions(position)[None]
         else:
-            rope = (m.rope_cos.index_select(0, position), m.rope_sin.index_select(0, position))
+            # buffers; cast, not get_buffer, keeps the traced step (compile, CUDA graph) as it was
+            cos, sin = cast(torch.Tensor, m.rope_cos), cast(torch.Tensor, m.rope_sin)
+            rope = (cos.index_select(0, position), sin.index_select(0, position))
         visible = (self.slots <= position).view(1, 1, 1, -1)  # attend to every filled slot, this one included
-        for i, layer in enumerate(m.layers):
+        for i, module in enumerate(m.layers):
+            layer = cast(Block, module)  # m.layers is an nn.ModuleList of Blocks
             attn = layer.self_attn
             h = layer.input_layernorm(x)
             q = attn.q_proj(h).view(1, 1, arch.n_heads, hd).transpose(1, 2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
@@ -20,6 +20,11 @@ from harness.humaneval import truncate_at_stop
 from harness.model_code import active_code_hash, stock_code_hash
 from nas.model import CodeLM
 from nas.space import ArchConfig
+
+# transformers (and tokenizers) are imported inside the functions that use them: importing transformers takes
+# seconds, and a worker that never exports or loads a Hugging Face model should not pay for it.
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 
 class NotExportable(UserError):
@@ -44,7 +49,7 @@ def export_blockers(arch: ArchConfig) -> list[str]:
     return reasons
 
 
-def to_hf_config(arch: ArchConfig, eos_id: int | None = None):  # -> transformers.LlamaConfig
+def to_hf_config(arch: ArchConfig, eos_id: int | None = None) -> LlamaConfig:
     """The ``LlamaConfig`` that holds ``arch`` exactly; raises :class:`NotExportable` otherwise."""
     from transformers import LlamaConfig
 
@@ -115,7 +120,7 @@ def _save_hf_tokenizer(tokenizer_json: Path, out: Path, eos_id: int | None) -> N
     fast.save_pretrained(out)
 
 
-def arch_from_hf_config(config) -> ArchConfig:  # config: transformers.LlamaConfig
+def arch_from_hf_config(config: LlamaConfig) -> ArchConfig:
     """The ArchConfig of a Llama-family Hugging Face config (for loading teachers and exported models)."""
     if getattr(config, "model_type", "") != "llama":
         raise UserError(f"only Llama-family models map onto an ArchConfig, got model_type={config.model_type!r}")
@@ -157,8 +162,11 @@ def load_hf_as_codelm(path: str | Path) -> CodeLM:
     return model
 
 
-def load_hf_causal_lm(path_or_id: str, device: str = "cpu"):  # -> (PreTrainedModel, PreTrainedTokenizerBase)
+def load_hf_causal_lm(path_or_id: str, device: str = "cpu") -> tuple[Any, Any]:
     """``AutoModelForCausalLM.from_pretrained`` and its tokenizer, in fp32, in eval mode.
+
+    Typed Any: the model is a PreTrainedModel and a GenerationMixin at once, which transformers' stubs do not
+    express (generate() and to(device) do not type-check through PreTrainedModel).
 
     A path that does not exist is refused before transformers tries the hub (which would fail offline
     with a long message); a hub id works when it is in the local Hugging Face cache or online.
@@ -178,7 +186,8 @@ def load_hf_causal_lm(path_or_id: str, device: str = "cpu"):  # -> (PreTrainedMo
         tokenizer = AutoTokenizer.from_pretrained(str(p) if looks_local else path_or_id)
     except OSError as err:
         raise UserError(f"cannot load Hugging Face model {path_or_id}: {str(err).splitlines()[0]}") from None
-    model.to(torch.device(device)).eval()
+    # transformers' stubs type to() through a decorator that hides nn.Module.to's (device) signature
+    model.to(torch.device(device)).eval()  # type: ignore[arg-type]
     return model, tokenizer
 
 
@@ -192,8 +201,6 @@ class HFModelSource:
     def complete(
         self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
     ) -> list[str]:
-        import torch
-
         enc = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,

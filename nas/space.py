@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -175,27 +176,30 @@ class SearchSpace(BaseModel):
 
     # -- genes <-> configs ------------------------------------------------------------------------
 
-    def decode(self, genes: dict[str, object]) -> ArchConfig:
-        """Turn a full gene assignment into a valid ArchConfig (repairing head and KV counts)."""
-        d_model = int(genes["d_model"])  # type: ignore[arg-type]
-        head_dim = _largest_divisor_choice(d_model, [int(h) for h in self.head_dim], int(genes["head_dim"]))  # type: ignore[arg-type]
+    def decode(self, genes: Mapping[str, Any]) -> ArchConfig:
+        """Turn a full gene assignment into a valid ArchConfig (repairing head and KV counts).
+
+        The values are typed Any: each gene has its own type (int, float, str or bool, from optuna or JSON), and
+        ArchConfig's validation is what checks them."""
+        d_model = int(genes["d_model"])
+        head_dim = _largest_divisor_choice(d_model, [int(h) for h in self.head_dim], int(genes["head_dim"]))
         if head_dim is None or head_dim % 2:
-            head_dim = _even_divisor_near(d_model, int(genes["head_dim"]))  # type: ignore[arg-type]
+            head_dim = _even_divisor_near(d_model, int(genes["head_dim"]))
         n_heads = d_model // head_dim
-        ratio = _largest_divisor_choice(n_heads, [int(r) for r in self.kv_ratio], int(genes["kv_ratio"])) or 1  # type: ignore[arg-type]
-        d_ff = max(16, int(round(float(genes["ffn_mult"]) * d_model / 16)) * 16)  # type: ignore[arg-type]
+        ratio = _largest_divisor_choice(n_heads, [int(r) for r in self.kv_ratio], int(genes["kv_ratio"])) or 1
+        d_ff = max(16, int(round(float(genes["ffn_mult"]) * d_model / 16)) * 16)
         return ArchConfig(
-            n_layers=int(genes["n_layers"]),  # type: ignore[arg-type]
+            n_layers=int(genes["n_layers"]),
             d_model=d_model,
             n_heads=n_heads,
             n_kv_heads=n_heads // ratio,
             d_ff=d_ff,
-            activation=genes["activation"],  # type: ignore[arg-type]
-            norm=genes["norm"],  # type: ignore[arg-type]
-            pos=genes["pos"],  # type: ignore[arg-type]
+            activation=genes["activation"],
+            norm=genes["norm"],
+            pos=genes["pos"],
             tie_embeddings=bool(genes["tie_embeddings"]),
-            vocab_size=int(genes["vocab_size"]),  # type: ignore[arg-type]
-            context_length=int(genes["context_length"]),  # type: ignore[arg-type]
+            vocab_size=int(genes["vocab_size"]),
+            context_length=int(genes["context_length"]),
         )
 
     def encode(self, arch: ArchConfig) -> dict[str, object]:

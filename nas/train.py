@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import save_model
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_model, save_model
 
 from harness.budget import Budget
 from harness.data import CorpusSpec, TokenizedCorpus
@@ -123,7 +124,7 @@ class BatchSampler:
         return window[:, :-1], window[:, 1:]
 
     def state(self) -> dict[str, Any]:
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
@@ -294,8 +295,6 @@ class Trainer:
             self._log(f"resumed from {ckpt.name} at step {state['step']} ({state['tokens']} tokens)")
         else:
             if self.init_weights is not None:
-                from safetensors.torch import load_model
-
                 load_model(model, str(self.init_weights), device=str(device))
             _write_json_atomic(self.out / "run.json", self._run_record())
             (self.out / "arch.json").write_text(self.arch.to_json())
@@ -522,12 +521,10 @@ class _Progress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._bar = None
+        self._bar: Progress | None = None
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
             self._bar = Progress(
                 TextColumn("train"),
                 BarColumn(),

@@ -29,12 +29,13 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from harness.budget import Budget, parse_budget
 from harness.errors import UserError
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 MAX_BUDGET_S = 30 * 86_400.0
 MAX_BUDGET_TOKENS = 10**13
@@ -123,12 +124,12 @@ def int_list(text: str, flag: str, *, ge: int = 1, le: int | None = None) -> lis
 # files and folders read
 
 
-def _os_errors(fn: _F) -> _F:
+def _os_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """What the file system itself refuses (a name too long, a loop of links, an I/O error) is one line too."""
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
         except OSError as err:
@@ -137,7 +138,7 @@ def _os_errors(fn: _F) -> _F:
             what, flag = list(bound.arguments.values())[:2]
             raise UserError(f"{flag} {what} cannot be used: {err.strerror or err}") from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 @_os_errors
