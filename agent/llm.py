@@ -29,7 +29,10 @@ PROVIDERS: tuple[str, ...] = ("auto", "offline", "anthropic", "openai")
 KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-6", "openai": "gpt-4.1"}
 DEFAULT_URL = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1"}
-URL_ENV = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}  # the SDKs' own fallback when no base_url is given
+URL_ENV = {
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "openai": "OPENAI_BASE_URL",
+}  # the SDKs' own fallback when no base_url is given
 
 # Published list prices in USD per million tokens (input, output), matched by model-name prefix, longest
 # first. Prices move: --price-in/--price-out override them, and an unknown model has no price.
@@ -122,7 +125,9 @@ class LLMClient(ABC):
         try:
             return self._read(resp, tool_name)
         except Exception as err:  # noqa: BLE001 - a malformed reply is the model's fault, never a crash of the run
-            return ToolReply(data=None, text=f"(unreadable reply: {_short(repr(err))})", usage=Usage(), model=self.model)
+            return ToolReply(
+                data=None, text=f"(unreadable reply: {_short(repr(err))})", usage=Usage(), model=self.model
+            )
 
     @abstractmethod
     def _request(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> Any:
@@ -142,7 +147,7 @@ class AnthropicClient(LLMClient):
 
     def __init__(self, spec: LLMSpec, api_key: str | None):
         super().__init__(spec, api_key)
-        import anthropic
+        import anthropic  # only when this provider is chosen: the offline agent runs without either SDK
 
         self._sdk = anthropic
         kwargs: dict[str, Any] = {"api_key": api_key, "timeout": spec.timeout_s, "max_retries": spec.max_retries}
@@ -152,15 +157,19 @@ class AnthropicClient(LLMClient):
 
     def _request(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> Any:
         return self._client.messages.create(
-            model=self.model, max_tokens=self.spec.max_output_tokens, system=system,
+            model=self.model,
+            max_tokens=self.spec.max_output_tokens,
+            system=system,
             messages=[{"role": "user", "content": user}],
             tools=[{"name": tool_name, "description": description, "input_schema": schema}],
             tool_choice={"type": "tool", "name": tool_name},
         )
 
     def _read(self, resp: Any, tool_name: str) -> ToolReply:
-        usage = Usage(input_tokens=_int(getattr(getattr(resp, "usage", None), "input_tokens", 0)),
-                      output_tokens=_int(getattr(getattr(resp, "usage", None), "output_tokens", 0)))
+        usage = Usage(
+            input_tokens=_int(getattr(getattr(resp, "usage", None), "input_tokens", 0)),
+            output_tokens=_int(getattr(getattr(resp, "usage", None), "output_tokens", 0)),
+        )
         data, texts = None, []
         for block in getattr(resp, "content", None) or []:
             kind = getattr(block, "type", None)
@@ -171,7 +180,9 @@ class AnthropicClient(LLMClient):
                     texts.append(json.dumps(raw) if not isinstance(raw, str) else raw)
             elif kind == "text":
                 texts.append(str(getattr(block, "text", "")))
-        return ToolReply(data=data, text="\n".join(texts), usage=usage, model=str(getattr(resp, "model", None) or self.model))
+        return ToolReply(
+            data=data, text="\n".join(texts), usage=usage, model=str(getattr(resp, "model", None) or self.model)
+        )
 
 
 class OpenAIClient(LLMClient):
@@ -179,25 +190,34 @@ class OpenAIClient(LLMClient):
 
     def __init__(self, spec: LLMSpec, api_key: str | None):
         super().__init__(spec, api_key)
-        import openai
+        import openai  # only when this provider is chosen
 
         self._sdk = openai
-        kwargs: dict[str, Any] = {"api_key": api_key or "no-key", "timeout": spec.timeout_s, "max_retries": spec.max_retries}
+        kwargs: dict[str, Any] = {
+            "api_key": api_key or "no-key",
+            "timeout": spec.timeout_s,
+            "max_retries": spec.max_retries,
+        }
         if spec.base_url:
             kwargs["base_url"] = spec.base_url
         self._client = openai.OpenAI(**kwargs)
 
     def _request(self, system: str, user: str, tool_name: str, description: str, schema: dict[str, Any]) -> Any:
         return self._client.chat.completions.create(
-            model=self.model, max_tokens=self.spec.max_output_tokens,
+            model=self.model,
+            max_tokens=self.spec.max_output_tokens,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-            tools=[{"type": "function", "function": {"name": tool_name, "description": description, "parameters": schema}}],
+            tools=[
+                {"type": "function", "function": {"name": tool_name, "description": description, "parameters": schema}}
+            ],
             tool_choice={"type": "function", "function": {"name": tool_name}},
         )
 
     def _read(self, resp: Any, tool_name: str) -> ToolReply:
         u = getattr(resp, "usage", None)
-        usage = Usage(input_tokens=_int(getattr(u, "prompt_tokens", 0)), output_tokens=_int(getattr(u, "completion_tokens", 0)))
+        usage = Usage(
+            input_tokens=_int(getattr(u, "prompt_tokens", 0)), output_tokens=_int(getattr(u, "completion_tokens", 0))
+        )
         data, text = None, ""
         choices = getattr(resp, "choices", None) or []
         message = getattr(choices[0], "message", None) if choices else None
@@ -240,7 +260,9 @@ def judge_spec(planner: LLMSpec, judge: LLMSpec, env: dict[str, str] | None = No
     return judge
 
 
-def make_client(spec: LLMSpec, role: str, env: dict[str, str] | None = None, check_reachable: bool = True) -> LLMClient | None:
+def make_client(
+    spec: LLMSpec, role: str, env: dict[str, str] | None = None, check_reachable: bool = True
+) -> LLMClient | None:
     """The client for one role, or None for offline. User errors: a named provider without its key (a local
     server given by ``base_url`` may need none), an unreachable server."""
     env = dict(os.environ) if env is None else env
@@ -249,8 +271,10 @@ def make_client(spec: LLMSpec, role: str, env: dict[str, str] | None = None, che
         return None
     key = env.get(KEY_ENV[name]) or None
     if key is None and not spec.base_url:
-        raise UserError(f"the {role} uses {name} but {KEY_ENV[name]} is not set (set it, give --base-url for a local server, "
-                        f"or use --{role} offline)")
+        raise UserError(
+            f"the {role} uses {name} but {KEY_ENV[name]} is not set (set it, give --base-url for a local server, "
+            f"or use --{role} offline)"
+        )
     client = _CLIENTS[name](spec, key)
     if check_reachable:
         # the address the SDK will really use: --base-url, else its environment variable, else the public API
@@ -312,21 +336,54 @@ class CostLedger:
     def tokens(self) -> tuple[int, int]:
         return sum(r.input_tokens for r in self.records), sum(r.output_tokens for r in self.records)
 
-    def call(self, client: LLMClient, role: str, system: str, user: str, tool_name: str, description: str,
-             schema: dict[str, Any]) -> ToolReply:
+    def call(
+        self,
+        client: LLMClient,
+        role: str,
+        system: str,
+        user: str,
+        tool_name: str,
+        description: str,
+        schema: dict[str, Any],
+    ) -> ToolReply:
         """Make the call and record it, failed or not (a failed call is billed nothing we can see)."""
         t0 = time.monotonic()
         try:
             reply = client.call_tool(system, user, tool_name, description, schema)
         except LLMError as err:
-            self.add(CallRecord(role=role, provider=client.provider, model=client.model, input_tokens=0, output_tokens=0,
-                                cost_usd=0.0, seconds=time.monotonic() - t0, ok=False, note=str(err)))
+            self.add(
+                CallRecord(
+                    role=role,
+                    provider=client.provider,
+                    model=client.model,
+                    input_tokens=0,
+                    output_tokens=0,
+                    cost_usd=0.0,
+                    seconds=time.monotonic() - t0,
+                    ok=False,
+                    note=str(err),
+                )
+            )
             raise
         price = client.spec.price(reply.model) or client.spec.price(client.model)
-        cost = None if price is None else (reply.usage.input_tokens * price[0] + reply.usage.output_tokens * price[1]) / 1e6
-        self.add(CallRecord(role=role, provider=client.provider, model=reply.model, input_tokens=reply.usage.input_tokens,
-                            output_tokens=reply.usage.output_tokens, cost_usd=cost, seconds=time.monotonic() - t0,
-                            ok=reply.data is not None, note="" if reply.data is not None else "no tool call in the reply"))
+        cost = (
+            None
+            if price is None
+            else (reply.usage.input_tokens * price[0] + reply.usage.output_tokens * price[1]) / 1e6
+        )
+        self.add(
+            CallRecord(
+                role=role,
+                provider=client.provider,
+                model=reply.model,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                cost_usd=cost,
+                seconds=time.monotonic() - t0,
+                ok=reply.data is not None,
+                note="" if reply.data is not None else "no tool call in the reply",
+            )
+        )
         return reply
 
 

@@ -36,21 +36,62 @@ def _env(threads: int) -> dict[str, str]:
 
 def train(out: Path, budget: str, args: argparse.Namespace) -> dict[str, Any]:
     """One measured training of the default architecture in its own process; its metrics.json plus the process' wall."""
-    cmd = [sys.executable, "-m", "nas", "train", "--budget", budget, "--out", str(out), "--seed", "0", "--device", "cpu",
-           "--eval-bytes", str(args.eval_bytes), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas",
+        "train",
+        "--budget",
+        budget,
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--eval-bytes",
+        str(args.eval_bytes),
+        "--quiet",
+    ]
     t0 = time.monotonic()
     subprocess.run(cmd, cwd=REPO, env=_env(1), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.monotonic() - t0
     m = json.loads((out / "metrics.json").read_text())
-    return {"val_bpb": m["val_bpb"], "steps": m["steps"], "tokens": m["tokens_trained"], "train_s": m["train_s"],
-            "wall_s": round(wall, 1), "stopped_by": m["stopped_by"]}
+    return {
+        "val_bpb": m["val_bpb"],
+        "steps": m["steps"],
+        "tokens": m["tokens_trained"],
+        "train_s": m["train_s"],
+        "wall_s": round(wall, 1),
+        "stopped_by": m["stopped_by"],
+    }
 
 
 def start_load(out: Path) -> subprocess.Popen:
     """Another training job beside the measured one (its own session, ended by its process group)."""
-    cmd = [sys.executable, "-m", "nas", "train", "--budget", "30m", "--out", str(out), "--device", "cpu", "--quiet", "--seed", "1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(os.cpu_count() or 1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas",
+        "train",
+        "--budget",
+        "30m",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--seed",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(os.cpu_count() or 1),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     time.sleep(LOAD_WARMUP_S)
     return proc
 
@@ -65,7 +106,9 @@ def stop_load(proc: subprocess.Popen) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", default="120ktok", help="the token budget (the wall-clock one is its idle training time)")
+    ap.add_argument(
+        "--tokens", default="120ktok", help="the token budget (the wall-clock one is its idle training time)"
+    )
     ap.add_argument("--eval-bytes", type=int, default=65_536)
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
@@ -82,8 +125,15 @@ def main() -> None:
                 finally:
                     if proc is not None:
                         stop_load(proc)
-                rows.append({"budget": f"{kind} ({budget})", "run": run, "load": load, **r,
-                             "loadavg_1m": round(os.getloadavg()[0], 2)})  # the machine is shared: its own load too
+                rows.append(
+                    {
+                        "budget": f"{kind} ({budget})",
+                        "run": run,
+                        "load": load,
+                        **r,
+                        "loadavg_1m": round(os.getloadavg()[0], 2),
+                    }
+                )  # the machine is shared: its own load too
                 print(rows[-1], flush=True)
                 if kind == "tokens" and run == 1:
                     seconds = f"{r['train_s']:.1f}s"
@@ -91,13 +141,29 @@ def main() -> None:
     for kind in ("tokens", "wall clock"):
         bpbs = [r["val_bpb"] for r in rows if r["budget"].startswith(kind)]
         steps = [r["steps"] for r in rows if r["budget"].startswith(kind)]
-        spread[kind] = {"val_bpb_range": max(bpbs) - min(bpbs), "val_bpb_std": statistics.pstdev(bpbs),
-                        "steps_min": min(steps), "steps_max": max(steps)}
-    report("budget_spread", "the same config and seed: token vs wall-clock budget, idle and loaded", rows,
-           {"spread": spread, "tokens": args.tokens, "eval_bytes": args.eval_bytes,
-            "measured_threads": 1, "load_threads": os.cpu_count()})
+        spread[kind] = {
+            "val_bpb_range": max(bpbs) - min(bpbs),
+            "val_bpb_std": statistics.pstdev(bpbs),
+            "steps_min": min(steps),
+            "steps_max": max(steps),
+        }
+    report(
+        "budget_spread",
+        "the same config and seed: token vs wall-clock budget, idle and loaded",
+        rows,
+        {
+            "spread": spread,
+            "tokens": args.tokens,
+            "eval_bytes": args.eval_bytes,
+            "measured_threads": 1,
+            "load_threads": os.cpu_count(),
+        },
+    )
     for kind, s in spread.items():
-        print(f"{kind:>10}: val_bpb range {s['val_bpb_range']:.4f} (std {s['val_bpb_std']:.4f}), steps {s['steps_min']}-{s['steps_max']}")
+        print(
+            f"{kind:>10}: val_bpb range {s['val_bpb_range']:.4f} (std {s['val_bpb_std']:.4f}),"
+            f" steps {s['steps_min']}-{s['steps_max']}"
+        )
 
 
 if __name__ == "__main__":

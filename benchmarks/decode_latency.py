@@ -13,9 +13,9 @@ import argparse
 import os
 
 import torch
-
 from _common import report
 from compression import SHAPES
+
 from kernels.latency import MODES, measure_decode
 from nas.model import build_model
 
@@ -37,15 +37,31 @@ def main() -> None:
     for label, arch in SHAPES.items():
         model = build_model(arch, seed=0).to(device).eval()
         params = sum(p.numel() for p in model.parameters())
-        for n in (threads if device.type == "cpu" else [None]):
+        for n in threads if device.type == "cpu" else [None]:
             reference = None
             for mode in modes:
-                r = measure_decode(model, mode, prompt_tokens=args.prompt, decode_tokens=args.decode, warmup=2,
-                                   repeats=args.repeats, threads=n)
+                r = measure_decode(
+                    model,
+                    mode,
+                    prompt_tokens=args.prompt,
+                    decode_tokens=args.decode,
+                    warmup=2,
+                    repeats=args.repeats,
+                    threads=n,
+                )
                 reference = reference or r.tokens
-                rows.append({"shape": label, "params_M": round(params / 1e6, 1), "threads": r.threads if device.type == "cpu" else "-",
-                             "mode": mode, "prefill_ms_p50": round(r.prefill_ms_p50, 3), "decode_ms_p50": round(r.decode_ms_p50, 3),
-                             "decode_ms_p90": round(r.decode_ms_p90, 3), "same_tokens_as_eager": r.tokens == reference})
+                rows.append(
+                    {
+                        "shape": label,
+                        "params_M": round(params / 1e6, 1),
+                        "threads": r.threads if device.type == "cpu" else "-",
+                        "mode": mode,
+                        "prefill_ms_p50": round(r.prefill_ms_p50, 3),
+                        "decode_ms_p50": round(r.decode_ms_p50, 3),
+                        "decode_ms_p90": round(r.decode_ms_p90, 3),
+                        "same_tokens_as_eager": r.tokens == reference,
+                    }
+                )
     name = f"decode_latency_{device.type}"
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     report(name, f"decode latency per token, batch 1 ({gpu or 'CPU'})", rows, {"device": gpu or "cpu"})

@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from _common import report
+
 from nas.executors import LocalExecutor, RayExecutor
 from nas.search import Search, SearchConfig
 from nas.space import ArchConfig
@@ -26,7 +27,15 @@ ARCH = ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, con
 def overheads(executor, tmp: str, n: int) -> list[float]:
     out = []
     for i in range(n):  # one at a time, so the driver-side time is the trial's alone
-        spec = TrialSpec(number=i, arch=ARCH, budget="8ktok", out_dir=f"{tmp}/t{i}", eval_bytes=4096, batch_size=8, measure_latency=False)
+        spec = TrialSpec(
+            number=i,
+            arch=ARCH,
+            budget="8ktok",
+            out_dir=f"{tmp}/t{i}",
+            eval_bytes=4096,
+            batch_size=8,
+            measure_latency=False,
+        )
         t0 = time.perf_counter()
         executor.submit(spec)
         results = []
@@ -54,17 +63,42 @@ def main() -> None:
                 ov = overheads(ex, tmp, args.trials)
             finally:
                 ex.shutdown()
-        rows.append({"what": f"{name} executor", "startup_s": start_s, "first_trial_overhead_s": ov[0],
-                     "overhead_s_mean": statistics.fmean(ov[1:]), "overhead_s_max": max(ov[1:]), "trials": len(ov)})
+        rows.append(
+            {
+                "what": f"{name} executor",
+                "startup_s": start_s,
+                "first_trial_overhead_s": ov[0],
+                "overhead_s_mean": statistics.fmean(ov[1:]),
+                "overhead_s_max": max(ov[1:]),
+                "trials": len(ov),
+            }
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = SearchConfig(out=tmp, space="default", trials=args.search_trials, stage1_budget=args.stage1, stage2_budget="none",
-                           workers=args.workers, export_hf=False)
+        cfg = SearchConfig(
+            out=tmp,
+            space="default",
+            trials=args.search_trials,
+            stage1_budget=args.stage1,
+            stage2_budget="none",
+            workers=args.workers,
+            export_hf=False,
+        )
         t0 = time.perf_counter()
         summary = Search(cfg, live=False).run()
         elapsed = time.perf_counter() - t0
-        trained = sum(v for k, v in summary["counts"].items() if k.startswith("stage1_") and k.split("_", 1)[1] in ("ok", "diverged", "failed"))
-    rows.append({"what": f"search, stage 1 = {args.stage1}, {args.workers} workers", "trials": trained, "elapsed_s": elapsed,
-                 "trials_per_hour": trained / elapsed * 3600})
+        trained = sum(
+            v
+            for k, v in summary["counts"].items()
+            if k.startswith("stage1_") and k.split("_", 1)[1] in ("ok", "diverged", "failed")
+        )
+    rows.append(
+        {
+            "what": f"search, stage 1 = {args.stage1}, {args.workers} workers",
+            "trials": trained,
+            "elapsed_s": elapsed,
+            "trials_per_hour": trained / elapsed * 3600,
+        }
+    )
     report("executor_overhead", "per-trial executor overhead and stage-1 trials per hour (this CPU)", rows)
 
 

@@ -29,8 +29,13 @@ def _samples(kind: str, path: Path) -> None:
     from harness.humaneval import read_problems, write_jsonl
 
     problems = read_problems()
-    write_jsonl(path, [{"task_id": t, "completion": p.canonical_solution if kind == "canonical" else ""}
-                       for t, p in problems.items()])
+    write_jsonl(
+        path,
+        [
+            {"task_id": t, "completion": p.canonical_solution if kind == "canonical" else ""}
+            for t, p in problems.items()
+        ],
+    )
 
 
 def measure_one(side: str, workers: int, kind: str) -> dict:
@@ -48,13 +53,21 @@ def measure_one(side: str, workers: int, kind: str) -> dict:
 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             res = evaluate_functional_correctness(str(path), k=[1], n_workers=workers, timeout=3.0)
-        return {"passed": round(res["pass@1"] * 164), "wall_s": time.perf_counter() - t0,
-                "isolation": "fork + reliability_guard (in-process)"}
+        return {
+            "passed": round(res["pass@1"] * 164),
+            "wall_s": time.perf_counter() - t0,
+            "isolation": "fork + reliability_guard (in-process)",
+        }
 
 
 def _fresh(side: str, workers: int, kind: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", side, "--workers", str(workers), "--samples", kind],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", side, "--workers", str(workers), "--samples", kind],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -75,17 +88,26 @@ def main() -> None:
         walls: dict[str, list[float]] = {s: [] for s in SIDES}
         seen: dict[str, dict] = {}
         for r in range(args.rounds):
-            for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
+            for side in SIDES if r % 2 == 0 else SIDES[::-1]:
                 m = _fresh(side, workers, "canonical")
                 walls[side].append(m["wall_s"])
                 seen[side] = m
         empty = {side: _fresh(side, workers, "empty")["passed"] for side in SIDES}
         for side in SIDES:
             w = walls[side]
-            rows.append({"harness": side, "workers": workers, "canonical_passed": seen[side]["passed"],
-                         "empty_passed": empty[side], "wall_s_median": round(statistics.median(w), 2),
-                         "wall_s_min": round(min(w), 2), "wall_s_max": round(max(w), 2), "rounds": len(w),
-                         "isolation": seen[side]["isolation"]})
+            rows.append(
+                {
+                    "harness": side,
+                    "workers": workers,
+                    "canonical_passed": seen[side]["passed"],
+                    "empty_passed": empty[side],
+                    "wall_s_median": round(statistics.median(w), 2),
+                    "wall_s_min": round(min(w), 2),
+                    "wall_s_max": round(max(w), 2),
+                    "rounds": len(w),
+                    "isolation": seen[side]["isolation"],
+                }
+            )
     report("humaneval_harness", "HumanEval: 164 problems x 1 sample, fresh process per measurement, alternated", rows)
 
 

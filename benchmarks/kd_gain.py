@@ -17,15 +17,16 @@ import tempfile
 from pathlib import Path
 
 from _common import report
+
 from distill.losses import KDLossConfig
 from distill.teachers import CodeLMTeacher
 from distill.train import distill
 from harness.budget import parse_budget
 from harness.data import CorpusSpec, prepare_corpus
+from harness.run_files import EVAL_BYTES, read_metrics
 from nas.counting import arch_metrics
 from nas.space import ArchConfig
-from harness.run_files import EVAL_BYTES, read_metrics
-from nas.train import Trainer, TrainConfig
+from nas.train import TrainConfig, Trainer
 
 
 def main() -> None:
@@ -52,23 +53,58 @@ def main() -> None:
             Trainer(teacher_arch, corpus, cfg, tdir, spec, log_to_console=True).run()
         teacher = CodeLMTeacher(tdir)
         tm = read_metrics(tdir).flat()
-        rows.append({"model": "teacher", "loss": "-", "params": arch_metrics(teacher.arch)["params"],
-                     "tokens": tm["tokens_trained"], "val_bpb": tm["val_bpb"], "gain_vs_scratch_pct": None, "train_s": tm["train_s"]})
+        rows.append(
+            {
+                "model": "teacher",
+                "loss": "-",
+                "params": arch_metrics(teacher.arch)["params"],
+                "tokens": tm["tokens_trained"],
+                "val_bpb": tm["val_bpb"],
+                "gain_vs_scratch_pct": None,
+                "train_s": tm["train_s"],
+            }
+        )
         student_cfg = TrainConfig(budget_tokens=args.student_tokens, **common)
         sdir = Path(tmp) / "scratch"
         sdir.mkdir()
         scratch = Trainer(student_arch, corpus, student_cfg, sdir, spec, log_to_console=True).run().metrics
         base = scratch["val_bpb"]
-        rows.append({"model": "student", "loss": "scratch (CE)", "params": scratch["params"], "tokens": scratch["tokens_trained"],
-                     "val_bpb": base, "gain_vs_scratch_pct": 0.0, "train_s": scratch["train_s"]})
+        rows.append(
+            {
+                "model": "student",
+                "loss": "scratch (CE)",
+                "params": scratch["params"],
+                "tokens": scratch["tokens_trained"],
+                "val_bpb": base,
+                "gain_vs_scratch_pct": 0.0,
+                "train_s": scratch["train_s"],
+            }
+        )
         for loss in [x.strip() for x in args.losses.split(",") if x.strip()]:
-            kd = KDLossConfig(kind=loss, temperature=args.temperature, ce_weight=args.ce_weight)  # type: ignore[arg-type]
-            m = distill(teacher, student_arch, spec, student_cfg, kd, Path(tmp) / f"kd-{loss}", eval_teacher=False).metrics
-            rows.append({"model": "student", "loss": f"{loss} (T={args.temperature:g}, ce {args.ce_weight:g})", "params": m["params"],
-                         "tokens": m["tokens_trained"], "val_bpb": m["val_bpb"],
-                         "gain_vs_scratch_pct": round(100 * (base - m["val_bpb"]) / base, 2), "train_s": m["train_s"]})
-    report("kd_gain", f"KD gain at {args.student_tokens:,} student tokens (CPU, byte tokenizer, stdlib corpus)", rows,
-           {"teacher_budget": args.teacher_budget, "student_tokens": args.student_tokens, "target_gain_pct": 3.0})
+            # validated from the command line's strings: an unknown --losses name is pydantic's error
+            kd = KDLossConfig.model_validate(
+                {"kind": loss, "temperature": args.temperature, "ce_weight": args.ce_weight}
+            )
+            m = distill(
+                teacher, student_arch, spec, student_cfg, kd, Path(tmp) / f"kd-{loss}", eval_teacher=False
+            ).metrics
+            rows.append(
+                {
+                    "model": "student",
+                    "loss": f"{loss} (T={args.temperature:g}, ce {args.ce_weight:g})",
+                    "params": m["params"],
+                    "tokens": m["tokens_trained"],
+                    "val_bpb": m["val_bpb"],
+                    "gain_vs_scratch_pct": round(100 * (base - m["val_bpb"]) / base, 2),
+                    "train_s": m["train_s"],
+                }
+            )
+    report(
+        "kd_gain",
+        f"KD gain at {args.student_tokens:,} student tokens (CPU, byte tokenizer, stdlib corpus)",
+        rows,
+        {"teacher_budget": args.teacher_budget, "student_tokens": args.student_tokens, "target_gain_pct": 3.0},
+    )
 
 
 if __name__ == "__main__":

@@ -57,17 +57,28 @@ def _busy() -> None:
 
 
 def _session(repeats: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", "measure", "--repeats", str(repeats)], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parent)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", "measure", "--repeats", str(repeats)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _case(name: str, sessions: list[dict[str, float]]) -> dict[str, object]:
     stat = sorted(s["latency_ms_p50"] for s in sessions)
     q = statistics.quantiles(stat, n=4) if len(stat) >= 2 else [stat[0]] * 3
-    return {"case": name, "runs": len(sessions), "p50_median_ms": round(statistics.median(stat), 3),
-            "p50_min_ms": round(stat[0], 3), "p50_max_ms": round(stat[-1], 3), "p50_iqr_ms": round(q[2] - q[0], 3),
-            "in_session_spread_median_ms": round(statistics.median(s["latency_ms_spread"] for s in sessions), 3)}
+    return {
+        "case": name,
+        "runs": len(sessions),
+        "p50_median_ms": round(statistics.median(stat), 3),
+        "p50_min_ms": round(stat[0], 3),
+        "p50_max_ms": round(stat[-1], 3),
+        "p50_iqr_ms": round(q[2] - q[0], 3),
+        "in_session_spread_median_ms": round(statistics.median(s["latency_ms_spread"] for s in sessions), 3),
+    }
 
 
 def main() -> None:
@@ -82,8 +93,12 @@ def main() -> None:
         return _busy()
     t0 = time.monotonic()
     idle = [_session(args.repeats) for _ in range(args.runs)]
-    load = subprocess.Popen([sys.executable, __file__, "--child", "busy"], cwd=Path(__file__).parent,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = subprocess.Popen(
+        [sys.executable, __file__, "--child", "busy"],
+        cwd=Path(__file__).parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(3.0)  # let the training loop start
         busy = [_session(args.repeats) for _ in range(args.runs)]
@@ -91,9 +106,17 @@ def main() -> None:
         load.kill()
         load.wait()
     rows = [_case("idle", idle), _case("beside training", busy)]
-    report("latency_spread", f"decode latency, 1 thread, {args.runs} fresh processes per case", rows,
-           {"arch": ARCH, "repeats_per_session": args.repeats, "wall_s": round(time.monotonic() - t0, 1),
-            "sessions": {"idle": idle, "beside_training": busy}})
+    report(
+        "latency_spread",
+        f"decode latency, 1 thread, {args.runs} fresh processes per case",
+        rows,
+        {
+            "arch": ARCH,
+            "repeats_per_session": args.repeats,
+            "wall_s": round(time.monotonic() - t0, 1),
+            "sessions": {"idle": idle, "beside_training": busy},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -16,15 +16,14 @@ import itertools
 import random
 import statistics
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import report
 from scipy.stats import kendalltau, spearmanr
 
-from _common import report
-from nas.counting import count_params
 from harness.data import prepare_corpus
+from nas.counting import count_params
 from nas.executors import LocalExecutor
 from nas.proxies import PROXY_NAMES, compute_proxies
 from nas.space import get_space
@@ -67,29 +66,47 @@ def main() -> None:
     starts = g.integers(0, corpus["train"].size - 200, size=4)
     window = torch.from_numpy(np.stack([np.asarray(corpus["train"][s : s + 129], dtype=np.int64) for s in starts]))
     proxies = [compute_proxies(a, window[:, :-1], window[:, 1:], seed=0) for _, a in archs]
-    proxies = [{**p, "params_total": float(np.log(count_params(a).total))} for p, (_, a) in zip(proxies, archs)]
+    proxies = [
+        {**p, "params_total": float(np.log(count_params(a).total))} for p, (_, a) in zip(proxies, archs, strict=True)
+    ]
     names = list(PROXY_NAMES) + ["params_total"]
     bpb: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         ex = LocalExecutor(workers=args.workers)
         try:
-            todo = [TrialSpec(number=i, arch=a, budget=args.budget, out_dir=f"{tmp}/t{i}", eval_bytes=131_072,
-                              measure_latency=False) for i, (_, a) in enumerate(archs)]
+            todo = [
+                TrialSpec(
+                    number=i,
+                    arch=a,
+                    budget=args.budget,
+                    out_dir=f"{tmp}/t{i}",
+                    eval_bytes=131_072,
+                    measure_latency=False,
+                )
+                for i, (_, a) in enumerate(archs)
+            ]
             while todo or len(bpb) < len(archs):
                 while todo and ex.free_slots():
                     ex.submit(todo.pop(0))
                 for r in ex.wait(timeout=5):
                     bpb[r.number] = r.metrics.get("val_bpb", float("nan"))
-                    print(f"{r.number:3d} {archs[r.number][1].describe():60s} {r.status} bpb={bpb[r.number]:.4f}", flush=True)
+                    print(
+                        f"{r.number:3d} {archs[r.number][1].describe():60s} {r.status} bpb={bpb[r.number]:.4f}",
+                        flush=True,
+                    )
         finally:
             ex.shutdown()
     y = [-bpb[i] for i in range(len(archs))]  # higher is better, like the proxies
+
     # combinations: mean of z-scored proxies
     def z(name):
         v = np.array([p[name] for p in proxies])
         return (v - v.mean()) / (v.std() + 1e-12)
 
-    combos = {f"{a}+{b}": (z(a) + z(b)).tolist() for a, b in itertools.combinations(["params_non_embedding", "synflow", "grad_norm", "snip", "flops"], 2)}
+    combos = {
+        f"{a}+{b}": (z(a) + z(b)).tolist()
+        for a, b in itertools.combinations(["params_non_embedding", "synflow", "grad_norm", "snip", "flops"], 2)
+    }
     scores = {n: [p[n] for p in proxies] for n in names} | combos
     rows = []
     for name, values in scores.items():
@@ -100,12 +117,28 @@ def main() -> None:
             s, k = corr([values[i] for i in idx], [y[i] for i in idx])
             within_s.append(s)
             within_k.append(k)
-        rows.append({"proxy": name, "spearman_all": s_all, "kendall_all": k_all,
-                     "spearman_in_bin": statistics.fmean(within_s), "kendall_in_bin": statistics.fmean(within_k),
-                     "spearman_bins": " ".join(f"{s:+.2f}" for s in within_s)})
+        rows.append(
+            {
+                "proxy": name,
+                "spearman_all": s_all,
+                "kendall_all": k_all,
+                "spearman_in_bin": statistics.fmean(within_s),
+                "kendall_in_bin": statistics.fmean(within_k),
+                "spearman_bins": " ".join(f"{s:+.2f}" for s in within_s),
+            }
+        )
     rows.sort(key=lambda r: -r["spearman_in_bin"])
-    report("proxy_correlation", f"proxies vs trained val bpb: {len(archs)} archs, {len(BINS)} bins of +-10% params, {args.budget} each",
-           rows, {"archs": [{"bin": t, "arch": a.model_dump(), "val_bpb": bpb[i], "proxies": proxies[i]} for i, (t, a) in enumerate(archs)]})
+    report(
+        "proxy_correlation",
+        f"proxies vs trained val bpb: {len(archs)} archs, {len(BINS)} bins of +-10% params, {args.budget} each",
+        rows,
+        {
+            "archs": [
+                {"bin": t, "arch": a.model_dump(), "val_bpb": bpb[i], "proxies": proxies[i]}
+                for i, (t, a) in enumerate(archs)
+            ]
+        },
+    )
 
 
 if __name__ == "__main__":

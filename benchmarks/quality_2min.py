@@ -14,13 +14,14 @@ import tempfile
 from pathlib import Path
 
 from _common import report
+
 from harness.budget import parse_budget
 from harness.data import prepare_corpus
 from harness.metrics import evaluate_bpb
+from harness.tokenizer import parse_tokenizer_spec
 from nas.model import build_model
 from nas.space import ArchConfig
-from harness.tokenizer import parse_tokenizer_spec
-from nas.train import Trainer, TrainConfig, prepare_run_dir
+from nas.train import TrainConfig, Trainer, prepare_run_dir
 
 
 def main() -> None:
@@ -37,11 +38,23 @@ def main() -> None:
         prepare_run_dir(out)
         cfg = TrainConfig.from_budget(parse_budget(args.budget), lr=args.lr, device="cpu")
         m = Trainer(arch, corpus, cfg, out, tokenizer_name=args.tokenizer, log_to_console=True).run().metrics
-    report(f"quality_2min_{args.tokenizer.replace(':', '')}", f"{arch.describe()} after {args.budget} of CPU training", [{
-        "tokenizer": args.tokenizer, "params": m["params"], "train_s": m["train_s"], "steps": m["steps"],
-        "tokens_trained": m["tokens_trained"], "init_val_bpb": init_bpb, "val_bpb": m["val_bpb"],
-        "val_bytes": m["val_bytes"], "latency_ms_p50": m["latency_ms_p50"],
-    }])
+    report(
+        f"quality_2min_{args.tokenizer.replace(':', '')}",
+        f"{arch.describe()} after {args.budget} of CPU training",
+        [
+            {
+                "tokenizer": args.tokenizer,
+                "params": m["params"],
+                "train_s": m["train_s"],
+                "steps": m["steps"],
+                "tokens_trained": m["tokens_trained"],
+                "init_val_bpb": init_bpb,
+                "val_bpb": m["val_bpb"],
+                "val_bytes": m["val_bytes"],
+                "latency_ms_p50": m["latency_ms_p50"],
+            }
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -37,30 +37,74 @@ def main() -> None:
         env.pop(key, None)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
-        run = subprocess.run([AUTONAS, "run", "find the best Python code model under 1 MB", "--run-id", "rep", "--runs-dir", tmp,
-                              "--budget", "2h", "--experiment-budget", args.experiment_budget, "--max-experiments",
-                              str(args.experiments), "--search-trials", "4", "--eval-bytes", str(args.eval_bytes)],
-                             env=env, capture_output=True, text=True)
+        run = subprocess.run(
+            [
+                AUTONAS,
+                "run",
+                "find the best Python code model under 1 MB",
+                "--run-id",
+                "rep",
+                "--runs-dir",
+                tmp,
+                "--budget",
+                "2h",
+                "--experiment-budget",
+                args.experiment_budget,
+                "--max-experiments",
+                str(args.experiments),
+                "--search-trials",
+                "4",
+                "--eval-bytes",
+                str(args.eval_bytes),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if run.returncode != 0:
             sys.exit(f"the run failed: {run.stderr[-800:]}")
         run_s = time.monotonic() - t0
         rows_tsv = (Path(tmp) / "rep" / "workspace" / "results.tsv").read_text().splitlines()
         header = rows_tsv[0].split("\t")
-        kept = [dict(zip(header, line.split("\t"))) for line in rows_tsv[1:]]
+        kept = [dict(zip(header, line.split("\t"), strict=False)) for line in rows_tsv[1:]]
         kept = [r for r in kept if r["decision"] == "keep" and r["kind"] in ("train", "distill")][: args.max_reproduce]
         rows = []
         for r in kept:
             t1 = time.monotonic()
-            proc = subprocess.run([AUTONAS, "reproduce", "rep", r["experiment"], "--runs-dir", tmp], env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                [AUTONAS, "reproduce", "rep", r["experiment"], "--runs-dir", tmp],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             record_path = Path(tmp) / "rep" / "reproduce" / f"{r['experiment']}-1" / "reproduce.json"
             rec = json.loads(record_path.read_text()) if record_path.is_file() else {}
-            rows.append({"experiment": r["experiment"], "kind": r["kind"], "recorded_bpb": rec.get("recorded_bpb"),
-                         "remade_bpb": rec.get("remade_bpb"), "difference": rec.get("delta_bpb"), "margin_bpb": rec.get("margin_bpb"),
-                         "noise": "measured" if rec.get("noise_measured") else "floor", "inside": rec.get("inside"),
-                         "exit": proc.returncode, "wall_s": round(time.monotonic() - t1, 1)})
+            rows.append(
+                {
+                    "experiment": r["experiment"],
+                    "kind": r["kind"],
+                    "recorded_bpb": rec.get("recorded_bpb"),
+                    "remade_bpb": rec.get("remade_bpb"),
+                    "difference": rec.get("delta_bpb"),
+                    "margin_bpb": rec.get("margin_bpb"),
+                    "noise": "measured" if rec.get("noise_measured") else "floor",
+                    "inside": rec.get("inside"),
+                    "exit": proc.returncode,
+                    "wall_s": round(time.monotonic() - t1, 1),
+                }
+            )
     inside = sum(1 for r in rows if r["inside"])
-    report("reproduce_kept", f"re-making kept results ({inside}/{len(rows)} inside the noise margin; run {run_s:.0f} s)", rows,
-           {"experiment_budget": args.experiment_budget, "threads": args.threads, "inside": inside, "reproduced": len(rows)})
+    report(
+        "reproduce_kept",
+        f"re-making kept results ({inside}/{len(rows)} inside the noise margin; run {run_s:.0f} s)",
+        rows,
+        {
+            "experiment_budget": args.experiment_budget,
+            "threads": args.threads,
+            "inside": inside,
+            "reproduced": len(rows),
+        },
+    )
 
 
 if __name__ == "__main__":

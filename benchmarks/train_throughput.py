@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import report
-from nas.counting import count_params, flops_per_token
+
 from harness.data import prepare_corpus
+from nas.counting import count_params, flops_per_token
 from nas.model import build_model
 from nas.space import ArchConfig
-from nas.train import Trainer, TrainConfig, prepare_run_dir
+from nas.train import TrainConfig, Trainer, prepare_run_dir
 
 PRESETS = {
     "1m": ArchConfig(),  # 4 x 128, ~1.1M parameters
@@ -38,8 +38,10 @@ def plain_loop(arch: ArchConfig, tokens: np.ndarray, steps: int, batch: int, dev
     """nanoGPT-style: get_batch, forward, cross-entropy, backward, AdamW step. Returns tokens/s."""
     torch.manual_seed(0)
     model = build_model(arch, seed=0).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda")
-    data = torch.from_numpy(np.asarray(tokens[: 4_000_000], dtype=np.int64))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda"
+    )
+    data = torch.from_numpy(np.asarray(tokens[:4_000_000], dtype=np.int64))
     T = arch.context_length
     model.train()
     if device.type == "cuda":
@@ -64,9 +66,17 @@ def ours(arch: ArchConfig, corpus, steps: int, batch: int, device: torch.device,
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         prepare_run_dir(out)
-        cfg = TrainConfig(budget_tokens=steps * batch * arch.context_length, batch_size=batch, lr=1e-3,
-                          device=str(device), compile=compile, eval_bytes=4096, measure_latency=False,
-                          checkpoint_every_s=1e9, log_every=10)
+        cfg = TrainConfig(
+            budget_tokens=steps * batch * arch.context_length,
+            batch_size=batch,
+            lr=1e-3,
+            device=str(device),
+            compile=compile,
+            eval_bytes=4096,
+            measure_latency=False,
+            checkpoint_every_s=1e9,
+            log_every=10,
+        )
         outcome = Trainer(arch, corpus, cfg, out, log_to_console=False).run()
         return float(outcome.metrics["tokens_per_s"])
 
@@ -93,14 +103,25 @@ def main() -> None:
     p, o = statistics.median(plain_tps), statistics.median(our_tps)
     flops = 3 * flops_per_token(arch, arch.context_length // 2)  # forward + backward
     row = {
-        "device": str(device), "params": count_params(arch).total, "batch": args.batch, "context": arch.context_length,
-        "steps": args.steps, "plain_tok_s": p, "ours_tok_s": o, "ratio": o / p,
-        "plain_rounds": ", ".join(f"{v:.0f}" for v in plain_tps), "ours_rounds": ", ".join(f"{v:.0f}" for v in our_tps),
+        "device": str(device),
+        "params": count_params(arch).total,
+        "batch": args.batch,
+        "context": arch.context_length,
+        "steps": args.steps,
+        "plain_tok_s": p,
+        "ours_tok_s": o,
+        "ratio": o / p,
+        "plain_rounds": ", ".join(f"{v:.0f}" for v in plain_tps),
+        "ours_rounds": ", ".join(f"{v:.0f}" for v in our_tps),
         "achieved_tflops": o * flops / 1e12,
     }
     if args.peak_tflops:
         row["mfu"] = o * flops / (args.peak_tflops * 1e12)
-    report(f"train_throughput_{args.preset}_{device.type}", "trainer vs plain PyTorch loop (tokens/s, median of rounds)", [row])
+    report(
+        f"train_throughput_{args.preset}_{device.type}",
+        "trainer vs plain PyTorch loop (tokens/s, median of rounds)",
+        [row],
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import os
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ccaa.editor import EditInstruction, Editor, EditorReport, EditorUnavailable
 from sandbox.environment import CLAUDE_CODE_EDITOR, Family, child_env
@@ -31,7 +32,10 @@ from sandbox.runner import kill_group, reap_group
 # Tools that only read or edit files: no shell, no web, no sub-agents unless the user widens the list.
 EDIT_TOOLS = ("Read", "Edit", "Write", "Glob", "Grep", "NotebookEdit")
 WRITING_TOOLS = {"Edit", "Write", "MultiEdit", "NotebookEdit"}
-INSTALL_HINT = "install it with `npm install -g @anthropic-ai/claude-code` or `pip install claude-agent-sdk`, or give --claude-binary"
+INSTALL_HINT = (
+    "install it with `npm install -g @anthropic-ai/claude-code` or `pip install claude-agent-sdk`,"
+    " or give --claude-binary"
+)
 
 
 def find_claude_binary(explicit: str | None = None) -> str:
@@ -45,7 +49,7 @@ def find_claude_binary(explicit: str | None = None) -> str:
     if found:
         return found
     try:
-        import claude_agent_sdk  # type: ignore[import-not-found]
+        import claude_agent_sdk  # optional: only its bundled binary is wanted, and only when no claude is on PATH
 
         bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
         if bundled.is_file() and os.access(bundled, os.X_OK):
@@ -55,8 +59,11 @@ def find_claude_binary(explicit: str | None = None) -> str:
     raise EditorUnavailable(f"no `claude` binary on PATH: {INSTALL_HINT}")
 
 
-def editor_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None,
-               profile: tuple[Family, ...] = CLAUDE_CODE_EDITOR) -> dict[str, str]:
+def editor_env(
+    base: Mapping[str, str] | None = None,
+    extra: Mapping[str, str] | None = None,
+    profile: tuple[Family, ...] = CLAUDE_CODE_EDITOR,
+) -> dict[str, str]:
     """The allow-listed environment of a Claude Code process (``base``: default this process's), plus ``extra``."""
     env = child_env(profile, base=base)
     env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")  # no telemetry or update checks from a worker
@@ -64,8 +71,13 @@ def editor_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] |
     return env
 
 
-def confinement_flags(permission_mode: str = "acceptEdits", tools: Sequence[str] = EDIT_TOOLS, allowed_tools: Sequence[str] = (),
-                      system_prompt: str = "", model: str | None = None) -> list[str]:
+def confinement_flags(
+    permission_mode: str = "acceptEdits",
+    tools: Sequence[str] = EDIT_TOOLS,
+    allowed_tools: Sequence[str] = (),
+    system_prompt: str = "",
+    model: str | None = None,
+) -> list[str]:
     """The flags that keep Claude Code (headless or interactive) to file edits in its working directory, with our
     rules appended to its system prompt."""
     flags = ["--permission-mode", permission_mode, "--tools", ",".join(tools)]
@@ -104,7 +116,9 @@ class StreamSummary:
         if kind == "assistant":
             for block in content or []:
                 if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") in WRITING_TOOLS:
-                    path = (block.get("input") or {}).get("file_path") or (block.get("input") or {}).get("notebook_path")
+                    path = (block.get("input") or {}).get("file_path") or (block.get("input") or {}).get(
+                        "notebook_path"
+                    )
                     if path:
                         self._pending[str(block.get("id"))] = str(path)
         elif kind == "user":
@@ -125,25 +139,47 @@ class ClaudeCodeEditor(Editor):
 
     name = "claude-code"
 
-    def __init__(self, binary: str | None = None, model: str | None = None, max_turns: int = 30,
-                 permission_mode: str = "acceptEdits", tools: Sequence[str] = EDIT_TOOLS, allowed_tools: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, extra_env: Mapping[str, str] | None = None,
-                 timeout_s: float | None = None, watch: Sequence[Path] | None = None):
+    def __init__(
+        self,
+        binary: str | None = None,
+        model: str | None = None,
+        max_turns: int = 30,
+        permission_mode: str = "acceptEdits",
+        tools: Sequence[str] = EDIT_TOOLS,
+        allowed_tools: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        watch: Sequence[Path] | None = None,
+    ):
         super().__init__(watch)
         self.binary, self.model, self.max_turns = binary, model, max_turns
         self.permission_mode, self.tools, self.allowed_tools = permission_mode, tuple(tools), tuple(allowed_tools)
         self.base_env, self.extra_env, self.timeout_s = env, dict(extra_env or {}), timeout_s
 
     def command(self, binary: str, instruction: EditInstruction) -> list[str]:
-        return [binary, "-p", instruction.text, "--output-format", "stream-json", "--verbose", "--max-turns", str(self.max_turns),
-                *confinement_flags(self.permission_mode, self.tools, self.allowed_tools, instruction.system_prompt, self.model)]
+        return [
+            binary,
+            "-p",
+            instruction.text,
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--max-turns",
+            str(self.max_turns),
+            *confinement_flags(
+                self.permission_mode, self.tools, self.allowed_tools, instruction.system_prompt, self.model
+            ),
+        ]
 
     def check(self) -> None:
         find_claude_binary(self.binary)
 
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
         if not instruction.text.strip():
-            return EditorReport(ok=False, error="Claude Code needs a change described in words; this instruction has none")
+            return EditorReport(
+                ok=False, error="Claude Code needs a change described in words; this instruction has none"
+            )
         binary = find_claude_binary(self.binary)
         log_dir = Path(instruction.log_dir or workspace / "runs" / "edits")
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -152,9 +188,17 @@ class ClaudeCodeEditor(Editor):
         summary = StreamSummary()
         with open(transcript, "w") as out, open(stderr_path, "wb") as err:
             try:
-                proc = subprocess.Popen(self.command(binary, instruction), cwd=workspace, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=err, env=editor_env(self.base_env, self.extra_env),
-                                        start_new_session=True, text=True, bufsize=1)
+                proc = subprocess.Popen(
+                    self.command(binary, instruction),
+                    cwd=workspace,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    env=editor_env(self.base_env, self.extra_env),
+                    start_new_session=True,
+                    text=True,
+                    bufsize=1,
+                )
             except OSError as e:
                 raise EditorUnavailable(f"cannot start {binary}: {e.strerror or e}") from None
 
@@ -179,19 +223,32 @@ class ClaudeCodeEditor(Editor):
         return self._report(summary, proc.returncode, timed_out, timeout, transcript, stderr_path)
 
     @staticmethod
-    def _report(s: StreamSummary, returncode: int | None, timed_out: bool, timeout: float, transcript: Path,
-                stderr_path: Path) -> EditorReport:
+    def _report(
+        s: StreamSummary, returncode: int | None, timed_out: bool, timeout: float, transcript: Path, stderr_path: Path
+    ) -> EditorReport:
         result = s.result or {}
         cost = float(result.get("total_cost_usd") or 0.0)
         turns = result.get("num_turns")
-        common = dict(cost_usd=cost, turns=turns, session_id=s.session_id, transcript=transcript, claimed_outside_writes=tuple(s.writes))
+        # the figures every outcome reports; a failure replaces ok and error
+        success = EditorReport(
+            ok=True,
+            cost_usd=cost,
+            turns=turns,
+            session_id=s.session_id,
+            transcript=transcript,
+            claimed_outside_writes=tuple(s.writes),
+        )
         if timed_out:
-            return EditorReport(ok=False, error=f"Claude Code did not finish within {timeout:g}s (process group killed)", **common)
+            return replace(
+                success, ok=False, error=f"Claude Code did not finish within {timeout:g}s (process group killed)"
+            )
         if s.result is None:
             tail = stderr_path.read_text(errors="replace").strip().splitlines()[-1:] if stderr_path.exists() else []
             why = tail[0][:200] if tail else f"exit code {returncode}"
-            return EditorReport(ok=False, error=f"Claude Code ended without a result event ({why})", **common)
+            return replace(success, ok=False, error=f"Claude Code ended without a result event ({why})")
         if result.get("is_error") or result.get("subtype") != "success":
             detail = result.get("result") or result.get("subtype") or "error"
-            return EditorReport(ok=False, error=f"Claude Code reported {result.get('subtype')}: {str(detail)[:200]}", **common)
-        return EditorReport(ok=True, **common)
+            return replace(
+                success, ok=False, error=f"Claude Code reported {result.get('subtype')}: {str(detail)[:200]}"
+            )
+        return success

@@ -26,9 +26,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from ccaa.claude_code import confinement_flags, editor_env, find_claude_binary
 from ccaa.editor import EditInstruction, Editor, EditorReport, EditorUnavailable, snapshot_tree
@@ -64,11 +65,15 @@ class TesseractReader:
 
     def __init__(self) -> None:
         if shutil.which("tesseract") is None:
-            raise EditorUnavailable("no `tesseract` for reading the screen: apt-get install tesseract-ocr, or use a vision model")
+            raise EditorUnavailable(
+                "no `tesseract` for reading the screen: apt-get install tesseract-ocr, or use a vision model"
+            )
 
     def read(self, png: Path) -> str:
         """``tesseract PNG stdout`` (what pytesseract runs), started with the system basics only."""
-        proc = subprocess.run(["tesseract", str(png), "stdout"], capture_output=True, text=True, env=child_env(TOOL), timeout=120)
+        proc = subprocess.run(
+            ["tesseract", str(png), "stdout"], capture_output=True, text=True, env=child_env(TOOL), timeout=120
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"tesseract failed on {png.name}: {proc.stderr.strip()[-200:]}")
         return proc.stdout
@@ -80,7 +85,7 @@ class VisionModelReader:
     PROMPT = "Transcribe every line of text visible in this terminal screenshot, top to bottom. Output only the text."
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, timeout_s: float = 60.0):
-        from openai import OpenAI
+        from openai import OpenAI  # the GUI editor's optional peers are imported only when it is used
 
         self.model = model
         self.client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=2)
@@ -88,9 +93,19 @@ class VisionModelReader:
 
     def read(self, png: Path) -> str:
         data = base64.b64encode(png.read_bytes()).decode()
-        reply = self.client.chat.completions.create(model=self.model, temperature=0, messages=[{"role": "user", "content": [
-            {"type": "text", "text": self.PROMPT},
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}]}])
+        reply = self.client.chat.completions.create(
+            model=self.model,
+            temperature=0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": self.PROMPT},
+                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+                    ],
+                }
+            ],
+        )
         if reply.usage:
             self.cost_tokens += reply.usage.total_tokens
         return reply.choices[0].message.content or ""
@@ -112,12 +127,29 @@ def ensure_display(start_xvfb: bool = True, size: tuple[int, int] = (1280, 800))
         read_fd, write_fd = os.pipe()
         log = open(Path(tempfile.gettempdir()) / f"autonas-xvfb-{os.getpid()}.log", "wb")
         # -noreset: the server would otherwise reset whenever its last client leaves (between two screenshots)
-        proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{size[0]}x{size[1]}x24", "-nolisten", "tcp",
-                                 "-noreset"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-                                env=child_env(TOOL))
+        proc = subprocess.Popen(
+            [
+                "Xvfb",
+                "-displayfd",
+                str(write_fd),
+                "-screen",
+                "0",
+                f"{size[0]}x{size[1]}x24",
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ],
+            pass_fds=(write_fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+            env=child_env(TOOL),
+        )
         os.close(write_fd)
         raw = b""
-        while not raw.endswith(b"\n"):  # read to the newline: closing the pipe early kills Xvfb ("Cannot write display number")
+        while not raw.endswith(
+            b"\n"
+        ):  # read to the newline: closing the pipe early kills Xvfb ("Cannot write display number")
             chunk = os.read(read_fd, 32)
             if not chunk:
                 break
@@ -164,7 +196,7 @@ def _display_alive(name: str) -> bool:
 
 
 def _pyautogui() -> Any:
-    import pyautogui
+    import pyautogui  # optional (the gui extra), and it needs a display at import
 
     pyautogui.FAILSAFE = False  # the pointer in a corner of a virtual screen is not a person trying to stop us
     return pyautogui
@@ -172,7 +204,7 @@ def _pyautogui() -> Any:
 
 def grab_screen(path: Path) -> bytes:
     """Screenshot of the whole display as PNG at ``path``; returns the raw pixels (for change detection)."""
-    import mss
+    import mss  # optional (the gui extra)
     import mss.tools
 
     with mss.MSS() as sct:
@@ -182,7 +214,7 @@ def grab_screen(path: Path) -> bytes:
 
 
 def is_blank(png: Path) -> bool:
-    from PIL import Image
+    from PIL import Image  # optional (the gui extra)
 
     with Image.open(png) as img:
         lo, hi = img.convert("L").getextrema()
@@ -243,15 +275,32 @@ class GuiEditor(Editor):
 
     name = "gui"
 
-    def __init__(self, command: Sequence[str] | None = None, rules: Sequence[ScreenRule] = CLAUDE_RULES,
-                 ready_pattern: str = CLAUDE_READY, busy_pattern: str = CLAUDE_BUSY, reader: ScreenReader | None = None,
-                 home: Path | None = None, env: Mapping[str, str] | None = None, extra_env: Mapping[str, str] | None = None,
-                 poll_s: float = 1.0, stable_s: float = 3.0, retry_s: float = 5.0, idle_give_up_s: float = 45.0,
-                 type_interval_s: float = 0.01, timeout_s: float | None = None,
-                 terminal_geometry: str = "120x35+0+0", font_size: int = 12, watch: Sequence[Path] | None = None):
+    def __init__(
+        self,
+        command: Sequence[str] | None = None,
+        rules: Sequence[ScreenRule] = CLAUDE_RULES,
+        ready_pattern: str = CLAUDE_READY,
+        busy_pattern: str = CLAUDE_BUSY,
+        reader: ScreenReader | None = None,
+        home: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        poll_s: float = 1.0,
+        stable_s: float = 3.0,
+        retry_s: float = 5.0,
+        idle_give_up_s: float = 45.0,
+        type_interval_s: float = 0.01,
+        timeout_s: float | None = None,
+        terminal_geometry: str = "120x35+0+0",
+        font_size: int = 12,
+        watch: Sequence[Path] | None = None,
+    ):
         super().__init__(watch)
         self.command, self.rules, self.reader = (list(command) if command else None), tuple(rules), reader
-        self.ready, self.busy = re.compile(ready_pattern, re.I), re.compile(busy_pattern, re.I) if busy_pattern else None
+        self.ready, self.busy = (
+            re.compile(ready_pattern, re.I),
+            re.compile(busy_pattern, re.I) if busy_pattern else None,
+        )
         self.home, self.base_env, self.extra_env = home, env, dict(extra_env or {})
         self.poll_s, self.stable_s, self.type_interval_s, self.timeout_s = poll_s, stable_s, type_interval_s, timeout_s
         self.retry_s, self.idle_give_up_s = retry_s, idle_give_up_s
@@ -272,7 +321,9 @@ class GuiEditor(Editor):
 
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
         if not instruction.text.strip():
-            return EditorReport(ok=False, error="the GUI editor needs a change described in words; this instruction has none")
+            return EditorReport(
+                ok=False, error="the GUI editor needs a change described in words; this instruction has none"
+            )
         self.check()
         reader = self.reader or TesseractReader()
         command = self.terminal_command(instruction)
@@ -288,10 +339,32 @@ class GuiEditor(Editor):
             prepare_claude_home(private_home)
         home = self.home or private_home or Path.home()
         env = self.terminal_env(home)
-        term = subprocess.Popen(["xterm", "-geometry", self.geometry, "-fa", "DejaVu Sans Mono", "-fs", str(self.font_size),
-                                 "-bg", "white", "-fg", "black", "-u8", "-T", "autonas-editor", "-e", *command],
-                                cwd=workspace, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        term = subprocess.Popen(
+            [
+                "xterm",
+                "-geometry",
+                self.geometry,
+                "-fa",
+                "DejaVu Sans Mono",
+                "-fs",
+                str(self.font_size),
+                "-bg",
+                "white",
+                "-fg",
+                "black",
+                "-u8",
+                "-T",
+                "autonas-editor",
+                "-e",
+                *command,
+            ],
+            cwd=workspace,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             return self._drive(gui, reader, term, workspace, instruction, shots, transcript)
         finally:
@@ -302,19 +375,51 @@ class GuiEditor(Editor):
     def terminal_env(self, home: Path) -> dict[str, str]:
         """The terminal's whole environment: the GUI editor's allow-list of ``env`` (default: this process's), the
         display :func:`ensure_display` chose, a UTF-8 locale, and the private HOME."""
-        return editor_env(self.base_env, {"HOME": str(home), "DISPLAY": os.environ["DISPLAY"], "XAUTHORITY": os.environ["XAUTHORITY"],
-                                          "TERM": "xterm-256color", "LANG": env_lang(self.base_env), **self.extra_env}, profile=GUI_EDITOR)
+        return editor_env(
+            self.base_env,
+            {
+                "HOME": str(home),
+                "DISPLAY": os.environ["DISPLAY"],
+                "XAUTHORITY": os.environ["XAUTHORITY"],
+                "TERM": "xterm-256color",
+                "LANG": env_lang(self.base_env),
+                **self.extra_env,
+            },
+            profile=GUI_EDITOR,
+        )
 
-    def _drive(self, gui: Any, reader: ScreenReader, term: subprocess.Popen, workspace: Path, instruction: EditInstruction,
-               shots: Path, transcript: Path) -> EditorReport:
+    def _drive(
+        self,
+        gui: Any,
+        reader: ScreenReader,
+        term: subprocess.Popen,
+        workspace: Path,
+        instruction: EditInstruction,
+        shots: Path,
+        transcript: Path,
+    ) -> EditorReport:
         deadline = time.monotonic() + (self.timeout_s or instruction.timeout_s)
         tree_before = snapshot_tree(workspace)
         sent, last_pixels, last_change, step, text = False, b"", time.monotonic(), 0, ""
-        acted_on, acted_at = b"", 0.0  # a rule fires once per screen (again only after retry_s): keys must not land on the next prompt
+        acted_on, acted_at = (
+            b"",
+            0.0,
+        )  # a rule fires once per screen (again only after retry_s): keys must not land on the next prompt
         with open(transcript, "w") as log:
+
             def record(action: str | None, png: Path | None) -> None:
-                log.write(json.dumps({"t": round(time.time(), 3), "step": step, "screenshot": png.name if png else None,
-                                      "action": action, "text": text}) + "\n")
+                log.write(
+                    json.dumps(
+                        {
+                            "t": round(time.time(), 3),
+                            "step": step,
+                            "screenshot": png.name if png else None,
+                            "action": action,
+                            "text": text,
+                        }
+                    )
+                    + "\n"
+                )
                 log.flush()
 
             while time.monotonic() < deadline:
@@ -347,14 +452,22 @@ class GuiEditor(Editor):
                     return EditorReport(ok=True, transcript=transcript)
                 if sent and idle and time.monotonic() - max(last_change, acted_at) >= self.idle_give_up_s:
                     record("gave up: the tool is idle and the workspace has not changed", None)
-                    return EditorReport(ok=False, transcript=transcript,
-                                        error=f"the tool went idle for {self.idle_give_up_s:g}s without changing the workspace")
+                    return EditorReport(
+                        ok=False,
+                        transcript=transcript,
+                        error=f"the tool went idle for {self.idle_give_up_s:g}s without changing the workspace",
+                    )
             else:
-                return EditorReport(ok=False, transcript=transcript,
-                                    error=f"the GUI session did not finish within {self.timeout_s or instruction.timeout_s:g}s"
-                                          + ("" if sent else " (the tool never showed its input prompt)"))
+                return EditorReport(
+                    ok=False,
+                    transcript=transcript,
+                    error=f"the GUI session did not finish within {self.timeout_s or instruction.timeout_s:g}s"
+                    + ("" if sent else " (the tool never showed its input prompt)"),
+                )
         if not sent:
-            return EditorReport(ok=False, transcript=transcript, error="the terminal closed before the instruction could be typed")
+            return EditorReport(
+                ok=False, transcript=transcript, error="the terminal closed before the instruction could be typed"
+            )
         return EditorReport(ok=True, transcript=transcript)  # the tool exited; the diff decides
 
     def _act(self, gui: Any, text: str, sent: bool, instruction: EditInstruction) -> str | None:

@@ -20,18 +20,21 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import UserError
 
 KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
-SYSTEM_PROMPT = ("You complete Python code. Reply with only the code that continues the given text, "
-                 "without repeating it and without explanations or Markdown fences.")
+SYSTEM_PROMPT = (
+    "You complete Python code. Reply with only the code that continues the given text, "
+    "without repeating it and without explanations or Markdown fences."
+)
 
 
 class APITeacherSpec(BaseModel):
@@ -48,11 +51,11 @@ class APITeacherSpec(BaseModel):
     max_retries: int = Field(4, ge=0, le=20)
 
     @classmethod
-    def parse(cls, text: str, **kw: Any) -> "APITeacherSpec":
+    def parse(cls, text: str, **kw: Any) -> APITeacherSpec:
         provider, _, model = text.partition(":")
         if provider not in KEY_ENV or not model:
             raise UserError(f"API teacher {text!r}: use openai:<model> or anthropic:<model>")
-        return cls(provider=provider, model=model, **kw)  # type: ignore[arg-type]
+        return cls(provider=provider, model=model, **kw)
 
     @property
     def name(self) -> str:
@@ -83,30 +86,46 @@ class APITeacher:
         env = dict(os.environ) if env is None else env
         key = env.get(KEY_ENV[spec.provider])
         if not key and not spec.base_url:
-            raise UserError(f"API teacher {spec.name} needs {KEY_ENV[spec.provider]} in the environment "
-                            "(or --teacher-base-url for a local OpenAI-compatible server)")
+            raise UserError(
+                f"API teacher {spec.name} needs {KEY_ENV[spec.provider]} in the environment "
+                "(or --teacher-base-url for a local OpenAI-compatible server)"
+            )
         self.spec, self.name = spec, spec.name
-        kwargs: dict[str, Any] = {"api_key": key or "no-key", "timeout": spec.timeout_s, "max_retries": spec.max_retries}
+        kwargs: dict[str, Any] = {
+            "api_key": key or "no-key",
+            "timeout": spec.timeout_s,
+            "max_retries": spec.max_retries,
+        }
         if spec.base_url:
             kwargs["base_url"] = spec.base_url
         if spec.provider == "openai":
-            import openai
+            import openai  # the SDK is imported only for the provider used: workers never load it otherwise
 
             self._sdk: Any = openai
             self._client: Any = openai.OpenAI(**kwargs)
         else:
-            import anthropic
+            import anthropic  # likewise, only for this provider
 
             self._sdk = anthropic
             self._client = anthropic.Anthropic(**kwargs)
 
-    def complete_one(self, prompt: str, temperature: float | None = None, max_tokens: int | None = None,
-                     stop: Sequence[str] = (), seed: int | None = None) -> Completion:
+    def complete_one(
+        self,
+        prompt: str,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> Completion:
         t = self.spec.temperature if temperature is None else temperature
         n_tok = max_tokens or self.spec.max_tokens
         if self.spec.provider == "openai":
-            kw: dict[str, Any] = {"model": self.spec.model, "max_tokens": n_tok, "temperature": t,
-                                  "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]}
+            kw: dict[str, Any] = {
+                "model": self.spec.model,
+                "max_tokens": n_tok,
+                "temperature": t,
+                "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
+            }
             if self.spec.top_logprobs:
                 kw.update(logprobs=True, top_logprobs=self.spec.top_logprobs)
             if stop:
@@ -116,16 +135,29 @@ class APITeacher:
             resp = self._client.chat.completions.create(**kw)
             choice = resp.choices[0]
             tokens = []
-            for item in (getattr(getattr(choice, "logprobs", None), "content", None) or []):
-                tokens.append({"token": item.token, "logprob": float(item.logprob),
-                               "top": [[alt.token, float(alt.logprob)] for alt in (item.top_logprobs or [])]})
+            for item in getattr(getattr(choice, "logprobs", None), "content", None) or []:
+                tokens.append(
+                    {
+                        "token": item.token,
+                        "logprob": float(item.logprob),
+                        "top": [[alt.token, float(alt.logprob)] for alt in (item.top_logprobs or [])],
+                    }
+                )
             u = getattr(resp, "usage", None)
-            return Completion(choice.message.content or "", tokens, int(getattr(u, "prompt_tokens", 0) or 0),
-                              int(getattr(u, "completion_tokens", 0) or 0))
+            return Completion(
+                choice.message.content or "",
+                tokens,
+                int(getattr(u, "prompt_tokens", 0) or 0),
+                int(getattr(u, "completion_tokens", 0) or 0),
+            )
         # anthropic>=1.0 removed sampling parameters from Messages.create and newer Claude models reject
         # them: a Claude teacher samples at the API's default, the temperature applies to OpenAI servers only.
-        kw = {"model": self.spec.model, "max_tokens": n_tok, "system": SYSTEM_PROMPT,
-              "messages": [{"role": "user", "content": prompt}]}
+        kw = {
+            "model": self.spec.model,
+            "max_tokens": n_tok,
+            "system": SYSTEM_PROMPT,
+            "messages": [{"role": "user", "content": prompt}],
+        }
         if stop:
             kw["stop_sequences"] = [s for s in stop if s.strip()]  # the API refuses whitespace-only stops
         resp = self._client.messages.create(**kw)
@@ -135,9 +167,12 @@ class APITeacher:
 
     # HumanEval completion source -------------------------------------------------------------------
 
-    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str], seed: int) -> list[str]:
-        return [strip_fences(self.complete_one(prompt, temperature, max_new_tokens, stop, seed + i).text) for i in range(n)]
+    def complete(
+        self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
+    ) -> list[str]:
+        return [
+            strip_fences(self.complete_one(prompt, temperature, max_new_tokens, stop, seed + i).text) for i in range(n)
+        ]
 
     def is_rate_limit(self, err: Exception) -> bool:
         return isinstance(err, getattr(self._sdk, "RateLimitError", ()))
@@ -156,7 +191,9 @@ class CodePrompt:
     text: str
 
 
-def prompts_from_corpus(texts: Iterator[tuple[str, str]] | list[tuple[str, str]], n: int, seed: int = 0) -> list[CodePrompt]:
+def prompts_from_corpus(
+    texts: Iterator[tuple[str, str]] | list[tuple[str, str]], n: int, seed: int = 0
+) -> list[CodePrompt]:
     """HumanEval-style prompts from source files: each function's signature and docstring, its body cut.
 
     ``texts`` yields ``(key, source)``; functions without a docstring are skipped. Sampled
@@ -173,8 +210,15 @@ def prompts_from_corpus(texts: Iterator[tuple[str, str]] | list[tuple[str, str]]
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.col_offset != 0:
                 continue
             doc = node.body[0] if node.body else None
-            if not (isinstance(doc, ast.Expr) and isinstance(getattr(doc, "value", None), ast.Constant)
-                    and isinstance(doc.value.value, str)) or doc.end_lineno is None or len(node.body) < 2:
+            if (
+                not (
+                    isinstance(doc, ast.Expr)
+                    and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str)
+                )
+                or doc.end_lineno is None
+                or len(node.body) < 2
+            ):
                 continue
             start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
             text = "".join(lines[start : doc.end_lineno])
@@ -210,9 +254,14 @@ class GenerationReport:
     wall_s: float
 
 
-def generate_teacher_data(teacher: APITeacher, prompts: list[CodePrompt], out: Path,
-                          progress: Callable[[int, int], None] | None = None, rate_limit_pause_s: float = 2.0,
-                          rate_limit_rounds: int = 3) -> GenerationReport:
+def generate_teacher_data(
+    teacher: APITeacher,
+    prompts: list[CodePrompt],
+    out: Path,
+    progress: Callable[[int, int], None] | None = None,
+    rate_limit_pause_s: float = 2.0,
+    rate_limit_rounds: int = 3,
+) -> GenerationReport:
     """Write one JSONL row per prompt not yet in ``out``: prompt, completion, token log-probs, usage."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +277,7 @@ def generate_teacher_data(teacher: APITeacher, prompts: list[CodePrompt], out: P
                 return teacher.complete_one(p.text)
             except Exception as err:  # the SDK already retried; a rate limit gets a longer pause here
                 if teacher.is_rate_limit(err) and attempt < rate_limit_rounds:
-                    time.sleep(rate_limit_pause_s * (2 ** attempt))
+                    time.sleep(rate_limit_pause_s * (2**attempt))
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -244,8 +293,15 @@ def generate_teacher_data(teacher: APITeacher, prompts: list[CodePrompt], out: P
                     raise
                 report.failed[p.id] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
                 continue
-            row = {"id": p.id, "prompt": p.text, "completion": c.text, "teacher": teacher.name,
-                   "tokens": c.tokens, "input_tokens": c.input_tokens, "output_tokens": c.output_tokens}
+            row = {
+                "id": p.id,
+                "prompt": p.text,
+                "completion": c.text,
+                "teacher": teacher.name,
+                "tokens": c.tokens,
+                "input_tokens": c.input_tokens,
+                "output_tokens": c.output_tokens,
+            }
             with lock:
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()

@@ -28,7 +28,7 @@ class Teacher(Protocol):
     tokenizer_fingerprint: str
     fingerprint: str  # identifies the weights (for the top-k logit cache)
 
-    def to(self, device: torch.device) -> "Teacher": ...
+    def to(self, device: torch.device) -> Teacher: ...
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -50,7 +50,7 @@ class CodeLMTeacher:
         self.fingerprint = _files_fingerprint([d / "model.safetensors", d / "arch.json"])
         self.params = sum(p.numel() for p in self.model.parameters())
 
-    def to(self, device: torch.device) -> "CodeLMTeacher":
+    def to(self, device: torch.device) -> CodeLMTeacher:
         self.model.to(device)
         return self
 
@@ -69,8 +69,10 @@ class HFTeacher:
         self.model, hf_tok = load_hf_causal_lm(path_or_id)
         backend = getattr(hf_tok, "backend_tokenizer", None)
         if backend is None:
-            raise UserError(f"{path_or_id}: the teacher's tokenizer is not a fast (tokenizers) tokenizer; "
-                            "token-level KD needs its tokenizer.json")
+            raise UserError(
+                f"{path_or_id}: the teacher's tokenizer is not a fast (tokenizers) tokenizer; "
+                "token-level KD needs its tokenizer.json"
+            )
         text = backend.to_str()
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         tok_file = cache_root() / "tokenizers" / f"teacher-{digest}.json"
@@ -84,16 +86,21 @@ class HFTeacher:
         self.vocab_size = tok.vocab_size
         self.logit_size = int(self.model.config.vocab_size)
         if self.logit_size < self.vocab_size:
-            raise UserError(f"{path_or_id}: the model has {self.logit_size} logits but its tokenizer {self.vocab_size} tokens")
+            raise UserError(
+                f"{path_or_id}: the model has {self.logit_size} logits but its tokenizer {self.vocab_size} tokens"
+            )
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
         self.name = f"hf:{path_or_id}"
         folder = Path(getattr(self.model, "name_or_path", "") or path_or_id)
         weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [folder / "config.json"]
-        self.fingerprint = _files_fingerprint([w for w in weights if w.is_file()]) if folder.is_dir() else \
-            hashlib.sha256(path_or_id.encode()).hexdigest()[:16]
+        self.fingerprint = (
+            _files_fingerprint([w for w in weights if w.is_file()])
+            if folder.is_dir()
+            else hashlib.sha256(path_or_id.encode()).hexdigest()[:16]
+        )
         self.params = sum(p.numel() for p in self.model.parameters())
 
-    def to(self, device: torch.device) -> "HFTeacher":
+    def to(self, device: torch.device) -> HFTeacher:
         self.model.to(device)
         return self
 
@@ -126,5 +133,8 @@ def load_teacher(spec: str) -> Teacher:
     if (p / "config.json").is_file():
         return HFTeacher(str(p))
     if not p.exists():
-        raise UserError(f"teacher {spec} does not exist (a run folder, a Hugging Face folder, hf:<id>, openai:<model> or anthropic:<model>)")
+        raise UserError(
+            f"teacher {spec} does not exist"
+            " (a run folder, a Hugging Face folder, hf:<id>, openai:<model> or anthropic:<model>)"
+        )
     raise UserError(f"{spec} is neither a training run (arch.json) nor a Hugging Face model folder (config.json)")

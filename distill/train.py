@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from distill.api_teacher import read_generations
 from distill.logit_cache import TopKLogitCache
 from distill.losses import KDLossConfig, kd_loss_full, kd_loss_topk, teacher_topk
 from distill.teachers import Teacher
@@ -26,30 +27,42 @@ from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.metrics import evaluate_bpb
 from nas.space import ArchConfig
-from nas.train import Trainer, TrainConfig, TrainOutcome
+from nas.train import TrainConfig, Trainer, TrainOutcome
 
 LossName = Literal["fkl", "rkl", "skl", "srkl", "seq"]
 LOSSES: tuple[str, ...] = ("fkl", "rkl", "skl", "srkl", "seq")
 
 
-def reconcile_student(student: ArchConfig, teacher: Teacher, adopt_teacher_vocab: bool,
-                      student_tokenizer_fingerprint: str | None = None) -> ArchConfig:
+def reconcile_student(
+    student: ArchConfig, teacher: Teacher, adopt_teacher_vocab: bool, student_tokenizer_fingerprint: str | None = None
+) -> ArchConfig:
     """The student architecture that shares the teacher's vocabulary, or a clear refusal naming the fix."""
-    fix = ("pass --adopt-teacher-vocab to give the student the teacher's tokenizer, "
-           "or use --loss seq (sequence-level KD needs no shared vocabulary)")
-    if student_tokenizer_fingerprint is not None and student_tokenizer_fingerprint != teacher.tokenizer_fingerprint \
-            and not adopt_teacher_vocab:
-        raise UserError(f"the student's tokenizer differs from the teacher's ({teacher.name}); token-level KD needs "
-                        f"one vocabulary: {fix}")
+    fix = (
+        "pass --adopt-teacher-vocab to give the student the teacher's tokenizer, "
+        "or use --loss seq (sequence-level KD needs no shared vocabulary)"
+    )
+    if (
+        student_tokenizer_fingerprint is not None
+        and student_tokenizer_fingerprint != teacher.tokenizer_fingerprint
+        and not adopt_teacher_vocab
+    ):
+        raise UserError(
+            f"the student's tokenizer differs from the teacher's ({teacher.name}); token-level KD needs "
+            f"one vocabulary: {fix}"
+        )
     if student.vocab_size != teacher.vocab_size:
         if not adopt_teacher_vocab:
-            raise UserError(f"student vocab_size {student.vocab_size} differs from the teacher's tokenizer "
-                            f"({teacher.vocab_size} tokens, {teacher.name}); token-level KD needs one vocabulary: {fix}")
+            raise UserError(
+                f"student vocab_size {student.vocab_size} differs from the teacher's tokenizer "
+                f"({teacher.vocab_size} tokens, {teacher.name}); token-level KD needs one vocabulary: {fix}"
+            )
         student = student.model_copy(update={"vocab_size": teacher.vocab_size})
         student = ArchConfig.model_validate(student.model_dump())
     if student.context_length > teacher.context_length:
-        raise UserError(f"student context {student.context_length} exceeds the teacher's {teacher.context_length}: "
-                        "the teacher cannot score those positions; lower the student's context_length")
+        raise UserError(
+            f"student context {student.context_length} exceeds the teacher's {teacher.context_length}: "
+            "the teacher cannot score those positions; lower the student's context_length"
+        )
     return student
 
 
@@ -95,12 +108,24 @@ def teacher_val_bpb(teacher: Teacher, corpus: TokenizedCorpus, cfg: TrainConfig,
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return teacher.logits(ids)
 
-    return evaluate_bpb(_Wrap(), corpus["val"], corpus.token_bytes, cfg.eval_bytes, cfg.eval_batch_size, device, None).bpb
+    return evaluate_bpb(
+        _Wrap(), corpus["val"], corpus.token_bytes, cfg.eval_bytes, cfg.eval_batch_size, device, None
+    ).bpb
 
 
-def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, train: TrainConfig, loss: KDLossConfig,
-            out: Path, topk: int | None = None, log_to_console: bool = True, eval_teacher: bool = True,
-            cache_dir: Path | None = None, started: float | None = None) -> TrainOutcome:
+def distill(
+    teacher: Teacher,
+    student: ArchConfig,
+    corpus_spec: CorpusSpec,
+    train: TrainConfig,
+    loss: KDLossConfig,
+    out: Path,
+    topk: int | None = None,
+    log_to_console: bool = True,
+    eval_teacher: bool = True,
+    cache_dir: Path | None = None,
+    started: float | None = None,
+) -> TrainOutcome:
     """Token-level KD of ``teacher`` into ``student`` (already reconciled) under ``train``'s budget.
     ``started`` (``time.monotonic()``) is where ``train.max_seconds`` counts from (default: now).
 
@@ -113,16 +138,31 @@ def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, trai
         raise UserError(f"corpus tokenizer has {corpus.vocab_size} tokens, the student {student.vocab_size}")
     cache = TopKLogitCache(cache_dir, teacher.fingerprint, topk) if cache_dir is not None and topk else None
     hook = KDLossHook(teacher, loss, topk, cache)
-    trainer = Trainer(student, corpus, train, out, corpus_spec, teacher.tokenizer_spec, log_to_console=log_to_console,
-                      loss_fn=hook, extra_record={"distill": {"teacher": teacher.name, "loss": loss.model_dump(), "topk": topk}})
+    trainer = Trainer(
+        student,
+        corpus,
+        train,
+        out,
+        corpus_spec,
+        teacher.tokenizer_spec,
+        log_to_console=log_to_console,
+        loss_fn=hook,
+        extra_record={"distill": {"teacher": teacher.name, "loss": loss.model_dump(), "topk": topk}},
+    )
     if started is not None:
         trainer.started = started
     teacher.to(trainer.device)
 
     def extra() -> dict[str, Any]:
-        m: dict[str, Any] = {"kind": "distill", "kd_teacher": teacher.name, "kd_loss": loss.kind, "kd_temperature": loss.temperature,
-                             "kd_ce_weight": loss.ce_weight, "kd_topk": topk or 0,
-                             "kd_teacher_params": int(getattr(teacher, "params", 0))}
+        m: dict[str, Any] = {
+            "kind": "distill",
+            "kd_teacher": teacher.name,
+            "kd_loss": loss.kind,
+            "kd_temperature": loss.temperature,
+            "kd_ce_weight": loss.ce_weight,
+            "kd_topk": topk or 0,
+            "kd_teacher_params": int(getattr(teacher, "params", 0)),
+        }
         if cache is not None:
             m.update({"kd_cache_hits": cache.hits, "kd_cache_misses": cache.misses})
         if hook.last_parts:
@@ -135,7 +175,9 @@ def distill(teacher: Teacher, student: ArchConfig, corpus_spec: CorpusSpec, trai
     return trainer.run()
 
 
-def corpus_with_teacher_text(base: TokenizedCorpus, teacher_tokens: np.ndarray, mode: Literal["replace", "mix"]) -> TokenizedCorpus:
+def corpus_with_teacher_text(
+    base: TokenizedCorpus, teacher_tokens: np.ndarray, mode: Literal["replace", "mix"]
+) -> TokenizedCorpus:
     """The base corpus whose train split is the teacher's text (``replace``) or both (``mix``).
 
     Validation and held-out splits stay the base corpus', so val bpb is measured on the same bytes as
@@ -143,16 +185,29 @@ def corpus_with_teacher_text(base: TokenizedCorpus, teacher_tokens: np.ndarray, 
     """
     train = teacher_tokens if mode == "replace" else np.concatenate([np.asarray(base["train"]), teacher_tokens])
     fp = hashlib.sha256(f"{base.corpus_fingerprint}|{mode}|".encode() + teacher_tokens.tobytes()).hexdigest()[:16]
-    return TokenizedCorpus(tokenizer=base.tokenizer, splits={**base.splits, "train": train}, token_bytes=base.token_bytes,
-                           directory=base.directory, corpus_fingerprint=fp, documents=base.documents, text_bytes=base.text_bytes)
+    return TokenizedCorpus(
+        tokenizer=base.tokenizer,
+        splits={**base.splits, "train": train},
+        token_bytes=base.token_bytes,
+        directory=base.directory,
+        corpus_fingerprint=fp,
+        documents=base.documents,
+        text_bytes=base.text_bytes,
+    )
 
 
-def sequence_distill(teacher_jsonl: Path, student: ArchConfig, corpus_spec: CorpusSpec, tokenizer: str, train: TrainConfig,
-                     out: Path, mode: Literal["replace", "mix"] = "mix", log_to_console: bool = True,
-                     started: float | None = None) -> TrainOutcome:
+def sequence_distill(
+    teacher_jsonl: Path,
+    student: ArchConfig,
+    corpus_spec: CorpusSpec,
+    tokenizer: str,
+    train: TrainConfig,
+    out: Path,
+    mode: Literal["replace", "mix"] = "mix",
+    log_to_console: bool = True,
+    started: float | None = None,
+) -> TrainOutcome:
     """Sequence-level KD: cross-entropy on the teacher's completions (prompt + completion as documents)."""
-    from distill.api_teacher import read_generations
-
     base = prepare_corpus(corpus_spec, tokenizer)
     rows = [r for r in read_generations(teacher_jsonl) if r.get("completion")]
     if not rows:
@@ -164,9 +219,17 @@ def sequence_distill(teacher_jsonl: Path, student: ArchConfig, corpus_spec: Corp
         parts.append(np.asarray(tok.encode(r["prompt"] + r["completion"]), dtype=dtype))
         parts.append(np.array([tok.eos_id], dtype=dtype))
     corpus = corpus_with_teacher_text(base, np.concatenate(parts), mode)
-    trainer = Trainer(student, corpus, train, out, corpus_spec, tokenizer, log_to_console=log_to_console,
-                      extra_record={"distill": {"teacher_data": str(Path(teacher_jsonl).resolve()), "loss": "seq", "mode": mode}},
-                      extra_metrics=lambda: {"kind": "distill", "kd_loss": "seq", "kd_teacher_samples": len(rows), "kd_mode": mode})
+    trainer = Trainer(
+        student,
+        corpus,
+        train,
+        out,
+        corpus_spec,
+        tokenizer,
+        log_to_console=log_to_console,
+        extra_record={"distill": {"teacher_data": str(Path(teacher_jsonl).resolve()), "loss": "seq", "mode": mode}},
+        extra_metrics=lambda: {"kind": "distill", "kd_loss": "seq", "kd_teacher_samples": len(rows), "kd_mode": mode},
+    )
     if started is not None:
         trainer.started = started
     return trainer.run()

@@ -25,8 +25,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import UserError
-from harness.tokenizer import (BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer_file, parse_tokenizer_spec,
-                           tokenizer_file, train_bpe)
+from harness.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    load_tokenizer_file,
+    parse_tokenizer_spec,
+    tokenizer_file,
+    train_bpe,
+)
 
 Split = Literal["train", "val", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "val", "heldout")
@@ -67,7 +74,7 @@ def stdlib_dir() -> Path:
 def _source_files(root: Path) -> list[Path]:
     """Source files under ``root``, sorted; installed packages and caches are pruned, not walked."""
     skip = {"site-packages", "dist-packages", "__pycache__"}
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".")]
         files.extend(Path(dirpath) / f for f in filenames if f.endswith(CODE_SUFFIXES))
@@ -89,14 +96,18 @@ def _read_tree(root: Path, spec: CorpusSpec) -> list[Document]:
 
 def _dataset_builder(path: Path) -> str:
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    for builder, sfx in (("json", (".jsonl", ".json", ".jsonl.gz", ".json.gz")), ("parquet", (".parquet",)), ("text", (".txt", ".txt.gz"))):
+    for builder, sfx in (
+        ("json", (".jsonl", ".json", ".jsonl.gz", ".json.gz")),
+        ("parquet", (".parquet",)),
+        ("text", (".txt", ".txt.gz")),
+    ):
         if suffix in sfx:
             return builder
     raise UserError(f"unsupported corpus file {path}: use .jsonl, .json, .parquet or .txt (or a folder of .py files)")
 
 
 def _load_with_datasets(spec: CorpusSpec) -> list[Document]:
-    import datasets
+    import datasets  # slow to import (seconds): only for corpora that need it
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own error lines would precede our one line
@@ -168,9 +179,13 @@ def split_documents(docs: list[Document], spec: CorpusSpec) -> dict[Split, list[
     out: dict[Split, list[Document]] = {"train": [], "val": [], "heldout": []}
     for d in docs:
         u = _bucket(d.key)
-        split: Split = "val" if u < spec.val_fraction else ("heldout" if u < spec.val_fraction + spec.heldout_fraction else "train")
+        split: Split = (
+            "val"
+            if u < spec.val_fraction
+            else ("heldout" if u < spec.val_fraction + spec.heldout_fraction else "train")
+        )
         out[split].append(d)
-    wanted: list[Split] = ["val"] + (["heldout"] if spec.heldout_fraction > 0 and len(docs) >= 3 else [])
+    wanted: list[Split] = ["val", "heldout"] if spec.heldout_fraction > 0 and len(docs) >= 3 else ["val"]
     for split in wanted:
         if not out[split] and len(out["train"]) > 1:
             pick = min(out["train"], key=lambda d: _bucket(d.key))
@@ -214,7 +229,11 @@ class TokenizedCorpus:
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint8) if vocab_size <= 256 else (np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32))
+    return (
+        np.dtype(np.uint8)
+        if vocab_size <= 256
+        else (np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32))
+    )
 
 
 def tokenize_documents(tok: Tokenizer, docs: list[Document], dtype: np.dtype) -> np.ndarray:
@@ -251,7 +270,9 @@ def get_tokenizer(spec: str, train_docs: list[Document], corpus_fp: str) -> Toke
     if kind == "byte":
         return ByteTokenizer()
     if kind == "file":
-        return BPETokenizer.load(tokenizer_file(spec))  # type: ignore[arg-type]
+        named = tokenizer_file(spec)
+        assert named is not None  # kind "file" is a file:PATH spec, which names a path
+        return BPETokenizer.load(named)
     path = cache_root() / "tokenizers" / f"{corpus_fp}-bpe{size}.json"
     if path.is_file():
         return BPETokenizer.load(path)
@@ -274,7 +295,7 @@ def _source_signature(spec: CorpusSpec, tokenizer: str) -> str | None:
         h.update(hashlib.sha256(named_file.read_bytes()).hexdigest().encode())
     path = Path(spec.source)
     if spec.source == "stdlib":
-        root: Path | None = stdlib_dir()
+        root = stdlib_dir()
         h.update(sys.version.encode())
     elif path.is_dir():
         root = path
@@ -298,10 +319,12 @@ def _load_tokenizer_file(kind: str, path: str | None) -> Tokenizer:
 def _open_tokenized(directory: Path, tok: Tokenizer, fp: str) -> TokenizedCorpus:
     meta = json.loads((directory / "meta.json").read_text())
     dtype = np.dtype(meta["dtype"])
-    splits = {}
+    splits: dict[str, np.ndarray] = {}
     for split in SPLITS:
         n = meta["splits"][split]["tokens"]
-        splits[split] = np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
+        splits[split] = (
+            np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
+        )
     return TokenizedCorpus(
         tokenizer=tok,
         splits=splits,
@@ -328,7 +351,9 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
             entry = json.loads(index.read_text())
             directory = Path(entry["directory"])
             if (directory / "meta.json").is_file():
-                return _open_tokenized(directory, _load_tokenizer_file(kind, entry.get("tokenizer_path")), entry["corpus_fingerprint"])
+                return _open_tokenized(
+                    directory, _load_tokenizer_file(kind, entry.get("tokenizer_path")), entry["corpus_fingerprint"]
+                )
         except (ValueError, KeyError, OSError, UserError):
             pass  # a stale or damaged index entry: rebuild below
     docs = load_documents(spec)
@@ -340,11 +365,18 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
     dtype = _token_dtype(tok.vocab_size)
     if not meta_path.is_file():
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "dtype": dtype.name, "source": spec.source, "splits": {}}
+        split_meta: dict[str, dict[str, int]] = {}
+        meta = {
+            "tokenizer": tok.name,
+            "vocab_size": tok.vocab_size,
+            "dtype": dtype.name,
+            "source": spec.source,
+            "splits": split_meta,
+        }
         for split in SPLITS:
             arr = tokenize_documents(tok, parts[split], dtype)
             _atomic_write_array(directory / f"{split}.bin", arr)
-            meta["splits"][split] = {
+            split_meta[split] = {
                 "tokens": int(arr.size),
                 "documents": len(parts[split]),
                 "text_bytes": int(sum(len(d.text.encode("utf-8")) + 1 for d in parts[split])),
@@ -353,6 +385,14 @@ def prepare_corpus(spec: CorpusSpec | None = None, tokenizer: str = "byte") -> T
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
         tok_path = getattr(tok, "path", None)
-        _atomic_write_text(index, json.dumps({"directory": str(directory), "corpus_fingerprint": fp,
-                                              "tokenizer_path": str(tok_path) if tok_path else None}))
+        _atomic_write_text(
+            index,
+            json.dumps(
+                {
+                    "directory": str(directory),
+                    "corpus_fingerprint": fp,
+                    "tokenizer_path": str(tok_path) if tok_path else None,
+                }
+            ),
+        )
     return _open_tokenized(directory, tok, fp)

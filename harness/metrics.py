@@ -13,7 +13,9 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +23,40 @@ import torch.nn.functional as F
 
 from harness.run_files import EVAL_BYTES
 
+
+class ArchFigures(Protocol):
+    """The architecture figures a measurement reads (nas's ArchConfig has them; harness does not import nas)."""
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+
+class LanguageModel(Protocol):
+    """What evaluate_bpb calls on a model: nas.model.CodeLM is one, so is harness.scoring's remote model.
+
+    A structural type because the fixed measurement may not import the editable model code."""
+
+    training: bool
+
+    @property
+    def arch(self) -> ArchFigures: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class CachedLanguageModel(LanguageModel, Protocol):
+    """A LanguageModel that decodes with a KV cache, as measure_latency needs."""
+
+    def new_cache(self, batch: int = 1) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +80,7 @@ def eval_token_count(tokens: np.ndarray, token_bytes: np.ndarray, max_bytes: int
 
 @torch.no_grad()
 def evaluate_bpb(
-    model: torch.nn.Module,
+    model: LanguageModel,
     tokens: np.ndarray,
     token_bytes: np.ndarray,
     max_bytes: int | None = EVAL_BYTES,
@@ -74,13 +110,15 @@ def evaluate_bpb(
         width = max(lengths)
         x = torch.zeros(len(group), width, dtype=torch.long)
         y = torch.full((len(group), width), -100, dtype=torch.long)
-        for row, (s, ln) in enumerate(zip(group, lengths)):
+        for row, (s, ln) in enumerate(zip(group, lengths, strict=True)):
             x[row, :ln] = data[s : s + ln]
             y[row, :ln] = data[s + 1 : s + 1 + ln]
         x, y_dev = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(x)
-        nats = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y_dev.view(-1), ignore_index=-100, reduction="sum")
+        nats = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), y_dev.view(-1), ignore_index=-100, reduction="sum"
+        )
         total_nats += float(nats)
         valid = y[y >= 0]
         total_tokens += int(valid.numel())
@@ -149,7 +187,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def measure_latency(
-    model: torch.nn.Module,
+    model: CachedLanguageModel,
     prompt_tokens: int = 32,
     decode_tokens: int = 32,
     warmup: int = 2,

@@ -75,14 +75,19 @@ def off_limits_reason(rel_path: str) -> str | None:
     if not parts:
         return None
     if parts[0] == "harness":
-        return f"{rel_path}: harness/ is the fixed measurement (data, splits, tokenizers, bits per byte, latency, HumanEval)"
+        return (
+            f"{rel_path}: harness/ is the fixed measurement"
+            " (data, splits, tokenizers, bits per byte, latency, HumanEval)"
+        )
     if parts[0] != PACKAGE:
         return None
     if len(parts) != 2 or not _MODULE_NAME.match(parts[1]):
         return f"{rel_path}: only flat modules (nas/<name>.py) may sit beside the model code"
     if parts[1] in fixed_module_files():
-        return (f"{rel_path} is fixed code (search, export, loading, CLI): only "
-                f"{', '.join(f'nas/{m}.py' for m in EDITABLE_MODULES)} and new modules beside them are the model's")
+        return (
+            f"{rel_path} is fixed code (search, export, loading, CLI): only "
+            f"{', '.join(f'nas/{m}.py' for m in EDITABLE_MODULES)} and new modules beside them are the model's"
+        )
     return None
 
 
@@ -133,7 +138,9 @@ def model_code_root() -> Path | None:
 
 
 def model_files(root: Path | None) -> dict[str, bytes]:
-    """The model code a folder stands for: the installed model modules overlaid with the folder's (None: installed only)."""
+    """The model code a folder stands for: the installed model modules overlaid with the folder's.
+
+    None stands for the installed modules only."""
     files = seed_files()
     if root is not None:
         files.update(code_files(root))
@@ -158,15 +165,22 @@ def write_code_record(run_dir: Path, code_root: Path | None, commit: str | None 
     """Copy the model code that trained the model in ``run_dir`` into ``run_dir/code`` and write ``code.json``: the
     installed model modules overlaid with those under ``code_root`` (None: the installed code alone)."""
     files = model_files(code_root)
-    record = CodeRecord(hash=hash_files(files), files=tuple(sorted(files)), commit=commit,
-                        source="workspace" if code_root is not None else "installed")
+    record = CodeRecord(
+        hash=hash_files(files),
+        files=tuple(sorted(files)),
+        commit=commit,
+        source="workspace" if code_root is not None else "installed",
+    )
     target = Path(run_dir) / CODE_DIR
     if target.is_symlink() or target.is_file():
         target.unlink()
     elif target.exists():
         shutil.rmtree(target)
     (target / PACKAGE).mkdir(parents=True)
-    for name, data in files.items():  # the stock code too: an upgrade of the installed package must not orphan the model
+    for (
+        name,
+        data,
+    ) in files.items():  # the stock code too: an upgrade of the installed package must not orphan the model
         (target / name).write_bytes(data)
     record_path = Path(run_dir) / CODE_RECORD
     if record_path.is_symlink():
@@ -182,8 +196,12 @@ def read_code_record(run_dir: Path) -> CodeRecord | None:
         return None
     try:
         raw = json.loads(path.read_text())
-        return CodeRecord(hash=str(raw["hash"]), files=tuple(raw.get("files", ())), commit=raw.get("commit"),
-                          source=str(raw.get("source", "workspace")))
+        return CodeRecord(
+            hash=str(raw["hash"]),
+            files=tuple(raw.get("files", ())),
+            commit=raw.get("commit"),
+            source=str(raw.get("source", "workspace")),
+        )
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path} is not a code record (corrupt?)") from None
 
@@ -203,8 +221,10 @@ def carried_code_mismatch(run_dir: Path) -> str | None:
     if expected == active:
         return None
     where = f"its code is in {Path(run_dir) / CODE_DIR}" if record else "it was trained by the installed code"
-    return (f"{run_dir} was trained by other model code (hash {expected[:12]}, this process runs {active[:12]}); "
-            f"{where}: run with {MODEL_CODE_ENV} set to that folder")
+    return (
+        f"{run_dir} was trained by other model code (hash {expected[:12]}, this process runs {active[:12]}); "
+        f"{where}: run with {MODEL_CODE_ENV} set to that folder"
+    )
 
 
 def reexec_with_model_code(run_dir: Path) -> None:

@@ -63,8 +63,9 @@ class RunMetrics(BaseModel):
     """One run's ``metrics.json``. Typed keys are the ones the judge, report and search read; the rest pass
     through as flat extras (``model_extra``)."""
 
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True, allow_inf_nan=False,
-                              str_max_length=MAX_STRING_CHARS)
+    model_config = ConfigDict(
+        extra="allow", strict=True, frozen=True, allow_inf_nan=False, str_max_length=MAX_STRING_CHARS
+    )
 
     status: Status
     fail_reason: str = ""
@@ -79,7 +80,7 @@ class RunMetrics(BaseModel):
     seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
 
     @model_validator(mode="after")
-    def _flat_extras(self) -> "RunMetrics":
+    def _flat_extras(self) -> RunMetrics:
         extra = self.model_extra or {}
         if len(extra) + len(type(self).model_fields) > MAX_KEYS:
             raise ValueError(f"more than {MAX_KEYS} keys")
@@ -92,7 +93,7 @@ class RunMetrics(BaseModel):
         return self
 
     @classmethod
-    def failure(cls, status: Status, reason: str) -> "RunMetrics":
+    def failure(cls, status: Status, reason: str) -> RunMetrics:
         """The metrics of a run that produced none of its own (the reason cut to fit the contract)."""
         return cls(status=status, fail_reason=_one_line(reason, MAX_STRING_CHARS))
 
@@ -112,7 +113,9 @@ def _flat_problem(value: Any) -> str:
     if isinstance(value, float):
         return "" if math.isfinite(value) else f"{value} is not a finite number"
     if isinstance(value, str):
-        return "" if len(value) <= MAX_STRING_CHARS else f"string of {len(value)} characters (at most {MAX_STRING_CHARS})"
+        return (
+            "" if len(value) <= MAX_STRING_CHARS else f"string of {len(value)} characters (at most {MAX_STRING_CHARS})"
+        )
     return f"a {type(value).__name__} is not flat (numbers, booleans, short strings or null only)"
 
 
@@ -153,7 +156,7 @@ def write_metrics(out_dir: str | Path, metrics: RunMetrics | Mapping[str, Any]) 
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
         os.close(fd)
         fd = -1

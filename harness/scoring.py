@@ -27,10 +27,9 @@ import random
 import struct
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -55,21 +54,33 @@ class ScoredBpb:
     probes: int  # windows checked for causality
 
 
+@dataclass(frozen=True)
+class _RemoteArch:
+    """The figures of the child's arch.json that evaluate_bpb reads."""
+
+    context_length: int
+    vocab_size: int
+
+
 class _RemoteModel:
-    """Looks like the module :func:`evaluate_bpb` expects; every forward pass is the child's, checked here."""
+    """A :class:`harness.metrics.LanguageModel`; every forward pass is the child's, checked here."""
 
     def __init__(self, proc: subprocess.Popen, context_length: int, vocab_size: int, seed: int):
         self.proc, self.vocab = proc, vocab_size
-        self.arch = SimpleNamespace(context_length=context_length, vocab_size=vocab_size)
+        self.arch = _RemoteArch(context_length=context_length, vocab_size=vocab_size)
         self.training = False
         self.rng = random.Random(seed)
         self.probes = self.calls = 0
 
-    def eval(self) -> "_RemoteModel":
+    def eval(self) -> _RemoteModel:
         return self
 
-    def train(self, mode: bool = True) -> "_RemoteModel":
+    def train(self, mode: bool = True) -> _RemoteModel:
         return self
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
+        """None here: the weights live in the child (evaluate_bpb is always given the device)."""
+        return iter(())
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, width = x.shape
@@ -84,7 +95,9 @@ class _RemoteModel:
             raise ScoringRefused("the model's process ended before scoring finished")
         (vocab,) = struct.unpack("<I", head)
         if vocab != self.vocab:
-            raise ScoringRefused(f"the model answered with {vocab} logits per position, its arch.json says {self.vocab}")
+            raise ScoringRefused(
+                f"the model answered with {vocab} logits per position, its arch.json says {self.vocab}"
+            )
         size = rows * width * vocab * 4
         if size > MAX_REPLY_BYTES:
             raise ScoringRefused("the reply would be too large")
@@ -105,16 +118,26 @@ class _RemoteModel:
             gap = float((prefix[0, cut - 1] - logits[row, cut - 1]).abs().max())
             self.probes += 1
             if gap > PROBE_ATOL:
-                raise ScoringRefused(f"the model's prediction at position {cut - 1} changes by {gap:.3g} when later tokens are "
-                                     "removed: it reads the tokens it must predict")
+                raise ScoringRefused(
+                    f"the model's prediction at position {cut - 1} changes by {gap:.3g} when later tokens are "
+                    "removed: it reads the tokens it must predict"
+                )
         return logits
 
 
 Spawn = Callable[[list[str]], subprocess.Popen]
 
 
-def score_run(run_dir: Path, tokens: np.ndarray, token_bytes: np.ndarray, max_bytes: int | None, spawn: Spawn,
-              python: str, timeout_s: float = 1800.0, seed: int = 0) -> ScoredBpb:
+def score_run(
+    run_dir: Path,
+    tokens: np.ndarray,
+    token_bytes: np.ndarray,
+    max_bytes: int | None,
+    spawn: Spawn,
+    python: str,
+    timeout_s: float = 1800.0,
+    seed: int = 0,
+) -> ScoredBpb:
     """Bits per byte of the model in ``run_dir`` on ``tokens``, its forward passes made by a child started with
     ``spawn(cmd)`` (stdin and stdout pipes; the caller confines it). Raises :class:`ScoringRefused` on a broken
     protocol, non-finite logits or a failed causality probe, and UserError for a folder that is not a model."""
@@ -136,7 +159,7 @@ def score_run(run_dir: Path, tokens: np.ndarray, token_bytes: np.ndarray, max_by
     killer.start()
     try:
         remote = _RemoteModel(proc, context, vocab, seed)
-        result = evaluate_bpb(remote, tokens, token_bytes, max_bytes, batch_size=16, device="cpu")  # type: ignore[arg-type]
+        result = evaluate_bpb(remote, tokens, token_bytes, max_bytes, batch_size=16, device="cpu")
         assert proc.stdin is not None
         proc.stdin.write(struct.pack("<II", 0, 0))
         proc.stdin.close()

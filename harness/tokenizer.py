@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
@@ -91,8 +92,8 @@ class BPETokenizer:
         self.name = f"bpe{self.vocab_size}"
 
     @classmethod
-    def load(cls, path: str | Path) -> "BPETokenizer":
-        from tokenizers import Tokenizer as HFTokenizer
+    def load(cls, path: str | Path) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer  # only for BPE: the byte tokenizer needs none of it
 
         p = Path(path)
         try:
@@ -136,7 +137,7 @@ class BPETokenizer:
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
     """Train a byte-level BPE of ``vocab_size`` tokens (256 byte symbols + merges + EOS)."""
-    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import Tokenizer as HFTokenizer  # only for BPE, as in BPETokenizer.load
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 257:
@@ -196,7 +197,7 @@ def _tokenizer_path(path: str | Path) -> Path:
 def tokenizer_file(spec: str) -> Path | None:
     """The file a ``file:PATH`` tokenizer spec names; None for ``byte`` / ``bpe`` specs."""
     s = spec.strip()
-    return _tokenizer_path(s[len("file:"):]) if s.startswith("file:") else None
+    return _tokenizer_path(s[len("file:") :]) if s.startswith("file:") else None
 
 
 def load_tokenizer_file(path: str | Path) -> BPETokenizer:

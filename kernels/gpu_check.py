@@ -42,11 +42,19 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+
+# The project's modules (and triton, torchao, safetensors) are imported inside the checks that use them, on
+# purpose: a module that fails to import fails its own checks, recorded with the error, and the others still run.
+if TYPE_CHECKING:
+    from harness.data import TokenizedCorpus
+    from nas.model import Block, CodeLM
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_check.json"
@@ -54,15 +62,15 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_check.json"
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets, matched
 # against torch.cuda.get_device_name() in order (first match wins).
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
-    ("H200", 989.4),       # NVIDIA H200 SXM datasheet (same tensor cores as H100 SXM)
+    ("H200", 989.4),  # NVIDIA H200 SXM datasheet (same tensor cores as H100 SXM)
     ("H100 PCIe", 756.0),  # NVIDIA H100 PCIe datasheet
-    ("H100 NVL", 835.0),   # NVIDIA H100 NVL datasheet
-    ("H100", 989.4),       # NVIDIA H100 SXM datasheet
-    ("GH200", 989.4),      # NVIDIA GH200 datasheet
-    ("A100", 312.0),       # NVIDIA A100 datasheet
-    ("L40S", 362.1),       # NVIDIA L40S datasheet
-    ("L4", 121.0),         # NVIDIA L4 datasheet
-    ("A10", 125.0),        # NVIDIA A10 datasheet (A10G reports the same class of part)
+    ("H100 NVL", 835.0),  # NVIDIA H100 NVL datasheet
+    ("H100", 989.4),  # NVIDIA H100 SXM datasheet
+    ("GH200", 989.4),  # NVIDIA GH200 datasheet
+    ("A100", 312.0),  # NVIDIA A100 datasheet
+    ("L40S", 362.1),  # NVIDIA L40S datasheet
+    ("L4", 121.0),  # NVIDIA L4 datasheet
+    ("A10", 125.0),  # NVIDIA A10 datasheet (A10G reports the same class of part)
 ]
 
 # The checks' model: the train_throughput benchmark's "20m" preset (8 x 448, ~20 M parameters, byte vocab).
@@ -82,7 +90,7 @@ class Skip(Exception):
 @dataclass
 class Check:
     name: str
-    fn: Callable[["Context"], dict[str, Any]]
+    fn: Callable[[Context], dict[str, Any]]
     needs_cuda: bool = True
     limit_s: float = 90.0  # the watchdog's limit for this check
     needs: tuple[str, ...] = ()  # checks whose results this one uses (recorded in the reason when they failed)
@@ -110,7 +118,11 @@ def _one_line(err: BaseException) -> str:
 
 
 def _tb_tail(err: BaseException, lines: int = 14) -> list[str]:
-    out = [ln.rstrip() for chunk in traceback.format_exception(type(err), err, err.__traceback__) for ln in chunk.splitlines()]
+    out = [
+        ln.rstrip()
+        for chunk in traceback.format_exception(type(err), err, err.__traceback__)
+        for ln in chunk.splitlines()
+    ]
     return out[-lines:]
 
 
@@ -132,7 +144,7 @@ def bench_ms(fn: Callable[[], Any], device: torch.device, rep_ms: int = 100) -> 
     for _ in range(3):
         fn()
     _sync(device)
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + rep_ms / 1e3
     while len(times) < 5 or (time.perf_counter() < end and len(times) < 200):
         t0 = time.perf_counter()
@@ -170,7 +182,8 @@ def _arch(preset: dict[str, Any]):  # -> ArchConfig
     return ArchConfig(**preset)
 
 
-def _model(ctx: Context):  # -> CodeLM on the device, trained weights when the bf16 check left them
+def _model(ctx: Context) -> CodeLM:
+    """The 20M model on the device, with the trained weights when the bf16 check left them."""
     from nas.model import build_model
 
     model = build_model(_arch(ARCH_20M), seed=0)
@@ -182,7 +195,7 @@ def _model(ctx: Context):  # -> CodeLM on the device, trained weights when the b
     return model.to(ctx.device).eval()
 
 
-def _corpus(ctx: Context):  # -> TokenizedCorpus
+def _corpus(ctx: Context) -> TokenizedCorpus:
     corpus = ctx.shared.get("corpus")
     if corpus is None:
         raise Skip("the corpus check did not prepare a corpus")
@@ -214,9 +227,14 @@ def _captured_warnings(into: list[str]):
 
 def check_environment(ctx: Context) -> dict[str, Any]:
     """Python, torch, CUDA and the optional packages' versions."""
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
     for mod in ("triton", "torchao", "ray", "ctranslate2", "onnxruntime", "pydantic", "transformers"):
         try:
             info[f"{mod}_version"] = getattr(importlib.import_module(mod), "__version__", "?")
@@ -230,8 +248,19 @@ def check_environment(ctx: Context) -> dict[str, Any]:
 
 def check_imports(ctx: Context) -> dict[str, Any]:
     """Every project module on the checks' paths imports here (optional packages aside)."""
-    mods = ["nas.model", "nas.counting", "harness.data", "harness.metrics", "nas.train", "nas.trial", "nas.executors",
-            "kernels.latency", "kernels.quant", "kernels.prune", "kernels.triton.ops"]
+    mods = [
+        "nas.model",
+        "nas.counting",
+        "harness.data",
+        "harness.metrics",
+        "nas.train",
+        "nas.trial",
+        "nas.executors",
+        "kernels.latency",
+        "kernels.quant",
+        "kernels.prune",
+        "kernels.triton.ops",
+    ]
     for m in mods:
         importlib.import_module(m)
     return {"modules": len(mods)}
@@ -267,27 +296,44 @@ def check_cuda_device(ctx: Context) -> dict[str, Any]:
     n = 8192
     a = torch.randn(n, n, device=ctx.device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=ctx.device, dtype=torch.bfloat16)
-    ms = bench_ms(lambda: a @ b, ctx.device, rep_ms=200)
+    ms = bench_ms(partial(torch.matmul, a, b), ctx.device, rep_ms=200)  # no closure: `del a, b` below frees them
     measured = 2 * n**3 / (ms * 1e-3) / 1e12
     peak, source = peak_tflops(name)
     ctx.shared["peak_tflops"], ctx.shared["measured_tflops"] = peak, measured
     del a, b
     torch.cuda.empty_cache()
-    return {"gpu": name, "capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count,
-            "memory_gib": round(props.total_memory / 2**30, 1), "bf16_matmul_8192_tflops": round(measured, 1),
-            "peak_bf16_tflops": peak, "peak_source": source}
+    return {
+        "gpu": name,
+        "capability": f"{props.major}.{props.minor}",
+        "sms": props.multi_processor_count,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "bf16_matmul_8192_tflops": round(measured, 1),
+        "peak_bf16_tflops": peak,
+        "peak_source": source,
+    }
 
 
-def _train(ctx: Context, name: str, steps: int, batch: int, compile: bool, check_learning: bool = True) -> dict[str, Any]:
+def _train(
+    ctx: Context, name: str, steps: int, batch: int, compile: bool, check_learning: bool = True
+) -> dict[str, Any]:
     from nas.counting import count_params, flops_per_token
-    from nas.train import Trainer, TrainConfig, prepare_run_dir
+    from nas.train import TrainConfig, Trainer, prepare_run_dir
 
     arch, corpus = _arch(ARCH_20M), _corpus(ctx)
     out = ctx.work / name
     prepare_run_dir(out, overwrite=True)
-    cfg = TrainConfig(budget_tokens=steps * batch * arch.context_length, batch_size=batch, lr=1e-3, device=str(ctx.device),
-                      precision="bf16", compile=compile, eval_bytes=65_536, measure_latency=False,
-                      checkpoint_every_s=1e9, log_every=10)
+    cfg = TrainConfig(
+        budget_tokens=steps * batch * arch.context_length,
+        batch_size=batch,
+        lr=1e-3,
+        device=str(ctx.device),
+        precision="bf16",
+        compile=compile,
+        eval_bytes=65_536,
+        measure_latency=False,
+        checkpoint_every_s=1e9,
+        log_every=10,
+    )
     ctx.shared["watch_log"] = out / "log.txt"  # what a timed-out check shows of its progress
     outcome = Trainer(arch, corpus, cfg, out, ctx.shared.get("corpus_spec"), log_to_console=False).run()
     ctx.shared.pop("watch_log", None)
@@ -296,18 +342,29 @@ def _train(ctx: Context, name: str, steps: int, batch: int, compile: bool, check
         raise RuntimeError(f"trainer status {outcome.status}: {outcome.reason}")
     tps = float(m["tokens_per_s"])
     flops = 3 * flops_per_token(arch)  # forward + backward, attention at the average position
-    figures = {"params": count_params(arch).total, "batch": batch, "context": arch.context_length, "steps": m["steps"],
-               "tokens_per_s": round(tps), "achieved_tflops": round(tps * flops / 1e12, 2),
-               "train_loss_first": round(m["train_loss_first"], 4), "train_loss_last": round(m["train_loss_last"], 4),
-               "val_bpb": round(m["val_bpb"], 4), "peak_mem_mb": m.get("peak_mem_mb"), "compile_s": m.get("compile_s")}
+    figures = {
+        "params": count_params(arch).total,
+        "batch": batch,
+        "context": arch.context_length,
+        "steps": m["steps"],
+        "tokens_per_s": round(tps),
+        "achieved_tflops": round(tps * flops / 1e12, 2),
+        "train_loss_first": round(m["train_loss_first"], 4),
+        "train_loss_last": round(m["train_loss_last"], 4),
+        "val_bpb": round(m["val_bpb"], 4),
+        "peak_mem_mb": m.get("peak_mem_mb"),
+        "compile_s": m.get("compile_s"),
+    }
     peak, measured = ctx.shared.get("peak_tflops"), ctx.shared.get("measured_tflops")
     if peak:
         figures["mfu"] = round(tps * flops / (peak * 1e12), 4)
     if measured:
         figures["mfu_vs_measured_matmul"] = round(tps * flops / (measured * 1e12), 4)
     if check_learning and (not math.isfinite(m["val_bpb"]) or m["train_loss_last"] >= m["train_loss_first"]):
-        raise RuntimeError(f"training did not learn: loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}, "
-                           f"val_bpb {m['val_bpb']}")
+        raise RuntimeError(
+            f"training did not learn: loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}, "
+            f"val_bpb {m['val_bpb']}"
+        )
     return figures
 
 
@@ -354,35 +411,47 @@ def _decode(ctx: Context, mode: str) -> dict[str, Any]:
     _require_cuda(ctx)
     model = _model(ctx)
     r = measure_decode(model, mode=mode, prompt_tokens=32, decode_tokens=64, warmup=2, repeats=5)
-    figures: dict[str, Any] = {"dtype": "fp32", "prompt_tokens": r.prompt_tokens, "decode_tokens": r.decode_tokens,
-                               "prefill_ms_p50": round(r.prefill_ms_p50, 4), "decode_ms_p50": round(r.decode_ms_p50, 4),
-                               "decode_ms_p90": round(r.decode_ms_p90, 4), "tokens_per_s": round(1e3 / max(r.decode_ms_p50, 1e-9), 1)}
+    figures: dict[str, Any] = {
+        "dtype": "fp32",
+        "prompt_tokens": r.prompt_tokens,
+        "decode_tokens": r.decode_tokens,
+        "prefill_ms_p50": round(r.prefill_ms_p50, 4),
+        "decode_ms_p50": round(r.decode_ms_p50, 4),
+        "decode_ms_p90": round(r.decode_ms_p90, 4),
+        "tokens_per_s": round(1e3 / max(r.decode_ms_p50, 1e-9), 1),
+    }
     ref = ctx.shared.get("decode_tokens_eager")
     if mode == "eager":
         ctx.shared["decode_tokens_eager"] = r.tokens
         return figures
     if ref is None:
         return figures
-    agree = sum(a == b for a, b in zip(ref, r.tokens))
+    agree = sum(a == b for a, b in zip(ref, r.tokens, strict=False))
     figures["tokens_equal_eager"] = f"{agree}/{len(ref)}"
     if agree == len(ref):
         return figures
     # free-running sequences diverge for good after one differing token: say where, how close a call it was
     # for the eager model there, and how the mode does when fed the eager tokens (teacher forcing)
-    first = next(i for i, (a, b) in enumerate(zip(ref, r.tokens)) if a != b)
+    first = next(i for i, (a, b) in enumerate(zip(ref, r.tokens, strict=False)) if a != b)
     figures["first_divergence"] = first
-    prompt = torch.randint(0, model.arch.vocab_size, (1, r.prompt_tokens), generator=torch.Generator().manual_seed(0)).to(ctx.device)
+    prompt = torch.randint(
+        0, model.arch.vocab_size, (1, r.prompt_tokens), generator=torch.Generator().manual_seed(0)
+    ).to(ctx.device)
     with torch.no_grad():
-        logits = model(torch.cat([prompt, torch.tensor([list(ref[:-1])], device=ctx.device)], 1))[0, r.prompt_tokens - 1:].float()
+        logits = model(torch.cat([prompt, torch.tensor([list(ref[:-1])], device=ctx.device)], 1))[
+            0, r.prompt_tokens - 1 :
+        ].float()
     top2 = logits.topk(2, dim=-1).values
     figures["eager_top2_margin_at_divergence"] = float(f"{(top2[first, 0] - top2[first, 1]).item():.3g}")
     forced = _teacher_forced(model, mode, prompt, ref)
-    bad = [i for i, (a, b) in enumerate(zip(ref, forced)) if a != b]
+    bad = [i for i, (a, b) in enumerate(zip(ref, forced, strict=True)) if a != b]
     figures["teacher_forced_equal_eager"] = f"{len(ref) - len(bad)}/{len(ref)}"
     figures["teacher_forced_mismatch_at"] = bad[:8]
     ctx.shared["figures_on_failure"] = figures
-    raise RuntimeError(f"greedy tokens differ from eager: {agree}/{len(ref)} equal, first at {first}; "
-                       f"fed the eager tokens {len(ref) - len(bad)}/{len(ref)} equal")
+    raise RuntimeError(
+        f"greedy tokens differ from eager: {agree}/{len(ref)} equal, first at {first}; "
+        f"fed the eager tokens {len(ref) - len(bad)}/{len(ref)} equal"
+    )
 
 
 def check_decode_eager(ctx: Context) -> dict[str, Any]:
@@ -396,7 +465,7 @@ def check_decode_static(ctx: Context) -> dict[str, Any]:
 
 
 def check_decode_cuda_graph(ctx: Context) -> dict[str, Any]:
-    """kernels.latency mode cuda-graph (the static step captured once, replayed per token), tokens compared with eager."""
+    """kernels.latency mode cuda-graph (the static step captured once, replayed per token), tokens vs eager."""
     return _decode(ctx, "cuda-graph")
 
 
@@ -416,17 +485,31 @@ def _triton_ops(ctx: Context):
     return ops
 
 
-def _compare(ctx: Context, got: torch.Tensor, ref: torch.Tensor, fn: Callable[[], Any], ref_fn: Callable[[], Any],
-             tol: float, bytes_moved: int | None = None) -> dict[str, Any]:
+def _compare(
+    ctx: Context,
+    got: torch.Tensor,
+    ref: torch.Tensor,
+    fn: Callable[[], Any],
+    ref_fn: Callable[[], Any],
+    tol: float,
+    bytes_moved: int | None = None,
+) -> dict[str, Any]:
     err = (got.float() - ref.float()).abs().max().item()
     scale = ref.float().abs().max().item()
     ms, ref_ms = bench_ms(fn, ctx.device), bench_ms(ref_fn, ctx.device)
-    figures = {"max_abs_err": float(f"{err:.3g}"), "max_rel_err": float(f"{err / max(scale, 1e-12):.3g}"),
-               "triton_ms": round(ms, 4), "reference_ms": round(ref_ms, 4), "speedup": round(ref_ms / ms, 3)}
+    figures = {
+        "max_abs_err": float(f"{err:.3g}"),
+        "max_rel_err": float(f"{err / max(scale, 1e-12):.3g}"),
+        "triton_ms": round(ms, 4),
+        "reference_ms": round(ref_ms, 4),
+        "speedup": round(ref_ms / ms, 3),
+    }
     if bytes_moved:
         figures["triton_gb_s"] = round(bytes_moved / (ms * 1e-3) / 1e9, 1)
     if not err <= tol * max(scale, 1.0):
-        raise RuntimeError(f"Triton result differs from the reference: max abs error {err:.3g} (scale {scale:.3g}, tol {tol})")
+        raise RuntimeError(
+            f"Triton result differs from the reference: max abs error {err:.3g} (scale {scale:.3g}, tol {tol})"
+        )
     return figures
 
 
@@ -455,8 +538,10 @@ def check_triton_int8_linear(ctx: Context) -> dict[str, Any]:
     q = torch.randint(-127, 128, (4096, 1024), device=ctx.device, dtype=torch.int8)
     s = torch.rand(4096, device=ctx.device) / 127
     f, r = (lambda: ops.int8_linear(x, q, s)), (lambda: ops.int8_linear_reference(x, q, s))
-    return {"shape": "x 64x1024 fp32, w 4096x1024 int8",
-            **_compare(ctx, f(), r(), f, r, tol=2e-2, bytes_moved=q.numel() + x.numel() * 4 + 64 * 4096 * 4)}
+    return {
+        "shape": "x 64x1024 fp32, w 4096x1024 int8",
+        **_compare(ctx, f(), r(), f, r, tol=2e-2, bytes_moved=q.numel() + x.numel() * 4 + 64 * 4096 * 4),
+    }
 
 
 def check_triton_fused_fkl(ctx: Context) -> dict[str, Any]:
@@ -469,12 +554,17 @@ def check_triton_fused_fkl(ctx: Context) -> dict[str, Any]:
         s.grad = None
         loss = fn(s, t, 2.0)
         loss.backward()
+        assert s.grad is not None  # backward() just filled it
         return loss.detach(), s.grad.detach().clone()
 
     (loss, grad), (ref_loss, ref_grad) = run(ops.fused_fkl), run(ops.fkl_reference)
     grad_err = (grad - ref_grad).abs().max().item()
     figures = _compare(ctx, loss, ref_loss, lambda: run(ops.fused_fkl), lambda: run(ops.fkl_reference), tol=1e-3)
-    figures = {"shape": "4096x8192 fp32, T=2, forward+backward", **figures, "grad_max_abs_err": float(f"{grad_err:.3g}")}
+    figures = {
+        "shape": "4096x8192 fp32, T=2, forward+backward",
+        **figures,
+        "grad_max_abs_err": float(f"{grad_err:.3g}"),
+    }
     if not grad_err <= 1e-4 * max(ref_grad.abs().max().item(), 1.0):
         raise RuntimeError(f"fused FKL gradient differs from the reference: max abs error {grad_err:.3g}")
     return figures
@@ -484,9 +574,9 @@ def check_torchao_int8(ctx: Context) -> dict[str, Any]:
     """kernels.quant.for_runtime(..., "cuda"): torchao quantize_ with Int8WeightOnlyConfig and the dynamic variant."""
     _require_cuda(ctx)
     _require_module("torchao")
+    from harness.metrics import evaluate_bpb
     from kernels.latency import measure_decode
     from kernels.quant import for_runtime
-    from harness.metrics import evaluate_bpb
 
     corpus = _corpus(ctx)
     base = _model(ctx)
@@ -495,16 +585,19 @@ def check_torchao_int8(ctx: Context) -> dict[str, Any]:
     with torch.no_grad():
         ref = base(x).float()
     bpb = lambda m: evaluate_bpb(m, corpus["val"], corpus.token_bytes, 65_536, 16, ctx.device).bpb  # noqa: E731
-    figures: dict[str, Any] = {"val_bpb_fp32": round(bpb(base), 4),
-                               "decode_ms_p50_fp32": round(measure_decode(base, "eager", 32, 8, 1, 2).decode_ms_p50, 4)}
+    figures: dict[str, Any] = {
+        "val_bpb_fp32": round(bpb(base), 4),
+        "decode_ms_p50_fp32": round(measure_decode(base, "eager", 32, 8, 1, 2).decode_ms_p50, 4),
+    }
     for label, dyn in (("weight_only", False), ("dynamic_act", True)):
-        q = for_runtime(base.cpu(), "cuda", dynamic_activations=dyn)
+        q = cast("CodeLM", for_runtime(base.cpu(), "cuda", dynamic_activations=dyn))  # a copy with int8 linears
         base.to(ctx.device)
         with torch.no_grad():
             out = q(x).float()
         figures[f"{label}_logits_max_abs_err"] = float(f"{(out - ref).abs().max().item():.3g}")
         figures[f"{label}_val_bpb"] = round(bpb(q), 4)
-        figures[f"{label}_weight_type"] = type(q.layers[0].mlp.gate_proj.weight).__name__ if hasattr(q.layers[0], "mlp") else "?"
+        first = cast("Block", q.layers[0])  # the model's layers are Blocks
+        figures[f"{label}_weight_type"] = type(first.mlp.gate_proj.weight).__name__ if hasattr(first, "mlp") else "?"
         try:
             figures[f"{label}_decode_ms_p50"] = round(measure_decode(q, "eager", 32, 8, 1, 2).decode_ms_p50, 4)
         except Exception as err:  # noqa: BLE001 - quantized decode is a figure, the quantization is the check
@@ -515,8 +608,8 @@ def check_torchao_int8(ctx: Context) -> dict[str, Any]:
 def check_sparsity_24(ctx: Context) -> dict[str, Any]:
     """kernels.prune.prune_semi_structured_24 on the GPU, then bits per byte as kernels.compress measures it."""
     _require_cuda(ctx)
-    from kernels.prune import prune_semi_structured_24
     from harness.metrics import evaluate_bpb
+    from kernels.prune import prune_semi_structured_24
 
     corpus = _corpus(ctx)
     figures: dict[str, Any] = {}
@@ -530,18 +623,28 @@ def check_sparsity_24(ctx: Context) -> dict[str, Any]:
     ws = to_sparse_semi_structured(w)
     dense_ms = bench_ms(lambda: torch.nn.functional.linear(xs, w), ctx.device)
     sparse_ms = bench_ms(lambda: torch.nn.functional.linear(xs, ws), ctx.device)
-    figures.update({"linear_4096_dense_ms": round(dense_ms, 4), "linear_4096_sparse_ms": round(sparse_ms, 4),
-                    "linear_4096_speedup": round(dense_ms / sparse_ms, 3),
-                    "linear_4096_max_abs_err": float(f"{(torch.nn.functional.linear(xs, ws) - torch.nn.functional.linear(xs, w)).abs().max().item():.3g}")})
+    figures.update(
+        {
+            "linear_4096_dense_ms": round(dense_ms, 4),
+            "linear_4096_sparse_ms": round(sparse_ms, 4),
+            "linear_4096_speedup": round(dense_ms / sparse_ms, 3),
+            "linear_4096_max_abs_err": float(
+                f"{(torch.nn.functional.linear(xs, ws) - torch.nn.functional.linear(xs, w)).abs().max().item():.3g}"
+            ),
+        }
+    )
     model = _model(ctx)
-    figures["val_bpb_dense"] = round(evaluate_bpb(model, corpus["val"], corpus.token_bytes, 65_536, 16, ctx.device).bpb, 4)
+    figures["val_bpb_dense"] = round(
+        evaluate_bpb(model, corpus["val"], corpus.token_bytes, 65_536, 16, ctx.device).bpb, 4
+    )
     prune_semi_structured_24(model)
-    figures["sparse_weight_type"] = type(model.layers[0].mlp.gate_proj.weight).__name__
+    figures["sparse_weight_type"] = type(cast("Block", model.layers[0]).mlp.gate_proj.weight).__name__
     from kernels.prune import SEMI_STRUCTURED_DTYPE
 
     # exactly as kernels.compress measures val_bpb_pruned: fp16 autocast, the only input cuSPARSELt takes
-    figures["val_bpb_pruned"] = round(evaluate_bpb(model, corpus["val"], corpus.token_bytes, 65_536, 16, "cuda",
-                                                   SEMI_STRUCTURED_DTYPE).bpb, 4)
+    figures["val_bpb_pruned"] = round(
+        evaluate_bpb(model, corpus["val"], corpus.token_bytes, 65_536, 16, "cuda", SEMI_STRUCTURED_DTYPE).bpb, 4
+    )
     if not math.isfinite(figures["val_bpb_pruned"]):
         raise RuntimeError(f"2:4 model gives val_bpb {figures['val_bpb_pruned']}")
     return figures
@@ -550,15 +653,25 @@ def check_sparsity_24(ctx: Context) -> dict[str, Any]:
 def _trial_spec(ctx: Context, number: int, out: Path):  # -> TrialSpec
     from nas.trial import TrialSpec
 
-    return TrialSpec(number=number, arch=_arch(TINY_ARCH), budget="200ktok", out_dir=str(out), corpus=ctx.shared["corpus_spec"],
-                     tokenizer="byte", batch_size=16, eval_bytes=16_384, time_limit_s=120, measure_latency=True)
+    return TrialSpec(
+        number=number,
+        arch=_arch(TINY_ARCH),
+        budget="200ktok",
+        out_dir=str(out),
+        corpus=ctx.shared["corpus_spec"],
+        tokenizer="byte",
+        batch_size=16,
+        eval_bytes=16_384,
+        time_limit_s=120,
+        measure_latency=True,
+    )
 
 
 def _one_gpu_trial(ex: Any, spec: Any, what: str, t0: float) -> tuple[Any, dict[str, Any]]:
     """Submit one trial to an executor, wait up to 150 s, and insist that it ran, and ran on the GPU."""
     try:
         ex.submit(spec)
-        results = []
+        results: list[Any] = []
         while not results and time.perf_counter() - t0 < 150:
             results = ex.wait(timeout=150)
     finally:
@@ -566,9 +679,14 @@ def _one_gpu_trial(ex: Any, spec: Any, what: str, t0: float) -> tuple[Any, dict[
     if not results:
         raise RuntimeError(f"no result from the {what} within 150 s")
     r = results[0]
-    figures = {"status": r.status, "run_s": round(r.run_s, 2), "device": r.metrics.get("device"),
-               "tokens_per_s": r.metrics.get("tokens_per_s"), "val_bpb": r.metrics.get("val_bpb"),
-               "latency_ms_p50": r.metrics.get("latency_ms_p50")}
+    figures = {
+        "status": r.status,
+        "run_s": round(r.run_s, 2),
+        "device": r.metrics.get("device"),
+        "tokens_per_s": r.metrics.get("tokens_per_s"),
+        "val_bpb": r.metrics.get("val_bpb"),
+        "latency_ms_p50": r.metrics.get("latency_ms_p50"),
+    }
     if r.status != "ok":
         raise RuntimeError(f"trial {r.status}: {r.reason}")
     if not str(r.metrics.get("device", "")).startswith("cuda"):
@@ -624,8 +742,10 @@ def check_ctranslate2_cuda(ctx: Context) -> dict[str, Any]:
     _require_cuda(ctx)
     ct2 = _require_module("ctranslate2")
     n = ct2.get_cuda_device_count()
-    raise Skip(f"the project's CTranslate2 runtime ({', '.join(users)}) has no driver in this check yet; "
-               f"ctranslate2 {ct2.__version__} sees {n} CUDA device(s)")
+    raise Skip(
+        f"the project's CTranslate2 runtime ({', '.join(users)}) has no driver in this check yet; "
+        f"ctranslate2 {ct2.__version__} sees {n} CUDA device(s)"
+    )
 
 
 CHECKS: list[Check] = [
@@ -665,10 +785,17 @@ class Runner:
 
     def payload(self) -> dict[str, Any]:
         counts = {s: sum(r["status"] == s for r in self.results) for s in ("ok", "failed", "skipped")}
-        return {"tool": "gpu_check", "format": 1, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                "device": str(self.ctx.device), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                "budget_s": self.ctx.budget_s, "wall_s": round(time.perf_counter() - self.ctx.started, 2),
-                "summary": counts, "checks": self.results}
+        return {
+            "tool": "gpu_check",
+            "format": 1,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "device": str(self.ctx.device),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "budget_s": self.ctx.budget_s,
+            "wall_s": round(time.perf_counter() - self.ctx.started, 2),
+            "summary": counts,
+            "checks": self.results,
+        }
 
     def write(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -676,8 +803,16 @@ class Runner:
         tmp.write_text(json.dumps(self.payload(), indent=2, default=str) + "\n")
         os.replace(tmp, self.out)
 
-    def record(self, check: Check, status: str, seconds: float, figures: dict[str, Any] | None = None, reason: str = "",
-               tb: list[str] | None = None, notes: list[str] | None = None) -> None:
+    def record(
+        self,
+        check: Check,
+        status: str,
+        seconds: float,
+        figures: dict[str, Any] | None = None,
+        reason: str = "",
+        tb: list[str] | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
         row: dict[str, Any] = {"name": check.name, "status": status, "seconds": round(seconds, 2)}
         if reason:
             row["reason" if status == "skipped" else "error"] = reason
@@ -700,9 +835,16 @@ class Runner:
                 return
             self.done = True
             log = self.ctx.shared.get("watch_log")
-            tail = log.read_text(errors="replace").splitlines()[-4:] if isinstance(log, Path) and log.is_file() else None
-            self.record(check, "failed", time.perf_counter() - t0, reason=f"timed out after {limit_s:.0f} s (hung, too slow, or past the budget)",
-                        figures={"log_tail": tail} if tail else None)
+            tail = (
+                log.read_text(errors="replace").splitlines()[-4:] if isinstance(log, Path) and log.is_file() else None
+            )
+            self.record(
+                check,
+                "failed",
+                time.perf_counter() - t0,
+                reason=f"timed out after {limit_s:.0f} s (hung, too slow, or past the budget)",
+                figures={"log_tail": tail} if tail else None,
+            )
             names = {r["name"] for r in self.results}
             for c in self.checks:
                 if c.name not in names:
@@ -724,7 +866,12 @@ class Runner:
                     self.record(check, "skipped", 0.0, reason=str(why))
                 continue
             if elapsed + min(check.limit_s, 30) > self.ctx.budget_s:
-                self.record(check, "skipped", 0.0, reason=f"not run: {elapsed:.0f} s of the {self.ctx.budget_s:.0f} s budget spent")
+                self.record(
+                    check,
+                    "skipped",
+                    0.0,
+                    reason=f"not run: {elapsed:.0f} s of the {self.ctx.budget_s:.0f} s budget spent",
+                )
                 continue
             t0 = time.perf_counter()
             finished = threading.Event()
@@ -772,7 +919,9 @@ def print_table(payload: dict[str, Any]) -> None:
     for r in payload["checks"]:
         detail = r.get("reason") or r.get("error") or ""
         figs = ", ".join(f"{k}={_fmt(v)}" for k, v in (r.get("figures") or {}).items())
-        rows.append((r["name"], r["status"], f"{r['seconds']:.1f}", (detail + ("; " if detail and figs else "") + figs)))
+        rows.append(
+            (r["name"], r["status"], f"{r['seconds']:.1f}", (detail + ("; " if detail and figs else "") + figs))
+        )
     title = f"GPU check on {payload['gpu'] or payload['device']}: {payload['summary']}"
     try:
         from rich.console import Console
@@ -792,18 +941,27 @@ def print_table(payload: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu_check", description="Run every CUDA path of the project once; write one JSON.")
+    ap = argparse.ArgumentParser(
+        prog="gpu_check", description="Run every CUDA path of the project once; write one JSON."
+    )
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("GPU_CHECK_OUT", DEFAULT_OUT)), help="JSON path")
-    ap.add_argument("--budget-s", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET_S", 450)),
-                    help="wall-clock budget: checks that would start after it are skipped (default 450)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=float(os.environ.get("GPU_CHECK_BUDGET_S", 450)),
+        help="wall-clock budget: checks that would start after it are skipped (default 450)",
+    )
     ap.add_argument("--only", default="", help="comma-separated check names (the CPU-side checks always run)")
-    ap.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu to dry-run the harness (CUDA checks then skip)")
+    ap.add_argument(
+        "--device", default="cuda", help="cuda, cuda:N, or cpu to dry-run the harness (CUDA checks then skip)"
+    )
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (run folders, corpus)")
     ap.add_argument("--list", action="store_true", help="list the checks and exit")
     args = ap.parse_args(argv)
     if args.list:
         for c in CHECKS:
-            print(f"{c.name:24} {'CUDA' if c.needs_cuda else 'any '}  {(c.fn.__doc__ or '').strip().splitlines()[0] if c.fn.__doc__ else ''}")
+            summary = c.fn.__doc__.strip().splitlines()[0] if c.fn.__doc__ else ""
+            print(f"{c.name:24} {'CUDA' if c.needs_cuda else 'any '}  {summary}")
         return 0
     checks = CHECKS
     if args.only:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.metrics import _percentile, _sync
-from nas.model import CodeLM, KVCache, apply_rope
+from nas.model import Block, CodeLM, KVCache, apply_rope
 
 MODES = ("eager", "static", "compile", "cuda-graph")
 
@@ -37,6 +38,8 @@ class StaticDecodeStep(torch.nn.Module):
     Uses the model's own modules and the tensors of a :class:`KVCache` (batch 1), so a prefill through the
     ordinary forward fills exactly the buffers the static steps read.
     """
+
+    slots: torch.Tensor  # a buffer: declared so that it reads as a tensor, not nn.Module's Tensor | Module
 
     def __init__(self, model: CodeLM, cache: KVCache):
         super().__init__()
@@ -51,9 +54,12 @@ class StaticDecodeStep(torch.nn.Module):
         if m.embed_positions is not None:
             x = x + m.embed_positions(position)[None]
         else:
-            rope = (m.rope_cos.index_select(0, position), m.rope_sin.index_select(0, position))
+            # buffers; cast, not get_buffer, keeps the traced step (compile, CUDA graph) as it was
+            cos, sin = cast(torch.Tensor, m.rope_cos), cast(torch.Tensor, m.rope_sin)
+            rope = (cos.index_select(0, position), sin.index_select(0, position))
         visible = (self.slots <= position).view(1, 1, 1, -1)  # attend to every filled slot, this one included
-        for i, layer in enumerate(m.layers):
+        for i, module in enumerate(m.layers):
+            layer = cast(Block, module)  # m.layers is an nn.ModuleList of Blocks
             attn = layer.self_attn
             h = layer.input_layernorm(x)
             q = attn.q_proj(h).view(1, 1, arch.n_heads, hd).transpose(1, 2)
@@ -118,6 +124,7 @@ def _stepper(model: CodeLM, cache: KVCache, mode: str) -> Callable[[torch.Tensor
     the caller updates in place between calls."""
     device = cache.k[0].device
     if mode == "eager":
+
         def eager(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
             return model(token, cache)[:, -1:].argmax(-1)
 
@@ -126,7 +133,9 @@ def _stepper(model: CodeLM, cache: KVCache, mode: str) -> Callable[[torch.Tensor
     if mode == "static":
         return lambda token, position: step(token, position)[1]
     if mode == "compile":
-        compiled = torch.compile(step, mode="reduce-overhead" if device.type == "cuda" else "default", fullgraph=True, dynamic=False)
+        compiled = torch.compile(
+            step, mode="reduce-overhead" if device.type == "cuda" else "default", fullgraph=True, dynamic=False
+        )
         return lambda token, position: compiled(token, position)[1]
     if mode == "cuda-graph":
         return _cuda_graph(step, device)
@@ -139,7 +148,8 @@ def _cuda_graph(step: StaticDecodeStep, device: torch.device) -> Callable[[torch
     pos_in = torch.zeros(1, dtype=torch.long, device=device)
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
-    saved = [(k.clone(), v.clone()) for k, v in zip(step.cache.k, step.cache.v)]  # warm-up writes slot 0: put it back
+    # the warm-up writes slot 0 of the cache: keep a copy to put back
+    saved = [(k.clone(), v.clone()) for k, v in zip(step.cache.k, step.cache.v, strict=True)]
     with torch.cuda.stream(side), torch.no_grad():
         for _ in range(3):
             step(token_in, pos_in)
@@ -147,7 +157,7 @@ def _cuda_graph(step: StaticDecodeStep, device: torch.device) -> Callable[[torch
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.no_grad():
         outputs = step(token_in, pos_in)  # both kept referenced for the graph's life: every replay writes them
-    for (k, v), (k0, v0) in zip(zip(step.cache.k, step.cache.v), saved):
+    for (k, v), (k0, v0) in zip(zip(step.cache.k, step.cache.v, strict=True), saved, strict=True):
         k.copy_(k0)
         v.copy_(v0)
 
@@ -161,8 +171,16 @@ def _cuda_graph(step: StaticDecodeStep, device: torch.device) -> Callable[[torch
 
 
 @torch.no_grad()
-def measure_decode(model: CodeLM, mode: str = "eager", prompt_tokens: int = 32, decode_tokens: int = 32, warmup: int = 2,
-                   repeats: int = 5, threads: int | None = None, seed: int = 0) -> DecodeLatency:
+def measure_decode(
+    model: CodeLM,
+    mode: str = "eager",
+    prompt_tokens: int = 32,
+    decode_tokens: int = 32,
+    warmup: int = 2,
+    repeats: int = 5,
+    threads: int | None = None,
+    seed: int = 0,
+) -> DecodeLatency:
     """Greedy batch-1 decoding after a prompt; each decode step timed on its own (device-synchronised)."""
     if mode not in MODES:
         raise UserError(f"unknown latency mode {mode!r}: use {', '.join(MODES)}")
@@ -190,7 +208,7 @@ def measure_decode(model: CodeLM, mode: str = "eager", prompt_tokens: int = 32, 
             position.fill_(prompt_tokens)
             out = [int(token)]
             steps = []
-            for i in range(decode_tokens - 1):
+            for _ in range(decode_tokens - 1):
                 s0 = time.perf_counter()
                 token = step(token, position).clone()
                 _sync(device)
@@ -202,11 +220,22 @@ def measure_decode(model: CodeLM, mode: str = "eager", prompt_tokens: int = 32, 
                 decode.extend(steps)
                 tokens = out
     decode = decode or [0.0]
-    equal = None if mode == "eager" else sum(a == b for a, b in zip(tokens, _eager_greedy(model, prompt, decode_tokens)))
-    return DecodeLatency(mode=mode, device=str(device), threads=n_threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-                         prefill_ms_p50=_percentile(prefill, 0.5), prefill_ms_p90=_percentile(prefill, 0.9),
-                         decode_ms_p50=_percentile(decode, 0.5), decode_ms_p90=_percentile(decode, 0.9), tokens=tuple(tokens),
-                         tokens_equal_eager=equal)
+    equal = None
+    if mode != "eager":
+        equal = sum(a == b for a, b in zip(tokens, _eager_greedy(model, prompt, decode_tokens), strict=False))
+    return DecodeLatency(
+        mode=mode,
+        device=str(device),
+        threads=n_threads,
+        prompt_tokens=prompt_tokens,
+        decode_tokens=decode_tokens,
+        prefill_ms_p50=_percentile(prefill, 0.5),
+        prefill_ms_p90=_percentile(prefill, 0.9),
+        decode_ms_p50=_percentile(decode, 0.5),
+        decode_ms_p90=_percentile(decode, 0.9),
+        tokens=tuple(tokens),
+        tokens_equal_eager=equal,
+    )
 
 
 def _eager_greedy(model: CodeLM, prompt: torch.Tensor, decode_tokens: int) -> list[int]:

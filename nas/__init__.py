@@ -8,16 +8,21 @@ With ``AUTONAS_MODEL_CODE`` set (a run's workspace, or the ``code/`` folder a tr
 import os as _os
 
 if _os.environ.get("AUTONAS_MODEL_CODE"):
-    from harness.errors import UserError as _UserError
-    from harness.model_code import model_code_root as _root, package_path_for as _package_path
-
     import harness as _harness
+    from harness.errors import UserError as _UserError
+    from harness.model_code import model_code_root as _root
+    from harness.model_code import package_path_for as _package_path
 
+    _code_root = _root()
+    assert _code_root is not None  # AUTONAS_MODEL_CODE is set: the condition above
     try:
-        if _os.path.realpath(_harness.__file__).startswith(_os.path.realpath(_root()) + _os.sep):  # measured by the model's own
-            raise _UserError(f"harness was imported from {_harness.__file__}, inside the model code folder: run with "
-                             "PYTHONSAFEPATH=1 (python -P) from another folder")
-        __path__.insert(0, _package_path(_root()))  # type: ignore[name-defined]  # noqa: F821
+        # measured by the model's own code: the harness must come from the installation, not from the folder
+        if _os.path.realpath(_harness.__file__).startswith(_os.path.realpath(_code_root) + _os.sep):
+            raise _UserError(
+                f"harness was imported from {_harness.__file__}, inside the model code folder: run with "
+                "PYTHONSAFEPATH=1 (python -P) from another folder"
+            )
+        __path__.insert(0, _package_path(_code_root))
     except _UserError as _err:  # a bad folder is the user's (or an editor's) to fix: one line, exit 2
         import sys as _sys
 

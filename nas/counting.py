@@ -34,11 +34,11 @@ class ParamCount:
         return self.total - self.embedding
 
 
-def _norm_params(arch: "ArchConfig") -> int:
+def _norm_params(arch: ArchConfig) -> int:
     return arch.d_model * (2 if arch.norm == "layernorm" else 1)
 
 
-def count_params(arch: "ArchConfig") -> ParamCount:
+def count_params(arch: ArchConfig) -> ParamCount:
     """Exact parameter count of the model :mod:`nas.model` builds for ``arch``."""
     d, v, hd = arch.d_model, arch.vocab_size, arch.head_dim
     q_out, kv_out = arch.n_heads * hd, arch.n_kv_heads * hd
@@ -62,7 +62,7 @@ def count_params(arch: "ArchConfig") -> ParamCount:
     return ParamCount(total=matrix + vector, embedding=embedding, matrix=matrix, matrix_rows=rows, vector=vector)
 
 
-def size_bytes(arch: "ArchConfig", dtype: str) -> int:
+def size_bytes(arch: ArchConfig, dtype: str) -> int:
     """Bytes of the weights stored at ``dtype`` (fp32, fp16/bf16 or int8).
 
     int8 means per-output-channel symmetric quantization of every 2-D weight with one fp32 scale per row;
@@ -78,7 +78,7 @@ def size_bytes(arch: "ArchConfig", dtype: str) -> int:
     raise ValueError(f"unknown dtype {dtype!r}: use fp32, fp16, bf16 or int8")
 
 
-def flops_per_token(arch: "ArchConfig", context: int | None = None) -> int:
+def flops_per_token(arch: ArchConfig, context: int | None = None) -> int:
     """Forward FLOPs per token (multiply-add = 2), Kaplan et al. style.
 
     2 x (every matrix a token passes through, including the output head but not the embedding lookup)

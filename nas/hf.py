@@ -8,8 +8,9 @@ the reason, instead of being exported approximately.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
@@ -19,6 +20,11 @@ from harness.humaneval import truncate_at_stop
 from harness.model_code import active_code_hash, stock_code_hash
 from nas.model import CodeLM
 from nas.space import ArchConfig
+
+# transformers (and tokenizers) are imported inside the functions that use them: importing transformers takes
+# seconds, and a worker that never exports or loads a Hugging Face model should not pay for it.
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 
 class NotExportable(UserError):
@@ -36,12 +42,14 @@ def export_blockers(arch: ArchConfig) -> list[str]:
         reasons.append(f"pos={arch.pos} (Llama uses RoPE)")
     active, stock = active_code_hash(), stock_code_hash()
     if active != stock:  # an edited network (another MLP, a new attention): the Llama mapping would be another model
-        reasons.append(f"the model code was edited (hash {active[:12]}, stock {stock[:12]}): Llama's modelling code is not the "
-                       "network that was trained")
+        reasons.append(
+            f"the model code was edited (hash {active[:12]}, stock {stock[:12]}): Llama's modelling code is not the "
+            "network that was trained"
+        )
     return reasons
 
 
-def to_hf_config(arch: ArchConfig, eos_id: int | None = None):  # -> transformers.LlamaConfig
+def to_hf_config(arch: ArchConfig, eos_id: int | None = None) -> LlamaConfig:
     """The ``LlamaConfig`` that holds ``arch`` exactly; raises :class:`NotExportable` otherwise."""
     from transformers import LlamaConfig
 
@@ -82,7 +90,9 @@ def _hf_state_dict(model: CodeLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def export_hf(model: CodeLM, out_dir: str | Path, tokenizer_json: str | Path | None = None, eos_id: int | None = None) -> Path:
+def export_hf(
+    model: CodeLM, out_dir: str | Path, tokenizer_json: str | Path | None = None, eos_id: int | None = None
+) -> Path:
     """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads: config.json,
     model.safetensors and, when given, the tokenizer (``tokenizer.json`` for ``PreTrainedTokenizerFast``)."""
     from transformers import GenerationConfig
@@ -110,7 +120,7 @@ def _save_hf_tokenizer(tokenizer_json: Path, out: Path, eos_id: int | None) -> N
     fast.save_pretrained(out)
 
 
-def arch_from_hf_config(config) -> ArchConfig:  # config: transformers.LlamaConfig
+def arch_from_hf_config(config: LlamaConfig) -> ArchConfig:
     """The ArchConfig of a Llama-family Hugging Face config (for loading teachers and exported models)."""
     if getattr(config, "model_type", "") != "llama":
         raise UserError(f"only Llama-family models map onto an ArchConfig, got model_type={config.model_type!r}")
@@ -152,8 +162,11 @@ def load_hf_as_codelm(path: str | Path) -> CodeLM:
     return model
 
 
-def load_hf_causal_lm(path_or_id: str, device: str = "cpu"):  # -> (PreTrainedModel, PreTrainedTokenizerBase)
+def load_hf_causal_lm(path_or_id: str, device: str = "cpu") -> tuple[Any, Any]:
     """``AutoModelForCausalLM.from_pretrained`` and its tokenizer, in fp32, in eval mode.
+
+    Typed Any: the model is a PreTrainedModel and a GenerationMixin at once, which transformers' stubs do not
+    express (generate() and to(device) do not type-check through PreTrainedModel).
 
     A path that does not exist is refused before transformers tries the hub (which would fail offline
     with a long message); a hub id works when it is in the local Hugging Face cache or online.
@@ -161,7 +174,9 @@ def load_hf_causal_lm(path_or_id: str, device: str = "cpu"):  # -> (PreTrainedMo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path_or_id).expanduser()
-    looks_local = p.is_absolute() or str(path_or_id).startswith((".", "~")) or p.exists() or str(path_or_id).count("/") > 1
+    looks_local = (
+        p.is_absolute() or str(path_or_id).startswith((".", "~")) or p.exists() or str(path_or_id).count("/") > 1
+    )
     if looks_local and not p.is_dir():
         raise UserError(f"teacher model folder {path_or_id} does not exist")
     if looks_local and not (p / "config.json").is_file():
@@ -171,7 +186,8 @@ def load_hf_causal_lm(path_or_id: str, device: str = "cpu"):  # -> (PreTrainedMo
         tokenizer = AutoTokenizer.from_pretrained(str(p) if looks_local else path_or_id)
     except OSError as err:
         raise UserError(f"cannot load Hugging Face model {path_or_id}: {str(err).splitlines()[0]}") from None
-    model.to(torch.device(device)).eval()
+    # transformers' stubs type to() through a decorator that hides nn.Module.to's (device) signature
+    model.to(torch.device(device)).eval()  # type: ignore[arg-type]
     return model, tokenizer
 
 
@@ -182,13 +198,16 @@ class HFModelSource:
         self.model, self.tokenizer = load_hf_causal_lm(path, device)
         self.name = f"hf:{path}"
 
-    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str], seed: int) -> list[str]:
-        import torch
-
+    def complete(
+        self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
+    ) -> list[str]:
         enc = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.eos_token_id,
-                                  "stop_strings": list(stop) or None, "tokenizer": self.tokenizer}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self.tokenizer.eos_token_id,
+            "stop_strings": list(stop) or None,
+            "tokenizer": self.tokenizer,
+        }
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
@@ -198,6 +217,6 @@ class HFModelSource:
             torch.manual_seed(seed + i)
             with torch.no_grad():
                 ids = self.model.generate(**enc, **kwargs)
-            text = self.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            text = self.tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out.append(truncate_at_stop(text, stop))
         return out

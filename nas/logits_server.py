@@ -13,15 +13,18 @@ import os
 import struct
 import sys
 from pathlib import Path
+from typing import BinaryIO
+
+from harness.errors import UserError
+from harness.model_code import reexec_with_model_code
 
 
 def serve(run_dir: Path) -> None:
-    from harness.model_code import reexec_with_model_code
-
     reexec_with_model_code(run_dir)  # the logits of the network that was trained
     requests, replies = os.fdopen(0, "rb", buffering=0), os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # from here on, fd 1 is stderr: the model's prints never reach the replies
 
+    # imported only now, after the re-exec: the model modules must come from the run's own code
     import torch
 
     from nas.run_folder import load_trained_model
@@ -44,7 +47,7 @@ def serve(run_dir: Path) -> None:
         replies.flush()
 
 
-def _read(stream, size: int) -> bytes | None:  # type: ignore[no-untyped-def]
+def _read(stream: BinaryIO, size: int) -> bytes | None:
     chunks, need = [], size
     while need:
         chunk = stream.read(need)
@@ -56,8 +59,6 @@ def _read(stream, size: int) -> bytes | None:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    from harness.errors import UserError
-
     if len(sys.argv) != 2:
         sys.exit("usage: python -m nas.logits_server RUN_FOLDER")
     try:

@@ -7,20 +7,21 @@ everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+import torch
+from safetensors.torch import load_model
 
 from harness.errors import UserError
 from harness.model_code import carried_code_mismatch
+from harness.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
 from nas.model import CodeLM, build_model
 from nas.space import ArchConfig
-from harness.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
 
 
 def load_trained_model(run_dir: str | Path) -> tuple[CodeLM, Tokenizer]:
     """The model (fp32, eval mode, on CPU) and its tokenizer; a clear UserError for a bad folder."""
-    from safetensors.torch import load_model
-
     d = Path(run_dir).expanduser()
     if not d.is_dir():
         raise UserError(f"model folder {run_dir} does not exist")
@@ -48,22 +49,27 @@ class OurModelSource:
     """A model trained by ``autonas train`` / search / distill: a run folder with arch.json + model.safetensors."""
 
     def __init__(self, run_dir: Path, device: str = "cpu"):
-        import torch
-
         run_dir = Path(run_dir)
         self.model, self.tokenizer = load_trained_model(run_dir)
         self.model.to(torch.device(device))
         self.name = f"autonas:{run_dir.name}"
 
-    def complete(self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str], seed: int) -> list[str]:
-        import torch
-
+    def complete(
+        self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
+    ) -> list[str]:
         ids = [self.tokenizer.eos_id, *self.tokenizer.encode(prompt)]
         out = []
         for i in range(n):
             gen = torch.Generator().manual_seed(seed + i)
-            g = self.model.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                                    eos_id=self.tokenizer.eos_id, stop=stop, decode=self.tokenizer.decode, generator=gen)
+            g = self.model.generate(
+                ids,
+                max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                eos_id=self.tokenizer.eos_id,
+                stop=stop,
+                decode=self.tokenizer.decode,
+                generator=gen,
+            )
             out.append(g.text or "")
         return out

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nas.counting import count_params, size_bytes
 from harness.errors import UserError, describe_validation_error
+from nas.counting import count_params, size_bytes
 
 Activation = Literal["gelu", "swiglu"]
 Norm = Literal["layernorm", "rmsnorm"]
@@ -43,11 +44,16 @@ class ArchConfig(BaseModel):
     context_length: int = Field(256, ge=8, le=131072)
     rope_theta: float = Field(10000.0, gt=0, le=1e9)  # finite: JSON admits Infinity
     norm_eps: float = Field(1e-5, gt=0, lt=1)
-    head_size: int | None = Field(None, ge=2, le=1024, description="explicit size of one attention head; default "
-                                  "d_model / n_heads. Set when heads are pruned away: the survivors keep their size")
+    head_size: int | None = Field(
+        None,
+        ge=2,
+        le=1024,
+        description="explicit size of one attention head; default "
+        "d_model / n_heads. Set when heads are pruned away: the survivors keep their size",
+    )
 
     @model_validator(mode="after")
-    def _check_shape(self) -> "ArchConfig":
+    def _check_shape(self) -> ArchConfig:
         if self.head_size is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
@@ -72,7 +78,7 @@ class ArchConfig(BaseModel):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "arch") -> "ArchConfig":
+    def from_json(cls, text: str, source: str = "arch") -> ArchConfig:
         """Parse and validate; any problem is a one-line :class:`UserError`."""
         try:
             return cls.model_validate_json(text)
@@ -80,7 +86,7 @@ class ArchConfig(BaseModel):
             raise UserError(describe_validation_error(err, source)) from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchConfig":
+    def load(cls, path: str | Path) -> ArchConfig:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"arch file not found: {p}")
@@ -100,7 +106,8 @@ class ArchConfig(BaseModel):
         attn = "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
         return (
             f"L{self.n_layers} d{self.d_model} h{self.n_heads}/{self.n_kv_heads}{attn}"
-            + (f"x{self.head_size}" if self.head_size is not None else "") + f" ff{self.d_ff} "
+            + (f"x{self.head_size}" if self.head_size is not None else "")
+            + f" ff{self.d_ff} "
             f"{self.activation} {self.norm} {self.pos} V{self.vocab_size} ctx{self.context_length}"
             + (" tied" if self.tie_embeddings else "")
         )
@@ -161,7 +168,7 @@ class SearchSpace(BaseModel):
     context_length: tuple[int, ...] = (256,)
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "SearchSpace":
+    def _non_empty(self) -> SearchSpace:
         for name in GENES:
             if not getattr(self, name):
                 raise ValueError(f"search space gene {name!r} has no choices")
@@ -169,27 +176,30 @@ class SearchSpace(BaseModel):
 
     # -- genes <-> configs ------------------------------------------------------------------------
 
-    def decode(self, genes: dict[str, object]) -> ArchConfig:
-        """Turn a full gene assignment into a valid ArchConfig (repairing head and KV counts)."""
-        d_model = int(genes["d_model"])  # type: ignore[arg-type]
-        head_dim = _largest_divisor_choice(d_model, [int(h) for h in self.head_dim], int(genes["head_dim"]))  # type: ignore[arg-type]
+    def decode(self, genes: Mapping[str, Any]) -> ArchConfig:
+        """Turn a full gene assignment into a valid ArchConfig (repairing head and KV counts).
+
+        The values are typed Any: each gene has its own type (int, float, str or bool, from optuna or JSON), and
+        ArchConfig's validation is what checks them."""
+        d_model = int(genes["d_model"])
+        head_dim = _largest_divisor_choice(d_model, [int(h) for h in self.head_dim], int(genes["head_dim"]))
         if head_dim is None or head_dim % 2:
-            head_dim = _even_divisor_near(d_model, int(genes["head_dim"]))  # type: ignore[arg-type]
+            head_dim = _even_divisor_near(d_model, int(genes["head_dim"]))
         n_heads = d_model // head_dim
-        ratio = _largest_divisor_choice(n_heads, [int(r) for r in self.kv_ratio], int(genes["kv_ratio"])) or 1  # type: ignore[arg-type]
-        d_ff = max(16, int(round(float(genes["ffn_mult"]) * d_model / 16)) * 16)  # type: ignore[arg-type]
+        ratio = _largest_divisor_choice(n_heads, [int(r) for r in self.kv_ratio], int(genes["kv_ratio"])) or 1
+        d_ff = max(16, int(round(float(genes["ffn_mult"]) * d_model / 16)) * 16)
         return ArchConfig(
-            n_layers=int(genes["n_layers"]),  # type: ignore[arg-type]
+            n_layers=int(genes["n_layers"]),
             d_model=d_model,
             n_heads=n_heads,
             n_kv_heads=n_heads // ratio,
             d_ff=d_ff,
-            activation=genes["activation"],  # type: ignore[arg-type]
-            norm=genes["norm"],  # type: ignore[arg-type]
-            pos=genes["pos"],  # type: ignore[arg-type]
+            activation=genes["activation"],
+            norm=genes["norm"],
+            pos=genes["pos"],
             tie_embeddings=bool(genes["tie_embeddings"]),
-            vocab_size=int(genes["vocab_size"]),  # type: ignore[arg-type]
-            context_length=int(genes["context_length"]),  # type: ignore[arg-type]
+            vocab_size=int(genes["vocab_size"]),
+            context_length=int(genes["context_length"]),
         )
 
     def encode(self, arch: ArchConfig) -> dict[str, object]:
@@ -235,9 +245,7 @@ class SearchSpace(BaseModel):
         ga, gb = self.encode(a), self.encode(b)
         return self.decode({name: (ga if rng.random() < 0.5 else gb)[name] for name in GENES})
 
-    def sample_feasible(
-        self, rng: random.Random, constraints: ArchConstraints, max_tries: int = 2000
-    ) -> ArchConfig:
+    def sample_feasible(self, rng: random.Random, constraints: ArchConstraints, max_tries: int = 2000) -> ArchConfig:
         """Rejection-sample an architecture that meets ``constraints``."""
         for _ in range(max_tries):
             arch = self.sample(rng)

@@ -19,23 +19,25 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import save_model
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_model, save_model
 
 from harness.budget import Budget
-from nas.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from harness.data import CorpusSpec, TokenizedCorpus
 from harness.errors import UserError
 from harness.metrics import evaluate_bpb, measure_latency, peak_memory_mb
 from harness.run_files import EVAL_BYTES, METRICS_FILE, append_log, write_metrics
+from nas.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from nas.counting import arch_metrics
 from nas.model import CodeLM, build_model
 from nas.space import ArchConfig
@@ -50,7 +52,9 @@ class TrainConfig(BaseModel):
 
     budget_s: float | None = Field(None, gt=0, description="seconds of training (excluding eval/checkpoints)")
     budget_tokens: int | None = Field(None, gt=0, description="tokens of training, rounded up to whole optimizer steps")
-    max_seconds: float | None = Field(None, gt=0, description="hard wall-clock cap: training stops here even before its budget")
+    max_seconds: float | None = Field(
+        None, gt=0, description="hard wall-clock cap: training stops here even before its budget"
+    )
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -72,13 +76,13 @@ class TrainConfig(BaseModel):
     measure_latency: bool = True
 
     @model_validator(mode="after")
-    def _has_budget(self) -> "TrainConfig":
+    def _has_budget(self) -> TrainConfig:
         if self.budget_s is None and self.budget_tokens is None:
             raise ValueError("a budget is required: budget_s and/or budget_tokens")
         return self
 
     @classmethod
-    def from_budget(cls, budget: Budget, **kwargs: Any) -> "TrainConfig":
+    def from_budget(cls, budget: Budget, **kwargs: Any) -> TrainConfig:
         return cls(budget_s=budget.seconds, budget_tokens=budget.tokens, **kwargs)
 
 
@@ -120,7 +124,7 @@ class BatchSampler:
         return window[:, :-1], window[:, 1:]
 
     def state(self) -> dict[str, Any]:
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
@@ -151,7 +155,7 @@ class _StopRequest:
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> _StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -182,7 +186,9 @@ def prepare_run_dir(out: Path, overwrite: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a folder")
     if (out / METRICS_FILE).exists() and not overwrite:
-        raise UserError(f"{out} already holds a finished run ({METRICS_FILE}); choose another --out or pass --overwrite")
+        raise UserError(
+            f"{out} already holds a finished run ({METRICS_FILE}); choose another --out or pass --overwrite"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -200,11 +206,21 @@ def prepare_run_dir(out: Path, overwrite: bool = False) -> None:
 class Trainer:
     """Trains ``arch`` on ``corpus`` into ``out``; call :meth:`run`."""
 
-    def __init__(self, arch: ArchConfig, corpus: TokenizedCorpus, cfg: TrainConfig, out: Path,
-                 corpus_spec: CorpusSpec | None = None, tokenizer_name: str = "byte", log_to_console: bool = True,
-                 loss_fn: LossFn | None = None, extra_record: dict[str, Any] | None = None,
-                 extra_metrics: Callable[[], dict[str, Any]] | None = None, init_weights: Path | None = None,
-                 keep_zeros: bool = False):
+    def __init__(
+        self,
+        arch: ArchConfig,
+        corpus: TokenizedCorpus,
+        cfg: TrainConfig,
+        out: Path,
+        corpus_spec: CorpusSpec | None = None,
+        tokenizer_name: str = "byte",
+        log_to_console: bool = True,
+        loss_fn: LossFn | None = None,
+        extra_record: dict[str, Any] | None = None,
+        extra_metrics: Callable[[], dict[str, Any]] | None = None,
+        init_weights: Path | None = None,
+        keep_zeros: bool = False,
+    ):
         """``loss_fn(logits, inputs, targets)`` replaces next-token cross-entropy (distillation uses it);
         ``extra_record`` joins run.json (and must match on resume); ``extra_metrics()`` joins metrics.json.
         ``init_weights`` (safetensors) starts from a trained model instead of a fresh one (fine-tuning,
@@ -246,7 +262,9 @@ class Trainer:
         mine = self._run_record()
         for key in ("arch", "corpus_fingerprint", "tokenizer", *self.extra_record):
             if saved.get(key) != mine.get(key):
-                raise UserError(f"{self.out} holds a checkpoint of a different run ({key} differs); choose another --out")
+                raise UserError(
+                    f"{self.out} holds a checkpoint of a different run ({key} differs); choose another --out"
+                )
 
     def _log(self, line: str) -> None:
         append_log(self.out, line)
@@ -260,7 +278,14 @@ class Trainer:
         model = build_model(self.arch, seed=cfg.seed).to(device)
         opt = build_optimizer(model, cfg, device)
         sampler = BatchSampler(self.corpus["train"], self.arch.context_length, cfg.batch_size, cfg.seed)
-        state: dict[str, Any] = {"step": 0, "tokens": 0, "train_s": 0.0, "wall_s": 0.0, "first_loss": None, "resumed_from_step": 0}
+        state: dict[str, Any] = {
+            "step": 0,
+            "tokens": 0,
+            "train_s": 0.0,
+            "wall_s": 0.0,
+            "first_loss": None,
+            "resumed_from_step": 0,
+        }
         ckpt = find_checkpoint(self.out)
         if ckpt is not None:
             self._check_same_run()
@@ -270,28 +295,35 @@ class Trainer:
             self._log(f"resumed from {ckpt.name} at step {state['step']} ({state['tokens']} tokens)")
         else:
             if self.init_weights is not None:
-                from safetensors.torch import load_model
-
                 load_model(model, str(self.init_weights), device=str(device))
             _write_json_atomic(self.out / "run.json", self._run_record())
             (self.out / "arch.json").write_text(self.arch.to_json())
             tok_path = getattr(self.corpus.tokenizer, "path", None)
             if tok_path is not None:  # a run folder is self-contained: its model is usable without the cache
                 shutil.copyfile(tok_path, self.out / "tokenizer.json")
-            self._log(f"start {self.arch.describe()} on {device}, budget {cfg.budget_s or '-'} s / {cfg.budget_tokens or '-'} tokens")
-        masks = [(p, p != 0) for p in model.parameters() if p.dim() == 2 and bool((p == 0).any())] if self.keep_zeros else []
+            self._log(
+                f"start {self.arch.describe()} on {device},"
+                f" budget {cfg.budget_s or '-'} s / {cfg.budget_tokens or '-'} tokens"
+            )
+        masks = (
+            [(p, p != 0) for p in model.parameters() if p.dim() == 2 and bool((p == 0).any())]
+            if self.keep_zeros
+            else []
+        )
         step_fn = torch.compile(model) if cfg.compile else model
         compile_s = 0.0
         if cfg.compile:  # compile outside the budget's clock, on a batch that does not touch the data order
             t_compile = time.perf_counter()
             warm = torch.zeros(cfg.batch_size, self.arch.context_length, dtype=torch.long, device=device)
-            with (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()):
+            with torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext():
                 step_fn(warm).float().mean().backward()
             opt.zero_grad(set_to_none=True)
             compile_s = time.perf_counter() - t_compile
             self._log(f"torch.compile took {compile_s:.1f}s (not counted in the training budget)")
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.arch.context_length
-        autocast = (lambda: torch.autocast(device.type, dtype=self.autocast_dtype)) if self.autocast_dtype else nullcontext
+        autocast = (
+            (lambda: torch.autocast(device.type, dtype=self.autocast_dtype)) if self.autocast_dtype else nullcontext
+        )
         status, reason = "ok", ""
         wall_start = time.perf_counter()
         last_ckpt = time.perf_counter()
@@ -356,8 +388,13 @@ class Trainer:
                     if not math.isfinite(last_loss):
                         status, reason = "diverged", f"loss became {last_loss} at step {state['step']}"
                     elif last_loss > cfg.divergence_factor * state["first_loss"]:
-                        status, reason = "diverged", (f"loss {last_loss:.3f} exceeded {cfg.divergence_factor:g}x the "
-                                                      f"first loss {state['first_loss']:.3f} at step {state['step']}")
+                        status, reason = (
+                            "diverged",
+                            (
+                                f"loss {last_loss:.3f} exceeded {cfg.divergence_factor:g}x the "
+                                f"first loss {state['first_loss']:.3f} at step {state['step']}"
+                            ),
+                        )
                 if device.type == "cuda" and window_steps == 0:
                     torch.cuda.synchronize(device)
                 step_s = time.perf_counter() - t0
@@ -365,7 +402,10 @@ class Trainer:
                 state["wall_s"] = wall_base + time.perf_counter() - wall_start
                 if window_steps == 0:
                     tps = state["tokens"] / max(state["train_s"], 1e-9)
-                    self._log(f"step {state['step']} tokens {state['tokens']} loss {last_loss:.4f} lr {lr:.2e} tok/s {tps:.0f}")
+                    self._log(
+                        f"step {state['step']} tokens {state['tokens']} loss {last_loss:.4f}"
+                        f" lr {lr:.2e} tok/s {tps:.0f}"
+                    )
                     progress_bar.update(progress(), state["step"], last_loss, tps)
                 if status != "ok":
                     break
@@ -386,10 +426,15 @@ class Trainer:
 
     def _cap_reason(self, state: dict[str, Any]) -> str:
         cfg = self.cfg
-        done = (f"{state['tokens']:,} of {cfg.budget_tokens:,} tokens" if cfg.budget_tokens is not None
-                else f"{state['train_s']:.1f} of {cfg.budget_s:g} s of training")
-        return (f"wall-clock cap of {cfg.max_seconds:g}s reached after {done}: a partial result, not compared with "
-                "finished ones")
+        done = (
+            f"{state['tokens']:,} of {cfg.budget_tokens:,} tokens"
+            if cfg.budget_tokens is not None
+            else f"{state['train_s']:.1f} of {cfg.budget_s:g} s of training"
+        )
+        return (
+            f"wall-clock cap of {cfg.max_seconds:g}s reached after {done}: a partial result, not compared with "
+            "finished ones"
+        )
 
     def _stopped_by(self, state: dict[str, Any], status: str) -> str:
         """What ended the training: tokens, time (the budget), wall_cap or diverged."""
@@ -405,30 +450,55 @@ class Trainer:
         t_eval = time.perf_counter()
         metrics: dict[str, Any] = {"status": status, "fail_reason": reason, "kind": "train"}
         metrics.update(arch_metrics(self.arch))
-        metrics.update({
-            "arch_hash": self.arch.short_hash(),
-            "tokenizer": self.corpus.tokenizer.name,
-            "vocab_size": self.arch.vocab_size,
-            "context_length": self.arch.context_length,
-            "device": str(self.device),
-            "seed": self.cfg.seed,
-            "steps": state["step"],
-            "tokens_trained": state["tokens"],
-            "stopped_by": self._stopped_by(state, status),
-            "train_s": round(state["train_s"], 3),
-            "tokens_per_s": round(state["tokens"] / max(state["train_s"], 1e-9), 1),
-            "train_loss_first": state["first_loss"],
-            "train_loss_last": last_loss,
-            "resumed_from_step": state.get("resumed_from_step", 0),
-            "compile_s": state.get("compile_s", 0.0),
-        })
-        metrics.update({k: v for k, v in (("budget_tokens", self.cfg.budget_tokens), ("budget_s", self.cfg.budget_s),
-                                          ("max_seconds", self.cfg.max_seconds)) if v is not None})
+        metrics.update(
+            {
+                "arch_hash": self.arch.short_hash(),
+                "tokenizer": self.corpus.tokenizer.name,
+                "vocab_size": self.arch.vocab_size,
+                "context_length": self.arch.context_length,
+                "device": str(self.device),
+                "seed": self.cfg.seed,
+                "steps": state["step"],
+                "tokens_trained": state["tokens"],
+                "stopped_by": self._stopped_by(state, status),
+                "train_s": round(state["train_s"], 3),
+                "tokens_per_s": round(state["tokens"] / max(state["train_s"], 1e-9), 1),
+                "train_loss_first": state["first_loss"],
+                "train_loss_last": last_loss,
+                "resumed_from_step": state.get("resumed_from_step", 0),
+                "compile_s": state.get("compile_s", 0.0),
+            }
+        )
+        metrics.update(
+            {
+                k: v
+                for k, v in (
+                    ("budget_tokens", self.cfg.budget_tokens),
+                    ("budget_s", self.cfg.budget_s),
+                    ("max_seconds", self.cfg.max_seconds),
+                )
+                if v is not None
+            }
+        )
         if status == "ok":
-            result = evaluate_bpb(model, self.corpus["val"], self.corpus.token_bytes, self.cfg.eval_bytes,
-                                  self.cfg.eval_batch_size, self.device, self.autocast_dtype)
-            metrics.update({"val_bpb": result.bpb, "val_loss_per_token": result.loss_per_token,
-                            "val_tokens": result.tokens, "val_bytes": result.bytes, "eval_bytes": self.cfg.eval_bytes})
+            result = evaluate_bpb(
+                model,
+                self.corpus["val"],
+                self.corpus.token_bytes,
+                self.cfg.eval_bytes,
+                self.cfg.eval_batch_size,
+                self.device,
+                self.autocast_dtype,
+            )
+            metrics.update(
+                {
+                    "val_bpb": result.bpb,
+                    "val_loss_per_token": result.loss_per_token,
+                    "val_tokens": result.tokens,
+                    "val_bytes": result.bytes,
+                    "eval_bytes": self.cfg.eval_bytes,
+                }
+            )
             save_model(model, str(self.out / "model.safetensors"))
             if self.cfg.measure_latency:
                 metrics.update(measure_latency(model).as_metrics())
@@ -451,21 +521,27 @@ class _Progress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._bar = None
+        self._bar: Progress | None = None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)
+            self._bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task("train", total=1.0, info="")
         return self
 
     def update(self, fraction: float, step: int, loss: float, tps: float) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=min(fraction, 1.0), info=f"step {step} loss {loss:.3f} {tps:,.0f} tok/s")
+            self._bar.update(
+                self._task, completed=min(fraction, 1.0), info=f"step {step} loss {loss:.3f} {tps:,.0f} tok/s"
+            )
 
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:

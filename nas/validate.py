@@ -27,13 +27,15 @@ import os
 import re
 import tempfile
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from harness.budget import Budget, parse_budget
 from harness.errors import UserError
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 MAX_BUDGET_S = 30 * 86_400.0
 MAX_BUDGET_TOKENS = 10**13
@@ -44,16 +46,27 @@ RESULT_FILES = ("metrics.json",)  # a folder holding one of these holds a run's 
 # numbers and budgets
 
 
-def number(value: float | int | None, flag: str, *, gt: float | None = None, ge: float | None = None,
-           lt: float | None = None, le: float | None = None) -> Any:
+def number(
+    value: float | int | None,
+    flag: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
     """``value`` unchanged if it is finite and within the bounds (``None`` passes: an unset option)."""
     if value is None:
         return value
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{flag} must be a finite number, got {value}")
-    bounds = [(gt, lambda v, b: v > b, "greater than"), (ge, lambda v, b: v >= b, "at least"),
-              (lt, lambda v, b: v < b, "less than"), (le, lambda v, b: v <= b, "at most")]
-    for bound, ok, words in bounds:
+    bounds = [
+        (gt, lambda v, b: v > b, "greater than"),
+        (ge, lambda v, b: v >= b, "at least"),
+        (lt, lambda v, b: v < b, "less than"),
+        (le, lambda v, b: v <= b, "at most"),
+    ]
+    for bound, ok, _ in bounds:
         if bound is not None and not ok(value, bound):
             wanted = " and ".join(f"{w} {_show(b)}" for b, _, w in bounds if b is not None)
             raise UserError(f"{flag} must be {wanted}, got {_show(value)}")
@@ -111,12 +124,12 @@ def int_list(text: str, flag: str, *, ge: int = 1, le: int | None = None) -> lis
 # files and folders read
 
 
-def _os_errors(fn: _F) -> _F:
+def _os_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """What the file system itself refuses (a name too long, a loop of links, an I/O error) is one line too."""
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
         except OSError as err:
@@ -125,7 +138,7 @@ def _os_errors(fn: _F) -> _F:
             what, flag = list(bound.arguments.values())[:2]
             raise UserError(f"{flag} {what} cannot be used: {err.strerror or err}") from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 @_os_errors
@@ -168,15 +181,18 @@ def text_file(path: Path, flag: str) -> str:
         if p.suffix == ".gz":
             data = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:
-        raise UserError(f"{flag} {path} cannot be read ({'not a gzip file' if p.suffix == '.gz' else err}); "
-                        "give a text file") from None
+        raise UserError(
+            f"{flag} {path} cannot be read ({'not a gzip file' if p.suffix == '.gz' else err}); give a text file"
+        ) from None
     try:
         if b"\0" in data:
             raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{flag} {path} is not UTF-8 text (at byte {err.start}: a binary file, or another encoding); "
-                        "give a UTF-8 text file") from None
+        raise UserError(
+            f"{flag} {path} is not UTF-8 text (at byte {err.start}: a binary file, or another encoding); "
+            "give a UTF-8 text file"
+        ) from None
 
 
 @_os_errors
@@ -212,7 +228,9 @@ def corpus(source: str, flag: str = "--corpus") -> str:
         return source
     p = Path(source).expanduser()
     if not p.exists():
-        raise UserError(f"{flag} {source} does not exist (use stdlib, a local file or folder, or a hub name owner/name)")
+        raise UserError(
+            f"{flag} {source} does not exist (use stdlib, a local file or folder, or a hub name owner/name)"
+        )
     if p.is_dir():
         input_dir(p, flag)
     else:
@@ -236,7 +254,9 @@ def _sniff_corpus_file(p: Path, flag: str) -> None:
             with gzip.open(p, "rb") as gz:
                 head = gz.read(65_536)
     except (OSError, EOFError, zlib.error) as err:
-        raise UserError(f"{flag} {p} cannot be read ({err.strerror or err if isinstance(err, OSError) else err})") from None
+        raise UserError(
+            f"{flag} {p} cannot be read ({err.strerror or err if isinstance(err, OSError) else err})"
+        ) from None
     if builder == "parquet":
         if head[:4] != b"PAR1" or tail != b"PAR1":
             raise UserError(f"{flag} {p} is not a Parquet file (no PAR1 magic bytes)")
@@ -247,7 +267,9 @@ def _sniff_corpus_file(p: Path, flag: str) -> None:
         head.decode("utf-8")
     except UnicodeDecodeError as err:
         if err.start < len(head) - 3 or b"\0" in head:  # not a multi-byte character cut by the 64 KiB window
-            raise UserError(f"{flag} {p} is not UTF-8 text (at byte {err.start}: a binary file, or another encoding)") from None
+            raise UserError(
+                f"{flag} {p} is not UTF-8 text (at byte {err.start}: a binary file, or another encoding)"
+            ) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,8 +291,10 @@ def _probe(folder: Path, flag: str, target: Path) -> None:
         os.close(fd)
         os.unlink(name)
     except OSError as err:
-        raise UserError(f"{flag} {target} is not writable: cannot create files in {folder} ({err.strerror or err}); "
-                        f"choose another {flag}") from None
+        raise UserError(
+            f"{flag} {target} is not writable: cannot create files in {folder} ({err.strerror or err}); "
+            f"choose another {flag}"
+        ) from None
 
 
 def _creatable(p: Path, flag: str) -> None:
@@ -281,7 +305,9 @@ def _creatable(p: Path, flag: str) -> None:
 
 
 @_os_errors
-def output_dir(path: Path, flag: str = "--out", *, overwrite: bool = False, results: Iterable[str] = RESULT_FILES) -> Path:
+def output_dir(
+    path: Path, flag: str = "--out", *, overwrite: bool = False, results: Iterable[str] = RESULT_FILES
+) -> Path:
     """A folder the command may write into: absent but creatable, or an existing writable folder that holds no
     other run's results (one of ``results``) unless ``overwrite``. Nothing is created."""
     p = Path(path).expanduser()
@@ -290,8 +316,9 @@ def output_dir(path: Path, flag: str = "--out", *, overwrite: bool = False, resu
             raise UserError(f"{flag} {path} is a file; give a folder")
         held = [name for name in results if (p / name).exists()]
         if held and not overwrite:
-            raise UserError(f"{flag} {path} already holds a finished run ({held[0]}); choose another {flag}"
-                            " or pass --overwrite")
+            raise UserError(
+                f"{flag} {path} already holds a finished run ({held[0]}); choose another {flag} or pass --overwrite"
+            )
         _probe(p, flag, p)
     else:
         _creatable(p, flag)

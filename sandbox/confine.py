@@ -39,10 +39,34 @@ from pathlib import Path
 from sandbox import cgroups, seccomp
 
 # /etc entries that libraries and toolchains read; bound when present.
-ETC_ENTRIES = ("passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf",
-               "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "ssl", "ca-certificates",
-               "ca-certificates.conf", "alternatives", "fonts", "mime.types", "os-release", "protocols", "services",
-               "machine-id", "pki", "crypto-policies", "gitconfig")
+ETC_ENTRIES = (
+    "passwd",
+    "group",
+    "hosts",
+    "hostname",
+    "resolv.conf",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "alternatives",
+    "fonts",
+    "mime.types",
+    "os-release",
+    "protocols",
+    "services",
+    "machine-id",
+    "pki",
+    "crypto-policies",
+    "gitconfig",
+)
 SYSTEM_ROOTS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt")
 PROJECT_PACKAGES = ("nas", "distill", "kernels", "sandbox", "harness", "agent", "ccaa", "prompts")
 GROUP_PREFIX = "autonas-worker-"
@@ -65,16 +89,22 @@ class Confinement:
     memory_bytes: int | None = None  # the control group's memory limit (tmpfs pages included); None: the machine's
 
     def describe(self) -> str:
-        return (f"bubblewrap: system read-only, home empty, writable {', '.join(map(str, self.writable)) or 'nothing'}, "
-                f"{'host network' if self.network else 'no network'}")
+        return (
+            f"bubblewrap: system read-only, home empty, writable {', '.join(map(str, self.writable)) or 'nothing'}, "
+            f"{'host network' if self.network else 'no network'}"
+        )
 
 
 def _code_paths() -> list[Path]:
     """The interpreter, its standard library, the virtual environment and the installed project."""
     project = Path(__file__).resolve().parents[1]  # an editable install's tree, or site-packages
-    packages = {project / name for name in PROJECT_PACKAGES if (project / name).is_dir()}  # not runs/ or anything beside them
-    return sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
-                   Path(sys.executable).resolve().parent.parent} | packages)
+    packages = {
+        project / name for name in PROJECT_PACKAGES if (project / name).is_dir()
+    }  # not runs/ or anything beside them
+    return sorted(
+        {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(sys.executable).resolve().parent.parent}
+        | packages
+    )
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -86,8 +116,9 @@ def _check_writable(path: Path, readable: list[Path]) -> None:
     lexical = Path(os.path.abspath(path))
     for part in [lexical, *lexical.parents]:
         if part.is_symlink() and (part == lexical or any(_under(part, r) and part != r for r in readable)):
-            raise ConfinementUnavailable(f"refusing to let a worker write through the symbolic link {part} -> "
-                                         f"{os.readlink(part)}")
+            raise ConfinementUnavailable(
+                f"refusing to let a worker write through the symbolic link {part} -> {os.readlink(part)}"
+            )
 
 
 def _system_args() -> list[str]:
@@ -110,13 +141,36 @@ def bwrap_prefix(c: Confinement, seccomp_fd: int) -> list[str]:
     """
     bwrap = shutil.which("bwrap")
     if not bwrap:
-        raise ConfinementUnavailable("bubblewrap is not installed (apt-get install bubblewrap): refusing to run edited code unconfined")
+        raise ConfinementUnavailable(
+            "bubblewrap is not installed (apt-get install bubblewrap): refusing to run edited code unconfined"
+        )
     readable = [Path(os.path.abspath(p)) for p in c.readable]
     for w in c.writable:
         _check_writable(Path(w), readable)
-    args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup", "--cap-drop", "ALL", *_system_args(), "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-            "--dir", str(c.home), "--seccomp", str(seccomp_fd)]
+    args = [
+        bwrap,
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--cap-drop",
+        "ALL",
+        *_system_args(),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(TMP_BYTES),
+        "--tmpfs",
+        "/tmp",
+        "--dir",
+        str(c.home),
+        "--seccomp",
+        str(seccomp_fd),
+    ]
     if not c.network:
         args.append("--unshare-net")
     for node in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
@@ -134,7 +188,9 @@ def bwrap_prefix(c: Confinement, seccomp_fd: int) -> list[str]:
 def _group_for(c: Confinement) -> cgroups.Group | None:
     """A control group bounding the worker's tasks and memory (root only; None where groups cannot be made)."""
     memory = c.memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return cgroups.make(f"{GROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}", memory, c.max_tasks, stale_prefix=GROUP_PREFIX)
+    return cgroups.make(
+        f"{GROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}", memory, c.max_tasks, stale_prefix=GROUP_PREFIX
+    )
 
 
 def _release_when_done(proc: subprocess.Popen, group: cgroups.Group) -> None:
@@ -168,8 +224,14 @@ def run_confined(cmd: list[str], c: Confinement, **popen_kw) -> subprocess.Popen
 def can_confine() -> str | None:
     """None when confinement works here, else one line saying why not."""
     try:
-        proc = run_confined(["true"], Confinement(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        proc = run_confined(
+            ["true"],
+            Confinement(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
     except ConfinementUnavailable as e:
         return str(e)
     _, err = proc.communicate(timeout=30)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|PRIVATE", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@", re.IGNORECASE)
@@ -49,25 +49,45 @@ def _family(why: str, names: str = "", prefixes: str = "", grant: bool = False) 
     return Family(why, frozenset(names.split()), tuple(prefixes.split()), grant)
 
 
-SYSTEM = _family("finding programs, the user's home and caches, text encoding, time zone, scratch space, how to print",
-                 "PATH HOME USER LOGNAME LANG LANGUAGE TZ TMPDIR TEMP TMP TERM NO_COLOR", "LC_")
-PYTHON = _family("how the interpreter runs: import path, buffering, hash seed, warnings, byte-code cache, the virtual environment",
-                 "PYTHONPATH PYTHONHOME PYTHONUNBUFFERED PYTHONHASHSEED PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX PYTHONIOENCODING "
-                 "PYTHONUTF8 PYTHONWARNINGS PYTHONFAULTHANDLER PYTHONNOUSERSITE PYTHONSAFEPATH PYTHONDEVMODE PYTHONMALLOC VIRTUAL_ENV")
+SYSTEM = _family(
+    "finding programs, the user's home and caches, text encoding, time zone, scratch space, how to print",
+    "PATH HOME USER LOGNAME LANG LANGUAGE TZ TMPDIR TEMP TMP TERM NO_COLOR",
+    "LC_",
+)
+PYTHON = _family(
+    "how the interpreter runs: import path, buffering, hash seed, warnings, byte-code cache, the virtual environment",
+    "PYTHONPATH PYTHONHOME PYTHONUNBUFFERED PYTHONHASHSEED PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX "
+    "PYTHONIOENCODING PYTHONUTF8 PYTHONWARNINGS PYTHONFAULTHANDLER PYTHONNOUSERSITE PYTHONSAFEPATH PYTHONDEVMODE "
+    "PYTHONMALLOC VIRTUAL_ENV",
+)
 AUTONAS = _family("this project's own settings (AUTONAS_CACHE, AUTONAS_WORKER_THREADS)", prefixes="AUTONAS_")
-COMPUTE = _family("which accelerators, how many threads, where kernels are compiled and cached: CUDA, ROCm, NCCL, PyTorch, Triton, "
-                  "OpenMP, MKL, OpenBLAS, and Ray's settings (its auth token, a credential by shape, is dropped)",
-                  "LD_LIBRARY_PATH HIP_VISIBLE_DEVICES ROCR_VISIBLE_DEVICES",
-                  "CUDA_ NVIDIA_ NCCL_ TORCH_ TORCHINDUCTOR_ TORCHDYNAMO_ PYTORCH_ TRITON_ OMP_ KMP_ MKL_ OPENBLAS_ RAY_")
-HF_CACHE = _family("where Hugging Face models and data sets are cached and whether to stay offline (never HF_TOKEN)",
-                   "HF_HOME HF_ENDPOINT TOKENIZERS_PARALLELISM XDG_CACHE_HOME", "HF_HUB_ HF_DATASETS_ TRANSFORMERS_")
-NETWORK = _family("reaching a server through the machine's proxy with its CA bundle (a proxy URL with a password is dropped)",
-                  "HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY http_proxy https_proxy all_proxy no_proxy "
-                  "SSL_CERT_FILE SSL_CERT_DIR REQUESTS_CA_BUNDLE CURL_CA_BUNDLE NODE_EXTRA_CA_CERTS")
-CLAUDE_CODE = _family("Claude Code's own settings and its Anthropic key: only the editors that run Claude Code get them",
-                      "CLAUDE_CONFIG_DIR MAX_THINKING_TOKENS", "ANTHROPIC_ CLAUDE_CODE_ DISABLE_", grant=True)
-DISPLAY = _family("the X display the GUI editor draws on and the path of its cookie file: the GUI editor only",
-                  "DISPLAY XAUTHORITY", grant=True)
+COMPUTE = _family(
+    "which accelerators, how many threads, where kernels are compiled and cached: CUDA, ROCm, NCCL, PyTorch, Triton, "
+    "OpenMP, MKL, OpenBLAS, and Ray's settings (its auth token, a credential by shape, is dropped)",
+    "LD_LIBRARY_PATH HIP_VISIBLE_DEVICES ROCR_VISIBLE_DEVICES",
+    "CUDA_ NVIDIA_ NCCL_ TORCH_ TORCHINDUCTOR_ TORCHDYNAMO_ PYTORCH_ TRITON_ OMP_ KMP_ MKL_ OPENBLAS_ RAY_",
+)
+HF_CACHE = _family(
+    "where Hugging Face models and data sets are cached and whether to stay offline (never HF_TOKEN)",
+    "HF_HOME HF_ENDPOINT TOKENIZERS_PARALLELISM XDG_CACHE_HOME",
+    "HF_HUB_ HF_DATASETS_ TRANSFORMERS_",
+)
+NETWORK = _family(
+    "reaching a server through the machine's proxy with its CA bundle (a proxy URL with a password is dropped)",
+    "HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY http_proxy https_proxy all_proxy no_proxy "
+    "SSL_CERT_FILE SSL_CERT_DIR REQUESTS_CA_BUNDLE CURL_CA_BUNDLE NODE_EXTRA_CA_CERTS",
+)
+CLAUDE_CODE = _family(
+    "Claude Code's own settings and its Anthropic key: only the editors that run Claude Code get them",
+    "CLAUDE_CONFIG_DIR MAX_THINKING_TOKENS",
+    "ANTHROPIC_ CLAUDE_CODE_ DISABLE_",
+    grant=True,
+)
+DISPLAY = _family(
+    "the X display the GUI editor draws on and the path of its cookie file: the GUI editor only",
+    "DISPLAY XAUTHORITY",
+    grant=True,
+)
 
 WORKER = (SYSTEM, PYTHON, AUTONAS, COMPUTE, HF_CACHE, NETWORK)  # nas train / search / worker, distill, compress, eval
 CLAUDE_CODE_EDITOR = (SYSTEM, NETWORK, CLAUDE_CODE)
@@ -80,8 +100,9 @@ def grant(*names: str, why: str = "a key the component provably needs") -> Famil
     return Family(why, frozenset(names), (), grant=True)
 
 
-def child_env(profile: tuple[Family, ...] = WORKER, extra: Mapping[str, str] | None = None,
-              base: Mapping[str, str] | None = None) -> dict[str, str]:
+def child_env(
+    profile: tuple[Family, ...] = WORKER, extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The variables of ``base`` (default: this process's environment) that ``profile`` admits, plus ``extra``."""
     base = os.environ if base is None else base
     env = {k: v for k, v in base.items() if any(f.admits(k, v) for f in profile)}

@@ -28,7 +28,7 @@ def _table(text: str, header: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip().replace("`", "") for cell in line.strip().strip("|").split("|")])
@@ -71,7 +71,10 @@ def violations(root: Path, text: str) -> list[str]:
     for imp in imports_under(root, sorted(packages)):
         own = imp.file.split("/")[0]
         if imp.top in packages and imp.top != own and imp.top not in packages[own]:
-            bad.append(f"{imp.file}:{imp.line} imports {imp.module}: {own} may import only {sorted(packages[own]) or 'none of ours'}")
+            bad.append(
+                f"{imp.file}:{imp.line} imports {imp.module}: "
+                f"{own} may import only {sorted(packages[own]) or 'none of ours'}"
+            )
         if imp.top in libraries:
             allowed = libraries[imp.top]
             if own not in allowed and imp.file not in allowed:
@@ -100,6 +103,8 @@ def test_the_check_catches_a_forbidden_import(tmp_path: Path) -> None:
     (tmp_path / "harness" / "sneaky.py").write_text("def f():\n    from nas.model import CodeLM\n    return CodeLM\n")
     (tmp_path / "nas" / "chatty.py").write_text("import langgraph.graph\n")
     found = violations(tmp_path, text)
-    assert any(re.match(r"harness/sneaky.py:2 imports nas.model: harness may import only \['sandbox'\]", v) for v in found), found
+    assert any(
+        re.match(r"harness/sneaky.py:2 imports nas.model: harness may import only \['sandbox'\]", v) for v in found
+    ), found
     assert any(v.startswith("nas/chatty.py:1 imports langgraph.graph") for v in found), found
     assert len(found) == 2

@@ -11,8 +11,18 @@ from nas.model import build_model
 from nas.space import ArchConfig
 
 GQA = ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=96, context_length=64)
-LEARNED = ArchConfig(n_layers=2, d_model=48, n_heads=3, n_kv_heads=3, d_ff=96, pos="learned", norm="layernorm",
-                     activation="gelu", tie_embeddings=False, context_length=64)
+LEARNED = ArchConfig(
+    n_layers=2,
+    d_model=48,
+    n_heads=3,
+    n_kv_heads=3,
+    d_ff=96,
+    pos="learned",
+    norm="layernorm",
+    activation="gelu",
+    tie_embeddings=False,
+    context_length=64,
+)
 
 
 @pytest.mark.parametrize("arch", [GQA, LEARNED], ids=["rope-gqa", "learned-mha"])
@@ -54,7 +64,9 @@ def test_a_mode_that_decodes_other_tokens_is_flagged(monkeypatch: pytest.MonkeyP
         return lambda token, position: (step(token, position) + 1) % model.arch.vocab_size
 
     monkeypatch.setattr(latency, "_stepper", drifting)
-    r = measure_decode(build_model(GQA, seed=0), "static", prompt_tokens=8, decode_tokens=12, warmup=0, repeats=1, threads=1)
+    r = measure_decode(
+        build_model(GQA, seed=0), "static", prompt_tokens=8, decode_tokens=12, warmup=0, repeats=1, threads=1
+    )
     assert r.tokens_equal_eager is not None and r.tokens_equal_eager < 12 and not r.agrees_with_eager
     assert r.as_dict()["tokens_equal_eager"] == r.tokens_equal_eager
 
