@@ -121,7 +121,7 @@ class _SearchRun:
     def run(self, eos_id: int) -> dict[str, Any]:
         try:
             self._resubmit_interrupted()
-            self.view.start(self._status())
+            self.view.start(self._status)
             while self.runner.pending or self.runner.running or self._stage1_open() or \
                     (self.ready and self._stage1_open_for_submit()):
                 self.runner.fill(1, self._next_stage1)
@@ -136,7 +136,7 @@ class _SearchRun:
                     self._drain()
         finally:
             self.studies.save_elapsed(self.clock.elapsed())
-            self.view.stop(self._status())
+            self.view.stop(self._status)
             self.runner.executor.shutdown()
         return self._finalize(eos_id)
 
@@ -209,7 +209,7 @@ class _SearchRun:
     def _drain(self) -> None:
         for result in self.runner.wait(timeout=WAIT_S):
             self._record(result)
-        self.view.refresh(self._status())
+        self.view.refresh(self._status)
 
     def _record(self, result: TrialResult) -> None:
         """Tell a trained trial: COMPLETE with its objective values when it finished ok with all of them, else FAIL."""

@@ -7,6 +7,7 @@ search leaves the same trace.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,10 @@ class LiveStatus:
 
 
 class LiveView:
-    """``note`` events; between ``start`` and ``stop`` (when enabled) a table is redrawn on each ``refresh``."""
+    """``note`` events; between ``start`` and ``stop`` (when enabled) a table is redrawn on each ``refresh``.
+
+    The status is passed as a function, called only when a table is shown: counting the trials reads both studies,
+    which a ``--quiet`` search need not pay for every second."""
 
     def __init__(self, out: Path, title: str, enabled: bool):
         self.out, self.title, self.enabled = out, title, enabled
@@ -45,17 +49,17 @@ class LiveView:
             table.add_row("", line)
         return table
 
-    def start(self, status: LiveStatus) -> None:
+    def start(self, status: Callable[[], LiveStatus]) -> None:
         if self.enabled and self._live is None:
-            self._live = Live(self._table(status), refresh_per_second=2, transient=False)
+            self._live = Live(self._table(status()), refresh_per_second=2, transient=False)
             self._live.__enter__()
 
-    def refresh(self, status: LiveStatus) -> None:
+    def refresh(self, status: Callable[[], LiveStatus]) -> None:
         if self._live is not None:
-            self._live.update(self._table(status))
+            self._live.update(self._table(status()))
 
-    def stop(self, status: LiveStatus) -> None:
+    def stop(self, status: Callable[[], LiveStatus]) -> None:
         if self._live is not None:
-            self._live.update(self._table(status))
+            self._live.update(self._table(status()))
             self._live.__exit__(None, None, None)
             self._live = None
