@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.data import CorpusSpec
+from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, read_metrics
 from nas.space import ArchConfig
@@ -60,10 +60,13 @@ class TrialResult(BaseModel):
 
 
 @lru_cache(maxsize=4)
-def _corpus(spec_json: str, tokenizer: str):  # -> TokenizedCorpus, kept per worker process
-    from harness.data import prepare_corpus
-
+def _cached_corpus(spec_json: str, tokenizer: str) -> TokenizedCorpus:
     return prepare_corpus(CorpusSpec.model_validate_json(spec_json), tokenizer)
+
+
+def cached_corpus(spec: CorpusSpec, tokenizer: str) -> TokenizedCorpus:
+    """The tokenized corpus, kept per process: a worker runs many trials on it, the search screens with it."""
+    return _cached_corpus(spec.model_dump_json(), tokenizer)  # keyed by its JSON: one entry per distinct spec
 
 
 def _read_files(out: Path) -> dict[str, str]:
@@ -89,7 +92,7 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
             return result("failed", str(err))
         return result(saved.status, saved.fail_reason, saved.flat())
     try:
-        corpus = _corpus(spec.corpus.model_dump_json(), spec.tokenizer)
+        corpus = cached_corpus(spec.corpus, spec.tokenizer)
         cfg = TrainConfig.from_budget(parse_budget(spec.budget), batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                                       device=spec.device, eval_bytes=spec.eval_bytes, measure_latency=spec.measure_latency,
                                       checkpoint_every_s=30.0,

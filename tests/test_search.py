@@ -292,3 +292,32 @@ def test_wall_clock_budget_ends_the_search_and_resume_checks_the_config(tmp_path
     assert not [r for r in _rows(out) if r["state"] == "running"]
     with pytest.raises(UserError, match="cannot resume with a different objectives"):
         Search(_cfg(out, small_corpus_dir, trials=None, budget="8s", objectives="bpb,params"), resume=True, live=False).run()
+
+
+def test_screening_times_only_candidates_within_the_size_limits(tmp_path, small_corpus_dir, monkeypatch):
+    """Size is checked from the config first: a candidate rejected on size is never built and timed for latency."""
+    import nas.search_screening as screening
+    from nas.objectives import parse_objectives
+    from nas.search_study import SearchStudies
+    from nas.space import get_space
+    from nas.trial import cached_corpus
+
+    timed = []
+    real = screening.measure_latency
+    monkeypatch.setattr(screening, "measure_latency", lambda model, **kw: timed.append(model) or real(model, **kw))
+    cfg = _cfg(tmp_path / "s", small_corpus_dir, strategy="random", screen_batch=8, limits=SearchLimits(max_params=40_000, max_latency_ms=1e6))
+    objectives = parse_objectives(cfg.objectives)
+    studies = SearchStudies(cfg, tmp_path / "s", len(objectives), resume=False)
+    screener = screening.Screener(cfg, get_space("tiny"), objectives, studies, cached_corpus(cfg.corpus, cfg.tokenizer),
+                                  note=lambda line: None)
+    for _ in range(6):
+        screener.screen_batch()
+        trials = studies.trials(1)
+        too_big = [t for t in trials if t.user_attrs.get("status") == "rejected"]
+        if too_big and len(too_big) < len(trials):
+            break
+    assert too_big and len(too_big) < len(trials), [(t.user_attrs.get("status"), t.user_attrs.get("reason")) for t in trials]
+    for t in too_big:
+        assert "params over the limit" in t.user_attrs["reason"] and "latency" not in t.user_attrs["reason"]
+        assert "latency_ms_p50" not in t.user_attrs["metrics"]
+    assert len(timed) == len(trials) - len(too_big)  # every candidate within the size limits was timed, no other

@@ -1,0 +1,70 @@
+"""What a search is asked to do (:class:`SearchConfig`), as the CLI and the agent's plans give it.
+
+Kept apart from the search itself so that reading a plan or a stored study's config needs neither torch nor the
+executors. The config is stored on the stage-1 study, and a resume compares the fields that decide how trials are
+scored (:data:`SCORED_ALIKE`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from harness.data import CorpusSpec
+from harness.run_files import EVAL_BYTES
+from nas.objectives import SearchLimits
+
+Strategy = Literal["nsga2", "evolution", "random"]
+# fields a resumed study must share with the one stored: otherwise its trials would not be comparable
+SCORED_ALIKE = ("space", "objectives", "tokenizer", "stage1_budget", "corpus", "eval_bytes")
+
+
+class SearchConfig(BaseModel):
+    """A search, as the CLI or the agent asks for it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    out: str
+    space: str = "default"
+    objectives: str = "bpb,bytes_int8"
+    strategy: Strategy = "nsga2"
+    limits: SearchLimits = SearchLimits()
+    trials: int | None = Field(None, ge=1, description="stage-1 trainings to run (None: until the budget)")
+    budget: str | None = Field(None, description="wall-clock budget of the whole search, e.g. 1h")
+    cap_trials: bool = Field(False, description="trials stop at the end of --budget (a capped trial is a partial result), "
+                                                "so the search ends by it; otherwise a running trial finishes")
+    stage1_budget: str = "30s"
+    stage2_budget: str | None = "120s"
+    eta: int = Field(3, ge=2, description="promote the best 1/eta of stage 1")
+    stage2_max: int = Field(4, ge=0)
+    stage2_share: float = Field(0.3, ge=0, lt=1, description="part of --budget kept for stage 2")
+    screen: bool = True
+    screen_proxy: str = "synflow"
+    screen_batch: int = Field(6, ge=1)
+    screen_keep: float = Field(0.5, gt=0, le=1)
+    population: int = Field(12, ge=2)
+    tournament: int = Field(4, ge=2)
+    seed: int = 0
+    executor: Literal["local", "ray"] = "local"
+    workers: int | None = Field(None, ge=1)
+    ray_address: str | None = None
+    storage: str | None = None
+    study_name: str = "search"
+    corpus: CorpusSpec = CorpusSpec()
+    tokenizer: str = "byte"
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    eval_bytes: int = Field(EVAL_BYTES, gt=0)
+    trial_timeout_s: float = Field(1800.0, gt=0, description="limit for token-budget trials")
+    export_hf: bool = True
+
+    @field_validator("stage2_budget", mode="before")
+    @classmethod
+    def _none_means_no_stage2(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in ("", "none", "off", "0") else v
+
+    @property
+    def has_stage2(self) -> bool:
+        """Whether any stage-1 trial can be promoted to a longer training."""
+        return bool(self.stage2_budget) and self.stage2_max > 0

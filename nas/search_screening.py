@@ -1,0 +1,130 @@
+"""Stage 0 of the search, free of training: hard limits, known architectures and zero-cost proxies.
+
+Cheapest first: the size limits (from the config alone) reject a candidate before anything is built, and only a
+candidate within them is built and timed for a latency limit (on the untrained model, which decodes as fast as the
+trained one). A candidate whose architecture was already trained in this study is not trained again. The rest are
+ranked by a zero-cost proxy within their batch and the worst part is dropped (Optuna state PRUNED, with its proxies).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from optuna.trial import Trial, TrialState
+
+from harness.data import TokenizedCorpus
+from harness.metrics import measure_latency
+from nas.counting import arch_metrics
+from nas.model import build_model
+from nas.objectives import Objective
+from nas.proxies import compute_proxies
+from nas.search_config import SearchConfig
+from nas.search_study import Outcome, SearchStudies, arch_attrs, evolution_params
+from nas.space import GENES, ArchConfig, SearchSpace
+
+PROXY_BATCH = 4  # sequences in the batch every proxy is computed on
+PROXY_CONTEXT = 128  # tokens per sequence at most (the space's shortest context if shorter)
+REJECTED_BPB = 8.0  # the bpb objective told for a rejected candidate: worse than any trained byte model
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stage-1 trial that passed screening, waiting for a worker."""
+
+    number: int
+    arch: ArchConfig
+
+
+def proxy_batch(corpus: TokenizedCorpus, space: SearchSpace, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets ([PROXY_BATCH, T]) from the training split, the same for every candidate."""
+    g = np.random.Generator(np.random.PCG64(seed))
+    T = min(PROXY_CONTEXT, min(space.context_length))
+    train = corpus["train"]
+    starts = g.integers(0, train.size - T - 1, size=PROXY_BATCH)
+    window = torch.from_numpy(np.stack([np.asarray(train[s : s + T + 1], dtype=np.int64) for s in starts]))
+    return window[:, :-1], window[:, 1:]
+
+
+class Screener:
+    """Asks stage-1 candidates of the studies a batch at a time and tells the ones it drops."""
+
+    def __init__(self, cfg: SearchConfig, space: SearchSpace, objectives: list[Objective], studies: SearchStudies,
+                 corpus: TokenizedCorpus, note: Callable[[str], None]):
+        self.cfg, self.space, self.objectives, self.studies, self.note = cfg, space, objectives, studies, note
+        self.rng = random.Random(cfg.seed)  # aging evolution's tournaments and mutations
+        self.proxy_x, self.proxy_y = proxy_batch(corpus, space, cfg.seed)
+
+    def _ask(self) -> tuple[Trial, ArchConfig]:
+        """A new stage-1 trial and its architecture (an evolution child, or what the sampler suggests)."""
+        params = None
+        if self.cfg.strategy == "evolution":
+            params = evolution_params(self.studies, self.space, self.cfg.population, self.cfg.tournament, self.rng)
+        trial = self.studies.ask(1, params)
+        arch = self.space.decode({name: trial.suggest_categorical(name, list(getattr(self.space, name))) for name in GENES})
+        for key, value in arch_attrs(arch, stage=1).items():
+            trial.set_user_attr(key, value)
+        return trial, arch
+
+    def _limits(self, trial: Trial, arch: ArchConfig) -> tuple[dict[str, float], dict[str, float]]:
+        """(constraint values, > 0 = violated; the metrics measured to check them). Latency is measured only for a
+        candidate within the size limits: building and timing a model is the one costly check."""
+        lim = self.cfg.limits
+        static: dict[str, float] = dict(arch_metrics(arch))
+        constraints = lim.size_violations(arch)
+        if lim.max_latency_ms is not None and not any(v > 0 for v in constraints.values()):
+            lat = measure_latency(build_model(arch, seed=0), prompt_tokens=16, decode_tokens=16, warmup=1, repeats=2)
+            static.update(lat.as_metrics())
+            constraints["latency"] = lim.latency_violation(lat.decode_ms_p50)
+        for key, value in constraints.items():  # NSGA-II's constrained domination reads these
+            trial.set_constraint(key, value)
+        return constraints, static
+
+    def _known_stage1(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        """arch hash -> (number, metrics) of the first stage-1 trial that trained (or is training) it."""
+        out: dict[str, tuple[int, dict[str, Any]]] = {}
+        for t in self.studies.trials(1):
+            if t.user_attrs.get("arch_hash") and t.user_attrs.get("status") in (None, "ok", "diverged", "failed") \
+                    and t.state != TrialState.PRUNED:
+                out.setdefault(t.user_attrs["arch_hash"], (t.number, t.user_attrs.get("metrics", {})))
+        return out
+
+    def screen_batch(self) -> list[Candidate]:
+        """Ask ``screen_batch`` candidates; drop what breaks the limits or is a known architecture, rank the rest by
+        proxy and return the kept part, best first."""
+        cfg = self.cfg
+        seen = self._known_stage1()
+        batch: list[tuple[Candidate, dict[str, float]]] = []
+        for _ in range(cfg.screen_batch):
+            trial, arch = self._ask()
+            number = trial.number
+            constraints, static = self._limits(trial, arch)
+            if any(v > 0 for v in constraints.values()):
+                reason = ", ".join(f"{k} over the limit by {v:.0%}" for k, v in constraints.items() if v > 0)
+                values = [REJECTED_BPB if o.name == "bpb" else float(static.get(o.metric, 1e12)) for o in self.objectives]
+                self.studies.tell(1, number, Outcome(TrialState.COMPLETE, "rejected", reason, values, static))
+                self.note(f"#{number} rejected before training: {reason}")
+                continue
+            twin = seen.get(arch.short_hash())
+            if twin is not None:
+                self.studies.tell(1, number, Outcome(TrialState.PRUNED, "duplicate", f"same architecture as trial {twin[0]}",
+                                                     metrics=twin[1]))
+                continue
+            proxies = compute_proxies(arch, self.proxy_x, self.proxy_y, seed=cfg.seed)
+            trial.set_user_attr("proxies", proxies)
+            seen[arch.short_hash()] = (number, {})  # not trained yet: no metrics
+            batch.append((Candidate(number, arch), proxies))
+        keep = len(batch)
+        if cfg.screen and len(batch) > 1:
+            keep = max(1, math.ceil(cfg.screen_keep * len(batch)))
+        batch.sort(key=lambda cp: -cp[1][cfg.screen_proxy])
+        for cand, _ in batch[keep:]:
+            self.studies.tell(1, cand.number, Outcome(TrialState.PRUNED, "screened", f"bottom of its batch by {cfg.screen_proxy}",
+                                                      metrics=arch_metrics(cand.arch)))
+            self.note(f"#{cand.number} screened out ({cand.arch.describe()})")
+        return [cand for cand, _ in batch[:keep]]
