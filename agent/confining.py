@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.settings import RunSettings
 from distill.cli import GENERATION_FILE
+from harness.data import CorpusSpec, cache_root, prepare_corpus
 from harness.errors import UserError
 from harness.model_code import MODEL_CODE_ENV, read_code_record, stock_code_hash
 from harness.scoring import ScoredBpb, score_run
@@ -47,8 +48,6 @@ def experiment_confinement(ws: Workspace, settings: RunSettings, out: Path) -> C
 def model_confinement(settings: RunSettings, writable: Path, readable: tuple[Path, ...]) -> Confinement:
     """Confinement for a process that runs a model's edited code: it writes ``writable`` only and reads ``readable``,
     the corpus, the token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``)."""
-    from harness.data import cache_root
-
     paths = [*readable, cache_root(), hf_cache() / "hub"]
     corpus = Path(settings.corpus).expanduser()
     if corpus.exists():
@@ -59,15 +58,13 @@ def model_confinement(settings: RunSettings, writable: Path, readable: tuple[Pat
 
 def prepare_shared_cache(settings: RunSettings) -> None:
     """Tokenize the run's corpus into the shared cache with the installed code (a no-op once it is there)."""
-    from harness.data import CorpusSpec, prepare_corpus
-
     prepare_corpus(CorpusSpec(source=settings.corpus), settings.tokenizer)
 
 
 SAMPLES_MAX_BYTES = 256 * 2**20
 
 
-def trusted_scoring(plan: dict[str, Any], worker_out: Path, scoring_dir: Path) -> tuple[list[str], dict[str, str]]:
+def trusted_scoring(limit: int | None, worker_out: Path, scoring_dir: Path) -> tuple[list[str], dict[str, str]]:
     """Copy the worker's samples (a regular file, no link followed) into ``scoring_dir``, a fresh folder the worker
     cannot reach, and return the command and environment that score them there with the installed harness.
     Raises :class:`~sandbox.safe_files.UnsafeFile` when the samples are not a plain file."""
@@ -79,8 +76,8 @@ def trusted_scoring(plan: dict[str, Any], worker_out: Path, scoring_dir: Path) -
             raise UnsafeFile(f"the worker left no samples.jsonl in {worker_out}")
     cmd = [sys.executable, "-I", "-m", "distill", "eval", "humaneval", "--samples", str(scoring_dir / "samples.jsonl"),
            "--out", str(scoring_dir), "-k", "1"]
-    if plan["config"].get("limit"):
-        cmd += ["--limit", str(plan["config"]["limit"])]
+    if limit:  # the eval plan's first N problems
+        cmd += ["--limit", str(limit)]
     return cmd, child_env(WORKER)
 
 
@@ -89,8 +86,6 @@ def score_model(settings: RunSettings, run_dir: Path, split: str, scratch: Path,
     model's own code runs in a child that only turns tokens into logits: confined like an experiment when that code
     is not the stock code, its output to ``scratch/logits.log``. Raises ScoringRefused, ConfinementUnavailable or
     UserError with the reason."""
-    from harness.data import CorpusSpec, prepare_corpus
-
     corpus = prepare_corpus(CorpusSpec(source=settings.corpus), settings.tokenizer)  # the installed code fills the cache
     if corpus[split].size < 2:
         raise UserError(f"the {split} split of {settings.corpus!r} is empty")
