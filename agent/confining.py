@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from distill.cli import GENERATION_FILE
 from harness.data import CorpusSpec, cache_root, prepare_corpus
 from harness.errors import UserError
 from harness.model_code import MODEL_CODE_ENV, read_code_record, stock_code_hash
-from harness.scoring import ScoredBpb, score_run
-from sandbox.confine import Confinement, run_confined
+from harness.run_files import RunMetrics
+from harness.scoring import ScoredBpb, ScoringRefused, score_run
+from sandbox.confine import Confinement, ConfinementUnavailable, run_confined
 from sandbox.environment import WORKER, child_env
 from sandbox.safe_files import UnsafeFile, copy_regular, remove
 from sandbox.workspace import Workspace
@@ -107,3 +109,22 @@ def score_model(settings: RunSettings, run_dir: Path, split: str, scratch: Path,
         return score_run(run_dir, corpus[split], corpus.token_bytes, settings.eval_bytes, spawn, sys.executable, timeout_s)
     finally:
         log.close()
+
+
+def harness_scored(settings: RunSettings, metrics: dict[str, Any], run_dir: Path, scratch: Path,
+                   timeout_s: float) -> tuple[dict[str, Any], float | None]:
+    """The metrics to record for a model: the recorded val bpb is the harness's own score of the saved model (its code
+    running apart, confined when edited); the worker's figure is kept beside it, and a worker whose figure is off is a
+    failed experiment. Also the seconds the scoring took (None when it could not score)."""
+    started = time.monotonic()
+    try:
+        scored = score_model(settings, run_dir, "val", scratch, timeout_s)
+    except (ScoringRefused, ConfinementUnavailable, UserError) as err:
+        return RunMetrics.failure("crashed", f"the harness could not score the model: {err}").flat(), None
+    took = time.monotonic() - started
+    reported = metrics["val_bpb"]
+    if abs(reported - scored.bpb) > max(0.01, 0.01 * scored.bpb):
+        return RunMetrics.failure("crashed", f"the worker reported val bpb {reported:.4f}; the harness scores its model "
+                                             f"{scored.bpb:.4f}").flat(), took
+    return {**metrics, "val_bpb": scored.bpb, "val_bpb_worker": reported, "val_bytes": scored.bytes,
+            "val_causality_probes": scored.probes}, took

@@ -23,7 +23,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from rich.markup import escape
 
-from agent.confining import experiment_confinement, prepare_shared_cache, score_model, trusted_scoring
+from agent.confining import experiment_confinement, harness_scored, prepare_shared_cache, trusted_scoring
 from agent.editing import apply_code_change, edit_summary, worker_env
 from agent.goal import Goal, parse_goal
 from agent.judge import Verdict, judge, noise_estimate, settle_latency
@@ -35,24 +35,23 @@ from agent.planner import PlanOutcome, Planner
 from agent.plans import AnyPlan, EvalPlan, PlanContext, WorkerSetup
 from agent.progress import PROGRESS
 from agent.prompting import Prompts
-from agent.remeasure import TIMEOUT_S as REMEASURE_TIMEOUT_S, remeasure_command
+from agent.remeasure import remeasure_latency
 from agent.repeats import scheduled_repeat
 from agent.report import write_report
 from agent.reproduce import COMMAND_FILE, WorkerCommand, stored_command
-from agent.results import append_result, metric_trailers
+from agent.results import append_result, metric_trailers, provenance_trailers
 from agent.settings import RunSettings
 from agent.state import CHECKPOINT_TYPES, AgentState, HistoryEntry, model_runs, noise_margin, refuse_old_state, resolve_model_ref
 from ccaa.editor import BuiltinEditor, EditInstruction
 from harness.data import CorpusSpec, prepare_corpus
 from harness.errors import UserError
-from harness.model_code import code_files, read_code_record, stamp_commit, write_code_record
+from harness.model_code import code_files, stamp_commit, write_code_record
 from harness.run_files import METRICS_FILE, MissingRunFile, RunFileError, RunMetrics, read_metrics
-from harness.scoring import ScoringRefused
 from harness.tokenizer import parse_tokenizer_spec
 from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
 from sandbox.runner import run_limited
-from sandbox.safe_files import UnsafeFile, copy_regular, read_json_object
+from sandbox.safe_files import UnsafeFile, copy_regular
 from sandbox.workspace import Workspace
 
 RECURSION_LIMIT = 1_000_000  # set explicitly: LangGraph's default changed between 1.x releases
@@ -226,7 +225,10 @@ class ResearchAgent:
                                          + f"; see {out / 'worker.log'}").flat()
         if plan.is_model and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float):
             left = timeout - (time.monotonic() - t0)  # scoring is part of the experiment: the worker's cap left it time
-            metrics = self._harness_score(metrics, ws.root / out, exp_id, max(left, self._scoring_reserve_s()))
+            metrics, scoring_s = harness_scored(self.s, metrics, ws.root / out, (self.run_dir / "scoring" / exp_id).absolute(),
+                                                max(left, self._scoring_reserve_s()))
+            if scoring_s is not None:
+                self._scoring_s = max(self._scoring_s or 0.0, scoring_s)
         return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": outcome.wall_s,
                 **self._timed(t0, worker_s=outcome.wall_s)}
 
@@ -238,7 +240,7 @@ class ResearchAgent:
         if settled is not None:  # a kind the metric rule does not judge (search, eval, compress)
             return {"verdict": settled, **self._timed(t0)}
         if plan.is_model and metrics and metrics.get("status") == "ok":
-            metrics = settle_latency(self.goal.max_latency_ms, metrics, lambda i: self._remeasure_latency(state, i))
+            metrics = settle_latency(self.goal.max_latency_ms, metrics, self._remeasurer(state))
         key = plan.group_key()
         groups: dict[str, list[float]] = {}
         for h in state.get("history", []):
@@ -267,23 +269,14 @@ class ResearchAgent:
                 self._journal("".join(f"- {n}\n" for n in notes))
         return {"verdict": v, "noise": noise, "metrics": metrics, **self._timed(t0)}
 
-    def _remeasure_latency(self, state: AgentState, attempt: int) -> dict[str, Any] | None:
-        """A fresh latency measurement of this experiment's saved model (None when it fails: the judge goes on
-        with the sessions it has)."""
-        ws, exp_id, metrics = self.workspace(), state["exp_id"], state.get("metrics") or {}
+    def _remeasurer(self, state: AgentState) -> Callable[[int], dict[str, Any] | None]:
+        """Fresh latency sessions of this experiment's saved model, timed like its worker (see agent.remeasure)."""
+        ws, exp_id = self.workspace(), state["exp_id"]
         assert exp_id is not None
+        device = str((state.get("metrics") or {}).get("latency_device", "cpu"))
         out = Path("runs") / exp_id  # relative to the workspace, as for the worker
-        result = out / f"latency_remeasure_{attempt}.json"
-        cmd = remeasure_command(out, result, str(metrics.get("latency_device", "cpu")))
-        try:
-            outcome = run_limited(cmd, ws.root, ws.root / out / "latency_remeasure.log", timeout_s=REMEASURE_TIMEOUT_S,
-                                  memory_mb=self.s.memory_mb, env=experiment_env(ws), confinement=experiment_confinement(ws, self.s, out))
-            fresh = read_json_object(ws.root / result) if outcome.ok else None
-        except (ConfinementUnavailable, UserError, UnsafeFile):
-            return None
-        PROGRESS.print(f"     [dim]latency re-measured ({attempt}): "
-                       f"{(fresh or {}).get('latency_ms_p50', float('nan')):.3f} ms/token p50[/]")
-        return fresh
+        return lambda attempt: remeasure_latency(ws, out, device, attempt, self.s.memory_mb, experiment_env(ws),
+                                                 lambda: experiment_confinement(ws, self.s, out))
 
     def record(self, state: AgentState) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -320,7 +313,8 @@ class ResearchAgent:
         if done is not None:
             return done
         trailers: dict[str, Any] = {"experiment": exp_id, "kind": plan.kind, **metric_trailers(metrics)}
-        trailers.update(self._provenance(plan, state.get("run_dir"), metrics))
+        if plan.is_model:
+            trailers.update(provenance_trailers(plan, state.get("run_dir"), metrics, self._corpus()))
         if verdict.delta is not None:
             trailers["delta-bpb"] = verdict.delta
         trailers["noise-bpb"], trailers["noise-source"] = noise_margin(verdict, state)
@@ -346,36 +340,11 @@ class ResearchAgent:
 
     # -------------------------------------------------------------------------------------- helpers
 
-    def _harness_score(self, metrics: dict[str, Any], run_dir: Path, exp_id: str, timeout_s: float) -> dict[str, Any]:
-        """The recorded val bpb is the harness's own score of the saved model (its code running apart, confined when
-        edited); the worker's figure is kept beside it, and a worker whose figure is off is a failed experiment."""
-        started = time.monotonic()
-        try:
-            scored = score_model(self.s, run_dir, "val", (self.run_dir / "scoring" / exp_id).absolute(), timeout_s)
-            self._scoring_s = max(self._scoring_s or 0.0, time.monotonic() - started)
-        except (ScoringRefused, ConfinementUnavailable, UserError) as err:
-            return RunMetrics.failure("crashed", f"the harness could not score the model: {err}").flat()
-        reported = metrics["val_bpb"]
-        if abs(reported - scored.bpb) > max(0.01, 0.01 * scored.bpb):
-            return RunMetrics.failure("crashed", f"the worker reported val bpb {reported:.4f}; the harness scores its model "
-                                                 f"{scored.bpb:.4f}").flat()
-        return {**metrics, "val_bpb": scored.bpb, "val_bpb_worker": reported, "val_bytes": scored.bytes,
-                "val_causality_probes": scored.probes}
-
-    def _provenance(self, plan: AnyPlan, run_dir: str | None, metrics: dict[str, Any]) -> dict[str, Any]:
-        """The trailers that let ``autonas reproduce`` re-make a kept model: seed, tokens trained, code hash, corpus."""
-        if not plan.is_model:
-            return {}
-        out: dict[str, Any] = {"seed": plan.config.seed}
-        if isinstance(metrics.get("tokens_trained"), int):
-            out["tokens"] = metrics["tokens_trained"]
-        record = read_code_record(Path(run_dir)) if run_dir else None
-        if record is not None:
-            out["code-hash"] = record.hash
+    def _corpus(self) -> str:
+        """The run corpus's fingerprint (computed once: it reads the whole token cache)."""
         if self._corpus_fingerprint is None:
             self._corpus_fingerprint = prepare_corpus(CorpusSpec(source=self.s.corpus), self.s.tokenizer).corpus_fingerprint
-        out["corpus"] = self._corpus_fingerprint
-        return out
+        return self._corpus_fingerprint
 
     def workspace(self) -> Workspace:
         if self._ws is None:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.judge import Verdict
+from agent.plans import AnyPlan
 from agent.state import HistoryEntry
+from harness.model_code import read_code_record
 
 RESULT_COLUMNS = ["experiment", "commit", "kind", "decision", "val_bpb", "size_bytes_int8", "latency_ms_p50", "params",
                   "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason", "planner", "noise_source"]
@@ -21,6 +23,18 @@ METRIC_TRAILERS = (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"
 
 def metric_trailers(metrics: dict[str, Any]) -> dict[str, Any]:
     return {name: metrics[key] for key, name in METRIC_TRAILERS if key in metrics}
+
+
+def provenance_trailers(plan: AnyPlan, run_dir: str | None, metrics: dict[str, Any], corpus_fingerprint: str) -> dict[str, Any]:
+    """The trailers that let ``autonas reproduce`` re-make a kept model: seed, tokens trained, code hash, corpus."""
+    out: dict[str, Any] = {"seed": plan.config.seed}  # type: ignore[union-attr]  # a model plan: train or distill
+    if isinstance(metrics.get("tokens_trained"), int):
+        out["tokens"] = metrics["tokens_trained"]
+    record = read_code_record(Path(run_dir)) if run_dir else None
+    if record is not None:
+        out["code-hash"] = record.hash
+    out["corpus"] = corpus_fingerprint
+    return out
 
 
 def append_result(path: Path, entry: HistoryEntry, verdict: Verdict) -> None:

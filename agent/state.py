@@ -65,10 +65,9 @@ class AgentState(TypedDict, total=False):
     stop_reason: str
 
 
-#: the classes the checkpointer may rebuild: ``(module, name)`` as langgraph's ``allowed_msgpack_modules`` wants them
-CHECKPOINT_TYPES: tuple[tuple[str, str], ...] = tuple(
-    (cls.__module__, cls.__name__) for cls in (*PLAN_CLASSES, *(c.model_fields["config"].annotation for c in PLAN_CLASSES),
-                                               Verdict, HistoryEntry))
+#: the classes the checkpointer may rebuild, ``(module, name)`` as langgraph's ``allowed_msgpack_modules`` wants them:
+#: the models the state holds at its top level (nested ones, a plan's config, are stored in their parent's dump)
+CHECKPOINT_TYPES: tuple[tuple[str, str], ...] = tuple((cls.__module__, cls.__name__) for cls in (*PLAN_CLASSES, Verdict, HistoryEntry))
 
 
 def refuse_old_state(state: AgentState, run_id: str) -> None:
