@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from agent.graph import open_checkpointer
+from agent.graph import NODES, build_graph, graph_config, open_checkpointer
 from agent.judge import Verdict
 from agent.plans import parse_plan
 from agent.state import HistoryEntry, refuse_old_state
@@ -41,3 +42,24 @@ def test_an_old_checkpoint_is_refused_in_one_line(old: dict) -> None:
         refuse_old_state(old, "r1")  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
     refuse_old_state({"history": [_entry()], "incumbent": _entry(), "plan": None}, "r1")  # the current shape passes
+
+
+def test_resuming_an_old_checkpoint_raises_the_one_line_error_out_of_the_graph(tmp_path: Path) -> None:
+    """Through the real graph and checkpointer: a checkpoint whose state has the old shape stops at its next node
+    with the UserError (which the CLI prints as one line), before the node reads it."""
+    ran: list[str] = []
+
+    def node(name: str):
+        def run(state: dict) -> dict:
+            ran.append(name)
+            return {}
+        return run
+
+    fake = SimpleNamespace(s=SimpleNamespace(run_id="old1"), **{name: node(name) for name in NODES})
+    graph = build_graph(fake).compile(checkpointer=open_checkpointer(tmp_path))  # type: ignore[arg-type]
+    config = graph_config("old1")
+    old_entry = {"id": "e001", "plan": {"kind": "train", "config": {}}, "decision": "keep"}
+    graph.update_state(config, {"plan": old_entry["plan"], "history": [old_entry], "step": 1}, as_node="plan")
+    with pytest.raises(UserError, match="older version"):
+        graph.invoke(None, config)
+    assert ran == []
