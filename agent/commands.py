@@ -299,8 +299,8 @@ def _resume(run_id: str, runs_dir: Path) -> None:
 def _summary(settings: RunSettings, state: dict[str, Any]) -> None:
     hist = state.get("history", [])
     inc = state.get("incumbent")
-    console.print(f"{len(hist)} experiments, {sum(h['decision'] == 'keep' for h in hist)} kept; "
-                  f"best val bpb {inc['val_bpb']:.4f} ({inc['id']})" if inc else f"{len(hist)} experiments, none kept", highlight=False)
+    console.print(f"{len(hist)} experiments, {sum(h.decision == 'keep' for h in hist)} kept; "
+                  f"best val bpb {inc.val_bpb:.4f} ({inc.id})" if inc else f"{len(hist)} experiments, none kept", highlight=False)
     console.print(f"report: {settings.run_dir / 'report.md'}", highlight=False)
 
 

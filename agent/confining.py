@@ -18,15 +18,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from agent.settings import RunSettings
 from distill.cli import GENERATION_FILE
+from harness.data import CorpusSpec, cache_root, prepare_corpus
 from harness.errors import UserError
 from harness.model_code import MODEL_CODE_ENV, read_code_record, stock_code_hash
-from harness.scoring import ScoredBpb, score_run
-from sandbox.confine import Confinement, run_confined
+from harness.run_files import RunMetrics
+from harness.scoring import ScoredBpb, ScoringRefused, score_run
+from sandbox.confine import Confinement, ConfinementUnavailable, run_confined
 from sandbox.environment import WORKER, child_env
 from sandbox.safe_files import UnsafeFile, copy_regular, remove
 from sandbox.workspace import Workspace
@@ -47,8 +50,6 @@ def experiment_confinement(ws: Workspace, settings: RunSettings, out: Path) -> C
 def model_confinement(settings: RunSettings, writable: Path, readable: tuple[Path, ...]) -> Confinement:
     """Confinement for a process that runs a model's edited code: it writes ``writable`` only and reads ``readable``,
     the corpus, the token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``)."""
-    from harness.data import cache_root
-
     paths = [*readable, cache_root(), hf_cache() / "hub"]
     corpus = Path(settings.corpus).expanduser()
     if corpus.exists():
@@ -59,15 +60,13 @@ def model_confinement(settings: RunSettings, writable: Path, readable: tuple[Pat
 
 def prepare_shared_cache(settings: RunSettings) -> None:
     """Tokenize the run's corpus into the shared cache with the installed code (a no-op once it is there)."""
-    from harness.data import CorpusSpec, prepare_corpus
-
     prepare_corpus(CorpusSpec(source=settings.corpus), settings.tokenizer)
 
 
 SAMPLES_MAX_BYTES = 256 * 2**20
 
 
-def trusted_scoring(plan: dict[str, Any], worker_out: Path, scoring_dir: Path) -> tuple[list[str], dict[str, str]]:
+def trusted_scoring(limit: int | None, worker_out: Path, scoring_dir: Path) -> tuple[list[str], dict[str, str]]:
     """Copy the worker's samples (a regular file, no link followed) into ``scoring_dir``, a fresh folder the worker
     cannot reach, and return the command and environment that score them there with the installed harness.
     Raises :class:`~sandbox.safe_files.UnsafeFile` when the samples are not a plain file."""
@@ -79,8 +78,8 @@ def trusted_scoring(plan: dict[str, Any], worker_out: Path, scoring_dir: Path) -
             raise UnsafeFile(f"the worker left no samples.jsonl in {worker_out}")
     cmd = [sys.executable, "-I", "-m", "distill", "eval", "humaneval", "--samples", str(scoring_dir / "samples.jsonl"),
            "--out", str(scoring_dir), "-k", "1"]
-    if plan["config"].get("limit"):
-        cmd += ["--limit", str(plan["config"]["limit"])]
+    if limit:  # the eval plan's first N problems
+        cmd += ["--limit", str(limit)]
     return cmd, child_env(WORKER)
 
 
@@ -89,8 +88,6 @@ def score_model(settings: RunSettings, run_dir: Path, split: str, scratch: Path,
     model's own code runs in a child that only turns tokens into logits: confined like an experiment when that code
     is not the stock code, its output to ``scratch/logits.log``. Raises ScoringRefused, ConfinementUnavailable or
     UserError with the reason."""
-    from harness.data import CorpusSpec, prepare_corpus
-
     corpus = prepare_corpus(CorpusSpec(source=settings.corpus), settings.tokenizer)  # the installed code fills the cache
     if corpus[split].size < 2:
         raise UserError(f"the {split} split of {settings.corpus!r} is empty")
@@ -112,3 +109,22 @@ def score_model(settings: RunSettings, run_dir: Path, split: str, scratch: Path,
         return score_run(run_dir, corpus[split], corpus.token_bytes, settings.eval_bytes, spawn, sys.executable, timeout_s)
     finally:
         log.close()
+
+
+def harness_scored(settings: RunSettings, metrics: dict[str, Any], run_dir: Path, scratch: Path,
+                   timeout_s: float) -> tuple[dict[str, Any], float | None]:
+    """The metrics to record for a model: the recorded val bpb is the harness's own score of the saved model (its code
+    running apart, confined when edited); the worker's figure is kept beside it, and a worker whose figure is off is a
+    failed experiment. Also the seconds the scoring took (None when it could not score)."""
+    started = time.monotonic()
+    try:
+        scored = score_model(settings, run_dir, "val", scratch, timeout_s)
+    except (ScoringRefused, ConfinementUnavailable, UserError) as err:
+        return RunMetrics.failure("crashed", f"the harness could not score the model: {err}").flat(), None
+    took = time.monotonic() - started
+    reported = metrics["val_bpb"]
+    if abs(reported - scored.bpb) > max(0.01, 0.01 * scored.bpb):
+        return RunMetrics.failure("crashed", f"the worker reported val bpb {reported:.4f}; the harness scores its model "
+                                             f"{scored.bpb:.4f}").flat(), took
+    return {**metrics, "val_bpb": scored.bpb, "val_bpb_worker": reported, "val_bytes": scored.bytes,
+            "val_causality_probes": scored.probes}, took

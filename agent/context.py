@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal import Goal
+from agent.plans import DistillPlan, SearchPlan, TrainPlan
+from agent.state import HistoryEntry
 
 
 def limits_text(goal: Goal) -> str:
@@ -28,61 +30,45 @@ def _num(x: Any, fmt: str) -> str:
     return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
 
 
-def _what(entry: dict[str, Any]) -> str:
-    plan = entry["plan"]
-    cfg = plan["config"]
-    if plan["kind"] == "train":
-        from nas.space import ArchConfig
-
-        return f"{ArchConfig(**cfg['arch']).describe()}, {cfg['budget']}, lr {cfg['lr']:g}"
-    if plan["kind"] == "distill":
-        from nas.space import ArchConfig
-
-        return f"distill {cfg['teacher']} -> {ArchConfig(**cfg['arch']).describe()}, {cfg['loss']}, {cfg['budget']}"
-    if plan["kind"] == "compress":
-        return f"compress {cfg['target']}: prune {cfg.get('prune') or '-'}, recover {cfg.get('recover') or '-'}, int8 {cfg['int8']}"
-    if plan["kind"] == "eval":
-        return f"HumanEval of {cfg['target']}, {cfg['limit'] or 164} problems, n={cfg['n']}"
-    return f"search {cfg['strategy']}, {cfg['trials']} trials x {cfg['stage1_budget']}, {cfg['objectives']}"
-
-
-def history_table(history: list[dict[str, Any]], incumbent: dict[str, Any] | None, max_rows: int = 30) -> str:
+def history_table(history: list[HistoryEntry], incumbent: HistoryEntry | None, max_rows: int = 30) -> str:
     if not history:
         return "(none yet)"
     rows = history[-max_rows:]
-    if incumbent and all(r["id"] != incumbent["id"] for r in rows):
+    if incumbent and all(r.id != incumbent.id for r in rows):
         rows = [incumbent] + rows
     lines = ["| id | kind | decision | val_bpb | int8 MB | latency ms | seed | what | judge |", "|---|---|---|---|---|---|---|---|---|"]
     for h in rows:
-        m = h.get("metrics", {})
+        m = h.metrics
         size = m.get("size_bytes_int8")
-        lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {_num(h.get('val_bpb'), '.4f')} | "
+        lines.append(f"| {h.id} | {h.plan.kind} | {h.decision} | {_num(h.val_bpb, '.4f')} | "
                      f"{_num(size / 1e6 if isinstance(size, (int, float)) else None, '.3f')} | {_num(m.get('latency_ms_p50'), '.2f')} | "
-                     f"{h['plan']['config'].get('seed', '-')} | {_what(h)} | {str(h.get('reason', ''))[:90]} |")
+                     f"{getattr(h.plan.config, 'seed', '-')} | {h.plan.summary()} | {h.reason[:90]} |")
     if len(history) > max_rows:
         lines.insert(0, f"({len(history) - max_rows} older experiments not shown)")
     return "\n".join(lines)
 
 
-def incumbent_text(incumbent: dict[str, Any] | None) -> str:
+def incumbent_text(incumbent: HistoryEntry | None) -> str:
     if not incumbent:
         return "none yet (no training result kept)"
-    m = incumbent.get("metrics", {})
-    arch = json.dumps(incumbent["plan"]["config"]["arch"], sort_keys=True)
+    assert isinstance(incumbent.plan, (TrainPlan, DistillPlan)), incumbent.plan.kind  # only a model is ever the incumbent
+    m = incumbent.metrics
+    config = incumbent.plan.config.model_dump()
+    arch = json.dumps(config["arch"], sort_keys=True)
     size = m.get("size_bytes_int8")
-    return (f"{incumbent['id']}: val_bpb {_num(incumbent.get('val_bpb'), '.4f')}, int8 "
+    return (f"{incumbent.id}: val_bpb {_num(incumbent.val_bpb, '.4f')}, int8 "
             f"{_num(size / 1e6 if isinstance(size, (int, float)) else None, '.3f')} MB, latency {_num(m.get('latency_ms_p50'), '.2f')} ms\n"
-            f"arch: {arch}\ntraining: " + json.dumps({k: v for k, v in incumbent["plan"]["config"].items() if k != "arch"}, sort_keys=True))
+            f"arch: {arch}\ntraining: " + json.dumps({k: v for k, v in config.items() if k != "arch"}, sort_keys=True))
 
 
-def front_text(history: list[dict[str, Any]], max_members: int = 8) -> str:
-    searches = [h for h in history if h["plan"]["kind"] == "nas_search" and h.get("run_dir")]
+def front_text(history: list[HistoryEntry], max_members: int = 8) -> str:
+    searches = [h for h in history if isinstance(h.plan, SearchPlan) and h.run_dir]
     for h in reversed(searches):
-        path = Path(h["run_dir"]) / "pareto.json"
+        path = Path(h.run_dir or "") / "pareto.json"
         if not path.is_file():
             continue
         front = sorted(json.loads(path.read_text()).get("front", []), key=lambda m: m["objectives"]["bpb"])[:max_members]
-        lines = [f"from {h['id']} (short training, so bpb is higher than a full run would give):"]
+        lines = [f"from {h.id} (short training, so bpb is higher than a full run would give):"]
         for m in front:
             objs = ", ".join(f"{k} {v:.4g}" for k, v in m["objectives"].items())
             lines.append(f"- {objs}; arch {json.dumps(m['arch'], sort_keys=True)}")

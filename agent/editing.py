@@ -10,16 +10,18 @@ repeat of a kept experiment, whose commit already holds the change, runs with no
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
-from agent.plans import MODEL_KINDS
+from agent.plans import AnyPlan
 from agent.prompting import Prompts
 from agent.settings import RunSettings
-from ccaa.editor import BuiltinEditor, EditInstruction, Editor, EditorReport, EditResult, edit_with_fallback, patch_bytes
+from agent.state import HistoryEntry
+from ccaa.claude_code import ClaudeCodeEditor
+from ccaa.editor import (EDITOR_NAMES, BuiltinEditor, EditInstruction, Editor, EditorReport, EditorUnavailable, EditResult,
+                         edit_with_fallback, patch_bytes)
+from ccaa.gui import GuiEditor
 from harness.errors import UserError
 from harness.model_code import MODEL_CODE_ENV, off_limits_reason
 from sandbox import gitexe
@@ -30,8 +32,6 @@ IN_TREE = "in-tree"  # the editor name of a repeat whose code change the tree al
 
 def parse_editors(spec: str) -> tuple[str, ...]:
     """``builtin``, ``claude-code``, ``gui`` or a comma-separated fallback chain of them."""
-    from ccaa.editor import EDITOR_NAMES
-
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     bad = [n for n in names if n not in EDITOR_NAMES]
     if not names or bad:
@@ -43,8 +43,6 @@ def parse_editors(spec: str) -> tuple[str, ...]:
 
 def editor_warnings(settings: RunSettings) -> list[str]:
     """Editors that cannot run on this machine, said once at the start (their edits would fail one by one)."""
-    from ccaa.editor import EditorUnavailable
-
     out = []
     for editor in build_editors(settings):
         try:
@@ -61,46 +59,26 @@ def build_editors(settings: RunSettings, env: Mapping[str, str] | None = None) -
         if name == "builtin":
             editors.append(BuiltinEditor())
         elif name == "claude-code":
-            from ccaa.claude_code import ClaudeCodeEditor
-
             editors.append(ClaudeCodeEditor(binary=settings.claude_binary, model=settings.claude_model,
                                             max_turns=settings.editor_max_turns, env=env))
         else:
-            from ccaa.gui import GuiEditor
-
             editors.append(GuiEditor(env=env))
     return editors
 
 
-def config_files(plan: dict[str, Any], exp_id: str) -> dict[str, str]:
-    """The plan's configuration as the files the workers read (``configs/``), plus the plan itself."""
-    cfg = plan["config"]
-    files: dict[str, str] = {}
-    if plan["kind"] in MODEL_KINDS:
-        files["configs/arch.json"] = json.dumps(cfg["arch"], indent=2) + "\n"
-        name = "train.json" if plan["kind"] == "train" else "distill.json"
-        files[f"configs/{name}"] = json.dumps({k: v for k, v in cfg.items() if k != "arch"}, indent=2) + "\n"
-    elif plan["kind"] in ("eval", "compress"):
-        files[f"configs/{plan['kind']}.json"] = json.dumps(cfg, indent=2) + "\n"
-    else:
-        files["configs/search.json"] = json.dumps(cfg, indent=2) + "\n"
-    files["configs/plan.json"] = json.dumps({"experiment": exp_id, **plan}, indent=2) + "\n"
-    return files
-
-
-def code_instruction(prompts: Prompts, plan: dict[str, Any], exp_id: str, title: str, workspace: Path, log_dir: Path,
+def code_instruction(prompts: Prompts, plan: AnyPlan, exp_id: str, title: str, workspace: Path, log_dir: Path,
                      timeout_s: float) -> EditInstruction:
-    text = prompts.render("editor", workspace=workspace, experiment=exp_id, title=title, rationale=plan["rationale"],
-                          instructions=plan["code_change"])
+    text = prompts.render("editor", workspace=workspace, experiment=exp_id, title=title, rationale=plan.rationale,
+                          instructions=plan.code_change)
     return EditInstruction(text=text, system_prompt=prompts.render("editor_system", workspace=workspace), log_dir=log_dir,
                            timeout_s=timeout_s, off_limits=off_limits_reason)
 
 
-def replay_patch(history: list[dict[str, Any]], code_change: str) -> Path | None:
+def replay_patch(history: list[HistoryEntry], code_change: str) -> Path | None:
     """The stored diff of an earlier experiment whose editor made this same code change (an absolute path)."""
     for h in reversed(history):
-        edit = h.get("edit") or {}
-        if h["plan"].get("code_change") == code_change and edit.get("ok") and edit.get("patch") and Path(edit["patch"]).is_file():
+        edit = h.edit or {}
+        if h.plan.code_change == code_change and edit.get("ok") and edit.get("patch") and Path(edit["patch"]).is_file():
             return Path(edit["patch"]).resolve()
     return None
 
@@ -134,13 +112,14 @@ class PatchReplay(Editor):
         return EditorReport(ok=True)
 
 
-def apply_code_change(settings: RunSettings, prompts: Prompts, plan: dict[str, Any], exp_id: str, title: str, workspace: Path,
-                      log_dir: Path, history: list[dict[str, Any]], env: Mapping[str, str] | None = None) -> list[EditResult]:
+def apply_code_change(settings: RunSettings, prompts: Prompts, plan: AnyPlan, exp_id: str, title: str, workspace: Path,
+                      log_dir: Path, history: list[HistoryEntry], env: Mapping[str, str] | None = None) -> list[EditResult]:
     """Run the replay or the editor chain; the winning diff is stored byte for byte as ``edit.patch`` in the
     experiment's folder. A change the tree already holds (a repeat of the kept experiment that made it) needs no
     edit: its patch is stored again and the experiment runs on the tree as it is."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    stored = replay_patch(history, plan["code_change"])
+    assert plan.code_change is not None
+    stored = replay_patch(history, plan.code_change)
     if stored is not None and change_in_tree(workspace, stored):
         diff = stored.read_bytes()
         (log_dir / PATCH_NAME).write_bytes(diff)

@@ -20,7 +20,8 @@ from pydantic import BaseModel
 
 from agent.goal import Goal
 
-Decision = Literal["keep", "discard", "close", "crash"]
+# every decision the loop records: the judge's four, and "repeat" (a noise repeat of the incumbent, which only measures)
+Decision = Literal["keep", "discard", "close", "crash", "repeat"]
 MIN_NOISE = 0.002  # bits per byte: below this the estimate from two runs is not trusted
 
 

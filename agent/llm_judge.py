@@ -17,7 +17,9 @@ from agent.context import incumbent_text, limits_text
 from agent.goal import Goal
 from agent.judge import Verdict, violations
 from agent.llm import CostLedger, LLMClient, LLMError
+from agent.plans import AnyPlan
 from agent.prompting import Prompts
+from agent.state import HistoryEntry
 
 TOOL = "submit_verdict"
 TOOL_DESCRIPTION = "Submit the verdict on this experiment."
@@ -45,7 +47,7 @@ class LLMJudge:
     def describe(self) -> str:
         return self.client.describe() + " over the metric rule"
 
-    def review(self, rule: Verdict, exp_id: str, plan: dict[str, Any], metrics: dict[str, Any], incumbent: dict[str, Any] | None,
+    def review(self, rule: Verdict, exp_id: str, plan: AnyPlan, metrics: dict[str, Any], incumbent: HistoryEntry | None,
                repeats: int, notes: list[str]) -> Verdict:
         if rule.decision not in ("keep", "close", "discard") or violations(self.goal, metrics):
             return rule
@@ -54,8 +56,8 @@ class LLMJudge:
                  + (f"delta vs incumbent: {rule.delta:+.4f} bpb (negative is better)\n" if rule.delta is not None else "")
                  + (f"measured run-to-run noise (std): {rule.noise:.4f} bpb\n" if rule.noise is not None else "noise: not measured yet\n")
                  + f"the metric rule's verdict: {rule.decision}: {rule.reason}")
-        user = self.prompts.render("judge", goal=self.goal.text, limits=limits_text(self.goal), experiment=f"{exp_id} ({plan['kind']})",
-                                   rationale=plan.get("rationale", ""), metrics=json.dumps(flat, indent=1, sort_keys=True),
+        user = self.prompts.render("judge", goal=self.goal.text, limits=limits_text(self.goal), experiment=f"{exp_id} ({plan.kind})",
+                                   rationale=plan.rationale, metrics=json.dumps(flat, indent=1, sort_keys=True),
                                    incumbent=incumbent_text(incumbent), statistics=stats)
         answer: JudgeAnswer | None = None
         for attempt in range(1, self.max_attempts + 1):

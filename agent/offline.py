@@ -17,19 +17,14 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
 
 from agent.goal import Goal
 from agent.plans import (AnyPlan, CompressConfigPlan, CompressPlan, DistillConfigPlan, DistillPlan, EvalConfigPlan, EvalPlan, SearchConfigPlan, SearchPlan,
-                         TrainConfigPlan, TrainPlan)
+                         TrainConfigPlan, TrainPlan, budget_fraction)
+from agent.state import HistoryEntry
 from nas.space import ArchConfig, ArchConstraints, get_space
 
-
-def group_key(plan: dict[str, Any]) -> str:
-    """Experiments that differ only by seed form one group (their spread is the noise)."""
-    cfg = dict(plan["config"])
-    cfg.pop("seed", None)
-    return json.dumps({"kind": plan["kind"], "config": cfg, "code_change": plan.get("code_change")}, sort_keys=True)
+__all__ = ["OfflinePlanner", "budget_fraction"]  # budget_fraction lives with the plans, whose defaults it makes
 
 
 class OfflinePlanner:
@@ -47,14 +42,14 @@ class OfflinePlanner:
             return arch
         return self.space.sample_feasible(random.Random(self.seed), self.constraints)
 
-    def propose(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> AnyPlan:
-        tried = {group_key(h["plan"]) for h in history}
-        trains = [h for h in history if h["plan"]["kind"] == "train"]
+    def propose(self, history: list[HistoryEntry], incumbent: HistoryEntry | None) -> AnyPlan:
+        tried = {h.plan.group_key() for h in history}
+        trains = [h for h in history if isinstance(h.plan, TrainPlan)]
         # 1. baseline (its noise repeat and the re-runs of close calls are the graph's: agent.repeats)
         if not trains:
             return self._train(self._baseline_arch(), "baseline: the default shape within the goal's limits")
         # 2. one architecture search under the goal's limits
-        searches = [h for h in history if h["plan"]["kind"] == "nas_search"]
+        searches = [h for h in history if isinstance(h.plan, SearchPlan)]
         if not searches:
             objectives = "bpb,bytes_int8" + (",latency" if self.goal.max_latency_ms else "")
             return SearchPlan(config=SearchConfigPlan(objectives=objectives, trials=self.search_trials,
@@ -64,44 +59,39 @@ class OfflinePlanner:
         # 3. the search's front, best first, at the full budget
         for h in searches:
             for arch in _front_archs(h):
-                plan = self._train(arch, f"train Pareto candidate from {h['id']} at the full budget")
-                if group_key(plan.model_dump()) not in tried and self.constraints.allows(arch):
+                plan = self._train(arch, f"train Pareto candidate from {h.id} at the full budget")
+                if plan.group_key() not in tried and self.constraints.allows(arch):
                     return plan
         # 5. born-again distillation of the incumbent, then one HumanEval of the incumbent
-        if incumbent is not None and not any(h["plan"]["kind"] == "distill" for h in history):
-            return DistillPlan(config=DistillConfigPlan(teacher=incumbent["id"], arch=ArchConfig(**incumbent["plan"]["config"]["arch"]),
-                                                        loss="fkl", budget=self.train_budget),
-                               rationale=f"born-again distillation: {incumbent['id']}'s soft targets into its own architecture")
-        if incumbent is not None and not any(h["plan"]["kind"] == "eval" for h in history):
-            return EvalPlan(config=EvalConfigPlan(target=incumbent["id"], limit=20, max_new_tokens=96),
-                            rationale=f"HumanEval pass@1 of the incumbent {incumbent['id']} (first 20 problems, greedy)")
-        if incumbent is not None and not any(h["plan"]["kind"] == "compress" for h in history):
-            return CompressPlan(config=CompressConfigPlan(target=incumbent["id"], int8=True),
-                                rationale=f"INT8 of the incumbent {incumbent['id']}: size on disk, CPU latency and the bpb it costs")
+        if incumbent is not None and not any(isinstance(h.plan, DistillPlan) for h in history):
+            return DistillPlan(config=DistillConfigPlan(teacher=incumbent.id, arch=_arch_of(incumbent), loss="fkl", budget=self.train_budget),
+                               rationale=f"born-again distillation: {incumbent.id}'s soft targets into its own architecture")
+        if incumbent is not None and not any(isinstance(h.plan, EvalPlan) for h in history):
+            return EvalPlan(config=EvalConfigPlan(target=incumbent.id, limit=20, max_new_tokens=96),
+                            rationale=f"HumanEval pass@1 of the incumbent {incumbent.id} (first 20 problems, greedy)")
+        if incumbent is not None and not any(isinstance(h.plan, CompressPlan) for h in history):
+            return CompressPlan(config=CompressConfigPlan(target=incumbent.id, int8=True),
+                                rationale=f"INT8 of the incumbent {incumbent.id}: size on disk, CPU latency and the bpb it costs")
         # 6. neighbourhood of the incumbent
-        base = ArchConfig(**incumbent["plan"]["config"]["arch"]) if incumbent else self._baseline_arch()
+        base = _arch_of(incumbent) if incumbent else self._baseline_arch()
         rng = random.Random(self.seed * 7919 + len(history))
         for _ in range(200):
             arch = self.space.mutate(base, rng, n_genes=1 if rng.random() < 0.7 else 2)
             plan = self._train(arch, f"one-step mutation of the incumbent ({base.describe()} -> {arch.describe()})")
-            if group_key(plan.model_dump()) not in tried and self.constraints.allows(arch):
+            if plan.group_key() not in tried and self.constraints.allows(arch):
                 return plan
         return self._train(self.space.sample_feasible(rng, self.constraints), "random restart: the neighbourhood is exhausted")
 
 
-def _front_archs(search_record: dict[str, Any]) -> list[ArchConfig]:
-    path = Path(search_record.get("run_dir", "")) / "pareto.json"
+def _arch_of(entry: HistoryEntry) -> ArchConfig:
+    """The architecture of a model experiment (the incumbent is always one: train or distill)."""
+    assert isinstance(entry.plan, (TrainPlan, DistillPlan)), entry.plan.kind
+    return entry.plan.config.arch
+
+
+def _front_archs(search_record: HistoryEntry) -> list[ArchConfig]:
+    path = Path(search_record.run_dir or "") / "pareto.json"
     if not path.is_file():
         return []
     front = json.loads(path.read_text()).get("front", [])
     return [ArchConfig(**m["arch"]) for m in sorted(front, key=lambda m: m["objectives"]["bpb"])]
-
-
-def budget_fraction(budget: str, div: int) -> str:
-    """``budget / div`` written as a budget of the same kind (a search's stage 1 is a fraction of one experiment)."""
-    from harness.budget import parse_budget
-
-    b = parse_budget(budget)
-    if b.seconds is not None:
-        return f"{max(2.0, b.seconds / div):g}s"
-    return f"{max(1000, (b.tokens or 0) // div)}tok"

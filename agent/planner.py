@@ -19,6 +19,7 @@ from agent.llm import CostLedger, LLMClient, LLMError
 from agent.offline import OfflinePlanner
 from agent.plans import AnyPlan, PlanContext, PlanError, check_plan, parse_plan, plan_tool_schema
 from agent.prompting import Prompts
+from agent.state import HistoryEntry
 
 TOOL = "submit_plan"
 TOOL_DESCRIPTION = "Submit the next experiment as a plan {kind, config, rationale}."
@@ -42,7 +43,7 @@ class Planner:
     def describe(self) -> str:
         return self.client.describe() if self.client else "offline (deterministic strategy)"
 
-    def propose(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None, noise: float | None,
+    def propose(self, history: list[HistoryEntry], incumbent: HistoryEntry | None, noise: float | None,
                 ctx: PlanContext) -> PlanOutcome:
         if self.client is None:
             return PlanOutcome(self._offline(history, incumbent), "offline")
@@ -80,19 +81,18 @@ class Planner:
         notes.append("the offline planner takes this step")
         return PlanOutcome(self._offline(history, incumbent), "offline fallback", notes)
 
-    def _offline(self, history: list[dict[str, Any]], incumbent: dict[str, Any] | None) -> AnyPlan:
-        return parse_plan(self.offline.propose(history, incumbent).model_dump())
+    def _offline(self, history: list[HistoryEntry], incumbent: HistoryEntry | None) -> AnyPlan:
+        return self.offline.propose(history, incumbent)
 
     def _over_budget(self) -> bool:
         return self.max_cost_usd is not None and self.ledger is not None and self.ledger.total_usd >= self.max_cost_usd
 
 
-def _refuse_exact_repeat(plan: AnyPlan, history: list[dict[str, Any]]) -> None:
+def _refuse_exact_repeat(plan: AnyPlan, history: list[HistoryEntry]) -> None:
     """The same kind and config with the same seed would only re-measure a known number."""
-    config = plan.model_dump()["config"]
     for h in history:
-        if h["plan"]["kind"] == plan.kind and h["plan"]["config"] == config and h["plan"].get("code_change") == plan.code_change:
-            raise PlanError(f"this exact configuration was already run as {h['id']}: change the config, or the seed for a deliberate repeat")
+        if h.plan.kind == plan.kind and h.plan.config.model_dump() == plan.config.model_dump() and h.plan.code_change == plan.code_change:
+            raise PlanError(f"this exact configuration was already run as {h.id}: change the config, or the seed for a deliberate repeat")
 
 
 def _json_in(text: str) -> dict[str, Any] | str:

@@ -1,17 +1,30 @@
 """Plans: what the next experiment is, as a typed object. A planner (LLM or offline) produces JSON; it is
-validated here, and a validation error goes back to the planner as text, never as a crash."""
+validated here, and a validation error goes back to the planner as text, never as a crash.
+
+Each plan kind is one class that owns everything kind-specific: its title, its one-line summary for prompts, the
+config files the workers read, the worker command and its time limit, how the run's wall cap is passed on, the
+checks against the run, and the verdict of a kind the metric rule does not judge. Adding a kind is one class here
+and its place in :data:`AnyPlan`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-from typing import Annotated, Literal, Union
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from harness.budget import Budget
-from harness.errors import describe_validation_error
+from agent.judge import Verdict
+from agent.search_resume import search_continuation
+from harness.budget import Budget, parse_budget
+from harness.errors import UserError, describe_validation_error
 from nas import validate
-from nas.space import ArchConfig
+from nas.objectives import parse_objectives
+from nas.space import ArchConfig, ArchConstraints, get_space
 from nas.validate import MAX_SEED
 
 
@@ -80,8 +93,7 @@ class CompressConfigPlan(BaseModel):
     @classmethod
     def _prune_spec(cls, v: str | None) -> str | None:
         if v is not None:
-            from kernels.prune import PruneSpec
-            from harness.errors import UserError
+            from kernels.prune import PruneSpec  # deliberate: kernels.prune imports torch, which a plan's parse does not need
 
             try:
                 PruneSpec.parse(v)
@@ -90,52 +102,353 @@ class CompressConfigPlan(BaseModel):
         return v
 
 
+class PlanError(ValueError):
+    """The planner's output is not a valid plan; the message is fed back to it."""
+
+
+class PlanContext(BaseModel):
+    """What a plan must agree with beyond its schema: the run's tokenizer, the goal's limits, the time left."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vocab_size: int
+    max_mb: float | None = None  # int8 bytes / 10^6, as in the goal
+    max_params: int | None = None
+    max_latency_ms: float | None = None
+    time_left_s: float
+    models: tuple[str, ...] = ()  # ids of finished train/distill experiments (teachers / eval targets)
+    has_incumbent: bool = False
+    code_editing: bool = False  # the run has an editor that can change code (claude-code or gui)
+    experiment_budget: str | None = None  # the run's: every budget of a plan is of its kind (tokens or wall clock)
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker command needs besides its plan: the run's data settings and how a model reference
+    ('incumbent', 'e003') becomes a run folder (raises UserError when that model is missing)."""
+
+    tokenizer: str
+    corpus: str
+    eval_bytes: int
+    resolve_model: Callable[[str], str]
+
+
 class PlanBase(BaseModel):
     """What every plan carries besides its kind and config: why, and optionally a change to the workspace's code
     that an LLM editor (Claude Code, or the GUI fallback) makes before the worker runs."""
 
     model_config = ConfigDict(extra="forbid")
 
+    #: the result is a model that competes for the incumbent (judged by the metric rule, scored by the harness)
+    is_model: ClassVar[bool] = False
+    #: a code change may go with this kind
+    takes_code_change: ClassVar[bool] = True
+
     rationale: str = Field(min_length=1)
     code_change: str | None = Field(None, min_length=1, max_length=4000,
                                     description="optional: a change to the model or search code in the workspace (the nas/ "
                                                 "package), in words, for the code editor; leave out for config-only experiments")
 
+    kind: str
+    config: BaseModel
+
+    # ------------------------------------------------------------------ what every kind says about itself
+
+    def config_title(self) -> str:
+        raise NotImplementedError
+
+    def title(self) -> str:
+        """The experiment's title: commit subject, journal and progress line."""
+        title = self.config_title()
+        return f"{title} + code change" if self.code_change else title
+
+    def summary(self) -> str:
+        """One short line for the experiments table of an LLM prompt."""
+        raise NotImplementedError
+
+    def own_config_files(self) -> dict[str, str]:
+        """The kind's files under ``configs/`` that its worker reads."""
+        raise NotImplementedError
+
+    def config_files(self, exp_id: str) -> dict[str, str]:
+        """The plan's configuration as the files the workers read (``configs/``), plus the plan itself."""
+        return {**self.own_config_files(),
+                "configs/plan.json": json.dumps({"experiment": exp_id, **self.model_dump()}, indent=2) + "\n"}
+
+    def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
+        """The worker's command line and its own time limit (a token budget's limit is generous: the run's time left
+        and the worker's wall cap are what bound it)."""
+        raise NotImplementedError
+
+    def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
+        """The command told to stop by itself at the run's wall cap (kinds that cannot are bounded by the timeout)."""
+        return cmd
+
+    def continuation(self, out: Path) -> list[str]:
+        """Arguments that let a re-run after a kill continue the work already in ``out`` (none: it starts again)."""
+        return []
+
+    def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
+        """The verdict of a kind the metric rule does not judge (None: the rule judges it against the incumbent)."""
+        return None
+
+    def check(self, ctx: PlanContext) -> PlanBase:
+        """Semantic checks of the kind (PlanError with the reason); returns the plan, possibly completed."""
+        return self
+
+    def default_budgets(self, experiment_budget: str) -> PlanBase:
+        """Budgets this plan left out, as the run's (not the schema's wall-clock defaults)."""
+        return self
+
+    def group_key(self) -> str:
+        """Experiments that differ only by seed form one group (their spread is the noise)."""
+        cfg = self.config.model_dump()
+        cfg.pop("seed", None)
+        return json.dumps({"kind": self.kind, "config": cfg, "code_change": self.code_change}, sort_keys=True)
+
+    def with_seed(self, seed: int, rationale: str) -> PlanBase:
+        """The same experiment with another seed (a noise repeat or the re-run of a close call)."""
+        return self.model_copy(update={"config": self.config.model_copy(update={"seed": seed}), "rationale": rationale})
+
+
+def _model_config_files(name: str, config: BaseModel) -> dict[str, str]:
+    cfg = config.model_dump()
+    return {"configs/arch.json": json.dumps(cfg["arch"], indent=2) + "\n",
+            f"configs/{name}": json.dumps({k: v for k, v in cfg.items() if k != "arch"}, indent=2) + "\n"}
+
+
+def _budget_default(plan: PlanBase, field: str, value: str) -> PlanBase:
+    if field in plan.config.model_fields_set:
+        return plan
+    return plan.model_copy(update={"config": plan.config.model_copy(update={field: value})})
+
 
 class TrainPlan(PlanBase):
+    is_model: ClassVar[bool] = True
     kind: Literal["train"] = "train"
     config: TrainConfigPlan
+
+    def config_title(self) -> str:
+        c = self.config
+        return f"train {c.arch.describe()} for {c.budget} (seed {c.seed})"
+
+    def summary(self) -> str:
+        c = self.config
+        return f"{c.arch.describe()}, {c.budget}, lr {c.lr:g}"
+
+    def own_config_files(self) -> dict[str, str]:
+        return _model_config_files("train.json", self.config)
+
+    def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
+        c = self.config
+        cmd = [sys.executable, "-m", "nas", "train", "--arch", "configs/arch.json", "--budget", c.budget, "--out", str(out),
+               "--seed", str(c.seed), "--lr", str(c.lr), "--batch-size", str(c.batch_size), "--tokenizer", setup.tokenizer,
+               "--corpus", setup.corpus, "--eval-bytes", str(setup.eval_bytes), "--quiet"]
+        b = parse_budget(c.budget)
+        return cmd, (b.seconds * 3 + 180) if b.seconds else 3600.0
+
+    def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
+        return cmd + ["--max-seconds", f"{cap_s:.1f}"]
+
+    def check(self, ctx: PlanContext) -> PlanBase:
+        _check_arch_and_budget(self.config.arch, self.config.budget, ctx)
+        return self
+
+    def default_budgets(self, experiment_budget: str) -> PlanBase:
+        return _budget_default(self, "budget", experiment_budget)
 
 
 class SearchPlan(PlanBase):
     kind: Literal["nas_search"] = "nas_search"
     config: SearchConfigPlan
 
+    def config_title(self) -> str:
+        return f"architecture search: {self.config.trials} trials, {self.config.objectives}"
+
+    def summary(self) -> str:
+        c = self.config
+        return f"search {c.strategy}, {c.trials} trials x {c.stage1_budget}, {c.objectives}"
+
+    def own_config_files(self) -> dict[str, str]:
+        return {"configs/search.json": json.dumps(self.config.model_dump(), indent=2) + "\n"}
+
+    def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
+        c = self.config
+        cmd = [sys.executable, "-m", "nas", "nas", "search", "--out", str(out), "--space", c.space, "--objectives", c.objectives,
+               "--strategy", c.strategy, "--trials", str(c.trials), "--stage1", c.stage1_budget, "--stage2", "none",
+               "--seed", str(c.seed), "--tokenizer", setup.tokenizer, "--corpus", setup.corpus, "--eval-bytes", str(setup.eval_bytes),
+               "--quiet"]
+        if c.max_mb:
+            cmd += ["--max-mb", str(c.max_mb)]
+        if c.max_latency_ms:
+            cmd += ["--max-latency-ms", str(c.max_latency_ms)]
+        b = parse_budget(c.stage1_budget)
+        per = (b.seconds * 3 + 120) if b.seconds else 600.0
+        return cmd, per * c.trials + 300
+
+    def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
+        # the search stops sampling at its budget and caps its trials at what is left
+        return cmd + ["--budget", f"{cap_s:.1f}s", "--cap-trials"]
+
+    def continuation(self, out: Path) -> list[str]:
+        return search_continuation(out, self)
+
+    def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
+        ok = bool(metrics) and metrics.get("status") == "ok"  # type: ignore[union-attr]
+        return Verdict(decision="keep" if ok else "crash", metric=(metrics or {}).get("val_bpb"),
+                       reason=(f"search found a front of {metrics.get('front_size')}; its members are trained next" if ok  # type: ignore[union-attr]
+                               else str((metrics or {}).get("fail_reason", "search failed"))))
+
+    def check(self, ctx: PlanContext) -> PlanBase:
+        cfg = self.config
+        get_space(cfg.space)
+        parse_objectives(cfg.objectives)
+        b = _check_budget_kind(cfg.stage1_budget, "config.stage1_budget", ctx)
+        if b.seconds is not None and b.seconds * cfg.trials > 2 * max(ctx.time_left_s, 1.0):
+            raise PlanError(f"{cfg.trials} trials of {cfg.stage1_budget} do not fit in the {ctx.time_left_s:.0f}s left")
+        limits = {"max_mb": _tighter(cfg.max_mb, ctx.max_mb), "max_latency_ms": _tighter(cfg.max_latency_ms, ctx.max_latency_ms)}
+        return self.model_copy(update={"config": cfg.model_copy(update=limits)})
+
+    def default_budgets(self, experiment_budget: str) -> PlanBase:
+        return _budget_default(self, "stage1_budget", budget_fraction(experiment_budget, 4))
+
 
 class DistillPlan(PlanBase):
+    is_model: ClassVar[bool] = True
     kind: Literal["distill"] = "distill"
     config: DistillConfigPlan
 
+    def config_title(self) -> str:
+        c = self.config
+        return (f"distill {c.teacher} into {c.arch.describe()} ({c.loss}, T={c.temperature:g}) "
+                f"for {c.budget} (seed {c.seed})")
+
+    def summary(self) -> str:
+        c = self.config
+        return f"distill {c.teacher} -> {c.arch.describe()}, {c.loss}, {c.budget}"
+
+    def own_config_files(self) -> dict[str, str]:
+        return _model_config_files("distill.json", self.config)
+
+    def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
+        c = self.config
+        cmd = [sys.executable, "-m", "distill", "distill", "--teacher", setup.resolve_model(c.teacher), "--student", "configs/arch.json",
+               "--loss", c.loss, "--temperature", str(c.temperature), "--ce-weight", str(c.ce_weight),
+               "--budget", c.budget, "--out", str(out), "--seed", str(c.seed), "--lr", str(c.lr),
+               "--batch-size", str(c.batch_size), "--corpus", setup.corpus, "--eval-bytes", str(setup.eval_bytes), "--quiet"]
+        b = parse_budget(c.budget)
+        return cmd, (b.seconds * 4 + 180) if b.seconds else 3600.0
+
+    def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
+        return cmd + ["--max-seconds", f"{cap_s:.1f}"]
+
+    def check(self, ctx: PlanContext) -> PlanBase:
+        _check_model_ref(self.config.teacher, "teacher", ctx)
+        _check_arch_and_budget(self.config.arch, self.config.budget, ctx)
+        return self
+
+    def default_budgets(self, experiment_budget: str) -> PlanBase:
+        return _budget_default(self, "budget", experiment_budget)
+
 
 class CompressPlan(PlanBase):
+    takes_code_change: ClassVar[bool] = False
     kind: Literal["compress"] = "compress"
     config: CompressConfigPlan
 
+    def config_title(self) -> str:
+        c = self.config
+        return f"compress {c.target}: " + " + ".join(x for x in (c.prune, c.recover and f"recover {c.recover}",
+                                                                   "int8" if c.int8 else None) if x)
+
+    def summary(self) -> str:
+        c = self.config
+        return f"compress {c.target}: prune {c.prune or '-'}, recover {c.recover or '-'}, int8 {c.int8}"
+
+    def own_config_files(self) -> dict[str, str]:
+        return {"configs/compress.json": json.dumps(self.config.model_dump(), indent=2) + "\n"}
+
+    def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
+        c = self.config
+        cmd = [sys.executable, "-m", "kernels", "compress", "--model", setup.resolve_model(c.target), "--out", str(out),
+               "--eval-bytes", str(setup.eval_bytes), "--quiet", "--int8" if c.int8 else "--no-int8"]
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            cmd.append("--onnx")  # so the deployment runtime is chosen among PyTorch and ONNX Runtime by measurement
+        if c.prune:
+            cmd += ["--prune", c.prune]
+        if c.recover:
+            cmd += ["--recover", c.recover]
+        b = parse_budget(c.recover) if c.recover else None
+        return cmd, ((b.seconds or 0) * 3 if b else 0) + 600.0
+
+    def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
+        ok = bool(metrics) and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float)  # type: ignore[union-attr]
+        reason = str((metrics or {}).get("fail_reason", "compression failed"))
+        if ok:
+            assert metrics is not None
+            size = metrics.get("size_bytes_on_disk_int8") or metrics.get("size_bytes_on_disk_fp32")
+            reason = (f"compressed {self.config.target}: val bpb {metrics['val_bpb_before']:.4f} -> {metrics['val_bpb']:.4f} "
+                      f"({metrics['val_bpb_change_pct']:+.2f}%), {size / 1e6:.3f} MB on disk"
+                      + (f", {metrics['latency_ms_p50_deploy_cpu']:.2f} ms/token on CPU with {metrics['deploy_cpu_runtime']}"
+                         if "latency_ms_p50_deploy_cpu" in metrics else
+                         f", {metrics['latency_ms_p50']:.2f} ms/token" if "latency_ms_p50" in metrics else ""))
+        return Verdict(decision="keep" if ok else "crash", metric=None, reason=reason)
+
+    def check(self, ctx: PlanContext) -> PlanBase:
+        c = self.config
+        _check_model_ref(c.target, "target", ctx)
+        if not c.int8 and not c.prune:
+            raise PlanError("config: a compress plan needs int8 and/or prune")
+        if c.recover and not c.prune:
+            raise PlanError("config.recover fine-tunes after pruning: set config.prune too")
+        if c.recover:
+            b = _check_budget_kind(c.recover, "config.recover", ctx)
+            if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
+                raise PlanError(f"config.recover {c.recover} is more than the {ctx.time_left_s:.0f}s left")
+        return self
+
 
 class EvalPlan(PlanBase):
+    takes_code_change: ClassVar[bool] = False
     kind: Literal["eval"] = "eval"
     config: EvalConfigPlan
+
+    def config_title(self) -> str:
+        c = self.config
+        return f"HumanEval of {c.target} ({c.limit or 164} problems, n={c.n})"
+
+    def summary(self) -> str:
+        c = self.config
+        return f"HumanEval of {c.target}, {c.limit or 164} problems, n={c.n}"
+
+    def own_config_files(self) -> dict[str, str]:
+        return {"configs/eval.json": json.dumps(self.config.model_dump(), indent=2) + "\n"}
+
+    def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
+        c = self.config
+        cmd = [sys.executable, "-m", "distill", "eval", "humaneval", "--model", setup.resolve_model(c.target), "--out", str(out),
+               "--generate-only", "-n", str(c.n), "-k", "1", "--max-new-tokens", str(c.max_new_tokens), "--seed", str(c.seed)]
+        if c.limit:
+            cmd += ["--limit", str(c.limit)]
+        return cmd, 1800.0
+
+    def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
+        ok = bool(metrics) and "humaneval_pass_at_1" in metrics  # type: ignore[operator]
+        return Verdict(decision="keep" if ok else "crash", metric=None,
+                       reason=(f"HumanEval pass@1 {metrics['humaneval_pass_at_1']:.4f} on {metrics['humaneval_problems']} problems"  # type: ignore[index]
+                               if ok else str((metrics or {}).get("fail_reason", "evaluation failed"))))
+
+    def check(self, ctx: PlanContext) -> PlanBase:
+        _check_model_ref(self.config.target, "target", ctx)
+        return self
 
 
 AnyPlan = Union[TrainPlan, SearchPlan, DistillPlan, EvalPlan, CompressPlan]
 Plan = Annotated[AnyPlan, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter = TypeAdapter(Plan)
-PLAN_KINDS = ("train", "nas_search", "distill", "eval", "compress")
-MODEL_KINDS = ("train", "distill")  # kinds whose result is a model that competes for the incumbent
-
-
-class PlanError(ValueError):
-    """The planner's output is not a valid plan; the message is fed back to it."""
+PLAN_CLASSES: tuple[type[PlanBase], ...] = AnyPlan.__args__  # type: ignore[attr-defined]
+PLAN_KINDS = tuple(cls.model_fields["kind"].default for cls in PLAN_CLASSES)
+MODEL_KINDS = tuple(cls.model_fields["kind"].default for cls in PLAN_CLASSES if cls.is_model)  # compete for the incumbent
 
 
 def parse_plan(raw: str | dict) -> AnyPlan:
@@ -158,7 +471,7 @@ def plan_schema() -> dict:
     return _ADAPTER.json_schema()
 
 
-_CONFIG_DEFS = ("TrainConfigPlan", "SearchConfigPlan", "DistillConfigPlan", "EvalConfigPlan", "CompressConfigPlan")
+_CONFIG_DEFS = tuple(cls.model_fields["config"].annotation.__name__ for cls in PLAN_CLASSES)  # type: ignore[union-attr]
 
 
 def plan_tool_schema() -> dict:
@@ -186,22 +499,6 @@ def plan_tool_schema() -> dict:
     }
 
 
-class PlanContext(BaseModel):
-    """What a plan must agree with beyond its schema: the run's tokenizer, the goal's limits, the time left."""
-
-    model_config = ConfigDict(frozen=True)
-
-    vocab_size: int
-    max_mb: float | None = None  # int8 bytes / 10^6, as in the goal
-    max_params: int | None = None
-    max_latency_ms: float | None = None
-    time_left_s: float
-    models: tuple[str, ...] = ()  # ids of finished train/distill experiments (teachers / eval targets)
-    has_incumbent: bool = False
-    code_editing: bool = False  # the run has an editor that can change code (claude-code or gui)
-    experiment_budget: str | None = None  # the run's: every budget of a plan is of its kind (tokens or wall clock)
-
-
 def _check_model_ref(ref: str, field: str, ctx: PlanContext) -> None:
     if ref == "incumbent":
         if not ctx.has_incumbent:
@@ -212,8 +509,6 @@ def _check_model_ref(ref: str, field: str, ctx: PlanContext) -> None:
 
 
 def _check_arch_and_budget(arch: ArchConfig, budget: str, ctx: PlanContext) -> None:
-    from nas.space import ArchConstraints
-
     if arch.vocab_size != ctx.vocab_size:
         raise PlanError(f"config.arch.vocab_size is {arch.vocab_size} but the run's tokenizer has {ctx.vocab_size} tokens")
     max_bytes = int(ctx.max_mb * 1e6) if ctx.max_mb else None
@@ -238,62 +533,27 @@ def _check_budget_kind(text: str, field: str, ctx: PlanContext) -> Budget:
     return b
 
 
-def _default_budgets(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
-    """Budgets a plan left out are the run's (a search's stage 1: a quarter of it), not the schema's wall-clock defaults."""
-    from agent.offline import budget_fraction
-
-    if ctx.experiment_budget is None:
-        return plan
-    cfg = plan.config
-    if isinstance(plan, (TrainPlan, DistillPlan)) and "budget" not in cfg.model_fields_set:
-        return plan.model_copy(update={"config": cfg.model_copy(update={"budget": ctx.experiment_budget})})
-    if isinstance(plan, SearchPlan) and "stage1_budget" not in cfg.model_fields_set:
-        return plan.model_copy(update={"config": cfg.model_copy(update={"stage1_budget": budget_fraction(ctx.experiment_budget, 4)})})
-    return plan
+def budget_fraction(budget: str, div: int) -> str:
+    """``budget / div`` written as a budget of the same kind (a search's stage 1 is a fraction of one experiment)."""
+    b = parse_budget(budget)
+    if b.seconds is not None:
+        return f"{max(2.0, b.seconds / div):g}s"
+    return f"{max(1000, (b.tokens or 0) // div)}tok"
 
 
 def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
-    """Semantic checks (PlanError with the reason) and the goal's limits filled into a search that left them out."""
-    from harness.errors import UserError
-    from nas.objectives import parse_objectives
-    from nas.space import get_space
-
+    """Semantic checks (PlanError with the reason); budgets the plan left out become the run's (a search's stage 1:
+    a quarter of it), and the goal's limits are filled into a search that left them out."""
     if plan.code_change and not ctx.code_editing:
         raise PlanError("code_change needs a code editor but this run has only the built-in one (--editor builtin): "
                         "leave code_change out")
-    if plan.code_change and plan.kind in ("eval", "compress"):
-        raise PlanError(f"code_change applies to train, distill and nas_search plans, not {plan.kind}")
-    plan = _default_budgets(plan, ctx)
+    if plan.code_change and not plan.takes_code_change:
+        takers = [cls.model_fields["kind"].default for cls in PLAN_CLASSES if cls.takes_code_change]
+        raise PlanError(f"code_change applies to {', '.join(takers[:-1])} and {takers[-1]} plans, not {plan.kind}")
+    if ctx.experiment_budget is not None:
+        plan = plan.default_budgets(ctx.experiment_budget)  # type: ignore[assignment]
     try:
-        if isinstance(plan, TrainPlan):
-            _check_arch_and_budget(plan.config.arch, plan.config.budget, ctx)
-            return plan
-        if isinstance(plan, DistillPlan):
-            _check_model_ref(plan.config.teacher, "teacher", ctx)
-            _check_arch_and_budget(plan.config.arch, plan.config.budget, ctx)
-            return plan
-        if isinstance(plan, EvalPlan):
-            _check_model_ref(plan.config.target, "target", ctx)
-            return plan
-        if isinstance(plan, CompressPlan):
-            _check_model_ref(plan.config.target, "target", ctx)
-            if not plan.config.int8 and not plan.config.prune:
-                raise PlanError("config: a compress plan needs int8 and/or prune")
-            if plan.config.recover and not plan.config.prune:
-                raise PlanError("config.recover fine-tunes after pruning: set config.prune too")
-            if plan.config.recover:
-                b = _check_budget_kind(plan.config.recover, "config.recover", ctx)
-                if b.seconds is not None and b.seconds > max(ctx.time_left_s, 1.0):
-                    raise PlanError(f"config.recover {plan.config.recover} is more than the {ctx.time_left_s:.0f}s left")
-            return plan
-        cfg = plan.config
-        get_space(cfg.space)
-        parse_objectives(cfg.objectives)
-        b = _check_budget_kind(cfg.stage1_budget, "config.stage1_budget", ctx)
-        if b.seconds is not None and b.seconds * cfg.trials > 2 * max(ctx.time_left_s, 1.0):
-            raise PlanError(f"{cfg.trials} trials of {cfg.stage1_budget} do not fit in the {ctx.time_left_s:.0f}s left")
-        limits = {"max_mb": _tighter(cfg.max_mb, ctx.max_mb), "max_latency_ms": _tighter(cfg.max_latency_ms, ctx.max_latency_ms)}
-        return plan.model_copy(update={"config": cfg.model_copy(update=limits)})
+        return plan.check(ctx)  # type: ignore[return-value]
     except UserError as err:
         raise PlanError(str(err)) from None
 

@@ -12,32 +12,28 @@ any planner (LLM or offline):
 
 from __future__ import annotations
 
-from typing import Any
-
-from agent.offline import group_key
-from agent.plans import MODEL_KINDS, AnyPlan, parse_plan
+from agent.plans import AnyPlan
+from agent.state import HistoryEntry
 
 
-def scheduled_repeat(history: list[dict[str, Any]]) -> AnyPlan | None:
+def scheduled_repeat(history: list[HistoryEntry]) -> AnyPlan | None:
     """The repeat the loop owes before any new idea, or None."""
     if not history:
         return None
     last = history[-1]
-    if last["decision"] == "close":
-        return _next_seed(last, history, f"re-run of {last['id']} with another seed: its gain was within the measured noise")
-    first_kept = next((h for h in history if h["plan"]["kind"] in MODEL_KINDS and h["decision"] == "keep"), None)
+    if last.decision == "close":
+        return _next_seed(last, history, f"re-run of {last.id} with another seed: its gain was within the measured noise")
+    first_kept = next((h for h in history if h.plan.is_model and h.decision == "keep"), None)
     if first_kept is not None and len(_group(first_kept, history)) == 1:
-        return _next_seed(first_kept, history, f"repeat of {first_kept['id']} with another seed to measure run-to-run noise")
+        return _next_seed(first_kept, history, f"repeat of {first_kept.id} with another seed to measure run-to-run noise")
     return None
 
 
-def _group(entry: dict[str, Any], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    key = group_key(entry["plan"])
-    return [h for h in history if group_key(h["plan"]) == key]
+def _group(entry: HistoryEntry, history: list[HistoryEntry]) -> list[HistoryEntry]:
+    key = entry.plan.group_key()
+    return [h for h in history if h.plan.group_key() == key]
 
 
-def _next_seed(entry: dict[str, Any], history: list[dict[str, Any]], rationale: str) -> AnyPlan:
-    plan = entry["plan"]
-    seed = max(int(h["plan"]["config"].get("seed", 0)) for h in _group(entry, history)) + 1
-    return parse_plan({"kind": plan["kind"], "config": {**plan["config"], "seed": seed}, "code_change": plan.get("code_change"),
-                       "rationale": f"{rationale} (seed {seed})"})
+def _next_seed(entry: HistoryEntry, history: list[HistoryEntry], rationale: str) -> AnyPlan:
+    seed = max(int(getattr(h.plan.config, "seed", 0)) for h in _group(entry, history)) + 1
+    return entry.plan.with_seed(seed, f"{rationale} (seed {seed})")  # type: ignore[return-value]

@@ -6,36 +6,41 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window: set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+
+from agent.best import copy_best
 from agent.confining import score_model
-from agent.graph import PROGRESS, AgentState, ResearchAgent, copy_best
-from agent.plans import MODEL_KINDS
+from agent.llm import CostLedger
+from agent.plans import SearchPlan
+from agent.progress import PROGRESS
+from agent.settings import RunSettings
+from agent.state import AgentState, HistoryEntry
 from harness.errors import UserError
 from harness.scoring import ScoringRefused
+from nas.pareto import pareto_front
 from sandbox.confine import ConfinementUnavailable
+from sandbox.safe_files import UnsafeFile, copy_regular
 
 
-def heldout_bpb(agent: ResearchAgent, best: Path) -> float | None:
+def heldout_bpb(settings: RunSettings, best: Path) -> float | None:
     """val-style bits per byte of the best model on the held-out files no experiment has seen, scored by the harness
     in this process while the model's own code (the copy in ``best/code``) runs apart, confined when edited."""
     if not (best / "model.safetensors").is_file():
         return None
     try:
-        return score_model(agent.s, best, "heldout", (agent.run_dir / "heldout").absolute()).bpb
+        return score_model(settings, best, "heldout", (settings.run_dir / "heldout").absolute()).bpb
     except (ScoringRefused, ConfinementUnavailable, UserError) as err:
         PROGRESS.print(f"[yellow]held-out score: {err}[/yellow]")
         return None
 
 
-def _plot(history: list[dict[str, Any]], incumbent_id: str | None, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [(h["metrics"].get("size_bytes_int8"), h["val_bpb"], h["decision"], h["id"]) for h in history
-           if h["plan"]["kind"] in MODEL_KINDS and h.get("val_bpb") is not None and h["metrics"].get("size_bytes_int8")]
+def _plot(history: list[HistoryEntry], incumbent_id: str | None, path: Path) -> bool:
+    pts = [(h.metrics.get("size_bytes_int8"), h.val_bpb, h.decision, h.id) for h in history
+           if h.plan.is_model and h.val_bpb is not None and h.metrics.get("size_bytes_int8")]
     if not pts:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -44,8 +49,6 @@ def _plot(history: list[dict[str, Any]], incumbent_id: str | None, path: Path) -
         sel = [(x, y) for x, y, d, _ in pts if d == decision]
         if sel:
             ax.scatter(*zip(*sel), c=colour, label=decision, s=28)
-    from nas.pareto import pareto_front
-
     front = sorted((pts[i][0], pts[i][1]) for i in pareto_front([(x, y) for x, y, _, _ in pts]))
     ax.step(*zip(*front), where="post", color="#d62728", alpha=0.5, lw=1, label="Pareto front (size, bpb)")
     for x, y, _, i in pts:
@@ -63,25 +66,28 @@ def _plot(history: list[dict[str, Any]], incumbent_id: str | None, path: Path) -
     return True
 
 
-def write_report(agent: ResearchAgent, state: AgentState) -> Path:
+def write_report(settings: RunSettings, ledger: CostLedger, llms: str, state: AgentState) -> Path:
+    """report.md, report.html, summary.json and best/ in the run folder. ``llms`` says which planner and judge ran
+    (the ledger has their calls)."""
     history = state.get("history", [])
     incumbent = state.get("incumbent")
-    best = copy_best(agent, incumbent)
-    held = heldout_bpb(agent, best) if best else None
-    out = agent.run_dir
-    has_plot = _plot(history, incumbent["id"] if incumbent else None, out / "report.png")
-    kept = [h for h in history if h["decision"] == "keep"]
-    first = next((h for h in history if h.get("val_bpb") is not None and h["plan"]["kind"] in MODEL_KINDS), None)
-    lines = [f"# AutoNAS run {agent.s.run_id}", "", f"Goal: {agent.s.goal}", "",
+    best = copy_best(Path(incumbent.run_dir), settings.run_dir) if incumbent and incumbent.run_dir else None
+    held = heldout_bpb(settings, best) if best else None
+    out = settings.run_dir
+    has_plot = _plot(history, incumbent.id if incumbent else None, out / "report.png")
+    kept = [h for h in history if h.decision == "keep"]
+    first = next((h for h in history if h.val_bpb is not None and h.plan.is_model), None)
+    lines = [f"# AutoNAS run {settings.run_id}", "", f"Goal: {settings.goal}", "",
              f"Stopped: {state.get('stop_reason', 'finished')}. {len(history)} experiments, {len(kept)} kept, "
              f"{state.get('elapsed_s', 0):.0f}s elapsed ({state.get('worker_s', 0):.0f}s in workers, "
-             f"{state.get('agent_s', 0):.1f}s agent overhead).", "", _llm_line(agent), ""]
+             f"{state.get('agent_s', 0):.1f}s agent overhead).", "", _llm_line(llms, ledger), ""]
     if incumbent:
-        m = incumbent["metrics"]
+        assert incumbent.val_bpb is not None  # a kept model always has its score
+        m = incumbent.metrics
         lines += ["## Best model", "",
-                  f"- experiment {incumbent['id']} (commit {incumbent['commit'][:10]}): val bpb {incumbent['val_bpb']:.4f}"
+                  f"- experiment {incumbent.id} (commit {incumbent.commit[:10]}): val bpb {incumbent.val_bpb:.4f}"
                   + (f" on {m['eval_bytes']:,} validation bytes" if isinstance(m.get("eval_bytes"), int) else "")
-                  + (f", first experiment {first['val_bpb']:.4f}" if first else ""),
+                  + (f", first experiment {first.val_bpb:.4f}" if first and first.val_bpb is not None else ""),
                   f"- held-out bpb (locked split, read only here): {held:.4f}" if held is not None else "- held-out bpb: not available",
                   f"- int8 size {m.get('size_bytes_int8', 0) / 1e6:.3f} MB, {m.get('params', 0):,} parameters, "
                   f"decode {m.get('latency_ms_p50', float('nan')):.2f} ms/token p50",
@@ -89,14 +95,13 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
     lines += ["## Experiments", "", "| id | kind | decision | val bpb | noise bpb | int8 MB | ms/token | rationale | judge |",
               "|---|---|---|---|---|---|---|---|---|"]
     for h in history:
-        m = h["metrics"]
-        bpb = f"{h['val_bpb']:.4f}" if h.get("val_bpb") is not None else "-"
+        m = h.metrics
+        bpb = f"{h.val_bpb:.4f}" if h.val_bpb is not None else "-"
         size = f"{m['size_bytes_int8'] / 1e6:.3f}" if isinstance(m.get("size_bytes_int8"), (int, float)) else "-"
         lat = f"{m['latency_ms_p50']:.2f}" if isinstance(m.get("latency_ms_p50"), (int, float)) else "-"
-        noise = (f"{h['noise_bpb']:.4f}" + (" (floor)" if h.get("noise_source") == "floor" else "")
-                 if isinstance(h.get("noise_bpb"), (int, float)) else "-")  # the margin it was judged against
-        lines.append(f"| {h['id']} | {h['plan']['kind']} | {h['decision']} | {bpb} | {noise} | {size} | {lat} | "
-                     f"{h['plan']['rationale'].replace('|', '/')} | {h['reason'].replace('|', '/')} |")
+        noise = f"{h.noise_bpb:.4f}" + (" (floor)" if h.noise_source == "floor" else "")  # the margin it was judged against
+        lines.append(f"| {h.id} | {h.plan.kind} | {h.decision} | {bpb} | {noise} | {size} | {lat} | "
+                     f"{h.plan.rationale.replace('|', '/')} | {h.reason.replace('|', '/')} |")
     if has_plot:
         lines += ["", "![val bpb against int8 size, with the Pareto front of the trained experiments](report.png)"]
     search_plot = _latest_search_plot(history, out)
@@ -106,28 +111,26 @@ def write_report(agent: ResearchAgent, state: AgentState) -> Path:
               "`results.tsv` and `journal.md` there list everything that was tried."]
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(md, agent.s.run_id))
+    (out / "report.html").write_text(_html(md, settings.run_id))
     (out / "summary.json").write_text(json.dumps({"experiments": len(history), "kept": len(kept),
-                                                  "best_val_bpb": incumbent["val_bpb"] if incumbent else None,
-                                                  "first_val_bpb": first["val_bpb"] if first else None, "heldout_bpb": held,
+                                                  "best_val_bpb": incumbent.val_bpb if incumbent else None,
+                                                  "first_val_bpb": first.val_bpb if first else None, "heldout_bpb": held,
                                                   "elapsed_s": state.get("elapsed_s"), "agent_s": state.get("agent_s"),
                                                   "worker_s": state.get("worker_s"), "best_dir": str(best) if best else None,
-                                                  "llm_calls": len(agent.ledger.records), "llm_input_tokens": agent.ledger.tokens[0],
-                                                  "llm_output_tokens": agent.ledger.tokens[1], "llm_cost_usd": agent.ledger.total_usd,
-                                                  "planned_by": {src: sum(h.get("planner") == src for h in history)
-                                                                 for src in sorted({h.get("planner", "offline") for h in history})}},
+                                                  "llm_calls": len(ledger.records), "llm_input_tokens": ledger.tokens[0],
+                                                  "llm_output_tokens": ledger.tokens[1], "llm_cost_usd": ledger.total_usd,
+                                                  "planned_by": {src: sum(h.planner == src for h in history)
+                                                                 for src in sorted({h.planner for h in history})}},
                                                  indent=2))
     return out / "report.md"
 
 
-def _latest_search_plot(history: list[dict[str, Any]], out: Path) -> Path | None:
+def _latest_search_plot(history: list[HistoryEntry], out: Path) -> Path | None:
     """Copy the latest search's pareto.png next to the report (the workspace's runs/ is not committed); a worker's
     file, so only a regular one is copied, never through a link."""
-    from sandbox.safe_files import UnsafeFile, copy_regular
-
     for h in reversed(history):
-        src = Path(h.get("run_dir") or "") / "pareto.png"
-        if h["plan"]["kind"] == "nas_search":
+        src = Path(h.run_dir or "") / "pareto.png"
+        if isinstance(h.plan, SearchPlan):
             dst = out / "search_pareto.png"
             try:
                 if copy_regular(src, dst, 64 * 2**20):
@@ -137,13 +140,12 @@ def _latest_search_plot(history: list[dict[str, Any]], out: Path) -> Path | None
     return None
 
 
-def _llm_line(agent: ResearchAgent) -> str:
-    ledger = agent.ledger
+def _llm_line(llms: str, ledger: CostLedger) -> str:
     if not ledger.records:
-        return agent.describe_llms() + ". No LLM calls."
+        return llms + ". No LLM calls."
     failed = sum(not r.ok for r in ledger.records)
     tin, tout = ledger.tokens
-    return (f"{agent.describe_llms()}. {len(ledger.records)} LLM calls ({failed} without a usable answer), "
+    return (f"{llms}. {len(ledger.records)} LLM calls ({failed} without a usable answer), "
             f"{tin:,} input and {tout:,} output tokens, ${ledger.total_usd:.4f} (per call: `llm_calls.jsonl`).")
 
 

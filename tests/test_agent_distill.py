@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.offline import OfflinePlanner
 from agent.plans import DistillPlan, EvalPlan, PlanContext, PlanError, check_plan, parse_plan, plan_tool_schema
+from agent.state import HistoryEntry
 from sandbox.workspace import Workspace
 from tests.llm_server import ScriptedLLMServer, anthropic_tool
 from tests.test_llm import GOAL, SMALL, _cli, train_plan
@@ -49,15 +50,19 @@ def test_offline_planner_distils_then_evaluates_the_incumbent() -> None:
     planner = OfflinePlanner(GOAL, 256, "16ktok", 2)
     inc = {"id": "e003", "plan": train_plan(), "decision": "keep", "val_bpb": 3.0, "run_dir": "/nowhere"}
     history = [inc, {"id": "e004r", "plan": train_plan(seed=1), "decision": "repeat", "val_bpb": 3.01},
-               {"id": "e004", "plan": {"kind": "nas_search", "config": {}}, "decision": "keep", "run_dir": "/nowhere"}]
-    first = planner.propose(history, inc)
+               {"id": "e004", "plan": {"kind": "nas_search", "config": {}, "rationale": "x"}, "decision": "keep", "run_dir": "/nowhere"}]
+    first = _propose(planner, history, inc)
     assert isinstance(first, DistillPlan) and first.config.teacher == "e003" and first.config.arch == SMALL
     history.append({"id": "e005", "plan": first.model_dump(), "decision": "discard", "val_bpb": 3.1})
-    second = planner.propose(history, inc)
+    second = _propose(planner, history, inc)
     assert isinstance(second, EvalPlan) and second.config.target == "e003"
     history.append({"id": "e006", "plan": second.model_dump(), "decision": "keep"})
-    third = planner.propose(history, inc)
+    third = _propose(planner, history, inc)
     assert third.kind == "compress" and third.config.target == "e003" and third.config.int8
+
+
+def _propose(planner: OfflinePlanner, history: list[dict], inc: dict) -> Any:
+    return planner.propose([HistoryEntry.model_validate(h) for h in history], HistoryEntry.model_validate(inc))
 
 
 @pytest.mark.slow

@@ -93,16 +93,17 @@ def test_a_search_killed_with_the_agent_resumes_with_its_finished_trials(tmp_pat
 def test_only_the_same_plans_study_is_continued(tmp_path: Path) -> None:
     import optuna
 
-    from agent.graph import PLAN_STAMP, search_continuation
+    from agent.plans import parse_plan
+    from agent.search_resume import PLAN_STAMP, search_continuation
     from nas.storage import open_storage
 
-    plan = {"kind": "nas_search", "config": {"trials": 3, "seed": 0}, "rationale": "why", "code_change": None}
+    plan = parse_plan({"kind": "nas_search", "config": {"trials": 3, "seed": 0}, "rationale": "why", "code_change": None})
     out = tmp_path / "e003"
     out.mkdir()
     assert search_continuation(out, plan) == [] and (out / PLAN_STAMP).is_file()  # a first start stamps its folder
     optuna.create_study(storage=open_storage(None, out), study_name="search")
-    assert search_continuation(out, {**plan, "rationale": "said otherwise"}) == ["--resume"]  # same experiment: continue
-    other = {**plan, "config": {"trials": 3, "seed": 1}}
+    assert search_continuation(out, plan.model_copy(update={"rationale": "said otherwise"})) == ["--resume"]  # same experiment
+    other = plan.with_seed(1, "why")
     assert search_continuation(out, other) == []  # another plan's study is never continued: kept aside, started afresh
     assert (tmp_path / "e003.stale-1" / "study.journal").is_file() and not (out / "study.journal").exists()
     (out / "study.journal").write_text("")  # a journal without the study (killed while it was being created)

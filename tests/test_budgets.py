@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.plans import PlanContext, PlanError, check_plan, parse_plan
+from agent.state import HistoryEntry
 from harness.data import CorpusSpec, prepare_corpus
 from nas.space import ArchConfig
 from nas.train import Trainer, TrainConfig, prepare_run_dir
@@ -137,8 +138,9 @@ def test_offline_plans_follow_the_kind_of_the_experiment_budget():
     planner = OfflinePlanner(parse_goal("find the best Python code model under 2 MB"), 256, "600ktok", 4)
     first = planner.propose([], None)
     assert first.kind == "train" and first.config.budget == "600ktok"
-    history = [{"id": "e001", "plan": first.model_dump(), "decision": "keep"},
-               {"id": "e002", "plan": {**first.model_dump(), "config": {**first.model_dump()["config"], "seed": 1}}, "decision": "repeat"}]
+    history = [HistoryEntry.model_validate(h) for h in (
+        {"id": "e001", "plan": first.model_dump(), "decision": "keep"},
+        {"id": "e002", "plan": {**first.model_dump(), "config": {**first.model_dump()["config"], "seed": 1}}, "decision": "repeat"})]
     search = planner.propose(history, history[0])
     assert search.kind == "nas_search" and search.config.stage1_budget == "150000tok"
     assert budget_fraction("40s", 4) == "10s" and budget_fraction("2ktok", 4) == "1000tok"
@@ -156,7 +158,8 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
                            budget_s=300, grace_s=20, experiment_budget="500ktok")
     agent = ResearchAgent(settings)
     arch = ArchConfig().model_dump()
-    incumbent = {"id": "e001", "run_dir": str(tiny_run), "plan": {"kind": "train"}}
+    incumbent = HistoryEntry(id="e001", run_dir=str(tiny_run), decision="keep", val_bpb=3.0,
+                             plan=parse_plan({"kind": "train", "config": {"arch": ArchConfig().model_dump()}, "rationale": "x"}))
     plans = [parse_plan({"kind": "train", "config": {"arch": arch, "budget": "500ktok"}, "rationale": "x"}),
              parse_plan({"kind": "distill", "config": {"arch": arch, "budget": "500ktok"}, "rationale": "x"}),
              parse_plan({"kind": "nas_search", "config": {"stage1_budget": "100ktok", "trials": 50}, "rationale": "x"}),
@@ -165,7 +168,7 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
     for elapsed, left in ((240.0, 60.0), (310.0, 0.0)):
         state = {"elapsed_s": elapsed, "incumbent": incumbent, "history": []}
         for plan in plans:
-            cmd, timeout = agent._command(plan.model_dump(), Path("runs/e009"), state)
+            cmd, timeout = agent._command(plan, Path("runs/e009"), state)
             assert timeout == left + 20, (plan.kind, timeout)
             if plan.kind in ("train", "distill"):  # the harness's scoring of the model keeps its reserve (60 s at first)
                 assert cmd[cmd.index("--max-seconds") + 1] == f"{max(left - 60.0, 1.0):.1f}"
@@ -173,7 +176,7 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
                 assert cmd[cmd.index("--budget") + 1] == f"{max(left, 1.0):.1f}s" and "--cap-trials" in cmd
     state = {"elapsed_s": 0.0, "incumbent": incumbent, "history": []}  # plenty of time: the experiment's own limits
     timed = parse_plan({"kind": "train", "config": {"arch": arch, "budget": "20s"}, "rationale": "x"})
-    cmd, timeout = agent._command(timed.model_dump(), Path("runs/e009"), state)
+    cmd, timeout = agent._command(timed, Path("runs/e009"), state)
     assert timeout == 20 * 3 + 180 and float(cmd[cmd.index("--max-seconds") + 1]) == timeout - 60 - 20
 
 

@@ -17,8 +17,9 @@ from agent.llm import AnthropicClient, CostLedger, LLMSpec, OpenAIClient, judge_
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner
 from agent.planner import Planner
-from agent.plans import PlanContext
+from agent.plans import PlanContext, parse_plan
 from agent.prompting import Prompts
+from agent.state import HistoryEntry
 from harness.errors import UserError
 from nas.space import ArchConfig
 from tests.llm_server import Reply, ScriptedLLMServer, anthropic_text, anthropic_tool, error, openai_text, openai_tool
@@ -123,7 +124,8 @@ def test_an_exact_repeat_is_refused(tmp_path):
     done["plan"]["config"] = {**done["plan"]["config"], "lr": 3e-3, "batch_size": 16}  # as recorded: defaults filled in
     with ScriptedLLMServer() as srv:
         srv.script.extend([tool_reply("openai", train_plan()), tool_reply("openai", train_plan(seed=1))])
-        out = make_planner(tmp_path, "openai", srv).propose([done], done, None, CTX)
+        entry = HistoryEntry.model_validate(done)
+        out = make_planner(tmp_path, "openai", srv).propose([entry], entry, None, CTX)
         assert out.source == "llm" and out.plan.config.seed == 1
         assert "already run as e001" in out.notes[0] and "already run as e001" in user_text(srv.requests[1])
 
@@ -178,7 +180,7 @@ def test_llm_judge_may_only_be_stricter_than_the_noise_rule(tmp_path):
     with ScriptedLLMServer() as srv:
         client = AnthropicClient(LLMSpec(provider="anthropic", base_url=srv.anthropic_url), "k")
         judge = LLMJudge(GOAL, client, CostLedger(tmp_path / "calls.jsonl"), Prompts())
-        plan = train_plan()
+        plan = parse_plan(train_plan())
         metrics = {"status": "ok", "val_bpb": 3.10, "size_bytes_int8": 500_000, "latency_ms_p50": 1.0}
         close = Verdict(decision="close", reason="within noise", metric=3.10, delta=-0.01, noise=0.02)
         keep = Verdict(decision="keep", reason="beats by 0.2", metric=3.0, delta=-0.2, noise=0.02)

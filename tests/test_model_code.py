@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -158,11 +157,11 @@ def test_a_model_trained_from_edited_code_carries_it_everywhere(tmp_path: Path, 
     gen = _python(["-m", "distill", "eval", "humaneval", "--model", str(run), "--out", str(tmp_path / "he"), "--generate-only",
                    "--limit", "2", "-n", "1", "-k", "1", "--max-new-tokens", "8"], tmp_path)
     assert len((tmp_path / "he" / "samples.jsonl").read_text().splitlines()) == 2, gen.stderr
-    from agent.graph import copy_best
+    from agent.best import copy_best
 
     (tmp_path / "agent-run").mkdir()
-    best = copy_best(SimpleNamespace(run_dir=tmp_path / "agent-run"), {"run_dir": str(run)})  # type: ignore[arg-type]
-    assert best is not None and read_code_record(best) == record
+    best = copy_best(run, tmp_path / "agent-run")
+    assert read_code_record(best) == record
     assert (best / "code/nas/model.py").read_bytes() == (run / "code/nas/model.py").read_bytes()
 
     # the Hugging Face export (stock Llama modelling code) is refused with the reason, by the model's own code

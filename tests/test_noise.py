@@ -20,8 +20,10 @@ from agent.goal import parse_goal
 from agent.graph import ResearchAgent
 from agent.judge import judge, latency_undecided, settle_latency
 from agent.llm import LLMSpec, make_client
+from agent.plans import parse_plan
 from agent.repeats import scheduled_repeat
 from agent.settings import RunSettings
+from agent.state import HistoryEntry
 from harness.errors import UserError
 from harness.metrics import measure_latency
 from harness.model_code import seed_files
@@ -43,14 +45,15 @@ def _train(seed: int = 0, budget: str = "8ktok", **over: Any) -> dict[str, Any]:
     return plan
 
 
-def _entry(exp_id: str, plan: dict[str, Any], decision: str, bpb: float | None) -> dict[str, Any]:
-    return {"id": exp_id, "plan": plan, "decision": decision, "val_bpb": bpb, "metrics": {}, "commit": "", "run_dir": None}
+def _entry(exp_id: str, plan: dict[str, Any], decision: str, bpb: float | None) -> HistoryEntry:
+    return HistoryEntry.model_validate({"id": exp_id, "plan": plan, "decision": decision, "val_bpb": bpb, "metrics": {}, "commit": "",
+                                        "run_dir": None})
 
 
 def test_the_graph_owes_a_noise_repeat_and_the_rerun_of_a_close_call() -> None:
     base = _entry("e001", _train(), "keep", 3.0)
     first = scheduled_repeat([base])
-    assert first is not None and first.model_dump()["config"] == {**base["plan"]["config"], "seed": 1, **_defaults(first)}
+    assert first is not None and first.model_dump()["config"] == {**_train()["config"], "seed": 1, **_defaults(first)}
     repeated = [base, _entry("e002", _train(seed=1), "repeat", 3.01)]
     assert scheduled_repeat(repeated) is None  # noise measured: the planner's turn
     assert scheduled_repeat([base, _entry("e002", _train(seed=1), "crash", None)]) is None  # a crashed repeat is not retried
@@ -79,12 +82,12 @@ def _agent(tmp_path: Path, goal: str = "best code model under 1 MB") -> Research
 def test_a_crashed_repeat_is_crash_and_a_finished_one_is_repeat(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     base = _entry("e001", _train(), "keep", 3.0)
-    state: dict[str, Any] = {"exp_id": "e002", "plan": _train(seed=1), "history": [base], "incumbent": base,
+    state: dict[str, Any] = {"exp_id": "e002", "plan": parse_plan(_train(seed=1)), "history": [base], "incumbent": base,
                              "metrics": {"status": "crashed", "fail_reason": "exit code 1; see runs/e002/worker.log"}}
     crashed = agent.judge(state)["verdict"]  # type: ignore[arg-type]
-    assert crashed["decision"] == "crash" and "exit code 1" in crashed["reason"]
+    assert crashed.decision == "crash" and "exit code 1" in crashed.reason
     ok = agent.judge({**state, "metrics": {"status": "ok", "val_bpb": 3.02, "size_bytes_int8": 100_000}})  # type: ignore[arg-type]
-    assert ok["verdict"]["decision"] == "repeat" and ok["noise"] == pytest.approx(0.01414, abs=1e-4)
+    assert ok["verdict"].decision == "repeat" and ok["noise"] == pytest.approx(0.01414, abs=1e-4)
 
 
 def test_a_close_calls_rerun_is_judged_on_the_mean_of_its_runs(tmp_path: Path) -> None:
@@ -93,12 +96,12 @@ def test_a_close_calls_rerun_is_judged_on_the_mean_of_its_runs(tmp_path: Path) -
     code = _train(seed=4, code_change="add QK-norm")
     history = [base, _entry("e002", _train(seed=1), "repeat", 3.02), _entry("e003", code, "close", 2.97)]
     rerun = {**code, "config": {**code["config"], "seed": 5}}
-    state = {"exp_id": "e004", "plan": rerun, "history": history, "incumbent": base,
+    state = {"exp_id": "e004", "plan": parse_plan(rerun), "history": history, "incumbent": base,
              "metrics": {"status": "ok", "val_bpb": 2.96, "size_bytes_int8": 100_000}}
     v = agent.judge(state)["verdict"]  # type: ignore[arg-type]
     # mean 2.965 vs the incumbent's 3.01; pooled sigma 0.01118 over both pairs; two runs: 2 * sigma * sqrt(1/2 + 1) = 0.0274
-    assert v["decision"] == "keep" and v["metric"] == pytest.approx(2.965) and v["delta"] == pytest.approx(-0.045)
-    assert "0.0274" in v["reason"], v["reason"]
+    assert v.decision == "keep" and v.metric == pytest.approx(2.965) and v.delta == pytest.approx(-0.045)
+    assert "0.0274" in v.reason, v.reason
 
 
 def test_latency_is_judged_on_the_robust_statistic(tiny_run: Path) -> None:
@@ -149,8 +152,8 @@ def test_the_judge_node_remeasures_the_saved_model(tmp_path: Path, tiny_run: Pat
     # the worker's session saw a burst: its per-repeat medians straddle the 1000 ms limit
     metrics = {"status": "ok", "val_bpb": 3.0, "size_bytes_int8": 100_000, "latency_ms_p50": 1200.0, "latency_ms_p50_min": 1.0,
                "latency_ms_p50_max": 5000.0, "latency_repeats": 5, "latency_device": "cpu"}
-    out = agent.judge({"exp_id": "e001", "plan": _train(), "history": [], "incumbent": None, "metrics": metrics})  # type: ignore[arg-type]
-    assert out["verdict"]["decision"] == "keep", out["verdict"]
+    out = agent.judge({"exp_id": "e001", "plan": parse_plan(_train()), "history": [], "incumbent": None, "metrics": metrics})  # type: ignore[arg-type]
+    assert out["verdict"].decision == "keep", out["verdict"]
     fresh = json.loads((run / "latency_remeasure_1.json").read_text())
     assert out["metrics"]["latency_remeasures"] == 1 and out["metrics"]["latency_ms_p50"] == fresh["latency_ms_p50"] < 1000
     assert out["metrics"]["latency_ms_p50_first"] == 1200.0

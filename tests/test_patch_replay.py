@@ -5,13 +5,16 @@ without an edit."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import git
 import pytest
 
 from agent.editing import IN_TREE, PATCH_NAME, apply_code_change, edit_summary
+from agent.plans import parse_plan
 from agent.prompting import Prompts
 from agent.settings import RunSettings
+from agent.state import HistoryEntry
 from ccaa.editor import BuiltinEditor, EditInstruction, patch_bytes
 
 ORIGINAL = "def f():\n    return 1\n\n\n\n"  # the edited line is followed by blank lines only
@@ -35,15 +38,18 @@ def _workspace(root: Path) -> git.Repo:
     return repo
 
 
-def _first_edit(ws: Path, exp_id: str) -> dict:
+def _first_edit(ws: Path, exp_id: str) -> HistoryEntry:
     """The change an editor made once, stored as the agent stores it, then undone (the experiment was discarded)."""
     result = BuiltinEditor().edit(ws, EditInstruction(files={"nas/model.py": CHANGED, "nas/crlf.py": CRLF_CHANGED}))
     assert result.ok
     log_dir = ws / "runs" / exp_id / "edit"
     log_dir.mkdir(parents=True)
     (log_dir / PATCH_NAME).write_bytes(patch_bytes(result.diff))
-    return {"id": exp_id, "plan": {"kind": "train", "config": {}, "code_change": "return 2"}, "decision": "close",
-            "edit": edit_summary([result], log_dir)}
+    return HistoryEntry(id=exp_id, plan=_plan("first"), decision="close", edit=edit_summary([result], log_dir))
+
+
+def _plan(rationale: str) -> Any:
+    return parse_plan({"kind": "train", "config": {"arch": {}}, "code_change": "return 2", "rationale": rationale})
 
 
 def test_a_diff_ending_in_blank_context_lines_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +57,8 @@ def test_a_diff_ending_in_blank_context_lines_round_trips(tmp_path: Path, monkey
     repo = _workspace(ws)
     monkeypatch.chdir(tmp_path / "run")  # the agent's working folder is not the workspace
     first = _first_edit(Path("workspace"), "e001")  # a relative workspace, as with a relative --runs-dir
-    stored = Path(first["edit"]["patch"])
+    assert first.edit is not None
+    stored = Path(first.edit["patch"])
     assert stored.is_absolute() and stored.is_file()
     raw = stored.read_bytes()
     assert raw.endswith(b"\n \n \n \n") or raw.endswith(b"\n \r\n \r\n")  # the blank context lines are kept
@@ -61,7 +68,7 @@ def test_a_diff_ending_in_blank_context_lines_round_trips(tmp_path: Path, monkey
 
     monkeypatch.chdir(tmp_path)  # replayed from yet another folder
     settings = RunSettings(run_id="r", goal="best code model under 1 MB", editors=("claude-code",))
-    plan = {"kind": "train", "config": {}, "code_change": "return 2", "rationale": "re-run"}
+    plan = _plan("re-run")
     results = apply_code_change(settings, Prompts(None), plan, "e002", "t", ws, ws / "runs" / "e002" / "edit", [first])
     assert [r.editor for r in results] == ["replay"] and results[-1].ok, results[-1].error
     assert (ws / "nas" / "model.py").read_text() == CHANGED
@@ -73,7 +80,7 @@ def test_a_diff_ending_in_blank_context_lines_round_trips(tmp_path: Path, monkey
     repo.git.add("-A")
     repo.index.commit("e002 kept")
     head = repo.head.commit.hexsha
-    second = {**first, "id": "e002", "edit": edit_summary(results, ws / "runs" / "e002" / "edit")}
+    second = first.model_copy(update={"id": "e002", "edit": edit_summary(results, ws / "runs" / "e002" / "edit")})
     results = apply_code_change(settings, Prompts(None), plan, "e003", "t", ws, ws / "runs" / "e003" / "edit", [first, second])
     assert [r.editor for r in results] == [IN_TREE] and results[-1].ok and results[-1].files_changed == ()
     assert not repo.is_dirty(untracked_files=False) and repo.head.commit.hexsha == head
@@ -89,7 +96,7 @@ def test_a_stored_change_that_no_longer_applies_fails_the_edit(tmp_path: Path) -
     repo.git.add("-A")
     repo.index.commit("other")
     settings = RunSettings(run_id="r", goal="best code model under 1 MB", editors=("claude-code",))
-    plan = {"kind": "train", "config": {}, "code_change": "return 2", "rationale": "re-run"}
+    plan = _plan("re-run")
     results = apply_code_change(settings, Prompts(None), plan, "e002", "t", ws, ws / "runs" / "e002" / "edit", [first])
     assert not results[-1].ok and "no longer applies" in (results[-1].error or "")
     assert (ws / "nas" / "model.py").read_text() == "def f():\n    return 7\n"  # the tree is as it was
