@@ -15,7 +15,6 @@ a local Ray cluster started here, whose processes are started from this process'
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 from harness.errors import UserError
 from nas.trial import RESULT_FILES, TrialResult, TrialSpec
 from sandbox.environment import WORKER, child_env, environ_limited_to
+from sandbox.processes import kill_group
 
 
 class Executor(Protocol):
@@ -65,12 +65,7 @@ class _Worker:
     def kill(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.process.kill()
-        self.process.wait(timeout=10)
+        kill_group(self.process, wait_s=10)  # its whole group: whatever the trial started goes with it
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
                 stream.close()

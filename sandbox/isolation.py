@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from sandbox import cgroups, seccomp
+from sandbox.processes import kill_group
 
 # The code the fresh interpreter runs (standard library only: it runs with -I -S; no json, whose import alone
 # costs ~15 ms). argv: the program's path and its time limit. stdin: the nonce, then nothing. The verdict is
@@ -427,14 +428,7 @@ def _finish(proc: subprocess.Popen, limits: ExecLimits, sweep: Callable[[subproc
     """Wait for the deadline, then kill; returns (deadline hit, return code or None if it could not be reaped)."""
     deadline_hit = not _exited_within(proc, limits.timeout_s + limits.grace_s)
     sweep(proc)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    try:
-        return deadline_hit, proc.wait(timeout=5.0)
-    except subprocess.TimeoutExpired:  # stuck in uninterruptible sleep: left to the kernel, never waited on forever
-        return deadline_hit, None
+    return deadline_hit, kill_group(proc, wait_s=5.0)  # None: stuck in uninterruptible sleep, left to the kernel
 
 
 def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
