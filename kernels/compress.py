@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 
+from distill.losses import KDLossConfig, kd_loss_full
 from kernels.prune import (SEMI_STRUCTURED_DTYPE, PruneSpec, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
                            prune_unstructured, require_semi_structured_device)
 from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
@@ -31,7 +31,7 @@ from harness.errors import UserError
 from harness.metrics import evaluate_bpb, measure_latency
 from harness.run_files import EVAL_BYTES, append_log, write_metrics
 from nas.model import CodeLM, build_model
-from nas.train import Trainer, TrainConfig
+from nas.train import LossFn, Trainer, TrainConfig
 
 
 class CompressConfig(BaseModel):
@@ -213,17 +213,16 @@ def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig
     return m
 
 
-def distill_loss_from(teacher: CodeLM, ce_weight: float = 0.5):  # -> nas.train.LossFn
-    """Cross-entropy mixed with forward KL to ``teacher`` (the fused, chunked kernel where Triton runs)."""
-    from kernels.triton.ops import fused_fkl
-
+def distill_loss_from(teacher: CodeLM, ce_weight: float = 0.5) -> LossFn:
+    """Cross-entropy mixed with forward KL to ``teacher`` at temperature 1: the distillation trainer's loss
+    (:func:`distill.losses.kd_loss_full`, the fused Triton kernel where Triton runs), not a copy of it."""
+    cfg = KDLossConfig(kind="fkl", temperature=1.0, ce_weight=ce_weight)
     teacher.eval()
 
     def loss(logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            t_logits = teacher(inputs).float()
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
-        return ce_weight * ce + (1 - ce_weight) * fused_fkl(logits.float(), t_logits)
+            t_logits = teacher(inputs)
+        return kd_loss_full(logits, t_logits, targets, cfg)[0]
 
     return loss
 
