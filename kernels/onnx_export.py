@@ -13,7 +13,6 @@ import math
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,13 +157,6 @@ def torch_nll_nats(model: CodeLM, tokens: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(np.asarray(tokens, dtype=np.int64))[None]
     logits = model(x[:, :-1])[0].float()
     return F.cross_entropy(logits, x[0, 1:], reduction="none").numpy().astype(np.float64)
-
-
-@dataclass
-class OnnxCheck:
-    bpb_torch: float
-    bpb_onnx: float
-    bpb_onnx_int8: float | None
 
 
 def check_against_torch(model: CodeLM, decoders: dict[str, OnnxDecoder], tokens: np.ndarray, token_bytes: np.ndarray) -> dict[str, float]:

@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from harness.errors import UserError
 from nas.model import CodeLM, build_model
-
-Method = Literal["magnitude", "wanda", "ffn", "2:4"]
-METHODS = ("magnitude", "wanda", "ffn", "2:4")
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -166,9 +166,6 @@ class ExecResult:
     @property
     def passed(self) -> bool:
         return self.result == "passed"
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------------
