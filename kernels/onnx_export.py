@@ -99,7 +99,7 @@ def export_decode_step(model: CodeLM, out_dir: Path) -> Path:
 
 
 def quantize_onnx_int8(fp32_path: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional (the 'kernels' extra): only --onnx needs it
 
     out = Path(fp32_path).with_name(ONNX_INT8_FILE)
     quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True)
@@ -111,7 +111,7 @@ class OnnxDecoder:
 
     def __init__(self, path: Path, model_arch_source: CodeLM, threads: int | None = None):
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # optional (the 'kernels' extra): said in one line when missing
         except ImportError:
             raise UserError("onnxruntime is not installed: pip install 'autonas-codelm[kernels]'") from None
         opts = ort.SessionOptions()

@@ -15,7 +15,7 @@ def main() -> None:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the result stream
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    import torch
+    import torch  # only now: whatever torch prints at import goes to stderr, never into the protocol
 
     torch.set_num_threads(max(1, int(os.environ.get("AUTONAS_WORKER_THREADS", "1"))))
     from nas.trial import TrialSpec, run_trial
