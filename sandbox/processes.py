@@ -1,10 +1,10 @@
 """Process groups: the one place that makes a child die with its parent and ends a child's whole group.
 
-Every long-running child of the project (a worker under :mod:`sandbox.runner`, a trial worker of
-:mod:`nas.executors`, an untrusted program under :mod:`sandbox.isolation`) is started in a session of its
-own (``start_new_session=True``), so its process group holds it and everything it started, and nothing
-else. Ending the group therefore ends exactly the child's processes; nothing is ever killed by name, since
-other jobs share the machine. Standard library only: ``nas.worker`` imports this before torch, and
+Every long-running child of the project (a worker under :mod:`sandbox.runner`, Claude Code under
+:mod:`ccaa.claude_code`, a trial worker of :mod:`nas.executors`, an untrusted program under
+:mod:`sandbox.isolation`) is started in a session of its own (``start_new_session=True``), so its process
+group holds it and everything it started, and nothing else. Ending the group therefore ends exactly the
+child's processes; nothing is ever killed by name, since other jobs share the machine. Standard library only: ``nas.worker`` imports this before torch, and
 ``harness`` and ``nas`` may both import ``sandbox``.
 """
 
@@ -42,7 +42,8 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 0.0, wait_s: float | Non
     With ``grace_s`` > 0 the group first gets SIGTERM and that long to exit (a worker may checkpoint);
     then SIGKILL, which also takes whatever the leader left behind in its group. Returns the leader's exit
     code, or None when it could not be reaped within ``wait_s`` (uninterruptible sleep: left to the
-    kernel rather than waited on forever; ``None`` waits without a limit)."""
+    kernel rather than waited on forever; ``None`` waits without a limit). Also called after the leader
+    has exited: what it left running in its group still goes (the group id stays taken while they live)."""
     if grace_s > 0 and signal_group(proc.pid, signal.SIGTERM):
         try:
             proc.wait(timeout=grace_s)
