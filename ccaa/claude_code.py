@@ -27,7 +27,7 @@ from typing import Any
 
 from ccaa.editor import EditInstruction, Editor, EditorReport, EditorUnavailable
 from sandbox.environment import CLAUDE_CODE_EDITOR, Family, child_env
-from sandbox.runner import kill_group, reap_group
+from sandbox.processes import kill_group, signal_group
 
 # Tools that only read or edit files: no shell, no web, no sub-agents unless the user widens the list.
 EDIT_TOOLS = ("Read", "Edit", "Write", "Glob", "Grep", "NotebookEdit")
@@ -218,7 +218,7 @@ class ClaudeCodeEditor(Editor):
                 timed_out = True
                 kill_group(proc, grace_s=3.0)
             finally:
-                reap_group(proc.pid)
+                signal_group(proc.pid)
             reader.join(timeout=5.0)
         return self._report(summary, proc.returncode, timed_out, timeout, transcript, stderr_path)
 

@@ -18,7 +18,6 @@ Whatever an editor claims, the result is decided here from the workspace itself:
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from sandbox import gitexe
+from sandbox.workspace import run_git
 
 EDITOR_NAMES = ("builtin", "claude-code", "gui")
 MAX_WATCHED_FILES = 50_000
@@ -187,10 +187,7 @@ def _git(workspace: Path, *args: str, check: bool = True, env: Mapping[str, str]
 
 def _git_bytes(workspace: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> bytes:
     """git's output exactly as written: no newline translation, no stripping (a patch must stay appliable)."""
-    proc = subprocess.run([gitexe.executable(), *args], cwd=workspace, capture_output=True, env=gitexe.safe_env(env))
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.decode('utf-8', 'replace').strip()}")
-    return proc.stdout
+    return run_git(workspace, *args, env=env, check=check)
 
 
 def tree_diff(workspace: Path, before: str, after: str) -> str:

@@ -15,6 +15,11 @@ collapsed onto k + 1 buckets: the k tokens and a tail bucket holding the rest of
 server-side distillation does. Without the tail the top-k renormalisation overstates the teacher's
 confidence. A temperature other than 1 is applied to the buckets (the tail as one bucket), which is
 exact for the k tokens' relative odds and an approximation for the tail.
+
+This is the project's one KD loss: the distillation trainer and the compressor's recovery fine-tune
+(:func:`kernels.compress.distill_loss_from`) both use it. On full logits, forward KL without a mask runs
+the fused Triton kernel of :mod:`kernels.triton.ops` where Triton runs (CUDA tensors), this file's formula
+elsewhere.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+
+from kernels.triton import use_triton
 
 Divergence = Literal["fkl", "rkl", "skl", "srkl"]
 DIVERGENCES: tuple[str, ...] = ("fkl", "rkl", "skl", "srkl")
@@ -76,9 +83,18 @@ def kd_loss_full(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ: token-level KD needs the same vocabulary")
     t = cfg.temperature
-    s_logp = F.log_softmax(student_logits.float() / t, dim=-1)
-    t_logp = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    div = _masked_mean(divergence_from_logprobs(t_logp, s_logp, cfg.kind, cfg.skew), mask)
+    if cfg.kind == "fkl" and mask is None and use_triton(student_logits, teacher_logits):
+        # The fused kernel streams the vocabulary and keeps no [rows, V] log-probs for the backward; it is
+        # checked against the same formula (tests/test_triton.py). It includes T^2, which is applied below.
+        # Imported here on purpose: triton is heavy and optional, and @triton.jit reads TRITON_INTERPRET when
+        # the kernels are defined, so importing them with this module would fix that choice too early.
+        from kernels.triton.ops import fused_fkl
+
+        div = fused_fkl(student_logits.float(), teacher_logits.float(), t) / (t * t)
+    else:
+        s_logp = F.log_softmax(student_logits.float() / t, dim=-1)
+        t_logp = F.log_softmax(teacher_logits.float() / t, dim=-1)
+        div = _masked_mean(divergence_from_logprobs(t_logp, s_logp, cfg.kind, cfg.skew), mask)
     ce = _ce(student_logits, labels, mask)
     loss = cfg.ce_weight * ce + (1 - cfg.ce_weight) * t * t * div
     return loss, {"ce": float(ce.detach()), "kd": float(div.detach())}

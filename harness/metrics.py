@@ -249,8 +249,4 @@ def peak_memory_mb(device: torch.device | str) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def summarize(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "p50": _percentile(values, 0.5), "p90": _percentile(values, 0.9)}
-
-
 __all__ = ["EvalResult", "evaluate_bpb", "LatencyResult", "measure_latency", "peak_memory_mb", "asdict"]

@@ -49,9 +49,6 @@ class ByteTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(int(i) for i in ids if 0 < int(i) < 256).decode("utf-8", errors="replace")
 

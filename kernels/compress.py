@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 
+from distill.losses import KDLossConfig, kd_loss_full
+from kernels.onnx_export import OnnxDecoder, check_against_torch, export_decode_step, quantize_onnx_int8
 from kernels.prune import (SEMI_STRUCTURED_DTYPE, PruneSpec, densify_semi_structured, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
                            prune_unstructured, require_semi_structured_device)
 from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
@@ -30,8 +31,10 @@ from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.metrics import evaluate_bpb, measure_latency
 from harness.run_files import EVAL_BYTES, append_log, write_metrics
+from nas.hf import export_blockers, export_hf
 from nas.model import CodeLM, build_model
-from nas.train import Trainer, TrainConfig
+from nas.run_folder import load_trained_model
+from nas.train import LossFn, Trainer, TrainConfig
 
 
 class CompressConfig(BaseModel):
@@ -57,8 +60,6 @@ class CompressConfig(BaseModel):
 
 def load_run(model_dir: Path) -> tuple[CodeLM, CorpusSpec, str]:
     """The trained model of a run folder and the corpus / tokenizer it was trained with."""
-    from nas.run_folder import load_trained_model
-
     d = Path(model_dir)
     model, _ = load_trained_model(d)
     spec, tokenizer = CorpusSpec(), "byte"
@@ -167,8 +168,6 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
 def _hf_export(model: CodeLM, out: Path, corpus: TokenizedCorpus) -> dict[str, Any]:
     """The compressed model (fp32 weights, pruned shape and zeros included) as a Hugging Face Llama folder ``hf/``,
     where the architecture has an exact Llama equivalent; otherwise the reason is recorded."""
-    from nas.hf import export_blockers, export_hf
-
     blockers = export_blockers(model.arch)
     if blockers:
         return {"hf_export": "not exportable: " + "; ".join(blockers)}
@@ -200,8 +199,6 @@ def choose_cpu_deployment(m: dict[str, Any], max_check_change_pct: float = 1.0) 
 
 def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig) -> dict[str, Any]:
     """Export the decode step, quantize it with onnxruntime when INT8 was asked, score and time both."""
-    from kernels.onnx_export import OnnxDecoder, check_against_torch, export_decode_step, quantize_onnx_int8
-
     paths = {"onnx": export_decode_step(model, out)}
     if cfg.int8:
         paths["onnx_int8"] = quantize_onnx_int8(paths["onnx"])
@@ -214,17 +211,16 @@ def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig
     return m
 
 
-def distill_loss_from(teacher: CodeLM, ce_weight: float = 0.5):  # -> nas.train.LossFn
-    """Cross-entropy mixed with forward KL to ``teacher`` (the fused, chunked kernel where Triton runs)."""
-    from kernels.triton.ops import fused_fkl
-
+def distill_loss_from(teacher: CodeLM, ce_weight: float = 0.5) -> LossFn:
+    """Cross-entropy mixed with forward KL to ``teacher`` at temperature 1: the distillation trainer's loss
+    (:func:`distill.losses.kd_loss_full`, the fused Triton kernel where Triton runs), not a copy of it."""
+    cfg = KDLossConfig(kind="fkl", temperature=1.0, ce_weight=ce_weight)
     teacher.eval()
 
     def loss(logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            t_logits = teacher(inputs).float()
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
-        return ce_weight * ce + (1 - ce_weight) * fused_fkl(logits.float(), t_logits)
+            t_logits = teacher(inputs)
+        return kd_loss_full(logits, t_logits, targets, cfg)[0]
 
     return loss
 

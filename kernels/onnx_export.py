@@ -13,7 +13,6 @@ import math
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +99,7 @@ def export_decode_step(model: CodeLM, out_dir: Path) -> Path:
 
 
 def quantize_onnx_int8(fp32_path: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional (the 'kernels' extra): only --onnx needs it
 
     out = Path(fp32_path).with_name(ONNX_INT8_FILE)
     quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True)
@@ -112,7 +111,7 @@ class OnnxDecoder:
 
     def __init__(self, path: Path, model_arch_source: CodeLM, threads: int | None = None):
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # optional (the 'kernels' extra): said in one line when missing
         except ImportError:
             raise UserError("onnxruntime is not installed: pip install 'autonas-codelm[kernels]'") from None
         opts = ort.SessionOptions()
@@ -158,13 +157,6 @@ def torch_nll_nats(model: CodeLM, tokens: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(np.asarray(tokens, dtype=np.int64))[None]
     logits = model(x[:, :-1])[0].float()
     return F.cross_entropy(logits, x[0, 1:], reduction="none").numpy().astype(np.float64)
-
-
-@dataclass
-class OnnxCheck:
-    bpb_torch: float
-    bpb_onnx: float
-    bpb_onnx_int8: float | None
 
 
 def check_against_torch(model: CodeLM, decoders: dict[str, OnnxDecoder], tokens: np.ndarray, token_bytes: np.ndarray) -> dict[str, float]:

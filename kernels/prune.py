@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
+from torch.sparse import to_sparse_semi_structured
 
 from harness.errors import UserError
 from nas.model import CodeLM, build_model
-
-Method = Literal["magnitude", "wanda", "ffn", "2:4"]
-METHODS = ("magnitude", "wanda", "ffn", "2:4")
+from nas.space import ArchConfig
 
 
 @dataclass(frozen=True)
@@ -123,8 +121,6 @@ def require_semi_structured_device() -> None:
 def prune_semi_structured_24(model: CodeLM) -> None:
     """2:4 sparsity in the hardware format (CUDA only); the model must already be on the GPU."""
     require_semi_structured_device()
-    from torch.sparse import to_sparse_semi_structured
-
     for lin in prunable_linears(model).values():
         w = lin.weight
         groups = w.abs().reshape(-1, 4)
@@ -155,8 +151,6 @@ def prune_ffn_channels(model: CodeLM, sparsity: float, norms: dict[str, torch.Te
     in every layer, since ``d_ff`` is one number per architecture)."""
     arch = model.arch
     keep = max(1, int(round(arch.d_ff * (1 - sparsity))))
-    from nas.space import ArchConfig
-
     small = build_model(ArchConfig.model_validate({**arch.model_dump(), "d_ff": keep}))
     src = model.state_dict()
     dst = {k: v.clone() for k, v in src.items() if ".mlp." not in k}
@@ -182,8 +176,6 @@ def prune_attention_heads(model: CodeLM, sparsity: float, norms: dict[str, torch
     ``head_size`` in the new config. A group's score is how much it can write into the residual stream: the
     o_proj column norms of its query heads, times their input activation norms when calibration norms are given
     (the Wanda criterion summed per head)."""
-    from nas.space import ArchConfig
-
     arch = model.arch
     hd, rep = arch.head_dim, arch.n_heads // arch.n_kv_heads
     keep = max(1, int(round(arch.n_kv_heads * (1 - sparsity))))

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.errors import UserError
 from nas.model import CodeLM
+from nas.space import ArchConfig
 
 INT8_FILE = "model_int8.safetensors"
 Backend = Literal["cpu", "cuda", "reference"]
@@ -99,8 +100,6 @@ def save_int8(model: CodeLM, out_dir: Path) -> Int8Stats:
 
 def load_int8(run_dir: Path) -> CodeLM:
     """The fp32 CodeLM whose linear weights are the dequantized int8 values (the reference model)."""
-    from nas.space import ArchConfig
-
     run_dir = Path(run_dir)
     path = run_dir / INT8_FILE
     if not path.is_file() or not (run_dir / "arch.json").is_file():
@@ -133,7 +132,7 @@ def for_runtime(model: CodeLM, backend: Backend, dynamic_activations: bool = Fal
     if backend == "reference":
         return model
     if backend == "cpu":
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic  # deprecated API: loaded only for this backend
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its deprecation notice; see the module docstring
@@ -141,7 +140,7 @@ def for_runtime(model: CodeLM, backend: Backend, dynamic_activations: bool = Fal
     if backend == "cuda":
         if not torch.cuda.is_available():
             raise UserError("the cuda int8 backend needs a GPU; use --int8-backend cpu here")
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_  # optional, GPU only
 
         model = model.cuda()
         quantize_(model, Int8DynamicActivationInt8WeightConfig() if dynamic_activations else Int8WeightOnlyConfig())

@@ -15,17 +15,20 @@ a local Ray cluster started here, whose processes are started from this process'
 from __future__ import annotations
 
 import os
-import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any, Protocol
 
 from harness.errors import UserError
+from harness.run_files import METRICS_FILE, RunFileError, parse_metrics, write_metrics
 from nas.trial import RESULT_FILES, TrialResult, TrialSpec
 from sandbox.environment import WORKER, child_env, environ_limited_to
+from sandbox.processes import kill_group
 
 
 class Executor(Protocol):
@@ -65,12 +68,7 @@ class _Worker:
     def kill(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.process.kill()
-        self.process.wait(timeout=10)
+        kill_group(self.process, wait_s=10)  # its whole group: whatever the trial started goes with it
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
                 stream.close()
@@ -81,7 +79,7 @@ class LocalExecutor:
     """One worker per visible GPU, else ``workers`` CPU processes sharing the cores evenly."""
 
     def __init__(self, workers: int | None = None, devices: list[str] | None = None, log_path: str | None = None):
-        import torch
+        import torch  # here, not at the top: the search driver imports this module and never needs torch otherwise
 
         if devices is None:
             if torch.cuda.is_available():
@@ -178,6 +176,7 @@ class LocalExecutor:
 
 
 def _ray_run(spec_json: str, threads: int) -> str:
+    # Runs in a Ray worker process: it imports what the trial needs there, not the driver at import time.
     import torch
 
     from nas.trial import run_trial
@@ -196,7 +195,7 @@ class RayExecutor:
 
     def __init__(self, address: str, cpus_per_trial: int = 1, gpus_per_trial: float | None = None, connect_timeout_s: float = 30.0):
         try:
-            import ray
+            import ray  # optional (the 'ray' extra) and heavy: only the Ray executor needs it
         except ImportError:
             raise UserError("the ray executor needs the 'ray' package: pip install ray") from None
         self.ray = ray
@@ -275,8 +274,6 @@ def _host(address: str) -> str:
 
 def _check_reachable(address: str, timeout_s: float) -> None:
     """Fail in seconds on a wrong address (ray.init itself retries for minutes)."""
-    import socket
-
     rest = address.split("://", 1)[-1]
     if ":" not in rest:
         raise UserError(f"Ray address {address!r} needs a port (host:port), or use 'local'")
@@ -290,10 +287,6 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 def _write_missing_files(spec: TrialSpec, result: TrialResult) -> None:
     """A remote trial's files in its folder here; its metrics.json through the one writer, so it is checked too."""
-    from pathlib import Path
-
-    from harness.run_files import METRICS_FILE, RunFileError, parse_metrics, write_metrics
-
     out = Path(spec.out_dir)
     if not result.files or (out / METRICS_FILE).is_file():
         return

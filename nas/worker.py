@@ -7,23 +7,15 @@ import os
 import signal
 import sys
 
-
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the driver dies, so no orphan keeps writing into a trial folder."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+from sandbox.processes import die_with_parent  # standard library only: the worker still starts before torch
 
 
 def main() -> None:
-    _die_with_parent()
+    die_with_parent()  # no orphan keeps writing into a trial folder when the driver dies
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the result stream
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    import torch
+    import torch  # only now: whatever torch prints at import goes to stderr, never into the protocol
 
     torch.set_num_threads(max(1, int(os.environ.get("AUTONAS_WORKER_THREADS", "1"))))
     from nas.trial import TrialSpec, run_trial

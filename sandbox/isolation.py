@@ -50,55 +50,19 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from sandbox import cgroups, seccomp
+from sandbox import cgroups, seccomp, verdict_runner
+from sandbox.processes import kill_group
 
-# The code the fresh interpreter runs (standard library only: it runs with -I -S; no json, whose import alone
-# costs ~15 ms). argv: the program's path and its time limit. stdin: the nonce, then nothing. The verdict is
-# written hex-encoded, so no text of the program's can break the line.
-_RUNNER = r'''
-import os, signal, sys
-program_path, timeout_s = sys.argv[1], float(sys.argv[2])
-nonce = sys.stdin.buffer.readline().strip().decode()
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-os.close(null)
-verdict_fd = os.dup(1)
-os.set_inheritable(verdict_fd, False)
-with open(program_path) as fh:
-    source = fh.read()
-class _Timeout(BaseException):
-    pass
-def _alarm(signum, frame):
-    raise _Timeout()
-signal.signal(signal.SIGALRM, _alarm)
-outcome = "passed"
-try:
-    code = compile(source, "program.py", "exec")
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    exec(code, {})
-    signal.setitimer(signal.ITIMER_REAL, 0)
-except _Timeout:
-    outcome = "timed out"
-except BaseException as e:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    outcome = ("failed: %s: %s" % (type(e).__name__, e))[:500]
-try:
-    sys.stdout.flush(); sys.stderr.flush()
-except BaseException:
-    pass
-line = ("\n%s%s %s\n" % (MARKER, nonce, outcome.encode("utf-8", "replace").hex())).encode()
-while line:
-    line = line[os.write(verdict_fd, line):]
-os._exit(0)
-'''
-_MARKER = "\x1eautonas-verdict:"
-_RUNNER_SOURCE = _RUNNER.replace("MARKER", repr(_MARKER), 1)
-RUNNER_TAG = "autonas-sandbox-runner"
-CGROUP_PREFIX = "autonas-sandbox-"  # each program's control group: <prefix><its uid>  # in every runner's argv, so a test (or a person) can find leftovers with ps
+_MARKER = verdict_runner.MARKER
+# The child side (:mod:`sandbox.verdict_runner`), run as a file by ``python -I -S``: a copy of it is put next to
+# the program (bound into the sandbox, where the project is not; into the scratch folder without one).
+_RUNNER_BYTES = Path(verdict_runner.__file__).read_bytes()
+RUNNER_TAG = "autonas-sandbox-runner"  # in every runner's argv, so a test (or a person) can find leftovers with ps
+CGROUP_PREFIX = "autonas-sandbox-"  # each program's control group: <prefix><its uid>
 
 # Uids for sandboxes started by root: a range far above any account's (useradd stops at 60000, systemd's
 # dynamic users at 65519), picked at random per program so two programs never share a process limit.
@@ -166,9 +130,6 @@ class ExecResult:
     def passed(self) -> bool:
         return self.result == "passed"
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
 
 # --------------------------------------------------------------------------------------------------
 # What this machine offers
@@ -225,7 +186,7 @@ def _data_fd(data: bytes) -> int:
 
 
 def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, fds: dict[str, int]) -> list[str]:
-    """``fds``: "program", "seccomp" and each of :data:`_ETC_FILES`, as memfds."""
+    """``fds``: "program", "runner", "seccomp" and each of :data:`_ETC_FILES`, as memfds."""
     args = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
@@ -239,7 +200,8 @@ def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, fds: dict[str, in
         args += ["--ro-bind", b, b]
     for path in _ETC_FILES:
         args += ["--ro-bind-data", str(fds[path]), path]
-    args += ["--dir", "/sandbox", "--ro-bind-data", str(fds["program"]), "/sandbox/program.py", "--chdir", "/tmp",
+    args += ["--dir", "/sandbox", "--ro-bind-data", str(fds["program"]), "/sandbox/program.py",
+             "--ro-bind-data", str(fds["runner"]), "/sandbox/runner.py", "--chdir", "/tmp",
              "--remount-ro", "/dev", "--remount-ro", "/", "--seccomp", str(fds["seccomp"])]
     return args
 
@@ -427,14 +389,7 @@ def _finish(proc: subprocess.Popen, limits: ExecLimits, sweep: Callable[[subproc
     """Wait for the deadline, then kill; returns (deadline hit, return code or None if it could not be reaped)."""
     deadline_hit = not _exited_within(proc, limits.timeout_s + limits.grace_s)
     sweep(proc)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    try:
-        return deadline_hit, proc.wait(timeout=5.0)
-    except subprocess.TimeoutExpired:  # stuck in uninterruptible sleep: left to the kernel, never waited on forever
-        return deadline_hit, None
+    return deadline_hit, kill_group(proc, wait_s=5.0)  # None: stuck in uninterruptible sleep, left to the kernel
 
 
 def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
@@ -483,12 +438,13 @@ def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
     group = (cgroups.make(f"{CGROUP_PREFIX}{uid}", (limits.memory_mb + limits.scratch_mb + 16) * 2**20,
                           _SANDBOX_TASKS + limits.max_processes, stale_prefix=CGROUP_PREFIX) if uid is not None else None)
     # surrogatepass: a lone surrogate in a completion fails that program (in the runner), not the evaluation
-    fds = {"program": _data_fd(source.encode("utf-8", "surrogatepass")), "seccomp": _data_fd(seccomp.filter_program()),
+    fds = {"program": _data_fd(source.encode("utf-8", "surrogatepass")), "runner": _data_fd(_RUNNER_BYTES),
+           "seccomp": _data_fd(seccomp.filter_program()),
            **{path: _data_fd(text.encode()) for path, text in _ETC_FILES.items()}}
     try:
         cmd = (_identity_prefix(sb, uid, group) + _prlimit_args(sb.prlimit, limits, _nproc_for(limits, sb.dedicated_uid))
                + [sb.bwrap, *_bwrap_args(sb.binds, limits, fds)]
-               + [sb.interpreter, "-I", "-S", "-c", _RUNNER_SOURCE, "/sandbox/program.py", str(limits.timeout_s), RUNNER_TAG])
+               + [sb.interpreter, "-I", "-S", "/sandbox/runner.py", "/sandbox/program.py", str(limits.timeout_s), RUNNER_TAG])
 
         def sweep(proc: subprocess.Popen) -> None:
             if group is not None:
@@ -512,9 +468,10 @@ def _run_unsandboxed(source: str, limits: ExecLimits) -> ExecResult:
     try:
         os.chmod(scratch, 0o700)
         (scratch / "program.py").write_bytes(source.encode("utf-8", "surrogatepass"))
+        (scratch / "runner.py").write_bytes(_RUNNER_BYTES)
         prlimit = shutil.which("prlimit")
         head = _prlimit_args(prlimit, limits, None) if prlimit else []
-        cmd = head + [sys.executable, "-I", "-S", "-c", _RUNNER_SOURCE, str(scratch / "program.py"),
+        cmd = head + [sys.executable, "-I", "-S", str(scratch / "runner.py"), str(scratch / "program.py"),
                       str(limits.timeout_s), RUNNER_TAG]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(scratch), "TMPDIR": str(scratch),
                "PYTHONDONTWRITEBYTECODE": "1"}

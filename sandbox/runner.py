@@ -1,21 +1,20 @@
 """Run a worker command as a subprocess under limits: wall clock, memory, and an environment built from the
 allow-list in ``sandbox.environment`` (the worker's families of settings, no keys). On timeout the worker's
-whole process group is killed (TERM, then KILL after a grace period); nothing is ever killed by name, since
-other jobs share the machine."""
+whole process group is killed (TERM, then KILL after a grace period, by :mod:`sandbox.processes`); nothing
+is ever killed by name, since other jobs share the machine."""
 
 from __future__ import annotations
 
-import os
 import resource
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sandbox.confine import Confinement, run_confined
 from sandbox.environment import WORKER, child_env
+from sandbox.processes import die_with_parent, kill_group, signal_group
 
 
 @dataclass(frozen=True)
@@ -30,14 +29,11 @@ class RunOutcome:
         return self.returncode == 0 and not self.timed_out
 
 
-def _limits(memory_mb: int | None):  # -> preexec function
+def _limits(memory_mb: int | None) -> Callable[[], None]:
+    """The preexec function: the worker dies with the agent (so a resumed run never races an orphan in the
+    same folder) and gets an address-space cap when ``memory_mb`` is set."""
     def apply() -> None:
-        try:  # Linux: the worker dies with the agent, so a resumed run never races an orphan in the same folder
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+        die_with_parent()
         if memory_mb is not None:
             limit = memory_mb * 2**20
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -63,29 +59,7 @@ def run_limited(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, timeo
             timed_out = True
             kill_group(proc, grace_s)
         finally:
-            reap_group(proc.pid)
+            signal_group(proc.pid)  # children the worker left running in its group go too
     code = proc.returncode
     return RunOutcome(returncode=code, timed_out=timed_out, wall_s=time.monotonic() - t0,
                       signal=-code if code is not None and code < 0 else None)
-
-
-def kill_group(proc: subprocess.Popen, grace_s: float) -> None:
-    """TERM the process group led by ``proc`` (started with ``start_new_session``), KILL it after ``grace_s``."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_s)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def reap_group(pgid: int) -> None:
-    """Children the worker left running in its group go too (its own session: nothing else is in it)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

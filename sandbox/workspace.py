@@ -5,12 +5,15 @@ numbers as trailers (``val-bpb: 2.31``). A discarded experiment is reset, but it
 commit under ``refs/autonas/discarded/<id>`` (outside every branch), so a reviewer sees everything that
 was tried. ``results.tsv`` and ``journal.md`` are ignored by git: they record discards too and survive
 every reset. Git runs through :mod:`sandbox.gitexe`: no hooks, no fsmonitor, no keys in its environment.
+This module is the one way the project runs git in a workspace (GitPython over that wrapper); the editors'
+raw commands go through :func:`run_git`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import git
 
@@ -165,6 +168,28 @@ class Workspace:
 
     def discarded_refs(self) -> dict[str, str]:
         return {r.path.rsplit("/", 1)[-1]: r.commit.hexsha for r in self.repo.refs if r.path.startswith("refs/autonas/discarded/")}
+
+
+def run_git(root: Path, *args: str, env: Mapping[str, str] | None = None, check: bool = True) -> bytes:
+    """One git command in ``root``, run as every workspace git runs: through GitPython, whose executable is
+    :mod:`sandbox.gitexe`'s wrapper (no hooks, no fsmonitor, no system or global config, no keys). For the
+    commands the :class:`Workspace` methods do not cover (the editors' tree snapshots through a private index).
+
+    ``env`` may only set git's own variables (:data:`~sandbox.gitexe.PASSED_GIT_VARS`, e.g. ``GIT_INDEX_FILE``):
+    the wrapper drops every other one, so asking for another is a mistake said at once. Returns stdout byte
+    for byte (a patch must stay appliable); with ``check`` a failure raises RuntimeError with git's message."""
+    extra = dict(env or {})
+    dropped = sorted(set(extra) - set(gitexe.PASSED_GIT_VARS))
+    if dropped:
+        raise ValueError(f"git would never see {', '.join(dropped)}: only {', '.join(gitexe.PASSED_GIT_VARS)} pass")
+    gitexe.use_for_gitpython()
+    cmd = git.Git(root)
+    code, out, err = cmd.execute([cmd.GIT_PYTHON_GIT_EXECUTABLE, *args], with_extended_output=True, with_exceptions=False,
+                                 stdout_as_string=False, strip_newline_in_stdout=False, env=extra)
+    if check and code != 0:
+        message = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
+        raise RuntimeError(f"git {' '.join(args)} failed: {message.strip()}")
+    return out
 
 
 def _fmt(v: str | float | int) -> str:

@@ -154,3 +154,19 @@ def test_an_edit_that_writes_the_agents_records_fails(tmp_path: Path) -> None:
     result = _Forger(watch=()).edit(ws.root, EditInstruction(text="x", log_dir=log_dir))
     assert not result.ok and "agent's records" in (result.error or "")
     assert not (ws.root / "runs" / "e002" / "metrics.json").exists()
+
+
+def test_raw_git_commands_run_the_hardened_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sandbox.workspace.run_git (the editors' snapshots use it): the wrapper's environment, git's own variables
+    passed through, any other one refused rather than silently dropped."""
+    from sandbox.workspace import run_git
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-canary-anthropic")
+    ws = Workspace.create(tmp_path / "ws", "r")
+    index = str(tmp_path / "private-index")
+    seen = run_git(ws.root, "-c", "alias.envdump=!env", "envdump", env={"GIT_INDEX_FILE": index}).decode()
+    assert f"GIT_INDEX_FILE={index}" in seen and "canary" not in seen
+    with pytest.raises(ValueError, match="MY_TOKEN"):
+        run_git(ws.root, "status", env={"MY_TOKEN": "x"})
+    with pytest.raises(RuntimeError, match="no-such-command"):
+        run_git(ws.root, "no-such-command")

@@ -411,3 +411,14 @@ def test_groups_left_by_a_killed_evaluator_are_swept() -> None:
     assert not any(d.exists() for d in group.dirs)
     assert all(d.exists() for d in fresh.dirs)  # a young one may be about to be joined: kept
     fresh.remove()
+
+
+def test_the_runner_file_keeps_the_project_off_the_programs_path() -> None:
+    """The child side (sandbox/verdict_runner.py) is run as a file with ``python -I -S``: neither the project
+    nor the runner's own folder is importable from the program, and its verdicts still come through."""
+    unsafe = ExecLimits(unsafe_no_sandbox=True, timeout_s=5)
+    imported = run_program("import sandbox\n", unsafe)
+    assert imported.result == "failed: ModuleNotFoundError: No module named 'sandbox'"
+    assert run_program("import verdict_runner\n", unsafe).result.startswith("failed: ModuleNotFoundError")
+    assert run_program("import sys\nassert 'site' not in sys.modules\n", unsafe).passed
+    assert run_program("while True:\n    pass\n", ExecLimits(unsafe_no_sandbox=True, timeout_s=0.5)).result == "timed out"

@@ -53,3 +53,21 @@ def test_fused_kd_loss_and_gradient_match_reference(temperature: float, block: i
     loss.backward()
     ref.backward()
     assert torch.allclose(s.grad, s_ref.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_kd_loss_runs_the_fused_kernel_and_agrees_with_its_formula() -> None:
+    """distill.losses.kd_loss_full: forward KL without a mask takes the fused kernel where Triton runs (here,
+    the interpreter); an all-ones mask takes the plain formula. Same loss, same gradient."""
+    from distill.losses import KDLossConfig, kd_loss_full
+
+    cfg = KDLossConfig(kind="fkl", temperature=2.0, ce_weight=0.3)
+    s = torch.randn(2, 3, 150, requires_grad=True)
+    s_ref = s.detach().clone().requires_grad_(True)
+    t, y = torch.randn(2, 3, 150), torch.randint(0, 150, (2, 3))
+    fused, parts = kd_loss_full(s, t, y, cfg)
+    plain, ref_parts = kd_loss_full(s_ref, t, y, cfg, mask=torch.ones(2, 3))
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-4)
+    assert parts["kd"] == pytest.approx(ref_parts["kd"], rel=1e-4)
+    fused.backward()
+    plain.backward()
+    assert torch.allclose(s.grad, s_ref.grad, atol=1e-5)

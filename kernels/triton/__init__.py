@@ -21,9 +21,8 @@ def triton_available() -> bool:
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
-    """Triton compiles for CUDA; its interpreter runs anywhere (correctness only, not speed)."""
-    if not triton_available():
+    """Triton compiles for CUDA; its interpreter runs anywhere (correctness only, not speed). The cheap
+    checks come first, so a CPU-only caller never pays for importing triton."""
+    if os.environ.get("TRITON_INTERPRET") != "1" and not all(t.is_cuda for t in tensors):
         return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    return all(t.is_cuda for t in tensors)
+    return triton_available()
