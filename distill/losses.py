@@ -18,7 +18,7 @@ exact for the k tokens' relative odds and an approximation for the tail.
 
 This is the project's one KD loss: the distillation trainer and the compressor's recovery fine-tune
 (:func:`kernels.compress.distill_loss_from`) both use it. On full logits, forward KL without a mask runs
-the fused Triton kernel of :mod:`kernels.triton.ops` where Triton runs (CUDA tensors), this file's formula
+the fused Triton kernel of :mod:`triton_ops.ops` where Triton runs (CUDA tensors), this file's formula
 elsewhere.
 """
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from kernels.triton import use_triton
+from triton_ops import use_triton
 
 Divergence = Literal["fkl", "rkl", "skl", "srkl"]
 DIVERGENCES: tuple[str, ...] = ("fkl", "rkl", "skl", "srkl")
@@ -88,7 +88,7 @@ def kd_loss_full(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
         # checked against the same formula (tests/test_triton.py). It includes T^2, which is applied below.
         # Imported here on purpose: triton is heavy and optional, and @triton.jit reads TRITON_INTERPRET when
         # the kernels are defined, so importing them with this module would fix that choice too early.
-        from kernels.triton.ops import fused_fkl
+        from triton_ops.ops import fused_fkl
 
         div = fused_fkl(student_logits.float(), teacher_logits.float(), t) / (t * t)
     else:

@@ -10,7 +10,7 @@ failing check never stops the others. The checks go through the project's own co
 (:mod:`nas.train`, bf16 autocast, with and without ``torch.compile``), decode latency
 (:mod:`kernels.latency`: eager, static, compile, CUDA graphs), torchao INT8 (:func:`kernels.quant.for_runtime`),
 2:4 sparsity (:func:`kernels.prune.prune_semi_structured_24`), each Triton kernel of
-:mod:`kernels.triton.ops` against its PyTorch reference, and a trial through each executor of
+:mod:`triton_ops.ops` against its PyTorch reference, and a trial through each executor of
 :mod:`nas.executors` on the GPU (local worker process; Ray with ``num_gpus=1``).
 
 On a machine without CUDA the checks that need no GPU run (environment, imports, the small corpus) and
@@ -259,7 +259,7 @@ def check_imports(ctx: Context) -> dict[str, Any]:
         "kernels.latency",
         "kernels.quant",
         "kernels.prune",
-        "kernels.triton.ops",
+        "triton_ops.ops",
     ]
     for m in mods:
         importlib.import_module(m)
@@ -478,10 +478,10 @@ def check_decode_compile(ctx: Context) -> dict[str, Any]:
 def _triton_ops(ctx: Context):
     _require_cuda(ctx)
     _require_module("triton")
-    from kernels.triton import ops
+    from triton_ops import ops
 
     if not ops._HAVE_TRITON:
-        raise Skip("kernels.triton.ops could not define its kernels (triton import failed there)")
+        raise Skip("triton_ops.ops could not define its kernels (triton import failed there)")
     return ops
 
 

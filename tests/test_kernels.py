@@ -161,7 +161,7 @@ def test_compress_with_onnx_checks_the_graph(tiny_run: Path, tmp_path: Path) -> 
 
 def test_recovery_can_distil_from_the_unpruned_model(tiny_run: Path, tmp_path: Path) -> None:
     from kernels.compress import distill_loss_from
-    from kernels.triton.ops import fkl_reference
+    from triton_ops.ops import fkl_reference
 
     teacher = load_run(tiny_run)[0]
     logits = torch.randn(2, 8, 256, requires_grad=True)

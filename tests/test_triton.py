@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("triton")  # a dev dependency: CI installs it, so these run there
 
 from kernels.quant import quantize_per_channel
-from kernels.triton import use_triton
-from kernels.triton.ops import (fkl_reference, fused_fkl, int8_linear, int8_linear_reference, rmsnorm, rmsnorm_reference,
+from triton_ops import use_triton
+from triton_ops.ops import (fkl_reference, fused_fkl, int8_linear, int8_linear_reference, rmsnorm, rmsnorm_reference,
                                 swiglu, swiglu_reference)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.triton import use_triton
+from triton_ops import use_triton
 
 # ---------------------------------------------------------------------------------------- references
 
