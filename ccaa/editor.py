@@ -21,9 +21,9 @@ import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from sandbox import gitexe
 from sandbox.workspace import run_git
@@ -119,8 +119,10 @@ class Editor(ABC):
         # Before any git runs on the tree again: .git as it was (a commit or branch switch of the editor's own is
         # undone with it: HEAD and refs are among its files; the changes stay in the tree and fail the edit below).
         git_changes = gitexe.restore_protected(workspace, git_state_before)
-        outside = sorted(set(changed_outside(outside_before, snapshot_outside(roots, workspace)))
-                         | {p for p in report.claimed_outside_writes if not _inside(Path(p), workspace)})
+        outside = sorted(
+            set(changed_outside(outside_before, snapshot_outside(roots, workspace)))
+            | {p for p in report.claimed_outside_writes if not _inside(Path(p), workspace)}
+        )
         into_records = changed_outside(records_before, snapshot_outside(records, instruction.log_dir))
         for path in into_records:  # what it added goes; what it changed cannot be put back, so the edit fails
             if path not in records_before and (Path(path).is_file() or Path(path).is_symlink()):
@@ -130,23 +132,39 @@ class Editor(ABC):
         diff = tree_diff(workspace, tree_before, tree_after)
         error = report.error if not report.ok else None
         if outside:
-            error = f"wrote outside the workspace: {', '.join(outside[:5])}" + (f" (+{len(outside) - 5} more)" if len(outside) > 5 else "")
+            error = f"wrote outside the workspace: {', '.join(outside[:5])}" + (
+                f" (+{len(outside) - 5} more)" if len(outside) > 5 else ""
+            )
         elif into_records:
             error = f"wrote into the agent's records (results, run folders): {', '.join(into_records[:3])}"
         elif git_changes:
-            error = (f"the editor changed git's own files ({', '.join(git_changes[:3])}{' ...' if len(git_changes) > 3 else ''}): "
-                     "git finds commands to run there, and a commit or branch switch is the agent's to make")
+            error = (
+                f"the editor changed git's own files ({', '.join(git_changes[:3])}{' ...' if len(git_changes) > 3 else ''}): "
+                "git finds commands to run there, and a commit or branch switch is the agent's to make"
+            )
         elif error is None and not files:
             error = "empty diff: the editor changed nothing in the workspace"
         elif error is None and instruction.off_limits is not None:
             refused = [reason for f in files if (reason := instruction.off_limits(f))]
             if refused:
-                error = f"changed files that are off limits: {refused[0]}" + (f" (+{len(refused) - 1} more)" if len(refused) > 1 else "")
+                error = f"changed files that are off limits: {refused[0]}" + (
+                    f" (+{len(refused) - 1} more)" if len(refused) > 1 else ""
+                )
         if error is not None:
             restore_tree(workspace, tree_before, tree_after)
-        return EditResult(editor=self.name, ok=error is None, files_changed=files if error is None else (), diff=diff if error is None else "",
-                          cost_usd=report.cost_usd, turns=report.turns, session_id=report.session_id, transcript=report.transcript,
-                          error=error, outside_writes=tuple(outside), wall_s=time.monotonic() - t0)
+        return EditResult(
+            editor=self.name,
+            ok=error is None,
+            files_changed=files if error is None else (),
+            diff=diff if error is None else "",
+            cost_usd=report.cost_usd,
+            turns=report.turns,
+            session_id=report.session_id,
+            transcript=report.transcript,
+            error=error,
+            outside_writes=tuple(outside),
+            wall_s=time.monotonic() - t0,
+        )
 
 
 class BuiltinEditor(Editor):
@@ -156,7 +174,10 @@ class BuiltinEditor(Editor):
 
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
         if instruction.text.strip() and not instruction.files:
-            return EditorReport(ok=False, error="the built-in editor applies configuration changes only, not a change described in words")
+            return EditorReport(
+                ok=False,
+                error="the built-in editor applies configuration changes only, not a change described in words",
+            )
         for rel, content in instruction.files.items():
             path = (workspace / rel).resolve()
             if not _inside(path, workspace):
@@ -166,7 +187,9 @@ class BuiltinEditor(Editor):
         return EditorReport(ok=True)
 
 
-def edit_with_fallback(editors: Sequence[Editor], workspace: str | Path, instruction: EditInstruction) -> list[EditResult]:
+def edit_with_fallback(
+    editors: Sequence[Editor], workspace: str | Path, instruction: EditInstruction
+) -> list[EditResult]:
     """Try each editor in order until one succeeds; every attempt is returned (the last one decides)."""
     results: list[EditResult] = []
     for editor in editors:
@@ -179,6 +202,7 @@ def edit_with_fallback(editors: Sequence[Editor], workspace: str | Path, instruc
 # ------------------------------------------------------------------------------------------ tree snapshots
 
 AGENT_RECORDS = ("runs", "results.tsv", "journal.md")  # the agent's own files in a workspace (ignored by git)
+
 
 def _git(workspace: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> str:
     """git through :mod:`sandbox.gitexe` (no hooks, no fsmonitor, no keys) with ``env`` added."""

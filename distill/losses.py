@@ -54,12 +54,14 @@ def divergence_from_logprobs(t_logp: torch.Tensor, s_logp: torch.Tensor, kind: s
     if kind == "rkl":
         return (s_logp.exp() * (s_logp - t_logp)).sum(-1)
     if kind == "skl":
-        mix = torch.logaddexp(t_logp + math.log(skew) if skew > 0 else torch.full_like(t_logp, -math.inf),
-                              s_logp + math.log(1 - skew))
+        mix = torch.logaddexp(
+            t_logp + math.log(skew) if skew > 0 else torch.full_like(t_logp, -math.inf), s_logp + math.log(1 - skew)
+        )
         return (t_logp.exp() * (t_logp - mix)).sum(-1)
     if kind == "srkl":
-        mix = torch.logaddexp(s_logp + math.log(skew) if skew > 0 else torch.full_like(s_logp, -math.inf),
-                              t_logp + math.log(1 - skew))
+        mix = torch.logaddexp(
+            s_logp + math.log(skew) if skew > 0 else torch.full_like(s_logp, -math.inf), t_logp + math.log(1 - skew)
+        )
         return (s_logp.exp() * (s_logp - mix)).sum(-1)
     raise ValueError(f"unknown divergence {kind!r}: use one of {', '.join(DIVERGENCES)}")
 
@@ -72,16 +74,25 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
 
 
 def _ce(student_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    per = F.cross_entropy(student_logits.float().reshape(-1, student_logits.size(-1)), labels.reshape(-1), reduction="none")
+    per = F.cross_entropy(
+        student_logits.float().reshape(-1, student_logits.size(-1)), labels.reshape(-1), reduction="none"
+    )
     return _masked_mean(per.view(labels.shape), mask)
 
 
-def kd_loss_full(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                 cfg: KDLossConfig, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def kd_loss_full(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: KDLossConfig,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """KD on full logits ``[..., V]`` (teacher and student share the vocabulary); returns (loss, parts)."""
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ: token-level KD needs the same vocabulary")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ: token-level KD needs the same vocabulary"
+        )
     t = cfg.temperature
     if cfg.kind == "fkl" and mask is None and use_triton(student_logits, teacher_logits):
         # The fused kernel streams the vocabulary and keeps no [rows, V] log-probs for the backward; it is
@@ -124,15 +135,25 @@ def _retemper(bucket_logp: torch.Tensor, t: float) -> torch.Tensor:
     return bucket_logp if t == 1.0 else F.log_softmax(bucket_logp / t, dim=-1)
 
 
-def kd_loss_topk(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logp: torch.Tensor, labels: torch.Tensor,
-                 cfg: KDLossConfig, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def kd_loss_topk(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logp: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: KDLossConfig,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """KD against stored teacher top-k log-probs (``topk_ids``/``topk_logp``: ``[..., k]``) with a tail bucket."""
     if topk_ids.shape != topk_logp.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(f"top-k ids {tuple(topk_ids.shape)} / log-probs {tuple(topk_logp.shape)} do not match "
-                         f"student logits {tuple(student_logits.shape)}")
+        raise ValueError(
+            f"top-k ids {tuple(topk_ids.shape)} / log-probs {tuple(topk_logp.shape)} do not match "
+            f"student logits {tuple(student_logits.shape)}"
+        )
     if int(topk_ids.max()) >= student_logits.size(-1):
-        raise ValueError(f"teacher token id {int(topk_ids.max())} is outside the student's vocabulary "
-                         f"({student_logits.size(-1)}): token-level KD needs the same vocabulary")
+        raise ValueError(
+            f"teacher token id {int(topk_ids.max())} is outside the student's vocabulary "
+            f"({student_logits.size(-1)}): token-level KD needs the same vocabulary"
+        )
     t = cfg.temperature
     t_b = _retemper(topk_bucket_logprobs(topk_logp), t)
     s_b = _retemper(student_bucket_logprobs(student_logits, topk_ids), t)

@@ -22,19 +22,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 
 from distill.losses import KDLossConfig, kd_loss_full
-from kernels.onnx_export import OnnxDecoder, check_against_torch, export_decode_step, quantize_onnx_int8
-from kernels.prune import (SEMI_STRUCTURED_DTYPE, PruneSpec, densify_semi_structured, input_norms, prune_attention_heads, prune_ffn_channels, prune_semi_structured_24,
-                           prune_unstructured, require_semi_structured_device)
-from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
 from harness.budget import Budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.metrics import evaluate_bpb, measure_latency
 from harness.run_files import EVAL_BYTES, append_log, write_metrics
+from kernels.onnx_export import OnnxDecoder, check_against_torch, export_decode_step, quantize_onnx_int8
+from kernels.prune import (
+    SEMI_STRUCTURED_DTYPE,
+    PruneSpec,
+    densify_semi_structured,
+    input_norms,
+    prune_attention_heads,
+    prune_ffn_channels,
+    prune_semi_structured_24,
+    prune_unstructured,
+    require_semi_structured_device,
+)
+from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
 from nas.hf import export_blockers, export_hf
 from nas.model import CodeLM, build_model
 from nas.run_folder import load_trained_model
-from nas.train import LossFn, Trainer, TrainConfig
+from nas.train import LossFn, TrainConfig, Trainer
 
 
 class CompressConfig(BaseModel):
@@ -54,8 +63,10 @@ class CompressConfig(BaseModel):
     onnx: bool = False  # also export the decode step to ONNX (fp32, and int8 with int8) and check it
 
     @classmethod
-    def with_recovery(cls, recover: Budget | None, **kw: Any) -> "CompressConfig":
-        return cls(recover_s=recover.seconds if recover else None, recover_tokens=recover.tokens if recover else None, **kw)
+    def with_recovery(cls, recover: Budget | None, **kw: Any) -> CompressConfig:
+        return cls(
+            recover_s=recover.seconds if recover else None, recover_tokens=recover.tokens if recover else None, **kw
+        )
 
 
 def load_run(model_dir: Path) -> tuple[CodeLM, CorpusSpec, str]:
@@ -72,8 +83,13 @@ def load_run(model_dir: Path) -> tuple[CodeLM, CorpusSpec, str]:
     return model.eval(), spec, tokenizer
 
 
-def _bpb(model: torch.nn.Module, corpus: TokenizedCorpus, cfg: CompressConfig, device: str = "cpu",
-         autocast_dtype: torch.dtype | None = None) -> float:
+def _bpb(
+    model: torch.nn.Module,
+    corpus: TokenizedCorpus,
+    cfg: CompressConfig,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
     return evaluate_bpb(model, corpus["val"], corpus.token_bytes, cfg.eval_bytes, 16, device, autocast_dtype).bpb  # type: ignore[arg-type]
 
 
@@ -93,13 +109,21 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     if out.resolve() == Path(model_dir).resolve():
         raise UserError("--out must differ from the source model folder (the source is never modified)")
     out.mkdir(parents=True, exist_ok=True)
-    append_log(out, f"compress {Path(model_dir).resolve()}: prune {cfg.prune or '-'}, recover "
-                    f"{cfg.recover_s or cfg.recover_tokens or '-'}, int8 {cfg.int8} ({cfg.int8_backend}), eval bytes {cfg.eval_bytes}")
+    append_log(
+        out,
+        f"compress {Path(model_dir).resolve()}: prune {cfg.prune or '-'}, recover "
+        f"{cfg.recover_s or cfg.recover_tokens or '-'}, int8 {cfg.int8} ({cfg.int8_backend}), eval bytes {cfg.eval_bytes}",
+    )
     corpus = prepare_corpus(corpus_spec, tokenizer)
-    m: dict[str, Any] = {"status": "ok", "kind": "compress", "source": str(Path(model_dir).resolve()),
-                         "params_before": sum(p.numel() for p in model.parameters()),
-                         "size_bytes_on_disk_fp32_before": (Path(model_dir) / "model.safetensors").stat().st_size,
-                         "eval_bytes": cfg.eval_bytes, "seed": cfg.seed}
+    m: dict[str, Any] = {
+        "status": "ok",
+        "kind": "compress",
+        "source": str(Path(model_dir).resolve()),
+        "params_before": sum(p.numel() for p in model.parameters()),
+        "size_bytes_on_disk_fp32_before": (Path(model_dir) / "model.safetensors").stat().st_size,
+        "eval_bytes": cfg.eval_bytes,
+        "seed": cfg.seed,
+    }
     m["val_bpb_before"] = _bpb(model, corpus, cfg)
     append_log(out, f"before: val bpb {m['val_bpb_before']:.4f}, {m['params_before']} parameters")
     if cfg.measure_latency:
@@ -107,10 +131,16 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     if spec is not None:
         teacher = copy.deepcopy(model) if cfg.recover_distill else None
         m["prune_method"], m["prune_sparsity_target"] = spec.method, spec.sparsity
-        norms = input_norms(model, corpus["train"], cfg.calib_batches, seed=cfg.seed) if spec.method in ("wanda", "ffn", "heads") else None
+        norms = (
+            input_norms(model, corpus["train"], cfg.calib_batches, seed=cfg.seed)
+            if spec.method in ("wanda", "ffn", "heads")
+            else None
+        )
         if spec.method == "ffn":
             model = prune_ffn_channels(model, spec.sparsity, norms)
-            m["prune_sparsity"] = round(1 - model.arch.d_ff / json.loads((Path(model_dir) / "arch.json").read_text())["d_ff"], 4)
+            m["prune_sparsity"] = round(
+                1 - model.arch.d_ff / json.loads((Path(model_dir) / "arch.json").read_text())["d_ff"], 4
+            )
         elif spec.method == "heads":
             before_heads = model.arch.n_heads
             model = prune_attention_heads(model, spec.sparsity, norms)
@@ -129,8 +159,17 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
             m["val_bpb_pruned"] = _bpb(model, corpus, cfg)
         append_log(out, f"pruned {spec.method} to sparsity {m['prune_sparsity']}: val bpb {m['val_bpb_pruned']:.4f}")
         if cfg.recover_s or cfg.recover_tokens:
-            model = _recover(model, corpus, corpus_spec, tokenizer, cfg, out, keep_zeros=spec.method in ("magnitude", "wanda", "2:4"),
-                             log_to_console=log_to_console, teacher=teacher)
+            model = _recover(
+                model,
+                corpus,
+                corpus_spec,
+                tokenizer,
+                cfg,
+                out,
+                keep_zeros=spec.method in ("magnitude", "wanda", "2:4"),
+                log_to_console=log_to_console,
+                teacher=teacher,
+            )
             m["recover_distill"] = cfg.recover_distill
             m["val_bpb_recovered"] = _bpb(model, corpus, cfg)
             append_log(out, f"recovered (log in {out / 'recover'}): val bpb {m['val_bpb_recovered']:.4f}")
@@ -160,8 +199,11 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
         m.update(choose_cpu_deployment(m))
     m["wall_s"] = round(time.perf_counter() - t0, 3)
     m = write_metrics(out, m).flat()
-    append_log(out, f"finished: val bpb {m['val_bpb_before']:.4f} -> {m['val_bpb']:.4f} ({m['val_bpb_change_pct']:+.2f}%), "
-                    f"{m['params']} parameters, {m['wall_s']:.1f} s")
+    append_log(
+        out,
+        f"finished: val bpb {m['val_bpb_before']:.4f} -> {m['val_bpb']:.4f} ({m['val_bpb_change_pct']:+.2f}%), "
+        f"{m['params']} parameters, {m['wall_s']:.1f} s",
+    )
     return m
 
 
@@ -177,8 +219,10 @@ def _hf_export(model: CodeLM, out: Path, corpus: TokenizedCorpus) -> dict[str, A
 
 
 # ONNX runtimes: the metric that times each, and the one that checks its scores against PyTorch's.
-ONNX_RUNTIMES = {"onnx_fp32": ("latency_ms_p50_onnx", "onnx_check_bpb_onnx"),
-                 "onnx_int8": ("latency_ms_p50_onnx_int8", "onnx_check_bpb_onnx_int8")}
+ONNX_RUNTIMES = {
+    "onnx_fp32": ("latency_ms_p50_onnx", "onnx_check_bpb_onnx"),
+    "onnx_int8": ("latency_ms_p50_onnx_int8", "onnx_check_bpb_onnx_int8"),
+}
 
 
 def choose_cpu_deployment(m: dict[str, Any], max_check_change_pct: float = 1.0) -> dict[str, Any]:
@@ -188,7 +232,12 @@ def choose_cpu_deployment(m: dict[str, Any], max_check_change_pct: float = 1.0) 
     base = m.get("onnx_check_bpb_torch")
     for name, (latency_key, key) in ONNX_RUNTIMES.items():
         latency = m.get(latency_key)
-        if latency is not None and base and m.get(key) is not None and 100 * abs(m[key] - base) / base <= max_check_change_pct:
+        if (
+            latency is not None
+            and base
+            and m.get(key) is not None
+            and 100 * abs(m[key] - base) / base <= max_check_change_pct
+        ):
             timed[name] = latency
     timed = {k: v for k, v in timed.items() if isinstance(v, (int, float))}
     if not timed:
@@ -204,7 +253,12 @@ def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig
         paths["onnx_int8"] = quantize_onnx_int8(paths["onnx"])
     decoders = {name: OnnxDecoder(p, model, torch.get_num_threads()) for name, p in paths.items()}
     m: dict[str, Any] = {f"size_bytes_on_disk_{name}": p.stat().st_size for name, p in paths.items()}
-    m.update({f"onnx_check_{k}": v for k, v in check_against_torch(model, decoders, corpus["val"], corpus.token_bytes).items()})
+    m.update(
+        {
+            f"onnx_check_{k}": v
+            for k, v in check_against_torch(model, decoders, corpus["val"], corpus.token_bytes).items()
+        }
+    )
     if cfg.measure_latency:
         for name, dec in decoders.items():
             m[f"latency_ms_p50_{name}"] = dec.decode_latency_ms()["latency_ms_p50"]
@@ -225,18 +279,45 @@ def distill_loss_from(teacher: CodeLM, ce_weight: float = 0.5) -> LossFn:
     return loss
 
 
-def _recover(model: CodeLM, corpus: TokenizedCorpus, spec: CorpusSpec, tokenizer: str, cfg: CompressConfig, out: Path,
-             keep_zeros: bool, log_to_console: bool, teacher: CodeLM | None = None) -> CodeLM:
+def _recover(
+    model: CodeLM,
+    corpus: TokenizedCorpus,
+    spec: CorpusSpec,
+    tokenizer: str,
+    cfg: CompressConfig,
+    out: Path,
+    keep_zeros: bool,
+    log_to_console: bool,
+    teacher: CodeLM | None = None,
+) -> CodeLM:
     """A short fine-tune from the pruned weights (with KD from ``teacher`` when given); zeros stay zero
     for unstructured sparsity."""
     init = out / "pruned_init.safetensors"
     save_model(model, str(init))
     rec_dir = out / "recover"
-    train = TrainConfig(budget_s=cfg.recover_s, budget_tokens=cfg.recover_tokens, lr=cfg.recover_lr, warmup_frac=0.0,
-                        seed=cfg.seed, device="cpu", eval_bytes=cfg.eval_bytes, measure_latency=False)
-    outcome = Trainer(model.arch, corpus, train, rec_dir, spec, tokenizer, log_to_console=log_to_console, init_weights=init,
-                      keep_zeros=keep_zeros, loss_fn=distill_loss_from(teacher) if teacher is not None else None,
-                      extra_record={"recover_from": str(init), "recover_distill": teacher is not None}).run()
+    train = TrainConfig(
+        budget_s=cfg.recover_s,
+        budget_tokens=cfg.recover_tokens,
+        lr=cfg.recover_lr,
+        warmup_frac=0.0,
+        seed=cfg.seed,
+        device="cpu",
+        eval_bytes=cfg.eval_bytes,
+        measure_latency=False,
+    )
+    outcome = Trainer(
+        model.arch,
+        corpus,
+        train,
+        rec_dir,
+        spec,
+        tokenizer,
+        log_to_console=log_to_console,
+        init_weights=init,
+        keep_zeros=keep_zeros,
+        loss_fn=distill_loss_from(teacher) if teacher is not None else None,
+        extra_record={"recover_from": str(init), "recover_distill": teacher is not None},
+    ).run()
     if outcome.status != "ok":
         raise UserError(f"recovery fine-tune ended: {outcome.status} {outcome.reason}")
     recovered = build_model(model.arch)

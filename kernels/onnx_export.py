@@ -90,16 +90,29 @@ def export_decode_step(model: CodeLM, out_dir: Path) -> Path:
     path = out_dir / ONNX_FILE
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(DecodeStep(model), args, str(path), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "position", "past_k", "past_v"],
-                          output_names=["logits", "present_k", "present_v"],
-                          dynamic_axes={"past_k": {2: "past"}, "past_v": {2: "past"},
-                                        "present_k": {2: "total"}, "present_v": {2: "total"}})
+        torch.onnx.export(
+            DecodeStep(model),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input_ids", "position", "past_k", "past_v"],
+            output_names=["logits", "present_k", "present_v"],
+            dynamic_axes={
+                "past_k": {2: "past"},
+                "past_v": {2: "past"},
+                "present_k": {2: "total"},
+                "present_v": {2: "total"},
+            },
+        )
     return path
 
 
 def quantize_onnx_int8(fp32_path: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional (the 'kernels' extra): only --onnx needs it
+    from onnxruntime.quantization import (
+        QuantType,
+        quantize_dynamic,
+    )  # optional (the 'kernels' extra): only --onnx needs it
 
     out = Path(fp32_path).with_name(ONNX_INT8_FILE)
     quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True)
@@ -120,10 +133,18 @@ class OnnxDecoder:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.model = model_arch_source
 
-    def step(self, token: int, position: int, past_k: np.ndarray, past_v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        logits, k, v = self.session.run(None, {"input_ids": np.array([[token]], dtype=np.int64),
-                                               "position": np.array([position], dtype=np.int64),
-                                               "past_k": past_k, "past_v": past_v})
+    def step(
+        self, token: int, position: int, past_k: np.ndarray, past_v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits, k, v = self.session.run(
+            None,
+            {
+                "input_ids": np.array([[token]], dtype=np.int64),
+                "position": np.array([position], dtype=np.int64),
+                "past_k": past_k,
+                "past_v": past_v,
+            },
+        )
         return logits[0], k, v
 
     def nll_nats(self, tokens: np.ndarray) -> np.ndarray:
@@ -159,7 +180,9 @@ def torch_nll_nats(model: CodeLM, tokens: np.ndarray) -> np.ndarray:
     return F.cross_entropy(logits, x[0, 1:], reduction="none").numpy().astype(np.float64)
 
 
-def check_against_torch(model: CodeLM, decoders: dict[str, OnnxDecoder], tokens: np.ndarray, token_bytes: np.ndarray) -> dict[str, float]:
+def check_against_torch(
+    model: CodeLM, decoders: dict[str, OnnxDecoder], tokens: np.ndarray, token_bytes: np.ndarray
+) -> dict[str, float]:
     """Bits per byte of the same tokens (one context window) by PyTorch and by each ONNX graph."""
     window = np.asarray(tokens[: model.arch.context_length], dtype=np.int64)
     nbytes = float(token_bytes[window[1:]].sum())

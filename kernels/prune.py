@@ -33,14 +33,16 @@ class PruneSpec:
     sparsity: float
 
     @classmethod
-    def parse(cls, text: str) -> "PruneSpec":
+    def parse(cls, text: str) -> PruneSpec:
         """``wanda:0.5``, ``magnitude:0.4``, ``ffn:0.5``, ``heads:0.5`` or ``2:4`` (50 % by construction)."""
         t = text.strip().lower()
         if t == "2:4":
             return cls("2:4", 0.5)
         m = re.fullmatch(r"(magnitude|wanda|ffn|heads):([0-9.eE+-]+)", t)
         if not m:
-            raise UserError(f"unknown pruning {text!r}: use magnitude:<s>, wanda:<s>, ffn:<s>, heads:<s> (s in (0, 1)) or 2:4")
+            raise UserError(
+                f"unknown pruning {text!r}: use magnitude:<s>, wanda:<s>, ffn:<s>, heads:<s> (s in (0, 1)) or 2:4"
+            )
         try:
             s = float(m.group(2))
         except ValueError:
@@ -55,16 +57,20 @@ def prunable_linears(model: CodeLM) -> dict[str, torch.nn.Linear]:
 
 
 @torch.no_grad()
-def input_norms(model: CodeLM, tokens: np.ndarray, batches: int = 8, batch_size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+def input_norms(
+    model: CodeLM, tokens: np.ndarray, batches: int = 8, batch_size: int = 8, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """L2 norm of each input feature of every prunable linear layer over calibration windows."""
     ctx = model.arch.context_length
     rng = np.random.default_rng(seed)
     sums: dict[str, torch.Tensor] = {}
     hooks = []
     for name, lin in prunable_linears(model).items():
+
         def hook(mod, args, out, name=name):  # type: ignore[no-untyped-def]
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
             sums[name] = sums.get(name, 0) + (x * x).sum(0)
+
         hooks.append(lin.register_forward_hook(hook))
     model.eval()
     device = next(model.parameters()).device
@@ -80,7 +86,9 @@ def input_norms(model: CodeLM, tokens: np.ndarray, batches: int = 8, batch_size:
 
 
 @torch.no_grad()
-def prune_unstructured(model: CodeLM, method: str, sparsity: float, norms: dict[str, torch.Tensor] | None = None) -> float:
+def prune_unstructured(
+    model: CodeLM, method: str, sparsity: float, norms: dict[str, torch.Tensor] | None = None
+) -> float:
     """Zero ``sparsity`` of every prunable linear weight in place; returns the achieved sparsity."""
     zeros = total = 0
     for name, lin in prunable_linears(model).items():
@@ -113,8 +121,10 @@ SEMI_STRUCTURED_DTYPE = torch.float16
 
 def require_semi_structured_device() -> None:
     if not torch.cuda.is_available():
-        raise UserError("2:4 semi-structured sparsity runs only on a CUDA GPU (torch.sparse.to_sparse_semi_structured); "
-                        "use magnitude:0.5 or wanda:0.5 on this machine")
+        raise UserError(
+            "2:4 semi-structured sparsity runs only on a CUDA GPU (torch.sparse.to_sparse_semi_structured); "
+            "use magnitude:0.5 or wanda:0.5 on this machine"
+        )
 
 
 @torch.no_grad()
@@ -181,7 +191,9 @@ def prune_attention_heads(model: CodeLM, sparsity: float, norms: dict[str, torch
     keep = max(1, int(round(arch.n_kv_heads * (1 - sparsity))))
     if keep == arch.n_kv_heads:
         raise UserError(f"heads:{sparsity:g} keeps all {arch.n_kv_heads} key/value heads: raise the sparsity")
-    small = build_model(ArchConfig.model_validate({**arch.model_dump(), "n_heads": keep * rep, "n_kv_heads": keep, "head_size": hd}))
+    small = build_model(
+        ArchConfig.model_validate({**arch.model_dump(), "n_heads": keep * rep, "n_kv_heads": keep, "head_size": hd})
+    )
     dst = {k: v.clone() for k, v in model.state_dict().items() if ".self_attn." not in k}
     for i, layer in enumerate(model.layers):
         attn = layer.self_attn

@@ -132,7 +132,10 @@ def for_runtime(model: CodeLM, backend: Backend, dynamic_activations: bool = Fal
     if backend == "reference":
         return model
     if backend == "cpu":
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic  # deprecated API: loaded only for this backend
+        from torch.ao.quantization import (
+            per_channel_dynamic_qconfig,
+            quantize_dynamic,
+        )  # deprecated API: loaded only for this backend
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its deprecation notice; see the module docstring
@@ -140,7 +143,11 @@ def for_runtime(model: CodeLM, backend: Backend, dynamic_activations: bool = Fal
     if backend == "cuda":
         if not torch.cuda.is_available():
             raise UserError("the cuda int8 backend needs a GPU; use --int8-backend cpu here")
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_  # optional, GPU only
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )  # optional, GPU only
 
         model = model.cuda()
         quantize_(model, Int8DynamicActivationInt8WeightConfig() if dynamic_activations else Int8WeightOnlyConfig())
@@ -149,6 +156,9 @@ def for_runtime(model: CodeLM, backend: Backend, dynamic_activations: bool = Fal
 
 
 def int8_summary(stats: Int8Stats) -> dict[str, float | int]:
-    return {"int8_linear_bytes_fp32": stats.linear_bytes_fp32, "int8_linear_bytes": stats.linear_bytes_int8,
-            "int8_linear_ratio": round(stats.linear_ratio, 4), "size_bytes_on_disk_int8": stats.file_bytes}
-
+    return {
+        "int8_linear_bytes_fp32": stats.linear_bytes_fp32,
+        "int8_linear_bytes": stats.linear_bytes_int8,
+        "int8_linear_ratio": round(stats.linear_ratio, 4),
+        "size_bytes_on_disk_int8": stats.file_bytes,
+    }

@@ -55,8 +55,14 @@ class _Worker:
     def start(self) -> None:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nas.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            env=child_env(WORKER, self.env), start_new_session=True, text=True, bufsize=1,
+            [sys.executable, "-m", "nas.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=child_env(WORKER, self.env),
+            start_new_session=True,
+            text=True,
+            bufsize=1,
         )
         if log is not subprocess.DEVNULL:
             log.close()
@@ -122,8 +128,13 @@ class LocalExecutor:
         worker.kill()
         worker.start()
         worker.spec = None
-        return TrialResult(number=spec.number, stage=spec.stage, status=status, reason=reason,  # type: ignore[arg-type]
-                           run_s=time.monotonic() - worker.started)
+        return TrialResult(
+            number=spec.number,
+            stage=spec.stage,
+            status=status,
+            reason=reason,  # type: ignore[arg-type]
+            run_s=time.monotonic() - worker.started,
+        )
 
     def _read(self, worker: _Worker) -> TrialResult | None:
         """The worker's next result line; None while it only reported being ready."""
@@ -135,7 +146,9 @@ class LocalExecutor:
             worker.process.wait(timeout=10)
             code = worker.process.returncode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            return self._replace(worker, "crashed", f"worker process died ({how}); running out of memory is the usual cause")
+            return self._replace(
+                worker, "crashed", f"worker process died ({how}); running out of memory is the usual cause"
+            )
         result = TrialResult.model_validate_json(line)
         worker.spec = None
         return result
@@ -160,7 +173,11 @@ class LocalExecutor:
                     out.append(result)
             for w in busy:
                 if w.spec is not None and w.deadline is not None and time.monotonic() >= w.deadline:
-                    out.append(self._replace(w, "timeout", f"no result within the trial time limit of {w.spec.time_limit_s:.0f} s"))
+                    out.append(
+                        self._replace(
+                            w, "timeout", f"no result within the trial time limit of {w.spec.time_limit_s:.0f} s"
+                        )
+                    )
             if out or (end is not None and time.monotonic() >= end):
                 return out
 
@@ -193,7 +210,13 @@ class RayExecutor:
     driver's disk; otherwise the small result files come back with the result and are written here.
     """
 
-    def __init__(self, address: str, cpus_per_trial: int = 1, gpus_per_trial: float | None = None, connect_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        address: str,
+        cpus_per_trial: int = 1,
+        gpus_per_trial: float | None = None,
+        connect_timeout_s: float = 30.0,
+    ):
         try:
             import ray  # optional (the 'ray' extra) and heavy: only the Ray executor needs it
         except ImportError:
@@ -201,8 +224,12 @@ class RayExecutor:
         self.ray = ray
         os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(int(connect_timeout_s)))
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
-                                  "configure_logging": False}
+        kwargs: dict[str, Any] = {
+            "ignore_reinit_error": True,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
         if address != "local":
             _check_reachable(address, connect_timeout_s)
         loopback = address == "local" or _host(address) in ("127.0.0.1", "localhost", "::1")
@@ -223,7 +250,9 @@ class RayExecutor:
         self.cpus_per_trial = cpus_per_trial
         by_cpu = int(resources.get("CPU", 1) // max(cpus_per_trial, 1))
         self.slots = max(1, int(gpus // self.gpus_per_trial) if self.gpus_per_trial else by_cpu)
-        self._remote = ray.remote(_ray_run).options(num_cpus=cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0)
+        self._remote = ray.remote(_ray_run).options(
+            num_cpus=cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0
+        )
         self._running: dict[Any, tuple[TrialSpec, float]] = {}
 
     def free_slots(self) -> int:
@@ -239,7 +268,11 @@ class RayExecutor:
             return []
         now = time.monotonic()
         deadlines = [start + spec.time_limit_s - now for spec, start in self._running.values() if spec.time_limit_s]
-        limit = min([timeout] + deadlines) if timeout is not None and deadlines else (timeout if not deadlines else min(deadlines))
+        limit = (
+            min([timeout] + deadlines)
+            if timeout is not None and deadlines
+            else (timeout if not deadlines else min(deadlines))
+        )
         ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=None if limit is None else max(0.0, limit))
         out = []
         for ref in ready:
@@ -248,17 +281,28 @@ class RayExecutor:
                 result = TrialResult.model_validate_json(self.ray.get(ref))
             except Exception as err:  # the task's worker died
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                result = TrialResult(number=spec.number, stage=spec.stage, status="crashed", reason=f"ray task failed: {first[:300]}",
-                                     run_s=time.monotonic() - start)
+                result = TrialResult(
+                    number=spec.number,
+                    stage=spec.stage,
+                    status="crashed",
+                    reason=f"ray task failed: {first[:300]}",
+                    run_s=time.monotonic() - start,
+                )
             _write_missing_files(spec, result)
             out.append(result)
         for ref, (spec, start) in list(self._running.items()):
             if spec.time_limit_s and time.monotonic() - start >= spec.time_limit_s:
                 self.ray.cancel(ref, force=True)
                 self._running.pop(ref)
-                out.append(TrialResult(number=spec.number, stage=spec.stage, status="timeout",
-                                       reason=f"no result within the trial time limit of {spec.time_limit_s:.0f} s",
-                                       run_s=time.monotonic() - start))
+                out.append(
+                    TrialResult(
+                        number=spec.number,
+                        stage=spec.stage,
+                        status="timeout",
+                        reason=f"no result within the trial time limit of {spec.time_limit_s:.0f} s",
+                        run_s=time.monotonic() - start,
+                    )
+                )
         return out
 
     def shutdown(self) -> None:

@@ -9,8 +9,8 @@ Decoding uses a preallocated (static) KV cache: fixed shapes are what CUDA graph
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -31,17 +31,45 @@ from pathlib import Path
 from sandbox.environment import TOOL, child_env
 from sandbox.safe_files import remove
 
-SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "diff.ignoreSubmodules=all",
-               "-c", "submodule.recurse=false", "-c", "protocol.allow=never")
-PASSED_GIT_VARS = ("GIT_INDEX_FILE", "GIT_DIR", "GIT_WORK_TREE", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_AUTHOR_DATE",
-                   "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "GIT_COMMITTER_DATE", "GIT_TERMINAL_PROMPT")
+SAFE_CONFIG = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "diff.ignoreSubmodules=all",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "protocol.allow=never",
+)
+PASSED_GIT_VARS = (
+    "GIT_INDEX_FILE",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_AUTHOR_DATE",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
+    "GIT_COMMITTER_DATE",
+    "GIT_TERMINAL_PROMPT",
+)
 
 
 def safe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a workspace git gets: tool basics, never a key, no system or global config (where a
     filter could be defined for a ``.gitattributes`` an editor writes), the agent as committer."""
-    return child_env(TOOL, {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_COMMITTER_NAME": "AutoNAS agent",
-                            "GIT_COMMITTER_EMAIL": "agent@autonas.local", **(extra or {})})
+    return child_env(
+        TOOL,
+        {
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_COMMITTER_NAME": "AutoNAS agent",
+            "GIT_COMMITTER_EMAIL": "agent@autonas.local",
+            **(extra or {}),
+        },
+    )
 
 
 _WRAPPER = """#!{python} -IS
@@ -60,7 +88,8 @@ def executable() -> str:
     path = folder / "git"
     project = Path(__file__).resolve().parents[1]
     body = _WRAPPER.format(python=sys.executable).replace(
-        "import os, sys\n", f"import os, sys\nsys.path.insert(0, {str(project)!r})\n", 1)
+        "import os, sys\n", f"import os, sys\nsys.path.insert(0, {str(project)!r})\n", 1
+    )
     path.write_text(body)
     path.chmod(stat.S_IRWXU)
     return str(path)
@@ -125,10 +154,20 @@ def _put_back_gitdir(workspace: Path, before: GitState) -> bool:
             return False
     except FileNotFoundError:
         pass
-    original = next((p for p in workspace.iterdir() if not p.is_symlink() and p.is_dir()
-                     and (os.lstat(p).st_dev, os.lstat(p).st_ino) == (before.dev, before.ino)), None)
+    original = next(
+        (
+            p
+            for p in workspace.iterdir()
+            if not p.is_symlink()
+            and p.is_dir()
+            and (os.lstat(p).st_dev, os.lstat(p).st_ino) == (before.dev, before.ino)
+        ),
+        None,
+    )
     if original is None:
-        raise GitTampered(f"the workspace's .git directory is gone from {workspace}; stopping before git runs there again")
+        raise GitTampered(
+            f"the workspace's .git directory is gone from {workspace}; stopping before git runs there again"
+        )
     remove(gitdir)
     original.rename(gitdir)
     return True

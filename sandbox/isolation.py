@@ -50,9 +50,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 from sandbox import cgroups, seccomp, verdict_runner
 from sandbox.processes import kill_group
@@ -115,8 +115,10 @@ class Isolation:
     def summary(self) -> str:
         if self.kind == "none":
             return "none (--unsafe-no-sandbox): a fresh interpreter with rlimits only"
-        return (f"{self.kind}: {self.namespaces} namespaces, {self.user}, no capabilities, seccomp, "
-                f"cgroup {self.cgroup or 'none'}, {self.rlimits}")
+        return (
+            f"{self.kind}: {self.namespaces} namespaces, {self.user}, no capabilities, seccomp, "
+            f"cgroup {self.cgroup or 'none'}, {self.rlimits}"
+        )
 
 
 @dataclass
@@ -187,29 +189,100 @@ def _data_fd(data: bytes) -> int:
 
 def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, fds: dict[str, int]) -> list[str]:
     """``fds``: "program", "runner", "seccomp" and each of :data:`_ETC_FILES`, as memfds."""
-    args = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534", "--clearenv",
-            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-            "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
-            "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-            "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
-            "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--ro-bind-try", "/etc/localtime", "/etc/localtime",
-            "--proc", "/proc", "--dev", "/dev", "--size", str(min(limits.scratch_mb, 16) * 2**20), "--tmpfs", "/dev/shm",
-            "--size", str(limits.scratch_mb * 2**20), "--tmpfs", "/tmp"]
+    args = [
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "PYTHONDONTWRITEBYTECODE",
+        "1",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--ro-bind-try",
+        "/etc/ld.so.cache",
+        "/etc/ld.so.cache",
+        "--ro-bind-try",
+        "/etc/localtime",
+        "/etc/localtime",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(min(limits.scratch_mb, 16) * 2**20),
+        "--tmpfs",
+        "/dev/shm",
+        "--size",
+        str(limits.scratch_mb * 2**20),
+        "--tmpfs",
+        "/tmp",
+    ]
     for b in sb_binds:
         args += ["--ro-bind", b, b]
     for path in _ETC_FILES:
         args += ["--ro-bind-data", str(fds[path]), path]
-    args += ["--dir", "/sandbox", "--ro-bind-data", str(fds["program"]), "/sandbox/program.py",
-             "--ro-bind-data", str(fds["runner"]), "/sandbox/runner.py", "--chdir", "/tmp",
-             "--remount-ro", "/dev", "--remount-ro", "/", "--seccomp", str(fds["seccomp"])]
+    args += [
+        "--dir",
+        "/sandbox",
+        "--ro-bind-data",
+        str(fds["program"]),
+        "/sandbox/program.py",
+        "--ro-bind-data",
+        str(fds["runner"]),
+        "/sandbox/runner.py",
+        "--chdir",
+        "/tmp",
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
+        "--seccomp",
+        str(fds["seccomp"]),
+    ]
     return args
 
 
 def _prlimit_args(prlimit: str, limits: ExecLimits, nproc: int | None) -> list[str]:
     cpu = int(limits.timeout_s) + 2
-    args = [prlimit, f"--as={limits.memory_mb * 2**20}", f"--fsize={limits.max_file_mb * 2**20}", "--core=0",
-            f"--cpu={cpu}", f"--nofile={limits.max_open_files}"]
+    args = [
+        prlimit,
+        f"--as={limits.memory_mb * 2**20}",
+        f"--fsize={limits.max_file_mb * 2**20}",
+        "--core=0",
+        f"--cpu={cpu}",
+        f"--nofile={limits.max_open_files}",
+    ]
     if nproc is not None:
         args.append(f"--nproc={nproc}")
     return args + ["--"]
@@ -249,8 +322,11 @@ def _can_switch_users() -> bool:
     if os.geteuid() != 0:
         return False
     try:
-        caps = next(int(line.split()[1], 16) for line in Path("/proc/self/status").read_text().splitlines()
-                    if line.startswith("CapEff:"))
+        caps = next(
+            int(line.split()[1], 16)
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("CapEff:")
+        )
     except (OSError, StopIteration, ValueError):
         return False
     return bool(caps & (1 << 6)) and bool(caps & (1 << 7))
@@ -264,29 +340,46 @@ def probe() -> _Sandbox:
     """
     bwrap, prlimit, setpriv = shutil.which("bwrap"), shutil.which("prlimit"), shutil.which("setpriv")
     if not bwrap:
-        raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap); "
-                                 "refusing to run untrusted code without it (--unsafe-no-sandbox overrides)")
+        raise SandboxUnavailable(
+            "bubblewrap is not installed (apt-get install bubblewrap); "
+            "refusing to run untrusted code without it (--unsafe-no-sandbox overrides)"
+        )
     if not prlimit or not setpriv:
-        raise SandboxUnavailable("prlimit and setpriv (util-linux) are not installed; refusing to run untrusted code "
-                                 "without rlimits (--unsafe-no-sandbox overrides)")
+        raise SandboxUnavailable(
+            "prlimit and setpriv (util-linux) are not installed; refusing to run untrusted code "
+            "without rlimits (--unsafe-no-sandbox overrides)"
+        )
     dedicated = _can_switch_users()
-    interp = next((p for p in _interpreter_candidates()
-                   if p.is_file() and os.access(p, os.X_OK) and (not dedicated or _readable_by_others(p))), None)
+    interp = next(
+        (
+            p
+            for p in _interpreter_candidates()
+            if p.is_file() and os.access(p, os.X_OK) and (not dedicated or _readable_by_others(p))
+        ),
+        None,
+    )
     if interp is None:
-        raise SandboxUnavailable("no Python interpreter that an unprivileged user can run (install the "
-                                 "distribution's python3); refusing to run untrusted code")
+        raise SandboxUnavailable(
+            "no Python interpreter that an unprivileged user can run (install the "
+            "distribution's python3); refusing to run untrusted code"
+        )
     binds = _interpreter_binds(interp)
     sb = _Sandbox(bwrap, prlimit, setpriv, str(interp), binds, dedicated, Isolation())
     res = _run_sandboxed(sb, "import sys\nprint(sys.version.split()[0])\n", ExecLimits(timeout_s=10.0))
     if not res.passed:
         detail = res.stdout_tail.strip().splitlines()[-1:] or [res.result]
-        raise SandboxUnavailable(f"the kernel refused the sandbox ({detail[0][:200]}); refusing to run "
-                                 "untrusted code (--unsafe-no-sandbox overrides)")
+        raise SandboxUnavailable(
+            f"the kernel refused the sandbox ({detail[0][:200]}); refusing to run "
+            "untrusted code (--unsafe-no-sandbox overrides)"
+        )
     version = res.stdout_tail.strip().splitlines()[0] if res.stdout_tail.strip() else "?"
-    isolation = Isolation(kind="bubblewrap", namespaces="user,pid,net,ipc,uts,cgroup,mount",
-                          user="dedicated uid per program" if dedicated else "own uid",
-                          interpreter=f"{interp} ({version})",
-                          rlimits="rlimits as,cpu,fsize,nproc,nofile,core; private size-limited /tmp")
+    isolation = Isolation(
+        kind="bubblewrap",
+        namespaces="user,pid,net,ipc,uts,cgroup,mount",
+        user="dedicated uid per program" if dedicated else "own uid",
+        interpreter=f"{interp} ({version})",
+        rlimits="rlimits as,cpu,fsize,nproc,nofile,core; private size-limited /tmp",
+    )
     return replace(sb, isolation=isolation)
 
 
@@ -310,7 +403,7 @@ class _OutputDrain:
         while chunk := self._fh.read1(65536):
             self._scan(chunk)
             self.tail += chunk
-            del self.tail[:-self._keep]
+            del self.tail[: -self._keep]
 
     def _scan(self, chunk: bytes) -> None:
         if self.verdict is not None:
@@ -321,8 +414,8 @@ class _OutputDrain:
             data = self._carry + chunk
             i = data.find(self._needle)
             if i >= 0:
-                self._hit = bytearray(data[i + len(self._needle):])
-            self._carry = data[-len(self._needle):]
+                self._hit = bytearray(data[i + len(self._needle) :])
+            self._carry = data[-len(self._needle) :]
         if self._hit is not None and self.verdict is None and (b"\n" in self._hit or len(self._hit) > 4096):
             self.verdict = bytes(self._hit.split(b"\n", 1)[0])
 
@@ -340,8 +433,15 @@ def _kill_uid(uid: int, patience_s: float = 5.0) -> None:
     """
     end = time.monotonic() + patience_s
     while _live_processes_of(uid) and time.monotonic() < end:
-        subprocess.run(["kill", "-s", "KILL", "--", "-1"], user=uid, group=uid, extra_groups=[],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            ["kill", "-s", "KILL", "--", "-1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
         time.sleep(0.02)
 
 
@@ -385,7 +485,9 @@ def _exited_within(proc: subprocess.Popen, timeout_s: float) -> bool:
         os.close(fd)
 
 
-def _finish(proc: subprocess.Popen, limits: ExecLimits, sweep: Callable[[subprocess.Popen], None]) -> tuple[bool, int | None]:
+def _finish(
+    proc: subprocess.Popen, limits: ExecLimits, sweep: Callable[[subprocess.Popen], None]
+) -> tuple[bool, int | None]:
     """Wait for the deadline, then kill; returns (deadline hit, return code or None if it could not be reaped)."""
     deadline_hit = not _exited_within(proc, limits.timeout_s + limits.grace_s)
     sweep(proc)
@@ -407,11 +509,26 @@ def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
     return f"failed: the program ended the interpreter before its checks finished (exit code {code})"
 
 
-def _launch(cmd: list[str], limits: ExecLimits, nonce: str, pass_fds: tuple[int, ...], cwd: str,
-            env: dict[str, str], sweep: Callable[[subprocess.Popen], None]) -> ExecResult:
+def _launch(
+    cmd: list[str],
+    limits: ExecLimits,
+    nonce: str,
+    pass_fds: tuple[int, ...],
+    cwd: str,
+    env: dict[str, str],
+    sweep: Callable[[subprocess.Popen], None],
+) -> ExecResult:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            pass_fds=pass_fds, cwd=cwd, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        pass_fds=pass_fds,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
     drain = _OutputDrain(proc.stdout, (_MARKER + nonce + " ").encode(), limits.max_output_bytes)
     try:
         proc.stdin.write(nonce.encode() + b"\n")
@@ -435,16 +552,38 @@ def _identity_prefix(sb: _Sandbox, uid: int | None, group: cgroups.Group | None)
 def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
     nonce = secrets.token_hex(16)
     uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN) if sb.dedicated_uid else None
-    group = (cgroups.make(f"{CGROUP_PREFIX}{uid}", (limits.memory_mb + limits.scratch_mb + 16) * 2**20,
-                          _SANDBOX_TASKS + limits.max_processes, stale_prefix=CGROUP_PREFIX) if uid is not None else None)
+    group = (
+        cgroups.make(
+            f"{CGROUP_PREFIX}{uid}",
+            (limits.memory_mb + limits.scratch_mb + 16) * 2**20,
+            _SANDBOX_TASKS + limits.max_processes,
+            stale_prefix=CGROUP_PREFIX,
+        )
+        if uid is not None
+        else None
+    )
     # surrogatepass: a lone surrogate in a completion fails that program (in the runner), not the evaluation
-    fds = {"program": _data_fd(source.encode("utf-8", "surrogatepass")), "runner": _data_fd(_RUNNER_BYTES),
-           "seccomp": _data_fd(seccomp.filter_program()),
-           **{path: _data_fd(text.encode()) for path, text in _ETC_FILES.items()}}
+    fds = {
+        "program": _data_fd(source.encode("utf-8", "surrogatepass")),
+        "runner": _data_fd(_RUNNER_BYTES),
+        "seccomp": _data_fd(seccomp.filter_program()),
+        **{path: _data_fd(text.encode()) for path, text in _ETC_FILES.items()},
+    }
     try:
-        cmd = (_identity_prefix(sb, uid, group) + _prlimit_args(sb.prlimit, limits, _nproc_for(limits, sb.dedicated_uid))
-               + [sb.bwrap, *_bwrap_args(sb.binds, limits, fds)]
-               + [sb.interpreter, "-I", "-S", "/sandbox/runner.py", "/sandbox/program.py", str(limits.timeout_s), RUNNER_TAG])
+        cmd = (
+            _identity_prefix(sb, uid, group)
+            + _prlimit_args(sb.prlimit, limits, _nproc_for(limits, sb.dedicated_uid))
+            + [sb.bwrap, *_bwrap_args(sb.binds, limits, fds)]
+            + [
+                sb.interpreter,
+                "-I",
+                "-S",
+                "/sandbox/runner.py",
+                "/sandbox/program.py",
+                str(limits.timeout_s),
+                RUNNER_TAG,
+            ]
+        )
 
         def sweep(proc: subprocess.Popen) -> None:
             if group is not None:
@@ -471,14 +610,28 @@ def _run_unsandboxed(source: str, limits: ExecLimits) -> ExecResult:
         (scratch / "runner.py").write_bytes(_RUNNER_BYTES)
         prlimit = shutil.which("prlimit")
         head = _prlimit_args(prlimit, limits, None) if prlimit else []
-        cmd = head + [sys.executable, "-I", "-S", str(scratch / "runner.py"), str(scratch / "program.py"),
-                      str(limits.timeout_s), RUNNER_TAG]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(scratch), "TMPDIR": str(scratch),
-               "PYTHONDONTWRITEBYTECODE": "1"}
+        cmd = head + [
+            sys.executable,
+            "-I",
+            "-S",
+            str(scratch / "runner.py"),
+            str(scratch / "program.py"),
+            str(limits.timeout_s),
+            RUNNER_TAG,
+        ]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(scratch),
+            "TMPDIR": str(scratch),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         result = _launch(cmd, limits, secrets.token_hex(16), (), str(scratch), env, lambda proc: _kill_tree(proc.pid))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result.isolation = Isolation(kind="none", user="own uid", interpreter=sys.executable, rlimits="rlimits as,cpu,fsize,nofile,core")
+    result.isolation = Isolation(
+        kind="none", user="own uid", interpreter=sys.executable, rlimits="rlimits as,cpu,fsize,nofile,core"
+    )
     return result
 
 

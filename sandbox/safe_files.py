@@ -73,7 +73,7 @@ def copy_regular(src: str | Path, dst: str | Path, max_bytes: int) -> bool:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
     os.replace(tmp, dst)

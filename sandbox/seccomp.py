@@ -17,12 +17,40 @@ import struct
 
 # (audit architecture, {name: number}); numbers from the kernel's syscall tables.
 _ARCHES = {
-    "x86_64": (0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "ptrace": 101, "perf_event_open": 298,
-                            "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
-                            "io_uring_register": 427, "kexec_load": 246, "kexec_file_load": 320}),
-    "aarch64": (0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "ptrace": 117, "perf_event_open": 241,
-                             "bpf": 280, "userfaultfd": 282, "io_uring_setup": 425, "io_uring_enter": 426,
-                             "io_uring_register": 427, "kexec_load": 104, "kexec_file_load": 294}),
+    "x86_64": (
+        0xC000003E,
+        {
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
+            "ptrace": 101,
+            "perf_event_open": 298,
+            "bpf": 321,
+            "userfaultfd": 323,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "kexec_load": 246,
+            "kexec_file_load": 320,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
+            "ptrace": 117,
+            "perf_event_open": 241,
+            "bpf": 280,
+            "userfaultfd": 282,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "kexec_load": 104,
+            "kexec_file_load": 294,
+        },
+    ),
 }
 DENIED = tuple(_ARCHES["x86_64"][1])
 
@@ -42,10 +70,12 @@ def filter_program(machine: str | None = None) -> bytes:
     if arch is None:
         return _insn(_RET_K, 0, 0, deny)
     numbers = sorted(table.values())
-    prog = [_insn(_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
-            _insn(_JEQ_K, 1, 0, arch),
-            _insn(_RET_K, 0, 0, deny),
-            _insn(_LD_W_ABS, 0, 0, 0)]  # seccomp_data.nr
+    prog = [
+        _insn(_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+        _insn(_JEQ_K, 1, 0, arch),
+        _insn(_RET_K, 0, 0, deny),
+        _insn(_LD_W_ABS, 0, 0, 0),
+    ]  # seccomp_data.nr
     if arch == _ARCHES["x86_64"][0]:
         prog += [_insn(_JGE_K, 0, 1, _X32_BIT), _insn(_RET_K, 0, 0, deny)]
     for i, nr in enumerate(numbers):

@@ -58,7 +58,7 @@ def main(argv):
         pass
     line = ("\n%s%s %s\n" % (MARKER, nonce, outcome.encode("utf-8", "replace").hex())).encode()
     while line:
-        line = line[os.write(verdict_fd, line):]
+        line = line[os.write(verdict_fd, line) :]
     os._exit(0)
 
 

@@ -11,9 +11,9 @@ raw commands go through :func:`run_git`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import git
 
@@ -44,7 +44,7 @@ class Workspace:
         return f"autonas/{self.run_id}"
 
     @classmethod
-    def create(cls, root: str | Path, run_id: str) -> "Workspace":
+    def create(cls, root: str | Path, run_id: str) -> Workspace:
         """A new repository (or a new branch in an existing clean one) for this run."""
         gitexe.use_for_gitpython()
         root = Path(root)
@@ -57,7 +57,9 @@ class Workspace:
         if repo.head.is_valid():
             ws.ensure_clean()
             if ws.branch in [h.name for h in repo.heads]:
-                raise WorkspaceError(f"branch {ws.branch} already exists in {root}: resume that run or choose another run id")
+                raise WorkspaceError(
+                    f"branch {ws.branch} already exists in {root}: resume that run or choose another run id"
+                )
             repo.create_head(ws.branch).checkout()
         else:
             repo.git.checkout("-b", ws.branch)
@@ -82,8 +84,12 @@ class Workspace:
             target.write_bytes(data)
         self.repo.git.add(A=True)
         names = ", ".join(sorted(files))
-        commit = self.repo.index.commit(f"autonas run {self.run_id}: model code ({names}) the workers run and the editors change\n",
-                                        author=AGENT, committer=AGENT, skip_hooks=True)
+        commit = self.repo.index.commit(
+            f"autonas run {self.run_id}: model code ({names}) the workers run and the editors change\n",
+            author=AGENT,
+            committer=AGENT,
+            skip_hooks=True,
+        )
         return commit.hexsha
 
     def has_code(self, package: str = "nas") -> bool:
@@ -95,7 +101,7 @@ class Workspace:
         return (self.root / package / "__init__.py").is_file()
 
     @classmethod
-    def open(cls, root: str | Path, run_id: str) -> "Workspace":
+    def open(cls, root: str | Path, run_id: str) -> Workspace:
         root = Path(root)
         gitexe.use_for_gitpython()
         try:
@@ -112,8 +118,10 @@ class Workspace:
         """Refuse to work over changes that are not ours."""
         if self.repo.is_dirty(untracked_files=True):
             changed = [d.a_path for d in self.repo.index.diff(None)] + self.repo.untracked_files
-            raise WorkspaceError(f"workspace {self.root} has uncommitted changes that are not the agent's ({', '.join(changed[:5])}); "
-                            "commit or remove them first")
+            raise WorkspaceError(
+                f"workspace {self.root} has uncommitted changes that are not the agent's ({', '.join(changed[:5])}); "
+                "commit or remove them first"
+            )
 
     def ensure_clean_except_agent(self, agent_paths: tuple[str, ...] = ("configs/",)) -> None:
         """On resume: changes in the agent's own config files are an experiment in flight (its edit node ran
@@ -121,8 +129,10 @@ class Workspace:
         changed = [d.a_path for d in self.repo.index.diff(None)] + list(self.repo.untracked_files)
         foreign = [p for p in changed if not p.startswith(agent_paths)]
         if foreign:
-            raise WorkspaceError(f"workspace {self.root} has uncommitted changes that are not the agent's ({', '.join(foreign[:5])}); "
-                                 "commit or remove them first")
+            raise WorkspaceError(
+                f"workspace {self.root} has uncommitted changes that are not the agent's ({', '.join(foreign[:5])}); "
+                "commit or remove them first"
+            )
 
     def has_changes(self) -> bool:
         return self.repo.is_dirty(untracked_files=True)
@@ -131,8 +141,9 @@ class Workspace:
         """Commit every change in the tree as one experiment; returns the commit sha."""
         self.repo.git.add(A=True)
         lines = [title.strip(), "", body.strip(), ""] + [f"{k}: {_fmt(v)}" for k, v in trailers.items()]
-        commit = self.repo.index.commit("\n".join(lines).strip() + "\n", author=AGENT, committer=AGENT,
-                                        skip_hooks=True)  # GitPython runs hooks itself, with our whole environment
+        commit = self.repo.index.commit(
+            "\n".join(lines).strip() + "\n", author=AGENT, committer=AGENT, skip_hooks=True
+        )  # GitPython runs hooks itself, with our whole environment
         return commit.hexsha
 
     def discard(self, experiment_id: str, title: str) -> str | None:
@@ -141,8 +152,14 @@ class Workspace:
             return None
         self.repo.git.add(A=True)
         tree = self.repo.index.write_tree()
-        commit = git.Commit.create_from_tree(self.repo, tree, f"discarded: {title}\n", parent_commits=[self.repo.head.commit],
-                                             author=AGENT, committer=AGENT)
+        commit = git.Commit.create_from_tree(
+            self.repo,
+            tree,
+            f"discarded: {title}\n",
+            parent_commits=[self.repo.head.commit],
+            author=AGENT,
+            committer=AGENT,
+        )
         self.repo.git.update_ref(f"refs/autonas/discarded/{experiment_id}", commit.hexsha)
         self.reset_tree()  # ignored files (results.tsv, journal, runs/) stay
         return commit.hexsha
@@ -167,7 +184,11 @@ class Workspace:
         return out
 
     def discarded_refs(self) -> dict[str, str]:
-        return {r.path.rsplit("/", 1)[-1]: r.commit.hexsha for r in self.repo.refs if r.path.startswith("refs/autonas/discarded/")}
+        return {
+            r.path.rsplit("/", 1)[-1]: r.commit.hexsha
+            for r in self.repo.refs
+            if r.path.startswith("refs/autonas/discarded/")
+        }
 
 
 def run_git(root: Path, *args: str, env: Mapping[str, str] | None = None, check: bool = True) -> bytes:
@@ -184,8 +205,14 @@ def run_git(root: Path, *args: str, env: Mapping[str, str] | None = None, check:
         raise ValueError(f"git would never see {', '.join(dropped)}: only {', '.join(gitexe.PASSED_GIT_VARS)} pass")
     gitexe.use_for_gitpython()
     cmd = git.Git(root)
-    code, out, err = cmd.execute([cmd.GIT_PYTHON_GIT_EXECUTABLE, *args], with_extended_output=True, with_exceptions=False,
-                                 stdout_as_string=False, strip_newline_in_stdout=False, env=extra)
+    code, out, err = cmd.execute(
+        [cmd.GIT_PYTHON_GIT_EXECUTABLE, *args],
+        with_extended_output=True,
+        with_exceptions=False,
+        stdout_as_string=False,
+        strip_newline_in_stdout=False,
+        env=extra,
+    )
     if check and code != 0:
         message = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
         raise RuntimeError(f"git {' '.join(args)} failed: {message.strip()}")

@@ -61,8 +61,7 @@ try:
         tl.store(y_ptr + offs, g * tl.sigmoid(g) * u, mask=mask)
 
     @triton.jit
-    def _int8_matmul_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, K,
-                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    def _int8_matmul_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         rm = pid_m * BM + tl.arange(0, BM)
@@ -172,7 +171,9 @@ class _FusedFKL(torch.autograd.Function):
         return (grad * (g * ctx.scale)).reshape(ctx.shape).to(ctx.dtype), None, None, None
 
 
-def fused_fkl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, block: int = 1024) -> torch.Tensor:
+def fused_fkl(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, block: int = 1024
+) -> torch.Tensor:
     """Forward-KL KD loss (as :func:`fkl_reference`), streaming the vocabulary in ``block`` chunks."""
     if not (_HAVE_TRITON and use_triton(student, teacher)):
         return fkl_reference(student, teacher, temperature)
