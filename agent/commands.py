@@ -15,7 +15,7 @@ from rich.table import Table
 
 from agent.settings import DEFAULT_EXPERIMENT_BUDGET, RunSettings
 from nas import validate
-from nas.cli import console, err_console, user_errors
+from harness.cli_support import console, err_console, user_errors
 from harness.errors import UserError, describe_validation_error
 from harness.run_files import EVAL_BYTES
 
@@ -148,6 +148,7 @@ def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
     return state
 
 
+@user_errors
 def run_command(
     goal: Annotated[str, typer.Argument(help='e.g. "find the best Python code model under 8 MB"')],
     budget: Annotated[str, typer.Option(help="wall clock for the whole run: 10m, 8h")] = "10m",
@@ -185,16 +186,6 @@ def run_command(
     editor_timeout: Annotated[str, typer.Option(help="wall clock of one code edit")] = "15m",
 ) -> None:
     """Start a research run: plan, edit, run, judge and commit experiments until the budget is spent."""
-    _run(**locals())
-
-
-@user_errors
-def _run(goal: str, budget: str, experiment_budget: str, grace: str, max_experiments: int | None, max_cost: float | None,
-         max_gpu_hours: float | None, search_trials: int, run_id: str | None, runs_dir: Path, tokenizer: str, corpus: str,
-         eval_bytes: int, seed: int, planner: str, planner_model: str | None, judge: str | None, judge_model: str | None,
-         base_url: str | None, judge_base_url: str | None, llm_timeout: float, price_in: float | None, price_out: float | None,
-         max_plan_attempts: int, prompts: Path | None, memory_mb: int | None, editor: str, claude_binary: str | None,
-         claude_model: str | None, editor_max_turns: int, editor_timeout: str) -> None:
     from agent.editing import editor_warnings, parse_editors
     from agent.goal import parse_goal
     from agent.graph import ResearchAgent
@@ -271,16 +262,12 @@ def _llm_spec(provider: str, model: str | None, base_url: str | None, timeout: f
     return LLMSpec(provider=provider, model=model, base_url=base_url, timeout_s=timeout, price_in=price_in, price_out=price_out)
 
 
+@user_errors
 def resume_command(
     run_id: Annotated[str, typer.Argument()],
     runs_dir: Annotated[Path, typer.Option()] = Path("runs"),
 ) -> None:
     """Continue a run from its last finished node (after a crash, Ctrl-C or kill -9)."""
-    _resume(run_id, runs_dir)
-
-
-@user_errors
-def _resume(run_id: str, runs_dir: Path) -> None:
     from agent.graph import ResearchAgent
 
     settings = _load_settings(run_id, runs_dir)
@@ -304,13 +291,9 @@ def _summary(settings: RunSettings, state: dict[str, Any]) -> None:
     console.print(f"report: {settings.run_dir / 'report.md'}", highlight=False)
 
 
+@user_errors
 def status_command(run_id: Annotated[str, typer.Argument()], runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:
     """Where a run stands (works while it runs)."""
-    _status(run_id, runs_dir)
-
-
-@user_errors
-def _status(run_id: str, runs_dir: Path) -> None:
     import csv
 
     settings = _load_settings(run_id, runs_dir)
@@ -336,13 +319,9 @@ def _status(run_id: str, runs_dir: Path) -> None:
         console.print(f"LLM: {len(ledger.records)} calls, {tin:,} in / {tout:,} out tokens, ${ledger.total_usd:.4f}{cap}", highlight=False)
 
 
+@user_errors
 def review_command(run_id: Annotated[str, typer.Argument()], runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:
     """The agent's commits with their metric deltas against the previous best."""
-    _review(run_id, runs_dir)
-
-
-@user_errors
-def _review(run_id: str, runs_dir: Path) -> None:
     from sandbox.workspace import Workspace, WorkspaceError
 
     settings = _load_settings(run_id, runs_dir)
@@ -367,15 +346,11 @@ def _review(run_id: str, runs_dir: Path) -> None:
         console.print(f"{len(discarded)} discarded experiments kept as refs: " + ", ".join(sorted(discarded)), highlight=False)
 
 
+@user_errors
 def reproduce_command(run_id: Annotated[str, typer.Argument(help="the run")],
                       experiment: Annotated[str, typer.Argument(help="a kept experiment id (e003) or a commit prefix")],
                       runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:
     """Re-make a kept result from its commit and compare it with the recorded number and the run's noise margin."""
-    _reproduce(run_id, experiment, runs_dir)
-
-
-@user_errors
-def _reproduce(run_id: str, experiment: str, runs_dir: Path) -> None:
     from agent.reproduce import reproduce
     from sandbox.workspace import Workspace, WorkspaceError
 
