@@ -13,17 +13,16 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from agent.settings import DEFAULT_EXPERIMENT_BUDGET, RunSettings
+from agent.llm import PROVIDERS, LLMSpec
+from agent.settings import RunSettings
 from nas import validate
-from harness.cli_support import console, err_console, user_errors
+from harness.cli_support import console, err_console, field_default, user_errors
 from harness.errors import UserError, describe_validation_error
-from harness.run_files import EVAL_BYTES
 
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 if TYPE_CHECKING:
     from agent.graph import ResearchAgent
-    from agent.llm import LLMSpec
 
 
 def _check_run_id(run_id: str) -> str:
@@ -48,6 +47,8 @@ def _load_settings(run_id: str, runs_dir: Path) -> RunSettings:
         return RunSettings.model_validate_json(text)
     except ValidationError as err:
         raise UserError(f"{path} is corrupt ({describe_validation_error(err)[:200]}): {fix}") from None
+    except UserError as err:  # a budget that does not read (RunSettings says it in the words of its flag)
+        raise UserError(f"{path} is corrupt ({str(err)[:200]}): {fix}") from None
 
 
 def _read_state_text(path: Path, settings: RunSettings) -> str | None:
@@ -148,58 +149,60 @@ def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
     return state
 
 
+def _default(field: str) -> Any:
+    """An ``autonas run`` option's default: the RunSettings field's, so that it is declared in one place."""
+    return field_default(RunSettings, field)
+
+
 @user_errors
 def run_command(
     goal: Annotated[str, typer.Argument(help='e.g. "find the best Python code model under 8 MB"')],
-    budget: Annotated[str, typer.Option(help="wall clock for the whole run: 10m, 8h")] = "10m",
+    budget: Annotated[str, typer.Option(help="wall clock for the whole run: 10m, 8h")] = _default("budget"),
     experiment_budget: Annotated[str, typer.Option(help="training budget of one experiment, in tokens (500ktok, 2Mtok: the "
-                                                        "same number whatever the load) or wall clock (60s)")] = DEFAULT_EXPERIMENT_BUDGET,
+                                                        "same number whatever the load) or wall clock (60s)")] = _default("experiment_budget"),
     grace: Annotated[str, typer.Option(help="an experiment still running this long after --budget is killed (workers stop "
-                                            "cleanly at the budget: a partial result is a crash)")] = "30s",
-    max_experiments: Annotated[Optional[int], typer.Option(min=1)] = None,
-    max_cost: Annotated[Optional[float], typer.Option(help="USD cap on LLM spend (the offline planner spends none)")] = None,
-    max_gpu_hours: Annotated[Optional[float], typer.Option()] = None,
-    search_trials: Annotated[int, typer.Option(min=1)] = 6,
+                                            "cleanly at the budget: a partial result is a crash)")] = _default("grace"),
+    max_experiments: Annotated[Optional[int], typer.Option(min=1)] = _default("max_experiments"),
+    max_cost: Annotated[Optional[float], typer.Option(help="USD cap on LLM spend (the offline planner spends none)")] = _default("max_cost_usd"),
+    max_gpu_hours: Annotated[Optional[float], typer.Option()] = _default("max_gpu_hours"),
+    search_trials: Annotated[int, typer.Option(min=1)] = _default("search_trials"),
     run_id: Annotated[Optional[str], typer.Option(help="default: a timestamp")] = None,
-    runs_dir: Annotated[Path, typer.Option()] = Path("runs"),
-    tokenizer: Annotated[str, typer.Option()] = "byte",
-    corpus: Annotated[str, typer.Option()] = "stdlib",
-    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
-    seed: Annotated[int, typer.Option()] = 0,
-    planner: Annotated[str, typer.Option(help="auto (a key in the environment picks it, else offline), offline, anthropic, openai")] = "auto",
+    runs_dir: Annotated[Path, typer.Option()] = Path(_default("runs_dir")),
+    tokenizer: Annotated[str, typer.Option()] = _default("tokenizer"),
+    corpus: Annotated[str, typer.Option()] = _default("corpus"),
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = _default("eval_bytes"),
+    seed: Annotated[int, typer.Option()] = _default("seed"),
+    planner: Annotated[str, typer.Option(help="auto (a key in the environment picks it, else offline), offline, anthropic, "
+                                              "openai")] = field_default(LLMSpec, "provider"),
     planner_model: Annotated[Optional[str], typer.Option()] = None,
     judge: Annotated[Optional[str], typer.Option(help="default: the planner's LLM (offline: the metric rule)")] = None,
     judge_model: Annotated[Optional[str], typer.Option()] = None,
     base_url: Annotated[Optional[str], typer.Option(help="planner server, e.g. http://localhost:8000/v1 for vLLM/llama.cpp/Ollama")] = None,
     judge_base_url: Annotated[Optional[str], typer.Option()] = None,
-    llm_timeout: Annotated[float, typer.Option(help="seconds per LLM request (the SDK retries 429/5xx/timeouts)")] = 120.0,
+    llm_timeout: Annotated[float, typer.Option(help="seconds per LLM request (the SDK retries 429/5xx/timeouts)")] = field_default(LLMSpec, "timeout_s"),
     price_in: Annotated[Optional[float], typer.Option(help="USD per million input tokens (overrides the built-in table)")] = None,
     price_out: Annotated[Optional[float], typer.Option(help="USD per million output tokens")] = None,
-    max_plan_attempts: Annotated[int, typer.Option(min=1, max=10)] = 3,
+    max_plan_attempts: Annotated[int, typer.Option(min=1, max=10)] = _default("max_plan_attempts"),
     prompts: Annotated[Optional[Path], typer.Option(help="folder of prompt templates overriding prompts/*.txt")] = None,
-    memory_mb: Annotated[Optional[int], typer.Option(min=64, help="address-space limit of each worker process")] = None,
+    memory_mb: Annotated[Optional[int], typer.Option(min=64, help="address-space limit of each worker process")] = _default("memory_mb"),
     editor: Annotated[str, typer.Option(help="code editor for plans that change code: builtin, claude-code, gui, or a "
-                                             "fallback chain such as claude-code,gui")] = "builtin",
-    claude_binary: Annotated[Optional[str], typer.Option(help="the claude CLI (default: on PATH, else claude-agent-sdk's)")] = None,
-    claude_model: Annotated[Optional[str], typer.Option(help="model for Claude Code (default: the CLI's own)")] = None,
-    editor_max_turns: Annotated[int, typer.Option(min=1, max=500)] = 30,
-    editor_timeout: Annotated[str, typer.Option(help="wall clock of one code edit")] = "15m",
+                                             "fallback chain such as claude-code,gui")] = ",".join(_default("editors")),
+    claude_binary: Annotated[Optional[str], typer.Option(help="the claude CLI (default: on PATH, else claude-agent-sdk's)")] = _default("claude_binary"),
+    claude_model: Annotated[Optional[str], typer.Option(help="model for Claude Code (default: the CLI's own)")] = _default("claude_model"),
+    editor_max_turns: Annotated[int, typer.Option(min=1, max=500)] = _default("editor_max_turns"),
+    editor_timeout: Annotated[str, typer.Option(help="wall clock of one code edit")] = _default("editor_timeout"),
 ) -> None:
     """Start a research run: plan, edit, run, judge and commit experiments until the budget is spent."""
+    # The options are declared once, here (their defaults are RunSettings'); RunSettings is built once below.
     from agent.editing import editor_warnings, parse_editors
     from agent.goal import parse_goal
-    from agent.graph import ResearchAgent
-    from agent.llm import LLMSpec
+    from agent.graph import ResearchAgent  # langgraph loads only when a run starts, not for --help or other commands
     from harness.tokenizer import parse_tokenizer_spec
     from harness.model_code import seed_files as model_code_files
     from sandbox.workspace import Workspace, WorkspaceError
 
     # Everything a user can get wrong is checked before anything is created.
     parse_goal(goal)
-    total = validate.budget(budget, "--budget", time_only=True)
-    validate.budget(experiment_budget, "--experiment-budget")
-    grace_s = validate.budget(grace, "--grace", time_only=True).seconds
-    edit_timeout = validate.budget(editor_timeout, "--editor-timeout", time_only=True).seconds
     validate.seed(seed)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
     validate.number(max_experiments, "--max-experiments", le=1_000_000)
@@ -217,8 +220,8 @@ def run_command(
     parse_tokenizer_spec(tokenizer)
     editors = parse_editors(editor)
     run_id = _check_run_id(run_id or time.strftime("%Y%m%d-%H%M%S"))
-    settings = RunSettings(run_id=run_id, goal=goal, runs_dir=str(runs_dir), budget_s=total.seconds,
-                           experiment_budget=experiment_budget, grace_s=grace_s, max_experiments=max_experiments, max_cost_usd=max_cost,
+    settings = RunSettings(run_id=run_id, goal=goal, runs_dir=str(runs_dir), budget=budget,  # budgets are read here
+                           experiment_budget=experiment_budget, grace=grace, max_experiments=max_experiments, max_cost_usd=max_cost,
                            max_gpu_hours=max_gpu_hours, search_trials=search_trials, tokenizer=tokenizer, corpus=corpus,
                            eval_bytes=eval_bytes, seed=seed,
                            planner=_llm_spec(planner, planner_model, base_url, llm_timeout, price_in, price_out),
@@ -226,7 +229,7 @@ def run_command(
                                   _llm_spec(judge or planner, judge_model, judge_base_url, llm_timeout, price_in, price_out)),
                            max_plan_attempts=max_plan_attempts, prompts_dir=str(prompts.resolve()) if prompts else None,
                            memory_mb=memory_mb, editors=editors, claude_binary=claude_binary, claude_model=claude_model,
-                           editor_max_turns=editor_max_turns, editor_timeout_s=edit_timeout)
+                           editor_max_turns=editor_max_turns, editor_timeout=editor_timeout)
     if settings.run_dir.exists():
         raise UserError(f"run {run_id!r} already exists in {runs_dir}: resume it with `autonas resume {run_id}` or pick another --run-id")
     record = settings.model_dump_json(indent=2)  # fails here, before anything exists, if a value cannot be stored
@@ -251,8 +254,7 @@ def run_command(
 
 
 def _llm_spec(provider: str, model: str | None, base_url: str | None, timeout: float, price_in: float | None,
-              price_out: float | None) -> "LLMSpec":
-    from agent.llm import PROVIDERS, LLMSpec
+              price_out: float | None) -> LLMSpec:
 
     if provider not in PROVIDERS:
         raise UserError(f"unknown LLM provider {provider!r}: use one of {', '.join(PROVIDERS)}")
