@@ -1,7 +1,13 @@
-"""``autonas run | resume | status | review``: the research agent's front door."""
+"""``autonas run | resume | status | review | reproduce``: the research agent's front door.
+
+``run`` declares each option once, as a parameter, with RunSettings' defaults, and builds RunSettings once;
+the others read it back from the run's run.json. The graph (langgraph), GitPython and the editors are imported
+inside the commands that use them, so ``autonas --help`` and the workers' commands do not load them.
+"""
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import sqlite3
@@ -13,11 +19,16 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from agent.llm import PROVIDERS, LLMSpec
+from agent.goal import parse_goal
+from agent.llm import KEY_ENV, PROVIDERS, CostLedger, LLMSpec
+from agent.prompting import FIELDS
 from agent.settings import RunSettings
 from nas import validate
 from harness.cli_support import console, err_console, field_default, user_errors
 from harness.errors import UserError, describe_validation_error
+from harness.model_code import seed_files as model_code_files
+from harness.tokenizer import parse_tokenizer_spec
+from sandbox.gitexe import GitTampered
 
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -106,8 +117,6 @@ def _resume_from_start(settings: RunSettings, results: str | None) -> bool:
 
 def _check_prompts(folder: Path) -> None:
     """--prompts: a folder holding at least one template this version reads, each UTF-8 text."""
-    from agent.prompting import FIELDS
-
     validate.input_dir(folder, "--prompts")
     names = [f"{name}.txt" for name in FIELDS]
     found = [folder / n for n in names if (folder / n).exists()]
@@ -120,8 +129,6 @@ def _check_prompts(folder: Path) -> None:
 def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
     """Run the graph from its start (fresh) or from its last checkpoint; Ctrl-C ends cleanly after the node."""
     from agent.graph import build_graph, graph_config, open_checkpointer
-    from agent.llm import KEY_ENV
-    from sandbox.gitexe import GitTampered
     from sandbox.workspace import WorkspaceError
 
     settings = agent.s
@@ -195,10 +202,7 @@ def run_command(
     """Start a research run: plan, edit, run, judge and commit experiments until the budget is spent."""
     # The options are declared once, here (their defaults are RunSettings'); RunSettings is built once below.
     from agent.editing import editor_warnings, parse_editors
-    from agent.goal import parse_goal
-    from agent.graph import ResearchAgent  # langgraph loads only when a run starts, not for --help or other commands
-    from harness.tokenizer import parse_tokenizer_spec
-    from harness.model_code import seed_files as model_code_files
+    from agent.graph import ResearchAgent
     from sandbox.workspace import Workspace, WorkspaceError
 
     # Everything a user can get wrong is checked before anything is created.
@@ -296,8 +300,6 @@ def _summary(settings: RunSettings, state: dict[str, Any]) -> None:
 @user_errors
 def status_command(run_id: Annotated[str, typer.Argument()], runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:
     """Where a run stands (works while it runs)."""
-    import csv
-
     settings = _load_settings(run_id, runs_dir)
     text = _read_state_text(settings.workspace / "results.tsv", settings)
     _read_state_text(settings.run_dir / "llm_calls.jsonl", settings)
@@ -313,8 +315,6 @@ def status_command(run_id: Annotated[str, typer.Argument()], runs_dir: Annotated
     console.print(f"{len(rows)} experiments recorded; {state}", highlight=False)
     calls = settings.run_dir / "llm_calls.jsonl"
     if calls.is_file():
-        from agent.llm import CostLedger
-
         ledger = CostLedger(calls)
         tin, tout = ledger.tokens
         cap = f" of ${settings.max_cost_usd:g}" if settings.max_cost_usd is not None else ""

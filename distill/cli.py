@@ -1,13 +1,14 @@
 """``autonas distill`` (also ``python -m distill distill``): a teacher distilled into a student architecture.
 
 ``autonas eval humaneval`` is registered here too (the ``distill`` worker's app) but lives in
-:mod:`distill.humaneval_cli`.
+:mod:`distill.humaneval_cli`. Modules that import torch or an LLM SDK are imported inside the command, after
+every flag is checked: ``autonas --help`` imports this module.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -17,9 +18,15 @@ from nas.cli import TRAIN_KEYS
 from harness.budget import process_start
 from harness.cli_support import (OneLineErrors, err_console, exit_unless_finished, print_metrics, progress_bar,
                                  user_errors)
+from harness.data import CorpusSpec, load_documents, split_documents
 from harness.errors import UserError
-from harness.run_files import EVAL_BYTES
 from harness.model_code import model_code_root, write_code_record
+from harness.run_files import EVAL_BYTES
+from harness.tokenizer import load_tokenizer_file, parse_tokenizer_spec
+from nas.space import ArchConfig
+
+if TYPE_CHECKING:
+    from nas.train import TrainConfig  # imports torch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,10 +66,8 @@ def distill_command(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Distil a teacher into a student architecture under a budget; writes the trainer's run folder."""
-    from distill.losses import KDLossConfig
+    from distill.losses import KDLossConfig  # torch (all three)
     from distill.train import LOSSES, distill, reconcile_student
-    from harness.data import CorpusSpec
-    from nas.space import ArchConfig
     from nas.train import TrainConfig, prepare_run_dir, resolve_device
 
     started = process_start()  # --max-seconds counts from the worker's start
@@ -111,15 +116,13 @@ def distill_command(
     if teacher.startswith(("openai:", "anthropic:")):
         raise UserError(f"{teacher} is an API teacher: it gives text (and at most top-20 log-probs), not logits; "
                         "use --loss seq")
-    from distill.teachers import load_teacher
+    from distill.teachers import load_teacher  # torch and transformers
 
     with err_console.status(f"loading teacher {teacher} ..."):
         t = load_teacher(teacher)
     sidecar = student.parent / "tokenizer.json"
     student_fp = None
     if sidecar.is_file():
-        from harness.tokenizer import load_tokenizer_file
-
         student_fp = load_tokenizer_file(sidecar).fingerprint()
     elif arch.vocab_size == 256:
         student_fp = "byte"
@@ -139,13 +142,11 @@ def _finish(outcome: Any, out_dir: Path) -> None:
     print_metrics(outcome.metrics, TRAIN_KEYS)
 
 
-def _sequence_level(teacher: str, arch: Any, spec: Any, cfg: Any, out_dir: Path, n_prompts: int, teacher_data: Path | None,
+def _sequence_level(teacher: str, arch: ArchConfig, spec: CorpusSpec, cfg: TrainConfig, out_dir: Path, n_prompts: int, teacher_data: Path | None,
                     base_url: str | None, max_tokens: int, concurrency: int, mode: str, tokenizer: str, seed: int,
                     quiet: bool, overwrite: bool, started: float | None = None) -> None:
-    from distill.api_teacher import APITeacher, APITeacherSpec, generate_teacher_data, prompts_from_corpus
-    from distill.train import sequence_distill
-    from harness.data import load_documents, split_documents
-    from harness.tokenizer import parse_tokenizer_spec
+    from distill.api_teacher import APITeacher, APITeacherSpec, generate_teacher_data, prompts_from_corpus  # LLM SDKs
+    from distill.train import sequence_distill  # torch
     from nas.train import prepare_run_dir
 
     _, vocab = parse_tokenizer_spec(tokenizer)

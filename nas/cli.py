@@ -1,7 +1,9 @@
-"""Command-line entry points of the ``nas`` worker: ``train`` and ``arch sample|show``.
+"""Command-line entry points of the ``nas`` worker: ``train``, ``evaluate``, ``arch sample|show`` and ``nas search``.
 
 They are registered on the project's ``autonas`` app and also run bare as ``python -m nas ...`` on a
-machine that has only torch and the worker's own dependencies.
+machine that has only torch and the worker's own dependencies. Each option is declared once, as a parameter of
+its command. Modules that import torch, transformers or optuna are imported inside the command that needs them:
+every ``autonas`` command (``--help`` included) imports this module, and a bad flag is refused before they load.
 """
 
 from __future__ import annotations
@@ -19,9 +21,14 @@ from rich.table import Table
 from nas import validate
 from harness.budget import process_start
 from harness.cli_support import OneLineErrors, console, err_console, exit_unless_finished, print_metrics, user_errors
-from harness.data import CorpusSpec
+from harness.data import CorpusSpec, prepare_corpus
 from harness.errors import UserError
+from harness.model_code import active_code_hash, model_code_root, reexec_with_model_code, write_code_record
 from harness.run_files import EVAL_BYTES
+from harness.tokenizer import parse_tokenizer_spec
+from nas.counting import arch_metrics
+from nas.objectives import SearchLimits
+from nas.space import SPACES, ArchConfig, ArchConstraints, get_space
 
 def _parse_size(text: str | None, what: str, flag: str) -> int | None:
     """``8`` / ``8MB`` / ``1.5e6`` -> int; MB for byte limits means 10^6 bytes."""
@@ -39,8 +46,6 @@ def _parse_size(text: str | None, what: str, flag: str) -> int | None:
 
 def _check_space(space: str) -> None:
     """A named space, or a readable UTF-8 JSON file (``get_space`` says what is wrong inside it)."""
-    from nas.space import SPACES
-
     if space not in SPACES and Path(space).suffix == ".json":
         validate.text_file(Path(space), "--space")
 
@@ -68,11 +73,7 @@ def train_command(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Train one architecture under a budget; writes metrics.json, log.txt and model.safetensors."""
-    from harness.data import prepare_corpus
-    from nas.space import ArchConfig
-    from harness.tokenizer import parse_tokenizer_spec
-    from harness.model_code import model_code_root, write_code_record
-    from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
+    from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device  # torch: after --help, before training
 
     started = process_start()  # --max-seconds counts from the worker's start: imports and corpus preparation are inside
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
@@ -112,7 +113,7 @@ def train_command(
 
 
 def _export_hf_folder(out_dir: Path, arch_cfg: Any, data: Any) -> None:
-    from safetensors.torch import load_model
+    from safetensors.torch import load_model  # torch and transformers: only when --hf asks for the export
 
     from nas.hf import export_blockers, export_hf
     from nas.model import CodeLM
@@ -149,8 +150,6 @@ def arch_sample(
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Draw architectures from a search space, optionally under size constraints; prints JSON."""
-    from nas.space import ArchConstraints, get_space
-
     validate.number(n, "-n", le=10_000)
     validate.seed(seed)
     validate.number(vocab_size, "--vocab-size", ge=2, le=1_000_000)
@@ -179,9 +178,7 @@ def arch_sample(
 @user_errors
 def arch_show(path: Annotated[Path, typer.Argument(help="architecture JSON")]) -> None:
     """Size, cost and export status of an architecture."""
-    from nas.hf import export_blockers
-    from nas.counting import arch_metrics
-    from nas.space import ArchConfig
+    from nas.hf import export_blockers  # transformers: only for this command
 
     validate.input_file(path, "architecture file")
     arch = ArchConfig.load(path)
@@ -206,10 +203,7 @@ def evaluate_command(
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Bits per byte of a trained model on a split, by the model's own code and the fixed harness."""
-    from harness.data import prepare_corpus
-    from harness.metrics import evaluate_bpb
-    from harness.model_code import active_code_hash, reexec_with_model_code
-    from harness.tokenizer import parse_tokenizer_spec
+    from harness.metrics import evaluate_bpb  # torch: loaded after the re-exec on the model's own code
     from nas.run_folder import load_trained_model
 
     validate.input_dir(model, "--model")
@@ -272,9 +266,7 @@ def search_command(
     quiet: Annotated[bool, typer.Option(help="no live table")] = False,
 ) -> None:
     """Multi-objective, multi-fidelity architecture search (resumable with --resume)."""
-    from nas.objectives import SearchLimits
-    from nas.search import Search, SearchConfig
-    from harness.tokenizer import parse_tokenizer_spec
+    from nas.search import Search, SearchConfig  # optuna and torch: after the flags are checked
 
     if budget is not None:
         validate.budget(budget, "--budget", time_only=True)
