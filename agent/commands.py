@@ -1,7 +1,13 @@
-"""``autonas run | resume | status | review``: the research agent's front door."""
+"""``autonas run | resume | status | review | reproduce``: the research agent's front door.
+
+``run`` declares each option once, as a parameter, with RunSettings' defaults, and builds RunSettings once;
+the others read it back from the run's run.json. The graph (langgraph), GitPython and the editors are imported
+inside the commands that use them, so ``autonas --help`` and the workers' commands do not load them.
+"""
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import sqlite3
@@ -13,17 +19,21 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from agent.settings import DEFAULT_EXPERIMENT_BUDGET, RunSettings
+from agent.goal import parse_goal
+from agent.llm import KEY_ENV, PROVIDERS, CostLedger, LLMSpec
+from agent.prompting import FIELDS
+from agent.settings import RunSettings
 from nas import validate
-from nas.cli import console, err_console, user_errors
+from harness.cli_support import console, err_console, field_default, user_errors
 from harness.errors import UserError, describe_validation_error
-from harness.run_files import EVAL_BYTES
+from harness.model_code import seed_files as model_code_files
+from harness.tokenizer import parse_tokenizer_spec
+from sandbox.gitexe import GitTampered
 
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 if TYPE_CHECKING:
     from agent.graph import ResearchAgent
-    from agent.llm import LLMSpec
 
 
 def _check_run_id(run_id: str) -> str:
@@ -48,6 +58,8 @@ def _load_settings(run_id: str, runs_dir: Path) -> RunSettings:
         return RunSettings.model_validate_json(text)
     except ValidationError as err:
         raise UserError(f"{path} is corrupt ({describe_validation_error(err)[:200]}): {fix}") from None
+    except UserError as err:  # a budget that does not read (RunSettings says it in the words of its flag)
+        raise UserError(f"{path} is corrupt ({str(err)[:200]}): {fix}") from None
 
 
 def _read_state_text(path: Path, settings: RunSettings) -> str | None:
@@ -105,8 +117,6 @@ def _resume_from_start(settings: RunSettings, results: str | None) -> bool:
 
 def _check_prompts(folder: Path) -> None:
     """--prompts: a folder holding at least one template this version reads, each UTF-8 text."""
-    from agent.prompting import FIELDS
-
     validate.input_dir(folder, "--prompts")
     names = [f"{name}.txt" for name in FIELDS]
     found = [folder / n for n in names if (folder / n).exists()]
@@ -119,8 +129,6 @@ def _check_prompts(folder: Path) -> None:
 def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
     """Run the graph from its start (fresh) or from its last checkpoint; Ctrl-C ends cleanly after the node."""
     from agent.graph import build_graph, graph_config, open_checkpointer
-    from agent.llm import KEY_ENV
-    from sandbox.gitexe import GitTampered
     from sandbox.workspace import WorkspaceError
 
     settings = agent.s
@@ -148,67 +156,57 @@ def _drive(agent: "ResearchAgent", fresh: bool) -> dict[str, Any]:
     return state
 
 
+def _default(field: str) -> Any:
+    """An ``autonas run`` option's default: the RunSettings field's, so that it is declared in one place."""
+    return field_default(RunSettings, field)
+
+
+@user_errors
 def run_command(
     goal: Annotated[str, typer.Argument(help='e.g. "find the best Python code model under 8 MB"')],
-    budget: Annotated[str, typer.Option(help="wall clock for the whole run: 10m, 8h")] = "10m",
+    budget: Annotated[str, typer.Option(help="wall clock for the whole run: 10m, 8h")] = _default("budget"),
     experiment_budget: Annotated[str, typer.Option(help="training budget of one experiment, in tokens (500ktok, 2Mtok: the "
-                                                        "same number whatever the load) or wall clock (60s)")] = DEFAULT_EXPERIMENT_BUDGET,
+                                                        "same number whatever the load) or wall clock (60s)")] = _default("experiment_budget"),
     grace: Annotated[str, typer.Option(help="an experiment still running this long after --budget is killed (workers stop "
-                                            "cleanly at the budget: a partial result is a crash)")] = "30s",
-    max_experiments: Annotated[Optional[int], typer.Option(min=1)] = None,
-    max_cost: Annotated[Optional[float], typer.Option(help="USD cap on LLM spend (the offline planner spends none)")] = None,
-    max_gpu_hours: Annotated[Optional[float], typer.Option()] = None,
-    search_trials: Annotated[int, typer.Option(min=1)] = 6,
+                                            "cleanly at the budget: a partial result is a crash)")] = _default("grace"),
+    max_experiments: Annotated[Optional[int], typer.Option(min=1)] = _default("max_experiments"),
+    max_cost: Annotated[Optional[float], typer.Option(help="USD cap on LLM spend (the offline planner spends none)")] = _default("max_cost_usd"),
+    max_gpu_hours: Annotated[Optional[float], typer.Option()] = _default("max_gpu_hours"),
+    search_trials: Annotated[int, typer.Option(min=1)] = _default("search_trials"),
     run_id: Annotated[Optional[str], typer.Option(help="default: a timestamp")] = None,
-    runs_dir: Annotated[Path, typer.Option()] = Path("runs"),
-    tokenizer: Annotated[str, typer.Option()] = "byte",
-    corpus: Annotated[str, typer.Option()] = "stdlib",
-    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
-    seed: Annotated[int, typer.Option()] = 0,
-    planner: Annotated[str, typer.Option(help="auto (a key in the environment picks it, else offline), offline, anthropic, openai")] = "auto",
+    runs_dir: Annotated[Path, typer.Option()] = Path(_default("runs_dir")),
+    tokenizer: Annotated[str, typer.Option()] = _default("tokenizer"),
+    corpus: Annotated[str, typer.Option()] = _default("corpus"),
+    eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = _default("eval_bytes"),
+    seed: Annotated[int, typer.Option()] = _default("seed"),
+    planner: Annotated[str, typer.Option(help="auto (a key in the environment picks it, else offline), offline, anthropic, "
+                                              "openai")] = field_default(LLMSpec, "provider"),
     planner_model: Annotated[Optional[str], typer.Option()] = None,
     judge: Annotated[Optional[str], typer.Option(help="default: the planner's LLM (offline: the metric rule)")] = None,
     judge_model: Annotated[Optional[str], typer.Option()] = None,
     base_url: Annotated[Optional[str], typer.Option(help="planner server, e.g. http://localhost:8000/v1 for vLLM/llama.cpp/Ollama")] = None,
     judge_base_url: Annotated[Optional[str], typer.Option()] = None,
-    llm_timeout: Annotated[float, typer.Option(help="seconds per LLM request (the SDK retries 429/5xx/timeouts)")] = 120.0,
+    llm_timeout: Annotated[float, typer.Option(help="seconds per LLM request (the SDK retries 429/5xx/timeouts)")] = field_default(LLMSpec, "timeout_s"),
     price_in: Annotated[Optional[float], typer.Option(help="USD per million input tokens (overrides the built-in table)")] = None,
     price_out: Annotated[Optional[float], typer.Option(help="USD per million output tokens")] = None,
-    max_plan_attempts: Annotated[int, typer.Option(min=1, max=10)] = 3,
+    max_plan_attempts: Annotated[int, typer.Option(min=1, max=10)] = _default("max_plan_attempts"),
     prompts: Annotated[Optional[Path], typer.Option(help="folder of prompt templates overriding prompts/*.txt")] = None,
-    memory_mb: Annotated[Optional[int], typer.Option(min=64, help="address-space limit of each worker process")] = None,
+    memory_mb: Annotated[Optional[int], typer.Option(min=64, help="address-space limit of each worker process")] = _default("memory_mb"),
     editor: Annotated[str, typer.Option(help="code editor for plans that change code: builtin, claude-code, gui, or a "
-                                             "fallback chain such as claude-code,gui")] = "builtin",
-    claude_binary: Annotated[Optional[str], typer.Option(help="the claude CLI (default: on PATH, else claude-agent-sdk's)")] = None,
-    claude_model: Annotated[Optional[str], typer.Option(help="model for Claude Code (default: the CLI's own)")] = None,
-    editor_max_turns: Annotated[int, typer.Option(min=1, max=500)] = 30,
-    editor_timeout: Annotated[str, typer.Option(help="wall clock of one code edit")] = "15m",
+                                             "fallback chain such as claude-code,gui")] = ",".join(_default("editors")),
+    claude_binary: Annotated[Optional[str], typer.Option(help="the claude CLI (default: on PATH, else claude-agent-sdk's)")] = _default("claude_binary"),
+    claude_model: Annotated[Optional[str], typer.Option(help="model for Claude Code (default: the CLI's own)")] = _default("claude_model"),
+    editor_max_turns: Annotated[int, typer.Option(min=1, max=500)] = _default("editor_max_turns"),
+    editor_timeout: Annotated[str, typer.Option(help="wall clock of one code edit")] = _default("editor_timeout"),
 ) -> None:
     """Start a research run: plan, edit, run, judge and commit experiments until the budget is spent."""
-    _run(**locals())
-
-
-@user_errors
-def _run(goal: str, budget: str, experiment_budget: str, grace: str, max_experiments: int | None, max_cost: float | None,
-         max_gpu_hours: float | None, search_trials: int, run_id: str | None, runs_dir: Path, tokenizer: str, corpus: str,
-         eval_bytes: int, seed: int, planner: str, planner_model: str | None, judge: str | None, judge_model: str | None,
-         base_url: str | None, judge_base_url: str | None, llm_timeout: float, price_in: float | None, price_out: float | None,
-         max_plan_attempts: int, prompts: Path | None, memory_mb: int | None, editor: str, claude_binary: str | None,
-         claude_model: str | None, editor_max_turns: int, editor_timeout: str) -> None:
+    # The options are declared once, here (their defaults are RunSettings'); RunSettings is built once below.
     from agent.editing import editor_warnings, parse_editors
-    from agent.goal import parse_goal
     from agent.graph import ResearchAgent
-    from agent.llm import LLMSpec
-    from harness.tokenizer import parse_tokenizer_spec
-    from harness.model_code import seed_files as model_code_files
     from sandbox.workspace import Workspace, WorkspaceError
 
     # Everything a user can get wrong is checked before anything is created.
     parse_goal(goal)
-    total = validate.budget(budget, "--budget", time_only=True)
-    validate.budget(experiment_budget, "--experiment-budget")
-    grace_s = validate.budget(grace, "--grace", time_only=True).seconds
-    edit_timeout = validate.budget(editor_timeout, "--editor-timeout", time_only=True).seconds
     validate.seed(seed)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
     validate.number(max_experiments, "--max-experiments", le=1_000_000)
@@ -226,8 +224,8 @@ def _run(goal: str, budget: str, experiment_budget: str, grace: str, max_experim
     parse_tokenizer_spec(tokenizer)
     editors = parse_editors(editor)
     run_id = _check_run_id(run_id or time.strftime("%Y%m%d-%H%M%S"))
-    settings = RunSettings(run_id=run_id, goal=goal, runs_dir=str(runs_dir), budget_s=total.seconds,
-                           experiment_budget=experiment_budget, grace_s=grace_s, max_experiments=max_experiments, max_cost_usd=max_cost,
+    settings = RunSettings(run_id=run_id, goal=goal, runs_dir=str(runs_dir), budget=budget,  # budgets are read here
+                           experiment_budget=experiment_budget, grace=grace, max_experiments=max_experiments, max_cost_usd=max_cost,
                            max_gpu_hours=max_gpu_hours, search_trials=search_trials, tokenizer=tokenizer, corpus=corpus,
                            eval_bytes=eval_bytes, seed=seed,
                            planner=_llm_spec(planner, planner_model, base_url, llm_timeout, price_in, price_out),
@@ -235,7 +233,7 @@ def _run(goal: str, budget: str, experiment_budget: str, grace: str, max_experim
                                   _llm_spec(judge or planner, judge_model, judge_base_url, llm_timeout, price_in, price_out)),
                            max_plan_attempts=max_plan_attempts, prompts_dir=str(prompts.resolve()) if prompts else None,
                            memory_mb=memory_mb, editors=editors, claude_binary=claude_binary, claude_model=claude_model,
-                           editor_max_turns=editor_max_turns, editor_timeout_s=edit_timeout)
+                           editor_max_turns=editor_max_turns, editor_timeout=editor_timeout)
     if settings.run_dir.exists():
         raise UserError(f"run {run_id!r} already exists in {runs_dir}: resume it with `autonas resume {run_id}` or pick another --run-id")
     record = settings.model_dump_json(indent=2)  # fails here, before anything exists, if a value cannot be stored
@@ -260,8 +258,7 @@ def _run(goal: str, budget: str, experiment_budget: str, grace: str, max_experim
 
 
 def _llm_spec(provider: str, model: str | None, base_url: str | None, timeout: float, price_in: float | None,
-              price_out: float | None) -> "LLMSpec":
-    from agent.llm import PROVIDERS, LLMSpec
+              price_out: float | None) -> LLMSpec:
 
     if provider not in PROVIDERS:
         raise UserError(f"unknown LLM provider {provider!r}: use one of {', '.join(PROVIDERS)}")
@@ -271,16 +268,12 @@ def _llm_spec(provider: str, model: str | None, base_url: str | None, timeout: f
     return LLMSpec(provider=provider, model=model, base_url=base_url, timeout_s=timeout, price_in=price_in, price_out=price_out)
 
 
+@user_errors
 def resume_command(
     run_id: Annotated[str, typer.Argument()],
     runs_dir: Annotated[Path, typer.Option()] = Path("runs"),
 ) -> None:
     """Continue a run from its last finished node (after a crash, Ctrl-C or kill -9)."""
-    _resume(run_id, runs_dir)
-
-
-@user_errors
-def _resume(run_id: str, runs_dir: Path) -> None:
     from agent.graph import ResearchAgent
 
     settings = _load_settings(run_id, runs_dir)
@@ -304,15 +297,9 @@ def _summary(settings: RunSettings, state: dict[str, Any]) -> None:
     console.print(f"report: {settings.run_dir / 'report.md'}", highlight=False)
 
 
+@user_errors
 def status_command(run_id: Annotated[str, typer.Argument()], runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:
     """Where a run stands (works while it runs)."""
-    _status(run_id, runs_dir)
-
-
-@user_errors
-def _status(run_id: str, runs_dir: Path) -> None:
-    import csv
-
     settings = _load_settings(run_id, runs_dir)
     text = _read_state_text(settings.workspace / "results.tsv", settings)
     _read_state_text(settings.run_dir / "llm_calls.jsonl", settings)
@@ -328,21 +315,15 @@ def _status(run_id: str, runs_dir: Path) -> None:
     console.print(f"{len(rows)} experiments recorded; {state}", highlight=False)
     calls = settings.run_dir / "llm_calls.jsonl"
     if calls.is_file():
-        from agent.llm import CostLedger
-
         ledger = CostLedger(calls)
         tin, tout = ledger.tokens
         cap = f" of ${settings.max_cost_usd:g}" if settings.max_cost_usd is not None else ""
         console.print(f"LLM: {len(ledger.records)} calls, {tin:,} in / {tout:,} out tokens, ${ledger.total_usd:.4f}{cap}", highlight=False)
 
 
+@user_errors
 def review_command(run_id: Annotated[str, typer.Argument()], runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:
     """The agent's commits with their metric deltas against the previous best."""
-    _review(run_id, runs_dir)
-
-
-@user_errors
-def _review(run_id: str, runs_dir: Path) -> None:
     from sandbox.workspace import Workspace, WorkspaceError
 
     settings = _load_settings(run_id, runs_dir)
@@ -367,15 +348,11 @@ def _review(run_id: str, runs_dir: Path) -> None:
         console.print(f"{len(discarded)} discarded experiments kept as refs: " + ", ".join(sorted(discarded)), highlight=False)
 
 
+@user_errors
 def reproduce_command(run_id: Annotated[str, typer.Argument(help="the run")],
                       experiment: Annotated[str, typer.Argument(help="a kept experiment id (e003) or a commit prefix")],
                       runs_dir: Annotated[Path, typer.Option()] = Path("runs")) -> None:
     """Re-make a kept result from its commit and compare it with the recorded number and the run's noise margin."""
-    _reproduce(run_id, experiment, runs_dir)
-
-
-@user_errors
-def _reproduce(run_id: str, experiment: str, runs_dir: Path) -> None:
     from agent.reproduce import reproduce
     from sandbox.workspace import Workspace, WorkspaceError
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.settings import RunSettings
-from distill.cli import GENERATION_FILE
+from distill.humaneval_cli import GENERATION_FILE
 from harness.data import CorpusSpec, cache_root, prepare_corpus
 from harness.errors import UserError
 from harness.model_code import MODEL_CODE_ENV, read_code_record, stock_code_hash

@@ -1,7 +1,8 @@
 """Errors a user can cause.
 
-Every entry point catches :class:`UserError` and prints its message as one line with exit code 2,
-so a bad flag or a bad file never ends in a traceback. Anything else is a bug and may crash loudly.
+Every entry point catches :class:`UserError` and prints its message as one line with exit code 2
+(:func:`harness.cli_support.user_errors`), so a bad flag or a bad file never ends in a traceback. Anything else
+is a bug and may crash loudly.
 """
 
 from __future__ import annotations

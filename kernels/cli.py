@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
+from harness.cli_support import OneLineErrors, console, err_console, print_metrics, user_errors
+from harness.errors import UserError
 from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE
 from harness.model_code import model_code_root, reexec_with_model_code, write_code_record
 from nas import validate
-from nas.cli import OneLineErrors, _print_metrics, err_console, user_errors
 
 
 REPORT_KEYS = ("val_bpb_before", "val_bpb_pruned", "val_bpb_recovered", "val_bpb_int8_weights", "val_bpb", "val_bpb_change_pct",
@@ -20,6 +23,7 @@ REPORT_KEYS = ("val_bpb_before", "val_bpb_pruned", "val_bpb_recovered", "val_bpb
                "latency_ms_p50_onnx_int8", "deploy_cpu_runtime", "latency_ms_p50_deploy_cpu", "hf_export", "wall_s")
 
 
+@user_errors
 def compress_command(
     model: Annotated[Path, typer.Option(help="a finished run folder (arch.json + model.safetensors)")],
     out: Annotated[Optional[Path], typer.Option(help="output folder (default <model>-compressed)")] = None,
@@ -36,14 +40,6 @@ def compress_command(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Compress a trained model; writes the compressed model and metrics.json (bpb, size, latency before/after)."""
-    _compress(**locals())
-
-
-@user_errors
-def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx: bool, prune: str | None, recover: str | None,
-              recover_lr: float, recover_distill: bool, eval_bytes: int, seed: int, overwrite: bool, quiet: bool) -> None:
-    from harness.errors import UserError
-
     # Everything a user can get wrong is checked before torch is imported or anything is written.
     validate.input_dir(model, "--model")
     out_dir = out or model.with_name(model.name + "-compressed")
@@ -56,6 +52,7 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
     reexec_with_model_code(model)  # compressed by the code that trained it
 
+    # torch is imported only after the cheap checks above, and after the re-exec on the model's own code
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
 
@@ -76,9 +73,10 @@ def _compress(model: Path, out: Path | None, int8: bool, int8_backend: str, onnx
                       f"{' + int8' if int8 else ''}) -> {out_dir}", highlight=False)
     metrics = compress(model, out_dir, cfg, log_to_console=not quiet)
     write_code_record(out_dir, model_code_root())  # the compressed model carries the same code
-    _print_metrics(metrics, REPORT_KEYS)
+    print_metrics(metrics, REPORT_KEYS)
 
 
+@user_errors
 def latency_command(
     model: Annotated[Path, typer.Option(help="a run folder (arch.json + model.safetensors), compressed or not")],
     modes: Annotated[str, typer.Option(help="comma list of eager, static, compile, cuda-graph")] = "eager,static",
@@ -91,14 +89,6 @@ def latency_command(
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Batch-1 prefill and per-token decode latency (p50/p90) of a model, by decoding mode and thread count."""
-    _latency(**locals())
-
-
-@user_errors
-def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: int, decode: int, repeats: int, out: Path | None,
-             overwrite: bool) -> None:
-    import json
-
     # Everything a user can get wrong is checked before torch is imported.
     validate.input_dir(model, "--model")
     if out is not None:
@@ -109,13 +99,11 @@ def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: 
     validate.number(decode, "--decode", le=100_000)
     validate.number(repeats, "--repeats", le=10_000)
 
+    # torch is imported only after the cheap checks above, and after the re-exec on the model's own code
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from kernels.compress import load_run
     from kernels.latency import MODES, measure_decode
-    from harness.errors import UserError
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     bad = [m for m in wanted if m not in MODES]
@@ -132,7 +120,7 @@ def _latency(model: Path, modes: str, device: str, threads: str | None, prompt: 
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["mode"]), str(r["threads"]), f"{r['prefill_ms_p50']:.3f}", f"{r['decode_ms_p50']:.3f}", f"{r['decode_ms_p90']:.3f}")
-    Console().print(table)
+    console.print(table)
     if out:
         try:
             out.write_text(json.dumps({"model": str(model), "device": device, "rows": rows}, indent=2))

@@ -1,99 +1,34 @@
-"""Command-line entry points of the ``nas`` worker: ``train`` and ``arch sample|show``.
+"""Command-line entry points of the ``nas`` worker: ``train``, ``evaluate``, ``arch sample|show`` and ``nas search``.
 
 They are registered on the project's ``autonas`` app and also run bare as ``python -m nas ...`` on a
-machine that has only torch and the worker's own dependencies.
+machine that has only torch and the worker's own dependencies. Each option is declared once, as a parameter of
+its command. Modules that import torch, transformers or optuna are imported inside the command that needs them:
+every ``autonas`` command (``--help`` included) imports this module, and a bad flag is refused before they load.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import random
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
 
 from nas import validate
 from harness.budget import process_start
-from harness.data import CorpusSpec
-from harness.errors import UserError, describe_validation_error
+from harness.cli_support import OneLineErrors, console, err_console, exit_unless_finished, print_metrics, user_errors
+from harness.data import CorpusSpec, prepare_corpus
+from harness.errors import UserError
+from harness.model_code import active_code_hash, model_code_root, reexec_with_model_code, write_code_record
 from harness.run_files import EVAL_BYTES
-
-err_console = Console(stderr=True)
-console = Console()
-
-
-def print_error(message: str) -> None:
-    """One line on stderr, whatever the message holds (newlines are joined, markup is not interpreted)."""
-    line = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a :class:`UserError` as one line and exit 2 (never a traceback for bad input)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            print_error(str(err))
-            raise typer.Exit(2) from None
-        except ValidationError as err:
-            print_error(describe_validation_error(err))
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-# Click's exception classes, from the MRO so that a typer that vendors its own click works as one that does not
-_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
-class OneLineErrors(TyperGroup):
-    """The top-level command group of every entry point (``autonas``, ``python -m nas|distill|kernels``).
-
-    Click's usage errors (an unknown option, a value that is not a number or out of its range, a missing
-    argument) print one line and exit 2, like a :class:`UserError`, instead of a usage panel."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        for arg in sys.argv[1:] if args is None else args:
-            try:
-                str(arg).encode("utf-8")
-            except UnicodeEncodeError:  # bytes the locale could not decode: they would end up in JSON files
-                print_error(f"argument {ascii(arg)} is not valid UTF-8 text")
-                sys.exit(2)
-        try:
-            rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except _USAGE_ERROR as err:
-            if type(err).__name__ == "NoArgsIsHelpError":
-                sys.exit(2)  # the help is printed
-            ctx = getattr(err, "ctx", None)
-            print_error(err.format_message() + (f" (see {ctx.command_path} --help)" if ctx is not None else ""))
-            sys.exit(2)
-        except _CLICK_ERROR as err:
-            print_error(err.format_message())
-            sys.exit(err.exit_code)
-        except typer.Abort:
-            err_console.print("aborted", highlight=False)
-            sys.exit(130)
-        except UserError as err:  # a command without @user_errors
-            print_error(str(err))
-            sys.exit(2)
-        sys.exit(rc if isinstance(rc, int) else 0)
-
+from harness.tokenizer import parse_tokenizer_spec
+from nas.counting import arch_metrics
+from nas.objectives import SearchLimits
+from nas.space import SPACES, ArchConfig, ArchConstraints, get_space
 
 def _parse_size(text: str | None, what: str, flag: str) -> int | None:
     """``8`` / ``8MB`` / ``1.5e6`` -> int; MB for byte limits means 10^6 bytes."""
@@ -111,12 +46,11 @@ def _parse_size(text: str | None, what: str, flag: str) -> int | None:
 
 def _check_space(space: str) -> None:
     """A named space, or a readable UTF-8 JSON file (``get_space`` says what is wrong inside it)."""
-    from nas.space import SPACES
-
     if space not in SPACES and Path(space).suffix == ".json":
         validate.text_file(Path(space), "--space")
 
 
+@user_errors
 def train_command(
     arch: Annotated[Optional[Path], typer.Option(help="architecture JSON (default: the default ArchConfig)")] = None,
     budget: Annotated[str, typer.Option(help="60s, 10m, 1h, or tokens: 500ktok, 2Mtok")] = "60s",
@@ -139,18 +73,7 @@ def train_command(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Train one architecture under a budget; writes metrics.json, log.txt and model.safetensors."""
-    _train(**locals())
-
-
-@user_errors
-def _train(arch: Path | None, budget: str, max_seconds: float | None, out: Path | None, tokenizer: str, corpus: str, text_field: str | None,
-           batch_size: int, grad_accum: int, lr: float, seed: int, device: str, compile: bool, eval_bytes: int,
-           checkpoint_every: float, hf: bool, overwrite: bool, quiet: bool) -> None:
-    from harness.data import prepare_corpus
-    from nas.space import ArchConfig
-    from harness.tokenizer import parse_tokenizer_spec
-    from harness.model_code import model_code_root, write_code_record
-    from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device
+    from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device  # torch: after --help, before training
 
     started = process_start()  # --max-seconds counts from the worker's start: imports and corpus preparation are inside
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
@@ -186,24 +109,11 @@ def _train(arch: Path | None, budget: str, max_seconds: float | None, out: Path 
     exit_unless_finished(outcome, out_dir)
     if hf:
         _export_hf_folder(out_dir, arch_cfg, data)
-    _print_metrics(outcome.metrics)
-
-
-def exit_unless_finished(outcome: Any, out_dir: Path) -> None:
-    """An interrupted run exits 130 (rerun to resume), a failed one 1 with its recorded reason."""
-    if outcome.status == "interrupted":
-        err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
-        raise typer.Exit(130)
-    if outcome.status == "capped":
-        err_console.print(f"[bold red]stopped early:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
-        raise typer.Exit(1)
-    if outcome.status != "ok":
-        err_console.print(f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
-        raise typer.Exit(1)
+    print_metrics(outcome.metrics, TRAIN_KEYS)
 
 
 def _export_hf_folder(out_dir: Path, arch_cfg: Any, data: Any) -> None:
-    from safetensors.torch import load_model
+    from safetensors.torch import load_model  # torch and transformers: only when --hf asks for the export
 
     from nas.hf import export_blockers, export_hf
     from nas.model import CodeLM
@@ -223,19 +133,11 @@ TRAIN_KEYS = ("val_bpb", "params", "params_non_embedding", "size_bytes_int8", "s
               "tokens_per_s", "latency_ms_p50", "latency_ms_prefill_p50", "wall_s", "peak_mem_mb")
 
 
-def _print_metrics(metrics: dict[str, Any], keys: tuple[str, ...] = TRAIN_KEYS) -> None:
-    table = Table(title="metrics.json", show_header=False)
-    for key in keys:
-        if key in metrics:
-            v = metrics[key]
-            table.add_row(key, (f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4f}") if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
-    console.print(table)
-
-
 arch_app = typer.Typer(help="Sample and inspect architectures.", no_args_is_help=True)
 
 
 @arch_app.command("sample")
+@user_errors
 def arch_sample(
     space: Annotated[str, typer.Option(help="default, tiny, or a JSON file of gene choices")] = "default",
     n: Annotated[int, typer.Option("-n", min=1, help="how many")] = 1,
@@ -248,14 +150,6 @@ def arch_sample(
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Draw architectures from a search space, optionally under size constraints; prints JSON."""
-    _arch_sample(space, n, seed, max_params, max_mb, dtype, vocab_size, out, overwrite)
-
-
-@user_errors
-def _arch_sample(space: str, n: int, seed: int, max_params: str | None, max_mb: str | None, dtype: str,
-                 vocab_size: int | None, out: Path | None, overwrite: bool) -> None:
-    from nas.space import ArchConstraints, get_space
-
     validate.number(n, "-n", le=10_000)
     validate.seed(seed)
     validate.number(vocab_size, "--vocab-size", ge=2, le=1_000_000)
@@ -281,16 +175,10 @@ def _arch_sample(space: str, n: int, seed: int, max_params: str | None, max_mb: 
 
 
 @arch_app.command("show")
+@user_errors
 def arch_show(path: Annotated[Path, typer.Argument(help="architecture JSON")]) -> None:
     """Size, cost and export status of an architecture."""
-    _arch_show(path)
-
-
-@user_errors
-def _arch_show(path: Path) -> None:
-    from nas.hf import export_blockers
-    from nas.counting import arch_metrics
-    from nas.space import ArchConfig
+    from nas.hf import export_blockers  # transformers: only for this command
 
     validate.input_file(path, "architecture file")
     arch = ArchConfig.load(path)
@@ -304,6 +192,7 @@ def _arch_show(path: Path) -> None:
     console.print(table)
 
 
+@user_errors
 def evaluate_command(
     model: Annotated[Path, typer.Option(help="a finished run folder (arch.json + model.safetensors)")],
     split: Annotated[str, typer.Option(help="val or heldout (the locked split no experiment reads)")] = "heldout",
@@ -314,17 +203,7 @@ def evaluate_command(
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Bits per byte of a trained model on a split, by the model's own code and the fixed harness."""
-    _evaluate(model, split, corpus, tokenizer, eval_bytes, out, overwrite)
-
-
-@user_errors
-def _evaluate(model: Path, split: str, corpus: str, tokenizer: str, eval_bytes: int, out: Path | None, overwrite: bool) -> None:
-    import json
-
-    from harness.data import prepare_corpus
-    from harness.metrics import evaluate_bpb
-    from harness.model_code import active_code_hash, reexec_with_model_code
-    from harness.tokenizer import parse_tokenizer_spec
+    from harness.metrics import evaluate_bpb  # torch: loaded after the re-exec on the model's own code
     from nas.run_folder import load_trained_model
 
     validate.input_dir(model, "--model")
@@ -351,6 +230,7 @@ search_app = typer.Typer(help="Architecture search.", no_args_is_help=True)
 
 
 @search_app.command("search")
+@user_errors
 def search_command(
     out: Annotated[Path, typer.Option(help="search folder: results.tsv, pareto.json, pareto.png, best/, trials/")] = Path("runs/search"),
     space: Annotated[str, typer.Option(help="default, tiny, or a JSON file of gene choices")] = "default",
@@ -386,56 +266,47 @@ def search_command(
     quiet: Annotated[bool, typer.Option(help="no live table")] = False,
 ) -> None:
     """Multi-objective, multi-fidelity architecture search (resumable with --resume)."""
-    _search(**locals())
+    from nas.search import Search, SearchConfig  # optuna and torch: after the flags are checked
 
-
-@user_errors
-def _search(**kw: Any) -> None:
-    from nas.objectives import SearchLimits
-    from nas.search import Search, SearchConfig
-    from harness.tokenizer import parse_tokenizer_spec
-
-    if kw["budget"] is not None:
-        validate.budget(kw["budget"], "--budget", time_only=True)
-    elif kw["cap_trials"]:
+    if budget is not None:
+        validate.budget(budget, "--budget", time_only=True)
+    elif cap_trials:
         raise UserError("--cap-trials stops trials at the end of --budget: give --budget too")
-    validate.budget(kw["stage1"], "--stage1")
-    if kw["stage2"] != "none":
-        validate.budget(kw["stage2"], "--stage2")
-    validate.seed(kw["seed"])
-    validate.number(kw["batch_size"], "--batch-size", le=65_536)
-    validate.number(kw["eval_bytes"], "--eval-bytes", le=10**11)
-    validate.number(kw["population"], "--population", le=100_000)
-    validate.number(kw["eta"], "--eta", le=1000)
-    validate.number(kw["max_mb"], "--max-mb", gt=0, le=1e9)
-    validate.number(kw["max_latency_ms"], "--max-latency-ms", gt=0, le=1e6)
-    validate.number(kw["trials"], "--trials", le=1_000_000)
-    validate.number(kw["workers"], "--workers", le=1024)
-    validate.corpus(kw["corpus"])
-    parse_tokenizer_spec(kw["tokenizer"])
-    _check_space(kw["space"])
-    storage = kw["storage"]
+    validate.budget(stage1, "--stage1")
+    if stage2 != "none":
+        validate.budget(stage2, "--stage2")
+    validate.seed(seed)
+    validate.number(batch_size, "--batch-size", le=65_536)
+    validate.number(eval_bytes, "--eval-bytes", le=10**11)
+    validate.number(population, "--population", le=100_000)
+    validate.number(eta, "--eta", le=1000)
+    validate.number(max_mb, "--max-mb", gt=0, le=1e9)
+    validate.number(max_latency_ms, "--max-latency-ms", gt=0, le=1e6)
+    validate.number(trials, "--trials", le=1_000_000)
+    validate.number(workers, "--workers", le=1024)
+    validate.corpus(corpus)
+    parse_tokenizer_spec(tokenizer)
+    _check_space(space)
     if storage is not None and "://" not in storage:  # a journal file of ours
         validate.output_file(Path(storage), "--storage", overwrite=True)
     # A search folder of ours is the study's business (--resume, --study-name); another run's results are refused.
-    out = kw["out"]
     validate.output_dir(out, "--out", overwrite=True)  # a usable folder first
     ours = any((out / name).exists() for name in ("study.journal", "pareto.json", "results.tsv"))
-    validate.output_dir(out, "--out", overwrite=kw["overwrite"], results=() if ours else validate.RESULT_FILES)
-    limits = SearchLimits(max_mb=kw["max_mb"], bytes_dtype=kw["bytes_dtype"], max_params=_parse_size(kw["max_params"], "parameter", "--max-params"),
-                          max_latency_ms=kw["max_latency_ms"])
+    validate.output_dir(out, "--out", overwrite=overwrite, results=() if ours else validate.RESULT_FILES)
+    limits = SearchLimits(max_mb=max_mb, bytes_dtype=bytes_dtype, max_params=_parse_size(max_params, "parameter", "--max-params"),
+                          max_latency_ms=max_latency_ms)
     cfg = SearchConfig(
-        out=str(kw["out"]), space=kw["space"], objectives=kw["objectives"], strategy=kw["strategy"], limits=limits,
-        trials=kw["trials"], budget=kw["budget"], cap_trials=kw["cap_trials"], stage1_budget=kw["stage1"],
-        stage2_budget=kw["stage2"], eta=kw["eta"], stage2_max=kw["stage2_max"],
-        screen=kw["screen"], screen_proxy=kw["screen_proxy"], population=kw["population"], seed=kw["seed"],
-        executor=kw["executor"], workers=kw["workers"], ray_address=kw["ray_address"], storage=kw["storage"],
-        study_name=kw["study_name"], corpus=CorpusSpec(source=kw["corpus"]), tokenizer=kw["tokenizer"],
-        batch_size=kw["batch_size"], eval_bytes=kw["eval_bytes"],
+        out=str(out), space=space, objectives=objectives, strategy=strategy, limits=limits,
+        trials=trials, budget=budget, cap_trials=cap_trials, stage1_budget=stage1,
+        stage2_budget=stage2, eta=eta, stage2_max=stage2_max,
+        screen=screen, screen_proxy=screen_proxy, population=population, seed=seed,
+        executor=executor, workers=workers, ray_address=ray_address, storage=storage,
+        study_name=study_name, corpus=CorpusSpec(source=corpus), tokenizer=tokenizer,
+        batch_size=batch_size, eval_bytes=eval_bytes,
     )
-    summary = Search(cfg, resume=kw["resume"], live=not kw["quiet"]).run()
+    summary = Search(cfg, resume=resume, live=not quiet).run()
     console.print()
-    table = Table(title=f"Pareto front (stage {summary['stage_of_front']}), {kw['out']}/pareto.json")
+    table = Table(title=f"Pareto front (stage {summary['stage_of_front']}), {out}/pareto.json")
     for name in summary["objectives"]:
         table.add_column(name, justify="right")
     table.add_column("trial", justify="right")
