@@ -13,6 +13,11 @@ from harness.errors import UserError
 RDB_SCHEMES = ("postgresql", "mysql", "sqlite", "oracle", "mssql")
 
 
+def describe_storage(url: str | None, out: Path) -> str:
+    """Where the study lives, for messages: the URL, or the default journal file."""
+    return url or str(out / "study.journal")
+
+
 def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
     """The storage named by ``url`` (default: ``out/study.journal``); any problem is one clear line."""
     if url is None or not url.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES:
