@@ -111,8 +111,9 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     out.mkdir(parents=True, exist_ok=True)
     append_log(
         out,
-        f"compress {Path(model_dir).resolve()}: prune {cfg.prune or '-'}, recover "
-        f"{cfg.recover_s or cfg.recover_tokens or '-'}, int8 {cfg.int8} ({cfg.int8_backend}), eval bytes {cfg.eval_bytes}",
+        f"compress {Path(model_dir).resolve()}: prune {cfg.prune or '-'}, "
+        f"recover {cfg.recover_s or cfg.recover_tokens or '-'}, "
+        f"int8 {cfg.int8} ({cfg.int8_backend}), eval bytes {cfg.eval_bytes}",
     )
     corpus = prepare_corpus(corpus_spec, tokenizer)
     m: dict[str, Any] = {

@@ -3,9 +3,9 @@
 Both take a :class:`~nas.trial.TrialSpec`, run :func:`~nas.trial.run_trial` and hand back a
 :class:`~nas.trial.TrialResult`, so the search and its result files do not depend on the executor.
 
-Local workers (``python -m nas.worker``) are started once and reused, so a trial does not pay for Python and torch start-up
-(about two seconds here); each runs in a process group of its own, and a trial past its time limit has
-its worker's whole group killed (never processes found by name: other jobs share the machine) and the
+Local workers (``python -m nas.worker``) are started once and reused, so a trial does not pay for Python
+and torch start-up (about two seconds here); each runs in a process group of its own, and a trial past its
+time limit has its worker's whole group killed (never processes found by name: other jobs share the machine) and the
 worker replaced. A worker that dies (the kernel's OOM killer, a segfault) fails only its trial.
 
 Workers see only the allow-listed worker environment (``sandbox.environment``), never the driver's keys; so does

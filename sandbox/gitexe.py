@@ -97,7 +97,8 @@ def executable() -> str:
 
 def use_for_gitpython() -> None:
     """Every GitPython call in this process goes through the wrapper."""
-    import git  # not at the top: the wrapper imports this module with every git command, and GitPython is slow to import
+    # Not at the top: the wrapper imports this module with every git command, and GitPython is slow to import.
+    import git
 
     if getattr(git.Git, "GIT_PYTHON_GIT_EXECUTABLE", None) != executable():
         git.refresh(executable())

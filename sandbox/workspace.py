@@ -165,7 +165,7 @@ class Workspace:
         return commit.hexsha
 
     def reset_tree(self) -> None:
-        """Back to the last commit: tracked changes undone, untracked files removed (ignored ones such as runs/ stay)."""
+        """Back to the last commit: tracked changes undone, untracked files removed (ignored ones, e.g. runs/, stay)."""
         self.repo.head.reset(index=True, working_tree=True)
         self.repo.git.clean("-fd")
 
