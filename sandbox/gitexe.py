@@ -208,8 +208,10 @@ def restore_protected(workspace: Path, before: GitState) -> list[str]:
             else:
                 target.write_bytes(data)
     for d in sorted((p for p in gitdir.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
-        rel = d.relative_to(gitdir)
-        if not _object_data(rel) and not any(k == str(rel) or k.startswith(str(rel) + "/") for k in before.files):
+        rel_dir = d.relative_to(gitdir)
+        if not _object_data(rel_dir) and not any(
+            k == str(rel_dir) or k.startswith(str(rel_dir) + "/") for k in before.files
+        ):
             if not any(d.iterdir()):
                 d.rmdir()  # a folder the editor made that is now empty
     return changed
