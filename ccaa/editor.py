@@ -83,7 +83,8 @@ class EditResult:
             return f"{self.editor} edit failed: {self.error}"
         cost = f", ${self.cost_usd:.4f}" if self.cost_usd else ""
         turns = f", {self.turns} turns" if self.turns is not None else ""
-        return f"{self.editor} changed {len(self.files_changed)} file(s) ({', '.join(self.files_changed[:5])}){turns}{cost}"
+        changed = ", ".join(self.files_changed[:5])
+        return f"{self.editor} changed {len(self.files_changed)} file(s) ({changed}){turns}{cost}"
 
 
 class Editor(ABC):
@@ -94,8 +95,11 @@ class Editor(ABC):
     def __init__(self, watch: Sequence[Path] | None = None):
         self.watch = tuple(Path(p) for p in watch) if watch is not None else None
 
-    def check(self) -> None:
-        """Raise :class:`EditorUnavailable` when this editor cannot run on this machine (the agent says so at start)."""
+    def check(self) -> None:  # noqa: B027 - an optional hook, not abstract: an editor that needs nothing keeps this
+        """Raise :class:`EditorUnavailable` when this editor cannot run on this machine (the agent says so at start).
+
+        The default accepts every machine; editors that need a binary or a display override it.
+        """
 
     @abstractmethod
     def apply(self, workspace: Path, instruction: EditInstruction) -> EditorReport:
@@ -138,8 +142,9 @@ class Editor(ABC):
         elif into_records:
             error = f"wrote into the agent's records (results, run folders): {', '.join(into_records[:3])}"
         elif git_changes:
+            shown = ", ".join(git_changes[:3]) + (" ..." if len(git_changes) > 3 else "")
             error = (
-                f"the editor changed git's own files ({', '.join(git_changes[:3])}{' ...' if len(git_changes) > 3 else ''}): "
+                f"the editor changed git's own files ({shown}): "
                 "git finds commands to run there, and a commit or branch switch is the agent's to make"
             )
         elif error is None and not files:
@@ -256,7 +261,10 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def snapshot_outside(roots: Sequence[Path], workspace: Path | None) -> dict[str, tuple[int, int]]:
-    """(mtime, size) of every file under ``roots`` (folders or files) except under ``workspace``, to find writes there."""
+    """(mtime, size) of every file under ``roots`` (folders or files) except under ``workspace``.
+
+    Taken before and after an edit, to find writes outside the workspace.
+    """
     seen: dict[str, tuple[int, int]] = {}
     for r in roots:
         if Path(r).is_file() or Path(r).is_symlink():

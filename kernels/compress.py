@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +25,7 @@ from distill.losses import KDLossConfig, kd_loss_full
 from harness.budget import Budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
-from harness.metrics import evaluate_bpb, measure_latency
+from harness.metrics import CachedLanguageModel, evaluate_bpb, measure_latency
 from harness.run_files import EVAL_BYTES, append_log, write_metrics
 from kernels.onnx_export import OnnxDecoder, check_against_torch, export_decode_step, quantize_onnx_int8
 from kernels.prune import (
@@ -90,11 +90,19 @@ def _bpb(
     device: str = "cpu",
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
-    return evaluate_bpb(model, corpus["val"], corpus.token_bytes, cfg.eval_bytes, 16, device, autocast_dtype).bpb  # type: ignore[arg-type]
+    lm = _as_language_model(model)
+    return evaluate_bpb(lm, corpus["val"], corpus.token_bytes, cfg.eval_bytes, 16, device, autocast_dtype).bpb
 
 
 def _latency(model: torch.nn.Module) -> float:
-    return measure_latency(model).as_metrics()["latency_ms_p50"]  # type: ignore[arg-type]
+    """The decode latency reported as ``latency_ms_p50``."""
+    return measure_latency(_as_language_model(model)).decode_ms_p50
+
+
+def _as_language_model(model: torch.nn.Module) -> CachedLanguageModel:
+    """Every model here is a CodeLM, pruned or quantized in place or as a copy, so it keeps CodeLM's ``arch``,
+    forward and ``new_cache``; ``nn.Module`` as a static type cannot say so."""
+    return cast(CachedLanguageModel, model)
 
 
 def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bool = True) -> dict[str, Any]:
@@ -111,8 +119,9 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
     out.mkdir(parents=True, exist_ok=True)
     append_log(
         out,
-        f"compress {Path(model_dir).resolve()}: prune {cfg.prune or '-'}, recover "
-        f"{cfg.recover_s or cfg.recover_tokens or '-'}, int8 {cfg.int8} ({cfg.int8_backend}), eval bytes {cfg.eval_bytes}",
+        f"compress {Path(model_dir).resolve()}: prune {cfg.prune or '-'}, "
+        f"recover {cfg.recover_s or cfg.recover_tokens or '-'}, "
+        f"int8 {cfg.int8} ({cfg.int8_backend}), eval bytes {cfg.eval_bytes}",
     )
     corpus = prepare_corpus(corpus_spec, tokenizer)
     m: dict[str, Any] = {
@@ -239,11 +248,11 @@ def choose_cpu_deployment(m: dict[str, Any], max_check_change_pct: float = 1.0) 
             and 100 * abs(m[key] - base) / base <= max_check_change_pct
         ):
             timed[name] = latency
-    timed = {k: v for k, v in timed.items() if isinstance(v, (int, float))}
-    if not timed:
+    measured: dict[str, float] = {k: v for k, v in timed.items() if isinstance(v, (int, float))}
+    if not measured:
         return {}
-    best = min(timed, key=timed.__getitem__)
-    return {"deploy_cpu_runtime": best, "latency_ms_p50_deploy_cpu": timed[best]}
+    best = min(measured, key=measured.__getitem__)
+    return {"deploy_cpu_runtime": best, "latency_ms_p50_deploy_cpu": measured[best]}
 
 
 def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig) -> dict[str, Any]:

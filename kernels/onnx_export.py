@@ -14,13 +14,14 @@ import statistics
 import time
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from harness.errors import UserError
-from nas.model import CodeLM, apply_rope
+from nas.model import Block, CodeLM, apply_rope
 
 ONNX_FILE = "decode_step.onnx"
 ONNX_INT8_FILE = "decode_step_int8.onnx"
@@ -41,7 +42,9 @@ class DecodeStep(torch.nn.Module):
         super().__init__()
         self.model = model.eval()
 
-    def forward(self, input_ids: torch.Tensor, position: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):  # type: ignore[no-untyped-def]
+    def forward(
+        self, input_ids: torch.Tensor, position: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m, arch = self.model, self.model.arch
         hd = arch.head_dim
         x = m.embed_tokens(input_ids)  # [1, 1, d]
@@ -51,7 +54,8 @@ class DecodeStep(torch.nn.Module):
         else:
             rope = (m.rope_cos[position], m.rope_sin[position])  # [1, hd]
         new_k, new_v = [], []
-        for i, layer in enumerate(m.layers):
+        for i, module in enumerate(m.layers):
+            layer = cast(Block, module)  # m.layers is an nn.ModuleList of Blocks
             attn = layer.self_attn
             h = _norm(layer.input_layernorm, x)
             q = attn.q_proj(h).view(1, 1, arch.n_heads, hd).transpose(1, 2)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from torch.sparse import to_sparse_semi_structured
 
 from harness.errors import UserError
-from nas.model import CodeLM, build_model
+from nas.model import Block, CodeLM, build_model
 from nas.space import ArchConfig
 
 
@@ -67,7 +68,7 @@ def input_norms(
     hooks = []
     for name, lin in prunable_linears(model).items():
 
-        def hook(mod, args, out, name=name):  # type: ignore[no-untyped-def]
+        def hook(mod, args, out, name=name):
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
             sums[name] = sums.get(name, 0) + (x * x).sum(0)
 
@@ -164,8 +165,8 @@ def prune_ffn_channels(model: CodeLM, sparsity: float, norms: dict[str, torch.Te
     small = build_model(ArchConfig.model_validate({**arch.model_dump(), "d_ff": keep}))
     src = model.state_dict()
     dst = {k: v.clone() for k, v in src.items() if ".mlp." not in k}
-    for i, layer in enumerate(model.layers):
-        mlp = layer.mlp
+    for i, module in enumerate(model.layers):
+        mlp = cast(Block, module).mlp  # model.layers is an nn.ModuleList of Blocks
         score = mlp.down_proj.weight.norm(dim=0)
         if norms is not None and f"layers.{i}.mlp.down_proj" in norms:
             score = score * norms[f"layers.{i}.mlp.down_proj"].to(score.device)
@@ -195,8 +196,8 @@ def prune_attention_heads(model: CodeLM, sparsity: float, norms: dict[str, torch
         ArchConfig.model_validate({**arch.model_dump(), "n_heads": keep * rep, "n_kv_heads": keep, "head_size": hd})
     )
     dst = {k: v.clone() for k, v in model.state_dict().items() if ".self_attn." not in k}
-    for i, layer in enumerate(model.layers):
-        attn = layer.self_attn
+    for i, module in enumerate(model.layers):
+        attn = cast(Block, module).self_attn  # model.layers is an nn.ModuleList of Blocks
         score = attn.o_proj.weight.norm(dim=0)  # one per input feature of o_proj = per (query head, dim)
         if norms is not None and f"layers.{i}.self_attn.o_proj" in norms:
             score = score * norms[f"layers.{i}.self_attn.o_proj"].to(score.device)

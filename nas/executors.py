@@ -3,9 +3,9 @@
 Both take a :class:`~nas.trial.TrialSpec`, run :func:`~nas.trial.run_trial` and hand back a
 :class:`~nas.trial.TrialResult`, so the search and its result files do not depend on the executor.
 
-Local workers (``python -m nas.worker``) are started once and reused, so a trial does not pay for Python and torch start-up
-(about two seconds here); each runs in a process group of its own, and a trial past its time limit has
-its worker's whole group killed (never processes found by name: other jobs share the machine) and the
+Local workers (``python -m nas.worker``) are started once and reused, so a trial does not pay for Python
+and torch start-up (about two seconds here); each runs in a process group of its own, and a trial past its
+time limit has its worker's whole group killed (never processes found by name: other jobs share the machine) and the
 worker replaced. A worker that dies (the kernel's OOM killer, a segfault) fails only its trial.
 
 Workers see only the allow-listed worker environment (``sandbox.environment``), never the driver's keys; so does
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from harness.errors import UserError
 from harness.run_files import METRICS_FILE, RunFileError, parse_metrics, write_metrics
-from nas.trial import RESULT_FILES, TrialResult, TrialSpec
+from nas.trial import RESULT_FILES, Status, TrialResult, TrialSpec
 from sandbox.environment import WORKER, child_env, environ_limited_to
 from sandbox.processes import kill_group
 
@@ -64,7 +64,7 @@ class _Worker:
             text=True,
             bufsize=1,
         )
-        if log is not subprocess.DEVNULL:
+        if not isinstance(log, int):  # an open log file, not subprocess.DEVNULL: the child holds its own copy
             log.close()
         self.ready = False
 
@@ -122,7 +122,7 @@ class LocalExecutor:
         worker.process.stdin.write(spec.model_dump_json() + "\n")
         worker.process.stdin.flush()
 
-    def _replace(self, worker: _Worker, status: str, reason: str) -> TrialResult:
+    def _replace(self, worker: _Worker, status: Status, reason: str) -> TrialResult:
         spec = worker.spec
         assert spec is not None
         worker.kill()
@@ -132,7 +132,7 @@ class LocalExecutor:
             number=spec.number,
             stage=spec.stage,
             status=status,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
             run_s=time.monotonic() - worker.started,
         )
 
@@ -166,9 +166,13 @@ class LocalExecutor:
             if end is not None:
                 limits.append(end - now)
             limit = max(0.0, min(limits)) if limits else None
-            streams = {w.process.stdout: w for w in busy if w.process is not None and w.process.stdout is not None}
-            for stream in wait(list(streams), timeout=limit):
-                result = self._read(streams[stream])  # type: ignore[index]
+            # keyed by file descriptor: wait() hands back what it was given, and _read reads the worker's stream
+            by_fd = {
+                w.process.stdout.fileno(): w for w in busy if w.process is not None and w.process.stdout is not None
+            }
+            for fd in wait(list(by_fd), timeout=limit):
+                assert isinstance(fd, int)
+                result = self._read(by_fd[fd])
                 if result is not None:
                     out.append(result)
             for w in busy:

@@ -131,7 +131,12 @@ class Block(nn.Module):
         self.post_attention_layernorm = _norm(arch)
         self.mlp = MLP(arch)
 
-    def forward(self, x, rope, cache):  # type: ignore[no-untyped-def]
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -149,6 +154,9 @@ class Generation:
 
 class CodeLM(nn.Module):
     """Decoder-only transformer for one ArchConfig. ``forward(ids) -> logits``."""
+
+    rope_cos: torch.Tensor  # buffers, registered in __init__ when arch.pos == "rope"
+    rope_sin: torch.Tensor
 
     def __init__(self, arch: ArchConfig):
         super().__init__()

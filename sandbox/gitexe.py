@@ -97,7 +97,8 @@ def executable() -> str:
 
 def use_for_gitpython() -> None:
     """Every GitPython call in this process goes through the wrapper."""
-    import git  # not at the top: the wrapper imports this module with every git command, and GitPython is slow to import
+    # Not at the top: the wrapper imports this module with every git command, and GitPython is slow to import.
+    import git
 
     if getattr(git.Git, "GIT_PYTHON_GIT_EXECUTABLE", None) != executable():
         git.refresh(executable())
@@ -207,8 +208,10 @@ def restore_protected(workspace: Path, before: GitState) -> list[str]:
             else:
                 target.write_bytes(data)
     for d in sorted((p for p in gitdir.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
-        rel = d.relative_to(gitdir)
-        if not _object_data(rel) and not any(k == str(rel) or k.startswith(str(rel) + "/") for k in before.files):
+        rel_dir = d.relative_to(gitdir)
+        if not _object_data(rel_dir) and not any(
+            k == str(rel_dir) or k.startswith(str(rel_dir) + "/") for k in before.files
+        ):
             if not any(d.iterdir()):
                 d.rmdir()  # a folder the editor made that is now empty
     return changed

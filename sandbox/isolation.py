@@ -529,6 +529,7 @@ def _launch(
         env=env,
         start_new_session=True,
     )
+    assert proc.stdin is not None and proc.stdout is not None  # both are pipes, opened above
     drain = _OutputDrain(proc.stdout, (_MARKER + nonce + " ").encode(), limits.max_output_bytes)
     try:
         proc.stdin.write(nonce.encode() + b"\n")

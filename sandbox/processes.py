@@ -4,8 +4,8 @@ Every long-running child of the project (a worker under :mod:`sandbox.runner`, C
 :mod:`ccaa.claude_code`, a trial worker of :mod:`nas.executors`, an untrusted program under
 :mod:`sandbox.isolation`) is started in a session of its own (``start_new_session=True``), so its process
 group holds it and everything it started, and nothing else. Ending the group therefore ends exactly the
-child's processes; nothing is ever killed by name, since other jobs share the machine. Standard library only: ``nas.worker`` imports this before torch, and
-``harness`` and ``nas`` may both import ``sandbox``.
+child's processes; nothing is ever killed by name, since other jobs share the machine. Standard library
+only: ``nas.worker`` imports this before torch, and ``harness`` and ``nas`` may both import ``sandbox``.
 """
 
 from __future__ import annotations

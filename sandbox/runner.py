@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandbox.confine import Confinement, run_confined
 from sandbox.environment import WORKER, child_env
@@ -58,7 +59,7 @@ def run_limited(
     :class:`~sandbox.confine.ConfinementUnavailable` before anything starts."""
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
-        kw = dict(
+        kw: dict[str, Any] = dict(
             cwd=str(cwd),
             stdin=subprocess.DEVNULL,
             stdout=log,

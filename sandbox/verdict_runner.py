@@ -50,13 +50,13 @@ def main(argv):
         outcome = "timed out"
     except BaseException as e:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        outcome = ("failed: %s: %s" % (type(e).__name__, e))[:500]
+        outcome = f"failed: {type(e).__name__}: {e}"[:500]
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:
         pass
-    line = ("\n%s%s %s\n" % (MARKER, nonce, outcome.encode("utf-8", "replace").hex())).encode()
+    line = f"\n{MARKER}{nonce} {outcome.encode('utf-8', 'replace').hex()}\n".encode()
     while line:
         line = line[os.write(verdict_fd, line) :]
     os._exit(0)

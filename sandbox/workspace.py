@@ -114,10 +114,18 @@ class Workspace:
         repo.heads[ws.branch].checkout()
         return ws
 
+    def _changed_paths(self) -> list[str]:
+        """Tracked files changed in the working tree, then untracked ones.
+
+        A working-tree diff always names the old path (``a_path``); ``b_path`` is only a fallback for the types.
+        """
+        tracked = [p for d in self.repo.index.diff(None) if (p := d.a_path or d.b_path)]
+        return tracked + list(self.repo.untracked_files)
+
     def ensure_clean(self) -> None:
         """Refuse to work over changes that are not ours."""
         if self.repo.is_dirty(untracked_files=True):
-            changed = [d.a_path for d in self.repo.index.diff(None)] + self.repo.untracked_files
+            changed = self._changed_paths()
             raise WorkspaceError(
                 f"workspace {self.root} has uncommitted changes that are not the agent's ({', '.join(changed[:5])}); "
                 "commit or remove them first"
@@ -126,7 +134,7 @@ class Workspace:
     def ensure_clean_except_agent(self, agent_paths: tuple[str, ...] = ("configs/",)) -> None:
         """On resume: changes in the agent's own config files are an experiment in flight (its edit node ran
         before a kill); anything else is someone else's and stops the run."""
-        changed = [d.a_path for d in self.repo.index.diff(None)] + list(self.repo.untracked_files)
+        changed = self._changed_paths()
         foreign = [p for p in changed if not p.startswith(agent_paths)]
         if foreign:
             raise WorkspaceError(
@@ -165,7 +173,7 @@ class Workspace:
         return commit.hexsha
 
     def reset_tree(self) -> None:
-        """Back to the last commit: tracked changes undone, untracked files removed (ignored ones such as runs/ stay)."""
+        """Back to the last commit: tracked changes undone, untracked files removed (ignored ones, e.g. runs/, stay)."""
         self.repo.head.reset(index=True, working_tree=True)
         self.repo.git.clean("-fd")
 
@@ -173,14 +181,15 @@ class Workspace:
         """The agent's kept experiments on this run's branch, oldest first, with their trailers."""
         out = []
         for c in reversed(list(self.repo.iter_commits(self.branch))):
-            if c.author.email != AGENT.email or c.message.startswith(f"autonas run {self.run_id}: "):
+            message = str(c.message)  # GitPython types it str | bytes; it decodes commit messages to str
+            if c.author.email != AGENT.email or message.startswith(f"autonas run {self.run_id}: "):
                 continue
             trailers = {}
-            for line in str(c.message).strip().splitlines()[1:]:
+            for line in message.strip().splitlines()[1:]:
                 key, sep, value = line.partition(": ")
                 if sep and key and " " not in key:
                     trailers[key] = value
-            out.append(ExperimentCommit(c.hexsha, str(c.message).splitlines()[0], trailers))
+            out.append(ExperimentCommit(c.hexsha, message.splitlines()[0], trailers))
         return out
 
     def discarded_refs(self) -> dict[str, str]:

@@ -153,7 +153,7 @@ def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> 
 
 class _FusedFKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, temperature: float, block: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, temperature: float, block: int) -> torch.Tensor:
         s2 = student.reshape(-1, student.shape[-1]).contiguous()
         t2 = teacher.reshape(-1, teacher.shape[-1]).contiguous()
         rows, v = s2.shape
@@ -166,7 +166,7 @@ class _FusedFKL(torch.autograd.Function):
         return loss.sum() * ctx.scale
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         (grad,) = ctx.saved_tensors
         return (grad * (g * ctx.scale)).reshape(ctx.shape).to(ctx.dtype), None, None, None
 
