@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -76,8 +77,14 @@ class OneLineErrors(TyperGroup):
     Click's usage errors (an unknown option, a value that is not a number or out of its range, a missing
     argument) print one line and exit 2, like a :class:`UserError`, instead of a usage panel."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         for arg in sys.argv[1:] if args is None else args:
@@ -120,10 +127,14 @@ def exit_unless_finished(outcome: Outcome, out_dir: Path) -> None:
         err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
         raise typer.Exit(130)
     if outcome.status == "capped":
-        err_console.print(f"[bold red]stopped early:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
+        err_console.print(
+            f"[bold red]stopped early:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False
+        )
         raise typer.Exit(1)
     if outcome.status != "ok":
-        err_console.print(f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
+        err_console.print(
+            f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False
+        )
         raise typer.Exit(1)
 
 
@@ -133,12 +144,19 @@ def print_metrics(metrics: Mapping[str, Any], keys: tuple[str, ...]) -> None:
     for key in keys:
         if key in metrics:
             v = metrics[key]
-            table.add_row(key, (f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4f}") if isinstance(v, float)
-                          else f"{v:,}" if isinstance(v, int) else str(v))
+            table.add_row(
+                key,
+                (f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4f}")
+                if isinstance(v, float)
+                else f"{v:,}"
+                if isinstance(v, int)
+                else str(v),
+            )
     console.print(table)
 
 
 def progress_bar(label: str) -> Progress:
     """A counted progress bar on stderr (generation, program execution) that stays on screen when done."""
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
-                    transient=False)
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=False
+    )
