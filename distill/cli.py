@@ -8,13 +8,14 @@ every flag is checked: ``autonas --help`` imports this module.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from distill.humaneval_cli import eval_app
 from harness.budget import process_start
 from harness.cli_support import (
+    TRAIN_KEYS,
     OneLineErrors,
     err_console,
     exit_unless_finished,
@@ -28,11 +29,21 @@ from harness.model_code import model_code_root, write_code_record
 from harness.run_files import EVAL_BYTES
 from harness.tokenizer import load_tokenizer_file, parse_tokenizer_spec
 from nas import validate
-from nas.cli import TRAIN_KEYS
 from nas.space import ArchConfig
 
 if TYPE_CHECKING:
     from nas.train import TrainConfig  # imports torch
+
+SeqMode = Literal["mix", "replace"]  # how sequence-level KD uses the teacher's text (distill.train.sequence_distill)
+_SEQ_MODES: tuple[SeqMode, ...] = ("mix", "replace")
+
+
+def _seq_mode(mode: str) -> SeqMode:
+    """--mode as the trainer takes it: the checked string, typed as one of :data:`SeqMode`."""
+    for known in _SEQ_MODES:
+        if known == mode:
+            return known
+    raise UserError(f"unknown --mode {mode!r}: use mix or replace")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,8 +110,7 @@ def distill_command(
     validate.number(max_seconds, "--max-seconds", gt=0, le=validate.MAX_BUDGET_S)
     if loss not in LOSSES:
         raise UserError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
-    if mode not in ("mix", "replace"):
-        raise UserError(f"unknown --mode {mode!r}: use mix or replace")
+    seq_mode = _seq_mode(mode)
     if topk < 0 or topk > 1000:
         raise UserError(f"--topk must be between 0 and 1000, got {topk}")
     if cache_topk is not None and not topk:
@@ -147,7 +157,7 @@ def distill_command(
             teacher_base_url,
             teacher_max_tokens,
             concurrency,
-            mode,
+            seq_mode,
             tokenizer,
             seed,
             quiet,
@@ -170,7 +180,7 @@ def distill_command(
     elif arch.vocab_size == 256:
         student_fp = "byte"
     arch = reconcile_student(arch, t, adopt_teacher_vocab, student_fp)
-    kd = KDLossConfig(kind=loss, temperature=temperature, ce_weight=ce_weight, skew=skew)  # type: ignore[arg-type]
+    kd = KDLossConfig(kind=loss, temperature=temperature, ce_weight=ce_weight, skew=skew)
     prepare_run_dir(out_dir, overwrite=overwrite)
     write_code_record(out_dir, model_code_root())  # the student carries the code that trains it
     err_console.print(
@@ -200,7 +210,7 @@ def _sequence_level(
     base_url: str | None,
     max_tokens: int,
     concurrency: int,
-    mode: str,
+    mode: SeqMode,
     tokenizer: str,
     seed: int,
     quiet: bool,
@@ -246,7 +256,7 @@ def _sequence_level(
         cfg,
         out_dir,
         mode,
-        log_to_console=not quiet,  # type: ignore[arg-type]
+        log_to_console=not quiet,
         started=started,
     )
     _finish(outcome, out_dir)

@@ -19,7 +19,15 @@ import typer
 from rich.table import Table
 
 from harness.budget import process_start
-from harness.cli_support import OneLineErrors, console, err_console, exit_unless_finished, print_metrics, user_errors
+from harness.cli_support import (
+    TRAIN_KEYS,
+    OneLineErrors,
+    console,
+    err_console,
+    exit_unless_finished,
+    print_metrics,
+    user_errors,
+)
 from harness.data import CorpusSpec, prepare_corpus
 from harness.errors import UserError
 from harness.model_code import active_code_hash, model_code_root, reexec_with_model_code, write_code_record
@@ -150,21 +158,6 @@ def _export_hf_folder(out_dir: Path, arch_cfg: Any, data: Any) -> None:
     err_console.print(f"Hugging Face folder: {out_dir / 'hf'}", highlight=False)
 
 
-TRAIN_KEYS = (
-    "val_bpb",
-    "params",
-    "params_non_embedding",
-    "size_bytes_int8",
-    "steps",
-    "tokens_trained",
-    "tokens_per_s",
-    "latency_ms_p50",
-    "latency_ms_prefill_p50",
-    "wall_s",
-    "peak_mem_mb",
-)
-
-
 arch_app = typer.Typer(help="Sample and inspect architectures.", no_args_is_help=True)
 
 
@@ -195,7 +188,7 @@ def arch_sample(
         max_params=_parse_size(max_params, "parameter", "--max-params"),
         max_bytes=_parse_size(max_mb, "MB", "--max-mb"),
         bytes_dtype=dtype,
-    )  # type: ignore[arg-type]
+    )
     rng = random.Random(seed)
     archs = [sp.sample_feasible(rng, constraints) for _ in range(n)]
     if out is not None:
