@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from pydantic import ValidationError
@@ -33,6 +33,8 @@ from sandbox.gitexe import GitTampered
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
+
     from agent.graph import ResearchAgent
 
 
@@ -148,7 +150,8 @@ def _drive(agent: ResearchAgent, fresh: bool) -> dict[str, Any]:
         raise UserError(str(err)) from None
     saver = open_checkpointer(settings.run_dir)
     graph = build_graph(agent).compile(checkpointer=saver)
-    config = graph_config(settings.run_id)
+    # graph_config builds a RunnableConfig as a plain dict (agent/graph.py annotates it dict[str, Any])
+    config = cast("RunnableConfig", graph_config(settings.run_id))
     snapshot = graph.get_state(config)
     if not fresh and not snapshot.next:
         if snapshot.values.get("done"):
@@ -171,6 +174,9 @@ def _drive(agent: ResearchAgent, fresh: bool) -> dict[str, Any]:
 def _default(field: str) -> Any:
     """An ``autonas run`` option's default: the RunSettings field's, so that it is declared in one place."""
     return field_default(RunSettings, field)
+
+
+_RUNS_DIR = Path(_default("runs_dir"))  # a module constant: B008 wants no call in an argument default
 
 
 @user_errors
@@ -198,7 +204,7 @@ def run_command(
     max_gpu_hours: Annotated[float | None, typer.Option()] = _default("max_gpu_hours"),
     search_trials: Annotated[int, typer.Option(min=1)] = _default("search_trials"),
     run_id: Annotated[str | None, typer.Option(help="default: a timestamp")] = None,
-    runs_dir: Annotated[Path, typer.Option()] = Path(_default("runs_dir")),
+    runs_dir: Annotated[Path, typer.Option()] = _RUNS_DIR,
     tokenizer: Annotated[str, typer.Option()] = _default("tokenizer"),
     corpus: Annotated[str, typer.Option()] = _default("corpus"),
     eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = _default("eval_bytes"),
@@ -298,7 +304,8 @@ def run_command(
     )
     if settings.run_dir.exists():
         raise UserError(
-            f"run {run_id!r} already exists in {runs_dir}: resume it with `autonas resume {run_id}` or pick another --run-id"
+            f"run {run_id!r} already exists in {runs_dir}: resume it with `autonas resume {run_id}` "
+            "or pick another --run-id"
         )
     record = settings.model_dump_json(indent=2)  # fails here, before anything exists, if a value cannot be stored
     agent = ResearchAgent(settings)  # keys, servers and prompt templates are checked before anything is created

@@ -102,6 +102,7 @@ class RunSettings(BaseModel):
     @field_validator("budget", "experiment_budget", "grace", "editor_timeout")
     @classmethod
     def _budget_reads(cls, text: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None  # pydantic names the field a field validator runs on
         _parse_budget(info.field_name, text)
         return text
 
