@@ -6,8 +6,8 @@ import typer
 
 from agent.commands import register as register_agent
 from distill.cli import register as register_distill
-from kernels.cli import register as register_kernels
 from harness.cli_support import OneLineErrors
+from kernels.cli import register as register_kernels
 from nas.cli import register as register_nas
 
 app = typer.Typer(

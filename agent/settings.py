@@ -25,8 +25,12 @@ from nas import validate
 DEFAULT_EXPERIMENT_BUDGET = "500ktok"
 
 # Budget fields: the flag a person writes each with, and whether it is wall clock only (else tokens may do).
-_BUDGET_FLAGS = {"budget": ("--budget", True), "experiment_budget": ("--experiment-budget", False),
-                 "grace": ("--grace", True), "editor_timeout": ("--editor-timeout", True)}
+_BUDGET_FLAGS = {
+    "budget": ("--budget", True),
+    "experiment_budget": ("--experiment-budget", False),
+    "grace": ("--grace", True),
+    "editor_timeout": ("--editor-timeout", True),
+}
 # run.json of earlier versions: seconds under these names.
 _OLD_SECONDS = {"budget_s": "budget", "grace_s": "grace", "editor_timeout_s": "editor_timeout"}
 
@@ -50,10 +54,16 @@ class RunSettings(BaseModel):
     goal: str
     runs_dir: str = "runs"
     budget: str = Field("10m", description="wall clock for the whole run: 10m, 8h")
-    experiment_budget: str = Field(DEFAULT_EXPERIMENT_BUDGET, description="training budget of one experiment: tokens "
-                                   "(the default: the same number on a loaded machine) or wall clock")
-    grace: str = Field("30s", description="an experiment still running this long after the run's budget is killed; "
-                       "each worker's own wall cap is the time left, so it stops cleanly before")
+    experiment_budget: str = Field(
+        DEFAULT_EXPERIMENT_BUDGET,
+        description="training budget of one experiment: tokens "
+        "(the default: the same number on a loaded machine) or wall clock",
+    )
+    grace: str = Field(
+        "30s",
+        description="an experiment still running this long after the run's budget is killed; "
+        "each worker's own wall cap is the time left, so it stops cleanly before",
+    )
     max_experiments: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, ge=0)
     max_gpu_hours: float | None = Field(None, gt=0)
@@ -65,9 +75,13 @@ class RunSettings(BaseModel):
     seed: int = 0
     planner: LLMSpec = LLMSpec()
     judge: LLMSpec = LLMSpec()
-    max_plan_attempts: int = Field(3, ge=1, le=10, description="invalid LLM plans before the offline planner takes the step")
+    max_plan_attempts: int = Field(
+        3, ge=1, le=10, description="invalid LLM plans before the offline planner takes the step"
+    )
     prompts_dir: str | None = Field(None, description="folder of prompt templates overriding prompts/*.txt")
-    editors: tuple[str, ...] = Field(("builtin",), min_length=1, description="code editors tried in order for a plan's code_change")
+    editors: tuple[str, ...] = Field(
+        ("builtin",), min_length=1, description="code editors tried in order for a plan's code_change"
+    )
     claude_binary: str | None = None
     claude_model: str | None = None
     editor_max_turns: int = Field(30, ge=1, le=500)
@@ -88,6 +102,7 @@ class RunSettings(BaseModel):
     @field_validator("budget", "experiment_budget", "grace", "editor_timeout")
     @classmethod
     def _budget_reads(cls, text: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None  # pydantic names the field a field validator runs on
         _parse_budget(info.field_name, text)
         return text
 

