@@ -169,17 +169,25 @@ def latency_command(
         for mode in wanted
     ]
     table = Table(title=f"decode latency of {model} ({device})")
-    for col in ("mode", "threads", "prefill_ms_p50", "decode_ms_p50", "decode_ms_p90"):
+    for col in ("mode", "threads", "prefill_ms_p50", "decode_ms_p50", "decode_ms_p90", "tokens = eager"):
         table.add_column(col, justify="right")
     for r in rows:
+        equal = r["tokens_equal_eager"]
         table.add_row(
             str(r["mode"]),
             str(r["threads"]),
             f"{r['prefill_ms_p50']:.3f}",
             f"{r['decode_ms_p50']:.3f}",
             f"{r['decode_ms_p90']:.3f}",
+            "(reference)" if equal is None else f"{equal}/{len(r['tokens'])}",
         )
     console.print(table)
+    drifted = [str(r["mode"]) for r in rows if r["tokens_equal_eager"] not in (None, len(r["tokens"]))]
+    if drifted:
+        console.print(
+            f"[red]{', '.join(drifted)}: greedy tokens differ from the eager forward's; those times are not "
+            "the model's[/red]"
+        )
     if out:
         try:
             out.write_text(json.dumps({"model": str(model), "device": device, "rows": rows}, indent=2))
