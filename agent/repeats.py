@@ -22,10 +22,14 @@ def scheduled_repeat(history: list[HistoryEntry]) -> AnyPlan | None:
         return None
     last = history[-1]
     if last.decision == "close":
-        return _next_seed(last, history, f"re-run of {last.id} with another seed: its gain was within the measured noise")
+        return _next_seed(
+            last, history, f"re-run of {last.id} with another seed: its gain was within the measured noise"
+        )
     first_kept = next((h for h in history if h.plan.is_model and h.decision == "keep"), None)
     if first_kept is not None and len(_group(first_kept, history)) == 1:
-        return _next_seed(first_kept, history, f"repeat of {first_kept.id} with another seed to measure run-to-run noise")
+        return _next_seed(
+            first_kept, history, f"repeat of {first_kept.id} with another seed to measure run-to-run noise"
+        )
     return None
 
 

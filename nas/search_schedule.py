@@ -78,10 +78,21 @@ class TrialRunner:
     def spec(self, stage: int, number: int, arch: ArchConfig) -> TrialSpec:
         cfg = self.cfg
         budget = cfg.stage1_budget if stage == 1 else str(cfg.stage2_budget)
-        return TrialSpec(number=number, stage=stage, arch=arch, budget=budget, out_dir=str(trial_folder(self.out, stage, number)),
-                         corpus=cfg.corpus, tokenizer=cfg.tokenizer, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                         eval_bytes=cfg.eval_bytes, time_limit_s=trial_time_limit(budget, cfg.trial_timeout_s),
-                         deadline=self.clock.deadline())
+        return TrialSpec(
+            number=number,
+            stage=stage,
+            arch=arch,
+            budget=budget,
+            out_dir=str(trial_folder(self.out, stage, number)),
+            corpus=cfg.corpus,
+            tokenizer=cfg.tokenizer,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            eval_bytes=cfg.eval_bytes,
+            time_limit_s=trial_time_limit(budget, cfg.trial_timeout_s),
+            deadline=self.clock.deadline(),
+        )
 
     def submit(self, stage: int, number: int, arch: ArchConfig) -> None:
         spec = self.spec(stage, number, arch)
