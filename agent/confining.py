@@ -3,8 +3,9 @@
 Once a run's workspace carries code (a code editor is configured), every worker imports that code, which an
 LLM may have written: such workers run under :mod:`sandbox.confine`. They may write only their own run
 folder; they read the workspace (their code, configs and the other experiments' models), the corpus, the
-token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``). The token cache is filled here, by the installed code, before a
-confined worker starts, so the worker never needs to write it (and cannot poison it for later experiments).
+token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``). The token cache is filled here,
+by the installed code, before a confined worker starts, so the worker never needs to write it (and cannot poison it
+for later experiments).
 
 An evaluation is split the same way: the confined worker only generates completions with the model's own
 code (``--generate-only``); scoring them, which executes generated programs and writes the numbers, runs

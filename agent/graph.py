@@ -487,7 +487,8 @@ class ResearchAgent:
                     f"workspace {self._ws.root} was made by an older version (it carries the whole nas package, "
                     "its measurement included): start a new run"
                 )
-            # a kill during an edit leaves the editor's change in the tree: it is the agent's, and the edit node redoes it
+            # a kill during an edit leaves the editor's change in the tree: it is the agent's, and the edit node
+            # redoes it
             self._ws.ensure_clean_except_agent(("configs/", "nas/") if self._ws.has_code() else ("configs/",))
         return self._ws
 

@@ -128,7 +128,8 @@ def _refuse_exact_repeat(plan: AnyPlan, history: list[HistoryEntry]) -> None:
             and h.plan.code_change == plan.code_change
         ):
             raise PlanError(
-                f"this exact configuration was already run as {h.id}: change the config, or the seed for a deliberate repeat"
+                f"this exact configuration was already run as {h.id}: "
+                "change the config, or the seed for a deliberate repeat"
             )
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -585,10 +585,10 @@ class EvalPlan(PlanBase):
         return self
 
 
-AnyPlan = Union[TrainPlan, SearchPlan, DistillPlan, EvalPlan, CompressPlan]
+AnyPlan = TrainPlan | SearchPlan | DistillPlan | EvalPlan | CompressPlan
 Plan = Annotated[AnyPlan, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter = TypeAdapter(Plan)
-PLAN_CLASSES: tuple[type[PlanBase], ...] = AnyPlan.__args__  # type: ignore[attr-defined]
+PLAN_CLASSES: tuple[type[PlanBase], ...] = get_args(AnyPlan)
 PLAN_KINDS = tuple(cls.model_fields["kind"].default for cls in PLAN_CLASSES)
 MODEL_KINDS = tuple(
     cls.model_fields["kind"].default for cls in PLAN_CLASSES if cls.is_model

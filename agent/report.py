@@ -51,9 +51,9 @@ def _plot(history: list[HistoryEntry], incumbent_id: str | None, path: Path) -> 
     for decision, colour in colours.items():
         sel = [(x, y) for x, y, d, _ in pts if d == decision]
         if sel:
-            ax.scatter(*zip(*sel), c=colour, label=decision, s=28)
+            ax.scatter(*zip(*sel, strict=True), c=colour, label=decision, s=28)
     front = sorted((pts[i][0], pts[i][1]) for i in pareto_front([(x, y) for x, y, _, _ in pts]))
-    ax.step(*zip(*front), where="post", color="#d62728", alpha=0.5, lw=1, label="Pareto front (size, bpb)")
+    ax.step(*zip(*front, strict=True), where="post", color="#d62728", alpha=0.5, lw=1, label="Pareto front (size, bpb)")
     for x, y, _, i in pts:
         ax.annotate(i, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if i == incumbent_id:
@@ -228,5 +228,9 @@ def _html(md: str, title: str) -> str:
             body.append(f"<p>{html.escape(line)}</p>")
     if in_table:
         body.append("</table>")
-    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+    )
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"

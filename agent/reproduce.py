@@ -5,8 +5,9 @@ worker command the run node stored beside the result (``command.json``: the inte
 the code hash and the corpus fingerprint in its trailers, and the measured noise. The tree is exported with
 ``git archive`` into a fresh folder (the workspace is never touched, so a run can be reproduced while it goes on),
 its model code is checked against the recorded hash, and the command runs again, confined like the original when it
-runs edited code, into ``RUN/reproduce/<experiment>-<n>``; the re-made model is scored by the harness as the run's was. Token budgets make the re-made number independent of the
-machine's load; the comparison uses the run's noise margin (2 standard deviations, the floor when unmeasured).
+runs edited code, into ``RUN/reproduce/<experiment>-<n>``; the re-made model is scored by the harness as the run's
+was. Token budgets make the re-made number independent of the machine's load; the comparison uses the run's noise
+margin (2 standard deviations, the floor when unmeasured).
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ class _SearchRun:
         if measured:
             values = [float(result.metrics[o.metric]) for o in self.objectives]
             outcome = Outcome(TrialState.COMPLETE, result.status, result.reason, values, result.metrics, result.run_s)
-            desc = " ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, values))
+            desc = " ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, values, strict=True))
             self.view.note(f"stage {result.stage} #{result.number}: {desc}")
         else:
             outcome = Outcome(TrialState.FAIL, result.status, result.reason, None, result.metrics, result.run_s)

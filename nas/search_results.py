@@ -131,7 +131,7 @@ class SearchResults:
                     stage=stage,
                     trial=t.number,
                     arch=arch,
-                    objectives={o.name: v for o, v in zip(self.objectives, t.values)},
+                    objectives={o.name: v for o, v in zip(self.objectives, t.values, strict=True)},
                     metrics=t.user_attrs.get("metrics", {}),
                     latency_remeasured=lat.as_metrics(),
                     folder=trial_folder(self.out, stage, t.number),
@@ -200,7 +200,7 @@ class SearchResults:
                 if t.user_attrs["metrics"].get(x_key) is not None
             ]
             if pts:
-                ax.scatter(*zip(*pts), s=18, c=colour, label=f"stage {stage}", alpha=0.8)
+                ax.scatter(*zip(*pts, strict=True), s=18, c=colour, label=f"stage {stage}", alpha=0.8)
         if members:
             fx = [m.metrics.get(x_key) for m in members]
             fy = [m.objectives["bpb"] for m in members]
