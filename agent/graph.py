@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -507,7 +507,14 @@ def _route_after_plan(state: AgentState) -> str:
     return "report" if state.get("done") else "edit"
 
 
-def _checked(node: Callable[[AgentState], dict[str, Any]], run_id: str) -> Callable[[AgentState], dict[str, Any]]:
+class _GraphNode(Protocol):
+    """A node as langgraph's ``add_node`` types it: its parameter is named ``state`` (a plain ``Callable`` has a
+    positional-only one, which mypy does not match against langgraph's node protocols)."""
+
+    def __call__(self, state: AgentState) -> dict[str, Any]: ...
+
+
+def _checked(node: Callable[[AgentState], dict[str, Any]], run_id: str) -> _GraphNode:
     """The node, refusing (in one line) a state checkpointed by an older version before it reads it."""
 
     def checked(state: AgentState) -> dict[str, Any]:

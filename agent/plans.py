@@ -355,14 +355,15 @@ class SearchPlan(PlanBase):
         return search_continuation(out, self)
 
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
-        ok = bool(metrics) and metrics.get("status") == "ok"  # type: ignore[union-attr]
+        m = metrics or {}
+        ok = m.get("status") == "ok"
         return Verdict(
             decision="keep" if ok else "crash",
-            metric=(metrics or {}).get("val_bpb"),
+            metric=m.get("val_bpb"),
             reason=(
-                f"search found a front of {metrics.get('front_size')}; its members are trained next"
-                if ok  # type: ignore[union-attr]
-                else str((metrics or {}).get("fail_reason", "search failed"))
+                f"search found a front of {m.get('front_size')}; its members are trained next"
+                if ok
+                else str(m.get("fail_reason", "search failed"))
             ),
         )
 
@@ -494,19 +495,21 @@ class CompressPlan(PlanBase):
         return cmd, ((b.seconds or 0) * 3 if b else 0) + 600.0
 
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
-        ok = bool(metrics) and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float)  # type: ignore[union-attr]
-        reason = str((metrics or {}).get("fail_reason", "compression failed"))
+        m = metrics or {}
+        ok = m.get("status") == "ok" and isinstance(m.get("val_bpb"), float)
+        reason = str(m.get("fail_reason", "compression failed"))
         if ok:
-            assert metrics is not None
-            size = metrics.get("size_bytes_on_disk_int8") or metrics.get("size_bytes_on_disk_fp32")
+            size = m.get("size_bytes_on_disk_int8") or m.get("size_bytes_on_disk_fp32")
+            # a worker that wrote neither size still gets its verdict, without the size
+            on_disk = f", {size / 1e6:.3f} MB on disk" if isinstance(size, (int, float)) else ""
             reason = (
-                f"compressed {self.config.target}: val bpb {metrics['val_bpb_before']:.4f} -> {metrics['val_bpb']:.4f} "
-                f"({metrics['val_bpb_change_pct']:+.2f}%), {size / 1e6:.3f} MB on disk"
+                f"compressed {self.config.target}: val bpb {m['val_bpb_before']:.4f} -> {m['val_bpb']:.4f} "
+                f"({m['val_bpb_change_pct']:+.2f}%){on_disk}"
                 + (
-                    f", {metrics['latency_ms_p50_deploy_cpu']:.2f} ms/token on CPU with {metrics['deploy_cpu_runtime']}"
-                    if "latency_ms_p50_deploy_cpu" in metrics
-                    else f", {metrics['latency_ms_p50']:.2f} ms/token"
-                    if "latency_ms_p50" in metrics
+                    f", {m['latency_ms_p50_deploy_cpu']:.2f} ms/token on CPU with {m['deploy_cpu_runtime']}"
+                    if "latency_ms_p50_deploy_cpu" in m
+                    else f", {m['latency_ms_p50']:.2f} ms/token"
+                    if "latency_ms_p50" in m
                     else ""
                 )
             )
@@ -569,14 +572,15 @@ class EvalPlan(PlanBase):
         return cmd, 1800.0
 
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
-        ok = bool(metrics) and "humaneval_pass_at_1" in metrics  # type: ignore[operator]
+        m = metrics or {}
+        ok = "humaneval_pass_at_1" in m
         return Verdict(
             decision="keep" if ok else "crash",
             metric=None,
             reason=(
-                f"HumanEval pass@1 {metrics['humaneval_pass_at_1']:.4f} on {metrics['humaneval_problems']} problems"  # type: ignore[index]
+                f"HumanEval pass@1 {m['humaneval_pass_at_1']:.4f} on {m['humaneval_problems']} problems"
                 if ok
-                else str((metrics or {}).get("fail_reason", "evaluation failed"))
+                else str(m.get("fail_reason", "evaluation failed"))
             ),
         )
 

@@ -39,11 +39,11 @@ def heldout_bpb(settings: RunSettings, best: Path) -> float | None:
 
 
 def _plot(history: list[HistoryEntry], incumbent_id: str | None, path: Path) -> bool:
-    pts = [
-        (h.metrics.get("size_bytes_int8"), h.val_bpb, h.decision, h.id)
-        for h in history
-        if h.plan.is_model and h.val_bpb is not None and h.metrics.get("size_bytes_int8")
-    ]
+    pts: list[tuple[float, float, str, str]] = []  # (int8 size, bpb, decision, id) of each measured model
+    for h in history:
+        size = h.metrics.get("size_bytes_int8")
+        if h.plan.is_model and h.val_bpb is not None and size:
+            pts.append((size, h.val_bpb, h.decision, h.id))
     if not pts:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -51,9 +51,10 @@ def _plot(history: list[HistoryEntry], incumbent_id: str | None, path: Path) -> 
     for decision, colour in colours.items():
         sel = [(x, y) for x, y, d, _ in pts if d == decision]
         if sel:
-            ax.scatter(*zip(*sel, strict=True), c=colour, label=decision, s=28)
+            ax.scatter([x for x, _ in sel], [y for _, y in sel], c=colour, label=decision, s=28)
     front = sorted((pts[i][0], pts[i][1]) for i in pareto_front([(x, y) for x, y, _, _ in pts]))
-    ax.step(*zip(*front, strict=True), where="post", color="#d62728", alpha=0.5, lw=1, label="Pareto front (size, bpb)")
+    front_x, front_y = [x for x, _ in front], [y for _, y in front]
+    ax.step(front_x, front_y, where="post", color="#d62728", alpha=0.5, lw=1, label="Pareto front (size, bpb)")
     for x, y, _, i in pts:
         ax.annotate(i, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if i == incumbent_id:

@@ -67,9 +67,8 @@ class AgentState(TypedDict, total=False):
 
 #: the classes the checkpointer may rebuild, ``(module, name)`` as langgraph's ``allowed_msgpack_modules`` wants them:
 #: the models the state holds at its top level (nested ones, a plan's config, are stored in their parent's dump)
-CHECKPOINT_TYPES: tuple[tuple[str, str], ...] = tuple(
-    (cls.__module__, cls.__name__) for cls in (*PLAN_CLASSES, Verdict, HistoryEntry)
-)
+_CHECKPOINT_CLASSES: tuple[type, ...] = (*PLAN_CLASSES, Verdict, HistoryEntry)
+CHECKPOINT_TYPES: tuple[tuple[str, str], ...] = tuple((cls.__module__, cls.__name__) for cls in _CHECKPOINT_CLASSES)
 
 
 def refuse_old_state(state: AgentState, run_id: str) -> None:

@@ -194,15 +194,12 @@ class SearchResults:
         x_key = x_obj.metric if x_obj else "params"
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for stage, colour in ((1, "#9aa5b1"), (2, "#1f77b4")):
-            pts = [
-                (t.user_attrs["metrics"].get(x_key), t.values[0])
-                for t in self.studies.ok_trials(stage)
-                if t.user_attrs["metrics"].get(x_key) is not None
-            ]
-            if pts:
-                ax.scatter(*zip(*pts, strict=True), s=18, c=colour, label=f"stage {stage}", alpha=0.8)
+            shown = [t for t in self.studies.ok_trials(stage) if t.user_attrs["metrics"].get(x_key) is not None]
+            if shown:
+                xs = [t.user_attrs["metrics"][x_key] for t in shown]
+                ax.scatter(xs, [t.values[0] for t in shown], s=18, c=colour, label=f"stage {stage}", alpha=0.8)
         if members:
-            fx = [m.metrics.get(x_key) for m in members]
+            fx: list[Any] = [m.metrics.get(x_key) for m in members]  # metric values, as the trainer wrote them
             fy = [m.objectives["bpb"] for m in members]
             order = sorted(range(len(fx)), key=lambda i: fx[i])
             ax.step([fx[i] for i in order], [fy[i] for i in order], where="post", c="#d62728", lw=1.2)

@@ -80,11 +80,11 @@ class Screener:
             trial.set_user_attr(key, value)
         return trial, arch
 
-    def _limits(self, trial: Trial, arch: ArchConfig) -> tuple[dict[str, float], dict[str, float]]:
+    def _limits(self, trial: Trial, arch: ArchConfig) -> tuple[dict[str, float], dict[str, float | str]]:
         """(constraint values, > 0 = violated; the metrics measured to check them). Latency is measured only for a
         candidate within the size limits: building and timing a model is the one costly check."""
         lim = self.cfg.limits
-        static: dict[str, float] = dict(arch_metrics(arch))
+        static: dict[str, float | str] = dict(arch_metrics(arch))  # latency adds its device's name
         constraints = lim.size_violations(arch)
         if lim.max_latency_ms is not None and not any(v > 0 for v in constraints.values()):
             lat = measure_latency(build_model(arch, seed=0), prompt_tokens=16, decode_tokens=16, warmup=1, repeats=2)

@@ -16,7 +16,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -83,7 +83,7 @@ class SearchStudies:
             )
         if resume and not exists:
             raise UserError(f"nothing to resume: no study {cfg.study_name!r} in {where}")
-        directions = ["minimize"] * n_objectives
+        directions: list[Literal["minimize", "maximize"]] = ["minimize"] * n_objectives
         self.stage1 = optuna.create_study(
             storage=self.storage,
             study_name=cfg.study_name,

@@ -12,7 +12,7 @@ import time
 import traceback
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +23,11 @@ from nas.space import ArchConfig
 
 Status = Literal["ok", "diverged", "capped", "failed", "timeout", "crashed", "interrupted"]
 RESULT_FILES = (METRICS_FILE, "log.txt", "arch.json", "run.json")
+
+
+def _is_status(text: str) -> TypeGuard[Status]:
+    """The trainer reports its status as a plain ``str``; a trial's result accepts only :data:`Status`."""
+    return text in get_args(Status)
 
 
 class TrialSpec(BaseModel):
@@ -92,9 +97,8 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
             files=_read_files(out) if include_files else {},
         )
 
-    if (out / METRICS_FILE).exists() or (
-        out / METRICS_FILE
-    ).is_symlink():  # finished before a crash of the search: reuse
+    # finished before a crash of the search: reuse
+    if (out / METRICS_FILE).exists() or (out / METRICS_FILE).is_symlink():
         try:
             saved = read_metrics(out / METRICS_FILE)
         except RunFileError as err:  # not what the trainer writes: the trial failed, it is not retrained over
@@ -122,4 +126,6 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         kind = "out of memory" if "out of memory" in text.lower() or isinstance(err, MemoryError) else "runtime error"
         (out / "error.txt").write_text(traceback.format_exc()) if out.is_dir() else None
         return result("failed", f"{kind}: {text[:300]}")
+    if not _is_status(outcome.status):
+        raise ValueError(f"the trainer ended with an unknown status {outcome.status!r}")
     return result(outcome.status, outcome.reason, outcome.metrics)
