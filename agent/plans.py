@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -96,9 +96,8 @@ class CompressConfigPlan(BaseModel):
     @classmethod
     def _prune_spec(cls, v: str | None) -> str | None:
         if v is not None:
-            from kernels.prune import (
-                PruneSpec,
-            )  # deliberate: kernels.prune imports torch, which a plan's parse does not need
+            # deliberate: kernels.prune imports torch, which a plan's parse does not need
+            from kernels.prune import PruneSpec
 
             try:
                 PruneSpec.parse(v)
@@ -203,11 +202,11 @@ class PlanBase(BaseModel):
         """The verdict of a kind the metric rule does not judge (None: the rule judges it against the incumbent)."""
         return None
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         """Semantic checks of the kind (PlanError with the reason); returns the plan, possibly completed."""
         return self
 
-    def default_budgets(self, experiment_budget: str) -> PlanBase:
+    def default_budgets(self, experiment_budget: str) -> Self:
         """Budgets this plan left out, as the run's (not the schema's wall-clock defaults)."""
         return self
 
@@ -217,7 +216,7 @@ class PlanBase(BaseModel):
         cfg.pop("seed", None)
         return json.dumps({"kind": self.kind, "config": cfg, "code_change": self.code_change}, sort_keys=True)
 
-    def with_seed(self, seed: int, rationale: str) -> PlanBase:
+    def with_seed(self, seed: int, rationale: str) -> Self:
         """The same experiment with another seed (a noise repeat or the re-run of a close call)."""
         return self.model_copy(update={"config": self.config.model_copy(update={"seed": seed}), "rationale": rationale})
 
@@ -230,7 +229,10 @@ def _model_config_files(name: str, config: BaseModel) -> dict[str, str]:
     }
 
 
-def _budget_default(plan: PlanBase, field: str, value: str) -> PlanBase:
+_P = TypeVar("_P", bound=PlanBase)
+
+
+def _budget_default(plan: _P, field: str, value: str) -> _P:
     if field in plan.config.model_fields_set:
         return plan
     return plan.model_copy(update={"config": plan.config.model_copy(update={field: value})})
@@ -285,11 +287,11 @@ class TrainPlan(PlanBase):
     def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
         return cmd + ["--max-seconds", f"{cap_s:.1f}"]
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         _check_arch_and_budget(self.config.arch, self.config.budget, ctx)
         return self
 
-    def default_budgets(self, experiment_budget: str) -> PlanBase:
+    def default_budgets(self, experiment_budget: str) -> Self:
         return _budget_default(self, "budget", experiment_budget)
 
 
@@ -367,7 +369,7 @@ class SearchPlan(PlanBase):
             ),
         )
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         cfg = self.config
         get_space(cfg.space)
         parse_objectives(cfg.objectives)
@@ -380,7 +382,7 @@ class SearchPlan(PlanBase):
         }
         return self.model_copy(update={"config": cfg.model_copy(update=limits)})
 
-    def default_budgets(self, experiment_budget: str) -> PlanBase:
+    def default_budgets(self, experiment_budget: str) -> Self:
         return _budget_default(self, "stage1_budget", budget_fraction(experiment_budget, 4))
 
 
@@ -442,12 +444,12 @@ class DistillPlan(PlanBase):
     def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
         return cmd + ["--max-seconds", f"{cap_s:.1f}"]
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         _check_model_ref(self.config.teacher, "teacher", ctx)
         _check_arch_and_budget(self.config.arch, self.config.budget, ctx)
         return self
 
-    def default_budgets(self, experiment_budget: str) -> PlanBase:
+    def default_budgets(self, experiment_budget: str) -> Self:
         return _budget_default(self, "budget", experiment_budget)
 
 
@@ -515,7 +517,7 @@ class CompressPlan(PlanBase):
             )
         return Verdict(decision="keep" if ok else "crash", metric=None, reason=reason)
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         c = self.config
         _check_model_ref(c.target, "target", ctx)
         if not c.int8 and not c.prune:
@@ -584,7 +586,7 @@ class EvalPlan(PlanBase):
             ),
         )
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         _check_model_ref(self.config.target, "target", ctx)
         return self
 
@@ -619,7 +621,13 @@ def plan_schema() -> dict:
     return _ADAPTER.json_schema()
 
 
-_CONFIG_DEFS = tuple(cls.model_fields["config"].annotation.__name__ for cls in PLAN_CLASSES)  # type: ignore[union-attr]
+def _config_class_name(cls: type[PlanBase]) -> str:
+    annotation = cls.model_fields["config"].annotation
+    assert annotation is not None  # every plan kind declares its config class
+    return annotation.__name__
+
+
+_CONFIG_DEFS = tuple(_config_class_name(cls) for cls in PLAN_CLASSES)
 
 
 def plan_tool_schema() -> dict:
@@ -717,9 +725,9 @@ def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
         takers = [cls.model_fields["kind"].default for cls in PLAN_CLASSES if cls.takes_code_change]
         raise PlanError(f"code_change applies to {', '.join(takers[:-1])} and {takers[-1]} plans, not {plan.kind}")
     if ctx.experiment_budget is not None:
-        plan = plan.default_budgets(ctx.experiment_budget)  # type: ignore[assignment]
+        plan = plan.default_budgets(ctx.experiment_budget)
     try:
-        return plan.check(ctx)  # type: ignore[return-value]
+        return plan.check(ctx)
     except UserError as err:
         raise PlanError(str(err)) from None
 

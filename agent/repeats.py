@@ -40,4 +40,4 @@ def _group(entry: HistoryEntry, history: list[HistoryEntry]) -> list[HistoryEntr
 
 def _next_seed(entry: HistoryEntry, history: list[HistoryEntry], rationale: str) -> AnyPlan:
     seed = max(int(getattr(h.plan.config, "seed", 0)) for h in _group(entry, history)) + 1
-    return entry.plan.with_seed(seed, f"{rationale} (seed {seed})")  # type: ignore[return-value]
+    return entry.plan.with_seed(seed, f"{rationale} (seed {seed})")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.judge import Verdict
-from agent.plans import AnyPlan
+from agent.plans import AnyPlan, DistillPlan, TrainPlan
 from agent.state import HistoryEntry
 from harness.model_code import read_code_record
 
@@ -52,7 +52,8 @@ def provenance_trailers(
     plan: AnyPlan, run_dir: str | None, metrics: dict[str, Any], corpus_fingerprint: str
 ) -> dict[str, Any]:
     """The trailers that let ``autonas reproduce`` re-make a kept model: seed, tokens trained, code hash, corpus."""
-    out: dict[str, Any] = {"seed": plan.config.seed}  # type: ignore[union-attr]  # a model plan: train or distill
+    assert isinstance(plan, (TrainPlan, DistillPlan)), plan.kind  # only a model plan is committed with provenance
+    out: dict[str, Any] = {"seed": plan.config.seed}
     if isinstance(metrics.get("tokens_trained"), int):
         out["tokens"] = metrics["tokens_trained"]
     record = read_code_record(Path(run_dir)) if run_dir else None

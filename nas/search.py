@@ -70,6 +70,8 @@ class Search:
                 parse_budget(b)
         if cfg.trials is None and cfg.budget is None:
             raise UserError("give --trials or --budget (or both) so the search knows when to stop")
+        if cfg.budget is not None and parse_budget(cfg.budget).seconds is None:
+            raise UserError(f"--budget {cfg.budget} is a token count: a search's --budget is wall-clock time, e.g. 1h")
         if cfg.screen_proxy not in PROXY_NAMES:
             raise UserError(f"unknown screening proxy {cfg.screen_proxy!r}: choose from {', '.join(PROXY_NAMES)}")
         smallest = self.space.smallest()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from harness.errors import UserError
 
@@ -25,8 +26,6 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
             raise UserError(f"study storage {path} is not a file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
             return JournalStorage(JournalFileBackend(str(path)))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as err:
             raise UserError(

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.budget import parse_budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, read_metrics
@@ -80,7 +81,7 @@ def _read_files(out: Path) -> dict[str, str]:
 
 def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     """Train ``spec.arch`` for ``spec.budget`` into ``spec.out_dir``; never raises for a bad trial."""
-    from harness.budget import parse_budget
+    # deliberate: nas.train imports torch; this module's TrialSpec/TrialResult are read by light processes
     from nas.train import TrainConfig, Trainer, prepare_run_dir
 
     t0 = time.perf_counter()
