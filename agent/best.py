@@ -19,7 +19,8 @@ def copy_best(model_dir: Path, run_dir: Path) -> Path:
     """Copy the model in ``model_dir`` (the incumbent's run folder) into ``run_dir/best``: its weights, architecture,
     tokenizer, metrics and code record, and, when it was trained by edited code, that code (``best/code/nas``), so
     the folder loads and scores on its own. No Hugging Face folder is made here (``python -m nas train --hf`` makes
-    one for a Llama-family architecture trained by stock code). A file that is missing or not a regular file is left out, said on stderr."""
+    one for a Llama-family architecture trained by stock code). A file that is missing or not a regular file is left
+    out, said on stderr."""
     best = run_dir / "best"
     best.mkdir(exist_ok=True)
     names = list(BEST_FILES)

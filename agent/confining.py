@@ -3,8 +3,9 @@
 Once a run's workspace carries code (a code editor is configured), every worker imports that code, which an
 LLM may have written: such workers run under :mod:`sandbox.confine`. They may write only their own run
 folder; they read the workspace (their code, configs and the other experiments' models), the corpus, the
-token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``). The token cache is filled here, by the installed code, before a
-confined worker starts, so the worker never needs to write it (and cannot poison it for later experiments).
+token cache and the Hugging Face hub cache (models only: not ``$HF_HOME/token``). The token cache is filled here,
+by the installed code, before a confined worker starts, so the worker never needs to write it (and cannot poison it
+for later experiments).
 
 An evaluation is split the same way: the confined worker only generates completions with the model's own
 code (``--generate-only``); scoring them, which executes generated programs and writes the numbers, runs
@@ -76,19 +77,35 @@ def trusted_scoring(limit: int | None, worker_out: Path, scoring_dir: Path) -> t
         copied = copy_regular(worker_out / name, scoring_dir / name, SAMPLES_MAX_BYTES)
         if name == "samples.jsonl" and not copied:
             raise UnsafeFile(f"the worker left no samples.jsonl in {worker_out}")
-    cmd = [sys.executable, "-I", "-m", "distill", "eval", "humaneval", "--samples", str(scoring_dir / "samples.jsonl"),
-           "--out", str(scoring_dir), "-k", "1"]
+    cmd = [
+        sys.executable,
+        "-I",
+        "-m",
+        "distill",
+        "eval",
+        "humaneval",
+        "--samples",
+        str(scoring_dir / "samples.jsonl"),
+        "--out",
+        str(scoring_dir),
+        "-k",
+        "1",
+    ]
     if limit:  # the eval plan's first N problems
         cmd += ["--limit", str(limit)]
     return cmd, child_env(WORKER)
 
 
-def score_model(settings: RunSettings, run_dir: Path, split: str, scratch: Path, timeout_s: float = 1800.0) -> ScoredBpb:
+def score_model(
+    settings: RunSettings, run_dir: Path, split: str, scratch: Path, timeout_s: float = 1800.0
+) -> ScoredBpb:
     """Bits per byte of the model in ``run_dir`` on ``split``, scored by this process (the installed harness) while the
     model's own code runs in a child that only turns tokens into logits: confined like an experiment when that code
     is not the stock code, its output to ``scratch/logits.log``. Raises ScoringRefused, ConfinementUnavailable or
     UserError with the reason."""
-    corpus = prepare_corpus(CorpusSpec(source=settings.corpus), settings.tokenizer)  # the installed code fills the cache
+    corpus = prepare_corpus(
+        CorpusSpec(source=settings.corpus), settings.tokenizer
+    )  # the installed code fills the cache
     if corpus[split].size < 2:
         raise UserError(f"the {split} split of {settings.corpus!r} is empty")
     record = read_code_record(run_dir)
@@ -100,19 +117,23 @@ def score_model(settings: RunSettings, run_dir: Path, split: str, scratch: Path,
     log = open(scratch / "logits.log", "ab")
 
     def spawn(args: list[str]) -> subprocess.Popen:
-        kw: dict[str, Any] = dict(cwd=str(scratch), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                                  start_new_session=True)
+        kw: dict[str, Any] = dict(
+            cwd=str(scratch), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True
+        )
         cmd = [sys.executable, *args]
         return run_confined(cmd, confinement, **kw) if confinement is not None else subprocess.Popen(cmd, **kw)
 
     try:
-        return score_run(run_dir, corpus[split], corpus.token_bytes, settings.eval_bytes, spawn, sys.executable, timeout_s)
+        return score_run(
+            run_dir, corpus[split], corpus.token_bytes, settings.eval_bytes, spawn, sys.executable, timeout_s
+        )
     finally:
         log.close()
 
 
-def harness_scored(settings: RunSettings, metrics: dict[str, Any], run_dir: Path, scratch: Path,
-                   timeout_s: float) -> tuple[dict[str, Any], float | None]:
+def harness_scored(
+    settings: RunSettings, metrics: dict[str, Any], run_dir: Path, scratch: Path, timeout_s: float
+) -> tuple[dict[str, Any], float | None]:
     """The metrics to record for a model: the recorded val bpb is the harness's own score of the saved model (its code
     running apart, confined when edited); the worker's figure is kept beside it, and a worker whose figure is off is a
     failed experiment. Also the seconds the scoring took (None when it could not score)."""
@@ -124,7 +145,13 @@ def harness_scored(settings: RunSettings, metrics: dict[str, Any], run_dir: Path
     took = time.monotonic() - started
     reported = metrics["val_bpb"]
     if abs(reported - scored.bpb) > max(0.01, 0.01 * scored.bpb):
-        return RunMetrics.failure("crashed", f"the worker reported val bpb {reported:.4f}; the harness scores its model "
-                                             f"{scored.bpb:.4f}").flat(), took
-    return {**metrics, "val_bpb": scored.bpb, "val_bpb_worker": reported, "val_bytes": scored.bytes,
-            "val_causality_probes": scored.probes}, took
+        return RunMetrics.failure(
+            "crashed", f"the worker reported val bpb {reported:.4f}; the harness scores its model {scored.bpb:.4f}"
+        ).flat(), took
+    return {
+        **metrics,
+        "val_bpb": scored.bpb,
+        "val_bpb_worker": reported,
+        "val_bytes": scored.bytes,
+        "val_causality_probes": scored.probes,
+    }, took

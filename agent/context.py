@@ -30,19 +30,28 @@ def _num(x: Any, fmt: str) -> str:
     return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
 
 
+def _megabytes(size: Any) -> float | None:
+    """``size_bytes_int8`` in MB, or None when the metric is missing or not a number (old or failed runs)."""
+    return size / 1e6 if isinstance(size, (int, float)) else None
+
+
 def history_table(history: list[HistoryEntry], incumbent: HistoryEntry | None, max_rows: int = 30) -> str:
     if not history:
         return "(none yet)"
     rows = history[-max_rows:]
     if incumbent and all(r.id != incumbent.id for r in rows):
         rows = [incumbent] + rows
-    lines = ["| id | kind | decision | val_bpb | int8 MB | latency ms | seed | what | judge |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| id | kind | decision | val_bpb | int8 MB | latency ms | seed | what | judge |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for h in rows:
         m = h.metrics
-        size = m.get("size_bytes_int8")
-        lines.append(f"| {h.id} | {h.plan.kind} | {h.decision} | {_num(h.val_bpb, '.4f')} | "
-                     f"{_num(size / 1e6 if isinstance(size, (int, float)) else None, '.3f')} | {_num(m.get('latency_ms_p50'), '.2f')} | "
-                     f"{getattr(h.plan.config, 'seed', '-')} | {h.plan.summary()} | {h.reason[:90]} |")
+        lines.append(
+            f"| {h.id} | {h.plan.kind} | {h.decision} | {_num(h.val_bpb, '.4f')} | "
+            f"{_num(_megabytes(m.get('size_bytes_int8')), '.3f')} | {_num(m.get('latency_ms_p50'), '.2f')} | "
+            f"{getattr(h.plan.config, 'seed', '-')} | {h.plan.summary()} | {h.reason[:90]} |"
+        )
     if len(history) > max_rows:
         lines.insert(0, f"({len(history) - max_rows} older experiments not shown)")
     return "\n".join(lines)
@@ -51,14 +60,17 @@ def history_table(history: list[HistoryEntry], incumbent: HistoryEntry | None, m
 def incumbent_text(incumbent: HistoryEntry | None) -> str:
     if not incumbent:
         return "none yet (no training result kept)"
-    assert isinstance(incumbent.plan, (TrainPlan, DistillPlan)), incumbent.plan.kind  # only a model is ever the incumbent
+    # only a model is ever the incumbent
+    assert isinstance(incumbent.plan, (TrainPlan, DistillPlan)), incumbent.plan.kind
     m = incumbent.metrics
     config = incumbent.plan.config.model_dump()
     arch = json.dumps(config["arch"], sort_keys=True)
-    size = m.get("size_bytes_int8")
-    return (f"{incumbent.id}: val_bpb {_num(incumbent.val_bpb, '.4f')}, int8 "
-            f"{_num(size / 1e6 if isinstance(size, (int, float)) else None, '.3f')} MB, latency {_num(m.get('latency_ms_p50'), '.2f')} ms\n"
-            f"arch: {arch}\ntraining: " + json.dumps({k: v for k, v in config.items() if k != "arch"}, sort_keys=True))
+    return (
+        f"{incumbent.id}: val_bpb {_num(incumbent.val_bpb, '.4f')}, "
+        f"int8 {_num(_megabytes(m.get('size_bytes_int8')), '.3f')} MB, "
+        f"latency {_num(m.get('latency_ms_p50'), '.2f')} ms\n"
+        f"arch: {arch}\ntraining: " + json.dumps({k: v for k, v in config.items() if k != "arch"}, sort_keys=True)
+    )
 
 
 def front_text(history: list[HistoryEntry], max_members: int = 8) -> str:
@@ -67,7 +79,9 @@ def front_text(history: list[HistoryEntry], max_members: int = 8) -> str:
         path = Path(h.run_dir or "") / "pareto.json"
         if not path.is_file():
             continue
-        front = sorted(json.loads(path.read_text()).get("front", []), key=lambda m: m["objectives"]["bpb"])[:max_members]
+        front = sorted(json.loads(path.read_text()).get("front", []), key=lambda m: m["objectives"]["bpb"])[
+            :max_members
+        ]
         lines = [f"from {h.id} (short training, so bpb is higher than a full run would give):"]
         for m in front:
             objs = ", ".join(f"{k} {v:.4g}" for k, v in m["objectives"].items())

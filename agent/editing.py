@@ -11,16 +11,26 @@ repeat of a kept experiment, whose commit already holds the change, runs with no
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from agent.plans import AnyPlan
 from agent.prompting import Prompts
 from agent.settings import RunSettings
 from agent.state import HistoryEntry
 from ccaa.claude_code import ClaudeCodeEditor
-from ccaa.editor import (EDITOR_NAMES, BuiltinEditor, EditInstruction, Editor, EditorReport, EditorUnavailable, EditResult,
-                         edit_with_fallback, patch_bytes)
+from ccaa.editor import (
+    EDITOR_NAMES,
+    BuiltinEditor,
+    EditInstruction,
+    Editor,
+    EditorReport,
+    EditorUnavailable,
+    EditResult,
+    edit_with_fallback,
+    patch_bytes,
+)
 from ccaa.gui import GuiEditor
 from harness.errors import UserError
 from harness.model_code import MODEL_CODE_ENV, off_limits_reason
@@ -35,7 +45,9 @@ def parse_editors(spec: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     bad = [n for n in names if n not in EDITOR_NAMES]
     if not names or bad:
-        raise UserError(f"--editor {spec!r}: use {', '.join(EDITOR_NAMES)} or a comma-separated chain (e.g. claude-code,gui)")
+        raise UserError(
+            f"--editor {spec!r}: use {', '.join(EDITOR_NAMES)} or a comma-separated chain (e.g. claude-code,gui)"
+        )
     if len(set(names)) != len(names):
         raise UserError(f"--editor {spec!r} names an editor twice")
     return names
@@ -59,19 +71,37 @@ def build_editors(settings: RunSettings, env: Mapping[str, str] | None = None) -
         if name == "builtin":
             editors.append(BuiltinEditor())
         elif name == "claude-code":
-            editors.append(ClaudeCodeEditor(binary=settings.claude_binary, model=settings.claude_model,
-                                            max_turns=settings.editor_max_turns, env=env))
+            editors.append(
+                ClaudeCodeEditor(
+                    binary=settings.claude_binary,
+                    model=settings.claude_model,
+                    max_turns=settings.editor_max_turns,
+                    env=env,
+                )
+            )
         else:
             editors.append(GuiEditor(env=env))
     return editors
 
 
-def code_instruction(prompts: Prompts, plan: AnyPlan, exp_id: str, title: str, workspace: Path, log_dir: Path,
-                     timeout_s: float) -> EditInstruction:
-    text = prompts.render("editor", workspace=workspace, experiment=exp_id, title=title, rationale=plan.rationale,
-                          instructions=plan.code_change)
-    return EditInstruction(text=text, system_prompt=prompts.render("editor_system", workspace=workspace), log_dir=log_dir,
-                           timeout_s=timeout_s, off_limits=off_limits_reason)
+def code_instruction(
+    prompts: Prompts, plan: AnyPlan, exp_id: str, title: str, workspace: Path, log_dir: Path, timeout_s: float
+) -> EditInstruction:
+    text = prompts.render(
+        "editor",
+        workspace=workspace,
+        experiment=exp_id,
+        title=title,
+        rationale=plan.rationale,
+        instructions=plan.code_change,
+    )
+    return EditInstruction(
+        text=text,
+        system_prompt=prompts.render("editor_system", workspace=workspace),
+        log_dir=log_dir,
+        timeout_s=timeout_s,
+        off_limits=off_limits_reason,
+    )
 
 
 def replay_patch(history: list[HistoryEntry], code_change: str) -> Path | None:
@@ -85,8 +115,12 @@ def replay_patch(history: list[HistoryEntry], code_change: str) -> Path | None:
 
 def _git_apply(workspace: Path, patch: Path, *flags: str) -> subprocess.CompletedProcess[bytes]:
     """``git apply`` of a stored patch, by absolute path (the workspace is git's working folder, not ours)."""
-    return subprocess.run([gitexe.executable(), "apply", "--whitespace=nowarn", *flags, str(patch.resolve())], cwd=workspace,
-                          capture_output=True, env=gitexe.safe_env())
+    return subprocess.run(
+        [gitexe.executable(), "apply", "--whitespace=nowarn", *flags, str(patch.resolve())],
+        cwd=workspace,
+        capture_output=True,
+        env=gitexe.safe_env(),
+    )
 
 
 def change_in_tree(workspace: Path, patch: Path) -> bool:
@@ -112,8 +146,17 @@ class PatchReplay(Editor):
         return EditorReport(ok=True)
 
 
-def apply_code_change(settings: RunSettings, prompts: Prompts, plan: AnyPlan, exp_id: str, title: str, workspace: Path,
-                      log_dir: Path, history: list[HistoryEntry], env: Mapping[str, str] | None = None) -> list[EditResult]:
+def apply_code_change(
+    settings: RunSettings,
+    prompts: Prompts,
+    plan: AnyPlan,
+    exp_id: str,
+    title: str,
+    workspace: Path,
+    log_dir: Path,
+    history: list[HistoryEntry],
+    env: Mapping[str, str] | None = None,
+) -> list[EditResult]:
     """Run the replay or the editor chain; the winning diff is stored byte for byte as ``edit.patch`` in the
     experiment's folder. A change the tree already holds (a repeat of the kept experiment that made it) needs no
     edit: its patch is stored again and the experiment runs on the tree as it is."""
@@ -136,11 +179,26 @@ def edit_summary(results: list[EditResult], log_dir: Path) -> dict[str, Any]:
     """A checkpoint-friendly record of the attempts (plain JSON)."""
     last = results[-1]
     error = None if last.ok else "; ".join(f"{r.editor}: {r.error}" for r in results)
-    return {"ok": last.ok, "editor": last.editor, "files": list(last.files_changed), "error": error,
-            "cost_usd": sum(r.cost_usd for r in results), "turns": last.turns, "session_id": last.session_id,
-            "patch": str((log_dir / PATCH_NAME).resolve()) if last.ok else None,
-            "attempts": [{"editor": r.editor, "ok": r.ok, "error": r.error, "wall_s": round(r.wall_s, 2),
-                          "transcript": str(r.transcript) if r.transcript else None} for r in results]}
+    return {
+        "ok": last.ok,
+        "editor": last.editor,
+        "files": list(last.files_changed),
+        "error": error,
+        "cost_usd": sum(r.cost_usd for r in results),
+        "turns": last.turns,
+        "session_id": last.session_id,
+        "patch": str((log_dir / PATCH_NAME).resolve()) if last.ok else None,
+        "attempts": [
+            {
+                "editor": r.editor,
+                "ok": r.ok,
+                "error": r.error,
+                "wall_s": round(r.wall_s, 2),
+                "transcript": str(r.transcript) if r.transcript else None,
+            }
+            for r in results
+        ],
+    }
 
 
 def worker_env(workspace_has_code: bool, workspace: Path, base: Mapping[str, str]) -> dict[str, str]:
@@ -148,7 +206,9 @@ def worker_env(workspace_has_code: bool, workspace: Path, base: Mapping[str, str
     the rest of ``nas`` always come from the installed package."""
     env = dict(base)
     env.pop(MODEL_CODE_ENV, None)
-    env["PYTHONSAFEPATH"] = "1"  # the working folder (the workspace) is never on the import path: a planted harness/ stays out
+    env["PYTHONSAFEPATH"] = (
+        "1"  # the working folder (the workspace) is never on the import path: a planted harness/ stays out
+    )
     if workspace_has_code:
         env[MODEL_CODE_ENV] = str(workspace.resolve())
     return env

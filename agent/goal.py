@@ -12,8 +12,30 @@ _MB = re.compile(r"(\d+(?:\.\d+)?)\s*(mb|mib|megabytes?)\b", re.IGNORECASE)
 _KB = re.compile(r"(\d+(?:\.\d+)?)\s*(kb|kib|kilobytes?)\b", re.IGNORECASE)
 _MS = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|milliseconds?)\b", re.IGNORECASE)
 _PARAMS = re.compile(r"(\d+(?:\.\d+)?)\s*([km])\s*(params|parameters)\b", re.IGNORECASE)
-_TOPICS = ("model", "lm", "language", "code", "python", "bpb", "bits", "byte", "size", "mb", "latency", "ms", "token",
-           "fast", "small", "tiny", "best", "search", "architecture", "transformer", "quality", "loss")
+_TOPICS = (
+    "model",
+    "lm",
+    "language",
+    "code",
+    "python",
+    "bpb",
+    "bits",
+    "byte",
+    "size",
+    "mb",
+    "latency",
+    "ms",
+    "token",
+    "fast",
+    "small",
+    "tiny",
+    "best",
+    "search",
+    "architecture",
+    "transformer",
+    "quality",
+    "loss",
+)
 
 
 class Goal(BaseModel):
@@ -30,10 +52,12 @@ class Goal(BaseModel):
 def parse_goal(text: str) -> Goal:
     words = re.findall(r"[A-Za-z]+", text or "")
     if len(words) < 3:
-        raise UserError("the goal is empty or too short: say what to find, e.g. \"find the best code LM under 8 MB\"")
+        raise UserError('the goal is empty or too short: say what to find, e.g. "find the best code LM under 8 MB"')
     lowered = {w.lower() for w in words}
     if not lowered & set(_TOPICS) and not _MB.search(text) and not _MS.search(text):
-        raise UserError(f"cannot tell what to optimise from the goal {text!r}: mention the model, its size (MB) or latency (ms)")
+        raise UserError(
+            f"cannot tell what to optimise from the goal {text!r}: mention the model, its size (MB) or latency (ms)"
+        )
     mb = _MB.search(text)
     kb = _KB.search(text)
     ms = _MS.search(text)
@@ -43,4 +67,6 @@ def parse_goal(text: str) -> Goal:
     for value, what in ((max_mb, "size"), (float(ms.group(1)) if ms else None, "latency")):
         if value is not None and value <= 0:
             raise UserError(f"the goal's {what} limit must be positive")
-    return Goal(text=text.strip(), max_mb=max_mb, max_latency_ms=float(ms.group(1)) if ms else None, max_params=max_params)
+    return Goal(
+        text=text.strip(), max_mb=max_mb, max_latency_ms=float(ms.group(1)) if ms else None, max_params=max_params
+    )

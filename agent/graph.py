@@ -14,9 +14,10 @@ from __future__ import annotations
 import sqlite3
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -31,7 +32,7 @@ from agent.limits import experiment_limits, stop_reason
 from agent.llm import CallRecord, CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner
-from agent.planner import PlanOutcome, Planner
+from agent.planner import Planner, PlanOutcome
 from agent.plans import AnyPlan, EvalPlan, PlanContext, WorkerSetup
 from agent.progress import PROGRESS
 from agent.prompting import Prompts
@@ -41,7 +42,15 @@ from agent.report import write_report
 from agent.reproduce import COMMAND_FILE, WorkerCommand, stored_command
 from agent.results import append_result, metric_trailers, provenance_trailers
 from agent.settings import RunSettings
-from agent.state import CHECKPOINT_TYPES, AgentState, HistoryEntry, model_runs, noise_margin, refuse_old_state, resolve_model_ref
+from agent.state import (
+    CHECKPOINT_TYPES,
+    AgentState,
+    HistoryEntry,
+    model_runs,
+    noise_margin,
+    refuse_old_state,
+    resolve_model_ref,
+)
 from ccaa.editor import BuiltinEditor, EditInstruction
 from harness.data import CorpusSpec, prepare_corpus
 from harness.errors import UserError
@@ -75,13 +84,29 @@ class ResearchAgent:
         if settings.max_cost_usd is not None:
             for client in (planner_client, judge_client):
                 if client and client.spec.price(client.model) is None:
-                    raise UserError(f"no price known for model {client.model!r}, so --max-cost cannot be enforced: "
-                                    "give --price-in and --price-out (USD per million tokens)")
-        offline = OfflinePlanner(self.goal, self.vocab, settings.experiment_budget, settings.search_trials, settings.seed)
-        self.planner = Planner(self.goal, offline, settings.tokenizer, settings.experiment_budget, self.prompts, planner_client,
-                               self.ledger, settings.max_plan_attempts, settings.max_cost_usd)
-        self.llm_judge = (LLMJudge(self.goal, judge_client, self.ledger, self.prompts, max_cost_usd=settings.max_cost_usd)
-                          if judge_client else None)
+                    raise UserError(
+                        f"no price known for model {client.model!r}, so --max-cost cannot be enforced: "
+                        "give --price-in and --price-out (USD per million tokens)"
+                    )
+        offline = OfflinePlanner(
+            self.goal, self.vocab, settings.experiment_budget, settings.search_trials, settings.seed
+        )
+        self.planner = Planner(
+            self.goal,
+            offline,
+            settings.tokenizer,
+            settings.experiment_budget,
+            self.prompts,
+            planner_client,
+            self.ledger,
+            settings.max_plan_attempts,
+            settings.max_cost_usd,
+        )
+        self.llm_judge = (
+            LLMJudge(self.goal, judge_client, self.ledger, self.prompts, max_cost_usd=settings.max_cost_usd)
+            if judge_client
+            else None
+        )
         self._ws: Workspace | None = None
         self._scoring_s: float | None = None  # the slowest harness scoring of a model so far (not checkpointed)
         self._corpus_fingerprint: str | None = None
@@ -105,24 +130,46 @@ class ResearchAgent:
             return {"done": True, "stop_reason": reason, **self._timed(t0)}
         history = state.get("history", [])
         repeat = scheduled_repeat(history)  # the loop's own repeats come before any planner's idea
-        outcome = (PlanOutcome(repeat, "rule", ["the loop re-runs a close call / measures noise with another seed before anything else"])
-                   if repeat is not None else
-                   self.planner.propose(history, state.get("incumbent"), state.get("noise"), self._plan_context(state)))
+        outcome = (
+            PlanOutcome(
+                repeat,
+                "rule",
+                ["the loop re-runs a close call / measures noise with another seed before anything else"],
+            )
+            if repeat is not None
+            else self.planner.propose(history, state.get("incumbent"), state.get("noise"), self._plan_context(state))
+        )
         plan = outcome.plan
         exp_id = f"e{state.get('step', 0) + 1:03d}"
         notes = "".join(f"- {n}\n" for n in outcome.notes)
         self._journal(f"## {exp_id}: {plan.kind} (planned by {outcome.source})\n\n{notes}{plan.rationale}\n")
-        PROGRESS.print(f"[bold]{exp_id}[/] {escape(plan.title())} [dim](planner: {outcome.source}, "
-                       f"{state.get('elapsed_s', 0.0):.0f}s of {self.s.budget_s:.0f}s used)[/]")
-        return {"plan": plan, "plan_source": outcome.source, "exp_id": exp_id, "metrics": None, "verdict": None, "edit": None,
-                **self._timed(t0)}
+        PROGRESS.print(
+            f"[bold]{exp_id}[/] {escape(plan.title())} [dim](planner: {outcome.source}, "
+            f"{state.get('elapsed_s', 0.0):.0f}s of {self.s.budget_s:.0f}s used)[/]"
+        )
+        return {
+            "plan": plan,
+            "plan_source": outcome.source,
+            "exp_id": exp_id,
+            "metrics": None,
+            "verdict": None,
+            "edit": None,
+            **self._timed(t0),
+        }
 
     def _plan_context(self, state: AgentState) -> PlanContext:
         g = self.goal
-        return PlanContext(vocab_size=self.vocab, max_mb=g.max_mb, max_params=g.max_params, max_latency_ms=g.max_latency_ms,
-                           time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0), experiment_budget=self.s.experiment_budget,
-                           models=tuple(model_runs(state.get("history", []))), has_incumbent=state.get("incumbent") is not None,
-                           code_editing=self.s.code_editing)
+        return PlanContext(
+            vocab_size=self.vocab,
+            max_mb=g.max_mb,
+            max_params=g.max_params,
+            max_latency_ms=g.max_latency_ms,
+            time_left_s=self.s.budget_s - state.get("elapsed_s", 0.0),
+            experiment_budget=self.s.experiment_budget,
+            models=tuple(model_runs(state.get("history", []))),
+            has_incumbent=state.get("incumbent") is not None,
+            code_editing=self.s.code_editing,
+        )
 
     def edit(self, state: AgentState) -> dict[str, Any]:
         """The plan's configuration goes in through the built-in editor; a plan's code change through the configured
@@ -138,20 +185,41 @@ class ResearchAgent:
         # writing the previous step in the background (a false "wrote outside the workspace")
         configs = BuiltinEditor(watch=()).edit(ws.root, EditInstruction(files=plan.config_files(exp_id)))
         if not configs.ok:
-            return {"edit": {"ok": False, "editor": "builtin", "error": f"builtin: {configs.error}", "cost_usd": 0.0}, **self._timed(t0)}
+            return {
+                "edit": {"ok": False, "editor": "builtin", "error": f"builtin: {configs.error}", "cost_usd": 0.0},
+                **self._timed(t0),
+            }
         if not plan.code_change:
             return {"edit": None, **self._timed(t0)}
         log_dir = ws.root / "runs" / exp_id / "edit"
-        results = apply_code_change(self.s, self.prompts, plan, exp_id, plan.title(), ws.root, log_dir, state.get("history", []))
+        results = apply_code_change(
+            self.s, self.prompts, plan, exp_id, plan.title(), ws.root, log_dir, state.get("history", [])
+        )
         summary = edit_summary(results, log_dir)
         for r in results:
             PROGRESS.print(f"     [dim]edit:[/] {escape(r.summary())}")
             if r.editor in ("claude-code", "gui"):  # LLM editors; the built-in one and patch replays cost nothing
-                self.ledger.add(CallRecord(role="editor", provider=r.editor, model=self.s.claude_model or r.editor, input_tokens=0,
-                                           output_tokens=0, cost_usd=r.cost_usd if r.editor == "claude-code" else None,
-                                           seconds=r.wall_s, ok=r.ok, note=(r.error or f"{len(r.files_changed)} file(s)")[:200]))
-        self._journal("Code change: " + plan.code_change + "\n\n" + "".join(
-            f"- {r.summary()}" + (f" (transcript {r.transcript})" if r.transcript else "") + "\n" for r in results))
+                self.ledger.add(
+                    CallRecord(
+                        role="editor",
+                        provider=r.editor,
+                        model=self.s.claude_model or r.editor,
+                        input_tokens=0,
+                        output_tokens=0,
+                        cost_usd=r.cost_usd if r.editor == "claude-code" else None,
+                        seconds=r.wall_s,
+                        ok=r.ok,
+                        note=(r.error or f"{len(r.files_changed)} file(s)")[:200],
+                    )
+                )
+        self._journal(
+            "Code change: "
+            + plan.code_change
+            + "\n\n"
+            + "".join(
+                f"- {r.summary()}" + (f" (transcript {r.transcript})" if r.transcript else "") + "\n" for r in results
+            )
+        )
         return {"edit": summary, **self._timed(t0)}
 
     def _scoring_reserve_s(self) -> float:
@@ -160,11 +228,16 @@ class ResearchAgent:
 
     def _command(self, plan: AnyPlan, out: Path, state: AgentState) -> tuple[list[str], float]:
         """The worker's command, told to stop at the run's wall cap, and its timeout."""
-        setup = WorkerSetup(tokenizer=self.s.tokenizer, corpus=self.s.corpus, eval_bytes=self.s.eval_bytes,
-                            resolve_model=lambda ref: resolve_model_ref(ref, state))
+        setup = WorkerSetup(
+            tokenizer=self.s.tokenizer,
+            corpus=self.s.corpus,
+            eval_bytes=self.s.eval_bytes,
+            resolve_model=lambda ref: resolve_model_ref(ref, state),
+        )
         cmd, own_s = plan.worker_command(setup, out)
-        timeout, cap = experiment_limits(self.s, own_s, state.get("elapsed_s", 0.0),
-                                         self._scoring_reserve_s() if plan.is_model else 0.0)
+        timeout, cap = experiment_limits(
+            self.s, own_s, state.get("elapsed_s", 0.0), self._scoring_reserve_s() if plan.is_model else 0.0
+        )
         return plan.with_wall_cap(cmd, cap), timeout
 
     def run(self, state: AgentState) -> dict[str, Any]:
@@ -176,8 +249,12 @@ class ResearchAgent:
         (ws.root / out).mkdir(parents=True, exist_ok=True)
 
         def failed(reason: str) -> dict[str, Any]:  # the experiment fails with the reason, the run goes on
-            return {"metrics": RunMetrics.failure("crashed", reason).flat(), "run_dir": str(ws.root / out), "exp_worker_s": 0.0,
-                    **self._timed(t0)}
+            return {
+                "metrics": RunMetrics.failure("crashed", reason).flat(),
+                "run_dir": str(ws.root / out),
+                "exp_worker_s": 0.0,
+                **self._timed(t0),
+            }
 
         edit = state.get("edit")
         if edit and not edit["ok"]:
@@ -194,8 +271,15 @@ class ResearchAgent:
             confinement = experiment_confinement(ws, self.s, out)
             if confinement is not None:
                 prepare_shared_cache(self.s)
-            outcome = run_limited(cmd, ws.root, log, timeout_s=timeout, memory_mb=self.s.memory_mb, env=experiment_env(ws),
-                                  confinement=confinement)
+            outcome = run_limited(
+                cmd,
+                ws.root,
+                log,
+                timeout_s=timeout,
+                memory_mb=self.s.memory_mb,
+                env=experiment_env(ws),
+                confinement=confinement,
+            )
         except (ConfinementUnavailable, UserError) as err:
             return failed(str(err))
         # what re-makes this result, written by us after the worker is gone (its own copies are not trusted)
@@ -209,8 +293,14 @@ class ResearchAgent:
                 metrics_path = scoring / METRICS_FILE
                 if outcome.ok:
                     score_cmd, score_env = trusted_scoring(plan.config.limit, ws.root / out, scoring)
-                    scored = run_limited(score_cmd, ws.root, scoring / "score.log", timeout_s=max(1.0, timeout - outcome.wall_s),
-                                         memory_mb=self.s.memory_mb, env=score_env)
+                    scored = run_limited(
+                        score_cmd,
+                        ws.root,
+                        scoring / "score.log",
+                        timeout_s=max(1.0, timeout - outcome.wall_s),
+                        memory_mb=self.s.memory_mb,
+                        env=score_env,
+                    )
                     outcome = replace(scored, wall_s=outcome.wall_s + scored.wall_s)
                     for name in ("metrics.json", "samples.jsonl_results.jsonl"):  # the numbers beside the samples
                         copy_regular(scoring / name, ws.root / out / name, 256 * 2**20)  # replaces whatever stood there
@@ -218,19 +308,34 @@ class ResearchAgent:
             metrics = read_metrics(metrics_path).flat() if outcome.ok or not isinstance(plan, EvalPlan) else None
         except MissingRunFile:
             metrics = None
-        except (UnsafeFile, RunFileError) as err:  # a link, a FIFO, a huge, malformed or nested file: its experiment fails
+        except (
+            UnsafeFile,
+            RunFileError,
+        ) as err:  # a link, a FIFO, a huge, malformed or nested file: its experiment fails
             metrics = RunMetrics.failure("crashed", str(err)).flat()
         if metrics is None:
-            metrics = RunMetrics.failure("crashed", ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
-                                         + f"; see {out / 'worker.log'}").flat()
+            metrics = RunMetrics.failure(
+                "crashed",
+                ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
+                + f"; see {out / 'worker.log'}",
+            ).flat()
         if plan.is_model and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float):
             left = timeout - (time.monotonic() - t0)  # scoring is part of the experiment: the worker's cap left it time
-            metrics, scoring_s = harness_scored(self.s, metrics, ws.root / out, (self.run_dir / "scoring" / exp_id).absolute(),
-                                                max(left, self._scoring_reserve_s()))
+            metrics, scoring_s = harness_scored(
+                self.s,
+                metrics,
+                ws.root / out,
+                (self.run_dir / "scoring" / exp_id).absolute(),
+                max(left, self._scoring_reserve_s()),
+            )
             if scoring_s is not None:
                 self._scoring_s = max(self._scoring_s or 0.0, scoring_s)
-        return {"metrics": metrics, "run_dir": str(ws.root / out), "exp_worker_s": outcome.wall_s,
-                **self._timed(t0, worker_s=outcome.wall_s)}
+        return {
+            "metrics": metrics,
+            "run_dir": str(ws.root / out),
+            "exp_worker_s": outcome.wall_s,
+            **self._timed(t0, worker_s=outcome.wall_s),
+        }
 
     def judge(self, state: AgentState) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -253,9 +358,15 @@ class ResearchAgent:
         noise = noise_estimate(list(groups.values()))
         incumbent = state.get("incumbent")
         inc_key = incumbent.plan.group_key() if incumbent else None
-        if incumbent and key == inc_key and isinstance(bpb, float):  # a repeat of the incumbent only measures noise (a crash is a crash)
-            verdict = Verdict(decision="repeat", reason="repeat of the incumbent with another seed (noise measurement)",
-                              metric=bpb, noise=noise)
+        if (
+            incumbent and key == inc_key and isinstance(bpb, float)
+        ):  # a repeat of the incumbent only measures noise (a crash is a crash)
+            verdict = Verdict(
+                decision="repeat",
+                reason="repeat of the incumbent with another seed (noise measurement)",
+                metric=bpb,
+                noise=noise,
+            )
             return {"verdict": verdict, "noise": noise, "metrics": metrics, **self._timed(t0)}
         inc_bpb = statistics.fmean(groups[inc_key]) if inc_key in groups else None
         candidate = dict(metrics or {})
@@ -275,8 +386,15 @@ class ResearchAgent:
         assert exp_id is not None
         device = str((state.get("metrics") or {}).get("latency_device", "cpu"))
         out = Path("runs") / exp_id  # relative to the workspace, as for the worker
-        return lambda attempt: remeasure_latency(ws, out, device, attempt, self.s.memory_mb, experiment_env(ws),
-                                                 lambda: experiment_confinement(ws, self.s, out))
+        return lambda attempt: remeasure_latency(
+            ws,
+            out,
+            device,
+            attempt,
+            self.s.memory_mb,
+            experiment_env(ws),
+            lambda: experiment_confinement(ws, self.s, out),
+        )
 
     def record(self, state: AgentState) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -290,17 +408,30 @@ class ResearchAgent:
         else:
             ws.discard(exp_id, plan.title())
         noise, noise_source = noise_margin(verdict, state)
-        entry = HistoryEntry(id=exp_id, plan=plan, planner=state.get("plan_source") or "offline", decision=decision,
-                             reason=verdict.reason, commit=commit, edit=state.get("edit"), run_dir=state.get("run_dir"),
-                             worker_s=state.get("exp_worker_s"),
-                             val_bpb=metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
-                             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-                             noise_bpb=noise, noise_source=noise_source)
+        entry = HistoryEntry(
+            id=exp_id,
+            plan=plan,
+            planner=state.get("plan_source") or "offline",
+            decision=decision,
+            reason=verdict.reason,
+            commit=commit,
+            edit=state.get("edit"),
+            run_dir=state.get("run_dir"),
+            worker_s=state.get("exp_worker_s"),
+            val_bpb=metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+            noise_bpb=noise,
+            noise_source=noise_source,
+        )
         append_result(self.s.workspace / "results.tsv", entry, verdict)
         self._journal(f"**{decision}**: {verdict.reason}" + (f" (commit {commit[:10]})" if commit else "") + "\n")
         bpb = entry.val_bpb
-        PROGRESS.print(f"     {decision}" + (f", val bpb {bpb:.4f}" if bpb is not None else "") + f": {escape(verdict.reason)}"
-                       + (f" [green](commit {commit[:10]})[/]" if commit else ""))
+        PROGRESS.print(
+            f"     {decision}"
+            + (f", val bpb {bpb:.4f}" if bpb is not None else "")
+            + f": {escape(verdict.reason)}"
+            + (f" [green](commit {commit[:10]})[/]" if commit else "")
+        )
         update: dict[str, Any] = {"history": [entry], "step": state.get("step", 0) + 1}
         if decision == "keep" and plan.is_model:
             update["incumbent"] = entry
@@ -343,16 +474,21 @@ class ResearchAgent:
     def _corpus(self) -> str:
         """The run corpus's fingerprint (computed once: it reads the whole token cache)."""
         if self._corpus_fingerprint is None:
-            self._corpus_fingerprint = prepare_corpus(CorpusSpec(source=self.s.corpus), self.s.tokenizer).corpus_fingerprint
+            self._corpus_fingerprint = prepare_corpus(
+                CorpusSpec(source=self.s.corpus), self.s.tokenizer
+            ).corpus_fingerprint
         return self._corpus_fingerprint
 
     def workspace(self) -> Workspace:
         if self._ws is None:
             self._ws = Workspace.open(self.s.workspace, self.s.run_id)
             if self._ws.carries_whole_package():
-                raise UserError(f"workspace {self._ws.root} was made by an older version (it carries the whole nas package, "
-                                "its measurement included): start a new run")
-            # a kill during an edit leaves the editor's change in the tree: it is the agent's, and the edit node redoes it
+                raise UserError(
+                    f"workspace {self._ws.root} was made by an older version (it carries the whole nas package, "
+                    "its measurement included): start a new run"
+                )
+            # a kill during an edit leaves the editor's change in the tree: it is the agent's, and the edit node
+            # redoes it
             self._ws.ensure_clean_except_agent(("configs/", "nas/") if self._ws.has_code() else ("configs/",))
         return self._ws
 
@@ -371,11 +507,20 @@ def _route_after_plan(state: AgentState) -> str:
     return "report" if state.get("done") else "edit"
 
 
-def _checked(node: Callable[[AgentState], dict[str, Any]], run_id: str) -> Callable[[AgentState], dict[str, Any]]:
+class _GraphNode(Protocol):
+    """A node as langgraph's ``add_node`` types it: its parameter is named ``state`` (a plain ``Callable`` has a
+    positional-only one, which mypy does not match against langgraph's node protocols)."""
+
+    def __call__(self, state: AgentState) -> dict[str, Any]: ...
+
+
+def _checked(node: Callable[[AgentState], dict[str, Any]], run_id: str) -> _GraphNode:
     """The node, refusing (in one line) a state checkpointed by an older version before it reads it."""
+
     def checked(state: AgentState) -> dict[str, Any]:
         refuse_old_state(state, run_id)
         return node(state)
+
     return checked
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -39,14 +40,22 @@ def violations(goal: Goal, metrics: dict[str, Any]) -> list[str]:
         out.append(f"int8 size {metrics['size_bytes_int8'] / 1e6:.2f} MB > {goal.max_mb:g} MB")
     # latency_ms_p50 is the robust statistic: the median of the per-repeat medians (harness.metrics.measure_latency)
     if goal.max_latency_ms is not None and metrics.get("latency_ms_p50", 0) > goal.max_latency_ms:
-        out.append(f"latency {metrics['latency_ms_p50']:.2f} ms > {goal.max_latency_ms:g} ms"
-                   + (f" (median of {metrics['latency_remeasures'] + 1} measurements)" if metrics.get("latency_remeasures") else ""))
+        out.append(
+            f"latency {metrics['latency_ms_p50']:.2f} ms > {goal.max_latency_ms:g} ms"
+            + (
+                f" (median of {metrics['latency_remeasures'] + 1} measurements)"
+                if metrics.get("latency_remeasures")
+                else ""
+            )
+        )
     if goal.max_params is not None and metrics.get("params", 0) > goal.max_params:
         out.append(f"{metrics['params']:,} parameters > {goal.max_params:,}")
     return out
 
 
-LATENCY_REMEASURES = 3  # fresh measurements of a result whose latency spread straddles the limit, before the median decides
+LATENCY_REMEASURES = (
+    3  # fresh measurements of a result whose latency spread straddles the limit, before the median decides
+)
 
 
 def latency_undecided(limit_ms: float | None, metrics: dict[str, Any]) -> bool:
@@ -58,8 +67,12 @@ def latency_undecided(limit_ms: float | None, metrics: dict[str, Any]) -> bool:
     return lo <= limit_ms < hi
 
 
-def settle_latency(limit_ms: float | None, metrics: dict[str, Any], remeasure: Callable[[int], dict[str, Any] | None],
-                   max_remeasures: int = LATENCY_REMEASURES) -> dict[str, Any]:
+def settle_latency(
+    limit_ms: float | None,
+    metrics: dict[str, Any],
+    remeasure: Callable[[int], dict[str, Any] | None],
+    max_remeasures: int = LATENCY_REMEASURES,
+) -> dict[str, Any]:
     """The metrics the latency limit is judged on. A measurement that decides (its spread is on one side of the
     limit) is taken as it is; else ``remeasure(i)`` gives fresh measurements (None: it failed) until one decides,
     and after ``max_remeasures`` the median of all the sessions' robust statistics decides."""
@@ -73,8 +86,12 @@ def settle_latency(limit_ms: float | None, metrics: dict[str, Any], remeasure: C
         sessions.append(float(fresh["latency_ms_p50"]))
         if not latency_undecided(limit_ms, fresh):
             return {**metrics, **fresh, "latency_remeasures": i, "latency_ms_p50_first": sessions[0]}
-    return {**metrics, "latency_ms_p50": statistics.median(sessions), "latency_remeasures": len(sessions) - 1,
-            "latency_ms_p50_first": sessions[0]}
+    return {
+        **metrics,
+        "latency_ms_p50": statistics.median(sessions),
+        "latency_remeasures": len(sessions) - 1,
+        "latency_ms_p50_first": sessions[0],
+    }
 
 
 def noise_estimate(groups: list[list[float]]) -> float | None:
@@ -87,8 +104,14 @@ def noise_estimate(groups: list[list[float]]) -> float | None:
     return max(math.sqrt(num / dof), MIN_NOISE) if dof else None
 
 
-def judge(goal: Goal, metrics: dict[str, Any] | None, incumbent_bpb: float | None, noise: float | None,
-          repeats: int = 1, k: float = 2.0) -> Verdict:
+def judge(
+    goal: Goal,
+    metrics: dict[str, Any] | None,
+    incumbent_bpb: float | None,
+    noise: float | None,
+    repeats: int = 1,
+    k: float = 2.0,
+) -> Verdict:
     """Keep, discard, close call (re-run with another seed) or crash, from metrics.json alone."""
     if not metrics or metrics.get("status") != "ok" or not isinstance(metrics.get("val_bpb"), (int, float)):
         reason = (metrics or {}).get("fail_reason") or "the worker wrote no usable metrics.json"
@@ -104,10 +127,25 @@ def judge(goal: Goal, metrics: dict[str, Any] | None, incumbent_bpb: float | Non
     # the mean of n repeats has standard error sigma / sqrt(n); the incumbent is itself a mean
     threshold = k * sigma * math.sqrt(1.0 / max(repeats, 1) + 1.0)
     if delta < -threshold:
-        return Verdict(decision="keep", reason=f"beats the incumbent by {-delta:.4f} bpb (> {threshold:.4f}, {k:g} sigma)",
-                       metric=bpb, delta=delta, noise=noise)
+        return Verdict(
+            decision="keep",
+            reason=f"beats the incumbent by {-delta:.4f} bpb (> {threshold:.4f}, {k:g} sigma)",
+            metric=bpb,
+            delta=delta,
+            noise=noise,
+        )
     if delta < 0 and repeats < 3:
-        return Verdict(decision="close", reason=f"better by {-delta:.4f} bpb, within noise ({threshold:.4f}): re-run with another seed",
-                       metric=bpb, delta=delta, noise=noise)
-    return Verdict(decision="discard", reason=f"not better than the incumbent beyond noise (delta {delta:+.4f}, threshold {threshold:.4f})",
-                   metric=bpb, delta=delta, noise=noise)
+        return Verdict(
+            decision="close",
+            reason=f"better by {-delta:.4f} bpb, within noise ({threshold:.4f}): re-run with another seed",
+            metric=bpb,
+            delta=delta,
+            noise=noise,
+        )
+    return Verdict(
+        decision="discard",
+        reason=f"not better than the incumbent beyond noise (delta {delta:+.4f}, threshold {threshold:.4f})",
+        metric=bpb,
+        delta=delta,
+        noise=noise,
+    )

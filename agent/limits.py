@@ -33,7 +33,11 @@ def stop_reason(settings: RunSettings, state: AgentState, ledger: CostLedger, ru
         return f"{s.max_experiments} experiments done"
     if s.max_cost_usd is not None and ledger.total_usd >= s.max_cost_usd:
         return f"LLM spend cap of ${s.max_cost_usd:g} reached (${ledger.total_usd:.4f} spent)"
-    if s.max_gpu_hours is not None and gpu_count() and state.get("worker_s", 0.0) * gpu_count() / 3600 >= s.max_gpu_hours:
+    if (
+        s.max_gpu_hours is not None
+        and gpu_count()
+        and state.get("worker_s", 0.0) * gpu_count() / 3600 >= s.max_gpu_hours
+    ):
         return f"{s.max_gpu_hours:g} GPU-hours spent"
     remaining = s.budget_s - state.get("elapsed_s", 0.0)
     if remaining < 0.5 * expected_experiment_s(s.experiment_budget, state.get("history", [])):
@@ -50,7 +54,9 @@ def expected_experiment_s(experiment_budget: str, history: list[HistoryEntry]) -
     return parse_budget(experiment_budget).seconds or 0.0
 
 
-def experiment_limits(settings: RunSettings, own_s: float, elapsed_s: float, reserve_s: float = 0.0) -> tuple[float, float]:
+def experiment_limits(
+    settings: RunSettings, own_s: float, elapsed_s: float, reserve_s: float = 0.0
+) -> tuple[float, float]:
     """(timeout, worker cap) of the next experiment. A model the harness scores afterwards leaves that scoring its
     measured time (``reserve_s``) out of the cap."""
     left = max(settings.budget_s - elapsed_s, 0.0)

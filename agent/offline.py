@@ -19,8 +19,20 @@ import random
 from pathlib import Path
 
 from agent.goal import Goal
-from agent.plans import (AnyPlan, CompressConfigPlan, CompressPlan, DistillConfigPlan, DistillPlan, EvalConfigPlan, EvalPlan, SearchConfigPlan, SearchPlan,
-                         TrainConfigPlan, TrainPlan, budget_fraction)
+from agent.plans import (
+    AnyPlan,
+    CompressConfigPlan,
+    CompressPlan,
+    DistillConfigPlan,
+    DistillPlan,
+    EvalConfigPlan,
+    EvalPlan,
+    SearchConfigPlan,
+    SearchPlan,
+    TrainConfigPlan,
+    TrainPlan,
+    budget_fraction,
+)
 from agent.state import HistoryEntry
 from nas.space import ArchConfig, ArchConstraints, get_space
 
@@ -29,9 +41,17 @@ __all__ = ["OfflinePlanner", "budget_fraction"]  # budget_fraction lives with th
 
 class OfflinePlanner:
     def __init__(self, goal: Goal, vocab_size: int, train_budget: str, search_trials: int, seed: int = 0):
-        self.goal, self.vocab, self.train_budget, self.search_trials, self.seed = goal, vocab_size, train_budget, search_trials, seed
+        self.goal, self.vocab, self.train_budget, self.search_trials, self.seed = (
+            goal,
+            vocab_size,
+            train_budget,
+            search_trials,
+            seed,
+        )
         self.space = get_space("default").model_copy(update={"vocab_size": (vocab_size,)})
-        self.constraints = ArchConstraints(max_bytes=int(goal.max_mb * 1e6) if goal.max_mb else None, max_params=goal.max_params)
+        self.constraints = ArchConstraints(
+            max_bytes=int(goal.max_mb * 1e6) if goal.max_mb else None, max_params=goal.max_params
+        )
 
     def _train(self, arch: ArchConfig, rationale: str, seed: int = 0) -> TrainPlan:
         return TrainPlan(config=TrainConfigPlan(arch=arch, budget=self.train_budget, seed=seed), rationale=rationale)
@@ -52,10 +72,17 @@ class OfflinePlanner:
         searches = [h for h in history if isinstance(h.plan, SearchPlan)]
         if not searches:
             objectives = "bpb,bytes_int8" + (",latency" if self.goal.max_latency_ms else "")
-            return SearchPlan(config=SearchConfigPlan(objectives=objectives, trials=self.search_trials,
-                                                      stage1_budget=budget_fraction(self.train_budget, 4), seed=self.seed,
-                                                      max_mb=self.goal.max_mb, max_latency_ms=self.goal.max_latency_ms),
-                              rationale="multi-objective search (bpb vs int8 size) to find shapes worth a full training")
+            return SearchPlan(
+                config=SearchConfigPlan(
+                    objectives=objectives,
+                    trials=self.search_trials,
+                    stage1_budget=budget_fraction(self.train_budget, 4),
+                    seed=self.seed,
+                    max_mb=self.goal.max_mb,
+                    max_latency_ms=self.goal.max_latency_ms,
+                ),
+                rationale="multi-objective search (bpb vs int8 size) to find shapes worth a full training",
+            )
         # 3. the search's front, best first, at the full budget
         for h in searches:
             for arch in _front_archs(h):
@@ -64,14 +91,22 @@ class OfflinePlanner:
                     return plan
         # 5. born-again distillation of the incumbent, then one HumanEval of the incumbent
         if incumbent is not None and not any(isinstance(h.plan, DistillPlan) for h in history):
-            return DistillPlan(config=DistillConfigPlan(teacher=incumbent.id, arch=_arch_of(incumbent), loss="fkl", budget=self.train_budget),
-                               rationale=f"born-again distillation: {incumbent.id}'s soft targets into its own architecture")
+            return DistillPlan(
+                config=DistillConfigPlan(
+                    teacher=incumbent.id, arch=_arch_of(incumbent), loss="fkl", budget=self.train_budget
+                ),
+                rationale=f"born-again distillation: {incumbent.id}'s soft targets into its own architecture",
+            )
         if incumbent is not None and not any(isinstance(h.plan, EvalPlan) for h in history):
-            return EvalPlan(config=EvalConfigPlan(target=incumbent.id, limit=20, max_new_tokens=96),
-                            rationale=f"HumanEval pass@1 of the incumbent {incumbent.id} (first 20 problems, greedy)")
+            return EvalPlan(
+                config=EvalConfigPlan(target=incumbent.id, limit=20, max_new_tokens=96),
+                rationale=f"HumanEval pass@1 of the incumbent {incumbent.id} (first 20 problems, greedy)",
+            )
         if incumbent is not None and not any(isinstance(h.plan, CompressPlan) for h in history):
-            return CompressPlan(config=CompressConfigPlan(target=incumbent.id, int8=True),
-                                rationale=f"INT8 of the incumbent {incumbent.id}: size on disk, CPU latency and the bpb it costs")
+            return CompressPlan(
+                config=CompressConfigPlan(target=incumbent.id, int8=True),
+                rationale=f"INT8 of the incumbent {incumbent.id}: size on disk, CPU latency and the bpb it costs",
+            )
         # 6. neighbourhood of the incumbent
         base = _arch_of(incumbent) if incumbent else self._baseline_arch()
         rng = random.Random(self.seed * 7919 + len(history))
@@ -80,7 +115,9 @@ class OfflinePlanner:
             plan = self._train(arch, f"one-step mutation of the incumbent ({base.describe()} -> {arch.describe()})")
             if plan.group_key() not in tried and self.constraints.allows(arch):
                 return plan
-        return self._train(self.space.sample_feasible(rng, self.constraints), "random restart: the neighbourhood is exhausted")
+        return self._train(
+            self.space.sample_feasible(rng, self.constraints), "random restart: the neighbourhood is exhausted"
+        )
 
 
 def _arch_of(entry: HistoryEntry) -> ArchConfig:

@@ -33,9 +33,18 @@ class PlanOutcome:
 
 
 class Planner:
-    def __init__(self, goal: Goal, offline: OfflinePlanner, tokenizer: str, experiment_budget: str, prompts: Prompts,
-                 client: LLMClient | None = None, ledger: CostLedger | None = None, max_attempts: int = 3,
-                 max_cost_usd: float | None = None):
+    def __init__(
+        self,
+        goal: Goal,
+        offline: OfflinePlanner,
+        tokenizer: str,
+        experiment_budget: str,
+        prompts: Prompts,
+        client: LLMClient | None = None,
+        ledger: CostLedger | None = None,
+        max_attempts: int = 3,
+        max_cost_usd: float | None = None,
+    ):
         self.goal, self.offline, self.tokenizer, self.experiment_budget = goal, offline, tokenizer, experiment_budget
         self.prompts, self.client, self.ledger = prompts, client, ledger
         self.max_attempts, self.max_cost_usd = max_attempts, max_cost_usd
@@ -43,8 +52,9 @@ class Planner:
     def describe(self) -> str:
         return self.client.describe() if self.client else "offline (deterministic strategy)"
 
-    def propose(self, history: list[HistoryEntry], incumbent: HistoryEntry | None, noise: float | None,
-                ctx: PlanContext) -> PlanOutcome:
+    def propose(
+        self, history: list[HistoryEntry], incumbent: HistoryEntry | None, noise: float | None, ctx: PlanContext
+    ) -> PlanOutcome:
         if self.client is None:
             return PlanOutcome(self._offline(history, incumbent), "offline")
         notes: list[str] = []
@@ -54,17 +64,36 @@ class Planner:
                 notes.append(f"LLM spend cap of ${self.max_cost_usd:g} reached")
                 break
             user = self.prompts.render(
-                "planner", goal=self.goal.text, limits=limits_text(self.goal), time_left=seconds_text(ctx.time_left_s),
-                experiment_budget=self.experiment_budget, tokenizer=self.tokenizer, vocab_size=ctx.vocab_size,
-                space=space_text(self.offline.space), incumbent=incumbent_text(incumbent),
-                noise=f"{noise:.4f} bpb" if noise is not None else "not measured yet", history=history_table(history, incumbent),
-                front=front_text(history), feedback=feedback,
-                code_editing=("available: a plan may carry code_change" if ctx.code_editing
-                              else "not available in this run (built-in editor only): leave code_change out"))
+                "planner",
+                goal=self.goal.text,
+                limits=limits_text(self.goal),
+                time_left=seconds_text(ctx.time_left_s),
+                experiment_budget=self.experiment_budget,
+                tokenizer=self.tokenizer,
+                vocab_size=ctx.vocab_size,
+                space=space_text(self.offline.space),
+                incumbent=incumbent_text(incumbent),
+                noise=f"{noise:.4f} bpb" if noise is not None else "not measured yet",
+                history=history_table(history, incumbent),
+                front=front_text(history),
+                feedback=feedback,
+                code_editing=(
+                    "available: a plan may carry code_change"
+                    if ctx.code_editing
+                    else "not available in this run (built-in editor only): leave code_change out"
+                ),
+            )
             assert self.ledger is not None
             try:
-                reply = self.ledger.call(self.client, "planner", self.prompts.render("planner_system"), user, TOOL, TOOL_DESCRIPTION,
-                                         plan_tool_schema())
+                reply = self.ledger.call(
+                    self.client,
+                    "planner",
+                    self.prompts.render("planner_system"),
+                    user,
+                    TOOL,
+                    TOOL_DESCRIPTION,
+                    plan_tool_schema(),
+                )
             except LLMError as err:
                 notes.append(f"planner LLM failed: {err}")
                 break
@@ -76,8 +105,10 @@ class Planner:
             except PlanError as err:
                 notes.append(f"plan rejected (attempt {attempt}/{self.max_attempts}): {err}")
                 shown = json.dumps(raw)[:1500] if isinstance(raw, dict) else str(raw)[:1500]
-                feedback = (f"# Your previous answer was rejected\nAnswer: {shown}\nError: {err}\n"
-                            "Fix exactly this error and call submit_plan again.\n")
+                feedback = (
+                    f"# Your previous answer was rejected\nAnswer: {shown}\nError: {err}\n"
+                    "Fix exactly this error and call submit_plan again.\n"
+                )
         notes.append("the offline planner takes this step")
         return PlanOutcome(self._offline(history, incumbent), "offline fallback", notes)
 
@@ -91,8 +122,15 @@ class Planner:
 def _refuse_exact_repeat(plan: AnyPlan, history: list[HistoryEntry]) -> None:
     """The same kind and config with the same seed would only re-measure a known number."""
     for h in history:
-        if h.plan.kind == plan.kind and h.plan.config.model_dump() == plan.config.model_dump() and h.plan.code_change == plan.code_change:
-            raise PlanError(f"this exact configuration was already run as {h.id}: change the config, or the seed for a deliberate repeat")
+        if (
+            h.plan.kind == plan.kind
+            and h.plan.config.model_dump() == plan.config.model_dump()
+            and h.plan.code_change == plan.code_change
+        ):
+            raise PlanError(
+                f"this exact configuration was already run as {h.id}: "
+                "change the config, or the seed for a deliberate repeat"
+            )
 
 
 def _json_in(text: str) -> dict[str, Any] | str:
@@ -100,7 +138,7 @@ def _json_in(text: str) -> dict[str, Any] | str:
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
         try:
-            data = json.loads(text[start:end + 1])
+            data = json.loads(text[start : end + 1])
             if isinstance(data, dict):
                 return data
         except json.JSONDecodeError:

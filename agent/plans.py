@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -56,7 +57,9 @@ class DistillConfigPlan(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher: str = Field("incumbent", description="'incumbent' or the id of a finished train/distill experiment, e.g. e003")
+    teacher: str = Field(
+        "incumbent", description="'incumbent' or the id of a finished train/distill experiment, e.g. e003"
+    )
     arch: ArchConfig
     loss: Literal["fkl", "rkl", "skl", "srkl"] = "fkl"
     temperature: float = Field(1.0, gt=0, le=10)
@@ -93,7 +96,8 @@ class CompressConfigPlan(BaseModel):
     @classmethod
     def _prune_spec(cls, v: str | None) -> str | None:
         if v is not None:
-            from kernels.prune import PruneSpec  # deliberate: kernels.prune imports torch, which a plan's parse does not need
+            # deliberate: kernels.prune imports torch, which a plan's parse does not need
+            from kernels.prune import PruneSpec
 
             try:
                 PruneSpec.parse(v)
@@ -145,9 +149,13 @@ class PlanBase(BaseModel):
     takes_code_change: ClassVar[bool] = True
 
     rationale: str = Field(min_length=1)
-    code_change: str | None = Field(None, min_length=1, max_length=4000,
-                                    description="optional: a change to the model or search code in the workspace (the nas/ "
-                                                "package), in words, for the code editor; leave out for config-only experiments")
+    code_change: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4000,
+        description="optional: a change to the model or search code in the workspace (the nas/ "
+        "package), in words, for the code editor; leave out for config-only experiments",
+    )
 
     kind: str
     config: BaseModel
@@ -172,8 +180,10 @@ class PlanBase(BaseModel):
 
     def config_files(self, exp_id: str) -> dict[str, str]:
         """The plan's configuration as the files the workers read (``configs/``), plus the plan itself."""
-        return {**self.own_config_files(),
-                "configs/plan.json": json.dumps({"experiment": exp_id, **self.model_dump()}, indent=2) + "\n"}
+        return {
+            **self.own_config_files(),
+            "configs/plan.json": json.dumps({"experiment": exp_id, **self.model_dump()}, indent=2) + "\n",
+        }
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         """The worker's command line and its own time limit (a token budget's limit is generous: the run's time left
@@ -192,11 +202,11 @@ class PlanBase(BaseModel):
         """The verdict of a kind the metric rule does not judge (None: the rule judges it against the incumbent)."""
         return None
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         """Semantic checks of the kind (PlanError with the reason); returns the plan, possibly completed."""
         return self
 
-    def default_budgets(self, experiment_budget: str) -> PlanBase:
+    def default_budgets(self, experiment_budget: str) -> Self:
         """Budgets this plan left out, as the run's (not the schema's wall-clock defaults)."""
         return self
 
@@ -206,18 +216,23 @@ class PlanBase(BaseModel):
         cfg.pop("seed", None)
         return json.dumps({"kind": self.kind, "config": cfg, "code_change": self.code_change}, sort_keys=True)
 
-    def with_seed(self, seed: int, rationale: str) -> PlanBase:
+    def with_seed(self, seed: int, rationale: str) -> Self:
         """The same experiment with another seed (a noise repeat or the re-run of a close call)."""
         return self.model_copy(update={"config": self.config.model_copy(update={"seed": seed}), "rationale": rationale})
 
 
 def _model_config_files(name: str, config: BaseModel) -> dict[str, str]:
     cfg = config.model_dump()
-    return {"configs/arch.json": json.dumps(cfg["arch"], indent=2) + "\n",
-            f"configs/{name}": json.dumps({k: v for k, v in cfg.items() if k != "arch"}, indent=2) + "\n"}
+    return {
+        "configs/arch.json": json.dumps(cfg["arch"], indent=2) + "\n",
+        f"configs/{name}": json.dumps({k: v for k, v in cfg.items() if k != "arch"}, indent=2) + "\n",
+    }
 
 
-def _budget_default(plan: PlanBase, field: str, value: str) -> PlanBase:
+_P = TypeVar("_P", bound=PlanBase)
+
+
+def _budget_default(plan: _P, field: str, value: str) -> _P:
     if field in plan.config.model_fields_set:
         return plan
     return plan.model_copy(update={"config": plan.config.model_copy(update={field: value})})
@@ -241,20 +256,42 @@ class TrainPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [sys.executable, "-m", "nas", "train", "--arch", "configs/arch.json", "--budget", c.budget, "--out", str(out),
-               "--seed", str(c.seed), "--lr", str(c.lr), "--batch-size", str(c.batch_size), "--tokenizer", setup.tokenizer,
-               "--corpus", setup.corpus, "--eval-bytes", str(setup.eval_bytes), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nas",
+            "train",
+            "--arch",
+            "configs/arch.json",
+            "--budget",
+            c.budget,
+            "--out",
+            str(out),
+            "--seed",
+            str(c.seed),
+            "--lr",
+            str(c.lr),
+            "--batch-size",
+            str(c.batch_size),
+            "--tokenizer",
+            setup.tokenizer,
+            "--corpus",
+            setup.corpus,
+            "--eval-bytes",
+            str(setup.eval_bytes),
+            "--quiet",
+        ]
         b = parse_budget(c.budget)
         return cmd, (b.seconds * 3 + 180) if b.seconds else 3600.0
 
     def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
         return cmd + ["--max-seconds", f"{cap_s:.1f}"]
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         _check_arch_and_budget(self.config.arch, self.config.budget, ctx)
         return self
 
-    def default_budgets(self, experiment_budget: str) -> PlanBase:
+    def default_budgets(self, experiment_budget: str) -> Self:
         return _budget_default(self, "budget", experiment_budget)
 
 
@@ -274,10 +311,36 @@ class SearchPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [sys.executable, "-m", "nas", "nas", "search", "--out", str(out), "--space", c.space, "--objectives", c.objectives,
-               "--strategy", c.strategy, "--trials", str(c.trials), "--stage1", c.stage1_budget, "--stage2", "none",
-               "--seed", str(c.seed), "--tokenizer", setup.tokenizer, "--corpus", setup.corpus, "--eval-bytes", str(setup.eval_bytes),
-               "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nas",
+            "nas",
+            "search",
+            "--out",
+            str(out),
+            "--space",
+            c.space,
+            "--objectives",
+            c.objectives,
+            "--strategy",
+            c.strategy,
+            "--trials",
+            str(c.trials),
+            "--stage1",
+            c.stage1_budget,
+            "--stage2",
+            "none",
+            "--seed",
+            str(c.seed),
+            "--tokenizer",
+            setup.tokenizer,
+            "--corpus",
+            setup.corpus,
+            "--eval-bytes",
+            str(setup.eval_bytes),
+            "--quiet",
+        ]
         if c.max_mb:
             cmd += ["--max-mb", str(c.max_mb)]
         if c.max_latency_ms:
@@ -294,22 +357,32 @@ class SearchPlan(PlanBase):
         return search_continuation(out, self)
 
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
-        ok = bool(metrics) and metrics.get("status") == "ok"  # type: ignore[union-attr]
-        return Verdict(decision="keep" if ok else "crash", metric=(metrics or {}).get("val_bpb"),
-                       reason=(f"search found a front of {metrics.get('front_size')}; its members are trained next" if ok  # type: ignore[union-attr]
-                               else str((metrics or {}).get("fail_reason", "search failed"))))
+        m = metrics or {}
+        ok = m.get("status") == "ok"
+        return Verdict(
+            decision="keep" if ok else "crash",
+            metric=m.get("val_bpb"),
+            reason=(
+                f"search found a front of {m.get('front_size')}; its members are trained next"
+                if ok
+                else str(m.get("fail_reason", "search failed"))
+            ),
+        )
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         cfg = self.config
         get_space(cfg.space)
         parse_objectives(cfg.objectives)
         b = _check_budget_kind(cfg.stage1_budget, "config.stage1_budget", ctx)
         if b.seconds is not None and b.seconds * cfg.trials > 2 * max(ctx.time_left_s, 1.0):
             raise PlanError(f"{cfg.trials} trials of {cfg.stage1_budget} do not fit in the {ctx.time_left_s:.0f}s left")
-        limits = {"max_mb": _tighter(cfg.max_mb, ctx.max_mb), "max_latency_ms": _tighter(cfg.max_latency_ms, ctx.max_latency_ms)}
+        limits = {
+            "max_mb": _tighter(cfg.max_mb, ctx.max_mb),
+            "max_latency_ms": _tighter(cfg.max_latency_ms, ctx.max_latency_ms),
+        }
         return self.model_copy(update={"config": cfg.model_copy(update=limits)})
 
-    def default_budgets(self, experiment_budget: str) -> PlanBase:
+    def default_budgets(self, experiment_budget: str) -> Self:
         return _budget_default(self, "stage1_budget", budget_fraction(experiment_budget, 4))
 
 
@@ -320,8 +393,10 @@ class DistillPlan(PlanBase):
 
     def config_title(self) -> str:
         c = self.config
-        return (f"distill {c.teacher} into {c.arch.describe()} ({c.loss}, T={c.temperature:g}) "
-                f"for {c.budget} (seed {c.seed})")
+        return (
+            f"distill {c.teacher} into {c.arch.describe()} ({c.loss}, T={c.temperature:g}) "
+            f"for {c.budget} (seed {c.seed})"
+        )
 
     def summary(self) -> str:
         c = self.config
@@ -332,22 +407,49 @@ class DistillPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [sys.executable, "-m", "distill", "distill", "--teacher", setup.resolve_model(c.teacher), "--student", "configs/arch.json",
-               "--loss", c.loss, "--temperature", str(c.temperature), "--ce-weight", str(c.ce_weight),
-               "--budget", c.budget, "--out", str(out), "--seed", str(c.seed), "--lr", str(c.lr),
-               "--batch-size", str(c.batch_size), "--corpus", setup.corpus, "--eval-bytes", str(setup.eval_bytes), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "distill",
+            "distill",
+            "--teacher",
+            setup.resolve_model(c.teacher),
+            "--student",
+            "configs/arch.json",
+            "--loss",
+            c.loss,
+            "--temperature",
+            str(c.temperature),
+            "--ce-weight",
+            str(c.ce_weight),
+            "--budget",
+            c.budget,
+            "--out",
+            str(out),
+            "--seed",
+            str(c.seed),
+            "--lr",
+            str(c.lr),
+            "--batch-size",
+            str(c.batch_size),
+            "--corpus",
+            setup.corpus,
+            "--eval-bytes",
+            str(setup.eval_bytes),
+            "--quiet",
+        ]
         b = parse_budget(c.budget)
         return cmd, (b.seconds * 4 + 180) if b.seconds else 3600.0
 
     def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
         return cmd + ["--max-seconds", f"{cap_s:.1f}"]
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         _check_model_ref(self.config.teacher, "teacher", ctx)
         _check_arch_and_budget(self.config.arch, self.config.budget, ctx)
         return self
 
-    def default_budgets(self, experiment_budget: str) -> PlanBase:
+    def default_budgets(self, experiment_budget: str) -> Self:
         return _budget_default(self, "budget", experiment_budget)
 
 
@@ -358,8 +460,9 @@ class CompressPlan(PlanBase):
 
     def config_title(self) -> str:
         c = self.config
-        return f"compress {c.target}: " + " + ".join(x for x in (c.prune, c.recover and f"recover {c.recover}",
-                                                                   "int8" if c.int8 else None) if x)
+        return f"compress {c.target}: " + " + ".join(
+            x for x in (c.prune, c.recover and f"recover {c.recover}", "int8" if c.int8 else None) if x
+        )
 
     def summary(self) -> str:
         c = self.config
@@ -370,8 +473,20 @@ class CompressPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [sys.executable, "-m", "kernels", "compress", "--model", setup.resolve_model(c.target), "--out", str(out),
-               "--eval-bytes", str(setup.eval_bytes), "--quiet", "--int8" if c.int8 else "--no-int8"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kernels",
+            "compress",
+            "--model",
+            setup.resolve_model(c.target),
+            "--out",
+            str(out),
+            "--eval-bytes",
+            str(setup.eval_bytes),
+            "--quiet",
+            "--int8" if c.int8 else "--no-int8",
+        ]
         if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
             cmd.append("--onnx")  # so the deployment runtime is chosen among PyTorch and ONNX Runtime by measurement
         if c.prune:
@@ -382,19 +497,27 @@ class CompressPlan(PlanBase):
         return cmd, ((b.seconds or 0) * 3 if b else 0) + 600.0
 
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
-        ok = bool(metrics) and metrics.get("status") == "ok" and isinstance(metrics.get("val_bpb"), float)  # type: ignore[union-attr]
-        reason = str((metrics or {}).get("fail_reason", "compression failed"))
+        m = metrics or {}
+        ok = m.get("status") == "ok" and isinstance(m.get("val_bpb"), float)
+        reason = str(m.get("fail_reason", "compression failed"))
         if ok:
-            assert metrics is not None
-            size = metrics.get("size_bytes_on_disk_int8") or metrics.get("size_bytes_on_disk_fp32")
-            reason = (f"compressed {self.config.target}: val bpb {metrics['val_bpb_before']:.4f} -> {metrics['val_bpb']:.4f} "
-                      f"({metrics['val_bpb_change_pct']:+.2f}%), {size / 1e6:.3f} MB on disk"
-                      + (f", {metrics['latency_ms_p50_deploy_cpu']:.2f} ms/token on CPU with {metrics['deploy_cpu_runtime']}"
-                         if "latency_ms_p50_deploy_cpu" in metrics else
-                         f", {metrics['latency_ms_p50']:.2f} ms/token" if "latency_ms_p50" in metrics else ""))
+            size = m.get("size_bytes_on_disk_int8") or m.get("size_bytes_on_disk_fp32")
+            # a worker that wrote neither size still gets its verdict, without the size
+            on_disk = f", {size / 1e6:.3f} MB on disk" if isinstance(size, (int, float)) else ""
+            reason = (
+                f"compressed {self.config.target}: val bpb {m['val_bpb_before']:.4f} -> {m['val_bpb']:.4f} "
+                f"({m['val_bpb_change_pct']:+.2f}%){on_disk}"
+                + (
+                    f", {m['latency_ms_p50_deploy_cpu']:.2f} ms/token on CPU with {m['deploy_cpu_runtime']}"
+                    if "latency_ms_p50_deploy_cpu" in m
+                    else f", {m['latency_ms_p50']:.2f} ms/token"
+                    if "latency_ms_p50" in m
+                    else ""
+                )
+            )
         return Verdict(decision="keep" if ok else "crash", metric=None, reason=reason)
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         c = self.config
         _check_model_ref(c.target, "target", ctx)
         if not c.int8 and not c.prune:
@@ -426,29 +549,56 @@ class EvalPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [sys.executable, "-m", "distill", "eval", "humaneval", "--model", setup.resolve_model(c.target), "--out", str(out),
-               "--generate-only", "-n", str(c.n), "-k", "1", "--max-new-tokens", str(c.max_new_tokens), "--seed", str(c.seed)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "distill",
+            "eval",
+            "humaneval",
+            "--model",
+            setup.resolve_model(c.target),
+            "--out",
+            str(out),
+            "--generate-only",
+            "-n",
+            str(c.n),
+            "-k",
+            "1",
+            "--max-new-tokens",
+            str(c.max_new_tokens),
+            "--seed",
+            str(c.seed),
+        ]
         if c.limit:
             cmd += ["--limit", str(c.limit)]
         return cmd, 1800.0
 
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
-        ok = bool(metrics) and "humaneval_pass_at_1" in metrics  # type: ignore[operator]
-        return Verdict(decision="keep" if ok else "crash", metric=None,
-                       reason=(f"HumanEval pass@1 {metrics['humaneval_pass_at_1']:.4f} on {metrics['humaneval_problems']} problems"  # type: ignore[index]
-                               if ok else str((metrics or {}).get("fail_reason", "evaluation failed"))))
+        m = metrics or {}
+        ok = "humaneval_pass_at_1" in m
+        return Verdict(
+            decision="keep" if ok else "crash",
+            metric=None,
+            reason=(
+                f"HumanEval pass@1 {m['humaneval_pass_at_1']:.4f} on {m['humaneval_problems']} problems"
+                if ok
+                else str(m.get("fail_reason", "evaluation failed"))
+            ),
+        )
 
-    def check(self, ctx: PlanContext) -> PlanBase:
+    def check(self, ctx: PlanContext) -> Self:
         _check_model_ref(self.config.target, "target", ctx)
         return self
 
 
-AnyPlan = Union[TrainPlan, SearchPlan, DistillPlan, EvalPlan, CompressPlan]
+AnyPlan = TrainPlan | SearchPlan | DistillPlan | EvalPlan | CompressPlan
 Plan = Annotated[AnyPlan, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter = TypeAdapter(Plan)
-PLAN_CLASSES: tuple[type[PlanBase], ...] = AnyPlan.__args__  # type: ignore[attr-defined]
+PLAN_CLASSES: tuple[type[PlanBase], ...] = get_args(AnyPlan)
 PLAN_KINDS = tuple(cls.model_fields["kind"].default for cls in PLAN_CLASSES)
-MODEL_KINDS = tuple(cls.model_fields["kind"].default for cls in PLAN_CLASSES if cls.is_model)  # compete for the incumbent
+MODEL_KINDS = tuple(
+    cls.model_fields["kind"].default for cls in PLAN_CLASSES if cls.is_model
+)  # compete for the incumbent
 
 
 def parse_plan(raw: str | dict) -> AnyPlan:
@@ -471,7 +621,13 @@ def plan_schema() -> dict:
     return _ADAPTER.json_schema()
 
 
-_CONFIG_DEFS = tuple(cls.model_fields["config"].annotation.__name__ for cls in PLAN_CLASSES)  # type: ignore[union-attr]
+def _config_class_name(cls: type[PlanBase]) -> str:
+    annotation = cls.model_fields["config"].annotation
+    assert annotation is not None  # every plan kind declares its config class
+    return annotation.__name__
+
+
+_CONFIG_DEFS = tuple(_config_class_name(cls) for cls in PLAN_CLASSES)
 
 
 def plan_tool_schema() -> dict:
@@ -482,16 +638,28 @@ def plan_tool_schema() -> dict:
     return {
         "type": "object",
         "properties": {
-            "kind": {"type": "string", "enum": list(PLAN_KINDS),
-                     "description": "train: train one architecture; nas_search: a short multi-objective architecture "
-                                    "search; distill: distil an earlier model (teacher) into an architecture; "
-                                    "eval: HumanEval pass@k of an earlier model; compress: prune / INT8 an earlier model"},
-            "config": {"anyOf": [{"$ref": f"#/$defs/{name}"} for name in _CONFIG_DEFS],
-                       "description": "TrainConfigPlan for train, SearchConfigPlan for nas_search, DistillConfigPlan for "
-                                      "distill, EvalConfigPlan for eval, CompressConfigPlan for compress"},
-            "rationale": {"type": "string", "minLength": 1, "description": "why this experiment, in one or two sentences"},
-            "code_change": {"type": "string", "description": "optional, only where the run has a code editor: a change to the "
-                                                             "workspace's model/search code (nas/ package) in words"},
+            "kind": {
+                "type": "string",
+                "enum": list(PLAN_KINDS),
+                "description": "train: train one architecture; nas_search: a short multi-objective architecture "
+                "search; distill: distil an earlier model (teacher) into an architecture; "
+                "eval: HumanEval pass@k of an earlier model; compress: prune / INT8 an earlier model",
+            },
+            "config": {
+                "anyOf": [{"$ref": f"#/$defs/{name}"} for name in _CONFIG_DEFS],
+                "description": "TrainConfigPlan for train, SearchConfigPlan for nas_search, DistillConfigPlan for "
+                "distill, EvalConfigPlan for eval, CompressConfigPlan for compress",
+            },
+            "rationale": {
+                "type": "string",
+                "minLength": 1,
+                "description": "why this experiment, in one or two sentences",
+            },
+            "code_change": {
+                "type": "string",
+                "description": "optional, only where the run has a code editor: a change to the "
+                "workspace's model/search code (nas/ package) in words",
+            },
         },
         "required": ["kind", "config", "rationale"],
         "additionalProperties": False,
@@ -510,7 +678,9 @@ def _check_model_ref(ref: str, field: str, ctx: PlanContext) -> None:
 
 def _check_arch_and_budget(arch: ArchConfig, budget: str, ctx: PlanContext) -> None:
     if arch.vocab_size != ctx.vocab_size:
-        raise PlanError(f"config.arch.vocab_size is {arch.vocab_size} but the run's tokenizer has {ctx.vocab_size} tokens")
+        raise PlanError(
+            f"config.arch.vocab_size is {arch.vocab_size} but the run's tokenizer has {ctx.vocab_size} tokens"
+        )
     max_bytes = int(ctx.max_mb * 1e6) if ctx.max_mb else None
     broken = ArchConstraints(max_bytes=max_bytes, max_params=ctx.max_params).violations(arch)
     if broken:
@@ -528,8 +698,10 @@ def _check_budget_kind(text: str, field: str, ctx: PlanContext) -> Budget:
         run = validate.budget(ctx.experiment_budget, "experiment budget")
         if (b.tokens is None) != (run.tokens is None):
             kinds = ("tokens", "wall-clock time") if run.tokens is not None else ("wall-clock time", "tokens")
-            raise PlanError(f"{field} {text} is {kinds[1]} but this run counts experiment budgets in {kinds[0]} "
-                            f"(one experiment: {ctx.experiment_budget})")
+            raise PlanError(
+                f"{field} {text} is {kinds[1]} but this run counts experiment budgets in {kinds[0]} "
+                f"(one experiment: {ctx.experiment_budget})"
+            )
     return b
 
 
@@ -545,15 +717,17 @@ def check_plan(plan: AnyPlan, ctx: PlanContext) -> AnyPlan:
     """Semantic checks (PlanError with the reason); budgets the plan left out become the run's (a search's stage 1:
     a quarter of it), and the goal's limits are filled into a search that left them out."""
     if plan.code_change and not ctx.code_editing:
-        raise PlanError("code_change needs a code editor but this run has only the built-in one (--editor builtin): "
-                        "leave code_change out")
+        raise PlanError(
+            "code_change needs a code editor but this run has only the built-in one (--editor builtin): "
+            "leave code_change out"
+        )
     if plan.code_change and not plan.takes_code_change:
         takers = [cls.model_fields["kind"].default for cls in PLAN_CLASSES if cls.takes_code_change]
         raise PlanError(f"code_change applies to {', '.join(takers[:-1])} and {takers[-1]} plans, not {plan.kind}")
     if ctx.experiment_budget is not None:
-        plan = plan.default_budgets(ctx.experiment_budget)  # type: ignore[assignment]
+        plan = plan.default_budgets(ctx.experiment_budget)
     try:
-        return plan.check(ctx)  # type: ignore[return-value]
+        return plan.check(ctx)
     except UserError as err:
         raise PlanError(str(err)) from None
 

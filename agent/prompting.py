@@ -15,8 +15,23 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
 FIELDS: dict[str, frozenset[str]] = {
     "planner_system": frozenset(),
-    "planner": frozenset({"goal", "limits", "time_left", "experiment_budget", "tokenizer", "vocab_size", "space", "incumbent",
-                          "noise", "history", "front", "feedback", "code_editing"}),
+    "planner": frozenset(
+        {
+            "goal",
+            "limits",
+            "time_left",
+            "experiment_budget",
+            "tokenizer",
+            "vocab_size",
+            "space",
+            "incumbent",
+            "noise",
+            "history",
+            "front",
+            "feedback",
+            "code_editing",
+        }
+    ),
     "judge_system": frozenset(),
     "judge": frozenset({"goal", "limits", "experiment", "rationale", "metrics", "incumbent", "statistics"}),
     "editor": frozenset({"workspace", "experiment", "title", "rationale", "instructions"}),
@@ -42,8 +57,10 @@ class Prompts:
                 raise UserError(f"prompt template {path} has a malformed $placeholder (write $$ for a literal $)")
             unknown = set(template.get_identifiers()) - allowed
             if unknown:
-                raise UserError(f"prompt template {path} uses unknown field(s) {', '.join(sorted('$' + u for u in unknown))}; "
-                                f"available: {', '.join(sorted('$' + a for a in allowed)) or 'none'}")
+                raise UserError(
+                    f"prompt template {path} uses unknown field(s) {', '.join(sorted('$' + u for u in unknown))}; "
+                    f"available: {', '.join(sorted('$' + a for a in allowed)) or 'none'}"
+                )
             self.templates[name] = template
 
     def render(self, name: str, **fields: object) -> str:

@@ -9,8 +9,9 @@ harness's ``measure_latency``, as in training.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from agent.progress import PROGRESS
 from harness.errors import UserError
@@ -40,17 +41,33 @@ def remeasure_command(run_dir: Path, out_file: Path, device: str) -> list[str]:
     return [sys.executable, "-c", SCRIPT, str(run_dir), str(out_file), device]
 
 
-def remeasure_latency(ws: Workspace, out: Path, device: str, attempt: int, memory_mb: int | None, env: dict[str, str],
-                      confinement: Callable[[], Confinement | None]) -> dict[str, Any] | None:
+def remeasure_latency(
+    ws: Workspace,
+    out: Path,
+    device: str,
+    attempt: int,
+    memory_mb: int | None,
+    env: dict[str, str],
+    confinement: Callable[[], Confinement | None],
+) -> dict[str, Any] | None:
     """A fresh latency measurement of the model in ``out`` (relative to the workspace), written beside it as
     ``latency_remeasure_<attempt>.json``; None when it fails (the judge goes on with the sessions it has)."""
     result = out / f"latency_remeasure_{attempt}.json"
     try:
-        outcome = run_limited(remeasure_command(out, result, device), ws.root, ws.root / out / "latency_remeasure.log",
-                              timeout_s=TIMEOUT_S, memory_mb=memory_mb, env=env, confinement=confinement())
+        outcome = run_limited(
+            remeasure_command(out, result, device),
+            ws.root,
+            ws.root / out / "latency_remeasure.log",
+            timeout_s=TIMEOUT_S,
+            memory_mb=memory_mb,
+            env=env,
+            confinement=confinement(),
+        )
         fresh = read_json_object(ws.root / result) if outcome.ok else None
     except (ConfinementUnavailable, UserError, UnsafeFile):
         return None
-    PROGRESS.print(f"     [dim]latency re-measured ({attempt}): "
-                   f"{(fresh or {}).get('latency_ms_p50', float('nan')):.3f} ms/token p50[/]")
+    PROGRESS.print(
+        f"     [dim]latency re-measured ({attempt}): "
+        f"{(fresh or {}).get('latency_ms_p50', float('nan')):.3f} ms/token p50[/]"
+    )
     return fresh

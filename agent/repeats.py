@@ -22,10 +22,14 @@ def scheduled_repeat(history: list[HistoryEntry]) -> AnyPlan | None:
         return None
     last = history[-1]
     if last.decision == "close":
-        return _next_seed(last, history, f"re-run of {last.id} with another seed: its gain was within the measured noise")
+        return _next_seed(
+            last, history, f"re-run of {last.id} with another seed: its gain was within the measured noise"
+        )
     first_kept = next((h for h in history if h.plan.is_model and h.decision == "keep"), None)
     if first_kept is not None and len(_group(first_kept, history)) == 1:
-        return _next_seed(first_kept, history, f"repeat of {first_kept.id} with another seed to measure run-to-run noise")
+        return _next_seed(
+            first_kept, history, f"repeat of {first_kept.id} with another seed to measure run-to-run noise"
+        )
     return None
 
 
@@ -36,4 +40,4 @@ def _group(entry: HistoryEntry, history: list[HistoryEntry]) -> list[HistoryEntr
 
 def _next_seed(entry: HistoryEntry, history: list[HistoryEntry], rationale: str) -> AnyPlan:
     seed = max(int(getattr(h.plan.config, "seed", 0)) for h in _group(entry, history)) + 1
-    return entry.plan.with_seed(seed, f"{rationale} (seed {seed})")  # type: ignore[return-value]
+    return entry.plan.with_seed(seed, f"{rationale} (seed {seed})")

@@ -39,8 +39,11 @@ def heldout_bpb(settings: RunSettings, best: Path) -> float | None:
 
 
 def _plot(history: list[HistoryEntry], incumbent_id: str | None, path: Path) -> bool:
-    pts = [(h.metrics.get("size_bytes_int8"), h.val_bpb, h.decision, h.id) for h in history
-           if h.plan.is_model and h.val_bpb is not None and h.metrics.get("size_bytes_int8")]
+    pts: list[tuple[float, float, str, str]] = []  # (int8 size, bpb, decision, id) of each measured model
+    for h in history:
+        size = h.metrics.get("size_bytes_int8")
+        if h.plan.is_model and h.val_bpb is not None and size:
+            pts.append((size, h.val_bpb, h.decision, h.id))
     if not pts:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -48,9 +51,10 @@ def _plot(history: list[HistoryEntry], incumbent_id: str | None, path: Path) -> 
     for decision, colour in colours.items():
         sel = [(x, y) for x, y, d, _ in pts if d == decision]
         if sel:
-            ax.scatter(*zip(*sel), c=colour, label=decision, s=28)
+            ax.scatter([x for x, _ in sel], [y for _, y in sel], c=colour, label=decision, s=28)
     front = sorted((pts[i][0], pts[i][1]) for i in pareto_front([(x, y) for x, y, _, _ in pts]))
-    ax.step(*zip(*front), where="post", color="#d62728", alpha=0.5, lw=1, label="Pareto front (size, bpb)")
+    front_x, front_y = [x for x, _ in front], [y for _, y in front]
+    ax.step(front_x, front_y, where="post", color="#d62728", alpha=0.5, lw=1, label="Pareto front (size, bpb)")
     for x, y, _, i in pts:
         ax.annotate(i, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if i == incumbent_id:
@@ -77,51 +81,92 @@ def write_report(settings: RunSettings, ledger: CostLedger, llms: str, state: Ag
     has_plot = _plot(history, incumbent.id if incumbent else None, out / "report.png")
     kept = [h for h in history if h.decision == "keep"]
     first = next((h for h in history if h.val_bpb is not None and h.plan.is_model), None)
-    lines = [f"# AutoNAS run {settings.run_id}", "", f"Goal: {settings.goal}", "",
-             f"Stopped: {state.get('stop_reason', 'finished')}. {len(history)} experiments, {len(kept)} kept, "
-             f"{state.get('elapsed_s', 0):.0f}s elapsed ({state.get('worker_s', 0):.0f}s in workers, "
-             f"{state.get('agent_s', 0):.1f}s agent overhead).", "", _llm_line(llms, ledger), ""]
+    lines = [
+        f"# AutoNAS run {settings.run_id}",
+        "",
+        f"Goal: {settings.goal}",
+        "",
+        f"Stopped: {state.get('stop_reason', 'finished')}. {len(history)} experiments, {len(kept)} kept, "
+        f"{state.get('elapsed_s', 0):.0f}s elapsed ({state.get('worker_s', 0):.0f}s in workers, "
+        f"{state.get('agent_s', 0):.1f}s agent overhead).",
+        "",
+        _llm_line(llms, ledger),
+        "",
+    ]
     if incumbent:
         assert incumbent.val_bpb is not None  # a kept model always has its score
         m = incumbent.metrics
-        lines += ["## Best model", "",
-                  f"- experiment {incumbent.id} (commit {incumbent.commit[:10]}): val bpb {incumbent.val_bpb:.4f}"
-                  + (f" on {m['eval_bytes']:,} validation bytes" if isinstance(m.get("eval_bytes"), int) else "")
-                  + (f", first experiment {first.val_bpb:.4f}" if first and first.val_bpb is not None else ""),
-                  f"- held-out bpb (locked split, read only here): {held:.4f}" if held is not None else "- held-out bpb: not available",
-                  f"- int8 size {m.get('size_bytes_int8', 0) / 1e6:.3f} MB, {m.get('params', 0):,} parameters, "
-                  f"decode {m.get('latency_ms_p50', float('nan')):.2f} ms/token p50",
-                  f"- files: `{best}`", ""]
-    lines += ["## Experiments", "", "| id | kind | decision | val bpb | noise bpb | int8 MB | ms/token | rationale | judge |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Best model",
+            "",
+            f"- experiment {incumbent.id} (commit {incumbent.commit[:10]}): val bpb {incumbent.val_bpb:.4f}"
+            + (f" on {m['eval_bytes']:,} validation bytes" if isinstance(m.get("eval_bytes"), int) else "")
+            + (f", first experiment {first.val_bpb:.4f}" if first and first.val_bpb is not None else ""),
+            f"- held-out bpb (locked split, read only here): {held:.4f}"
+            if held is not None
+            else "- held-out bpb: not available",
+            f"- int8 size {m.get('size_bytes_int8', 0) / 1e6:.3f} MB, {m.get('params', 0):,} parameters, "
+            f"decode {m.get('latency_ms_p50', float('nan')):.2f} ms/token p50",
+            f"- files: `{best}`",
+            "",
+        ]
+    lines += [
+        "## Experiments",
+        "",
+        "| id | kind | decision | val bpb | noise bpb | int8 MB | ms/token | rationale | judge |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for h in history:
         m = h.metrics
         bpb = f"{h.val_bpb:.4f}" if h.val_bpb is not None else "-"
         size = f"{m['size_bytes_int8'] / 1e6:.3f}" if isinstance(m.get("size_bytes_int8"), (int, float)) else "-"
         lat = f"{m['latency_ms_p50']:.2f}" if isinstance(m.get("latency_ms_p50"), (int, float)) else "-"
-        noise = f"{h.noise_bpb:.4f}" + (" (floor)" if h.noise_source == "floor" else "")  # the margin it was judged against
-        lines.append(f"| {h.id} | {h.plan.kind} | {h.decision} | {bpb} | {noise} | {size} | {lat} | "
-                     f"{h.plan.rationale.replace('|', '/')} | {h.reason.replace('|', '/')} |")
+        noise = f"{h.noise_bpb:.4f}" + (
+            " (floor)" if h.noise_source == "floor" else ""
+        )  # the margin it was judged against
+        lines.append(
+            f"| {h.id} | {h.plan.kind} | {h.decision} | {bpb} | {noise} | {size} | {lat} | "
+            f"{h.plan.rationale.replace('|', '/')} | {h.reason.replace('|', '/')} |"
+        )
     if has_plot:
         lines += ["", "![val bpb against int8 size, with the Pareto front of the trained experiments](report.png)"]
     search_plot = _latest_search_plot(history, out)
     if search_plot:
-        lines += ["", f"Pareto front of the latest architecture search (short training): ![search front]({search_plot.name})"]
-    lines += ["", "Discarded experiments keep their full diff under `refs/autonas/discarded/<id>` in the workspace; "
-              "`results.tsv` and `journal.md` there list everything that was tried."]
+        lines += [
+            "",
+            f"Pareto front of the latest architecture search (short training): ![search front]({search_plot.name})",
+        ]
+    lines += [
+        "",
+        "Discarded experiments keep their full diff under `refs/autonas/discarded/<id>` in the workspace; "
+        "`results.tsv` and `journal.md` there list everything that was tried.",
+    ]
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(_html(md, settings.run_id))
-    (out / "summary.json").write_text(json.dumps({"experiments": len(history), "kept": len(kept),
-                                                  "best_val_bpb": incumbent.val_bpb if incumbent else None,
-                                                  "first_val_bpb": first.val_bpb if first else None, "heldout_bpb": held,
-                                                  "elapsed_s": state.get("elapsed_s"), "agent_s": state.get("agent_s"),
-                                                  "worker_s": state.get("worker_s"), "best_dir": str(best) if best else None,
-                                                  "llm_calls": len(ledger.records), "llm_input_tokens": ledger.tokens[0],
-                                                  "llm_output_tokens": ledger.tokens[1], "llm_cost_usd": ledger.total_usd,
-                                                  "planned_by": {src: sum(h.planner == src for h in history)
-                                                                 for src in sorted({h.planner for h in history})}},
-                                                 indent=2))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "experiments": len(history),
+                "kept": len(kept),
+                "best_val_bpb": incumbent.val_bpb if incumbent else None,
+                "first_val_bpb": first.val_bpb if first else None,
+                "heldout_bpb": held,
+                "elapsed_s": state.get("elapsed_s"),
+                "agent_s": state.get("agent_s"),
+                "worker_s": state.get("worker_s"),
+                "best_dir": str(best) if best else None,
+                "llm_calls": len(ledger.records),
+                "llm_input_tokens": ledger.tokens[0],
+                "llm_output_tokens": ledger.tokens[1],
+                "llm_cost_usd": ledger.total_usd,
+                "planned_by": {
+                    src: sum(h.planner == src for h in history) for src in sorted({h.planner for h in history})
+                },
+            },
+            indent=2,
+        )
+    )
     return out / "report.md"
 
 
@@ -145,8 +190,10 @@ def _llm_line(llms: str, ledger: CostLedger) -> str:
         return llms + ". No LLM calls."
     failed = sum(not r.ok for r in ledger.records)
     tin, tout = ledger.tokens
-    return (f"{llms}. {len(ledger.records)} LLM calls ({failed} without a usable answer), "
-            f"{tin:,} input and {tout:,} output tokens, ${ledger.total_usd:.4f} (per call: `llm_calls.jsonl`).")
+    return (
+        f"{llms}. {len(ledger.records)} LLM calls ({failed} without a usable answer), "
+        f"{tin:,} input and {tout:,} output tokens, ${ledger.total_usd:.4f} (per call: `llm_calls.jsonl`)."
+    )
 
 
 def _html(md: str, title: str) -> str:
@@ -182,5 +229,9 @@ def _html(md: str, title: str) -> str:
             body.append(f"<p>{html.escape(line)}</p>")
     if in_table:
         body.append("</table>")
-    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+    )
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"

@@ -5,8 +5,9 @@ worker command the run node stored beside the result (``command.json``: the inte
 the code hash and the corpus fingerprint in its trailers, and the measured noise. The tree is exported with
 ``git archive`` into a fresh folder (the workspace is never touched, so a run can be reproduced while it goes on),
 its model code is checked against the recorded hash, and the command runs again, confined like the original when it
-runs edited code, into ``RUN/reproduce/<experiment>-<n>``; the re-made model is scored by the harness as the run's was. Token budgets make the re-made number independent of the
-machine's load; the comparison uses the run's noise margin (2 standard deviations, the floor when unmeasured).
+runs edited code, into ``RUN/reproduce/<experiment>-<n>``; the re-made model is scored by the harness as the run's
+was. Token budgets make the re-made number independent of the machine's load; the comparison uses the run's noise
+margin (2 standard deviations, the floor when unmeasured).
 """
 
 from __future__ import annotations
@@ -49,17 +50,23 @@ class WorkerCommand:
         (folder / COMMAND_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: Path) -> "WorkerCommand":
+    def load(cls, folder: Path) -> WorkerCommand:
         try:
             raw = read_json_object(folder / COMMAND_FILE)
         except UnsafeFile as err:
             raise UserError(str(err)) from None
         if raw is None:
-            raise UserError(f"{folder / COMMAND_FILE} is missing: the experiment was run by an older version, which did not "
-                            "store its command")
+            raise UserError(
+                f"{folder / COMMAND_FILE} is missing: the experiment was run by an older version, which did not "
+                "store its command"
+            )
         try:
-            return cls(python_args=[str(a) for a in raw["python_args"]], out=str(raw["out"]), timeout_s=float(raw["timeout_s"]),
-                       model_code=bool(raw["model_code"]))
+            return cls(
+                python_args=[str(a) for a in raw["python_args"]],
+                out=str(raw["out"]),
+                timeout_s=float(raw["timeout_s"]),
+                model_code=bool(raw["model_code"]),
+            )
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{folder / COMMAND_FILE} is corrupt") from None
 
@@ -135,8 +142,10 @@ def check_code(tree: Path, recorded: str | None) -> None:
         return
     actual = hash_files(model_files(tree if (tree / "nas").is_dir() else None))
     if actual != recorded:
-        raise UserError(f"the model code at this commit (hash {actual[:12]}) does not match the recorded code hash "
-                        f"{recorded[:12]}: the workspace or the installed package changed since the run")
+        raise UserError(
+            f"the model code at this commit (hash {actual[:12]}) does not match the recorded code hash "
+            f"{recorded[:12]}: the workspace or the installed package changed since the run"
+        )
 
 
 def reproduce(settings: RunSettings, ws: Workspace, ref: str) -> Reproduction:
@@ -144,8 +153,10 @@ def reproduce(settings: RunSettings, ws: Workspace, ref: str) -> Reproduction:
     exp = find_experiment(ws, ref)
     exp_id = exp.trailers.get("experiment", exp.sha[:10])
     if exp.trailers.get("kind") not in MODEL_KINDS or "val-bpb" not in exp.trailers:
-        raise UserError(f"{exp_id} is a {exp.trailers.get('kind', 'set-up')} experiment: only train and distill results "
-                        "carry a val bpb to re-make")
+        raise UserError(
+            f"{exp_id} is a {exp.trailers.get('kind', 'set-up')} experiment: only train and distill results "
+            "carry a val bpb to re-make"
+        )
     command = WorkerCommand.load(ws.root / "runs" / exp_id)
     out_root = (settings.run_dir / "reproduce").absolute()
     n = 1
@@ -166,8 +177,15 @@ def reproduce(settings: RunSettings, ws: Workspace, ref: str) -> Reproduction:
         env[MODEL_CODE_ENV] = str(tree)
         prepare_shared_cache(settings)
         confinement = model_confinement(settings, writable=out, readable=(tree,))
-    outcome = run_limited([sys.executable, *args], tree, work / "worker.log", timeout_s=command.timeout_s,
-                          memory_mb=settings.memory_mb, env=env, confinement=confinement)
+    outcome = run_limited(
+        [sys.executable, *args],
+        tree,
+        work / "worker.log",
+        timeout_s=command.timeout_s,
+        memory_mb=settings.memory_mb,
+        env=env,
+        confinement=confinement,
+    )
     try:
         metrics = read_json_object(out / "metrics.json") or {}
     except UnsafeFile as err:
@@ -184,12 +202,25 @@ def reproduce(settings: RunSettings, ws: Workspace, ref: str) -> Reproduction:
     noise = float(noise_text) if noise_text else MIN_NOISE
     measured = exp.trailers.get("noise-source", "measured" if noise_text else "floor") == "measured"
     margin = MARGIN_SIGMAS * max(noise, MIN_NOISE)
-    reason = "" if remade is not None else str(metrics.get("fail_reason") or
-                                               ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}"))
-    result = Reproduction(experiment=exp_id, commit=exp.sha, command=command.display(), recorded_bpb=recorded,
-                          remade_bpb=float(remade) if remade is not None else None, noise_bpb=noise,
-                          noise_measured=measured, margin_bpb=margin,
-                          inside=remade is not None and abs(float(remade) - recorded) <= margin, out_dir=str(work),
-                          fail_reason=reason)
+    reason = (
+        ""
+        if remade is not None
+        else str(
+            metrics.get("fail_reason") or ("timed out" if outcome.timed_out else f"exit code {outcome.returncode}")
+        )
+    )
+    result = Reproduction(
+        experiment=exp_id,
+        commit=exp.sha,
+        command=command.display(),
+        recorded_bpb=recorded,
+        remade_bpb=float(remade) if remade is not None else None,
+        noise_bpb=noise,
+        noise_measured=measured,
+        margin_bpb=margin,
+        inside=remade is not None and abs(float(remade) - recorded) <= margin,
+        out_dir=str(work),
+        fail_reason=reason,
+    )
     (work / "reproduce.json").write_text(json.dumps({**asdict(result), "delta_bpb": result.delta}, indent=2) + "\n")
     return result

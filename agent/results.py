@@ -9,25 +9,51 @@ from pathlib import Path
 from typing import Any
 
 from agent.judge import Verdict
-from agent.plans import AnyPlan
+from agent.plans import AnyPlan, DistillPlan, TrainPlan
 from agent.state import HistoryEntry
 from harness.model_code import read_code_record
 
-RESULT_COLUMNS = ["experiment", "commit", "kind", "decision", "val_bpb", "size_bytes_int8", "latency_ms_p50", "params",
-                  "delta_bpb", "noise_bpb", "seed", "arch", "rationale", "reason", "planner", "noise_source"]
+RESULT_COLUMNS = [
+    "experiment",
+    "commit",
+    "kind",
+    "decision",
+    "val_bpb",
+    "size_bytes_int8",
+    "latency_ms_p50",
+    "params",
+    "delta_bpb",
+    "noise_bpb",
+    "seed",
+    "arch",
+    "rationale",
+    "reason",
+    "planner",
+    "noise_source",
+]
 #: metrics.json key -> commit trailer of a kept experiment
-METRIC_TRAILERS = (("val_bpb", "val-bpb"), ("size_bytes_int8", "size-int8-bytes"), ("latency_ms_p50", "latency-ms-p50"),
-                   ("latency_ms_spread", "latency-ms-spread"), ("params", "params"), ("humaneval_pass_at_1", "humaneval-pass-at-1"),
-                   ("size_bytes_on_disk_int8", "size-on-disk-int8-bytes"), ("val_bpb_change_pct", "bpb-change-pct"))
+METRIC_TRAILERS = (
+    ("val_bpb", "val-bpb"),
+    ("size_bytes_int8", "size-int8-bytes"),
+    ("latency_ms_p50", "latency-ms-p50"),
+    ("latency_ms_spread", "latency-ms-spread"),
+    ("params", "params"),
+    ("humaneval_pass_at_1", "humaneval-pass-at-1"),
+    ("size_bytes_on_disk_int8", "size-on-disk-int8-bytes"),
+    ("val_bpb_change_pct", "bpb-change-pct"),
+)
 
 
 def metric_trailers(metrics: dict[str, Any]) -> dict[str, Any]:
     return {name: metrics[key] for key, name in METRIC_TRAILERS if key in metrics}
 
 
-def provenance_trailers(plan: AnyPlan, run_dir: str | None, metrics: dict[str, Any], corpus_fingerprint: str) -> dict[str, Any]:
+def provenance_trailers(
+    plan: AnyPlan, run_dir: str | None, metrics: dict[str, Any], corpus_fingerprint: str
+) -> dict[str, Any]:
     """The trailers that let ``autonas reproduce`` re-make a kept model: seed, tokens trained, code hash, corpus."""
-    out: dict[str, Any] = {"seed": plan.config.seed}  # type: ignore[union-attr]  # a model plan: train or distill
+    assert isinstance(plan, (TrainPlan, DistillPlan)), plan.kind  # only a model plan is committed with provenance
+    out: dict[str, Any] = {"seed": plan.config.seed}
     if isinstance(metrics.get("tokens_trained"), int):
         out["tokens"] = metrics["tokens_trained"]
     record = read_code_record(Path(run_dir)) if run_dir else None
@@ -45,11 +71,24 @@ def append_result(path: Path, entry: HistoryEntry, verdict: Verdict) -> None:
                 return
     m, plan = entry.metrics, entry.plan
     arch = getattr(plan.config, "arch", None)
-    row = {"experiment": entry.id, "commit": entry.commit[:10], "kind": plan.kind, "decision": entry.decision,
-           "val_bpb": m.get("val_bpb", ""), "size_bytes_int8": m.get("size_bytes_int8", ""), "latency_ms_p50": m.get("latency_ms_p50", ""),
-           "params": m.get("params", ""), "delta_bpb": verdict.delta, "noise_bpb": entry.noise_bpb, "noise_source": entry.noise_source,
-           "seed": getattr(plan.config, "seed", ""), "rationale": plan.rationale, "reason": entry.reason,
-           "arch": arch.describe() if arch else "", "planner": entry.planner}
+    row = {
+        "experiment": entry.id,
+        "commit": entry.commit[:10],
+        "kind": plan.kind,
+        "decision": entry.decision,
+        "val_bpb": m.get("val_bpb", ""),
+        "size_bytes_int8": m.get("size_bytes_int8", ""),
+        "latency_ms_p50": m.get("latency_ms_p50", ""),
+        "params": m.get("params", ""),
+        "delta_bpb": verdict.delta,
+        "noise_bpb": entry.noise_bpb,
+        "noise_source": entry.noise_source,
+        "seed": getattr(plan.config, "seed", ""),
+        "rationale": plan.rationale,
+        "reason": entry.reason,
+        "arch": arch.describe() if arch else "",
+        "planner": entry.planner,
+    }
     new = not path.exists()
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, delimiter="\t")

@@ -41,6 +41,8 @@ def search_continuation(out: Path, plan: SearchPlan) -> list[str]:
         aside = out.with_name(f"{out.name}.stale-{n}")
         out.rename(aside)
         out.mkdir()
-        PROGRESS.print(f"     [dim]{out.name}: the folder held a study this plan cannot continue; moved to {aside.name}[/]")
+        PROGRESS.print(
+            f"     [dim]{out.name}: the folder held a study this plan cannot continue; moved to {aside.name}[/]"
+        )
     stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
     return []

@@ -67,16 +67,23 @@ class AgentState(TypedDict, total=False):
 
 #: the classes the checkpointer may rebuild, ``(module, name)`` as langgraph's ``allowed_msgpack_modules`` wants them:
 #: the models the state holds at its top level (nested ones, a plan's config, are stored in their parent's dump)
-CHECKPOINT_TYPES: tuple[tuple[str, str], ...] = tuple((cls.__module__, cls.__name__) for cls in (*PLAN_CLASSES, Verdict, HistoryEntry))
+_CHECKPOINT_CLASSES: tuple[type, ...] = (*PLAN_CLASSES, Verdict, HistoryEntry)
+CHECKPOINT_TYPES: tuple[tuple[str, str], ...] = tuple((cls.__module__, cls.__name__) for cls in _CHECKPOINT_CLASSES)
 
 
 def refuse_old_state(state: AgentState, run_id: str) -> None:
     """A checkpoint from an earlier version (dicts where the models are) cannot be resumed: say so in one line."""
-    old = (isinstance(state.get("plan"), dict) or isinstance(state.get("verdict"), dict)
-           or isinstance(state.get("incumbent"), dict) or any(not isinstance(h, HistoryEntry) for h in state.get("history", [])))
+    old = (
+        isinstance(state.get("plan"), dict)
+        or isinstance(state.get("verdict"), dict)
+        or isinstance(state.get("incumbent"), dict)
+        or any(not isinstance(h, HistoryEntry) for h in state.get("history", []))
+    )
     if old:
-        raise UserError(f"run {run_id} was checkpointed by an older version of autonas, whose state this one cannot "
-                        "resume: start a new run (its workspace, results.tsv and commits stay as they are)")
+        raise UserError(
+            f"run {run_id} was checkpointed by an older version of autonas, whose state this one cannot "
+            "resume: start a new run (its workspace, results.tsv and commits stay as they are)"
+        )
 
 
 def model_runs(history: list[HistoryEntry]) -> dict[str, str]:

@@ -80,7 +80,9 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             tensors = load_file(str(ckpt / "optimizer.safetensors"), device="cpu")  # load_state_dict places them
             opt.load_state_dict(_optimizer_state(tensors, state["optimizer"]))
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
-        raise UserError(f"checkpoint {ckpt} is corrupted ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                        "delete it to start over") from None
+        raise UserError(
+            f"checkpoint {ckpt} is corrupted ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "delete it to start over"
+        ) from None
     state.pop("optimizer", None)
     return state

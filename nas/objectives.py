@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.counting import count_params, size_bytes
 from harness.errors import UserError
+from nas.counting import count_params, size_bytes
 from nas.space import ArchConfig
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Point = Sequence[float]
 
 
 def dominates(a: Point, b: Point) -> bool:
-    """a is no worse than b everywhere and better somewhere (all objectives minimised)."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    """a is no worse than b everywhere and better somewhere (all objectives minimised).
+
+    Both points score the same objectives, so a length mismatch is a caller's bug and raises.
+    """
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 def non_dominated_sort(points: Sequence[Point]) -> list[list[int]]:
     """Indices of ``points`` grouped into fronts: front 0 is the Pareto set (Deb et al.'s fast sort)."""
     n = len(points)
-    dominated_by = [[] for _ in range(n)]
+    dominated_by: list[list[int]] = [[] for _ in range(n)]
     count = [0] * n
     fronts: list[list[int]] = [[]]
     for i in range(n):
@@ -28,7 +31,7 @@ def non_dominated_sort(points: Sequence[Point]) -> list[list[int]]:
             fronts[0].append(i)
     k = 0
     while fronts[k]:
-        nxt = []
+        nxt: list[int] = []
         for i in fronts[k]:
             for j in dominated_by[i]:
                 count[j] -= 1
@@ -54,7 +57,8 @@ def crowding_distance(points: Sequence[Point], front: Sequence[int]) -> dict[int
         dist[ordered[0]] = dist[ordered[-1]] = float("inf")
         if hi == lo:
             continue
-        for a, b, c in zip(ordered, ordered[1:], ordered[2:]):
+        # neighbour triples: the shifted copies are shorter by design, so zip stops at the shortest
+        for a, b, c in zip(ordered, ordered[1:], ordered[2:], strict=False):
             dist[b] += (points[c][m] - points[a][m]) / (hi - lo)
     return dist
 
@@ -74,7 +78,7 @@ def hypervolume(points: Sequence[Point], reference: Point) -> float:
     Points not strictly better than the reference in every objective add nothing. Exponential in the
     number of objectives but exact; fine for the 2-4 objectives and hundreds of points used here.
     """
-    pts = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference))]
+    pts = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))]
     if not pts:
         return 0.0
     d = len(reference)

@@ -70,13 +70,17 @@ class Search:
                 parse_budget(b)
         if cfg.trials is None and cfg.budget is None:
             raise UserError("give --trials or --budget (or both) so the search knows when to stop")
+        if cfg.budget is not None and parse_budget(cfg.budget).seconds is None:
+            raise UserError(f"--budget {cfg.budget} is a token count: a search's --budget is wall-clock time, e.g. 1h")
         if cfg.screen_proxy not in PROXY_NAMES:
             raise UserError(f"unknown screening proxy {cfg.screen_proxy!r}: choose from {', '.join(PROXY_NAMES)}")
         smallest = self.space.smallest()
         too_big = [k for k, v in cfg.limits.size_violations(smallest).items() if v > 0]
         if too_big:
-            raise UserError(f"no architecture in the search space fits the limits: even the smallest ({smallest.describe()}) "
-                            f"exceeds {', '.join(too_big)}")
+            raise UserError(
+                f"no architecture in the search space fits the limits: even the smallest ({smallest.describe()}) "
+                f"exceeds {', '.join(too_big)}"
+            )
         self.executor = executor  # None: run makes one from the config; either way run shuts it down at the end
 
     def _connect(self) -> Executor:
@@ -102,16 +106,33 @@ class Search:
             executor.shutdown()
             raise
         clock = SearchClock(self.cfg, self.out, studies.elapsed_before, started)
-        run = _SearchRun(self.cfg, self.objectives, studies, screener, TrialRunner(self.cfg, self.out, executor, clock),
-                         SearchResults(self.cfg, self.out, self.objectives, studies), view, clock)
+        run = _SearchRun(
+            self.cfg,
+            self.objectives,
+            studies,
+            screener,
+            TrialRunner(self.cfg, self.out, executor, clock),
+            SearchResults(self.cfg, self.out, self.objectives, studies),
+            view,
+            clock,
+        )
         return run.run(eos_id=corpus.tokenizer.eos_id)
 
 
 class _SearchRun:
     """One run of a search over opened studies and a connected executor: stage 1, promotion, stage 2, outputs."""
 
-    def __init__(self, cfg: SearchConfig, objectives: list[Objective], studies: SearchStudies, screener: Screener,
-                 runner: TrialRunner, results: SearchResults, view: LiveView, clock: SearchClock):
+    def __init__(
+        self,
+        cfg: SearchConfig,
+        objectives: list[Objective],
+        studies: SearchStudies,
+        screener: Screener,
+        runner: TrialRunner,
+        results: SearchResults,
+        view: LiveView,
+        clock: SearchClock,
+    ):
         self.cfg, self.objectives, self.studies, self.screener = cfg, objectives, studies, screener
         self.runner, self.results, self.view, self.clock = runner, results, view, clock
         self.ready: deque[Candidate] = deque()  # screened stage-1 candidates waiting for a worker
@@ -122,8 +143,12 @@ class _SearchRun:
         try:
             self._resubmit_interrupted()
             self.view.start(self._status)
-            while self.runner.pending or self.runner.running or self._stage1_open() or \
-                    (self.ready and self._stage1_open_for_submit()):
+            while (
+                self.runner.pending
+                or self.runner.running
+                or self._stage1_open()
+                or (self.ready and self._stage1_open_for_submit())
+            ):
                 self.runner.fill(1, self._next_stage1)
                 if not self.runner.running:
                     break
@@ -155,8 +180,11 @@ class _SearchRun:
 
     def _stage1_trained(self) -> int:
         """Stage-1 trials that went to a worker and came back (whatever the outcome)."""
-        return sum(1 for t in self.studies.trials(1, TrialState.COMPLETE, TrialState.FAIL)
-                   if t.user_attrs.get("status") in TRAINED_STATUSES)
+        return sum(
+            1
+            for t in self.studies.trials(1, TrialState.COMPLETE, TrialState.FAIL)
+            if t.user_attrs.get("status") in TRAINED_STATUSES
+        )
 
     def _stage1_open(self) -> bool:
         """May more candidates be asked for (the queue counts as planned work)?"""
@@ -167,7 +195,9 @@ class _SearchRun:
     def _stage1_open_for_submit(self) -> bool:
         """May a queued candidate start training?"""
         limit = self.cfg.trials
-        return self.clock.stage1_time_left() and (limit is None or self._stage1_trained() + len(self.runner.running) < limit)
+        return self.clock.stage1_time_left() and (
+            limit is None or self._stage1_trained() + len(self.runner.running) < limit
+        )
 
     def _next_stage1(self) -> tuple[int, ArchConfig] | None:
         """The next screened candidate to train, screening new batches while the queue is empty and stage 1 is open."""
@@ -176,8 +206,10 @@ class _SearchRun:
             self.ready.extend(self.screener.screen_batch())
             batches += 1
             if batches > MAX_EMPTY_BATCHES:
-                raise UserError(f"the limits reject almost every sampled architecture ({MAX_EMPTY_BATCHES} batches in a row): "
-                                "loosen them")
+                raise UserError(
+                    f"the limits reject almost every sampled architecture ({MAX_EMPTY_BATCHES} batches in a row): "
+                    "loosen them"
+                )
         if not self.ready or not self._stage1_open_for_submit():
             return None
         cand = self.ready.popleft()
@@ -189,8 +221,11 @@ class _SearchRun:
             for t in self.studies.interrupted(stage):
                 arch_attr = t.user_attrs.get("arch")
                 if arch_attr is None:
-                    self.studies.tell(stage, t.number, Outcome(TrialState.FAIL, "lost",
-                                                               "the search was killed while it was being sampled"))
+                    self.studies.tell(
+                        stage,
+                        t.number,
+                        Outcome(TrialState.FAIL, "lost", "the search was killed while it was being sampled"),
+                    )
                     continue
                 arch = ArchConfig(**arch_attr)
                 if stage == 1 and not trial_folder(self.results.out, 1, t.number).exists():
@@ -202,7 +237,9 @@ class _SearchRun:
         """Candidates still queued when stage 1 ends are closed as not run (a resume must not start them)."""
         while self.ready:
             cand = self.ready.popleft()
-            self.studies.tell(1, cand.number, Outcome(TrialState.PRUNED, "not_run", "stage 1 ended before it was trained"))
+            self.studies.tell(
+                1, cand.number, Outcome(TrialState.PRUNED, "not_run", "stage 1 ended before it was trained")
+            )
 
     # ------------------------------------------------------------------------------------------- results, stage 2
 
@@ -217,7 +254,7 @@ class _SearchRun:
         if measured:
             values = [float(result.metrics[o.metric]) for o in self.objectives]
             outcome = Outcome(TrialState.COMPLETE, result.status, result.reason, values, result.metrics, result.run_s)
-            desc = " ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, values))
+            desc = " ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, values, strict=True))
             self.view.note(f"stage {result.stage} #{result.number}: {desc}")
         else:
             outcome = Outcome(TrialState.FAIL, result.status, result.reason, None, result.metrics, result.run_s)

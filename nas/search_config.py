@@ -32,8 +32,11 @@ class SearchConfig(BaseModel):
     limits: SearchLimits = SearchLimits()
     trials: int | None = Field(None, ge=1, description="stage-1 trainings to run (None: until the budget)")
     budget: str | None = Field(None, description="wall-clock budget of the whole search, e.g. 1h")
-    cap_trials: bool = Field(False, description="trials stop at the end of --budget (a capped trial is a partial result), "
-                                                "so the search ends by it; otherwise a running trial finishes")
+    cap_trials: bool = Field(
+        False,
+        description="trials stop at the end of --budget (a capped trial is a partial result), "
+        "so the search ends by it; otherwise a running trial finishes",
+    )
     stage1_budget: str = "30s"
     stage2_budget: str | None = "120s"
     eta: int = Field(3, ge=2, description="promote the best 1/eta of stage 1")

@@ -34,5 +34,9 @@ def export_front(out: Path, members: Sequence[tuple[ArchConfig, Path]], export_h
             model = CodeLM(arch)
             load_model(model, str(weights))
             tok = folder / "tokenizer.json"
-            export_hf(model, best / f"{i:02d}-{arch.short_hash()}-hf", tokenizer_json=tok if tok.is_file() else None,
-                      eos_id=eos_id)
+            export_hf(
+                model,
+                best / f"{i:02d}-{arch.short_hash()}-hf",
+                tokenizer_json=tok if tok.is_file() else None,
+                eos_id=eos_id,
+            )

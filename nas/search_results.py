@@ -51,9 +51,17 @@ class FrontMember:
     folder: Path
 
     def to_json(self) -> dict[str, Any]:
-        return {"stage": self.stage, "trial": self.trial, "arch_hash": self.arch.short_hash(), "arch": self.arch.model_dump(),
-                "describe": self.arch.describe(), "objectives": self.objectives, "metrics": self.metrics,
-                "latency_remeasured": self.latency_remeasured, "folder": str(self.folder)}
+        return {
+            "stage": self.stage,
+            "trial": self.trial,
+            "arch_hash": self.arch.short_hash(),
+            "arch": self.arch.model_dump(),
+            "describe": self.arch.describe(),
+            "objectives": self.objectives,
+            "metrics": self.metrics,
+            "latency_remeasured": self.latency_remeasured,
+            "folder": str(self.folder),
+        }
 
 
 class SearchResults:
@@ -70,12 +78,18 @@ class SearchResults:
                 arch = t.user_attrs.get("arch")
                 row: dict[str, Any] = dict(t.user_attrs.get("metrics") or {})
                 row.update({f"proxy_{k}": v for k, v in (t.user_attrs.get("proxies") or {}).items()})
-                row.update({
-                    "stage": stage, "trial": t.number, "state": t.state.name.lower(),
-                    "status": t.user_attrs.get("status", "running" if t.state == TrialState.RUNNING else ""),
-                    "reason": t.user_attrs.get("reason", ""), "arch_hash": t.user_attrs.get("arch_hash", ""),
-                    "arch": ArchConfig(**arch).describe() if arch else "", "parent": t.user_attrs.get("parent", ""),
-                })
+                row.update(
+                    {
+                        "stage": stage,
+                        "trial": t.number,
+                        "state": t.state.name.lower(),
+                        "status": t.user_attrs.get("status", "running" if t.state == TrialState.RUNNING else ""),
+                        "reason": t.user_attrs.get("reason", ""),
+                        "arch_hash": t.user_attrs.get("arch_hash", ""),
+                        "arch": ArchConfig(**arch).describe() if arch else "",
+                        "parent": t.user_attrs.get("parent", ""),
+                    }
+                )
                 rows.append(row)
         return rows
 
@@ -112,18 +126,29 @@ class SearchResults:
         for t in sorted(self.front(stage), key=lambda t: t.values[0]):
             arch = ArchConfig(**t.user_attrs["arch"])
             lat = measure_latency(build_model(arch, seed=0), warmup=3, repeats=10)
-            members.append(FrontMember(stage=stage, trial=t.number, arch=arch,
-                                       objectives={o.name: v for o, v in zip(self.objectives, t.values)},
-                                       metrics=t.user_attrs.get("metrics", {}), latency_remeasured=lat.as_metrics(),
-                                       folder=trial_folder(self.out, stage, t.number)))
+            members.append(
+                FrontMember(
+                    stage=stage,
+                    trial=t.number,
+                    arch=arch,
+                    objectives={o.name: v for o, v in zip(self.objectives, t.values, strict=True)},
+                    metrics=t.user_attrs.get("metrics", {}),
+                    latency_remeasured=lat.as_metrics(),
+                    folder=trial_folder(self.out, stage, t.number),
+                )
+            )
         return stage, members
 
     def write_final(self, stage: int, members: list[FrontMember], elapsed_s: float) -> dict[str, Any]:
         """pareto.json, metrics.json, results.tsv and pareto.png for the final front; returns pareto.json's content."""
         counts = self.counts()
         summary = {
-            "study": self.cfg.study_name, "objectives": [o.name for o in self.objectives], "strategy": self.cfg.strategy,
-            "stage_of_front": stage, "elapsed_s": round(elapsed_s, 1), "counts": counts,
+            "study": self.cfg.study_name,
+            "objectives": [o.name for o in self.objectives],
+            "strategy": self.cfg.strategy,
+            "stage_of_front": stage,
+            "elapsed_s": round(elapsed_s, 1),
+            "counts": counts,
             "front": [m.to_json() for m in members],
         }
         (self.out / PARETO_FILE).write_text(json.dumps(summary, indent=2))
@@ -134,15 +159,26 @@ class SearchResults:
 
     def _write_metrics(self, members: list[FrontMember], counts: dict[str, int], elapsed_s: float) -> None:
         """The worker contract: a flat metrics.json (the best-bpb member of the front, and counts)."""
-        metrics: dict[str, Any] = {"status": "ok" if members else "failed", "fail_reason": "" if members else "no trial finished",
-                                   "kind": "search", "eval_bytes": self.cfg.eval_bytes,
-                                   "front_size": len(members), "stage_of_front": members[0].stage if members else 0,
-                                   "elapsed_s": round(elapsed_s, 1), "wall_s": round(elapsed_s, 1)}
+        metrics: dict[str, Any] = {
+            "status": "ok" if members else "failed",
+            "fail_reason": "" if members else "no trial finished",
+            "kind": "search",
+            "eval_bytes": self.cfg.eval_bytes,
+            "front_size": len(members),
+            "stage_of_front": members[0].stage if members else 0,
+            "elapsed_s": round(elapsed_s, 1),
+            "wall_s": round(elapsed_s, 1),
+        }
         metrics.update({f"trials_{k}": v for k, v in counts.items()})
         if members:
             best = min(members, key=lambda m: m.objectives["bpb"])
-            metrics.update({k: v for k, v in best.metrics.items()
-                            if isinstance(v, (int, float, str)) and k not in ("status", "fail_reason", "kind")})
+            metrics.update(
+                {
+                    k: v
+                    for k, v in best.metrics.items()
+                    if isinstance(v, (int, float, str)) and k not in ("status", "fail_reason", "kind")
+                }
+            )
             metrics.update(best.latency_remeasured)
             metrics["best_trial"] = best.trial
             metrics["best_arch_file"] = str(best_arch_file(self.out, members.index(best), best.arch.short_hash()))
@@ -158,12 +194,12 @@ class SearchResults:
         x_key = x_obj.metric if x_obj else "params"
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for stage, colour in ((1, "#9aa5b1"), (2, "#1f77b4")):
-            pts = [(t.user_attrs["metrics"].get(x_key), t.values[0]) for t in self.studies.ok_trials(stage)
-                   if t.user_attrs["metrics"].get(x_key) is not None]
-            if pts:
-                ax.scatter(*zip(*pts), s=18, c=colour, label=f"stage {stage}", alpha=0.8)
+            shown = [t for t in self.studies.ok_trials(stage) if t.user_attrs["metrics"].get(x_key) is not None]
+            if shown:
+                xs = [t.user_attrs["metrics"][x_key] for t in shown]
+                ax.scatter(xs, [t.values[0] for t in shown], s=18, c=colour, label=f"stage {stage}", alpha=0.8)
         if members:
-            fx = [m.metrics.get(x_key) for m in members]
+            fx: list[Any] = [m.metrics.get(x_key) for m in members]  # metric values, as the trainer wrote them
             fy = [m.objectives["bpb"] for m in members]
             order = sorted(range(len(fx)), key=lambda i: fx[i])
             ax.step([fx[i] for i in order], [fy[i] for i in order], where="post", c="#d62728", lw=1.2)

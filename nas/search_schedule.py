@@ -47,6 +47,12 @@ class SearchClock:
     def stop_requested(self) -> bool:
         return (self.out / STOP_FILE).exists()
 
+    def _budget_s(self) -> float:
+        """``--budget`` in seconds; only called with one (a search refuses a token --budget at its start)."""
+        seconds = parse_budget(self.cfg.budget).seconds if self.cfg.budget is not None else None
+        assert seconds is not None, "Search checks that --budget is wall-clock time"
+        return seconds
+
     def stage1_time_left(self) -> bool:
         """Whether stage 1 may still start work: no STOP file, and its share of --budget not spent."""
         cfg = self.cfg
@@ -54,7 +60,7 @@ class SearchClock:
             return False
         if cfg.budget is not None:
             share = 1 - cfg.stage2_share if cfg.has_stage2 else 1.0
-            if self.elapsed() >= parse_budget(cfg.budget).seconds * share:  # type: ignore[operator]
+            if self.elapsed() >= self._budget_s() * share:
                 return False
         return True
 
@@ -63,7 +69,7 @@ class SearchClock:
         ends by its budget even when its trials' token budgets would take longer (None: trials run to their budget)."""
         if self.cfg.budget is None or not self.cfg.cap_trials:
             return None
-        return time.time() + parse_budget(self.cfg.budget).seconds - self.elapsed()  # type: ignore[operator]
+        return time.time() + self._budget_s() - self.elapsed()
 
 
 class TrialRunner:
@@ -78,10 +84,21 @@ class TrialRunner:
     def spec(self, stage: int, number: int, arch: ArchConfig) -> TrialSpec:
         cfg = self.cfg
         budget = cfg.stage1_budget if stage == 1 else str(cfg.stage2_budget)
-        return TrialSpec(number=number, stage=stage, arch=arch, budget=budget, out_dir=str(trial_folder(self.out, stage, number)),
-                         corpus=cfg.corpus, tokenizer=cfg.tokenizer, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                         eval_bytes=cfg.eval_bytes, time_limit_s=trial_time_limit(budget, cfg.trial_timeout_s),
-                         deadline=self.clock.deadline())
+        return TrialSpec(
+            number=number,
+            stage=stage,
+            arch=arch,
+            budget=budget,
+            out_dir=str(trial_folder(self.out, stage, number)),
+            corpus=cfg.corpus,
+            tokenizer=cfg.tokenizer,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            eval_bytes=cfg.eval_bytes,
+            time_limit_s=trial_time_limit(budget, cfg.trial_timeout_s),
+            deadline=self.clock.deadline(),
+        )
 
     def submit(self, stage: int, number: int, arch: ArchConfig) -> None:
         spec = self.spec(stage, number, arch)

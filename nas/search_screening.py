@@ -54,8 +54,15 @@ def proxy_batch(corpus: TokenizedCorpus, space: SearchSpace, seed: int) -> tuple
 class Screener:
     """Asks stage-1 candidates of the studies a batch at a time and tells the ones it drops."""
 
-    def __init__(self, cfg: SearchConfig, space: SearchSpace, objectives: list[Objective], studies: SearchStudies,
-                 corpus: TokenizedCorpus, note: Callable[[str], None]):
+    def __init__(
+        self,
+        cfg: SearchConfig,
+        space: SearchSpace,
+        objectives: list[Objective],
+        studies: SearchStudies,
+        corpus: TokenizedCorpus,
+        note: Callable[[str], None],
+    ):
         self.cfg, self.space, self.objectives, self.studies, self.note = cfg, space, objectives, studies, note
         self.rng = random.Random(cfg.seed)  # aging evolution's tournaments and mutations
         self.proxy_x, self.proxy_y = proxy_batch(corpus, space, cfg.seed)
@@ -66,16 +73,18 @@ class Screener:
         if self.cfg.strategy == "evolution":
             params = evolution_params(self.studies, self.space, self.cfg.population, self.cfg.tournament, self.rng)
         trial = self.studies.ask(1, params)
-        arch = self.space.decode({name: trial.suggest_categorical(name, list(getattr(self.space, name))) for name in GENES})
+        arch = self.space.decode(
+            {name: trial.suggest_categorical(name, list(getattr(self.space, name))) for name in GENES}
+        )
         for key, value in arch_attrs(arch, stage=1).items():
             trial.set_user_attr(key, value)
         return trial, arch
 
-    def _limits(self, trial: Trial, arch: ArchConfig) -> tuple[dict[str, float], dict[str, float]]:
+    def _limits(self, trial: Trial, arch: ArchConfig) -> tuple[dict[str, float], dict[str, float | str]]:
         """(constraint values, > 0 = violated; the metrics measured to check them). Latency is measured only for a
         candidate within the size limits: building and timing a model is the one costly check."""
         lim = self.cfg.limits
-        static: dict[str, float] = dict(arch_metrics(arch))
+        static: dict[str, float | str] = dict(arch_metrics(arch))  # latency adds its device's name
         constraints = lim.size_violations(arch)
         if lim.max_latency_ms is not None and not any(v > 0 for v in constraints.values()):
             lat = measure_latency(build_model(arch, seed=0), prompt_tokens=16, decode_tokens=16, warmup=1, repeats=2)
@@ -89,8 +98,11 @@ class Screener:
         """arch hash -> (number, metrics) of the first stage-1 trial that trained (or is training) it."""
         out: dict[str, tuple[int, dict[str, Any]]] = {}
         for t in self.studies.trials(1):
-            if t.user_attrs.get("arch_hash") and t.user_attrs.get("status") in (None, "ok", "diverged", "failed") \
-                    and t.state != TrialState.PRUNED:
+            if (
+                t.user_attrs.get("arch_hash")
+                and t.user_attrs.get("status") in (None, "ok", "diverged", "failed")
+                and t.state != TrialState.PRUNED
+            ):
                 out.setdefault(t.user_attrs["arch_hash"], (t.number, t.user_attrs.get("metrics", {})))
         return out
 
@@ -106,14 +118,19 @@ class Screener:
             constraints, static = self._limits(trial, arch)
             if any(v > 0 for v in constraints.values()):
                 reason = ", ".join(f"{k} over the limit by {v:.0%}" for k, v in constraints.items() if v > 0)
-                values = [REJECTED_BPB if o.name == "bpb" else float(static.get(o.metric, 1e12)) for o in self.objectives]
+                values = [
+                    REJECTED_BPB if o.name == "bpb" else float(static.get(o.metric, 1e12)) for o in self.objectives
+                ]
                 self.studies.tell(1, number, Outcome(TrialState.COMPLETE, "rejected", reason, values, static))
                 self.note(f"#{number} rejected before training: {reason}")
                 continue
             twin = seen.get(arch.short_hash())
             if twin is not None:
-                self.studies.tell(1, number, Outcome(TrialState.PRUNED, "duplicate", f"same architecture as trial {twin[0]}",
-                                                     metrics=twin[1]))
+                self.studies.tell(
+                    1,
+                    number,
+                    Outcome(TrialState.PRUNED, "duplicate", f"same architecture as trial {twin[0]}", metrics=twin[1]),
+                )
                 continue
             proxies = compute_proxies(arch, self.proxy_x, self.proxy_y, seed=cfg.seed)
             trial.set_user_attr("proxies", proxies)
@@ -124,7 +141,15 @@ class Screener:
             keep = max(1, math.ceil(cfg.screen_keep * len(batch)))
         batch.sort(key=lambda cp: -cp[1][cfg.screen_proxy])
         for cand, _ in batch[keep:]:
-            self.studies.tell(1, cand.number, Outcome(TrialState.PRUNED, "screened", f"bottom of its batch by {cfg.screen_proxy}",
-                                                      metrics=arch_metrics(cand.arch)))
+            self.studies.tell(
+                1,
+                cand.number,
+                Outcome(
+                    TrialState.PRUNED,
+                    "screened",
+                    f"bottom of its batch by {cfg.screen_proxy}",
+                    metrics=arch_metrics(cand.arch),
+                ),
+            )
             self.note(f"#{cand.number} screened out ({cand.arch.describe()})")
         return [cand for cand, _ in batch[:keep]]

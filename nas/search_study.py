@@ -16,7 +16,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -77,16 +77,27 @@ class SearchStudies:
         where = describe_storage(cfg.storage, out)
         exists = study_exists(self.storage, cfg.study_name)
         if exists and not resume:
-            raise UserError(f"a study {cfg.study_name!r} already exists in {where}: "
-                            "pass --resume to continue it, or choose another --out / --study-name")
+            raise UserError(
+                f"a study {cfg.study_name!r} already exists in {where}: "
+                "pass --resume to continue it, or choose another --out / --study-name"
+            )
         if resume and not exists:
             raise UserError(f"nothing to resume: no study {cfg.study_name!r} in {where}")
-        directions = ["minimize"] * n_objectives
-        self.stage1 = optuna.create_study(storage=self.storage, study_name=cfg.study_name, directions=directions,
-                                          sampler=_sampler(cfg), load_if_exists=True)
-        self.stage2 = optuna.create_study(storage=self.storage, study_name=f"{cfg.study_name}.stage2",
-                                          directions=directions, sampler=optuna.samplers.RandomSampler(seed=cfg.seed),
-                                          load_if_exists=True)
+        directions: list[Literal["minimize", "maximize"]] = ["minimize"] * n_objectives
+        self.stage1 = optuna.create_study(
+            storage=self.storage,
+            study_name=cfg.study_name,
+            directions=directions,
+            sampler=_sampler(cfg),
+            load_if_exists=True,
+        )
+        self.stage2 = optuna.create_study(
+            storage=self.storage,
+            study_name=f"{cfg.study_name}.stage2",
+            directions=directions,
+            sampler=optuna.samplers.RandomSampler(seed=cfg.seed),
+            load_if_exists=True,
+        )
         mine = json.loads(cfg.model_dump_json())
         if not resume:
             self.stage1.set_user_attr("config", mine)
@@ -94,8 +105,10 @@ class SearchStudies:
             stored = self.stage1.user_attrs.get("config", {})
             for key in SCORED_ALIKE:
                 if key in stored and stored[key] != mine[key]:
-                    raise UserError(f"cannot resume with a different {key} ({mine[key]!r}; the study was run with "
-                                    f"{stored[key]!r}): start a new study in another --out instead")
+                    raise UserError(
+                        f"cannot resume with a different {key} ({mine[key]!r}; the study was run with "
+                        f"{stored[key]!r}): start a new study in another --out instead"
+                    )
         self.elapsed_before = float(self.stage1.user_attrs.get("elapsed_s", 0.0))  # seconds run before a resume
         self._asked: dict[tuple[int, int], Trial] = {}  # (stage, number) -> trials asked by this process, until told
 
@@ -128,7 +141,8 @@ class SearchStudies:
         else:  # RUNNING since before a kill: see the module docstring
             study = self.of(stage)
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-                self.storage.get_study_id_from_name(study.study_name), number)
+                self.storage.get_study_id_from_name(study.study_name), number
+            )
             for key, value in attrs.items():
                 self.storage.set_trial_user_attr(trial_id, key, value)
         values = outcome.values if outcome.state == TrialState.COMPLETE else None
@@ -143,8 +157,9 @@ class SearchStudies:
         self.stage1.set_user_attr("elapsed_s", seconds)
 
 
-def evolution_params(studies: SearchStudies, space: SearchSpace, population: int, tournament: int,
-                     rng: random.Random) -> dict[str, Any] | None:
+def evolution_params(
+    studies: SearchStudies, space: SearchSpace, population: int, tournament: int, rng: random.Random
+) -> dict[str, Any] | None:
     """Aging evolution (Real et al. 2019) on Pareto rank: tournament over the newest ``population`` trained trials,
     mutate the winner. None while the first population is still random."""
     done = studies.ok_trials(1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from harness.errors import UserError
 
@@ -20,18 +21,18 @@ def describe_storage(url: str | None, out: Path) -> str:
 
 def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
     """The storage named by ``url`` (default: ``out/study.journal``); any problem is one clear line."""
-    if url is None or not url.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES:
+    if url is None or url.split(":", 1)[0].split("+", 1)[0] not in RDB_SCHEMES:
         path = Path(url) if url else out / "study.journal"
         if path.exists() and not path.is_file():
             raise UserError(f"study storage {path} is not a file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
             return JournalStorage(JournalFileBackend(str(path)))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as err:
-            raise UserError(f"study storage {path} is corrupted or not an Optuna journal ({type(err).__name__}: {str(err)[:150]}); "
-                            "move it away to start a new study") from None
+            raise UserError(
+                f"study storage {path} is corrupted or not an Optuna journal ({type(err).__name__}: {str(err)[:150]}); "
+                "move it away to start a new study"
+            ) from None
         except OSError as err:
             raise UserError(f"cannot open study storage {path}: {err.strerror or err}") from None
     engine_kwargs: dict = {"pool_pre_ping": True}

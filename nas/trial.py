@@ -12,10 +12,11 @@ import time
 import traceback
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.budget import parse_budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, read_metrics
@@ -23,6 +24,11 @@ from nas.space import ArchConfig
 
 Status = Literal["ok", "diverged", "capped", "failed", "timeout", "crashed", "interrupted"]
 RESULT_FILES = (METRICS_FILE, "log.txt", "arch.json", "run.json")
+
+
+def _is_status(text: str) -> TypeGuard[Status]:
+    """The trainer reports its status as a plain ``str``; a trial's result accepts only :data:`Status`."""
+    return text in get_args(Status)
 
 
 class TrialSpec(BaseModel):
@@ -75,17 +81,25 @@ def _read_files(out: Path) -> dict[str, str]:
 
 def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     """Train ``spec.arch`` for ``spec.budget`` into ``spec.out_dir``; never raises for a bad trial."""
-    from harness.budget import parse_budget
-    from nas.train import Trainer, TrainConfig, prepare_run_dir
+    # deliberate: nas.train imports torch; this module's TrialSpec/TrialResult are read by light processes
+    from nas.train import TrainConfig, Trainer, prepare_run_dir
 
     t0 = time.perf_counter()
     out = Path(spec.out_dir)
 
     def result(status: Status, reason: str = "", metrics: dict[str, Any] | None = None) -> TrialResult:
-        return TrialResult(number=spec.number, stage=spec.stage, status=status, reason=reason, metrics=metrics or {},
-                           run_s=time.perf_counter() - t0, files=_read_files(out) if include_files else {})
+        return TrialResult(
+            number=spec.number,
+            stage=spec.stage,
+            status=status,
+            reason=reason,
+            metrics=metrics or {},
+            run_s=time.perf_counter() - t0,
+            files=_read_files(out) if include_files else {},
+        )
 
-    if (out / METRICS_FILE).exists() or (out / METRICS_FILE).is_symlink():  # finished before a crash of the search: reuse
+    # finished before a crash of the search: reuse
+    if (out / METRICS_FILE).exists() or (out / METRICS_FILE).is_symlink():
         try:
             saved = read_metrics(out / METRICS_FILE)
         except RunFileError as err:  # not what the trainer writes: the trial failed, it is not retrained over
@@ -93,10 +107,17 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         return result(saved.status, saved.fail_reason, saved.flat())
     try:
         corpus = cached_corpus(spec.corpus, spec.tokenizer)
-        cfg = TrainConfig.from_budget(parse_budget(spec.budget), batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
-                                      device=spec.device, eval_bytes=spec.eval_bytes, measure_latency=spec.measure_latency,
-                                      checkpoint_every_s=30.0,
-                                      max_seconds=max(spec.deadline - time.time(), 1e-3) if spec.deadline is not None else None)
+        cfg = TrainConfig.from_budget(
+            parse_budget(spec.budget),
+            batch_size=spec.batch_size,
+            lr=spec.lr,
+            seed=spec.seed,
+            device=spec.device,
+            eval_bytes=spec.eval_bytes,
+            measure_latency=spec.measure_latency,
+            checkpoint_every_s=30.0,
+            max_seconds=max(spec.deadline - time.time(), 1e-3) if spec.deadline is not None else None,
+        )
         prepare_run_dir(out)
         outcome = Trainer(spec.arch, corpus, cfg, out, spec.corpus, spec.tokenizer, log_to_console=False).run()
     except UserError as err:
@@ -106,4 +127,6 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         kind = "out of memory" if "out of memory" in text.lower() or isinstance(err, MemoryError) else "runtime error"
         (out / "error.txt").write_text(traceback.format_exc()) if out.is_dir() else None
         return result("failed", f"{kind}: {text[:300]}")
+    if not _is_status(outcome.status):
+        raise ValueError(f"the trainer ended with an unknown status {outcome.status!r}")
     return result(outcome.status, outcome.reason, outcome.metrics)
