@@ -163,26 +163,26 @@ def latency_command(
         )
     net, _, _ = load_run(model)
     net = net.to(device)
-    rows = [
-        measure_decode(net, mode, prompt, decode, warmup=2, repeats=repeats, threads=n).as_dict()
+    results = [
+        measure_decode(net, mode, prompt, decode, warmup=2, repeats=repeats, threads=n)
         for n in counts
         for mode in wanted
     ]
+    rows = [r.as_dict() for r in results]
     table = Table(title=f"decode latency of {model} ({device})")
     for col in ("mode", "threads", "prefill_ms_p50", "decode_ms_p50", "decode_ms_p90", "tokens = eager"):
         table.add_column(col, justify="right")
-    for r in rows:
-        equal = r["tokens_equal_eager"]
+    for r in results:
         table.add_row(
-            str(r["mode"]),
-            str(r["threads"]),
-            f"{r['prefill_ms_p50']:.3f}",
-            f"{r['decode_ms_p50']:.3f}",
-            f"{r['decode_ms_p90']:.3f}",
-            "(reference)" if equal is None else f"{equal}/{len(r['tokens'])}",
+            r.mode,
+            str(r.threads),
+            f"{r.prefill_ms_p50:.3f}",
+            f"{r.decode_ms_p50:.3f}",
+            f"{r.decode_ms_p90:.3f}",
+            "(reference)" if r.tokens_equal_eager is None else f"{r.tokens_equal_eager}/{len(r.tokens)}",
         )
     console.print(table)
-    drifted = [str(r["mode"]) for r in rows if r["tokens_equal_eager"] not in (None, len(r["tokens"]))]
+    drifted = [r.mode for r in results if not r.agrees_with_eager]
     if drifted:
         console.print(
             f"[red]{', '.join(drifted)}: greedy tokens differ from the eager forward's; those times are not "
