@@ -175,11 +175,12 @@ class PlanBase(BaseModel):
         raise NotImplementedError
 
     def own_config_files(self) -> dict[str, str]:
-        """The kind's files under ``configs/`` that its worker reads."""
+        """The kind's files under ``configs/``: ``arch.json`` is read by the worker (``--arch`` / ``--student``); the
+        others record the settings the worker gets as flags, so a config change shows in the commit's diff."""
         raise NotImplementedError
 
     def config_files(self, exp_id: str) -> dict[str, str]:
-        """The plan's configuration as the files the workers read (``configs/``), plus the plan itself."""
+        """The plan's configuration under ``configs/`` (see :meth:`own_config_files`), plus the plan itself."""
         return {
             **self.own_config_files(),
             "configs/plan.json": json.dumps({"experiment": exp_id, **self.model_dump()}, indent=2) + "\n",
