@@ -31,7 +31,8 @@ MARKER = (
     'home = os.path.exists(os.path.join(os.path.expanduser("~"), "canary.txt"))\n'
     'try:\n    open(os.path.join(os.getcwd(), "escaped.txt"), "w").write("x"); wrote = True\n'
     "except OSError:\n    wrote = False\n"
-    'try:\n    socket.create_connection(("127.0.0.1", int(os.environ.get("AUTONAS_TEST_PORT", "9"))), timeout=1); net = True\n'
+    'try:\n    socket.create_connection(("127.0.0.1", int(os.environ.get("AUTONAS_TEST_PORT", "9"))), timeout=1);'
+    " net = True\n"
     "except OSError:\n    net = False\n"
     'print("CONFINED-PROBE home=%s wrote=%s net=%s" % (home, wrote, net), file=sys.stderr)\n'
 )

@@ -290,7 +290,8 @@ def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path
     wall = time.monotonic() - t0
     assert result.exit_code == 0, result.output
     rows = (tmp_path / "o1" / "workspace" / "results.tsv").read_text().splitlines()
-    # the first experiment cut short (its cap leaves the harness's scoring its reserve); nothing after it finishes either
+    # the first experiment cut short (its cap leaves the harness's scoring its reserve);
+    # nothing after it finishes either
     assert len(rows) >= 2 and "wall-clock cap" in rows[1] and all("\tcrash\t" in r for r in rows[1:])
     m = json.loads((tmp_path / "o1" / "workspace" / "runs" / "e001" / "metrics.json").read_text())
     assert m["stopped_by"] == "wall_cap" and m["budget_tokens"] == 50_000_000 and 0 <= m["tokens_trained"] < 50_000_000

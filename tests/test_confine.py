@@ -222,7 +222,8 @@ def test_a_confined_fork_bomb_stops_at_the_groups_task_limit() -> None:
     if set(cgroups.hierarchies()) != set(cgroups.CONTROLLERS):
         pytest.skip("no memory and pids controllers here")
     bomb = (
-        "import os, time\nn = 0\nfor _ in range(500):\n    try:\n        if os.fork() == 0:\n            time.sleep(20); os._exit(0)\n"
+        "import os, time\nn = 0\nfor _ in range(500):\n    try:\n"
+        "        if os.fork() == 0:\n            time.sleep(20); os._exit(0)\n"
         "        n += 1\n    except OSError:\n        break\nprint('forked', n)\n"
     )
     out, err, code = _run(

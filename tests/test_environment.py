@@ -179,9 +179,11 @@ def test_claude_code_gets_anthropic_settings_only(
     fake = tmp_path / "bin" / "claude"
     fake.parent.mkdir()
     fake.write_text(
-        f"#!{sys.executable}\nimport json\nenv = open('/proc/self/environ', 'rb').read().decode().replace('\\0', '\\n')\n"
+        f"#!{sys.executable}\nimport json\n"
+        "env = open('/proc/self/environ', 'rb').read().decode().replace('\\0', '\\n')\n"
         "open('seen.txt', 'w').write(env)\n"
-        "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False, 'num_turns': 1, 'result': env}))\n"
+        "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False, 'num_turns': 1,"
+        " 'result': env}))\n"
     )
     fake.chmod(0o755)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")

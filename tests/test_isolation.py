@@ -114,12 +114,16 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
         ),
         "sys_exit_zero": "import sys\nsys.exit(0)\n",
         "self_sigkill": "import os\nos.kill(os.getpid(), 9)\n",
-        "kill_the_parent": "import os\nos.kill(os.getppid(), 9)\nfor p in range(1, 400):\n    try:\n        os.kill(p, 9)\n    except OSError:\n        pass\n",
+        "kill_the_parent": (
+            "import os\nos.kill(os.getppid(), 9)\n"
+            "for p in range(1, 400):\n    try:\n        os.kill(p, 9)\n    except OSError:\n        pass\n"
+        ),
         "posix_files": (
             "import posix\n"
             f"for p in {c!r}:\n"
             "    try:\n"
-            "        fd = posix.open(p, posix.O_CREAT | posix.O_WRONLY, 0o644); posix.write(fd, b'x'); posix.close(fd)\n"
+            "        fd = posix.open(p, posix.O_CREAT | posix.O_WRONLY, 0o644);"
+            " posix.write(fd, b'x'); posix.close(fd)\n"
             "    except OSError:\n"
             "        pass\n"
             "    try:\n"
@@ -245,7 +249,8 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "got = libc.syscall(250, 11, key, buf, 256) if key > 0 else -1\n"
             "cleared = libc.syscall(250, 7, -3)\n"
             "planted = libc.syscall(248, b'user', b'autonas-planted', b'x', 1, -3)\n"
-            "raise RuntimeError('keyring: %d %d %d %d %r' % (key, got, cleared, planted, buf.raw[:got] if got > 0 else b''))\n"
+            "raise RuntimeError('keyring: %d %d %d %d %r'"
+            " % (key, got, cleared, planted, buf.raw[:got] if got > 0 else b''))\n"
         ),
         "c_loop": "sum(range(10 ** 13))\n",
     }

@@ -59,7 +59,10 @@ def _seeded(tmp_path: Path) -> Workspace:
 
 
 def _train(cwd: Path, out: str, corpus: Path, code_root: Path | None, folder: Path | None = None) -> dict:
-    """Train in ``folder`` (default ``cwd``); the worker's working folder is ``cwd``, as the agent's is the workspace."""
+    """Train in ``folder`` (default ``cwd``).
+
+    The worker's working folder is ``cwd``, as the agent's is the workspace.
+    """
     folder = folder or cwd
     (folder / "arch.json").write_text(json.dumps(TINY_ARCH))
     _python(
@@ -234,7 +237,8 @@ def test_a_model_trained_from_edited_code_carries_it_everywhere(tmp_path: Path, 
             "import json, sys; from nas.run_folder import load_trained_model\n"
             "from harness.metrics import evaluate_bpb\nfrom harness.data import CorpusSpec, prepare_corpus\n"
             "import safetensors.torch as st, nas.model as m, nas.space as s\n"
-            "net = m.build_model(s.ArchConfig.load(sys.argv[1] + '/arch.json')); st.load_model(net, sys.argv[1] + '/model.safetensors')\n"
+            "net = m.build_model(s.ArchConfig.load(sys.argv[1] + '/arch.json'));"
+            " st.load_model(net, sys.argv[1] + '/model.safetensors')\n"
             "c = prepare_corpus(CorpusSpec(source=sys.argv[2]), 'byte')\n"
             "print(evaluate_bpb(net.eval(), c['val'], c.token_bytes, 4096).bpb)",
             str(run),

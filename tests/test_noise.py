@@ -129,7 +129,8 @@ def test_a_close_calls_rerun_is_judged_on_the_mean_of_its_runs(tmp_path: Path) -
         "metrics": {"status": "ok", "val_bpb": 2.96, "size_bytes_int8": 100_000},
     }
     v = agent.judge(state)["verdict"]  # type: ignore[arg-type]
-    # mean 2.965 vs the incumbent's 3.01; pooled sigma 0.01118 over both pairs; two runs: 2 * sigma * sqrt(1/2 + 1) = 0.0274
+    # mean 2.965 vs the incumbent's 3.01; pooled sigma 0.01118 over both pairs;
+    # two runs: 2 * sigma * sqrt(1/2 + 1) = 0.0274
     assert v.decision == "keep" and v.metric == pytest.approx(2.965) and v.delta == pytest.approx(-0.045)
     assert "0.0274" in v.reason, v.reason
 
