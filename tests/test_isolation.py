@@ -312,7 +312,7 @@ def test_hostile_programs_fail_and_leave_no_trace(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = [json.loads(x) for x in Path(str(samples) + "_results.jsonl").read_text().splitlines()]
     assert len(results) == len(rows)
-    verdicts = dict(zip([*payloads, "big_output_correct"], results))
+    verdicts = dict(zip([*payloads, "big_output_correct"], results, strict=True))
     for name in payloads:
         assert not verdicts[name]["passed"], f"{name} scored passed: {verdicts[name]['result']}"
     assert verdicts["big_output_correct"]["passed"], verdicts["big_output_correct"]["result"]

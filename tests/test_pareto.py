@@ -34,7 +34,7 @@ def test_hypervolume_matches_a_grid_count():
     inside = sum(
         1
         for c in itertools.product(range(n), repeat=3)
-        if any(all((ci + 0.5) / n >= p_i for ci, p_i in zip(c, p)) for p in pts)
+        if any(all((ci + 0.5) / n >= p_i for ci, p_i in zip(c, p, strict=True)) for p in pts)
     )
     assert hypervolume(pts, (1, 1, 1)) == pytest.approx(inside / n**3, abs=0.02)
 

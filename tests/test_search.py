@@ -200,9 +200,9 @@ def test_ray_executor_on_a_local_cluster_matches_the_local_executor(tmp_path, sm
         finally:
             ex.shutdown()
     for i in range(2):
-        r, l = results["ray"][i], results["local"][i]
-        assert r.status == l.status == "ok"
-        assert r.metrics["val_bpb"] == pytest.approx(l.metrics["val_bpb"], abs=1e-6)
+        r, loc = results["ray"][i], results["local"][i]
+        assert r.status == loc.status == "ok"
+        assert r.metrics["val_bpb"] == pytest.approx(loc.metrics["val_bpb"], abs=1e-6)
         for f in ("metrics.json", "arch.json", "log.txt", "run.json"):
             assert (tmp_path / "ray" / f"t{i}" / f).is_file() and (tmp_path / "local" / f"t{i}" / f).is_file()
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from harness.errors import UserError
 from nas.counting import count_params, flops_per_token, size_bytes
@@ -17,7 +18,7 @@ def test_json_round_trip_and_hash():
     b = ArchConfig.from_json(a.to_json())
     assert a == b and hash(a) == hash(b) and a.short_hash() == b.short_hash()
     assert len({a, b, ArchConfig()}) == 2
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         a.n_layers = 5  # frozen
 
 
