@@ -100,9 +100,8 @@ def test_offline_run_end_to_end(tmp_path, small_corpus_dir):
     assert rows[0]["decision"] == "keep" and rows[1]["decision"] == "repeat"  # baseline, then its noise repeat
     assert rows[2]["kind"] == "nas_search"
     repo = git.Repo(run / "workspace")
-    commits = [c for c in repo.iter_commits("autonas/r1") if c.author.email == "agent@autonas.local"][
-        :-1
-    ]  # minus the set-up
+    # minus the set-up
+    commits = [c for c in repo.iter_commits("autonas/r1") if c.author.email == "agent@autonas.local"][:-1]
     kept = [r for r in rows if r["decision"] == "keep"]
     assert len(commits) == len(kept) >= 2  # one commit per kept experiment
     for c in commits:

@@ -164,10 +164,8 @@ def test_agent_run_with_claude_code_editing_the_workspace(
     ws = run / "workspace"
     rows = list(csv.DictReader(open(ws / "results.tsv"), delimiter="\t"))
     # e002: the loop's noise repeat of e001 runs on the kept change as it is (no edit, no LLM)
-    assert [r["decision"] for r in rows][:3] == ["keep", "repeat", "crash"] and rows[3]["decision"] in (
-        "keep",
-        "discard",
-    )
+    assert [r["decision"] for r in rows][:3] == ["keep", "repeat", "crash"]
+    assert rows[3]["decision"] in ("keep", "discard")
     assert "edit failed" in rows[2]["reason"] and "empty diff" in rows[2]["reason"]
     assert "WORKSPACE-CODE-MARKER" in (ws / "runs" / "e002" / "worker.log").read_text()
     # e001: the change is in the kept commit, and the worker ran the workspace's code
@@ -181,9 +179,8 @@ def test_agent_run_with_claude_code_editing_the_workspace(
         carried["commit"] == e001.hexsha
         and (ws / "runs" / "e001" / "code" / "nas" / "space.py").read_text() == SPACE_WITH_MARKER
     )
-    assert json.loads((run / "summary.json").read_text())[
-        "heldout_bpb"
-    ]  # scored by the best model's own code, confined
+    # scored by the best model's own code, confined
+    assert json.loads((run / "summary.json").read_text())["heldout_bpb"]
     worker_log = (ws / "runs" / "e001" / "worker.log").read_text()
     assert "WORKSPACE-CODE-MARKER" in worker_log
     assert "CONFINED-PROBE home=False wrote=False net=False" in worker_log  # the edited code ran confined

@@ -140,9 +140,8 @@ def test_only_the_same_plans_study_is_continued(tmp_path: Path) -> None:
     out.mkdir()
     assert search_continuation(out, plan) == [] and (out / PLAN_STAMP).is_file()  # a first start stamps its folder
     optuna.create_study(storage=open_storage(None, out), study_name="search")
-    assert search_continuation(out, plan.model_copy(update={"rationale": "said otherwise"})) == [
-        "--resume"
-    ]  # same experiment
+    # same experiment
+    assert search_continuation(out, plan.model_copy(update={"rationale": "said otherwise"})) == ["--resume"]
     other = plan.with_seed(1, "why")
     assert search_continuation(out, other) == []  # another plan's study is never continued: kept aside, started afresh
     assert (tmp_path / "e003.stale-1" / "study.journal").is_file() and not (out / "study.journal").exists()

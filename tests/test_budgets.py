@@ -249,10 +249,8 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
         for plan in plans:
             cmd, timeout = agent._command(plan, Path("runs/e009"), state)
             assert timeout == left + 20, (plan.kind, timeout)
-            if plan.kind in (
-                "train",
-                "distill",
-            ):  # the harness's scoring of the model keeps its reserve (60 s at first)
+            # the harness's scoring of the model keeps its reserve (60 s at first)
+            if plan.kind in ("train", "distill"):
                 assert cmd[cmd.index("--max-seconds") + 1] == f"{max(left - 60.0, 1.0):.1f}"
             if plan.kind == "nas_search":
                 assert cmd[cmd.index("--budget") + 1] == f"{max(left, 1.0):.1f}s" and "--cap-trials" in cmd
