@@ -41,11 +41,25 @@ def small_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _no_llm_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never reach a real LLM: keys and base URLs from the developer's shell are removed."""
-    for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
+    for name in (
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_AUTH_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
-TINY_ARCH = {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 2, "d_ff": 64, "context_length": 64, "vocab_size": 256}
+TINY_ARCH = {
+    "n_layers": 1,
+    "d_model": 32,
+    "n_heads": 2,
+    "n_kv_heads": 2,
+    "d_ff": 64,
+    "context_length": 64,
+    "vocab_size": 256,
+}
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +67,7 @@ def tiny_run(small_corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     """A finished training run folder (arch.json, model.safetensors, metrics.json) of a tiny byte model."""
     from harness.data import CorpusSpec, prepare_corpus
     from nas.space import ArchConfig
-    from nas.train import Trainer, TrainConfig
+    from nas.train import TrainConfig, Trainer
 
     out = tmp_path_factory.mktemp("tiny-run")
     spec = CorpusSpec(source=str(small_corpus_dir))

@@ -67,9 +67,27 @@ def test_judge_keeps_only_gains_beyond_noise():
 
 
 def _run_args(tmp_path, corpus_dir, run_id, extra=()):
-    return ["run", "find the best Python code model under 1 MB", "--run-id", run_id, "--runs-dir", str(tmp_path),
-            "--budget", "30m", "--experiment-budget", "16ktok", "--max-experiments", "6", "--search-trials", "2",
-            "--corpus", str(corpus_dir), "--eval-bytes", "6000", *extra]
+    return [
+        "run",
+        "find the best Python code model under 1 MB",
+        "--run-id",
+        run_id,
+        "--runs-dir",
+        str(tmp_path),
+        "--budget",
+        "30m",
+        "--experiment-budget",
+        "16ktok",
+        "--max-experiments",
+        "6",
+        "--search-trials",
+        "2",
+        "--corpus",
+        str(corpus_dir),
+        "--eval-bytes",
+        "6000",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -82,7 +100,8 @@ def test_offline_run_end_to_end(tmp_path, small_corpus_dir):
     assert rows[0]["decision"] == "keep" and rows[1]["decision"] == "repeat"  # baseline, then its noise repeat
     assert rows[2]["kind"] == "nas_search"
     repo = git.Repo(run / "workspace")
-    commits = [c for c in repo.iter_commits("autonas/r1") if c.author.email == "agent@autonas.local"][:-1]  # minus the set-up
+    # minus the set-up
+    commits = [c for c in repo.iter_commits("autonas/r1") if c.author.email == "agent@autonas.local"][:-1]
     kept = [r for r in rows if r["decision"] == "keep"]
     assert len(commits) == len(kept) >= 2  # one commit per kept experiment
     for c in commits:
@@ -90,7 +109,9 @@ def test_offline_run_end_to_end(tmp_path, small_corpus_dir):
     discarded = {r.path.rsplit("/", 1)[-1] for r in repo.refs if r.path.startswith("refs/autonas/discarded/")}
     assert discarded == {r["experiment"] for r in rows if r["decision"] != "keep"}
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["experiments"] == 6 and summary["heldout_bpb"] and summary["best_val_bpb"] <= summary["first_val_bpb"]
+    assert (
+        summary["experiments"] == 6 and summary["heldout_bpb"] and summary["best_val_bpb"] <= summary["first_val_bpb"]
+    )
     assert (run / "report.md").read_text().count("| e0") == 6 and (run / "report.html").is_file()
     assert (run / "best" / "model.safetensors").is_file()
     review = runner.invoke(app, ["review", "r1", "--runs-dir", str(tmp_path)])
@@ -114,15 +135,24 @@ def test_sigkill_then_resume_never_repeats_a_commit(tmp_path, small_corpus_dir):
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "resume", "k1", "--runs-dir", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "resume", "k1", "--runs-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader(open(results), delimiter="\t"))
     ids = [r["experiment"] for r in rows]
     assert ids == [f"e{i:03d}" for i in range(1, 7)]  # nothing lost, nothing recorded twice
     repo = git.Repo(tmp_path / "k1" / "workspace")
-    tagged = [line.split(": ")[1] for c in repo.iter_commits("autonas/k1") for line in c.message.splitlines()
-              if line.startswith("experiment: ")]
+    tagged = [
+        line.split(": ")[1]
+        for c in repo.iter_commits("autonas/k1")
+        for line in c.message.splitlines()
+        if line.startswith("experiment: ")
+    ]
     assert len(tagged) == len(set(tagged)) == sum(r["decision"] == "keep" for r in rows)
 
 
@@ -149,7 +179,9 @@ def test_existing_run_and_foreign_changes_are_refused(tmp_path, small_corpus_dir
     from agent.settings import RunSettings
     from sandbox.workspace import Workspace
 
-    settings = RunSettings(run_id="f1", goal="best code model under 1 MB", runs_dir=str(tmp_path), corpus=str(small_corpus_dir))
+    settings = RunSettings(
+        run_id="f1", goal="best code model under 1 MB", runs_dir=str(tmp_path), corpus=str(small_corpus_dir)
+    )
     settings.run_dir.mkdir(parents=True)
     Workspace.create(settings.workspace, "f1")
     (settings.run_dir / "run.json").write_text(settings.model_dump_json())
@@ -157,18 +189,27 @@ def test_existing_run_and_foreign_changes_are_refused(tmp_path, small_corpus_dir
     before = sorted(p.name for p in settings.run_dir.iterdir())
     result = runner.invoke(app, ["resume", "f1", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and "uncommitted changes" in result.output, result.output
-    assert sorted(p.name for p in settings.run_dir.iterdir()) == before and (settings.workspace / "someone_elses.py").exists()
+    assert (
+        sorted(p.name for p in settings.run_dir.iterdir()) == before
+        and (settings.workspace / "someone_elses.py").exists()
+    )
     again = runner.invoke(app, ["run", "best code model under 1 MB", "--run-id", "f1", "--runs-dir", str(tmp_path)])
     assert again.exit_code == 2 and "already exists" in again.output
 
 
-@pytest.mark.parametrize("change, message", [({"budget": "99999h"}, "maximum of 30 days"), ({"seed": 2**40}, "4294967295"),
-                                             ({"budget": "1e20tok"}, "")])
+@pytest.mark.parametrize(
+    "change, message",
+    [({"budget": "99999h"}, "maximum of 30 days"), ({"seed": 2**40}, "4294967295"), ({"budget": "1e20tok"}, "")],
+)
 def test_a_plans_budget_and_seed_have_the_workers_bounds(change: dict, message: str) -> None:
     """A planner's 99999h or 2^40 seed is sent back to it with the reason, not handed to a worker that refuses it."""
     from agent.plans import PlanContext, check_plan
 
     arch = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128)
-    plan = {"kind": "train", "config": {"arch": arch.model_dump(), "budget": "16ktok", "seed": 0, **change}, "rationale": "x"}
+    plan = {
+        "kind": "train",
+        "config": {"arch": arch.model_dump(), "budget": "16ktok", "seed": 0, **change},
+        "rationale": "x",
+    }
     with pytest.raises(PlanError, match=message):
         check_plan(parse_plan(plan), PlanContext(vocab_size=256, time_left_s=10**9))

@@ -26,19 +26,26 @@ from tests.test_ccaa import ToolTurns, needs_claude, tool
 runner = CliRunner()
 SMALL = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128)
 # The edited code also probes its confinement: the home's canary, a write into the workspace (its code), the network.
-MARKER = ('import os, socket, sys\nprint("WORKSPACE-CODE-MARKER", file=sys.stderr)\n'
-          'home = os.path.exists(os.path.join(os.path.expanduser("~"), "canary.txt"))\n'
-          'try:\n    open(os.path.join(os.getcwd(), "escaped.txt"), "w").write("x"); wrote = True\n'
-          'except OSError:\n    wrote = False\n'
-          'try:\n    socket.create_connection(("127.0.0.1", int(os.environ.get("AUTONAS_TEST_PORT", "9"))), timeout=1); net = True\n'
-          'except OSError:\n    net = False\n'
-          'print("CONFINED-PROBE home=%s wrote=%s net=%s" % (home, wrote, net), file=sys.stderr)\n')
+MARKER = (
+    'import os, socket, sys\nprint("WORKSPACE-CODE-MARKER", file=sys.stderr)\n'
+    'home = os.path.exists(os.path.join(os.path.expanduser("~"), "canary.txt"))\n'
+    'try:\n    open(os.path.join(os.getcwd(), "escaped.txt"), "w").write("x"); wrote = True\n'
+    "except OSError:\n    wrote = False\n"
+    'try:\n    socket.create_connection(("127.0.0.1", int(os.environ.get("AUTONAS_TEST_PORT", "9"))), timeout=1);'
+    " net = True\n"
+    "except OSError:\n    net = False\n"
+    'print("CONFINED-PROBE home=%s wrote=%s net=%s" % (home, wrote, net), file=sys.stderr)\n'
+)
 
 SPACE_WITH_MARKER = seed_files()["nas/space.py"].decode() + "\n" + MARKER
 
 
 def train_plan(arch: ArchConfig = SMALL, seed: int = 0, **over: Any) -> dict:
-    plan = {"kind": "train", "config": {"arch": arch.model_dump(), "budget": "16ktok", "seed": seed}, "rationale": "a small shape"}
+    plan = {
+        "kind": "train",
+        "config": {"arch": arch.model_dump(), "budget": "16ktok", "seed": seed},
+        "rationale": "a small shape",
+    }
     plan.update(over)
     return plan
 
@@ -52,7 +59,9 @@ def test_editor_chain_and_code_change_validation() -> None:
     with pytest.raises(PlanError, match="needs a code editor"):
         check_plan(plan, PlanContext(vocab_size=256, time_left_s=600))
     assert check_plan(plan, PlanContext(vocab_size=256, time_left_s=600, code_editing=True)).code_change
-    compress = parse_plan({"kind": "compress", "config": {"target": "incumbent", "int8": True}, "rationale": "x", "code_change": "y"})
+    compress = parse_plan(
+        {"kind": "compress", "config": {"target": "incumbent", "int8": True}, "rationale": "x", "code_change": "y"}
+    )
     with pytest.raises(PlanError, match="not compress"):
         check_plan(compress, PlanContext(vocab_size=256, time_left_s=600, code_editing=True, has_incumbent=True))
 
@@ -65,8 +74,12 @@ def test_unknown_editor_is_one_line_exit_2(tmp_path: Path) -> None:
 def _research(planner_calls: list[str]):
     """Planner: a code change Claude Code makes, then one it fails at, then a plain train plan. Judge: keep.
     Claude Code: appends the marker to nas/space.py for the first instruction, answers in words to the second."""
-    first = ToolTurns([[tool("Read", {"file_path": "WS/nas/space.py"}, 1)],
-                       [tool("Write", {"file_path": "WS/nas/space.py", "content": SPACE_WITH_MARKER}, 2)]])
+    first = ToolTurns(
+        [
+            [tool("Read", {"file_path": "WS/nas/space.py"}, 1)],
+            [tool("Write", {"file_path": "WS/nas/space.py", "content": SPACE_WITH_MARKER}, 2)],
+        ]
+    )
     second = ToolTurns([[{"type": "text", "text": "I would rather not."}]])
 
     def respond(path: str, body: dict) -> Reply:
@@ -77,18 +90,26 @@ def _research(planner_calls: list[str]):
             planner_calls.append("plan")
             n = len(planner_calls)
             if n == 1:
-                return anthropic_tool("submit_plan", train_plan(code_change="print a marker from nas/space.py", rationale="marker"))
+                return anthropic_tool(
+                    "submit_plan", train_plan(code_change="print a marker from nas/space.py", rationale="marker")
+                )
             if n == 2:
-                return anthropic_tool("submit_plan", train_plan(seed=1, code_change="rewrite the trainer in Rust", rationale="rust"))
-            return anthropic_tool("submit_plan", train_plan(ArchConfig(n_layers=2, d_model=96, n_heads=3, n_kv_heads=3, d_ff=256),
-                                                            rationale="plain"))
+                return anthropic_tool(
+                    "submit_plan", train_plan(seed=1, code_change="rewrite the trainer in Rust", rationale="rust")
+                )
+            return anthropic_tool(
+                "submit_plan",
+                train_plan(ArchConfig(n_layers=2, d_model=96, n_heads=3, n_kv_heads=3, d_ff=256), rationale="plain"),
+            )
         text = json.dumps(body.get("messages", []))
         script = first if "print a marker" in text else second
         ws = respond.workspace  # type: ignore[attr-defined]
         for turn in script.turns:
             for block in turn:
                 if block.get("type") == "tool_use":
-                    block["input"] = {k: (v.replace("WS", str(ws)) if isinstance(v, str) else v) for k, v in block["input"].items()}
+                    block["input"] = {
+                        k: (v.replace("WS", str(ws)) if isinstance(v, str) else v) for k, v in block["input"].items()
+                    }
         return script(path, body)
 
     return respond
@@ -96,7 +117,9 @@ def _research(planner_calls: list[str]):
 
 @needs_claude
 @pytest.mark.slow
-def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_corpus_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_agent_run_with_claude_code_editing_the_workspace(
+    tmp_path: Path, small_corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[str] = []
     respond = _research(calls)
     respond.workspace = (tmp_path / "runs" / "ed1" / "workspace").resolve()  # type: ignore[attr-defined]
@@ -111,16 +134,38 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
         monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
         monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.anthropic_url)  # the Claude Code CLI reads it from its environment
         monkeypatch.setenv("HOME", str(home))
-        result = runner.invoke(app, ["run", "find the best Python code model under 1 MB", "--run-id", "ed1", "--runs-dir",
-                                     str(tmp_path / "runs"), "--budget", "30m", "--experiment-budget", "16ktok", "--corpus",
-                                     str(small_corpus_dir), "--eval-bytes", "6000", "--base-url", srv.anthropic_url,
-                                     "--max-experiments", "4", "--editor", "claude-code,builtin"])
+        result = runner.invoke(
+            app,
+            [
+                "run",
+                "find the best Python code model under 1 MB",
+                "--run-id",
+                "ed1",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--budget",
+                "30m",
+                "--experiment-budget",
+                "16ktok",
+                "--corpus",
+                str(small_corpus_dir),
+                "--eval-bytes",
+                "6000",
+                "--base-url",
+                srv.anthropic_url,
+                "--max-experiments",
+                "4",
+                "--editor",
+                "claude-code,builtin",
+            ],
+        )
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "ed1"
     ws = run / "workspace"
     rows = list(csv.DictReader(open(ws / "results.tsv"), delimiter="\t"))
     # e002: the loop's noise repeat of e001 runs on the kept change as it is (no edit, no LLM)
-    assert [r["decision"] for r in rows][:3] == ["keep", "repeat", "crash"] and rows[3]["decision"] in ("keep", "discard")
+    assert [r["decision"] for r in rows][:3] == ["keep", "repeat", "crash"]
+    assert rows[3]["decision"] in ("keep", "discard")
     assert "edit failed" in rows[2]["reason"] and "empty diff" in rows[2]["reason"]
     assert "WORKSPACE-CODE-MARKER" in (ws / "runs" / "e002" / "worker.log").read_text()
     # e001: the change is in the kept commit, and the worker ran the workspace's code
@@ -130,8 +175,12 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
     assert set(e001.stats.files) >= {"nas/space.py", "configs/arch.json", "configs/plan.json"}
     assert (ws / "nas" / "space.py").read_text() == SPACE_WITH_MARKER
     carried = json.loads((ws / "runs" / "e001" / "code.json").read_text())  # the model carries the edited code
-    assert carried["commit"] == e001.hexsha and (ws / "runs" / "e001" / "code" / "nas" / "space.py").read_text() == SPACE_WITH_MARKER
-    assert json.loads((run / "summary.json").read_text())["heldout_bpb"]  # scored by the best model's own code, confined
+    assert (
+        carried["commit"] == e001.hexsha
+        and (ws / "runs" / "e001" / "code" / "nas" / "space.py").read_text() == SPACE_WITH_MARKER
+    )
+    # scored by the best model's own code, confined
+    assert json.loads((run / "summary.json").read_text())["heldout_bpb"]
     worker_log = (ws / "runs" / "e001" / "worker.log").read_text()
     assert "WORKSPACE-CODE-MARKER" in worker_log
     assert "CONFINED-PROBE home=False wrote=False net=False" in worker_log  # the edited code ran confined
@@ -150,8 +199,10 @@ def test_agent_run_with_claude_code_editing_the_workspace(tmp_path: Path, small_
     assert [r["provider"] for r in editor_rows] == ["claude-code", "claude-code"]  # the built-in editor is no LLM call
     assert editor_rows[0]["ok"] and editor_rows[0]["cost_usd"] > 0 and not editor_rows[1]["ok"]
     # the seeded code is one commit of its own, not an experiment
-    assert any(c.message.startswith("autonas run ed1: model code (nas/model.py, nas/space.py, nas/train.py)")
-               for c in repo.iter_commits("autonas/ed1"))
+    assert any(
+        c.message.startswith("autonas run ed1: model code (nas/model.py, nas/space.py, nas/train.py)")
+        for c in repo.iter_commits("autonas/ed1")
+    )
 
 
 def test_workspace_carries_the_code_workers_import_and_tolerates_an_edit_in_flight(tmp_path: Path) -> None:
@@ -165,11 +216,19 @@ def test_workspace_carries_the_code_workers_import_and_tolerates_an_edit_in_flig
 
     ws = Workspace.create(tmp_path / "ws", "r")
     ws.seed_code(seed_files())
-    assert ws.has_code() and (ws.root / "nas" / "model.py").is_file() and not list((ws.root / "nas").rglob("__pycache__"))
+    assert (
+        ws.has_code() and (ws.root / "nas" / "model.py").is_file() and not list((ws.root / "nas").rglob("__pycache__"))
+    )
     assert ws.experiments() == []  # the code snapshot is set-up, not an experiment
     env = worker_env(True, ws.root, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    where = subprocess.run([sys.executable, "-c", "import nas.model; print(nas.model.__file__)"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import nas.model; print(nas.model.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where) == (ws.root / "nas" / "model.py").resolve()
     (ws.root / "nas" / "model.py").write_text("# an edit a kill interrupted\n")
     (ws.root / "runs").mkdir()
@@ -184,8 +243,9 @@ def test_workspace_carries_the_code_workers_import_and_tolerates_an_edit_in_flig
 
 
 @pytest.mark.slow
-def test_missing_editor_binary_fails_the_experiment_and_the_run_goes_on(tmp_path: Path, small_corpus_dir: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_editor_binary_fails_the_experiment_and_the_run_goes_on(
+    tmp_path: Path, small_corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[str] = []
 
     def respond(path: str, body: dict) -> Reply:
@@ -199,10 +259,33 @@ def test_missing_editor_binary_fails_the_experiment_and_the_run_goes_on(tmp_path
 
     with ScriptedLLMServer(respond) as srv:
         monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-        result = runner.invoke(app, ["run", "find the best Python code model under 1 MB", "--run-id", "nb", "--runs-dir",
-                                     str(tmp_path), "--budget", "30m", "--experiment-budget", "16ktok", "--corpus",
-                                     str(small_corpus_dir), "--eval-bytes", "6000", "--base-url", srv.anthropic_url,
-                                     "--max-experiments", "2", "--editor", "claude-code", "--claude-binary", str(tmp_path / "no-claude")])
+        result = runner.invoke(
+            app,
+            [
+                "run",
+                "find the best Python code model under 1 MB",
+                "--run-id",
+                "nb",
+                "--runs-dir",
+                str(tmp_path),
+                "--budget",
+                "30m",
+                "--experiment-budget",
+                "16ktok",
+                "--corpus",
+                str(small_corpus_dir),
+                "--eval-bytes",
+                "6000",
+                "--base-url",
+                srv.anthropic_url,
+                "--max-experiments",
+                "2",
+                "--editor",
+                "claude-code",
+                "--claude-binary",
+                str(tmp_path / "no-claude"),
+            ],
+        )
     assert result.exit_code == 0, result.output
     assert "warning: editor claude-code: no Claude Code binary at" in result.output
     rows = list(csv.DictReader(open(tmp_path / "nb" / "workspace" / "results.tsv"), delimiter="\t"))

@@ -18,16 +18,34 @@ from nas.space import ArchConfig
 
 
 def _entry() -> HistoryEntry:
-    plan = parse_plan({"kind": "train", "config": {"arch": ArchConfig().model_dump(), "budget": "8ktok"}, "rationale": "r",
-                       "code_change": "add QK-norm"})
-    return HistoryEntry(id="e001", plan=plan, decision="repeat", val_bpb=3.0, metrics={"params": 10, "status": "ok"},
-                        edit={"ok": True, "files": ["nas/model.py"]}, noise_bpb=0.01, noise_source="measured")
+    plan = parse_plan(
+        {
+            "kind": "train",
+            "config": {"arch": ArchConfig().model_dump(), "budget": "8ktok"},
+            "rationale": "r",
+            "code_change": "add QK-norm",
+        }
+    )
+    return HistoryEntry(
+        id="e001",
+        plan=plan,
+        decision="repeat",
+        val_bpb=3.0,
+        metrics={"params": 10, "status": "ok"},
+        edit={"ok": True, "files": ["nas/model.py"]},
+        noise_bpb=0.01,
+        noise_source="measured",
+    )
 
 
 def test_the_state_models_round_trip_through_the_checkpointer_without_a_warning(tmp_path: Path, caplog) -> None:
     entry = _entry()
-    state = {"plan": entry.plan, "verdict": Verdict(decision="repeat", reason="noise", metric=3.0, noise=0.01),
-             "history": [entry], "incumbent": entry}
+    state = {
+        "plan": entry.plan,
+        "verdict": Verdict(decision="repeat", reason="noise", metric=3.0, noise=0.01),
+        "history": [entry],
+        "incumbent": entry,
+    }
     serde = open_checkpointer(tmp_path).serde
     with caplog.at_level(logging.WARNING):
         back = serde.loads_typed(serde.dumps_typed(state))
@@ -35,8 +53,15 @@ def test_the_state_models_round_trip_through_the_checkpointer_without_a_warning(
     assert not [r for r in caplog.records if "unregistered" in r.getMessage() or "Blocked" in r.getMessage()]
 
 
-@pytest.mark.parametrize("old", [{"plan": {"kind": "train"}}, {"history": [{"id": "e001"}]}, {"incumbent": {"id": "e001"}},
-                                 {"verdict": {"decision": "keep"}}])
+@pytest.mark.parametrize(
+    "old",
+    [
+        {"plan": {"kind": "train"}},
+        {"history": [{"id": "e001"}]},
+        {"incumbent": {"id": "e001"}},
+        {"verdict": {"decision": "keep"}},
+    ],
+)
 def test_an_old_checkpoint_is_refused_in_one_line(old: dict) -> None:
     with pytest.raises(UserError, match="older version") as err:
         refuse_old_state(old, "r1")  # type: ignore[arg-type]
@@ -53,6 +78,7 @@ def test_resuming_an_old_checkpoint_raises_the_one_line_error_out_of_the_graph(t
         def run(state: dict) -> dict:
             ran.append(name)
             return {}
+
         return run
 
     fake = SimpleNamespace(s=SimpleNamespace(run_id="old1"), **{name: node(name) for name in NODES})

@@ -16,7 +16,7 @@ from agent.plans import PlanContext, PlanError, check_plan, parse_plan
 from agent.state import HistoryEntry
 from harness.data import CorpusSpec, prepare_corpus
 from nas.space import ArchConfig
-from nas.train import Trainer, TrainConfig, prepare_run_dir
+from nas.train import TrainConfig, Trainer, prepare_run_dir
 
 TINY = ArchConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, context_length=64)
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,9 @@ def corpus(small_corpus_dir):
 
 
 def _train(out: Path, corpus, **kw) -> dict:
-    cfg = TrainConfig(**{"batch_size": 4, "eval_bytes": 4000, "measure_latency": False, "device": "cpu", "log_every": 5, **kw})
+    cfg = TrainConfig(
+        **{"batch_size": 4, "eval_bytes": 4000, "measure_latency": False, "device": "cpu", "log_every": 5, **kw}
+    )
     prepare_run_dir(out)
     Trainer(TINY, corpus, cfg, out, log_to_console=False).run()
     return json.loads((out / "metrics.json").read_text())
@@ -64,7 +66,11 @@ def test_the_metric_judge_treats_a_capped_run_as_a_crash_with_its_reason():
     from agent.goal import parse_goal
     from agent.judge import judge
 
-    capped = {"status": "capped", "fail_reason": "wall-clock cap of 10s reached after 5 of 9 tokens", "stopped_by": "wall_cap"}
+    capped = {
+        "status": "capped",
+        "fail_reason": "wall-clock cap of 10s reached after 5 of 9 tokens",
+        "stopped_by": "wall_cap",
+    }
     v = judge(parse_goal("best code model under 2 MB"), capped, 3.0, 0.01)
     assert v.decision == "crash" and "wall-clock cap" in v.reason
 
@@ -73,9 +79,35 @@ def test_train_worker_stops_at_its_cap_counted_from_its_start_and_exits_1(tmp_pa
     arch = tmp_path / "arch.json"
     arch.write_text(TINY.to_json())
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "nas", "train", "--arch", str(arch), "--corpus", str(small_corpus_dir),
-                           "--budget", "50Mtok", "--max-seconds", "12", "--out", str(out), "--quiet", "--batch-size", "4",
-                           "--eval-bytes", "2000", "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nas",
+            "train",
+            "--arch",
+            str(arch),
+            "--corpus",
+            str(small_corpus_dir),
+            "--budget",
+            "50Mtok",
+            "--max-seconds",
+            "12",
+            "--out",
+            str(out),
+            "--quiet",
+            "--batch-size",
+            "4",
+            "--eval-bytes",
+            "2000",
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     assert "stopped early" in done.stderr and "wall-clock cap of 12s" in done.stderr
     m = json.loads((out / "metrics.json").read_text())
@@ -83,17 +115,25 @@ def test_train_worker_stops_at_its_cap_counted_from_its_start_and_exits_1(tmp_pa
     assert m["wall_s"] < 12  # the imports before training are inside the cap, not added to it
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--budget", "2s", "--max-seconds", "0"], "--max-seconds"),
-    (["train", "--budget", "2s", "--max-seconds", "nan"], "--max-seconds"),
-    (["train", "--budget", "5 parsecs"], "unknown budget unit"),
-    (["run", "find the best Python code model under 1 MB", "--experiment-budget", "lots"], "cannot read budget"),
-    (["run", "find the best Python code model under 1 MB", "--experiment-budget", "0tok"], "budget must be positive"),
-    (["run", "find the best Python code model under 1 MB", "--budget", "2Mtok"], "wall-clock time"),
-    (["run", "find the best Python code model under 1 MB", "--grace", "-5s"], "--grace"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--budget", "2s", "--max-seconds", "0"], "--max-seconds"),
+        (["train", "--budget", "2s", "--max-seconds", "nan"], "--max-seconds"),
+        (["train", "--budget", "5 parsecs"], "unknown budget unit"),
+        (["run", "find the best Python code model under 1 MB", "--experiment-budget", "lots"], "cannot read budget"),
+        (
+            ["run", "find the best Python code model under 1 MB", "--experiment-budget", "0tok"],
+            "budget must be positive",
+        ),
+        (["run", "find the best Python code model under 1 MB", "--budget", "2Mtok"], "wall-clock time"),
+        (["run", "find the best Python code model under 1 MB", "--grace", "-5s"], "--grace"),
+    ],
+)
 def test_bad_budgets_are_one_line_errors(tmp_path, args, message):
-    result = runner.invoke(app, [*args, *(["--out", str(tmp_path / "o")] if args[0] == "train" else ["--runs-dir", str(tmp_path)])])
+    result = runner.invoke(
+        app, [*args, *(["--out", str(tmp_path / "o")] if args[0] == "train" else ["--runs-dir", str(tmp_path)])]
+    )
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
@@ -116,13 +156,31 @@ def test_plan_budgets_follow_the_kind_of_the_experiment_budget():
     search = check_plan(parse_plan({"kind": "nas_search", "config": {"trials": 3}, "rationale": "x"}), _ctx("400ktok"))
     assert search.config.stage1_budget == "100000tok"
     cases = [
-        ({**train, "config": {"arch": arch, "budget": "60s"}}, "500ktok", "config.budget 60s is wall-clock time but this run "
-                                                                         "counts experiment budgets in tokens"),
+        (
+            {**train, "config": {"arch": arch, "budget": "60s"}},
+            "500ktok",
+            "config.budget 60s is wall-clock time but this run counts experiment budgets in tokens",
+        ),
         ({**train, "config": {"arch": arch, "budget": "2Mtok"}}, "60s", "config.budget 2Mtok is tokens"),
-        ({"kind": "distill", "config": {"teacher": "e001", "arch": arch, "budget": "1m"}, "rationale": "x"}, "1Mtok", "config.budget 1m"),
-        ({"kind": "nas_search", "config": {"stage1_budget": "10s"}, "rationale": "x"}, "1Mtok", "config.stage1_budget 10s"),
-        ({"kind": "compress", "config": {"target": "e001", "prune": "wanda:0.5", "recover": "20s"}, "rationale": "x"}, "1Mtok",
-         "config.recover 20s"),
+        (
+            {"kind": "distill", "config": {"teacher": "e001", "arch": arch, "budget": "1m"}, "rationale": "x"},
+            "1Mtok",
+            "config.budget 1m",
+        ),
+        (
+            {"kind": "nas_search", "config": {"stage1_budget": "10s"}, "rationale": "x"},
+            "1Mtok",
+            "config.stage1_budget 10s",
+        ),
+        (
+            {
+                "kind": "compress",
+                "config": {"target": "e001", "prune": "wanda:0.5", "recover": "20s"},
+                "rationale": "x",
+            },
+            "1Mtok",
+            "config.recover 20s",
+        ),
     ]
     for raw, budget, message in cases:
         with pytest.raises(PlanError, match=message):
@@ -138,9 +196,17 @@ def test_offline_plans_follow_the_kind_of_the_experiment_budget():
     planner = OfflinePlanner(parse_goal("find the best Python code model under 2 MB"), 256, "600ktok", 4)
     first = planner.propose([], None)
     assert first.kind == "train" and first.config.budget == "600ktok"
-    history = [HistoryEntry.model_validate(h) for h in (
-        {"id": "e001", "plan": first.model_dump(), "decision": "keep"},
-        {"id": "e002", "plan": {**first.model_dump(), "config": {**first.model_dump()["config"], "seed": 1}}, "decision": "repeat"})]
+    history = [
+        HistoryEntry.model_validate(h)
+        for h in (
+            {"id": "e001", "plan": first.model_dump(), "decision": "keep"},
+            {
+                "id": "e002",
+                "plan": {**first.model_dump(), "config": {**first.model_dump()["config"], "seed": 1}},
+                "decision": "repeat",
+            },
+        )
+    ]
     search = planner.propose(history, history[0])
     assert search.kind == "nas_search" and search.config.stage1_budget == "150000tok"
     assert budget_fraction("40s", 4) == "10s" and budget_fraction("2ktok", 4) == "1000tok"
@@ -154,23 +220,37 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
     from agent.graph import ResearchAgent
     from agent.settings import RunSettings
 
-    settings = RunSettings(run_id="t", goal="find the best Python code model under 2 MB", runs_dir=str(tmp_path),
-                           budget_s=300, grace_s=20, experiment_budget="500ktok")
+    settings = RunSettings(
+        run_id="t",
+        goal="find the best Python code model under 2 MB",
+        runs_dir=str(tmp_path),
+        budget_s=300,
+        grace_s=20,
+        experiment_budget="500ktok",
+    )
     agent = ResearchAgent(settings)
     arch = ArchConfig().model_dump()
-    incumbent = HistoryEntry(id="e001", run_dir=str(tiny_run), decision="keep", val_bpb=3.0,
-                             plan=parse_plan({"kind": "train", "config": {"arch": ArchConfig().model_dump()}, "rationale": "x"}))
-    plans = [parse_plan({"kind": "train", "config": {"arch": arch, "budget": "500ktok"}, "rationale": "x"}),
-             parse_plan({"kind": "distill", "config": {"arch": arch, "budget": "500ktok"}, "rationale": "x"}),
-             parse_plan({"kind": "nas_search", "config": {"stage1_budget": "100ktok", "trials": 50}, "rationale": "x"}),
-             parse_plan({"kind": "compress", "config": {"target": "incumbent", "int8": True}, "rationale": "x"}),
-             parse_plan({"kind": "eval", "config": {"target": "incumbent"}, "rationale": "x"})]
+    incumbent = HistoryEntry(
+        id="e001",
+        run_dir=str(tiny_run),
+        decision="keep",
+        val_bpb=3.0,
+        plan=parse_plan({"kind": "train", "config": {"arch": ArchConfig().model_dump()}, "rationale": "x"}),
+    )
+    plans = [
+        parse_plan({"kind": "train", "config": {"arch": arch, "budget": "500ktok"}, "rationale": "x"}),
+        parse_plan({"kind": "distill", "config": {"arch": arch, "budget": "500ktok"}, "rationale": "x"}),
+        parse_plan({"kind": "nas_search", "config": {"stage1_budget": "100ktok", "trials": 50}, "rationale": "x"}),
+        parse_plan({"kind": "compress", "config": {"target": "incumbent", "int8": True}, "rationale": "x"}),
+        parse_plan({"kind": "eval", "config": {"target": "incumbent"}, "rationale": "x"}),
+    ]
     for elapsed, left in ((240.0, 60.0), (310.0, 0.0)):
         state = {"elapsed_s": elapsed, "incumbent": incumbent, "history": []}
         for plan in plans:
             cmd, timeout = agent._command(plan, Path("runs/e009"), state)
             assert timeout == left + 20, (plan.kind, timeout)
-            if plan.kind in ("train", "distill"):  # the harness's scoring of the model keeps its reserve (60 s at first)
+            # the harness's scoring of the model keeps its reserve (60 s at first)
+            if plan.kind in ("train", "distill"):
                 assert cmd[cmd.index("--max-seconds") + 1] == f"{max(left - 60.0, 1.0):.1f}"
             if plan.kind == "nas_search":
                 assert cmd[cmd.index("--budget") + 1] == f"{max(left, 1.0):.1f}s" and "--cap-trials" in cmd
@@ -184,13 +264,32 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
 def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path, small_corpus_dir):
     budget_s, grace_s = 25, 15
     t0 = time.monotonic()
-    result = runner.invoke(app, ["run", "find the best Python code model under 2 MB", "--run-id", "o1", "--runs-dir", str(tmp_path),
-                                 "--budget", f"{budget_s}s", "--grace", f"{grace_s}s", "--experiment-budget", "50Mtok",
-                                 "--corpus", str(small_corpus_dir), "--eval-bytes", "4000"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "find the best Python code model under 2 MB",
+            "--run-id",
+            "o1",
+            "--runs-dir",
+            str(tmp_path),
+            "--budget",
+            f"{budget_s}s",
+            "--grace",
+            f"{grace_s}s",
+            "--experiment-budget",
+            "50Mtok",
+            "--corpus",
+            str(small_corpus_dir),
+            "--eval-bytes",
+            "4000",
+        ],
+    )
     wall = time.monotonic() - t0
     assert result.exit_code == 0, result.output
     rows = (tmp_path / "o1" / "workspace" / "results.tsv").read_text().splitlines()
-    # the first experiment cut short (its cap leaves the harness's scoring its reserve); nothing after it finishes either
+    # the first experiment cut short (its cap leaves the harness's scoring its reserve);
+    # nothing after it finishes either
     assert len(rows) >= 2 and "wall-clock cap" in rows[1] and all("\tcrash\t" in r for r in rows[1:])
     m = json.loads((tmp_path / "o1" / "workspace" / "runs" / "e001" / "metrics.json").read_text())
     assert m["stopped_by"] == "wall_cap" and m["budget_tokens"] == 50_000_000 and 0 <= m["tokens_trained"] < 50_000_000
@@ -211,14 +310,28 @@ def test_a_search_caps_its_token_trials_at_its_wall_clock_budget(tmp_path, small
     from nas.search import Search, SearchConfig
 
     out = tmp_path / "s"
-    cfg = SearchConfig(out=str(out), space="tiny", trials=2, budget="20s", cap_trials=True, stage1_budget="50Mtok", stage2_budget="none",
-                       eval_bytes=4000, batch_size=8, workers=1, population=3, screen=False,
-                       corpus=CorpusSpec(source=str(small_corpus_dir)))
+    cfg = SearchConfig(
+        out=str(out),
+        space="tiny",
+        trials=2,
+        budget="20s",
+        cap_trials=True,
+        stage1_budget="50Mtok",
+        stage2_budget="none",
+        eval_bytes=4000,
+        batch_size=8,
+        workers=1,
+        population=3,
+        screen=False,
+        corpus=CorpusSpec(source=str(small_corpus_dir)),
+    )
     summary = Search(cfg, live=False).run()
     with open(out / "results.tsv") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     trained = [r for r in rows if r["status"] not in ("rejected", "not_run", "")]
-    assert trained and all(r["status"] == "capped" for r in trained), [(r["status"], r["state"], r["reason"]) for r in rows]
+    assert trained and all(r["status"] == "capped" for r in trained), [
+        (r["status"], r["state"], r["reason"]) for r in rows
+    ]
     for r in trained:
         m = json.loads((out / "trials" / f"s1-{int(r['trial']):05d}" / "metrics.json").read_text())
         assert m["stopped_by"] == "wall_cap" and m["max_seconds"] <= 20 and 0 <= m["tokens_trained"] < 50_000_000
@@ -227,10 +340,37 @@ def test_a_search_caps_its_token_trials_at_its_wall_clock_budget(tmp_path, small
 
 def test_distill_worker_stops_at_its_cap(tmp_path, small_corpus_dir, tiny_run):
     out = tmp_path / "kd"
-    done = subprocess.run([sys.executable, "-m", "distill", "distill", "--teacher", str(tiny_run), "--student",
-                           str(tiny_run / "arch.json"), "--budget", "50Mtok", "--max-seconds", "12", "--out", str(out),
-                           "--corpus", str(small_corpus_dir), "--batch-size", "4", "--eval-bytes", "2000", "--device", "cpu",
-                           "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill",
+            "distill",
+            "--teacher",
+            str(tiny_run),
+            "--student",
+            str(tiny_run / "arch.json"),
+            "--budget",
+            "50Mtok",
+            "--max-seconds",
+            "12",
+            "--out",
+            str(out),
+            "--corpus",
+            str(small_corpus_dir),
+            "--batch-size",
+            "4",
+            "--eval-bytes",
+            "2000",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "capped" and m["stopped_by"] == "wall_cap" and m["max_seconds"] == 12

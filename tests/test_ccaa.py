@@ -17,6 +17,7 @@ from ccaa.claude_code import ClaudeCodeEditor, StreamSummary, editor_env
 from ccaa.editor import BuiltinEditor, EditInstruction, Editor, EditorReport, edit_with_fallback, snapshot_tree
 from tests.llm_server import Reply, ScriptedLLMServer
 
+
 def _has_claude() -> bool:
     from ccaa.claude_code import find_claude_binary
     from ccaa.editor import EditorUnavailable
@@ -58,17 +59,33 @@ class ToolTurns:
         self.bodies.append(body)
         if not body.get("tools"):
             return _message([{"type": "text", "text": "Edit"}], "end_turn")
-        done = sum(1 for m in body.get("messages", []) if m.get("role") == "user" and isinstance(m.get("content"), list)
-                   and any(isinstance(c, dict) and c.get("type") == "tool_result" for c in m["content"]))
+        done = sum(
+            1
+            for m in body.get("messages", [])
+            if m.get("role") == "user"
+            and isinstance(m.get("content"), list)
+            and any(isinstance(c, dict) and c.get("type") == "tool_result" for c in m["content"])
+        )
         blocks = self.turns[done] if done < len(self.turns) else [{"type": "text", "text": "Done."}]
-        return Reply(body=_message(blocks, "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn").body,
-                     delay_s=self.delay_s)
+        return Reply(
+            body=_message(blocks, "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn").body,
+            delay_s=self.delay_s,
+        )
 
 
 def _message(blocks: list[dict[str, Any]], stop: str) -> Reply:
-    return Reply(body={"id": f"msg_{time.monotonic_ns()}", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
-                       "content": blocks, "stop_reason": stop, "stop_sequence": None,
-                       "usage": {"input_tokens": 1200, "output_tokens": 80}})
+    return Reply(
+        body={
+            "id": f"msg_{time.monotonic_ns()}",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-6",
+            "content": blocks,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1200, "output_tokens": 80},
+        }
+    )
 
 
 def tool(name: str, args: dict[str, Any], n: int) -> dict[str, Any]:
@@ -77,12 +94,19 @@ def tool(name: str, args: dict[str, Any], n: int) -> dict[str, Any]:
 
 def claude_editor(server: ScriptedLLMServer, home: Path, **kw: Any) -> ClaudeCodeEditor:
     home.mkdir(exist_ok=True)
-    base = {"PATH": os.environ["PATH"], "HOME": str(home), "ANTHROPIC_BASE_URL": server.anthropic_url,
-            "ANTHROPIC_API_KEY": "sk-ant-test", "OPENAI_API_KEY": "sk-openai-must-not-leak", "AWS_SECRET_ACCESS_KEY": "nope"}
+    base = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": server.anthropic_url,
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "OPENAI_API_KEY": "sk-openai-must-not-leak",
+        "AWS_SECRET_ACCESS_KEY": "nope",
+    }
     return ClaudeCodeEditor(env=base, **kw)
 
 
 # ------------------------------------------------------------------------------------------ built-in + checks
+
 
 def test_builtin_editor_writes_configs_and_reports_the_diff(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
@@ -111,7 +135,11 @@ class _Rogue(Editor):
             assert self.outside is not None
             self.outside.write_text("escaped\n")
         elif self.action == "commit":
-            subprocess.run(["git", "-c", "user.email=r@r", "-c", "user.name=r", "commit", "-qam", "rogue"], cwd=workspace, check=True)
+            subprocess.run(
+                ["git", "-c", "user.email=r@r", "-c", "user.name=r", "commit", "-qam", "rogue"],
+                cwd=workspace,
+                check=True,
+            )
         elif self.action == "crash":
             raise RuntimeError("editor bug")
         return EditorReport(ok=True)
@@ -120,10 +148,16 @@ class _Rogue(Editor):
 def test_guard_reverts_writes_outside_the_workspace(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     (ws / "configs").mkdir()
-    (ws / "configs" / "plan.json").write_text("{}\n")  # the built-in editor's uncommitted change survives a reverted edit
+    (ws / "configs" / "plan.json").write_text(
+        "{}\n"
+    )  # the built-in editor's uncommitted change survives a reverted edit
     before = snapshot_tree(ws)
     result = _Rogue("outside", outside=tmp_path / "run" / "stolen.txt").edit(ws, EditInstruction(text="x"))
-    assert not result.ok and "outside the workspace" in result.error and result.outside_writes == (str(tmp_path / "run" / "stolen.txt"),)
+    assert (
+        not result.ok
+        and "outside the workspace" in result.error
+        and result.outside_writes == (str(tmp_path / "run" / "stolen.txt"),)
+    )
     assert snapshot_tree(ws) == before and (ws / "nas" / "model.py").read_text().startswith("def attention")
     assert not (ws / "new_file.py").exists() and (ws / "configs" / "plan.json").exists()
 
@@ -139,7 +173,9 @@ def test_guard_undoes_an_editors_own_commit_and_judges_the_change(tmp_path: Path
 
 def test_editor_crash_fails_the_edit_and_the_fallback_takes_over(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
-    results = edit_with_fallback([_Rogue("crash"), BuiltinEditor()], ws, EditInstruction(text="", files={"configs/a.json": "{}\n"}))
+    results = edit_with_fallback(
+        [_Rogue("crash"), BuiltinEditor()], ws, EditInstruction(text="", files={"configs/a.json": "{}\n"})
+    )
     assert [r.editor for r in results] == ["rogue", "builtin"]
     assert not results[0].ok and "editor bug" in results[0].error
     assert results[1].ok and results[1].files_changed == ("configs/a.json",)
@@ -148,44 +184,88 @@ def test_editor_crash_fails_the_edit_and_the_fallback_takes_over(tmp_path: Path)
 def test_missing_claude_binary_is_one_line_and_falls_back(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     cc = ClaudeCodeEditor(binary=str(tmp_path / "no" / "claude"))
-    results = edit_with_fallback([cc, BuiltinEditor()], ws, EditInstruction(text="tune", files={"configs/a.json": "{}\n"}))
+    results = edit_with_fallback(
+        [cc, BuiltinEditor()], ws, EditInstruction(text="tune", files={"configs/a.json": "{}\n"})
+    )
     assert not results[0].ok and "no Claude Code binary" in results[0].error and "\n" not in results[0].error
     assert results[-1].ok
 
 
 def test_editor_env_passes_only_anthropic_settings() -> None:
-    env = editor_env({"PATH": "/bin", "HOME": "/h", "ANTHROPIC_API_KEY": "a", "ANTHROPIC_BASE_URL": "http://x",
-                      "OPENAI_API_KEY": "o", "AWS_SECRET_ACCESS_KEY": "s", "HF_TOKEN": "h", "GITHUB_TOKEN": "g"})
+    env = editor_env(
+        {
+            "PATH": "/bin",
+            "HOME": "/h",
+            "ANTHROPIC_API_KEY": "a",
+            "ANTHROPIC_BASE_URL": "http://x",
+            "OPENAI_API_KEY": "o",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "HF_TOKEN": "h",
+            "GITHUB_TOKEN": "g",
+        }
+    )
     assert env["ANTHROPIC_API_KEY"] == "a" and env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert not {"OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "GITHUB_TOKEN"} & env.keys()
 
 
 def test_stream_summary_counts_only_writes_that_happened() -> None:
     s = StreamSummary()
-    events = [{"type": "system", "subtype": "init", "session_id": "s1"},
-              {"type": "assistant", "message": {"content": [tool("Write", {"file_path": "/etc/x"}, 1)]}},
-              {"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "toolu_001", "is_error": True}]}},
-              {"type": "assistant", "message": {"content": [tool("Edit", {"file_path": "/ws/a.py"}, 2)]}},
-              {"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "toolu_002", "content": "ok"}]}},
-              {"type": "result", "subtype": "success", "is_error": False, "num_turns": 3}]
+    events = [
+        {"type": "system", "subtype": "init", "session_id": "s1"},
+        {"type": "assistant", "message": {"content": [tool("Write", {"file_path": "/etc/x"}, 1)]}},
+        {
+            "type": "user",
+            "message": {"content": [{"type": "tool_result", "tool_use_id": "toolu_001", "is_error": True}]},
+        },
+        {"type": "assistant", "message": {"content": [tool("Edit", {"file_path": "/ws/a.py"}, 2)]}},
+        {
+            "type": "user",
+            "message": {"content": [{"type": "tool_result", "tool_use_id": "toolu_002", "content": "ok"}]},
+        },
+        {"type": "result", "subtype": "success", "is_error": False, "num_turns": 3},
+    ]
     for e in events:
         s.feed(json.dumps(e))
     s.feed("not json")
-    assert s.session_id == "s1" and s.writes == ["/ws/a.py"] and s.refused == 1 and s.bad_lines == 1 and s.result["num_turns"] == 3
+    assert (
+        s.session_id == "s1"
+        and s.writes == ["/ws/a.py"]
+        and s.refused == 1
+        and s.bad_lines == 1
+        and s.result["num_turns"] == 3
+    )
 
 
 # ------------------------------------------------------------------------------------------ the real CLI
+
 
 @needs_claude
 def test_claude_code_really_edits_the_workspace(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     model = str(ws / "nas" / "model.py")
-    script = ToolTurns([[tool("Read", {"file_path": model}, 1)],
-                        [tool("Edit", {"file_path": model, "old_string": "softmax(q @ k.T)", "new_string": "softmax(q @ k.T / d ** 0.5)"}, 2)]])
+    script = ToolTurns(
+        [
+            [tool("Read", {"file_path": model}, 1)],
+            [
+                tool(
+                    "Edit",
+                    {"file_path": model, "old_string": "softmax(q @ k.T)", "new_string": "softmax(q @ k.T / d ** 0.5)"},
+                    2,
+                )
+            ],
+        ]
+    )
     with ScriptedLLMServer(script) as server:
         editor = claude_editor(server, tmp_path / "home", max_turns=6)
-        result = editor.edit(ws, EditInstruction(text="scale the attention scores", system_prompt="RULES-FROM-PROMPTS-DIR",
-                                                 log_dir=ws / "runs" / "e001" / "edit", timeout_s=120))
+        result = editor.edit(
+            ws,
+            EditInstruction(
+                text="scale the attention scores",
+                system_prompt="RULES-FROM-PROMPTS-DIR",
+                log_dir=ws / "runs" / "e001" / "edit",
+                timeout_s=120,
+            ),
+        )
     assert result.ok, result.error
     assert result.files_changed == ("nas/model.py",)
     assert "+    return softmax(q @ k.T / d ** 0.5) @ v" in result.diff
@@ -194,7 +274,14 @@ def test_claude_code_really_edits_the_workspace(tmp_path: Path) -> None:
     kinds = [json.loads(line)["type"] for line in result.transcript.read_text().splitlines()]
     assert kinds[0] == "system" and kinds[-1] == "result"
     main = [b for b in script.bodies if b.get("tools")]
-    assert {t["name"] for t in main[0]["tools"]} <= {"Read", "Edit", "Write", "Glob", "Grep", "NotebookEdit"}  # no Bash, no web
+    assert {t["name"] for t in main[0]["tools"]} <= {
+        "Read",
+        "Edit",
+        "Write",
+        "Glob",
+        "Grep",
+        "NotebookEdit",
+    }  # no Bash, no web
     assert "RULES-FROM-PROMPTS-DIR" in json.dumps(main[0]["system"])
     assert git_status(ws).strip() == "M nas/model.py"  # changed in the tree, not committed: the agent commits
 
@@ -203,14 +290,30 @@ def test_claude_code_really_edits_the_workspace(tmp_path: Path) -> None:
 def test_claude_code_sees_no_other_providers_keys_and_outside_writes_are_reverted(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     outside = tmp_path / "run" / "outside.txt"
-    script = ToolTurns([[tool("Bash", {"command": "env > env_dump.txt", "description": "dump env"}, 1)],
-                        [tool("Bash", {"command": f"cp env_dump.txt {tmp_path}/env_copy.txt; echo x > {outside}",
-                                       "description": "escape"}, 2)]])
+    script = ToolTurns(
+        [
+            [tool("Bash", {"command": "env > env_dump.txt", "description": "dump env"}, 1)],
+            [
+                tool(
+                    "Bash",
+                    {
+                        "command": f"cp env_dump.txt {tmp_path}/env_copy.txt; echo x > {outside}",
+                        "description": "escape",
+                    },
+                    2,
+                )
+            ],
+        ]
+    )
     with ScriptedLLMServer(script) as server:
         editor = claude_editor(server, tmp_path / "home", tools=("Read", "Bash"), allowed_tools=("Bash",), max_turns=6)
-        result = editor.edit(ws, EditInstruction(text="look around", log_dir=ws / "runs" / "e002" / "edit", timeout_s=120))
+        result = editor.edit(
+            ws, EditInstruction(text="look around", log_dir=ws / "runs" / "e002" / "edit", timeout_s=120)
+        )
     seen = (tmp_path / "env_copy.txt").read_text()
-    assert "ANTHROPIC_API_KEY=sk-ant-test" in seen and "sk-openai-must-not-leak" not in seen and "AWS_SECRET" not in seen
+    assert (
+        "ANTHROPIC_API_KEY=sk-ant-test" in seen and "sk-openai-must-not-leak" not in seen and "AWS_SECRET" not in seen
+    )
     assert not result.ok and "outside the workspace" in result.error and str(outside) in result.outside_writes
     assert not (ws / "env_dump.txt").exists() and git_status(ws) == ""  # the workspace edit was reverted
 
@@ -222,7 +325,8 @@ def test_claude_code_refused_outside_write_leaves_an_empty_diff(tmp_path: Path) 
     script = ToolTurns([[tool("Write", {"file_path": str(target), "content": "x = 1\n"}, 1)]])
     with ScriptedLLMServer(script) as server:
         result = claude_editor(server, tmp_path / "home", max_turns=4).edit(
-            ws, EditInstruction(text="write outside", log_dir=ws / "runs" / "e003" / "edit", timeout_s=120))
+            ws, EditInstruction(text="write outside", log_dir=ws / "runs" / "e003" / "edit", timeout_s=120)
+        )
     assert not target.exists()  # acceptEdits refuses writes outside the working directory in headless mode
     assert not result.ok and "empty diff" in result.error
 
@@ -233,7 +337,9 @@ def test_claude_code_that_hangs_is_killed_with_its_group(tmp_path: Path) -> None
     script = ToolTurns([[tool("Read", {"file_path": str(ws / "nas" / "model.py")}, 1)]], delay_s=60)
     with ScriptedLLMServer(script) as server:
         t0 = time.monotonic()
-        result = claude_editor(server, tmp_path / "home").edit(ws, EditInstruction(text="x", log_dir=ws / "runs" / "e4", timeout_s=4))
+        result = claude_editor(server, tmp_path / "home").edit(
+            ws, EditInstruction(text="x", log_dir=ws / "runs" / "e4", timeout_s=4)
+        )
         wall = time.monotonic() - t0
     assert not result.ok and "did not finish within 4s" in result.error
     assert wall < 40
@@ -244,7 +350,9 @@ def test_claude_code_that_hangs_is_killed_with_its_group(tmp_path: Path) -> None
 # ------------------------------------------------------------------------------------------ the GUI fallback
 
 HAS_GUI = all(shutil.which(b) for b in ("Xvfb", "xterm", "tesseract"))
-needs_gui = pytest.mark.skipif(not HAS_GUI, reason="Xvfb, xterm and tesseract are not installed (.ci/run installs them)")
+needs_gui = pytest.mark.skipif(
+    not HAS_GUI, reason="Xvfb, xterm and tesseract are not installed (.ci/run installs them)"
+)
 
 
 @needs_gui
@@ -252,8 +360,15 @@ def test_gui_editor_types_into_a_real_terminal_and_the_diff_shows_it(tmp_path: P
     from ccaa.gui import GuiEditor, TesseractReader, is_blank
 
     ws = make_workspace(tmp_path)
-    editor = GuiEditor(command=["bash", "--norc", "--noprofile"], rules=(), ready_pattern=r"bash-[\d.]+[#$]", busy_pattern="",
-                       poll_s=0.5, stable_s=1.5, timeout_s=60)
+    editor = GuiEditor(
+        command=["bash", "--norc", "--noprofile"],
+        rules=(),
+        ready_pattern=r"bash-[\d.]+[#$]",
+        busy_pattern="",
+        poll_s=0.5,
+        stable_s=1.5,
+        timeout_s=60,
+    )
     log_dir = ws / "runs" / "e010" / "edit"
     result = editor.edit(ws, EditInstruction(text="echo gui-edit-ok > gui.txt", log_dir=log_dir))
     assert result.ok, result.error
@@ -277,11 +392,20 @@ def test_gui_editor_drives_interactive_claude_code_through_its_prompts(tmp_path:
     ws = make_workspace(tmp_path)
     script = ToolTurns([[tool("Write", {"file_path": str(ws / "nas" / "rope.py"), "content": "ROTARY = True\n"}, 1)]])
     with ScriptedLLMServer(script) as server:
-        env = {"PATH": os.environ["PATH"], "ANTHROPIC_BASE_URL": server.anthropic_url, "ANTHROPIC_API_KEY": "sk-ant-test",
-               "OPENAI_API_KEY": "sk-openai-must-not-leak"}
+        env = {
+            "PATH": os.environ["PATH"],
+            "ANTHROPIC_BASE_URL": server.anthropic_url,
+            "ANTHROPIC_API_KEY": "sk-ant-test",
+            "OPENAI_API_KEY": "sk-openai-must-not-leak",
+        }
         editor = GuiEditor(env=env, poll_s=1.0, stable_s=2.0, timeout_s=120)
         log_dir = ws / "runs" / "e011" / "edit"
-        result = editor.edit(ws, EditInstruction(text="add a rotary embedding flag in nas/rope.py", system_prompt="GUI-RULES", log_dir=log_dir))
+        result = editor.edit(
+            ws,
+            EditInstruction(
+                text="add a rotary embedding flag in nas/rope.py", system_prompt="GUI-RULES", log_dir=log_dir
+            ),
+        )
     assert result.ok, result.error
     assert result.files_changed == ("nas/rope.py",) and (ws / "nas" / "rope.py").read_text() == "ROTARY = True\n"
     actions = [json.loads(line)["action"] for line in (log_dir / "gui_transcript.jsonl").read_text().splitlines()]
@@ -290,7 +414,9 @@ def test_gui_editor_drives_interactive_claude_code_through_its_prompts(tmp_path:
     assert any(a.startswith("rule: use the configured API key") for a in fired)
     assert "typed instruction" in fired
     main = [b for b in script.bodies if b.get("tools")]
-    assert "add a rotary embedding flag" in json.dumps(main[0]["messages"]) and "GUI-RULES" in json.dumps(main[0]["system"])
+    assert "add a rotary embedding flag" in json.dumps(main[0]["messages"]) and "GUI-RULES" in json.dumps(
+        main[0]["system"]
+    )
     assert {t["name"] for t in main[0]["tools"]} <= {"Read", "Edit", "Write", "Glob", "Grep", "NotebookEdit"}
 
 
@@ -311,7 +437,9 @@ def test_vision_model_reader_sends_the_screenshot_to_an_openai_compatible_server
     assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
 
 
-def test_gui_editor_without_terminal_or_display_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gui_editor_without_terminal_or_display_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ccaa.gui as gui
 
     ws = make_workspace(tmp_path)

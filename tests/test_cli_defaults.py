@@ -32,29 +32,105 @@ def _option_defaults(path: str) -> dict[str, Any]:
 SAME_NAME = object()
 # command -> (settings model, {option: field}); SAME_NAME for an option named as its field
 CASES: dict[str, list[tuple[type[BaseModel], dict[str, Any]]]] = {
-    "run": [(RunSettings, {"budget": SAME_NAME, "experiment_budget": SAME_NAME, "grace": SAME_NAME,
-                           "max_experiments": SAME_NAME, "max_cost": "max_cost_usd", "max_gpu_hours": SAME_NAME,
-                           "search_trials": SAME_NAME, "tokenizer": SAME_NAME, "corpus": SAME_NAME, "eval_bytes": SAME_NAME,
-                           "seed": SAME_NAME, "max_plan_attempts": SAME_NAME, "memory_mb": SAME_NAME,
-                           "claude_binary": SAME_NAME, "claude_model": SAME_NAME, "editor_max_turns": SAME_NAME,
-                           "editor_timeout": SAME_NAME}),
-            (LLMSpec, {"planner": "provider", "llm_timeout": "timeout_s"})],
-    "train": [(TrainConfig, {"batch_size": SAME_NAME, "grad_accum": SAME_NAME, "lr": SAME_NAME, "seed": SAME_NAME,
-                             "device": SAME_NAME, "compile": SAME_NAME, "eval_bytes": SAME_NAME,
-                             "checkpoint_every": "checkpoint_every_s", "max_seconds": SAME_NAME})],
-    "distill": [(TrainConfig, {"batch_size": SAME_NAME, "lr": SAME_NAME, "seed": SAME_NAME, "device": SAME_NAME,
-                               "eval_bytes": SAME_NAME, "max_seconds": SAME_NAME}),
-                (KDLossConfig, {"loss": "kind", "temperature": SAME_NAME, "ce_weight": SAME_NAME, "skew": SAME_NAME})],
-    "compress": [(CompressConfig, {"int8": SAME_NAME, "int8_backend": SAME_NAME, "prune": SAME_NAME,
-                                   "recover_lr": SAME_NAME, "recover_distill": SAME_NAME, "eval_bytes": SAME_NAME,
-                                   "seed": SAME_NAME, "onnx": SAME_NAME})],
-    "nas search": [(SearchConfig, {"space": SAME_NAME, "objectives": SAME_NAME, "strategy": SAME_NAME, "trials": SAME_NAME,
-                                   "budget": SAME_NAME, "cap_trials": SAME_NAME, "stage1": "stage1_budget",
-                                   "stage2": "stage2_budget", "eta": SAME_NAME, "stage2_max": SAME_NAME, "screen": SAME_NAME,
-                                   "screen_proxy": SAME_NAME, "population": SAME_NAME, "seed": SAME_NAME,
-                                   "executor": SAME_NAME, "workers": SAME_NAME, "ray_address": SAME_NAME,
-                                   "storage": SAME_NAME, "study_name": SAME_NAME, "tokenizer": SAME_NAME,
-                                   "batch_size": SAME_NAME, "eval_bytes": SAME_NAME})],
+    "run": [
+        (
+            RunSettings,
+            {
+                "budget": SAME_NAME,
+                "experiment_budget": SAME_NAME,
+                "grace": SAME_NAME,
+                "max_experiments": SAME_NAME,
+                "max_cost": "max_cost_usd",
+                "max_gpu_hours": SAME_NAME,
+                "search_trials": SAME_NAME,
+                "tokenizer": SAME_NAME,
+                "corpus": SAME_NAME,
+                "eval_bytes": SAME_NAME,
+                "seed": SAME_NAME,
+                "max_plan_attempts": SAME_NAME,
+                "memory_mb": SAME_NAME,
+                "claude_binary": SAME_NAME,
+                "claude_model": SAME_NAME,
+                "editor_max_turns": SAME_NAME,
+                "editor_timeout": SAME_NAME,
+            },
+        ),
+        (LLMSpec, {"planner": "provider", "llm_timeout": "timeout_s"}),
+    ],
+    "train": [
+        (
+            TrainConfig,
+            {
+                "batch_size": SAME_NAME,
+                "grad_accum": SAME_NAME,
+                "lr": SAME_NAME,
+                "seed": SAME_NAME,
+                "device": SAME_NAME,
+                "compile": SAME_NAME,
+                "eval_bytes": SAME_NAME,
+                "checkpoint_every": "checkpoint_every_s",
+                "max_seconds": SAME_NAME,
+            },
+        )
+    ],
+    "distill": [
+        (
+            TrainConfig,
+            {
+                "batch_size": SAME_NAME,
+                "lr": SAME_NAME,
+                "seed": SAME_NAME,
+                "device": SAME_NAME,
+                "eval_bytes": SAME_NAME,
+                "max_seconds": SAME_NAME,
+            },
+        ),
+        (KDLossConfig, {"loss": "kind", "temperature": SAME_NAME, "ce_weight": SAME_NAME, "skew": SAME_NAME}),
+    ],
+    "compress": [
+        (
+            CompressConfig,
+            {
+                "int8": SAME_NAME,
+                "int8_backend": SAME_NAME,
+                "prune": SAME_NAME,
+                "recover_lr": SAME_NAME,
+                "recover_distill": SAME_NAME,
+                "eval_bytes": SAME_NAME,
+                "seed": SAME_NAME,
+                "onnx": SAME_NAME,
+            },
+        )
+    ],
+    "nas search": [
+        (
+            SearchConfig,
+            {
+                "space": SAME_NAME,
+                "objectives": SAME_NAME,
+                "strategy": SAME_NAME,
+                "trials": SAME_NAME,
+                "budget": SAME_NAME,
+                "cap_trials": SAME_NAME,
+                "stage1": "stage1_budget",
+                "stage2": "stage2_budget",
+                "eta": SAME_NAME,
+                "stage2_max": SAME_NAME,
+                "screen": SAME_NAME,
+                "screen_proxy": SAME_NAME,
+                "population": SAME_NAME,
+                "seed": SAME_NAME,
+                "executor": SAME_NAME,
+                "workers": SAME_NAME,
+                "ray_address": SAME_NAME,
+                "storage": SAME_NAME,
+                "study_name": SAME_NAME,
+                "tokenizer": SAME_NAME,
+                "batch_size": SAME_NAME,
+                "eval_bytes": SAME_NAME,
+            },
+        )
+    ],
 }
 
 

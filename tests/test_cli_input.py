@@ -38,9 +38,16 @@ ROWS: list[tuple] = [
     ("compress-out-under-file", ["compress", "--model", "{model}", "--int8", "--out", "{file}/sub"], "is a file"),
     ("compress-model-missing", ["compress", "--model", "{missing}", "--int8"], "does not exist"),
     ("compress-model-file", ["compress", "--model", "{file}", "--int8"], "a folder is expected"),
-    ("compress-recover-huge", ["compress", "--model", "{model}", "--prune", "magnitude:0.5", "--recover", "99999h", "--out", "{fresh}"],
-     "30 days"),
-    ("compress-recover-lr-nan", ["compress", "--model", "{model}", "--int8", "--recover-lr", "nan", "--out", "{fresh}"], "finite"),
+    (
+        "compress-recover-huge",
+        ["compress", "--model", "{model}", "--prune", "magnitude:0.5", "--recover", "99999h", "--out", "{fresh}"],
+        "30 days",
+    ),
+    (
+        "compress-recover-lr-nan",
+        ["compress", "--model", "{model}", "--int8", "--recover-lr", "nan", "--out", "{fresh}"],
+        "finite",
+    ),
     # latency
     ("latency-out-folder", ["latency", "--model", "{model}", "--out", "{folder}"], "is a folder"),
     ("latency-out-exists", ["latency", "--model", "{model}", "--out", "{file}"], "--overwrite"),
@@ -80,15 +87,43 @@ ROWS: list[tuple] = [
     ("eval-model-missing", ["eval", "humaneval", "--model", "{missing}"], "is not a run folder"),
     ("search-budget-huge", ["nas", "search", "--out", "{fresh}", "--budget", "99999h"], "30 days"),
     ("search-budget-tokens", ["nas", "search", "--out", "{fresh}", "--budget", "2Mtok"], "wall-clock"),
-    ("search-stage1-nan", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--stage1", "nan"], "cannot read budget"),
-    ("search-stage2-huge", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--stage2", "100000000Gtok"], "10^13"),
+    (
+        "search-stage1-nan",
+        ["nas", "search", "--out", "{fresh}", "--trials", "1", "--stage1", "nan"],
+        "cannot read budget",
+    ),
+    (
+        "search-stage2-huge",
+        ["nas", "search", "--out", "{fresh}", "--trials", "1", "--stage2", "100000000Gtok"],
+        "10^13",
+    ),
     ("search-max-mb-nan", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--max-mb", "nan"], "finite"),
-    ("search-max-mb-negative", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--max-mb", "-1"], "greater than 0"),
-    ("search-max-latency-inf", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--max-latency-ms", "inf"], "finite"),
+    (
+        "search-max-mb-negative",
+        ["nas", "search", "--out", "{fresh}", "--trials", "1", "--max-mb", "-1"],
+        "greater than 0",
+    ),
+    (
+        "search-max-latency-inf",
+        ["nas", "search", "--out", "{fresh}", "--trials", "1", "--max-latency-ms", "inf"],
+        "finite",
+    ),
     ("search-max-params-inf", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--max-params", "inf"], "finite"),
-    ("search-corpus-missing", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--corpus", "/missing.jsonl"], "does not exist"),
-    ("search-space-binary", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--space", "{binary_json}"], "not UTF-8"),
-    ("search-storage-folder", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--storage", "{folder}"], "is a folder"),
+    (
+        "search-corpus-missing",
+        ["nas", "search", "--out", "{fresh}", "--trials", "1", "--corpus", "/missing.jsonl"],
+        "does not exist",
+    ),
+    (
+        "search-space-binary",
+        ["nas", "search", "--out", "{fresh}", "--trials", "1", "--space", "{binary_json}"],
+        "not UTF-8",
+    ),
+    (
+        "search-storage-folder",
+        ["nas", "search", "--out", "{fresh}", "--trials", "1", "--storage", "{folder}"],
+        "is a folder",
+    ),
     ("search-trials-zero", ["nas", "search", "--out", "{fresh}", "--trials", "0"], "--trials"),
     # arch
     ("arch-sample-out-exists", ["arch", "sample", "--out", "{file}"], "--overwrite"),
@@ -121,25 +156,56 @@ ROWS: list[tuple] = [
     ("distill-student-missing", ["distill", "--teacher", "{model}", "--student", "{missing}"], "does not exist"),
     ("distill-student-folder", ["distill", "--teacher", "{model}", "--student", "{folder}"], "a file is expected"),
     ("distill-teacher-missing", ["distill", "--teacher", "{missing}", "--student", "{arch}"], "does not exist"),
-    ("distill-temperature-zero", ["distill", "--teacher", "{model}", "--student", "{arch}", "--temperature", "0"], "--temperature"),
-    ("distill-ce-weight", ["distill", "--teacher", "{model}", "--student", "{arch}", "--ce-weight", "2"], "--ce-weight"),
+    (
+        "distill-temperature-zero",
+        ["distill", "--teacher", "{model}", "--student", "{arch}", "--temperature", "0"],
+        "--temperature",
+    ),
+    (
+        "distill-ce-weight",
+        ["distill", "--teacher", "{model}", "--student", "{arch}", "--ce-weight", "2"],
+        "--ce-weight",
+    ),
     ("distill-skew-nan", ["distill", "--teacher", "{model}", "--student", "{arch}", "--skew", "nan"], "finite"),
-    ("distill-budget-huge", ["distill", "--teacher", "{model}", "--student", "{arch}", "--budget", "99999h"], "30 days"),
+    (
+        "distill-budget-huge",
+        ["distill", "--teacher", "{model}", "--student", "{arch}", "--budget", "99999h"],
+        "30 days",
+    ),
     ("distill-out-done", ["distill", "--teacher", "{model}", "--student", "{arch}", "--out", "{done}"], "--overwrite"),
-    ("distill-cache-file", ["distill", "--teacher", "{model}", "--student", "{arch}", "--topk", "5", "--cache-topk", "{file}"],
-     "is a file"),
-    ("distill-teacher-data-binary", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
-                                     "--teacher-data", "{binary}"], "not UTF-8"),
-    ("distill-teacher-data-folder", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
-                                     "--teacher-data", "{folder}"], "is a folder"),
+    (
+        "distill-cache-file",
+        ["distill", "--teacher", "{model}", "--student", "{arch}", "--topk", "5", "--cache-topk", "{file}"],
+        "is a file",
+    ),
+    (
+        "distill-teacher-data-binary",
+        ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq", "--teacher-data", "{binary}"],
+        "not UTF-8",
+    ),
+    (
+        "distill-teacher-data-folder",
+        ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq", "--teacher-data", "{folder}"],
+        "is a folder",
+    ),
     # sizes no machine here holds, addresses that are not addresses
     ("train-batch-size-huge", ["train", "--batch-size", "1000000000", "--out", "{fresh}"], "--batch-size"),
-    ("search-population-huge", ["nas", "search", "--out", "{fresh}", "--trials", "1", "--population", "10000000"], "--population"),
-    ("compress-eval-bytes-huge", ["compress", "--model", "{model}", "--int8", "--out", "{fresh}", "--eval-bytes", "1" + "0" * 15],
-     "--eval-bytes"),
+    (
+        "search-population-huge",
+        ["nas", "search", "--out", "{fresh}", "--trials", "1", "--population", "10000000"],
+        "--population",
+    ),
+    (
+        "compress-eval-bytes-huge",
+        ["compress", "--model", "{model}", "--int8", "--out", "{fresh}", "--eval-bytes", "1" + "0" * 15],
+        "--eval-bytes",
+    ),
     ("eval-base-url", ["eval", "humaneval", "--model", "openai:m", "--base-url", "localhost:8000"], "http://"),
-    ("distill-base-url", ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq",
-                          "--teacher-base-url", "ftp://x"], "http://"),
+    (
+        "distill-base-url",
+        ["distill", "--teacher", "openai:m", "--student", "{arch}", "--loss", "seq", "--teacher-base-url", "ftp://x"],
+        "http://",
+    ),
     # seeds no library takes
     ("seed-train-negative", ["train", "--seed", "-1", "--out", "{fresh}"], "--seed"),
     ("seed-train-huge", ["train", "--seed", str(2**70), "--out", "{fresh}"], "--seed"),
@@ -161,14 +227,27 @@ ROWS: list[tuple] = [
     # run
     ("run-goal-not-utf8", ["run", GOAL + " \udcff", "--runs-dir", "{runs_new}"], "not valid UTF-8", SUB),
     ("arch-show-name-not-utf8", ["arch", "show", "\udcff.json"], "not valid UTF-8"),
-    ("run-corpus-missing", ["run", GOAL, "--corpus", "/missing.jsonl", "--runs-dir", "{runs_new}"], "does not exist", SUB),
+    (
+        "run-corpus-missing",
+        ["run", GOAL, "--corpus", "/missing.jsonl", "--runs-dir", "{runs_new}"],
+        "does not exist",
+        SUB,
+    ),
     ("run-prompts-missing", ["run", GOAL, "--prompts", "/missing", "--runs-dir", "{runs_new}"], "does not exist"),
     ("run-prompts-file", ["run", GOAL, "--prompts", "{file}", "--runs-dir", "{runs_new}"], "a folder is expected"),
     ("run-prompts-empty", ["run", GOAL, "--prompts", "{folder}", "--runs-dir", "{runs_new}"], "none of the templates"),
     ("run-prompts-binary", ["run", GOAL, "--prompts", "{bad_prompts}", "--runs-dir", "{runs_new}"], "not UTF-8"),
     ("run-budget-huge", ["run", GOAL, "--budget", "99999h", "--runs-dir", "{runs_new}"], "30 days"),
-    ("run-budget-just-over", ["run", GOAL, "--budget", f"{int(MAX_BUDGET_S) + 1}s", "--runs-dir", "{runs_new}"], "30 days"),
-    ("run-experiment-budget-huge", ["run", GOAL, "--experiment-budget", "99999h", "--runs-dir", "{runs_new}"], "30 days"),
+    (
+        "run-budget-just-over",
+        ["run", GOAL, "--budget", f"{int(MAX_BUDGET_S) + 1}s", "--runs-dir", "{runs_new}"],
+        "30 days",
+    ),
+    (
+        "run-experiment-budget-huge",
+        ["run", GOAL, "--experiment-budget", "99999h", "--runs-dir", "{runs_new}"],
+        "30 days",
+    ),
     ("run-editor-timeout-zero", ["run", GOAL, "--editor-timeout", "0s", "--runs-dir", "{runs_new}"], "positive"),
     ("run-llm-timeout-nan", ["run", GOAL, "--llm-timeout", "nan", "--runs-dir", "{runs_new}"], "finite"),
     ("run-max-cost-negative", ["run", GOAL, "--max-cost", "-1", "--runs-dir", "{runs_new}"], "--max-cost"),
@@ -179,7 +258,12 @@ ROWS: list[tuple] = [
     ("run-base-url", ["run", GOAL, "--base-url", "localhost:8000", "--runs-dir", "{runs_new}"], "http://"),
     ("run-existing-id", ["run", GOAL, "--run-id", RUN, "--runs-dir", "{runs}"], "already exists"),
     # resume / status / review on corrupt run state
-    ("resume-sqlite-truncated", ["resume", RUN, "--runs-dir", "{runs_truncated}"], "checkpoints.sqlite is corrupt", SUB),
+    (
+        "resume-sqlite-truncated",
+        ["resume", RUN, "--runs-dir", "{runs_truncated}"],
+        "checkpoints.sqlite is corrupt",
+        SUB,
+    ),
     ("resume-sqlite-garbage", ["resume", RUN, "--runs-dir", "{runs_garbage}"], "checkpoints.sqlite is corrupt"),
     ("resume-results-not-utf8", ["resume", RUN, "--runs-dir", "{runs}"], "results.tsv is corrupt"),
     ("resume-sqlite-empty", ["resume", RUN, "--runs-dir", "{runs_empty}"], "holds no checkpoint"),
@@ -227,13 +311,20 @@ def _real_checkpoints(path: Path, thread: str = RUN) -> None:
     """A sound SQLite file shaped like the agent's checkpointer, several pages long."""
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE checkpoints (thread_id TEXT, checkpoint_ns TEXT, checkpoint_id TEXT, checkpoint BLOB)")
-    conn.executemany("INSERT INTO checkpoints VALUES (?, '', ?, ?)", [(thread, str(i), os.urandom(900)) for i in range(64)])
+    conn.executemany(
+        "INSERT INTO checkpoints VALUES (?, '', ?, ?)", [(thread, str(i), os.urandom(900)) for i in range(64)]
+    )
     conn.commit()
     conn.close()
 
 
-def _run_folder(runs: Path, checkpoints: str | None, run_json: bytes | None = None, results: bytes = RECORDED,
-                ledger: bytes | None = None) -> None:
+def _run_folder(
+    runs: Path,
+    checkpoints: str | None,
+    run_json: bytes | None = None,
+    results: bytes = RECORDED,
+    ledger: bytes | None = None,
+) -> None:
     run_dir = runs / RUN
     (run_dir / "workspace").mkdir(parents=True)
     (run_dir / "run.json").write_bytes(run_json if run_json is not None else _settings(runs).encode())
@@ -263,8 +354,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     paths: dict[str, Path] = {"root": root}
     model = root / "model"  # validation never reads the weights, so a folder of the right shape is enough
     model.mkdir()
-    (model / "arch.json").write_text(json.dumps({"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 2, "d_ff": 64,
-                                                 "context_length": 64, "vocab_size": 256}))
+    (model / "arch.json").write_text(
+        json.dumps(
+            {
+                "n_layers": 1,
+                "d_model": 32,
+                "n_heads": 2,
+                "n_kv_heads": 2,
+                "d_ff": 64,
+                "context_length": 64,
+                "vocab_size": 256,
+            }
+        )
+    )
     (model / "model.safetensors").write_bytes(b"\0" * 16)
     paths["model"] = model
     paths["arch"] = model / "arch.json"
@@ -299,11 +401,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     paths["bad_prompts"].mkdir()
     (paths["bad_prompts"] / "planner.txt").write_bytes(b"\xff\xfe plan $goal")
     paths["runs_new"] = root / "runs-new"  # a run that must never be created
-    for key, kind, extra in [("runs", "ok", {"results": b"experiment\tkind\ne001\t\xe9t\xe9\n"}),
-                             ("runs_truncated", "truncated", {}), ("runs_garbage", "garbage", {}), ("runs_empty", "empty", {}), ("runs_missing", None, {}),
-                             ("runs_sqlite_dir", "folder", {}), ("runs_no_rows", "other-run", {}), ("runs_bad_json", "ok", {"run_json": b"\x00\xff" * 40}),
-                             ("runs_invalid_json", "ok", {"run_json": b'{"run_id": "r1", "goal": '}),
-                             ("runs_ledger", "ok", {"ledger": b'{"role": "planner"}\n\xff\xfe\n'})]:
+    for key, kind, extra in [
+        ("runs", "ok", {"results": b"experiment\tkind\ne001\t\xe9t\xe9\n"}),
+        ("runs_truncated", "truncated", {}),
+        ("runs_garbage", "garbage", {}),
+        ("runs_empty", "empty", {}),
+        ("runs_missing", None, {}),
+        ("runs_sqlite_dir", "folder", {}),
+        ("runs_no_rows", "other-run", {}),
+        ("runs_bad_json", "ok", {"run_json": b"\x00\xff" * 40}),
+        ("runs_invalid_json", "ok", {"run_json": b'{"run_id": "r1", "goal": '}),
+        ("runs_ledger", "ok", {"ledger": b'{"role": "planner"}\n\xff\xfe\n'}),
+    ]:
         paths[key] = root / key
         _run_folder(paths[key], kind, **extra)
     paths["long"] = root / ("x" * 300)
@@ -338,8 +447,20 @@ def test_bad_input_in_real_processes(world: dict[str, str]) -> None:
     rows = [r for r in ROWS if SUB in r]
     before = _digest(root)
     env = {**os.environ, "COLUMNS": "80"}
-    procs = [(row, subprocess.Popen([AUTONAS, *_argv(row, world)], cwd=root, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)) for row in rows]
+    procs = [
+        (
+            row,
+            subprocess.Popen(
+                [AUTONAS, *_argv(row, world)],
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for row in rows
+    ]
     for row, proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, f"{row[0]}: exit {proc.returncode}\n{out}\n{err}"
@@ -350,11 +471,21 @@ def test_bad_input_in_real_processes(world: dict[str, str]) -> None:
 
 def test_worker_entry_points_speak_one_line_too(world: dict[str, str]) -> None:
     """``python -m nas|distill|kernels`` share the same one-line errors (usage errors included)."""
-    cases = [(["nas", "train", "--batch-size", "0"], "--batch-size"),
-             (["kernels", "compress", "--model", world["model"], "--int8", "--out", world["file"]], "is a file"),
-             (["distill", "eval", "humaneval", "--samples", world["samples"], "--timeout", "inf"], "finite")]
-    procs = [(args, phrase, subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True)) for args, phrase in cases]
+    cases = [
+        (["nas", "train", "--batch-size", "0"], "--batch-size"),
+        (["kernels", "compress", "--model", world["model"], "--int8", "--out", world["file"]], "is a file"),
+        (["distill", "eval", "humaneval", "--samples", world["samples"], "--timeout", "inf"], "finite"),
+    ]
+    procs = [
+        (
+            args,
+            phrase,
+            subprocess.Popen(
+                [sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ),
+        )
+        for args, phrase in cases
+    ]
     for args, phrase, proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, f"{args}: {out}{err}"

@@ -19,7 +19,7 @@ from sandbox.confine import Confinement, ConfinementUnavailable, can_confine, ru
 REASON = can_confine()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no confinement here: {REASON}")
 
-PROBE = r'''
+PROBE = r"""
 import json, os, socket, sys
 home, run, project, port = sys.argv[1:5]
 seen = {"home_listing": sorted(os.listdir(home)), "canary": os.path.exists(os.path.join(home, "canary.txt"))}
@@ -43,7 +43,7 @@ seen["keyctl"] = ctypes.CDLL(None, use_errno=True).syscall(250, 0, -3, 0)
 import torch, nas
 seen["imports"] = "ok"
 print("SEEN" + json.dumps(seen))
-'''
+"""
 
 
 def _listener() -> socket.socket:
@@ -55,8 +55,17 @@ def _listener() -> socket.socket:
 
 def _run_probe(c: Confinement, home: Path, run: Path, project: Path, port: int, cwd: Path) -> dict:
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
-    out, err, code = _run(run_confined([sys.executable, "-c", PROBE, str(home), str(run), str(project), str(port)], c,
-                                       cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out, err, code = _run(
+        run_confined(
+            [sys.executable, "-c", PROBE, str(home), str(run), str(project), str(port)],
+            c,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     assert code == 0, err[-2000:]
     return json.loads(out.split("SEEN", 1)[1])
 
@@ -81,8 +90,14 @@ def test_confined_code_sees_only_what_it_was_given(tmp_path: Path) -> None:
     assert seen["network"] in ("ConnectionRefusedError", "OSError", "TimeoutError") and seen["imports"] == "ok"
     assert not seen["shadow"] and not seen["run_dir_listing"] and not seen["var"]
     assert seen["keyctl"] == -1
-    with_net = _run_probe(Confinement(writable=(run,), readable=(tmp_path / "ws", project), home=home, network=True),
-                          home, run, project, listener.getsockname()[1], tmp_path / "ws")
+    with_net = _run_probe(
+        Confinement(writable=(run,), readable=(tmp_path / "ws", project), home=home, network=True),
+        home,
+        run,
+        project,
+        listener.getsockname()[1],
+        tmp_path / "ws",
+    )
     assert with_net["network"] == "connected"  # granted only to experiments that need it
     listener.close()
 
@@ -99,9 +114,16 @@ def test_a_confined_worker_cannot_type_into_the_terminal_it_was_started_from() -
         f"p = run_confined([sys.executable, '-c', {probe!r}], Confinement(), stdin=fd, stdout=subprocess.PIPE,\n"
         "                 stderr=subprocess.PIPE, text=True, cwd='/')\n"
         "out, err = p.communicate(timeout=60)\n"
-        "print('RESULT', p.returncode, out.strip(), (err.strip().splitlines() or [''])[-1])\n")
-    res = subprocess.run([sys.executable, "-c", launcher], start_new_session=True, capture_output=True, text=True,
-                         timeout=120, cwd=Path(__file__).resolve().parents[1])
+        "print('RESULT', p.returncode, out.strip(), (err.strip().splitlines() or [''])[-1])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", launcher],
+        start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     os.set_blocking(slave, False)
     try:
         pending = os.read(slave, 100)
@@ -126,8 +148,16 @@ def test_a_writable_link_planted_in_the_workspace_is_refused(tmp_path: Path) -> 
 def test_interpreter_hidden_by_the_home_is_bound_back() -> None:
     """When the home holds the interpreter (pyenv, a venv in the home), it is bound back read-only, alone."""
     home = Path(sys.base_prefix).resolve().parent
-    out, err, code = _run(run_confined([sys.executable, "-c", f"import os, torch; print(sorted(os.listdir({str(home)!r})))"],
-                                       Confinement(home=home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"))
+    out, err, code = _run(
+        run_confined(
+            [sys.executable, "-c", f"import os, torch; print(sorted(os.listdir({str(home)!r})))"],
+            Confinement(home=home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
+    )
     assert code == 0, err[-2000:]
     assert eval(out.strip()) == [Path(sys.base_prefix).resolve().name]
 
@@ -137,14 +167,48 @@ def test_a_real_training_run_works_confined(tmp_path: Path, small_corpus_dir: Pa
     out = tmp_path / "ws" / "runs" / "e001"
     arch = tmp_path / "ws" / "arch.json"
     arch.parent.mkdir(parents=True)
-    arch.write_text(json.dumps({"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 2, "d_ff": 64,
-                                "context_length": 64, "vocab_size": 256}))
+    arch.write_text(
+        json.dumps(
+            {
+                "n_layers": 1,
+                "d_model": 32,
+                "n_heads": 2,
+                "n_kv_heads": 2,
+                "d_ff": 64,
+                "context_length": 64,
+                "vocab_size": 256,
+            }
+        )
+    )
     cache = Path(os.environ["AUTONAS_CACHE"])
     c = Confinement(writable=(out, cache), readable=(tmp_path / "ws", small_corpus_dir))
     env = {"PATH": os.environ["PATH"], "HOME": str(Path.home()), "AUTONAS_CACHE": str(cache)}
-    _, err, code = _run(run_confined([sys.executable, "-m", "nas", "train", "--arch", str(arch), "--budget", "8ktok",
-                                      "--corpus", str(small_corpus_dir), "--out", str(out), "--eval-bytes", "4000"], c,
-                                     cwd=tmp_path / "ws", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    _, err, code = _run(
+        run_confined(
+            [
+                sys.executable,
+                "-m",
+                "nas",
+                "train",
+                "--arch",
+                str(arch),
+                "--budget",
+                "8ktok",
+                "--corpus",
+                str(small_corpus_dir),
+                "--out",
+                str(out),
+                "--eval-bytes",
+                "4000",
+            ],
+            c,
+            cwd=tmp_path / "ws",
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     assert code == 0, err[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val_bpb"] > 0
@@ -157,14 +221,34 @@ def test_a_confined_fork_bomb_stops_at_the_groups_task_limit() -> None:
 
     if set(cgroups.hierarchies()) != set(cgroups.CONTROLLERS):
         pytest.skip("no memory and pids controllers here")
-    bomb = ("import os, time\nn = 0\nfor _ in range(500):\n    try:\n        if os.fork() == 0:\n            time.sleep(20); os._exit(0)\n"
-            "        n += 1\n    except OSError:\n        break\nprint('forked', n)\n")
-    out, err, code = _run(run_confined([sys.executable, "-c", bomb], Confinement(max_tasks=32), stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True, cwd="/"), timeout=120)
+    bomb = (
+        "import os, time\nn = 0\nfor _ in range(500):\n    try:\n"
+        "        if os.fork() == 0:\n            time.sleep(20); os._exit(0)\n"
+        "        n += 1\n    except OSError:\n        break\nprint('forked', n)\n"
+    )
+    out, err, code = _run(
+        run_confined(
+            [sys.executable, "-c", bomb],
+            Confinement(max_tasks=32),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        ),
+        timeout=120,
+    )
     assert code == 0, err[-2000:]
     assert 0 < int(out.split("forked")[1]) < 32
     deadline = time.monotonic() + 10
-    while any(GROUP_PREFIX + str(os.getpid()) in str(d) for h in cgroups.hierarchies().values() for d in h.child("").iterdir()) \
-            and time.monotonic() < deadline:
+    while (
+        any(
+            GROUP_PREFIX + str(os.getpid()) in str(d)
+            for h in cgroups.hierarchies().values()
+            for d in h.child("").iterdir()
+        )
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
-    assert not any(GROUP_PREFIX + str(os.getpid()) in str(d) for h in cgroups.hierarchies().values() for d in h.child("").iterdir())
+    assert not any(
+        GROUP_PREFIX + str(os.getpid()) in str(d) for h in cgroups.hierarchies().values() for d in h.child("").iterdir()
+    )

@@ -98,7 +98,10 @@ def test_bad_corpora_are_clear_errors(tmp_path, make):
         prepare_corpus(CorpusSpec(source=str(source)), "byte")
 
 
-@pytest.mark.parametrize("spec, expected", [("byte", ("byte", 256)), ("bpe:4096", ("bpe", 4096)), ("bpe8k", ("bpe", 8192)), ("BPE:512", ("bpe", 512))])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("byte", ("byte", 256)), ("bpe:4096", ("bpe", 4096)), ("bpe8k", ("bpe", 8192)), ("BPE:512", ("bpe", 512))],
+)
 def test_tokenizer_specs(spec, expected):
     assert parse_tokenizer_spec(spec) == expected
 

@@ -19,15 +19,15 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def _reference_div(p: np.ndarray, q: np.ndarray, kind: str, a: float) -> float:
     """Mean over positions of the divergence, written out term by term."""
     vals = []
-    for pi, qi in zip(p.reshape(-1, p.shape[-1]), q.reshape(-1, q.shape[-1])):
+    for pi, qi in zip(p.reshape(-1, p.shape[-1]), q.reshape(-1, q.shape[-1]), strict=True):
         if kind == "fkl":
-            vals.append(sum(pv * math.log(pv / qv) for pv, qv in zip(pi, qi)))
+            vals.append(sum(pv * math.log(pv / qv) for pv, qv in zip(pi, qi, strict=True)))
         elif kind == "rkl":
-            vals.append(sum(qv * math.log(qv / pv) for pv, qv in zip(pi, qi)))
+            vals.append(sum(qv * math.log(qv / pv) for pv, qv in zip(pi, qi, strict=True)))
         elif kind == "skl":
-            vals.append(sum(pv * math.log(pv / (a * pv + (1 - a) * qv)) for pv, qv in zip(pi, qi)))
+            vals.append(sum(pv * math.log(pv / (a * pv + (1 - a) * qv)) for pv, qv in zip(pi, qi, strict=True)))
         else:
-            vals.append(sum(qv * math.log(qv / (a * qv + (1 - a) * pv)) for pv, qv in zip(pi, qi)))
+            vals.append(sum(qv * math.log(qv / (a * qv + (1 - a) * pv)) for pv, qv in zip(pi, qi, strict=True)))
     return float(np.mean(vals))
 
 

@@ -17,10 +17,24 @@ from nas.space import ArchConfig
 from sandbox.environment import CLAUDE_CODE_EDITOR, GUI_EDITOR, TOOL, WORKER, child_env, environ_limited_to, grant
 from tests.canaries import CANARIES, environ_of, leaks
 
-SETTINGS = {"PATH": "/usr/bin:/bin", "HOME": "/home/u", "LANG": "C.UTF-8", "LC_CTYPE": "C.UTF-8", "TMPDIR": "/scratch",
-            "PYTHONHASHSEED": "0", "AUTONAS_CACHE": "/c", "CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "2",
-            "NCCL_DEBUG": "WARN", "RAY_ADDRESS": "127.0.0.1:6379", "TRITON_CACHE_DIR": "/t", "HF_HOME": "/hf",
-            "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HTTPS_PROXY": "http://proxy:3128"}
+SETTINGS = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/home/u",
+    "LANG": "C.UTF-8",
+    "LC_CTYPE": "C.UTF-8",
+    "TMPDIR": "/scratch",
+    "PYTHONHASHSEED": "0",
+    "AUTONAS_CACHE": "/c",
+    "CUDA_VISIBLE_DEVICES": "1",
+    "OMP_NUM_THREADS": "2",
+    "NCCL_DEBUG": "WARN",
+    "RAY_ADDRESS": "127.0.0.1:6379",
+    "TRITON_CACHE_DIR": "/t",
+    "HF_HOME": "/hf",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HTTPS_PROXY": "http://proxy:3128",
+}
 
 
 @pytest.fixture
@@ -31,13 +45,26 @@ def canaries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_allow_list_admits_settings_and_drops_unknown_secrets() -> None:
-    base = {**SETTINGS, **CANARIES, "ANTHROPIC_API_KEY": "a", "ANTHROPIC_BASE_URL": "http://x", "DISPLAY": ":1",
-            "HTTP_PROXY": "http://user:pw@proxy:3128", "HF_HUB_TOKEN": "h", "TRANSFORMERS_PASSWORD": "p", "NVIDIA_API_KEY": "n"}
+    base = {
+        **SETTINGS,
+        **CANARIES,
+        "ANTHROPIC_API_KEY": "a",
+        "ANTHROPIC_BASE_URL": "http://x",
+        "DISPLAY": ":1",
+        "HTTP_PROXY": "http://user:pw@proxy:3128",
+        "HF_HUB_TOKEN": "h",
+        "TRANSFORMERS_PASSWORD": "p",
+        "NVIDIA_API_KEY": "n",
+    }
     worker = child_env(WORKER, {"PYTHONUNBUFFERED": "1"}, base=base)
     assert worker == {**SETTINGS, "PYTHONUNBUFFERED": "1"}  # no key, no display, no proxy with a password
     editor = child_env(CLAUDE_CODE_EDITOR, base=base)
     assert editor["ANTHROPIC_API_KEY"] == "a" and editor["PATH"] == SETTINGS["PATH"] and editor["HTTPS_PROXY"]
-    assert not leaks("\n".join(f"{k}={v}" for k, v in editor.items())) and "DISPLAY" not in editor and "AUTONAS_CACHE" not in editor
+    assert (
+        not leaks("\n".join(f"{k}={v}" for k, v in editor.items()))
+        and "DISPLAY" not in editor
+        and "AUTONAS_CACHE" not in editor
+    )
     assert child_env(GUI_EDITOR, base=base)["DISPLAY"] == ":1"
     assert child_env(TOOL, base=base).keys() == {"PATH", "HOME", "LANG", "LC_CTYPE", "TMPDIR"}
     teacher = child_env((*WORKER, grant("OPENAI_API_KEY")), base=base)
@@ -52,7 +79,9 @@ def test_environ_limited_to_restores_everything(canaries: None) -> None:
 
 
 def _write_arch(path: Path) -> Path:
-    path.write_text(ArchConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, context_length=64).model_dump_json())
+    path.write_text(
+        ArchConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, context_length=64).model_dump_json()
+    )
     return path
 
 
@@ -71,18 +100,39 @@ def _find(marker: str, deadline_s: float) -> int | None:
     return None
 
 
-def test_a_worker_started_by_the_agents_runner_sees_no_secret(tmp_path: Path, small_corpus_dir: Path, canaries: None) -> None:
+def test_a_worker_started_by_the_agents_runner_sees_no_secret(
+    tmp_path: Path, small_corpus_dir: Path, canaries: None
+) -> None:
     from agent.graph import experiment_env
     from sandbox.runner import run_limited
     from sandbox.workspace import Workspace
 
     ws = Workspace.create(tmp_path / "ws", "env1")
     out = tmp_path / "train-out-canary-check"
-    cmd = [sys.executable, "-m", "nas", "train", "--arch", str(_write_arch(tmp_path / "arch.json")), "--corpus", str(small_corpus_dir),
-           "--budget", "2ktok", "--out", str(out), "--batch-size", "8", "--eval-bytes", "2000", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas",
+        "train",
+        "--arch",
+        str(_write_arch(tmp_path / "arch.json")),
+        "--corpus",
+        str(small_corpus_dir),
+        "--budget",
+        "2ktok",
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--eval-bytes",
+        "2000",
+        "--quiet",
+    ]
     log = tmp_path / "worker.log"
     done: dict = {}
-    runner = threading.Thread(target=lambda: done.update(outcome=run_limited(cmd, ws.root, log, timeout_s=300, env=experiment_env(ws))))
+    runner = threading.Thread(
+        target=lambda: done.update(outcome=run_limited(cmd, ws.root, log, timeout_s=300, env=experiment_env(ws)))
+    )
     runner.start()
     pid = _find(str(out), deadline_s=60)
     seen = environ_of(pid) if pid else None
@@ -119,24 +169,36 @@ def _git_workspace(root: Path) -> Path:
     return root
 
 
-def test_claude_code_gets_anthropic_settings_only(tmp_path: Path, canaries: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_claude_code_gets_anthropic_settings_only(
+    tmp_path: Path, canaries: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A stand-in ``claude`` binary reports the environment it was started with, as a result event."""
     from ccaa.claude_code import ClaudeCodeEditor
     from ccaa.editor import EditInstruction
 
     fake = tmp_path / "bin" / "claude"
     fake.parent.mkdir()
-    fake.write_text(f"#!{sys.executable}\nimport json\nenv = open('/proc/self/environ', 'rb').read().decode().replace('\\0', '\\n')\n"
-                    "open('seen.txt', 'w').write(env)\n"
-                    "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False, 'num_turns': 1, 'result': env}))\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json\n"
+        "env = open('/proc/self/environ', 'rb').read().decode().replace('\\0', '\\n')\n"
+        "open('seen.txt', 'w').write(env)\n"
+        "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False, 'num_turns': 1,"
+        " 'result': env}))\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
     ws = _git_workspace(tmp_path / "ws")
-    result = ClaudeCodeEditor(binary=str(fake)).edit(ws, EditInstruction(text="change nothing", log_dir=ws / "runs" / "edit", timeout_s=60))
+    result = ClaudeCodeEditor(binary=str(fake)).edit(
+        ws, EditInstruction(text="change nothing", log_dir=ws / "runs" / "edit", timeout_s=60)
+    )
     assert result.ok and result.files_changed == ("seen.txt",), result.error
     assert result.transcript is not None
     seen = json.loads(result.transcript.read_text().splitlines()[-1])["result"]
-    assert leaks(seen) == [] and "ANTHROPIC_API_KEY=sk-ant-for-claude-only" in seen and "ANTHROPIC_BASE_URL=http://127.0.0.1:9" in seen
+    assert (
+        leaks(seen) == []
+        and "ANTHROPIC_API_KEY=sk-ant-for-claude-only" in seen
+        and "ANTHROPIC_BASE_URL=http://127.0.0.1:9" in seen
+    )
     assert f"PATH={os.environ['PATH']}" in seen and "AUTONAS_CACHE" not in seen
 
 
@@ -147,10 +209,18 @@ def test_gui_terminal_and_git_get_no_secret(tmp_path: Path, canaries: None, monk
     monkeypatch.setenv("DISPLAY", ":77")
     monkeypatch.setenv("XAUTHORITY", str(tmp_path / "xauth"))
     env = GuiEditor(command=["true"]).terminal_env(tmp_path / "home")
-    assert env["DISPLAY"] == ":77" and env["ANTHROPIC_API_KEY"] == "sk-ant-for-claude-only" and env["HOME"] == str(tmp_path / "home")
+    assert (
+        env["DISPLAY"] == ":77"
+        and env["ANTHROPIC_API_KEY"] == "sk-ant-for-claude-only"
+        and env["HOME"] == str(tmp_path / "home")
+    )
     assert leaks("\n".join(f"{k}={v}" for k, v in env.items())) == []
-    seen = _git(_git_workspace(tmp_path / "ws"), "-c", "alias.envdump=!env", "envdump")  # what a hook or alias would see
-    assert leaks(seen) == [] and "ANTHROPIC_API_KEY" not in seen and "DISPLAY" not in seen and os.environ["PATH"] in seen
+    seen = _git(
+        _git_workspace(tmp_path / "ws"), "-c", "alias.envdump=!env", "envdump"
+    )  # what a hook or alias would see
+    assert (
+        leaks(seen) == [] and "ANTHROPIC_API_KEY" not in seen and "DISPLAY" not in seen and os.environ["PATH"] in seen
+    )
 
 
 @pytest.mark.slow
@@ -160,7 +230,9 @@ def test_a_local_ray_cluster_runs_tasks_without_secrets(canaries: None) -> None:
 
     ex = RayExecutor("local")
     try:
-        read = ex.ray.remote(lambda: open("/proc/self/environ", "rb").read().decode(errors="replace").replace("\0", "\n"))
+        read = ex.ray.remote(
+            lambda: open("/proc/self/environ", "rb").read().decode(errors="replace").replace("\0", "\n")
+        )
         seen = ex.ray.get(read.remote(), timeout=120)
     finally:
         ex.shutdown()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ccaa.editor import Editor, EditorReport, EditInstruction
+from ccaa.editor import EditInstruction, Editor, EditorReport
 from sandbox import gitexe
 from sandbox.workspace import Workspace
 
@@ -33,8 +33,11 @@ def test_planted_hooks_never_run(tmp_path: Path) -> None:
     canary = tmp_path / "hooks-ran.txt"
     ws = Workspace.create(tmp_path / "ws", "r")
     _plant_hooks(ws.root, canary)
-    subprocess.run(["git", "config", "core.fsmonitor", str(ws.root / ".git" / "hooks" / "fsmonitor-watchman")],
-                   cwd=ws.root, check=True)
+    subprocess.run(
+        ["git", "config", "core.fsmonitor", str(ws.root / ".git" / "hooks" / "fsmonitor-watchman")],
+        cwd=ws.root,
+        check=True,
+    )
     (ws.root / "configs").mkdir()
     (ws.root / "configs" / "a.json").write_text("{}\n")
     ws.commit_experiment("e001: a", "body", {"val-bpb": 2.0})
@@ -47,8 +50,13 @@ def test_planted_hooks_never_run(tmp_path: Path) -> None:
 def test_git_gets_no_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-canary-anthropic")
     monkeypatch.setenv("MY_SERVICE_CREDENTIALS", "canary-credentials")
-    out = subprocess.run([gitexe.executable(), "-c", "alias.envdump=!env", "envdump"], cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [gitexe.executable(), "-c", "alias.envdump=!env", "envdump"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "canary" not in out and "PATH=" in out
 
 
@@ -80,7 +88,9 @@ def test_an_edit_that_touches_git_files_fails_and_is_undone(tmp_path: Path) -> N
     assert not (ws.root / ".gitattributes").exists()
     assert (ws.root / "configs" / "a.json").read_text() == "{}\n"
     assert not canary.exists()
-    assert not any(os.access(h, os.X_OK) and not h.name.endswith(".sample") for h in (ws.root / ".git" / "hooks").iterdir())
+    assert not any(
+        os.access(h, os.X_OK) and not h.name.endswith(".sample") for h in (ws.root / ".git" / "hooks").iterdir()
+    )
 
 
 def _filter(canary: Path) -> str:

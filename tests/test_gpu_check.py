@@ -16,8 +16,14 @@ def test_gpu_check_on_cpu_exits_cleanly_naming_what_it_skipped(tmp_path: Path) -
 
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "AUTONAS_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--out", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     by_name = {c["name"]: c for c in data["checks"]}

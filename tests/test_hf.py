@@ -2,10 +2,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from harness.tokenizer import train_bpe
 from nas.hf import NotExportable, export_hf, load_hf_as_codelm, to_hf_config
 from nas.model import build_model
 from nas.space import ArchConfig
-from harness.tokenizer import train_bpe
 
 LLAMA_ARCHS = [
     ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=160, context_length=64),
@@ -20,7 +20,9 @@ def _perturbed(arch: ArchConfig):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() == 1 else 0.08) + (1.0 if p.dim() == 1 else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.3 if p.dim() == 1 else 0.08) + (1.0 if p.dim() == 1 else 0.0)
+            )
     return model.eval()
 
 
@@ -54,7 +56,9 @@ def test_bpe_tokenizer_exports_with_model(tmp_path, small_corpus_dir):
     texts = [p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))]
     tok = train_bpe(texts, 512)
     tok.save(tmp_path / "tok.json")
-    arch = ArchConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, vocab_size=tok.vocab_size, context_length=32)
+    arch = ArchConfig(
+        n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, vocab_size=tok.vocab_size, context_length=32
+    )
     export_hf(build_model(arch), tmp_path / "hf", tokenizer_json=tmp_path / "tok.json", eos_id=tok.eos_id)
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     code = "def add(a, b):\n    return a + b\n"

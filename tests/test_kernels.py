@@ -8,19 +8,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, load_model
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from kernels.compress import CompressConfig, compress, load_run
-from kernels.prune import PruneSpec, input_norms, prune_ffn_channels, prune_unstructured, prunable_linears
-from kernels.quant import dequantize, for_runtime, load_int8, quantize_per_channel, save_int8
 from harness.data import CorpusSpec, prepare_corpus
 from harness.errors import UserError
+from kernels.compress import CompressConfig, compress, load_run
+from kernels.prune import PruneSpec, input_norms, prunable_linears, prune_ffn_channels, prune_unstructured
+from kernels.quant import dequantize, for_runtime, load_int8, quantize_per_channel, save_int8
 from nas.model import build_model
 from nas.space import ArchConfig
 
-SWIGLU = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=1, d_ff=128, context_length=64, activation="swiglu",
-                    norm="rmsnorm", tie_embeddings=False)
+SWIGLU = ArchConfig(
+    n_layers=2,
+    d_model=64,
+    n_heads=2,
+    n_kv_heads=1,
+    d_ff=128,
+    context_length=64,
+    activation="swiglu",
+    norm="rmsnorm",
+    tie_embeddings=False,
+)
 
 
 def test_per_channel_int8_round_trip_is_within_half_a_step() -> None:
@@ -31,7 +40,9 @@ def test_per_channel_int8_round_trip_is_within_half_a_step() -> None:
     assert bool((err <= scale[:, None] / 2 + 1e-7).all())
 
 
-@pytest.mark.parametrize("arch", [SWIGLU, ArchConfig(n_layers=1, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128, context_length=64)])
+@pytest.mark.parametrize(
+    "arch", [SWIGLU, ArchConfig(n_layers=1, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128, context_length=64)]
+)
 def test_int8_file_reloads_and_runs_on_cpu(tmp_path: Path, arch: ArchConfig) -> None:
     model = build_model(arch, seed=0).eval()
     stats = save_int8(model, tmp_path)
@@ -73,7 +84,9 @@ def test_ffn_channel_pruning_shrinks_the_model_and_keeping_all_changes_nothing()
     with torch.no_grad():
         assert torch.allclose(same(x), model(x), atol=1e-6)
     half = prune_ffn_channels(model, 0.5)
-    assert half.arch.d_ff == 64 and sum(p.numel() for p in half.parameters()) < sum(p.numel() for p in model.parameters())
+    assert half.arch.d_ff == 64 and sum(p.numel() for p in half.parameters()) < sum(
+        p.numel() for p in model.parameters()
+    )
     with torch.no_grad():
         assert half(x).shape == model(x).shape
     assert PruneSpec.parse("ffn:0.5") == PruneSpec("ffn", 0.5) and PruneSpec.parse("2:4").sparsity == 0.5
@@ -97,8 +110,9 @@ def test_compress_prunes_recovers_keeping_zeros_then_int8(tiny_run: Path, tmp_pa
     stored = load_file(str(tmp_path / "c" / "model_int8.safetensors"))
     q = [v for k, v in stored.items() if k.endswith(".qweight")]
     scales = [v for k, v in stored.items() if k.endswith(".scale")]
-    assert m["int8_linear_ratio"] == pytest.approx((sum(t.numel() for t in q) + 4 * sum(t.numel() for t in scales))
-                                                   / (4 * sum(t.numel() for t in q)), abs=1e-4)
+    assert m["int8_linear_ratio"] == pytest.approx(
+        (sum(t.numel() for t in q) + 4 * sum(t.numel() for t in scales)) / (4 * sum(t.numel() for t in q)), abs=1e-4
+    )
     assert m["size_bytes_on_disk_int8"] < m["size_bytes_on_disk_fp32"] - 0.7 * m["int8_linear_bytes_fp32"]
     recovered, _, _ = load_run(tmp_path / "c")
     zeros = [float((lin.weight == 0).float().mean()) for lin in prunable_linears(recovered).values()]
@@ -132,10 +146,13 @@ def test_compress_cli_bad_input(tiny_run: Path, tmp_path: Path) -> None:
     assert _digest(tiny_run) == before
 
 
-@pytest.mark.parametrize("arch", [
-    SWIGLU,  # RMSNorm, SwiGLU, RoPE, grouped-query attention
-    ArchConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, pos="learned", context_length=64),
-])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        SWIGLU,  # RMSNorm, SwiGLU, RoPE, grouped-query attention
+        ArchConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, pos="learned", context_length=64),
+    ],
+)
 def test_onnx_decode_step_matches_pytorch_token_by_token(tmp_path: Path, arch: ArchConfig) -> None:
     import numpy as np
 
@@ -152,11 +169,17 @@ def test_onnx_decode_step_matches_pytorch_token_by_token(tmp_path: Path, arch: A
 
 
 def test_compress_with_onnx_checks_the_graph(tiny_run: Path, tmp_path: Path) -> None:
-    m = compress(tiny_run, tmp_path / "o", CompressConfig(int8=True, onnx=True, eval_bytes=4096, measure_latency=False),
-                 log_to_console=False)
+    m = compress(
+        tiny_run,
+        tmp_path / "o",
+        CompressConfig(int8=True, onnx=True, eval_bytes=4096, measure_latency=False),
+        log_to_console=False,
+    )
     assert m["onnx_check_bpb_onnx"] == pytest.approx(m["onnx_check_bpb_torch"], rel=1e-5)
     assert m["onnx_check_bpb_onnx_int8"] == pytest.approx(m["onnx_check_bpb_torch"], rel=0.05)
-    assert (tmp_path / "o" / "decode_step.onnx").is_file() and m["size_bytes_on_disk_onnx_int8"] < m["size_bytes_on_disk_onnx"]
+    assert (tmp_path / "o" / "decode_step.onnx").is_file() and m["size_bytes_on_disk_onnx_int8"] < m[
+        "size_bytes_on_disk_onnx"
+    ]
 
 
 def test_recovery_can_distil_from_the_unpruned_model(tiny_run: Path, tmp_path: Path) -> None:
@@ -169,7 +192,9 @@ def test_recovery_can_distil_from_the_unpruned_model(tiny_run: Path, tmp_path: P
     loss = distill_loss_from(teacher, ce_weight=0.0)(logits, inputs, inputs)
     with torch.no_grad():
         assert float(loss) == pytest.approx(float(fkl_reference(logits, teacher(inputs))), rel=1e-4)
-    cfg = CompressConfig(prune="wanda:0.5", recover_tokens=4000, recover_distill=True, eval_bytes=4096, measure_latency=False)
+    cfg = CompressConfig(
+        prune="wanda:0.5", recover_tokens=4000, recover_distill=True, eval_bytes=4096, measure_latency=False
+    )
     m = compress(tiny_run, tmp_path / "kd", cfg, log_to_console=False)
     assert m["recover_distill"] is True and 0 < m["val_bpb_recovered"] < 20
     run = json.loads((tmp_path / "kd" / "recover" / "run.json").read_text())
@@ -179,8 +204,12 @@ def test_recovery_can_distil_from_the_unpruned_model(tiny_run: Path, tmp_path: P
 def test_compressed_folder_carries_a_hugging_face_export(tiny_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    m = compress(tiny_run, tmp_path / "h", CompressConfig(int8=True, prune="ffn:0.5", eval_bytes=4096, measure_latency=False),
-                 log_to_console=False)
+    m = compress(
+        tiny_run,
+        tmp_path / "h",
+        CompressConfig(int8=True, prune="ffn:0.5", eval_bytes=4096, measure_latency=False),
+        log_to_console=False,
+    )
     assert m["hf_export"] == "hf"
     ours, _, _ = load_run(tmp_path / "h")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "h" / "hf").eval()
@@ -193,17 +222,35 @@ def test_compressed_folder_carries_a_hugging_face_export(tiny_run: Path, tmp_pat
 def test_cpu_deployment_is_the_fastest_runtime_that_scores_like_pytorch() -> None:
     from kernels.compress import choose_cpu_deployment
 
-    m = {"int8_backend": "cpu", "latency_ms_p50": 6.4, "latency_ms_p50_onnx": 7.2, "latency_ms_p50_onnx_int8": 3.0,
-         "onnx_check_bpb_torch": 2.0, "onnx_check_bpb_onnx": 2.0, "onnx_check_bpb_onnx_int8": 2.01}
+    m = {
+        "int8_backend": "cpu",
+        "latency_ms_p50": 6.4,
+        "latency_ms_p50_onnx": 7.2,
+        "latency_ms_p50_onnx_int8": 3.0,
+        "onnx_check_bpb_torch": 2.0,
+        "onnx_check_bpb_onnx": 2.0,
+        "onnx_check_bpb_onnx_int8": 2.01,
+    }
     assert choose_cpu_deployment(m) == {"deploy_cpu_runtime": "onnx_int8", "latency_ms_p50_deploy_cpu": 3.0}
     drifted = {**m, "onnx_check_bpb_onnx_int8": 2.1}  # 5 % off PyTorch on the check window: not eligible
     assert choose_cpu_deployment(drifted) == {"deploy_cpu_runtime": "torch_int8", "latency_ms_p50_deploy_cpu": 6.4}
-    assert choose_cpu_deployment({"latency_ms_p50": 1.0}) == {"deploy_cpu_runtime": "torch_fp32", "latency_ms_p50_deploy_cpu": 1.0}
+    assert choose_cpu_deployment({"latency_ms_p50": 1.0}) == {
+        "deploy_cpu_runtime": "torch_fp32",
+        "latency_ms_p50_deploy_cpu": 1.0,
+    }
 
 
-@pytest.mark.parametrize("arch", [ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=96),
-                                  ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=96)], ids=["mha", "gqa"])
-def test_head_pruning_removes_heads_that_write_nothing_without_changing_the_output(arch: ArchConfig, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "arch",
+    [
+        ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=96),
+        ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=96),
+    ],
+    ids=["mha", "gqa"],
+)
+def test_head_pruning_removes_heads_that_write_nothing_without_changing_the_output(
+    arch: ArchConfig, tmp_path: Path
+) -> None:
     from kernels.latency import measure_decode
     from kernels.prune import prune_attention_heads
     from nas.hf import export_hf, load_hf_as_codelm
@@ -214,7 +261,7 @@ def test_head_pruning_removes_heads_that_write_nothing_without_changing_the_outp
     with torch.no_grad():
         for layer in model.layers:
             for g in dead:
-                layer.self_attn.o_proj.weight[:, g * rep * hd:(g + 1) * rep * hd] = 0
+                layer.self_attn.o_proj.weight[:, g * rep * hd : (g + 1) * rep * hd] = 0
     small = prune_attention_heads(model, 0.5)
     assert small.arch.n_kv_heads == arch.n_kv_heads // 2 and small.arch.n_heads == arch.n_heads // 2
     assert small.arch.head_size == hd and small.arch.d_model == arch.d_model
@@ -231,8 +278,12 @@ def test_head_pruning_removes_heads_that_write_nothing_without_changing_the_outp
 
 
 def test_compress_prunes_heads_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
-    m = compress(tiny_run, tmp_path / "hp", CompressConfig(int8=True, prune="heads:0.5", eval_bytes=4096, measure_latency=False),
-                 log_to_console=False)
+    m = compress(
+        tiny_run,
+        tmp_path / "hp",
+        CompressConfig(int8=True, prune="heads:0.5", eval_bytes=4096, measure_latency=False),
+        log_to_console=False,
+    )
     small, _, _ = load_run(tmp_path / "hp")
     assert m["prune_sparsity"] == 0.5 and small.arch.head_size is not None and m["params"] < m["params_before"]
     assert 0 < m["val_bpb"] < 20 and m["hf_export"] == "hf"
@@ -243,13 +294,32 @@ def test_latency_cli_reports_modes_and_refuses_bad_input(tiny_run: Path, tmp_pat
 
     app = make_app()
     out = tmp_path / "lat.json"
-    ok = CliRunner().invoke(app, ["latency", "--model", str(tiny_run), "--modes", "eager,static", "--threads", "1",
-                                  "--decode", "6", "--repeats", "1", "--out", str(out)])
+    ok = CliRunner().invoke(
+        app,
+        [
+            "latency",
+            "--model",
+            str(tiny_run),
+            "--modes",
+            "eager,static",
+            "--threads",
+            "1",
+            "--decode",
+            "6",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["eager", "static"] and rows[0]["tokens"] == rows[1]["tokens"]
-    for args, message in ((["--modes", "warp"], "--modes 'warp'"), (["--threads", "two"], "--threads 'two'"),
-                          (["--modes", "cuda-graph"], "cuda-graph latency needs")):
+    for args, message in (
+        (["--modes", "warp"], "--modes 'warp'"),
+        (["--threads", "two"], "--threads 'two'"),
+        (["--modes", "cuda-graph"], "cuda-graph latency needs"),
+    ):
         bad = CliRunner().invoke(app, ["latency", "--model", str(tiny_run), *args])
         assert bad.exit_code == 2 and message in bad.output
     missing = CliRunner().invoke(app, ["latency", "--model", str(tmp_path / "nope")])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.latency import StaticDecodeStep, cpu_threads, measure_decode
 from harness.errors import UserError
+from kernels.latency import StaticDecodeStep, cpu_threads, measure_decode
 from nas.model import build_model
 from nas.space import ArchConfig
 

@@ -31,13 +31,19 @@ SMALL = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128)
 
 
 def train_plan(arch: ArchConfig = SMALL, seed: int = 0, **over) -> dict:
-    plan = {"kind": "train", "config": {"arch": arch.model_dump(), "budget": "16ktok", "seed": seed}, "rationale": "a small shape"}
+    plan = {
+        "kind": "train",
+        "config": {"arch": arch.model_dump(), "budget": "16ktok", "seed": seed},
+        "rationale": "a small shape",
+    }
     plan.update(over)
     return plan
 
 
 def tool_reply(provider: str, args, **kw) -> Reply:
-    return anthropic_tool("submit_plan", args, **kw) if provider == "anthropic" else openai_tool("submit_plan", args, **kw)
+    return (
+        anthropic_tool("submit_plan", args, **kw) if provider == "anthropic" else openai_tool("submit_plan", args, **kw)
+    )
 
 
 def make_planner(tmp_path: Path, provider: str, srv: ScriptedLLMServer, **spec) -> Planner:
@@ -46,7 +52,16 @@ def make_planner(tmp_path: Path, provider: str, srv: ScriptedLLMServer, **spec) 
     max_cost = spec.pop("max_cost", None)
     client = cls(LLMSpec(provider=provider, base_url=url, **spec), "test-key")
     offline = OfflinePlanner(GOAL, 256, "16ktok", 2)
-    return Planner(GOAL, offline, "byte", "16ktok", Prompts(), client, CostLedger(tmp_path / "llm_calls.jsonl"), max_cost_usd=max_cost)
+    return Planner(
+        GOAL,
+        offline,
+        "byte",
+        "16ktok",
+        Prompts(),
+        client,
+        CostLedger(tmp_path / "llm_calls.jsonl"),
+        max_cost_usd=max_cost,
+    )
 
 
 def user_text(request: dict) -> str:
@@ -65,12 +80,18 @@ def test_anthropic_plan_by_forced_tool_call_with_cost(tmp_path):
     assert body["tool_choice"] == {"type": "tool", "name": "submit_plan"}
     schema = body["tools"][0]["input_schema"]
     assert schema["type"] == "object" and set(schema["required"]) == {"kind", "config", "rationale"}
-    assert "autonomous research agent" in body["system"] and GOAL.text in user_text(req) and "int8 size <= 1 MB" in user_text(req)
+    assert (
+        "autonomous research agent" in body["system"]
+        and GOAL.text in user_text(req)
+        and "int8 size <= 1 MB" in user_text(req)
+    )
     assert "test-key" in (req["headers"].get("x-api-key", "") + req["headers"].get("authorization", ""))
     rec = planner.ledger.records[0]
     assert (rec.input_tokens, rec.output_tokens) == (1000, 200)
     assert rec.cost_usd == pytest.approx((1000 * 3 + 200 * 15) / 1e6)  # Sonnet list price
-    assert json.loads((tmp_path / "llm_calls.jsonl").read_text().splitlines()[0])["cost_usd"] == pytest.approx(rec.cost_usd)
+    assert json.loads((tmp_path / "llm_calls.jsonl").read_text().splitlines()[0])["cost_usd"] == pytest.approx(
+        rec.cost_usd
+    )
 
 
 def test_openai_plan_by_forced_function_call_with_cost(tmp_path):
@@ -100,11 +121,13 @@ def test_openai_compatible_server_answering_in_text_is_understood(tmp_path):
 def test_invalid_plans_go_back_with_the_error_then_offline_takes_the_step(tmp_path, provider):
     text = anthropic_text if provider == "anthropic" else openai_text
     with ScriptedLLMServer() as srv:
-        srv.script.extend([
-            text("I would train a bigger model."),  # no tool call, no JSON
-            tool_reply(provider, train_plan(kind="dance")),  # unknown kind
-            tool_reply(provider, train_plan(ArchConfig(vocab_size=50_000))),  # wrong tokenizer
-        ])
+        srv.script.extend(
+            [
+                text("I would train a bigger model."),  # no tool call, no JSON
+                tool_reply(provider, train_plan(kind="dance")),  # unknown kind
+                tool_reply(provider, train_plan(ArchConfig(vocab_size=50_000))),  # wrong tokenizer
+            ]
+        )
         planner = make_planner(tmp_path, provider, srv)
         out = planner.propose([], None, None, CTX)
         assert out.source == "offline fallback" and out.plan.rationale.startswith("baseline")
@@ -113,7 +136,9 @@ def test_invalid_plans_go_back_with_the_error_then_offline_takes_the_step(tmp_pa
         assert "rejected" not in feedback[0]
         assert "not valid JSON" in feedback[1] and "unknown plan kind 'dance'" in feedback[2]
         # a bad plan then a good one: the LLM's corrected plan is used
-        srv.script.extend([tool_reply(provider, train_plan(ArchConfig(n_layers=64, d_model=512))), tool_reply(provider, train_plan())])
+        srv.script.extend(
+            [tool_reply(provider, train_plan(ArchConfig(n_layers=64, d_model=512))), tool_reply(provider, train_plan())]
+        )
         out = planner.propose([], None, None, CTX)
         assert out.source == "llm" and "breaks the goal's limits" in out.notes[0]
         assert "breaks the goal's limits" in user_text(srv.requests[-1])
@@ -155,7 +180,10 @@ def test_slow_reply_times_out_and_the_step_goes_offline(tmp_path, provider):
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 def test_unreadable_and_error_responses_never_crash(tmp_path, provider):
     with ScriptedLLMServer() as srv:
-        srv.script.extend([Reply(body="garbage{"), Reply(body={"unexpected": True})] + [tool_reply(provider, "a string, not an object")] * 3)
+        srv.script.extend(
+            [Reply(body="garbage{"), Reply(body={"unexpected": True})]
+            + [tool_reply(provider, "a string, not an object")] * 3
+        )
         planner = make_planner(tmp_path, provider, srv, max_retries=0)
         first = planner.propose([], None, None, CTX)  # non-JSON body: provider failure
         assert first.source == "offline fallback" and "unreadable response" in first.notes[0]
@@ -184,9 +212,15 @@ def test_llm_judge_may_only_be_stricter_than_the_noise_rule(tmp_path):
         metrics = {"status": "ok", "val_bpb": 3.10, "size_bytes_int8": 500_000, "latency_ms_p50": 1.0}
         close = Verdict(decision="close", reason="within noise", metric=3.10, delta=-0.01, noise=0.02)
         keep = Verdict(decision="keep", reason="beats by 0.2", metric=3.0, delta=-0.2, noise=0.02)
-        srv.script.extend([verdict("keep", "looks great"), verdict("discard", "suspicious jump"), verdict("keep", "clear gain"),
-                           Reply(body={"type": "message", "role": "assistant", "model": "m", "content": [], "usage": {}}),
-                           verdict("maybe", "?")])
+        srv.script.extend(
+            [
+                verdict("keep", "looks great"),
+                verdict("discard", "suspicious jump"),
+                verdict("keep", "clear gain"),
+                Reply(body={"type": "message", "role": "assistant", "model": "m", "content": [], "usage": {}}),
+                verdict("maybe", "?"),
+            ]
+        )
         notes: list[str] = []
         assert judge.review(close, "e5", plan, metrics, None, 1, notes).decision == "close"  # cannot keep within noise
         assert judge.review(keep, "e6", plan, metrics, None, 1, notes).decision == "discard"
@@ -194,7 +228,10 @@ def test_llm_judge_may_only_be_stricter_than_the_noise_rule(tmp_path):
         assert kept.decision == "keep" and "clear gain" in kept.reason
         assert "3.1" in user_text(srv.requests[0]) and "within noise" in user_text(srv.requests[0])
         # two unreadable answers: the rule decides
-        assert judge.review(keep, "e8", plan, metrics, None, 1, notes).decision == "keep" and "the metric rule decides" in notes
+        assert (
+            judge.review(keep, "e8", plan, metrics, None, 1, notes).decision == "keep"
+            and "the metric rule decides" in notes
+        )
         n = len(srv.requests)
         crash = Verdict(decision="crash", reason="exit code 1")
         assert judge.review(crash, "e9", plan, {"status": "crashed"}, None, 1, notes).decision == "crash"
@@ -225,7 +262,9 @@ def test_provider_resolution_and_key_errors(tmp_path):
 
 def test_prompt_templates_are_files_a_person_can_edit(tmp_path):
     p = Prompts()
-    text = p.render("judge", goal="g", limits="l", experiment="e1", rationale="r", metrics="{}", incumbent="i", statistics="s")
+    text = p.render(
+        "judge", goal="g", limits="l", experiment="e1", rationale="r", metrics="{}", incumbent="i", statistics="s"
+    )
     assert "submit_verdict" in text and "$" not in text
     custom = tmp_path / "prompts"
     custom.mkdir()
@@ -246,8 +285,25 @@ def _closed_port() -> int:
 
 
 def _cli(tmp_path, corpus, run_id, *extra):
-    return ["run", GOAL.text, "--run-id", run_id, "--runs-dir", str(tmp_path), "--budget", "30m", "--experiment-budget", "16ktok",
-            "--corpus", str(corpus), "--eval-bytes", "6000", "--search-trials", "2", *extra]
+    return [
+        "run",
+        GOAL.text,
+        "--run-id",
+        run_id,
+        "--runs-dir",
+        str(tmp_path),
+        "--budget",
+        "30m",
+        "--experiment-budget",
+        "16ktok",
+        "--corpus",
+        str(corpus),
+        "--eval-bytes",
+        "6000",
+        "--search-trials",
+        "2",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -256,11 +312,21 @@ def _cli(tmp_path, corpus, run_id, *extra):
         (["--planner", "gemini"], {}, "unknown LLM provider 'gemini'"),
         (["--planner", "anthropic"], {}, "ANTHROPIC_API_KEY is not set"),
         (["--judge", "openai"], {}, "OPENAI_API_KEY is not set"),
-        (["--planner", "openai", "--base-url", "http://127.0.0.1:{port}/v1"], {"OPENAI_API_KEY": "k"}, "cannot reach the planner's LLM server"),
-        (["--planner", "openai", "--planner-model", "my-local-model", "--base-url", "SERVER", "--max-cost", "1"], {}, "no price known"),
+        (
+            ["--planner", "openai", "--base-url", "http://127.0.0.1:{port}/v1"],
+            {"OPENAI_API_KEY": "k"},
+            "cannot reach the planner's LLM server",
+        ),
+        (
+            ["--planner", "openai", "--planner-model", "my-local-model", "--base-url", "SERVER", "--max-cost", "1"],
+            {},
+            "no price known",
+        ),
     ],
 )
-def test_llm_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, small_corpus_dir, monkeypatch, extra, env, message):
+def test_llm_bad_input_is_one_line_exit_2_and_creates_nothing(
+    tmp_path, small_corpus_dir, monkeypatch, extra, env, message
+):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with ScriptedLLMServer() as srv:
@@ -280,7 +346,11 @@ def test_no_key_means_offline_said_once(tmp_path, small_corpus_dir):
 
 def _scripted_research(calls: dict):
     """Plays an LLM planner and judge: first an invalid plan, then three different small shapes; keeps everything."""
-    shapes = [SMALL, ArchConfig(n_layers=3, d_model=64, n_heads=2, n_kv_heads=1, d_ff=192), ArchConfig(n_layers=2, d_model=96, n_heads=3, n_kv_heads=3, d_ff=256)]
+    shapes = [
+        SMALL,
+        ArchConfig(n_layers=3, d_model=64, n_heads=2, n_kv_heads=1, d_ff=192),
+        ArchConfig(n_layers=2, d_model=96, n_heads=3, n_kv_heads=3, d_ff=256),
+    ]
 
     def respond(path: str, body: dict) -> Reply:
         tool = body["tools"][0]["name"]
@@ -300,7 +370,9 @@ def test_run_with_an_llm_planner_and_judge_end_to_end(tmp_path, small_corpus_dir
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     calls: dict = {}
     with ScriptedLLMServer(_scripted_research(calls)) as srv:
-        result = runner.invoke(app, _cli(tmp_path, small_corpus_dir, "l1", "--base-url", srv.anthropic_url, "--max-experiments", "3"))
+        result = runner.invoke(
+            app, _cli(tmp_path, small_corpus_dir, "l1", "--base-url", srv.anthropic_url, "--max-experiments", "3")
+        )
         assert result.exit_code == 0, result.output
         assert "planner: anthropic (claude-sonnet-4-6 at http://127.0.0.1" in result.output
         feedback = user_text(srv.requests[1])
@@ -314,7 +386,9 @@ def test_run_with_an_llm_planner_and_judge_end_to_end(tmp_path, small_corpus_dir
     ledger = [json.loads(line) for line in (run / "llm_calls.jsonl").read_text().splitlines()]
     assert len(ledger) == sum(calls.values()) and {r["role"] for r in ledger} == {"planner", "judge"}
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["llm_calls"] == len(ledger) and summary["llm_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in ledger))
+    assert summary["llm_calls"] == len(ledger) and summary["llm_cost_usd"] == pytest.approx(
+        sum(r["cost_usd"] for r in ledger)
+    )
     assert summary["planned_by"] == {"llm": 2, "rule": 1}
     assert "LLM calls" in (run / "report.md").read_text()
     status = runner.invoke(app, ["status", "l1", "--runs-dir", str(tmp_path)])
@@ -327,8 +401,13 @@ def test_resume_without_the_key_is_refused_and_keeps_the_run(tmp_path, small_cor
     from agent.settings import RunSettings
     from sandbox.workspace import Workspace
 
-    settings = RunSettings(run_id="k2", goal=GOAL.text, runs_dir=str(tmp_path), corpus=str(small_corpus_dir),
-                           planner=LLMSpec(provider="anthropic"))
+    settings = RunSettings(
+        run_id="k2",
+        goal=GOAL.text,
+        runs_dir=str(tmp_path),
+        corpus=str(small_corpus_dir),
+        planner=LLMSpec(provider="anthropic"),
+    )
     settings.run_dir.mkdir(parents=True)
     Workspace.create(settings.workspace, "k2")
     (settings.run_dir / "run.json").write_text(settings.model_dump_json())
@@ -340,11 +419,30 @@ def test_resume_without_the_key_is_refused_and_keeps_the_run(tmp_path, small_cor
 
 def test_run_stops_at_the_spend_cap(tmp_path, small_corpus_dir, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    with ScriptedLLMServer(lambda path, body: openai_tool(body["tools"][0]["function"]["name"], train_plan()
-                                                           if body["tools"][0]["function"]["name"] == "submit_plan"
-                                                           else {"decision": "keep", "reason": "ok"})) as srv:
-        result = runner.invoke(app, _cli(tmp_path, small_corpus_dir, "c1", "--planner", "openai", "--base-url", srv.openai_url,
-                                         "--max-cost", "0.002", "--max-experiments", "5"))
+    with ScriptedLLMServer(
+        lambda path, body: openai_tool(
+            body["tools"][0]["function"]["name"],
+            train_plan()
+            if body["tools"][0]["function"]["name"] == "submit_plan"
+            else {"decision": "keep", "reason": "ok"},
+        )
+    ) as srv:
+        result = runner.invoke(
+            app,
+            _cli(
+                tmp_path,
+                small_corpus_dir,
+                "c1",
+                "--planner",
+                "openai",
+                "--base-url",
+                srv.openai_url,
+                "--max-cost",
+                "0.002",
+                "--max-experiments",
+                "5",
+            ),
+        )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "c1" / "summary.json").read_text())
     assert summary["experiments"] == 1 and summary["llm_cost_usd"] >= 0.002

@@ -18,7 +18,9 @@ def corpus(small_corpus_dir):
 
 def test_random_init_byte_model_is_near_uniform(corpus):
     # Untied output head: logits at init are ~0, so every byte costs ~log2(256) = 8 bits.
-    arch = ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=128, context_length=128, tie_embeddings=False)
+    arch = ArchConfig(
+        n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=128, context_length=128, tie_embeddings=False
+    )
     r = evaluate_bpb(build_model(arch, seed=0), corpus["val"], corpus.token_bytes, max_bytes=20_000)
     assert abs(r.bpb - 8.0) < 0.05
     assert r.bytes == r.tokens == min(20_000, corpus["val"].size) - 1  # every token after the first, once
@@ -61,9 +63,17 @@ def test_latency_and_arch_metrics():
     arch = ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, context_length=64)
     lat = measure_latency(build_model(arch), prompt_tokens=16, decode_tokens=8, warmup=1, repeats=2)
     assert 0 < lat.decode_ms_p50 <= lat.decode_ms_p90 and 0 < lat.prefill_ms_p50 <= lat.prefill_ms_p90
-    assert lat.decode_tokens == 8 and set(lat.as_metrics()) == {"latency_ms_p50", "latency_ms_p90", "latency_ms_prefill_p50", "latency_ms_prefill_p90",
-                                                                 "latency_ms_p50_min", "latency_ms_p50_max", "latency_ms_spread",
-                                                                 "latency_repeats", "latency_device"}
+    assert lat.decode_tokens == 8 and set(lat.as_metrics()) == {
+        "latency_ms_p50",
+        "latency_ms_p90",
+        "latency_ms_prefill_p50",
+        "latency_ms_prefill_p90",
+        "latency_ms_p50_min",
+        "latency_ms_p50_max",
+        "latency_ms_spread",
+        "latency_repeats",
+        "latency_device",
+    }
     assert len(lat.decode_ms_p50_repeats) == 2 and lat.decode_ms_p50_min <= lat.decode_ms_p50 <= lat.decode_ms_p50_max
     m = arch_metrics(arch)
     assert m["params"] == sum(p.numel() for p in build_model(arch).parameters())

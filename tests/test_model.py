@@ -1,14 +1,32 @@
 import pytest
 import torch
 
+from harness.tokenizer import ByteTokenizer
 from nas.model import build_model
 from nas.space import ArchConfig
-from harness.tokenizer import ByteTokenizer
 
 VARIANTS = [
     ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_ff=128, context_length=64),
-    ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, context_length=64, activation="gelu", norm="layernorm"),
-    ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=1, d_ff=128, context_length=64, pos="learned", tie_embeddings=False),
+    ArchConfig(
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=128,
+        context_length=64,
+        activation="gelu",
+        norm="layernorm",
+    ),
+    ArchConfig(
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        n_kv_heads=1,
+        d_ff=128,
+        context_length=64,
+        pos="learned",
+        tie_embeddings=False,
+    ),
 ]
 
 
@@ -19,7 +37,9 @@ def test_kv_cache_matches_full_forward(arch):
     with torch.no_grad():
         full = model(x)
         cache = model.new_cache(2)
-        parts = [model(x[:, :17], cache), model(x[:, 17:30], cache)] + [model(x[:, i : i + 1], cache) for i in range(30, 40)]
+        parts = [model(x[:, :17], cache), model(x[:, 17:30], cache)] + [
+            model(x[:, i : i + 1], cache) for i in range(30, 40)
+        ]
     assert cache.pos == 40
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-5)
 
@@ -78,7 +98,10 @@ def test_top_p_and_temperature_sampling():
     b = model.generate([1, 2], 30, temperature=1.0, top_p=0.9, generator=g2).tokens
     assert a == b
     # a tiny nucleus keeps only the most likely token: identical to greedy
-    assert model.generate([1, 2], 30, temperature=1.0, top_p=1e-9).tokens == model.generate([1, 2], 30, temperature=0).tokens
+    assert (
+        model.generate([1, 2], 30, temperature=1.0, top_p=1e-9).tokens
+        == model.generate([1, 2], 30, temperature=0).tokens
+    )
 
 
 def test_generation_slides_past_the_context():

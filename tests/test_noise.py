@@ -36,18 +36,26 @@ from tests.test_ccaa import ToolTurns, needs_claude, tool
 runner = CliRunner()
 SMALL = ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128)
 MARKER = 'import sys\nprint("REPLAYED-CODE-MARKER", file=sys.stderr)\n\n\n'
-SPACE_WITH_MARKER = seed_files()["nas/space.py"].decode() + "\n" + MARKER  # ends in blank lines: the patch must keep them
+SPACE_WITH_MARKER = (
+    seed_files()["nas/space.py"].decode() + "\n" + MARKER
+)  # ends in blank lines: the patch must keep them
 
 
 def _train(seed: int = 0, budget: str = "8ktok", **over: Any) -> dict[str, Any]:
-    plan = {"kind": "train", "config": {"arch": SMALL.model_dump(), "budget": budget, "seed": seed}, "rationale": "r", "code_change": None}
+    plan = {
+        "kind": "train",
+        "config": {"arch": SMALL.model_dump(), "budget": budget, "seed": seed},
+        "rationale": "r",
+        "code_change": None,
+    }
     plan.update(over)
     return plan
 
 
 def _entry(exp_id: str, plan: dict[str, Any], decision: str, bpb: float | None) -> HistoryEntry:
-    return HistoryEntry.model_validate({"id": exp_id, "plan": plan, "decision": decision, "val_bpb": bpb, "metrics": {}, "commit": "",
-                                        "run_dir": None})
+    return HistoryEntry.model_validate(
+        {"id": exp_id, "plan": plan, "decision": decision, "val_bpb": bpb, "metrics": {}, "commit": "", "run_dir": None}
+    )
 
 
 def test_the_graph_owes_a_noise_repeat_and_the_rerun_of_a_close_call() -> None:
@@ -56,12 +64,24 @@ def test_the_graph_owes_a_noise_repeat_and_the_rerun_of_a_close_call() -> None:
     assert first is not None and first.model_dump()["config"] == {**_train()["config"], "seed": 1, **_defaults(first)}
     repeated = [base, _entry("e002", _train(seed=1), "repeat", 3.01)]
     assert scheduled_repeat(repeated) is None  # noise measured: the planner's turn
-    assert scheduled_repeat([base, _entry("e002", _train(seed=1), "crash", None)]) is None  # a crashed repeat is not retried
+    assert (
+        scheduled_repeat([base, _entry("e002", _train(seed=1), "crash", None)]) is None
+    )  # a crashed repeat is not retried
     code = _train(seed=4, budget="16ktok", code_change="add QK-norm")
     rerun = scheduled_repeat(repeated + [_entry("e003", code, "close", 2.99)])
-    assert rerun is not None and rerun.code_change == "add QK-norm" and rerun.config.seed == 5 and rerun.config.budget == "16ktok"
-    third = scheduled_repeat(repeated + [_entry("e003", code, "close", 2.99), _entry("e004", {**code, "config": {**code["config"], "seed": 5}},
-                                                                                     "close", 2.98)])
+    assert (
+        rerun is not None
+        and rerun.code_change == "add QK-norm"
+        and rerun.config.seed == 5
+        and rerun.config.budget == "16ktok"
+    )
+    third = scheduled_repeat(
+        repeated
+        + [
+            _entry("e003", code, "close", 2.99),
+            _entry("e004", {**code, "config": {**code["config"], "seed": 5}}, "close", 2.98),
+        ]
+    )
     assert third is not None and third.config.seed == 6
     assert scheduled_repeat([_entry("e001", _train(), "crash", None)]) is None
 
@@ -82,8 +102,13 @@ def _agent(tmp_path: Path, goal: str = "best code model under 1 MB") -> Research
 def test_a_crashed_repeat_is_crash_and_a_finished_one_is_repeat(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     base = _entry("e001", _train(), "keep", 3.0)
-    state: dict[str, Any] = {"exp_id": "e002", "plan": parse_plan(_train(seed=1)), "history": [base], "incumbent": base,
-                             "metrics": {"status": "crashed", "fail_reason": "exit code 1; see runs/e002/worker.log"}}
+    state: dict[str, Any] = {
+        "exp_id": "e002",
+        "plan": parse_plan(_train(seed=1)),
+        "history": [base],
+        "incumbent": base,
+        "metrics": {"status": "crashed", "fail_reason": "exit code 1; see runs/e002/worker.log"},
+    }
     crashed = agent.judge(state)["verdict"]  # type: ignore[arg-type]
     assert crashed.decision == "crash" and "exit code 1" in crashed.reason
     ok = agent.judge({**state, "metrics": {"status": "ok", "val_bpb": 3.02, "size_bytes_int8": 100_000}})  # type: ignore[arg-type]
@@ -96,10 +121,16 @@ def test_a_close_calls_rerun_is_judged_on_the_mean_of_its_runs(tmp_path: Path) -
     code = _train(seed=4, code_change="add QK-norm")
     history = [base, _entry("e002", _train(seed=1), "repeat", 3.02), _entry("e003", code, "close", 2.97)]
     rerun = {**code, "config": {**code["config"], "seed": 5}}
-    state = {"exp_id": "e004", "plan": parse_plan(rerun), "history": history, "incumbent": base,
-             "metrics": {"status": "ok", "val_bpb": 2.96, "size_bytes_int8": 100_000}}
+    state = {
+        "exp_id": "e004",
+        "plan": parse_plan(rerun),
+        "history": history,
+        "incumbent": base,
+        "metrics": {"status": "ok", "val_bpb": 2.96, "size_bytes_int8": 100_000},
+    }
     v = agent.judge(state)["verdict"]  # type: ignore[arg-type]
-    # mean 2.965 vs the incumbent's 3.01; pooled sigma 0.01118 over both pairs; two runs: 2 * sigma * sqrt(1/2 + 1) = 0.0274
+    # mean 2.965 vs the incumbent's 3.01; pooled sigma 0.01118 over both pairs;
+    # two runs: 2 * sigma * sqrt(1/2 + 1) = 0.0274
     assert v.decision == "keep" and v.metric == pytest.approx(2.965) and v.delta == pytest.approx(-0.045)
     assert "0.0274" in v.reason, v.reason
 
@@ -107,7 +138,10 @@ def test_a_close_calls_rerun_is_judged_on_the_mean_of_its_runs(tmp_path: Path) -
 def test_latency_is_judged_on_the_robust_statistic(tiny_run: Path) -> None:
     model, _ = load_trained_model(tiny_run)
     idle = measure_latency(model, prompt_tokens=8, decode_tokens=8, warmup=1, repeats=5).as_metrics()
-    assert idle["latency_repeats"] == 5 and idle["latency_ms_p50_min"] <= idle["latency_ms_p50"] <= idle["latency_ms_p50_max"]
+    assert (
+        idle["latency_repeats"] == 5
+        and idle["latency_ms_p50_min"] <= idle["latency_ms_p50"] <= idle["latency_ms_p50_max"]
+    )
     limit = 20 * float(idle["latency_ms_p50_max"])
     goal = parse_goal(f"best code model under 1 MB and {limit:.6f} ms per token")
     ok = {"status": "ok", "val_bpb": 3.0, "size_bytes_int8": 100_000, **idle}
@@ -132,12 +166,18 @@ def test_a_latency_spread_across_the_limit_is_remeasured(tiny_run: Path) -> None
         return measure_latency(model, prompt_tokens=8, decode_tokens=8, warmup=1, repeats=5).as_metrics()
 
     settled = settle_latency(limit, busy, remeasure)
-    assert calls == [1] and settled["latency_remeasures"] == 1 and settled["latency_ms_p50_first"] == busy["latency_ms_p50"]
+    assert (
+        calls == [1]
+        and settled["latency_remeasures"] == 1
+        and settled["latency_ms_p50_first"] == busy["latency_ms_p50"]
+    )
     assert settled["latency_ms_p50"] < limit and settled["latency_ms_p50_max"] < limit  # the fresh session decided
     # sessions that never decide: after the re-measures the median of all the sessions' statistics decides
     undecided = [{**busy, "latency_ms_p50": v} for v in (0.5 * limit, 0.9 * limit, 1.5 * limit)]
     settled = settle_latency(limit, busy, lambda i: undecided[i - 1])
-    assert settled["latency_remeasures"] == 3 and settled["latency_ms_p50"] == pytest.approx((0.9 * limit + 1.2 * limit) / 2)
+    assert settled["latency_remeasures"] == 3 and settled["latency_ms_p50"] == pytest.approx(
+        (0.9 * limit + 1.2 * limit) / 2
+    )
     # a re-measure that fails leaves the first session's figure to decide
     assert settle_latency(limit, busy, lambda i: None)["latency_ms_p50"] == busy["latency_ms_p50"]
     assert settle_latency(None, busy, remeasure) is busy and calls == [1]  # no limit: nothing to decide
@@ -150,12 +190,24 @@ def test_the_judge_node_remeasures_the_saved_model(tmp_path: Path, tiny_run: Pat
     for name in ("arch.json", "model.safetensors"):
         shutil.copy(tiny_run / name, run / name)
     # the worker's session saw a burst: its per-repeat medians straddle the 1000 ms limit
-    metrics = {"status": "ok", "val_bpb": 3.0, "size_bytes_int8": 100_000, "latency_ms_p50": 1200.0, "latency_ms_p50_min": 1.0,
-               "latency_ms_p50_max": 5000.0, "latency_repeats": 5, "latency_device": "cpu"}
-    out = agent.judge({"exp_id": "e001", "plan": parse_plan(_train()), "history": [], "incumbent": None, "metrics": metrics})  # type: ignore[arg-type]
+    metrics = {
+        "status": "ok",
+        "val_bpb": 3.0,
+        "size_bytes_int8": 100_000,
+        "latency_ms_p50": 1200.0,
+        "latency_ms_p50_min": 1.0,
+        "latency_ms_p50_max": 5000.0,
+        "latency_repeats": 5,
+        "latency_device": "cpu",
+    }
+    out = agent.judge(
+        {"exp_id": "e001", "plan": parse_plan(_train()), "history": [], "incumbent": None, "metrics": metrics}
+    )  # type: ignore[arg-type]
     assert out["verdict"].decision == "keep", out["verdict"]
     fresh = json.loads((run / "latency_remeasure_1.json").read_text())
-    assert out["metrics"]["latency_remeasures"] == 1 and out["metrics"]["latency_ms_p50"] == fresh["latency_ms_p50"] < 1000
+    assert (
+        out["metrics"]["latency_remeasures"] == 1 and out["metrics"]["latency_ms_p50"] == fresh["latency_ms_p50"] < 1000
+    )
     assert out["metrics"]["latency_ms_p50_first"] == 1200.0
 
 
@@ -164,7 +216,10 @@ def test_the_reachability_check_uses_the_sdks_base_url_variable() -> None:
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there now
-    for provider, key, url in (("anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"), ("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL")):
+    for provider, key, url in (
+        ("anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+        ("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
+    ):
         env = {key: "k", url: f"http://127.0.0.1:{port}"}
         with pytest.raises(UserError, match=f"127.0.0.1:{port}"):
             make_client(LLMSpec(provider=provider), "planner", env)
@@ -177,8 +232,12 @@ def _scripted(workspace: Path, judged: list[str]):
     """Planner: a baseline, then a longer training with a code change. Judge: 'close' for the code change's first
     run, 'keep' otherwise. Claude Code: appends the marker to nas/space.py."""
     planned: list[int] = []
-    edit = ToolTurns([[tool("Read", {"file_path": str(workspace / "nas" / "space.py")}, 1)],
-                      [tool("Write", {"file_path": str(workspace / "nas" / "space.py"), "content": SPACE_WITH_MARKER}, 2)]])
+    edit = ToolTurns(
+        [
+            [tool("Read", {"file_path": str(workspace / "nas" / "space.py")}, 1)],
+            [tool("Write", {"file_path": str(workspace / "nas" / "space.py"), "content": SPACE_WITH_MARKER}, 2)],
+        ]
+    )
 
     def respond(path: str, body: dict) -> Reply:
         names = [t["name"] for t in body.get("tools", [])]
@@ -191,8 +250,15 @@ def _scripted(workspace: Path, judged: list[str]):
             planned.append(1)
             if len(planned) == 1:
                 return anthropic_tool("submit_plan", _train(rationale="baseline"))
-            return anthropic_tool("submit_plan", _train(seed=7, budget="32ktok", code_change="print a marker from nas/space.py",
-                                                        rationale="longer training with a marker"))
+            return anthropic_tool(
+                "submit_plan",
+                _train(
+                    seed=7,
+                    budget="32ktok",
+                    code_change="print a marker from nas/space.py",
+                    rationale="longer training with a marker",
+                ),
+            )
         return edit(path, body)
 
     return respond
@@ -200,8 +266,9 @@ def _scripted(workspace: Path, judged: list[str]):
 
 @needs_claude
 @pytest.mark.slow
-def test_an_llm_run_measures_noise_and_reruns_a_close_call_with_its_code(tmp_path: Path, small_corpus_dir: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_llm_run_measures_noise_and_reruns_a_close_call_with_its_code(
+    tmp_path: Path, small_corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     judged: list[str] = []
     ws = (tmp_path / "runs" / "nz" / "workspace").resolve()
     home = tmp_path / "home"
@@ -210,18 +277,46 @@ def test_an_llm_run_measures_noise_and_reruns_a_close_call_with_its_code(tmp_pat
         monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
         monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.anthropic_url)
         monkeypatch.setenv("HOME", str(home))
-        result = runner.invoke(app, ["run", "find the best Python code model under 1 MB", "--run-id", "nz", "--runs-dir",
-                                     str(tmp_path / "runs"), "--budget", "30m", "--experiment-budget", "8ktok", "--corpus",
-                                     str(small_corpus_dir), "--eval-bytes", "6000", "--max-experiments", "4", "--editor", "claude-code"])
+        result = runner.invoke(
+            app,
+            [
+                "run",
+                "find the best Python code model under 1 MB",
+                "--run-id",
+                "nz",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--budget",
+                "30m",
+                "--experiment-budget",
+                "8ktok",
+                "--corpus",
+                str(small_corpus_dir),
+                "--eval-bytes",
+                "6000",
+                "--max-experiments",
+                "4",
+                "--editor",
+                "claude-code",
+            ],
+        )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(ws / "results.tsv"), delimiter="\t"))
-    assert [(r["decision"], r["planner"], r["seed"]) for r in rows[:3]] == [("keep", "llm", "0"), ("repeat", "rule", "1"), ("close", "llm", "7")]
-    assert rows[3]["planner"] == "rule" and rows[3]["seed"] == "8" and rows[3]["decision"] in ("keep", "close", "discard")
+    assert [(r["decision"], r["planner"], r["seed"]) for r in rows[:3]] == [
+        ("keep", "llm", "0"),
+        ("repeat", "rule", "1"),
+        ("close", "llm", "7"),
+    ]
+    assert (
+        rows[3]["planner"] == "rule" and rows[3]["seed"] == "8" and rows[3]["decision"] in ("keep", "close", "discard")
+    )
     assert rows[0]["noise_source"] == "floor" and float(rows[0]["noise_bpb"]) == 0.002
     assert all(r["noise_source"] == "measured" and float(r["noise_bpb"]) >= 0.002 for r in rows[1:])
     # the re-run replayed the stored change byte for byte, ran that code, and was judged on the mean of both runs
     plan4 = json.loads((ws / "configs" / "plan.json").read_text()) if rows[3]["decision"] == "keep" else None
-    assert (ws / "runs" / "e004" / "edit" / "edit.patch").read_bytes() == (ws / "runs" / "e003" / "edit" / "edit.patch").read_bytes()
+    assert (ws / "runs" / "e004" / "edit" / "edit.patch").read_bytes() == (
+        ws / "runs" / "e003" / "edit" / "edit.patch"
+    ).read_bytes()
     assert "REPLAYED-CODE-MARKER" in (ws / "runs" / "e004" / "worker.log").read_text()
     assert "e004 (train)" in judged[-1] and "re-run of e003" in judged[-1] and "over 2 run(s)" in judged[-1], judged[-1]
     journal = (ws / "journal.md").read_text()

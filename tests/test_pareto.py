@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from nas.objectives import SearchLimits, parse_objectives
 from harness.errors import UserError
+from nas.objectives import SearchLimits, parse_objectives
 from nas.pareto import crowding_distance, dominates, hypervolume, non_dominated_sort, pareto_front, rank_order
 from nas.space import ArchConfig
 
@@ -32,8 +32,9 @@ def test_hypervolume_matches_a_grid_count():
     pts = [(rng.random(), rng.random(), rng.random()) for _ in range(12)]
     n = 40
     inside = sum(
-        1 for c in itertools.product(range(n), repeat=3)
-        if any(all((ci + 0.5) / n >= p_i for ci, p_i in zip(c, p)) for p in pts)
+        1
+        for c in itertools.product(range(n), repeat=3)
+        if any(all((ci + 0.5) / n >= p_i for ci, p_i in zip(c, p, strict=True)) for p in pts)
     )
     assert hypervolume(pts, (1, 1, 1)) == pytest.approx(inside / n**3, abs=0.02)
 
@@ -47,8 +48,17 @@ def test_rank_order_puts_the_front_first():
 
 
 def test_objectives_parsing():
-    assert [o.metric for o in parse_objectives("bpb,bytes_int8,latency")] == ["val_bpb", "size_bytes_int8", "latency_ms_p50"]
-    for bad, msg in (("bpb,speed", "unknown objective 'speed'"), ("bytes_int8", "must include bpb"), ("bpb,bpb", "twice"), ("", "no objectives")):
+    assert [o.metric for o in parse_objectives("bpb,bytes_int8,latency")] == [
+        "val_bpb",
+        "size_bytes_int8",
+        "latency_ms_p50",
+    ]
+    for bad, msg in (
+        ("bpb,speed", "unknown objective 'speed'"),
+        ("bytes_int8", "must include bpb"),
+        ("bpb,bpb", "twice"),
+        ("", "no objectives"),
+    ):
         with pytest.raises(UserError, match=msg):
             parse_objectives(bad)
 

@@ -81,7 +81,9 @@ def test_a_diff_ending_in_blank_context_lines_round_trips(tmp_path: Path, monkey
     repo.index.commit("e002 kept")
     head = repo.head.commit.hexsha
     second = first.model_copy(update={"id": "e002", "edit": edit_summary(results, ws / "runs" / "e002" / "edit")})
-    results = apply_code_change(settings, Prompts(None), plan, "e003", "t", ws, ws / "runs" / "e003" / "edit", [first, second])
+    results = apply_code_change(
+        settings, Prompts(None), plan, "e003", "t", ws, ws / "runs" / "e003" / "edit", [first, second]
+    )
     assert [r.editor for r in results] == [IN_TREE] and results[-1].ok and results[-1].files_changed == ()
     assert not repo.is_dirty(untracked_files=False) and repo.head.commit.hexsha == head
     assert (ws / "runs" / "e003" / "edit" / PATCH_NAME).read_bytes() == raw

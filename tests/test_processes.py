@@ -11,10 +11,12 @@ from pathlib import Path
 from sandbox.processes import kill_group
 
 # A leader that starts a sleeping grandchild in its own group and prints the grandchild's pid.
-LEADER = ("import subprocess, sys, time\n"
-          "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
-          "print(p.pid, flush=True)\n"
-          "time.sleep(120)\n")
+LEADER = (
+    "import subprocess, sys, time\n"
+    "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+    "print(p.pid, flush=True)\n"
+    "time.sleep(120)\n"
+)
 
 
 def _gone(pid: int, within_s: float = 5.0) -> bool:
@@ -51,9 +53,11 @@ def test_kill_group_without_grace_kills_at_once():
 
 
 def test_die_with_parent():
-    parent = ("import subprocess, sys\n"
-              "from sandbox.processes import die_with_parent\n"
-              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=die_with_parent)\n"
-              "print(c.pid, flush=True)\n")  # and exits at once, leaving the child
+    parent = (
+        "import subprocess, sys\n"
+        "from sandbox.processes import die_with_parent\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=die_with_parent)\n"
+        "print(c.pid, flush=True)\n"
+    )  # and exits at once, leaving the child
     out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60, check=True)
     assert _gone(int(out.stdout))

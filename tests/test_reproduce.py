@@ -19,9 +19,27 @@ runner = CliRunner()
 
 @pytest.mark.slow
 def test_a_kept_result_is_re_made_from_its_commit(tmp_path: Path, small_corpus_dir: Path) -> None:
-    result = runner.invoke(app, ["run", "find the best Python code model under 1 MB", "--run-id", "rp", "--runs-dir", str(tmp_path),
-                                 "--budget", "30m", "--experiment-budget", "16ktok", "--max-experiments", "2",
-                                 "--corpus", str(small_corpus_dir), "--eval-bytes", "6000"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "find the best Python code model under 1 MB",
+            "--run-id",
+            "rp",
+            "--runs-dir",
+            str(tmp_path),
+            "--budget",
+            "30m",
+            "--experiment-budget",
+            "16ktok",
+            "--max-experiments",
+            "2",
+            "--corpus",
+            str(small_corpus_dir),
+            "--eval-bytes",
+            "6000",
+        ],
+    )
     assert result.exit_code == 0, result.output
     ws = tmp_path / "rp" / "workspace"
     kept = next(c for c in git.Repo(ws).iter_commits("autonas/rp") if "experiment: e001" in c.message)

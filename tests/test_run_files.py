@@ -13,13 +13,37 @@ import typer
 from typer.testing import CliRunner
 
 from harness.errors import UserError
-from harness.run_files import (EVAL_BYTES, LOG_FILE, MAX_METRICS_BYTES, METRICS_FILE, MissingRunFile, RunFileError,
-                               RunMetrics, append_log, parse_metrics, read_metrics, write_metrics)
+from harness.run_files import (
+    EVAL_BYTES,
+    LOG_FILE,
+    MAX_METRICS_BYTES,
+    METRICS_FILE,
+    MissingRunFile,
+    RunFileError,
+    RunMetrics,
+    append_log,
+    parse_metrics,
+    read_metrics,
+    write_metrics,
+)
 from tests.conftest import TINY_ARCH
 
-GOOD = {"status": "ok", "kind": "train", "val_bpb": 2.375, "params": 12_345, "size_bytes_int8": 13_000,
-        "latency_ms_p50": 0.25, "wall_s": 1.5, "eval_bytes": 8192, "tokens_trained": 40_960, "seed": 3,
-        "tokenizer": "byte", "resumed": False, "train_loss_first": None, "flops_per_token": 99}
+GOOD = {
+    "status": "ok",
+    "kind": "train",
+    "val_bpb": 2.375,
+    "params": 12_345,
+    "size_bytes_int8": 13_000,
+    "latency_ms_p50": 0.25,
+    "wall_s": 1.5,
+    "eval_bytes": 8192,
+    "tokens_trained": 40_960,
+    "seed": 3,
+    "tokenizer": "byte",
+    "resumed": False,
+    "train_loss_first": None,
+    "flops_per_token": 99,
+}
 
 
 def _one_line_error(excinfo: pytest.ExceptionInfo) -> str:
@@ -43,8 +67,15 @@ def test_writer_takes_numpy_and_torch_scalars_as_numbers(tmp_path: Path) -> None
     import numpy as np
     import torch
 
-    m = write_metrics(tmp_path, {"status": "ok", "params": np.int64(7), "val_bpb": torch.tensor(1.25), "val_tokens": np.int32(5)})
-    assert json.loads((tmp_path / METRICS_FILE).read_text()) == {"status": "ok", "params": 7, "val_bpb": 1.25, "val_tokens": 5}
+    m = write_metrics(
+        tmp_path, {"status": "ok", "params": np.int64(7), "val_bpb": torch.tensor(1.25), "val_tokens": np.int32(5)}
+    )
+    assert json.loads((tmp_path / METRICS_FILE).read_text()) == {
+        "status": "ok",
+        "params": 7,
+        "val_bpb": 1.25,
+        "val_tokens": 5,
+    }
     assert m.params == 7
 
 
@@ -55,22 +86,27 @@ def test_a_typed_key_written_as_null_reads_as_absent(tmp_path: Path) -> None:
     assert flat.get("latency_ms_p50", 0) == 0  # what the judge's limit check relies on
 
 
-@pytest.mark.parametrize("bad, says", [
-    ({"status": "ok", "arch": {"d_model": 64}}, "arch: a dict is not flat"),
-    ({"status": "ok", "sizes": [1, 2]}, "sizes: a list is not flat"),
-    ({"status": "ok", "val_bpb": float("nan")}, "val_bpb: Input should be a finite number"),
-    ({"status": "ok", "ratio": float("inf")}, "ratio: inf is not a finite number"),
-    ({"status": "ok", "note": "x" * 5000}, "note: string of 5000 characters"),
-    ({"status": "ok", "fail_reason": "y" * 5000}, "fail_reason: String should have at most 4096 characters"),
-    ({"status": "ok", "params": 2.5}, "params: Input should be a valid integer"),
-    ({"status": "ok", "params": True}, "params: Input should be a valid integer"),
-    ({"status": "ok", "val_bpb": -1.0}, "val_bpb: Input should be greater than or equal to 0"),
-    ({"status": "fine"}, "status: Input should be 'ok'"),
-    ({"val_bpb": 1.0}, "status: Field required"),
-    ({"status": "ok", "bad key!": 1}, "is not a short identifier"),
-    ({"status": "ok", "big": 2**70}, "big: integer out of range"),
-])
-def test_writer_refuses_what_is_not_flat_and_finite_and_keeps_the_old_file(tmp_path: Path, bad: dict, says: str) -> None:
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ({"status": "ok", "arch": {"d_model": 64}}, "arch: a dict is not flat"),
+        ({"status": "ok", "sizes": [1, 2]}, "sizes: a list is not flat"),
+        ({"status": "ok", "val_bpb": float("nan")}, "val_bpb: Input should be a finite number"),
+        ({"status": "ok", "ratio": float("inf")}, "ratio: inf is not a finite number"),
+        ({"status": "ok", "note": "x" * 5000}, "note: string of 5000 characters"),
+        ({"status": "ok", "fail_reason": "y" * 5000}, "fail_reason: String should have at most 4096 characters"),
+        ({"status": "ok", "params": 2.5}, "params: Input should be a valid integer"),
+        ({"status": "ok", "params": True}, "params: Input should be a valid integer"),
+        ({"status": "ok", "val_bpb": -1.0}, "val_bpb: Input should be greater than or equal to 0"),
+        ({"status": "fine"}, "status: Input should be 'ok'"),
+        ({"val_bpb": 1.0}, "status: Field required"),
+        ({"status": "ok", "bad key!": 1}, "is not a short identifier"),
+        ({"status": "ok", "big": 2**70}, "big: integer out of range"),
+    ],
+)
+def test_writer_refuses_what_is_not_flat_and_finite_and_keeps_the_old_file(
+    tmp_path: Path, bad: dict, says: str
+) -> None:
     write_metrics(tmp_path, {"status": "ok", "val_bpb": 3.0})
     with pytest.raises(RunFileError) as excinfo:
         write_metrics(tmp_path, bad)
@@ -80,16 +116,19 @@ def test_writer_refuses_what_is_not_flat_and_finite_and_keeps_the_old_file(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == [METRICS_FILE]
 
 
-@pytest.mark.parametrize("text, says", [
-    ('{"status": "ok", "val_bpb": NaN}', "NaN is not a number"),
-    ('{"status": "ok", "x": -Infinity}', "-Infinity is not a number"),
-    ('{"status": "ok", "x": {"y": 1}}', "x: a dict is not flat"),
-    ('{"status": "ok", "x": "' + "z" * 10_000 + '"}', "x: string of 10000 characters"),
-    ("[" * 100_000 + "]" * 100_000, "is not JSON"),
-    ('["status", "ok"]', "holds a JSON list, not an object"),
-    ('{"status": "ok", ', "is not JSON"),
-    (b"\xff\xfe{}", "is not JSON (UnicodeDecodeError"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ('{"status": "ok", "val_bpb": NaN}', "NaN is not a number"),
+        ('{"status": "ok", "x": -Infinity}', "-Infinity is not a number"),
+        ('{"status": "ok", "x": {"y": 1}}', "x: a dict is not flat"),
+        ('{"status": "ok", "x": "' + "z" * 10_000 + '"}', "x: string of 10000 characters"),
+        ("[" * 100_000 + "]" * 100_000, "is not JSON"),
+        ('["status", "ok"]', "holds a JSON list, not an object"),
+        ('{"status": "ok", ', "is not JSON"),
+        (b"\xff\xfe{}", "is not JSON (UnicodeDecodeError"),
+    ],
+)
 def test_reader_refuses_a_hostile_file_in_one_line(tmp_path: Path, text: str | bytes, says: str) -> None:
     path = tmp_path / METRICS_FILE
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -169,26 +208,44 @@ def test_a_training_run_writes_metrics_that_validate_and_a_log(tiny_run: Path) -
 def test_a_diverged_run_writes_null_losses_not_nan(tmp_path: Path, small_corpus_dir: Path) -> None:
     from harness.data import CorpusSpec, prepare_corpus
     from nas.space import ArchConfig
-    from nas.train import Trainer, TrainConfig
+    from nas.train import TrainConfig, Trainer
 
-
-    cfg = TrainConfig(budget_tokens=20_000, batch_size=8, lr=1e4, grad_clip=0.0, warmup_frac=0.0, log_every=1,
-                      measure_latency=False, device="cpu", eval_bytes=4096)
+    cfg = TrainConfig(
+        budget_tokens=20_000,
+        batch_size=8,
+        lr=1e4,
+        grad_clip=0.0,
+        warmup_frac=0.0,
+        log_every=1,
+        measure_latency=False,
+        device="cpu",
+        eval_bytes=4096,
+    )
     spec = CorpusSpec(source=str(small_corpus_dir))
-    outcome = Trainer(ArchConfig(**TINY_ARCH), prepare_corpus(spec, "byte"), cfg, tmp_path, spec, log_to_console=False).run()
+    outcome = Trainer(
+        ArchConfig(**TINY_ARCH), prepare_corpus(spec, "byte"), cfg, tmp_path, spec, log_to_console=False
+    ).run()
     m = read_metrics(tmp_path)
     assert outcome.status == m.status == "diverged" and m.val_bpb is None and "loss" in m.fail_reason
-    assert "NaN" not in (tmp_path / METRICS_FILE).read_text() and "Infinity" not in (tmp_path / METRICS_FILE).read_text()
+    assert (
+        "NaN" not in (tmp_path / METRICS_FILE).read_text() and "Infinity" not in (tmp_path / METRICS_FILE).read_text()
+    )
 
 
 def test_compress_writes_metrics_that_validate_and_a_log(tiny_run: Path, tmp_path: Path) -> None:
     from kernels.compress import CompressConfig, compress
 
-    returned = compress(tiny_run, tmp_path / "c", CompressConfig(int8=True, eval_bytes=4096, measure_latency=False),
-                        log_to_console=False)
+    returned = compress(
+        tiny_run,
+        tmp_path / "c",
+        CompressConfig(int8=True, eval_bytes=4096, measure_latency=False),
+        log_to_console=False,
+    )
     m = read_metrics(tmp_path / "c")
     assert m.flat() == returned
-    assert m.status == "ok" and m.kind == "compress" and m.eval_bytes == 4096 and m.params == read_metrics(tiny_run).params
+    assert (
+        m.status == "ok" and m.kind == "compress" and m.eval_bytes == 4096 and m.params == read_metrics(tiny_run).params
+    )
     assert m.val_bpb == pytest.approx(m.model_extra["val_bpb_before"], rel=0.05)  # int8 weights barely move bpb
     log = (tmp_path / "c" / LOG_FILE).read_text()
     assert "before: val bpb" in log and "int8 weights: val bpb" in log and "finished: val bpb" in log
@@ -202,7 +259,9 @@ def test_eval_humaneval_writes_metrics_that_validate_and_a_log(tmp_path: Path) -
     problems = list(everything.items())[:3]
     samples = tmp_path / "s.jsonl"
     write_jsonl(samples, [{"task_id": t, "completion": p.canonical_solution} for t, p in problems])
-    res = CliRunner().invoke(app, ["eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "--out", str(tmp_path / "e")])
+    res = CliRunner().invoke(
+        app, ["eval", "humaneval", "--samples", str(samples), "--ignore-incomplete", "--out", str(tmp_path / "e")]
+    )
     assert res.exit_code == 0, res.output
     m = read_metrics(tmp_path / "e")
     assert m.status == "ok" and m.kind == "eval" and m.model_extra["humaneval_pass_at_1"] == 1.0 and m.wall_s > 0
@@ -214,7 +273,6 @@ def test_eval_humaneval_writes_metrics_that_validate_and_a_log(tmp_path: Path) -
 def test_a_trial_reuses_a_valid_metrics_file_and_fails_on_a_hostile_one(tmp_path: Path) -> None:
     from nas.space import ArchConfig
     from nas.trial import TrialSpec, run_trial
-
 
     done = tmp_path / "done"
     done.mkdir()
@@ -240,7 +298,6 @@ def test_a_remote_trials_metrics_reach_the_folder_only_through_the_writer(tmp_pa
     from nas.executors import _write_missing_files
     from nas.space import ArchConfig
     from nas.trial import TrialResult, TrialSpec
-
 
     def remote(out: Path, metrics_text: str) -> TrialResult:
         spec = TrialSpec(number=0, arch=ArchConfig(**TINY_ARCH), budget="1ktok", out_dir=str(out))
@@ -277,19 +334,22 @@ def _eval_bytes_defaults(app: typer.Typer) -> dict[str, object]:
 def test_every_command_and_config_scores_the_same_bytes_by_default() -> None:
     from agent.cli import app
     from agent.settings import RunSettings
+    from distill.cli import make_app as distill_app
     from harness.metrics import evaluate_bpb
+    from kernels.cli import make_app as kernels_app
     from kernels.compress import CompressConfig
+    from nas.cli import make_app as nas_app
     from nas.search import SearchConfig
     from nas.train import TrainConfig
     from nas.trial import TrialSpec
 
-    from distill.cli import make_app as distill_app
-    from kernels.cli import make_app as kernels_app
-    from nas.cli import make_app as nas_app
-
     defaults = _eval_bytes_defaults(app)
     assert {"run", "train", "nas search", "distill", "compress"} <= set(defaults), defaults
-    for worker, commands in ((nas_app, {"train", "nas search"}), (distill_app, {"distill"}), (kernels_app, {"compress"})):
+    for worker, commands in (
+        (nas_app, {"train", "nas search"}),
+        (distill_app, {"distill"}),
+        (kernels_app, {"compress"}),
+    ):
         found = _eval_bytes_defaults(worker())  # ``python -m nas`` and friends, without the agent
         assert commands <= set(found), found
         defaults.update({f"{worker.__module__} {k}": v for k, v in found.items()})

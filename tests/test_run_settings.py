@@ -13,8 +13,16 @@ from agent.cli import app
 from agent.settings import RunSettings
 from harness.errors import UserError
 
-OLD_RUN_JSON = {"run_id": "old", "goal": "best code model under 1 MB", "runs_dir": "runs", "budget_s": 1800.0,
-                "experiment_budget": "16ktok", "grace_s": 2.5, "editor_timeout_s": 900.0, "search_trials": 2}
+OLD_RUN_JSON = {
+    "run_id": "old",
+    "goal": "best code model under 1 MB",
+    "runs_dir": "runs",
+    "budget_s": 1800.0,
+    "experiment_budget": "16ktok",
+    "grace_s": 2.5,
+    "editor_timeout_s": 900.0,
+    "search_trials": 2,
+}
 
 
 def test_budgets_are_kept_as_written_and_read_as_seconds() -> None:
@@ -32,10 +40,15 @@ def test_an_earlier_run_json_in_seconds_loads_as_the_same_budgets() -> None:
     assert RunSettings.model_validate_json(s.model_dump_json()) == s  # and it is saved in today's form
 
 
-@pytest.mark.parametrize("field, value, message", [("budget", "2Mtok", "--budget is wall-clock time"),
-                                                   ("grace", "soon", "--grace: cannot read budget"),
-                                                   ("experiment_budget", "99999h", "--experiment-budget '99999h' is more than"),
-                                                   ("editor_timeout", "0s", "positive")])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("budget", "2Mtok", "--budget is wall-clock time"),
+        ("grace", "soon", "--grace: cannot read budget"),
+        ("experiment_budget", "99999h", "--experiment-budget '99999h' is more than"),
+        ("editor_timeout", "0s", "positive"),
+    ],
+)
 def test_a_bad_budget_is_refused_in_the_words_of_its_flag(field: str, value: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
         RunSettings(run_id="r", goal="g", **{field: value})
@@ -48,7 +61,9 @@ def test_status_of_an_old_run_and_of_a_run_json_with_a_bad_budget(tmp_path: Path
     result = CliRunner().invoke(app, ["status", "old", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "0 experiments recorded" in result.output
-    (run_dir / "run.json").write_text(json.dumps({**OLD_RUN_JSON, "runs_dir": str(tmp_path), "budget_s": "ten minutes"}))
+    (run_dir / "run.json").write_text(
+        json.dumps({**OLD_RUN_JSON, "runs_dir": str(tmp_path), "budget_s": "ten minutes"})
+    )
     result = CliRunner().invoke(app, ["status", "old", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "run.json is corrupt (--budget: cannot read budget 'ten minutes'" in result.output

@@ -1,9 +1,6 @@
-import os
-import signal
 import sys
 import time
 
-import git
 import pytest
 
 from sandbox.environment import WORKER, child_env
@@ -15,7 +12,9 @@ def test_experiments_commit_and_discard_keep_everything(tmp_path):
     ws = Workspace.create(tmp_path / "ws", "r1")
     assert ws.repo.active_branch.name == "autonas/r1"
     (ws.root / "arch.json").write_text('{"n_layers": 4}')
-    sha = ws.commit_experiment("train L4 d128", "why: deeper is better per parameter", {"val-bpb": 2.3141592, "kept": "yes"})
+    sha = ws.commit_experiment(
+        "train L4 d128", "why: deeper is better per parameter", {"val-bpb": 2.3141592, "kept": "yes"}
+    )
     commit = ws.repo.commit(sha)
     assert commit.author.email == AGENT.email and "val-bpb: 2.31416" in commit.message
     (ws.root / "results.tsv").write_text("commit\tstatus\n")  # ignored: survives resets
@@ -27,7 +26,7 @@ def test_experiments_commit_and_discard_keep_everything(tmp_path):
     discarded = ws.repo.commit(ref_sha)
     assert ws.discarded_refs() == {"e2": ref_sha}
     diff = ws.repo.git.diff(sha, ref_sha)
-    assert "n_layers\": 40" in diff and "new.py" in diff
+    assert 'n_layers": 40' in diff and "new.py" in diff
     assert discarded.hexsha not in [c.hexsha for c in ws.repo.iter_commits("autonas/r1")]  # not on the branch
     exps = ws.experiments()
     assert [e.title for e in exps] == ["train L4 d128"] and exps[0].trailers["val-bpb"] == "2.31416"

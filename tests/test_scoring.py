@@ -15,7 +15,7 @@ from harness.metrics import evaluate_bpb
 from harness.model_code import MODEL_CODE_ENV, seed_files, write_code_record
 from harness.scoring import ScoringRefused, score_run
 
-PEEK = '''
+PEEK = """
 
 _honest_forward = CodeLM.forward
 
@@ -29,9 +29,9 @@ def _peeking_forward(self, input_ids, cache=None):  # reads the next token of it
 
 
 CodeLM.forward = _peeking_forward
-'''
+"""
 
-PATCH_THE_METRIC = '''
+PATCH_THE_METRIC = """
 
 import harness.metrics as _hm
 import torch.nn.functional as _F
@@ -39,14 +39,15 @@ import torch.nn.functional as _F
 _F.cross_entropy = lambda *a, **k: torch.zeros(())  # a loss of zero for everyone in this process
 _hm.evaluate_bpb = lambda *a, **k: _hm.EvalResult(0.01, 0.01, 1, 1)
 print("noise on stdout from the model's code")
-'''
+"""
 
 
 def _spawn(args: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in (MODEL_CODE_ENV, "PYTHONPATH")}
     env["PYTHONSAFEPATH"] = "1"
-    return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env=env)
+    return subprocess.Popen(
+        [sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    )
 
 
 def _with_code(tiny_run: Path, tmp_path: Path, extra: str) -> Path:
@@ -94,7 +95,11 @@ def test_a_model_process_that_dies_or_lies_about_its_shape_is_refused(tiny_run: 
         score_run(run, corpus["val"], corpus.token_bytes, 8192, _spawn, sys.executable)
     wide = tmp_path / "wide"
     wide.mkdir()
-    run2 = _with_code(tiny_run, wide, "\n_f = CodeLM.forward\nCodeLM.forward = lambda self, x, cache=None: "
-                                      "torch.cat([_f(self, x, cache), _f(self, x, cache)], -1)\n")
+    run2 = _with_code(
+        tiny_run,
+        wide,
+        "\n_f = CodeLM.forward\nCodeLM.forward = lambda self, x, cache=None: "
+        "torch.cat([_f(self, x, cache), _f(self, x, cache)], -1)\n",
+    )
     with pytest.raises(ScoringRefused, match="512 logits per position, its arch.json says 256"):
         score_run(run2, corpus["val"], corpus.token_bytes, 8192, _spawn, sys.executable)

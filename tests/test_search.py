@@ -27,8 +27,19 @@ runner = CliRunner()
 
 
 def _cfg(out, corpus_dir, **kw):
-    base = dict(out=str(out), space="tiny", trials=4, stage1_budget="12ktok", stage2_budget="none", eval_bytes=4000,
-                batch_size=8, workers=1, population=4, screen_batch=4, corpus=CorpusSpec(source=str(corpus_dir)))
+    base = dict(
+        out=str(out),
+        space="tiny",
+        trials=4,
+        stage1_budget="12ktok",
+        stage2_budget="none",
+        eval_bytes=4000,
+        batch_size=8,
+        workers=1,
+        population=4,
+        screen_batch=4,
+        corpus=CorpusSpec(source=str(corpus_dir)),
+    )
     base.update(kw)
     return SearchConfig(**base)
 
@@ -40,7 +51,9 @@ def _rows(out):
 
 def test_limits_reject_before_training_and_outputs_are_written(tmp_path, small_corpus_dir):
     out = tmp_path / "s"
-    cfg = _cfg(out, small_corpus_dir, limits=SearchLimits(max_params=40_000), stage2_budget="20ktok", stage2_max=2, eta=2)
+    cfg = _cfg(
+        out, small_corpus_dir, limits=SearchLimits(max_params=40_000), stage2_budget="20ktok", stage2_max=2, eta=2
+    )
     summary = Search(cfg, live=False).run()
     rows = _rows(out)
     rejected = [r for r in rows if r["status"] == "rejected"]
@@ -76,22 +89,53 @@ def test_limits_reject_before_training_and_outputs_are_written(tmp_path, small_c
 @pytest.mark.parametrize("strategy", ["evolution", "random"])
 def test_other_strategies_run(tmp_path, small_corpus_dir, strategy):
     out = tmp_path / strategy
-    Search(_cfg(out, small_corpus_dir, strategy=strategy, trials=6, population=3, tournament=2, screen=False), live=False).run()
+    Search(
+        _cfg(out, small_corpus_dir, strategy=strategy, trials=6, population=3, tournament=2, screen=False), live=False
+    ).run()
     rows = _rows(out)
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 6
     if strategy == "evolution":  # after the random first population, children are enqueued mutations
-        study = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+        study = optuna.load_study(
+            study_name="search",
+            storage=optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))
+            ),
+        )
         assert any("fixed_params" in t.system_attrs for t in study.trials)
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path, small_corpus_dir):
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "nas", "nas", "search", "--out", str(out), "--space", "tiny", "--trials", "8",
-           "--stage1", "40ktok", "--stage2", "none", "--eval-bytes", "4000", "--batch-size", "8", "--workers", "1",
-           "--population", "4", "--corpus", str(small_corpus_dir), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas",
+        "nas",
+        "search",
+        "--out",
+        str(out),
+        "--space",
+        "tiny",
+        "--trials",
+        "8",
+        "--stage1",
+        "40ktok",
+        "--stage2",
+        "none",
+        "--eval-bytes",
+        "4000",
+        "--batch-size",
+        "8",
+        "--workers",
+        "1",
+        "--population",
+        "4",
+        "--corpus",
+        str(small_corpus_dir),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     done_before: dict[str, int] = {}
@@ -128,9 +172,21 @@ def test_ray_executor_on_a_local_cluster_matches_the_local_executor(tmp_path, sm
     from nas.trial import TrialSpec
 
     arch = ArchConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64, context_length=64)
-    specs = [TrialSpec(number=i, arch=arch, budget="10ktok", out_dir=str(tmp_path / name / f"t{i}"), batch_size=8,
-                       eval_bytes=4000, seed=i, corpus=CorpusSpec(source=str(small_corpus_dir)), measure_latency=False)
-             for name in ("ray", "local") for i in range(2)]
+    specs = [
+        TrialSpec(
+            number=i,
+            arch=arch,
+            budget="10ktok",
+            out_dir=str(tmp_path / name / f"t{i}"),
+            batch_size=8,
+            eval_bytes=4000,
+            seed=i,
+            corpus=CorpusSpec(source=str(small_corpus_dir)),
+            measure_latency=False,
+        )
+        for name in ("ray", "local")
+        for i in range(2)
+    ]
     results = {}
     for name, ex in (("ray", RayExecutor("local")), ("local", LocalExecutor(workers=1))):
         try:
@@ -144,9 +200,9 @@ def test_ray_executor_on_a_local_cluster_matches_the_local_executor(tmp_path, sm
         finally:
             ex.shutdown()
     for i in range(2):
-        r, l = results["ray"][i], results["local"][i]
-        assert r.status == l.status == "ok"
-        assert r.metrics["val_bpb"] == pytest.approx(l.metrics["val_bpb"], abs=1e-6)
+        r, loc = results["ray"][i], results["local"][i]
+        assert r.status == loc.status == "ok"
+        assert r.metrics["val_bpb"] == pytest.approx(loc.metrics["val_bpb"], abs=1e-6)
         for f in ("metrics.json", "arch.json", "log.txt", "run.json"):
             assert (tmp_path / "ray" / f"t{i}" / f).is_file() and (tmp_path / "local" / f"t{i}" / f).is_file()
 
@@ -158,8 +214,16 @@ def test_trial_timeout_kills_only_its_worker(tmp_path, small_corpus_dir):
     ex = LocalExecutor(workers=1)
     try:
         arch = ArchConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, context_length=64)
-        ex.submit(TrialSpec(number=0, arch=arch, budget="1h", out_dir=str(tmp_path / "t0"), time_limit_s=2,
-                            corpus=CorpusSpec(source=str(small_corpus_dir))))
+        ex.submit(
+            TrialSpec(
+                number=0,
+                arch=arch,
+                budget="1h",
+                out_dir=str(tmp_path / "t0"),
+                time_limit_s=2,
+                corpus=CorpusSpec(source=str(small_corpus_dir)),
+            )
+        )
         old_pid = ex.workers[0].process.pid
         results = []
         while not results:
@@ -167,8 +231,17 @@ def test_trial_timeout_kills_only_its_worker(tmp_path, small_corpus_dir):
         assert results[0].status == "timeout" and "time limit" in results[0].reason
         with pytest.raises(ProcessLookupError):
             os.killpg(old_pid, 0)  # the whole group is gone
-        ex.submit(TrialSpec(number=1, arch=arch, budget="4ktok", out_dir=str(tmp_path / "t1"), eval_bytes=2000,
-                            corpus=CorpusSpec(source=str(small_corpus_dir)), measure_latency=False))
+        ex.submit(
+            TrialSpec(
+                number=1,
+                arch=arch,
+                budget="4ktok",
+                out_dir=str(tmp_path / "t1"),
+                eval_bytes=2000,
+                corpus=CorpusSpec(source=str(small_corpus_dir)),
+                measure_latency=False,
+            )
+        )
         results = []
         while not results:
             results = ex.wait(timeout=30)
@@ -199,13 +272,33 @@ def postgres_url():
     data = root / "data"
     port = _free_port()
     as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                            f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run(
+        as_pg + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        as_pg
+        + [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(root / "log"),
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -247,8 +340,23 @@ def finished_search(tmp_path_factory, small_corpus_dir):
 def test_bad_input_leaves_the_study_untouched(finished_search, small_corpus_dir, extra, message):
     journal = finished_search / "study.journal"
     before = journal.read_bytes()
-    args = ["nas", "search", "--out", str(finished_search), "--space", "tiny", "--trials", "1", "--stage1", "4ktok",
-            "--stage2", "none", "--corpus", str(small_corpus_dir), "--quiet"] + extra
+    args = [
+        "nas",
+        "search",
+        "--out",
+        str(finished_search),
+        "--space",
+        "tiny",
+        "--trials",
+        "1",
+        "--stage1",
+        "4ktok",
+        "--stage2",
+        "none",
+        "--corpus",
+        str(small_corpus_dir),
+        "--quiet",
+    ] + extra
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
@@ -261,8 +369,23 @@ def test_corrupted_storage_file_is_a_clear_error(tmp_path, small_corpus_dir):
     out.mkdir()
     (out / "study.journal").write_text("this is not a journal\n{\n")
     before = (out / "study.journal").read_bytes()
-    result = runner.invoke(app, ["nas", "search", "--out", str(out), "--space", "tiny", "--trials", "1", "--resume",
-                                 "--corpus", str(small_corpus_dir), "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "nas",
+            "search",
+            "--out",
+            str(out),
+            "--space",
+            "tiny",
+            "--trials",
+            "1",
+            "--resume",
+            "--corpus",
+            str(small_corpus_dir),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 2 and "corrupted" in result.output, result.output
     assert (out / "study.journal").read_bytes() == before
 
@@ -275,23 +398,32 @@ def test_latency_limit_is_checked_on_the_untrained_model(tmp_path, small_corpus_
     with pytest.raises(UserError, match="limits reject almost every sampled architecture"):
         Search(cfg, live=False).run()
     rows = _rows(out) if (out / "results.tsv").exists() else []
-    study = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+    study = optuna.load_study(
+        study_name="search",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))),
+    )
     rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
     assert len(rejected) >= 50 and not (out / "trials").exists() and not [r for r in rows if r["status"] == "ok"]
-    assert all("latency over the limit" in t.user_attrs["reason"] and t.user_attrs["metrics"]["latency_ms_p50"] > 0 for t in rejected)
+    assert all(
+        "latency over the limit" in t.user_attrs["reason"] and t.user_attrs["metrics"]["latency_ms_p50"] > 0
+        for t in rejected
+    )
 
 
 def test_wall_clock_budget_ends_the_search_and_resume_checks_the_config(tmp_path, small_corpus_dir):
     from harness.errors import UserError
 
     out = tmp_path / "s"
-    summary = Search(_cfg(out, small_corpus_dir, trials=None, budget="8s", stage1_budget="2s", screen=False), live=False).run()
+    summary = Search(
+        _cfg(out, small_corpus_dir, trials=None, budget="8s", stage1_budget="2s", screen=False), live=False
+    ).run()
     ok = [r for r in _rows(out) if r["status"] == "ok"]
     assert ok and summary["elapsed_s"] >= 8  # ran until the budget, then stopped on its own
     assert not [r for r in _rows(out) if r["state"] == "running"]
     with pytest.raises(UserError, match="cannot resume with a different objectives"):
-        Search(_cfg(out, small_corpus_dir, trials=None, budget="8s", objectives="bpb,params"), resume=True, live=False).run()
+        Search(
+            _cfg(out, small_corpus_dir, trials=None, budget="8s", objectives="bpb,params"), resume=True, live=False
+        ).run()
 
 
 def test_screening_times_only_candidates_within_the_size_limits(tmp_path, small_corpus_dir, monkeypatch):
@@ -305,18 +437,27 @@ def test_screening_times_only_candidates_within_the_size_limits(tmp_path, small_
     timed = []
     real = screening.measure_latency
     monkeypatch.setattr(screening, "measure_latency", lambda model, **kw: timed.append(model) or real(model, **kw))
-    cfg = _cfg(tmp_path / "s", small_corpus_dir, strategy="random", screen_batch=8, limits=SearchLimits(max_params=40_000, max_latency_ms=1e6))
+    cfg = _cfg(
+        tmp_path / "s",
+        small_corpus_dir,
+        strategy="random",
+        screen_batch=8,
+        limits=SearchLimits(max_params=40_000, max_latency_ms=1e6),
+    )
     objectives = parse_objectives(cfg.objectives)
     studies = SearchStudies(cfg, tmp_path / "s", len(objectives), resume=False)
-    screener = screening.Screener(cfg, get_space("tiny"), objectives, studies, cached_corpus(cfg.corpus, cfg.tokenizer),
-                                  note=lambda line: None)
+    screener = screening.Screener(
+        cfg, get_space("tiny"), objectives, studies, cached_corpus(cfg.corpus, cfg.tokenizer), note=lambda line: None
+    )
     for _ in range(6):
         screener.screen_batch()
         trials = studies.trials(1)
         too_big = [t for t in trials if t.user_attrs.get("status") == "rejected"]
         if too_big and len(too_big) < len(trials):
             break
-    assert too_big and len(too_big) < len(trials), [(t.user_attrs.get("status"), t.user_attrs.get("reason")) for t in trials]
+    assert too_big and len(too_big) < len(trials), [
+        (t.user_attrs.get("status"), t.user_attrs.get("reason")) for t in trials
+    ]
     for t in too_big:
         assert "params over the limit" in t.user_attrs["reason"] and "latency" not in t.user_attrs["reason"]
         assert "latency_ms_p50" not in t.user_attrs["metrics"]

@@ -5,9 +5,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from nas.counting import count_params, flops_per_token, size_bytes
 from harness.errors import UserError
+from nas.counting import count_params, flops_per_token, size_bytes
 from nas.model import build_model
 from nas.space import GENES, SPACES, ArchConfig, ArchConstraints, SearchSpace, get_space
 
@@ -17,7 +18,7 @@ def test_json_round_trip_and_hash():
     b = ArchConfig.from_json(a.to_json())
     assert a == b and hash(a) == hash(b) and a.short_hash() == b.short_hash()
     assert len({a, b, ArchConfig()}) == 2
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         a.n_layers = 5  # frozen
 
 
@@ -137,4 +138,6 @@ def test_unknown_space_and_space_file(tmp_path):
 def test_model_parameters_are_unique_when_tied():
     m = build_model(ArchConfig(tie_embeddings=True))
     assert m.lm_head.weight is m.embed_tokens.weight
-    assert torch.equal(build_model(ArchConfig(), seed=3).embed_tokens.weight, build_model(ArchConfig(), seed=3).embed_tokens.weight)
+    assert torch.equal(
+        build_model(ArchConfig(), seed=3).embed_tokens.weight, build_model(ArchConfig(), seed=3).embed_tokens.weight
+    )

@@ -14,7 +14,7 @@ from harness.data import CorpusSpec, prepare_corpus
 from harness.metrics import evaluate_bpb
 from nas.model import build_model
 from nas.space import ArchConfig
-from nas.train import Trainer, TrainConfig, lr_multiplier, prepare_run_dir
+from nas.train import TrainConfig, Trainer, lr_multiplier, prepare_run_dir
 
 TINY = ArchConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, context_length=64)
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,9 @@ def test_training_lowers_val_bpb(tmp_path, corpus, small_corpus_dir):
 def test_divergence_is_recorded(tmp_path, corpus):
     out = tmp_path / "run"
     prepare_run_dir(out)
-    outcome = Trainer(TINY, corpus, _cfg(lr=50.0, grad_clip=0.0, warmup_frac=0.0, log_every=1), out, log_to_console=False).run()
+    outcome = Trainer(
+        TINY, corpus, _cfg(lr=50.0, grad_clip=0.0, warmup_frac=0.0, log_every=1), out, log_to_console=False
+    ).run()
     m = json.loads((out / "metrics.json").read_text())
     assert outcome.status == "diverged" and m["status"] == "diverged"
     assert "loss" in m["fail_reason"] and "step" in m["fail_reason"]
@@ -65,13 +67,32 @@ def test_lr_schedule_shape():
     assert lr_multiplier(0.55, 0.1, 0.1) == pytest.approx(0.55)
     assert lr_multiplier(1.0, 0.1, 0.1) == pytest.approx(0.1)
     values = [lr_multiplier(p / 100, 0.1, 0.1) for p in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    # consecutive pairs: values[1:] is one shorter and ends the zip
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
 def _train_cmd(arch_path: Path, corpus_dir: Path, out: Path, budget: str) -> list[str]:
-    return [sys.executable, "-m", "nas", "train", "--arch", str(arch_path), "--corpus", str(corpus_dir),
-            "--budget", budget, "--out", str(out), "--batch-size", "8", "--eval-bytes", "4000",
-            "--checkpoint-every", "0.3", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "nas",
+        "train",
+        "--arch",
+        str(arch_path),
+        "--corpus",
+        str(corpus_dir),
+        "--budget",
+        budget,
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--eval-bytes",
+        "4000",
+        "--checkpoint-every",
+        "0.3",
+        "--quiet",
+    ]
 
 
 @pytest.mark.slow
@@ -82,12 +103,20 @@ def test_resume_after_sigkill_continues_and_matches_an_unbroken_run(tmp_path, sm
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(arch_path, small_corpus_dir, straight, budget), check=True, env=env, cwd=REPO, capture_output=True)
+    subprocess.run(
+        _train_cmd(arch_path, small_corpus_dir, straight, budget), check=True, env=env, cwd=REPO, capture_output=True
+    )
     reference = json.loads((straight / "metrics.json").read_text())
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(arch_path, small_corpus_dir, out, budget), env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _train_cmd(arch_path, small_corpus_dir, out, budget),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     step = 0
     while time.time() < deadline and proc.poll() is None:
@@ -105,7 +134,9 @@ def test_resume_after_sigkill_continues_and_matches_an_unbroken_run(tmp_path, sm
     proc.wait()
     assert not (out / "metrics.json").exists()
 
-    done = subprocess.run(_train_cmd(arch_path, small_corpus_dir, out, budget), env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        _train_cmd(arch_path, small_corpus_dir, out, budget), env=env, cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["resumed_from_step"] >= 50 and m["steps"] == reference["steps"] == 300
@@ -118,8 +149,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(tmp_path, small_corpus_dir):
     arch_path = tmp_path / "arch.json"
     arch_path.write_text(TINY.to_json())
     out = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(arch_path, small_corpus_dir, out, "10m"), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        _train_cmd(arch_path, small_corpus_dir, out, "10m"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "log.txt").is_file():
         time.sleep(0.05)
@@ -165,7 +202,18 @@ def arch_file(tmp_path):
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, arch_file, small_corpus_dir, case, message):
     out = tmp_path / "out"
-    args = ["train", "--arch", str(arch_file), "--corpus", str(small_corpus_dir), "--budget", "2s", "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--arch",
+        str(arch_file),
+        "--corpus",
+        str(small_corpus_dir),
+        "--budget",
+        "2s",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
     def replace(flag, value):
         args[args.index(flag) + 1] = value
@@ -203,8 +251,22 @@ def test_bad_input_is_one_line_exit_2(tmp_path, arch_file, small_corpus_dir, cas
 
 def test_finished_run_is_not_clobbered(tmp_path, arch_file, small_corpus_dir):
     out = tmp_path / "out"
-    args = ["train", "--arch", str(arch_file), "--corpus", str(small_corpus_dir), "--budget", "20ktok", "--out", str(out),
-            "--quiet", "--eval-bytes", "2000", "--batch-size", "4"]
+    args = [
+        "train",
+        "--arch",
+        str(arch_file),
+        "--corpus",
+        str(small_corpus_dir),
+        "--budget",
+        "20ktok",
+        "--out",
+        str(out),
+        "--quiet",
+        "--eval-bytes",
+        "2000",
+        "--batch-size",
+        "4",
+    ]
     first = _cli(args)
     assert first.exit_code == 0, first.output
     before = (out / "metrics.json").read_text()
@@ -217,7 +279,18 @@ def test_finished_run_is_not_clobbered(tmp_path, arch_file, small_corpus_dir):
 
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path, arch_file, small_corpus_dir):
     out = tmp_path / "out"
-    args = ["train", "--arch", str(arch_file), "--corpus", str(small_corpus_dir), "--budget", "20ktok", "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--arch",
+        str(arch_file),
+        "--corpus",
+        str(small_corpus_dir),
+        "--budget",
+        "20ktok",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     (out / "ckpt").mkdir(parents=True)
     (out / "ckpt" / "state.json").write_text("{}")
     (out / "ckpt" / "model.safetensors").write_bytes(b"garbage")

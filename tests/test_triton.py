@@ -13,8 +13,16 @@ pytest.importorskip("triton")  # a dev dependency: CI installs it, so these run 
 
 from kernels.quant import quantize_per_channel
 from triton_ops import use_triton
-from triton_ops.ops import (fkl_reference, fused_fkl, int8_linear, int8_linear_reference, rmsnorm, rmsnorm_reference,
-                                swiglu, swiglu_reference)
+from triton_ops.ops import (
+    fkl_reference,
+    fused_fkl,
+    int8_linear,
+    int8_linear_reference,
+    rmsnorm,
+    rmsnorm_reference,
+    swiglu,
+    swiglu_reference,
+)
 
 
 def test_the_interpreter_is_in_use() -> None:
