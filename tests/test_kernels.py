@@ -315,6 +315,9 @@ def test_latency_cli_reports_modes_and_refuses_bad_input(tiny_run: Path, tmp_pat
     assert ok.exit_code == 0, ok.output
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["eager", "static"] and rows[0]["tokens"] == rows[1]["tokens"]
+    assert rows[0]["tokens_equal_eager"] is None and rows[1]["tokens_equal_eager"] == len(rows[1]["tokens"])
+    n = len(rows[1]["tokens"])
+    assert f"{n}/{n}" in ok.output and "differ from the eager" not in ok.output
     for args, message in (
         (["--modes", "warp"], "--modes 'warp'"),
         (["--threads", "two"], "--threads 'two'"),

@@ -139,12 +139,12 @@ def test_the_editor_rule_names_what_is_fixed(path: str, refused: bool) -> None:
 
 def test_an_edit_of_the_metric_or_the_split_is_refused_and_undone(tmp_path: Path) -> None:
     from agent.editing import code_instruction
+    from agent.plans import parse_plan
     from agent.prompting import Prompts
 
     ws = _seeded(tmp_path)
-    instruction = code_instruction(
-        Prompts(), {"rationale": "r", "code_change": "c"}, "e001", "t", ws.root, tmp_path / "log", 60
-    )
+    plan = parse_plan({"kind": "train", "config": {"arch": {}}, "rationale": "r", "code_change": "c"})
+    instruction = code_instruction(Prompts(), plan, "e001", "t", ws.root, tmp_path / "log", 60)
     assert "harness/" in instruction.system_prompt and "nas/hf.py" in instruction.system_prompt  # the editor is told
     cheat = "def evaluate_bpb(*a, **k):\n    return 0.0\n"
     for files in (
