@@ -333,7 +333,7 @@ def finished_search(tmp_path_factory, small_corpus_dir):
         (["--executor", "ray", "--ray-address", "127.0.0.1:1"], "cannot connect to the Ray cluster"),
         (["--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/none"], "cannot open database storage"),
         (["--strategy", "bayes"], "strategy"),
-        (["--budget", "5Mtok"], "is a token count: a search's --budget is wall-clock time"),
+        (["--budget", "5Mtok"], "--budget is wall-clock time"),
         ([], "already exists"),
         (["--study-name", "other", "--resume"], "nothing to resume"),
     ],
