@@ -19,7 +19,19 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES = ("agent", "ccaa", "distill", "harness", "kernels", "nas", "sandbox", "benchmarks", "scripts", "tests")
+PACKAGES = (
+    "agent",
+    "ccaa",
+    "distill",
+    "harness",
+    "kernels",
+    "nas",
+    "sandbox",
+    "triton_ops",
+    "benchmarks",
+    "scripts",
+    "tests",
+)
 
 
 @dataclass
