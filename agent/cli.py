@@ -9,6 +9,7 @@ from distill.cli import register as register_distill
 from harness.cli_support import OneLineErrors
 from kernels.cli import register as register_kernels
 from nas.cli import register as register_nas
+from serve.cli import register as register_serve
 
 app = typer.Typer(
     help="AutoNAS-CodeLM: architecture search, training, distillation and compression of tiny code LMs.",
@@ -21,6 +22,7 @@ register_agent(app)
 register_nas(app)
 register_distill(app)
 register_kernels(app)
+register_serve(app)
 
 
 def main() -> None:

@@ -1,0 +1,259 @@
+"""Continuous batching: concurrent requests share decode steps instead of waiting for each other.
+
+One engine serves one model. A background thread owns the model and its :class:`~serve.batched_step.SlotCache`;
+requests arrive through a bounded queue (full: :class:`QueueFull`, which the API answers with 429 and
+``Retry-After``). Every loop turn the thread admits waiting requests into free slots (prefilling each prompt), runs
+one batched decode step for every active sequence, samples each row with that request's own settings and
+generator (so a ``seed`` gives the same text whatever else is being served), and hands each new token to its
+request. A request ends at ``max_tokens``, at the end-of-text token, at a stop string, when its context is full,
+or when its client goes away (:meth:`Request.cancel`), and its slot is freed in the same turn.
+
+Tokens travel back as :class:`TokenEvent` objects on a thread-safe queue per request, so the asyncio side (the
+HTTP handlers) can await them without blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.tokenizer import Tokenizer
+from nas.model import CodeLM
+from nas.model import _sample as sample_token  # the model's own sampler: serving samples as generate() does
+from serve.batched_step import SlotCache, decode_step, prefill
+
+
+class QueueFull(Exception):
+    """The engine holds as many waiting requests as it may: the client should retry later."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What an OpenAI request asks of the sampler (validated by the API layer)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None  # top alternatives to report per token (completions only)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token (``token`` is None on the final event, which carries ``finish_reason``)."""
+
+    token: int | None
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    """A prompt waiting for or being decoded. The engine thread hands each :class:`TokenEvent` to ``sink``: by default
+    the request's own thread-safe ``events`` queue; an asyncio caller passes one that wakes its event loop."""
+
+    prompt: list[int]
+    settings: SamplingSettings
+    sink: Callable[[TokenEvent], None] | None = None
+    events: queue.Queue[TokenEvent] = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+    def send(self, event: TokenEvent) -> None:
+        (self.sink or self.events.put)(event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Active:
+    request: Request
+    slot: int
+    position: int  # where the next token goes in the slot
+    last_token: int
+    generated: list[int]
+    generator: torch.Generator | None
+
+
+@dataclass
+class EngineStats:
+    """Counters a benchmark or the console reads: steps run and the batch sizes they had."""
+
+    steps: int = 0
+    tokens: int = 0
+    max_batch_seen: int = 0
+    requests_done: int = 0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """``max_batch`` sequences decode together and ``max_waiting`` requests may queue; ``batching=False`` serves one
+    request at a time (the baseline the serving benchmark compares with)."""
+
+    max_batch: int = 16
+    max_waiting: int = 64
+    batching: bool = True
+
+
+class Engine:
+    """Serves one model from one thread."""
+
+    def __init__(self, model: CodeLM, tokenizer: Tokenizer, options: EngineOptions = EngineOptions()):
+        self.model, self.tokenizer, self.options = model.eval(), tokenizer, options
+        self.max_batch = options.max_batch if options.batching else 1
+        max_waiting = options.max_waiting
+        self.context = model.arch.context_length
+        self.cache = SlotCache(model, self.max_batch)
+        self.stats = EngineStats()
+        self._waiting: queue.Queue[Request] = queue.Queue(maxsize=max_waiting)
+        self._active: list[_Active] = []
+        self._free = list(range(self.max_batch))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="autonas-serve-engine", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, prompt: list[int], settings: SamplingSettings, sink: Callable[[TokenEvent], None] | None = None
+    ) -> Request:
+        """Queue a request; :class:`QueueFull` when ``max_waiting`` requests already wait."""
+        if not prompt or len(prompt) >= self.context:
+            raise ValueError(f"the prompt has {len(prompt)} tokens; this model's context is {self.context}")
+        request = Request(prompt, settings, sink)
+        try:
+            self._waiting.put_nowait(request)
+        except queue.Full:
+            raise QueueFull(f"{self._waiting.maxsize} requests are already waiting") from None
+        return request
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting.qsize()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    # the engine thread ------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            self._admit()
+            if not self._active:
+                try:  # idle: block until a request arrives instead of spinning
+                    self._admit_one(self._waiting.get(timeout=0.05))
+                except queue.Empty:
+                    continue
+            try:
+                self._step()
+            except Exception as err:  # a bug must not leave clients waiting forever
+                for a in self._active:
+                    a.request.send(TokenEvent(None, finish_reason="error", error=str(err)[:300]))
+                self._free.extend(a.slot for a in self._active)
+                self._active.clear()
+
+    def _admit(self) -> None:
+        while self._free:
+            try:
+                request = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            self._admit_one(request)
+
+    def _admit_one(self, request: Request) -> None:
+        if request.cancelled.is_set():
+            request.send(TokenEvent(None, finish_reason="cancelled"))
+            return
+        slot = self._free.pop()
+        s = request.settings
+        generator = None
+        if s.seed is not None:
+            generator = torch.Generator(device=self.cache.positions.device).manual_seed(s.seed)
+        try:
+            logits = prefill(self.model, self.cache, slot, request.prompt)
+        except Exception as err:  # this request fails; the others go on
+            self._free.append(slot)
+            request.send(TokenEvent(None, finish_reason="error", error=str(err)[:300]))
+            return
+        active = _Active(request, slot, len(request.prompt), -1, [], generator)
+        if not self._emit(active, logits):
+            self._active.append(active)
+
+    def _step(self) -> None:
+        live = [a for a in self._active if not self._finish_if_cancelled(a)]
+        self._active = live
+        if not live:
+            return
+        device = self.cache.positions.device
+        slots = torch.tensor([a.slot for a in live], device=device)
+        tokens = torch.tensor([a.last_token for a in live], device=device)
+        positions = torch.tensor([a.position for a in live], device=device)
+        logits = decode_step(self.model, self.cache, slots, tokens, positions)
+        self.stats.steps += 1
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(live))
+        for a in live:
+            a.position += 1
+        self._active = [a for row, a in zip(logits, live, strict=True) if not self._emit(a, row)]
+
+    def _finish_if_cancelled(self, a: _Active) -> bool:
+        if not a.request.cancelled.is_set():
+            return False
+        self._finish(a, "cancelled")
+        return True
+
+    def _emit(self, a: _Active, logits: torch.Tensor) -> bool:
+        """Sample the next token of ``a`` from ``logits``, send it; True when the request has ended."""
+        s = a.request.settings
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        token = sample_token(logp, s.temperature, s.top_p, a.generator)  # log-softmax: same softmax as the logits
+        if token == self.tokenizer.eos_id:
+            self._finish(a, "stop")
+            return True
+        top = None
+        if s.logprobs:
+            values, ids = logp.topk(min(s.logprobs, logp.shape[-1]))
+            top = {int(i): float(v) for i, v in zip(ids, values, strict=True)}
+        a.generated.append(token)
+        a.last_token = token
+        self.stats.tokens += 1
+        a.request.send(TokenEvent(token, float(logp[token]), top))
+        if len(a.generated) >= s.max_tokens:
+            self._finish(a, "length")
+            return True
+        if a.position >= self.context:  # the slot is full: no room for the next token's key
+            self._finish(a, "length")
+            return True
+        if s.stop and _contains_stop(self.tokenizer.decode(a.generated), s.stop):
+            self._finish(a, "stop")
+            return True
+        return False
+
+    def _finish(self, a: _Active, reason: str) -> None:
+        a.request.send(TokenEvent(None, finish_reason=reason))
+        self._free.append(a.slot)
+        self.stats.requests_done += 1
+
+
+def _contains_stop(text: str, stop: tuple[str, ...]) -> bool:
+    return any(s in text for s in stop)
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def retry_after_s(waiting: int, max_batch: int, ms_per_step: float = 50.0, tokens_per_request: int = 128) -> int:
+    """A rough ``Retry-After``: how long the queue ahead takes to drain, in whole seconds, at least 1."""
+    return max(1, math.ceil(waiting / max(1, max_batch) * tokens_per_request * ms_per_step / 1000))

@@ -1,0 +1,257 @@
+"""``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions``: the OpenAI-compatible model API.
+
+Each request is tokenised (the document separator first, as in training), handed to the model's
+:class:`~serve.engine.Engine`, and answered either whole or as server-sent events in OpenAI's chunk format ending
+with ``data: [DONE]``. Tokens come back from the engine thread through ``loop.call_soon_threadsafe`` into an asyncio
+queue, so a waiting request costs no thread. A client that disconnects mid-stream cancels its request, which frees
+its decode slot at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from harness.errors import UserError
+from serve.engine import Engine, QueueFull, SamplingSettings, TokenEvent, retry_after_s
+from serve.engine import Request as EngineRequest
+from serve.openai_schema import (
+    ChatRequest,
+    CompletionRequest,
+    chat_prompt,
+    error_body,
+    new_id,
+    now,
+    usage,
+)
+from serve.registry import ModelRegistry, UnknownModel
+from serve.text_stream import TextStream
+
+
+class APIError(Exception):
+    """An error answered with OpenAI's error body and the given HTTP status."""
+
+    def __init__(self, status: int, message: str, kind: str, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.message, self.kind, self.code), self.status, headers=self.headers)
+
+
+@dataclass
+class _Job:
+    """One admitted request: the engine's request, its asyncio event queue, and what it streams."""
+
+    model_id: str
+    engine: Engine
+    prompt_ids: list[int]
+    settings: SamplingSettings
+    events: asyncio.Queue[TokenEvent]
+    text: TextStream
+    request: EngineRequest
+    tokens: list[TokenEvent] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+def _engine(registry: ModelRegistry, model_id: str) -> Engine:
+    try:
+        return registry.engine(model_id)
+    except UnknownModel as err:
+        raise APIError(404, str(err), "invalid_request_error", "model_not_found") from None
+    except UserError as err:
+        raise APIError(400, f"the model {model_id!r} cannot be served: {err}", "invalid_request_error") from None
+
+
+def _start(
+    registry: ModelRegistry, model_id: str, prompt: str, max_tokens: int | None, body: Any, logprobs: int | None
+) -> _Job:
+    engine = _engine(registry, model_id)
+    tok = engine.tokenizer
+    ids = [tok.eos_id, *tok.encode(prompt)]
+    room = engine.context - len(ids)
+    if room < 1:
+        raise APIError(
+            400,
+            f"the prompt is {len(ids)} tokens; this model's context is {engine.context} tokens",
+            "invalid_request_error",
+            "context_length_exceeded",
+        )
+    if max_tokens is not None and max_tokens > room:
+        raise APIError(
+            400,
+            f"max_tokens {max_tokens} + the prompt's {len(ids)} tokens exceed this model's context of {engine.context}",
+            "invalid_request_error",
+            "context_length_exceeded",
+        )
+    settings = SamplingSettings(
+        max_tokens=max_tokens or min(16 if logprobs is not None else room, room),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stops(),
+        seed=body.seed,
+        logprobs=logprobs,
+    )
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+
+    def wake(event: TokenEvent) -> None:  # called on the engine's thread
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    try:
+        request = engine.submit(ids, settings, sink=wake)
+    except QueueFull as err:
+        wait = retry_after_s(engine.waiting, engine.max_batch)
+        raise APIError(
+            429, f"the server is busy: {err}", "rate_limit_error", headers={"Retry-After": str(wait)}
+        ) from None
+    return _Job(model_id, engine, ids, settings, events, TextStream(tok.decode, settings.stop), request)
+
+
+async def _deltas(job: _Job) -> AsyncIterator[str]:
+    """The text of each new token as it becomes certain; sets ``job.finish_reason`` at the end."""
+    try:
+        while True:
+            event = await job.events.get()
+            if event.token is None:
+                if event.finish_reason == "error":
+                    raise APIError(500, f"decoding failed: {event.error}", "server_error")
+                tail = job.text.finish()
+                job.finish_reason = "stop" if job.text.stopped else event.finish_reason
+                if tail:
+                    yield tail
+                return
+            job.tokens.append(event)
+            piece = job.text.push(event.token)
+            if piece:
+                yield piece
+            if job.text.stopped:  # the text reached a stop string: the rest is not shown
+                job.finish_reason = "stop"
+                return
+    finally:
+        if job.finish_reason != "length":  # ended early (stop string, client gone): free the slot now
+            job.request.cancel()
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+def _logprobs(job: _Job, start_offset: int) -> dict[str, Any]:
+    """Completions' legacy logprobs object: each token's text, its log-probability and the top alternatives."""
+    decode = job.engine.tokenizer.decode
+    tokens = [decode([ev.token]) for ev in job.tokens if ev.token is not None]
+    offsets, at = [], start_offset
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [ev.logprob for ev in job.tokens],
+        "top_logprobs": [{decode([i]): lp for i, lp in (ev.top_logprobs or {}).items()} for ev in job.tokens],
+        "text_offset": offsets,
+    }
+
+
+def _stream(job: _Job, chunk: Any, first_text: str = "") -> StreamingResponse:
+    """Server-sent events: ``chunk(text, finish_reason)`` builds each event's body; ``first_text`` (an echoed prompt)
+    goes out before the first token."""
+
+    async def events() -> AsyncIterator[str]:
+        if first_text:
+            yield _sse(chunk(first_text, None))
+        try:
+            async for piece in _deltas(job):
+                yield _sse(chunk(piece, None))
+            yield _sse(chunk("", job.finish_reason))
+        except APIError as err:
+            yield _sse(error_body(err.message, err.kind, err.code))
+        yield _sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _collect(job: _Job) -> str:
+    return "".join([piece async for piece in _deltas(job)])
+
+
+def build_router(registry: ModelRegistry) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/models")
+    def list_models() -> dict[str, Any]:
+        data = [
+            {"id": e.id, "object": "model", "created": e.created, "owned_by": "autonas"} for e in registry.entries()
+        ]
+        return {"object": "list", "data": data}
+
+    @router.post("/completions", response_model=None)
+    async def completions(body: CompletionRequest) -> Any:
+        job = _start(registry, body.model, body.text(), body.max_tokens, body, body.logprobs)
+        cid, created = new_id("cmpl"), now()
+        prefix = body.text() if body.echo else ""
+
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            }
+
+        if body.stream:
+            return _stream(job, chunk, prefix)
+        text = await _collect(job)
+        out = chunk(prefix + text, job.finish_reason)
+        if body.logprobs is not None:
+            out["choices"][0]["logprobs"] = _logprobs(job, len(prefix))
+        out["usage"] = usage(len(job.prompt_ids), len(job.tokens))
+        return out
+
+    @router.post("/chat/completions", response_model=None)
+    async def chat_completions(body: ChatRequest) -> Any:
+        job = _start(
+            registry, body.model, chat_prompt(body.messages), body.max_completion_tokens or body.max_tokens, body, None
+        )
+        cid, created = new_id("chatcmpl"), now()
+        sent_role = False
+
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            nonlocal sent_role
+            delta: dict[str, Any] = {"content": text} if text or finish is None else {}
+            if not sent_role:  # OpenAI's first chunk names the role
+                delta["role"], sent_role = "assistant", True
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        if body.stream:
+            return _stream(job, chunk)
+        text = await _collect(job)
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": job.finish_reason,
+                }
+            ],
+            "usage": usage(len(job.prompt_ids), len(job.tokens)),
+        }
+
+    return router

@@ -1,0 +1,311 @@
+"""``autonas serve``'s model API against the real ``openai`` SDK on 127.0.0.1: answers, streaming, batching, errors.
+
+The server is the real app under uvicorn in a thread; the models are small random-weight models saved as run
+folders (what is checked is the serving, not the model: greedy text must equal the model's own ``generate``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from openai import OpenAI
+from safetensors.torch import save_model
+from typer.testing import CliRunner
+
+from agent.cli import app as autonas_app
+from harness.tokenizer import ByteTokenizer
+from nas.model import build_model
+from nas.space import ArchConfig
+from serve.app import ServeSettings, create_app
+from serve.engine import EngineOptions
+from serve.text_stream import TextStream
+
+ARCH = ArchConfig(
+    n_layers=2,
+    d_model=64,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=128,
+    activation="swiglu",
+    norm="rmsnorm",
+    pos="rope",
+    tie_embeddings=True,
+    vocab_size=256,
+    context_length=128,
+)
+
+
+def _save(folder: Path, arch: ArchConfig, seed: int) -> None:
+    folder.mkdir(parents=True)
+    save_model(build_model(arch, seed=seed), str(folder / "model.safetensors"))
+    (folder / "arch.json").write_text(arch.model_dump_json())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, settings: ServeSettings):
+        self.app = create_app(settings)
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def client(self, key: str = "unused") -> OpenAI:
+        return OpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=60)
+
+    def engine(self, model_id: str):  # noqa: ANN201 - the Engine, for its counters
+        return self.app.state.registry.engine(model_id)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    _save(root / "run-a" / "best", ARCH, seed=3)
+    (root / "run-still-going").mkdir()  # no best/ yet: not offered
+    _save(root.parent / "extra-model", ARCH.model_copy(update={"pos": "learned"}), seed=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(runs: Path) -> Iterator[Server]:
+    settings = ServeSettings(runs_dir=runs, models={"extra": runs.parent / "extra-model"})
+    with Server(settings) as s:
+        yield s
+
+
+def _reference(folder: Path, prompt: str, n: int) -> str:
+    from nas.run_folder import load_trained_model
+
+    model, tok = load_trained_model(folder)
+    out = model.generate([tok.eos_id, *tok.encode(prompt)], n, temperature=0, eos_id=tok.eos_id)
+    return tok.decode(out.tokens)
+
+
+def test_models_lists_kept_and_named_models(server: Server) -> None:
+    ids = [m.id for m in server.client().models.list()]
+    assert ids == ["extra", "run-a"]
+
+
+@pytest.mark.parametrize("model_id", ["run-a", "extra"])
+def test_greedy_completion_is_the_models_own_and_streaming_gives_the_same_text(
+    server: Server, runs: Path, model_id: str
+) -> None:
+    folder = runs / "run-a" / "best" if model_id == "run-a" else runs.parent / "extra-model"
+    c = server.client()
+    whole = c.completions.create(model=model_id, prompt="def add(a, b):", max_tokens=24, temperature=0)
+    assert whole.choices[0].text == _reference(folder, "def add(a, b):", 24)
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == 24 and whole.usage.prompt_tokens == 15
+    pieces = c.completions.create(model=model_id, prompt="def add(a, b):", max_tokens=24, temperature=0, stream=True)
+    chunks = list(pieces)
+    assert "".join(ch.choices[0].text for ch in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_chat_plain_and_streaming(server: Server, runs: Path) -> None:
+    c = server.client()
+    messages = [{"role": "system", "content": "# python"}, {"role": "user", "content": "import os"}]
+    reply = c.chat.completions.create(model="run-a", messages=messages, max_tokens=16, temperature=0)  # type: ignore[arg-type]
+    text = reply.choices[0].message.content
+    assert reply.choices[0].message.role == "assistant"
+    assert text == _reference(runs / "run-a" / "best", "# python\nimport os", 16)
+    stream = list(
+        c.chat.completions.create(model="run-a", messages=messages, max_tokens=16, temperature=0, stream=True)  # type: ignore[arg-type]
+    )
+    assert stream[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream) == text
+    assert stream[-1].choices[0].finish_reason == "length"
+
+
+def test_stop_string_cuts_the_text_and_ends_the_request(server: Server) -> None:
+    c = server.client()
+    free = c.completions.create(model="run-a", prompt="x = 1", max_tokens=40, temperature=0).choices[0].text
+    stop = free[5:8]  # a string the greedy continuation reaches
+    cut = free.index(stop)
+    for stream in (False, True):
+        if stream:
+            chunks = list(
+                c.completions.create(
+                    model="run-a", prompt="x = 1", max_tokens=40, temperature=0, stop=[stop], stream=True
+                )
+            )
+            text, finish = "".join(ch.choices[0].text for ch in chunks), chunks[-1].choices[0].finish_reason
+        else:
+            r = c.completions.create(model="run-a", prompt="x = 1", max_tokens=40, temperature=0, stop=stop)
+            text, finish = r.choices[0].text, r.choices[0].finish_reason
+        assert text == free[:cut] and finish == "stop"
+
+
+def test_echo_and_logprobs(server: Server) -> None:
+    r = server.client().completions.create(
+        model="run-a", prompt="if x:", max_tokens=5, temperature=0, echo=True, logprobs=3
+    )
+    choice = r.choices[0]
+    assert choice.text.startswith("if x:") and len(choice.text) == len("if x:") + 5
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens == list(choice.text[5:])  # byte model: one character per token
+    assert lp.token_logprobs is not None and all(v is not None and v <= 0 for v in lp.token_logprobs)
+    assert lp.top_logprobs is not None and all(len(t) == 3 for t in lp.top_logprobs)
+    # greedy: the chosen token is the most likely one
+    assert all(max(t.values()) == pytest.approx(v) for t, v in zip(lp.top_logprobs, lp.token_logprobs, strict=True))
+    assert lp.text_offset == [5, 6, 7, 8, 9]
+
+
+def test_concurrent_clients_share_decode_steps_and_seeded_sampling_does_not_depend_on_them(server: Server) -> None:
+    c = server.client()
+
+    def ask(i: int) -> str:
+        r = c.completions.create(model="run-a", prompt=f"# {i}", max_tokens=20, temperature=0.9, top_p=0.95, seed=i)
+        return r.choices[0].text
+
+    engine = server.engine("run-a")
+    done_before = engine.stats.requests_done
+    with cf.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, range(24)))
+    assert len(together) == 24 and all(len(t) > 0 for t in together)  # no request lost
+    assert engine.stats.requests_done - done_before == 24
+    assert engine.stats.max_batch_seen > 1  # requests were decoded in shared steps
+    alone = [ask(i) for i in (0, 7, 23)]
+    assert alone == [together[0], together[7], together[23]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "fragment"),
+    [
+        ({"model": "nope", "prompt": "x", "max_tokens": 3}, openai.NotFoundError, "does not exist"),
+        ({"model": "../../etc", "prompt": "x", "max_tokens": 3}, openai.NotFoundError, "not a valid model id"),
+        ({"model": "run-still-going", "prompt": "x", "max_tokens": 3}, openai.NotFoundError, "does not exist"),
+        ({"model": "run-a", "prompt": "x", "max_tokens": -1}, openai.BadRequestError, "max_tokens"),
+        ({"model": "run-a", "prompt": "x", "max_tokens": 10**9}, openai.BadRequestError, "context"),
+        ({"model": "run-a", "prompt": "y" * 400, "max_tokens": 3}, openai.BadRequestError, "context"),
+        ({"model": "run-a", "prompt": "x", "max_tokens": 3, "n": 2}, openai.BadRequestError, "n"),
+        ({"model": "run-a", "prompt": "x", "max_tokens": 3, "temperature": 9}, openai.BadRequestError, "temperature"),
+        ({"model": "run-a", "prompt": "x", "max_tokens": 3, "stop": [""]}, openai.BadRequestError, "stop"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
+    server: Server, kwargs: dict, error: type[Exception], fragment: str
+) -> None:
+    c = server.client()
+    with pytest.raises(error) as raised:
+        c.completions.create(**kwargs)
+    assert fragment in str(raised.value)
+    assert c.completions.create(model="run-a", prompt="x", max_tokens=2).choices[0].text is not None
+
+
+def test_malformed_and_oversized_bodies(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as h:
+        bad = h.post("/completions", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        missing = h.post("/completions", json={"prompt": "x"})
+        assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
+        huge = h.post("/completions", json={"model": "run-a", "prompt": "x" * 2_000_000})
+        assert huge.status_code == 413 and "over" in huge.json()["error"]["message"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds for a streamed body too
+            for _ in range(30):
+                yield b" " * 50_000
+
+        streamed = h.post("/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_slot(server: Server) -> None:
+    engine = server.engine("run-a")
+    tokens_before = engine.stats.tokens
+    body = {"model": "run-a", "prompt": "while True:", "max_tokens": 110, "temperature": 0, "stream": True}
+    with httpx.Client(base_url=server.url, timeout=30) as h:
+        with h.stream("POST", "/completions", json=body) as r:
+            first = next(r.iter_lines())
+            assert first.startswith("data: ")
+        deadline = time.monotonic() + 20
+        while len(engine._free) < engine.max_batch and time.monotonic() < deadline:  # freed at the next step
+            time.sleep(0.05)
+        assert not engine._active and len(engine._free) == engine.max_batch
+        assert engine.stats.tokens - tokens_before < 110  # cancelled, not decoded to max_tokens
+    assert server.client().completions.create(model="run-a", prompt="x", max_tokens=3).choices[0].text is not None
+
+
+def test_a_full_queue_answers_429_with_retry_after(runs: Path) -> None:
+    settings = ServeSettings(runs_dir=runs, engine=EngineOptions(max_batch=1, max_waiting=1))
+    with Server(settings) as s:
+        body = {"model": "run-a", "prompt": "x", "max_tokens": 100, "temperature": 0}
+
+        def post(_: int) -> httpx.Response:
+            with httpx.Client(base_url=s.url, timeout=60) as h:
+                return h.post("/completions", json=body)
+
+        with cf.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, range(8)))
+        busy = [a for a in answers if a.status_code == 429]
+        assert busy and all(int(a.headers["retry-after"]) >= 1 for a in busy)
+        assert busy[0].json()["error"]["type"] == "rate_limit_error"
+        assert all(a.status_code in (200, 429) for a in answers)
+        assert any(a.status_code == 200 for a in answers)
+
+
+def test_an_api_key_is_required_when_set(runs: Path) -> None:
+    with Server(ServeSettings(runs_dir=runs, api_key="s3cret-key")) as s:
+        with pytest.raises(openai.AuthenticationError):
+            s.client("wrong").models.list()
+        assert [m.id for m in s.client("s3cret-key").models.list()] == ["run-a"]
+
+
+def test_serve_command_refuses_unsafe_or_impossible_starts(runs: Path, tmp_path: Path) -> None:
+    cli = CliRunner()
+    exposed = cli.invoke(autonas_app, ["serve", "--runs-dir", str(runs), "--host", "0.0.0.0"])
+    assert exposed.exit_code == 2 and "--api-key" in exposed.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = cli.invoke(autonas_app, ["serve", "--runs-dir", str(runs), "--port", str(port)])
+    assert busy.exit_code == 2 and "cannot listen" in busy.output
+    nothing = cli.invoke(autonas_app, ["serve", "--runs-dir", str(tmp_path / "none")])
+    assert nothing.exit_code == 2 and "no models to serve" in nothing.output
+    bad_model = cli.invoke(autonas_app, ["serve", "--model", f"x/y={tmp_path}"])
+    assert bad_model.exit_code == 2 and "must match" in bad_model.output
+
+
+def test_text_stream_never_releases_half_a_character_or_part_of_a_stop_string() -> None:
+    tok = ByteTokenizer()
+    ids = tok.encode("ab é c<stop>d")
+    stream = TextStream(tok.decode, ("<stop>",))
+    released = []
+    for i in ids:
+        released.append(stream.push(i))
+        assert "\ufffd" not in "".join(released) and "<" not in "".join(released)
+        if stream.stopped:
+            break
+    assert "".join(released) + stream.finish() == "ab é c"
+    assert json.dumps(stream.text) == json.dumps("ab é c")
