@@ -314,3 +314,58 @@ def generate_teacher_data(
                 progress(i, len(todo))
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+SERVED_BY = "autonas"  # the owned_by of every model `autonas serve` lists
+
+
+class CompletionsModel:
+    """A code-completion model behind an OpenAI-compatible ``/v1/completions``, such as one ``autonas serve`` offers.
+
+    A chat wrapper (system prompt, messages) would change the text the model continues, so such a model gets the
+    HumanEval prompt as is, as the same model scored from its folder does; the prompt keeps its most recent tokens
+    when it is longer than the context (``truncate_prompt_tokens``), as the folder's ``generate`` does, and sample
+    ``i`` is drawn with seed ``seed + i``. Only the first four stop strings go over the wire (the API's limit); the
+    harness cuts the text at every stop string afterwards, so the samples are the same."""
+
+    def __init__(self, spec: APITeacherSpec, client: Any):
+        self.spec, self._client = spec, client
+        self.name = f"{spec.name}@{spec.base_url}"
+
+    @classmethod
+    def find(cls, spec: APITeacherSpec) -> CompletionsModel | None:
+        """The model as a completions model when the server says ``autonas serve`` offers it; None otherwise."""
+        if spec.provider != "openai" or not spec.base_url:
+            return None
+        import openai  # the SDK only for an API model
+
+        client = openai.OpenAI(
+            base_url=spec.base_url,
+            api_key=os.environ.get(KEY_ENV["openai"]) or "no-key",
+            timeout=spec.timeout_s,
+            max_retries=spec.max_retries,
+        )
+        try:
+            models = client.models.list()
+        except openai.APIError as err:
+            raise UserError(f"cannot list the models of {spec.base_url}: {str(err).splitlines()[0][:200]}") from None
+        mine = [m for m in models if m.id == spec.model and getattr(m, "owned_by", None) == SERVED_BY]
+        return cls(spec, client) if mine else None
+
+    def complete(
+        self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
+    ) -> list[str]:
+        out = []
+        for i in range(n):
+            resp = self._client.completions.create(
+                model=self.spec.model,
+                prompt=prompt,
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=list(stop)[:4] or None,
+                seed=seed + i,
+                extra_body={"truncate_prompt_tokens": 1 << 30},
+            )
+            out.append(resp.choices[0].text or "")
+        return out

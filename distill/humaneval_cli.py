@@ -34,9 +34,14 @@ def resolve_completion_source(spec: str, device: str = "cpu", base_url: str | No
     from nas.run_folder import OurModelSource
 
     if spec.startswith(("openai:", "anthropic:")):
-        from distill.api_teacher import APITeacher, APITeacherSpec  # the LLM SDKs, only for an API model
+        from distill.api_teacher import (  # the LLM SDKs, only for an API model
+            APITeacher,
+            APITeacherSpec,
+            CompletionsModel,
+        )
 
-        return APITeacher(APITeacherSpec.parse(spec, base_url=base_url, top_logprobs=0))
+        api = APITeacherSpec.parse(spec, base_url=base_url, top_logprobs=0)
+        return CompletionsModel.find(api) or APITeacher(api)  # a served code model continues the prompt as is
     if spec.startswith("hf:"):
         return HFModelSource(spec[3:], device)
     p = Path(spec).expanduser()

@@ -5,8 +5,10 @@ requests arrive through a bounded queue (full: :class:`QueueFull`, which the API
 ``Retry-After``). Every loop turn the thread admits waiting requests into free slots (prefilling each prompt), runs
 one batched decode step for every active sequence, samples each row with that request's own settings and
 generator (so a ``seed`` gives the same text whatever else is being served), and hands each new token to its
-request. A request ends at ``max_tokens``, at the end-of-text token, at a stop string, when its context is full,
-or when its client goes away (:meth:`Request.cancel`), and its slot is freed in the same turn.
+request. A request ends at ``max_tokens``, at the end-of-text token, at a stop string, or when its client goes away
+(:meth:`Request.cancel`), and its slot is freed in the same turn. A sequence that fills the context slides its
+window as :meth:`nas.model.CodeLM.generate` does (the last three quarters re-encoded), so served text is the model's
+own ``generate`` text, token for token at temperature 0 and for the same seed when sampling.
 
 Tokens travel back as :class:`TokenEvent` objects on a thread-safe queue per request, so the asyncio side (the
 HTTP handlers) can await them without blocking the event loop.
@@ -214,8 +216,8 @@ class Engine:
     def _emit(self, a: _Active, logits: torch.Tensor) -> bool:
         """Sample the next token of ``a`` from ``logits``, send it; True when the request has ended."""
         s = a.request.settings
+        token = sample_token(logits.float(), s.temperature, s.top_p, a.generator)  # exactly as generate() samples
         logp = torch.log_softmax(logits.float(), dim=-1)
-        token = sample_token(logp, s.temperature, s.top_p, a.generator)  # log-softmax: same softmax as the logits
         if token == self.tokenizer.eos_id:
             self._finish(a, "stop")
             return True
@@ -230,12 +232,14 @@ class Engine:
         if len(a.generated) >= s.max_tokens:
             self._finish(a, "length")
             return True
-        if a.position >= self.context:  # the slot is full: no room for the next token's key
-            self._finish(a, "length")
-            return True
         if s.stop and _contains_stop(self.tokenizer.decode(a.generated), s.stop):
             self._finish(a, "stop")
             return True
+        if a.position >= self.context:  # the slot is full: slide the window as generate() does, then go on
+            keep = (a.request.prompt + a.generated)[-(3 * self.context // 4) :]
+            logits = prefill(self.model, self.cache, a.slot, keep)
+            a.position = len(keep)
+            return self._emit(a, logits)
         return False
 
     def _finish(self, a: _Active, reason: str) -> None:

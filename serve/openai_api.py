@@ -22,8 +22,10 @@ from harness.errors import UserError
 from serve.engine import Engine, QueueFull, SamplingSettings, TokenEvent, retry_after_s
 from serve.engine import Request as EngineRequest
 from serve.openai_schema import (
+    DEFAULT_COMPLETION_TOKENS,
     ChatRequest,
     CompletionRequest,
+    SamplingRequest,
     chat_prompt,
     error_body,
     new_id,
@@ -70,28 +72,28 @@ def _engine(registry: ModelRegistry, model_id: str) -> Engine:
 
 
 def _start(
-    registry: ModelRegistry, model_id: str, prompt: str, max_tokens: int | None, body: Any, logprobs: int | None
+    registry: ModelRegistry, body: SamplingRequest, prompt: str, max_tokens: int | None, logprobs: int | None
 ) -> _Job:
-    engine = _engine(registry, model_id)
+    """Tokenise, check the context, and queue the request on its model's engine (429 when the queue is full).
+
+    A prompt that does not fit the context is refused (``context_length_exceeded``) unless the request names
+    ``truncate_prompt_tokens`` (as vLLM's server does): then its most recent tokens are kept, at most the context
+    less one. Generation itself may run past the context: the window slides as the model's ``generate`` does."""
+    engine = _engine(registry, body.model)
     tok = engine.tokenizer
     ids = [tok.eos_id, *tok.encode(prompt)]
-    room = engine.context - len(ids)
-    if room < 1:
+    if body.truncate_prompt_tokens is not None:
+        ids = ids[-min(body.truncate_prompt_tokens, engine.context - 1) :]
+    if len(ids) >= engine.context:
         raise APIError(
             400,
-            f"the prompt is {len(ids)} tokens; this model's context is {engine.context} tokens",
-            "invalid_request_error",
-            "context_length_exceeded",
-        )
-    if max_tokens is not None and max_tokens > room:
-        raise APIError(
-            400,
-            f"max_tokens {max_tokens} + the prompt's {len(ids)} tokens exceed this model's context of {engine.context}",
+            f"the prompt is {len(ids)} tokens; this model's context is {engine.context} tokens "
+            "(truncate_prompt_tokens keeps the most recent ones)",
             "invalid_request_error",
             "context_length_exceeded",
         )
     settings = SamplingSettings(
-        max_tokens=max_tokens or min(16 if logprobs is not None else room, room),
+        max_tokens=max_tokens if max_tokens is not None else engine.context - len(ids),  # chat: the room left
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stops(),
@@ -111,7 +113,7 @@ def _start(
         raise APIError(
             429, f"the server is busy: {err}", "rate_limit_error", headers={"Retry-After": str(wait)}
         ) from None
-    return _Job(model_id, engine, ids, settings, events, TextStream(tok.decode, settings.stop), request)
+    return _Job(body.model, engine, ids, settings, events, TextStream(tok.decode, settings.stop), request)
 
 
 async def _deltas(job: _Job) -> AsyncIterator[str]:
@@ -193,7 +195,7 @@ def build_router(registry: ModelRegistry) -> APIRouter:
 
     @router.post("/completions", response_model=None)
     async def completions(body: CompletionRequest) -> Any:
-        job = _start(registry, body.model, body.text(), body.max_tokens, body, body.logprobs)
+        job = _start(registry, body, body.text(), body.max_tokens or DEFAULT_COMPLETION_TOKENS, body.logprobs)
         cid, created = new_id("cmpl"), now()
         prefix = body.text() if body.echo else ""
 
@@ -217,9 +219,7 @@ def build_router(registry: ModelRegistry) -> APIRouter:
 
     @router.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest) -> Any:
-        job = _start(
-            registry, body.model, chat_prompt(body.messages), body.max_completion_tokens or body.max_tokens, body, None
-        )
+        job = _start(registry, body, chat_prompt(body.messages), body.max_completion_tokens or body.max_tokens, None)
         cid, created = new_id("chatcmpl"), now()
         sent_role = False
 

@@ -18,6 +18,8 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_PROMPT_CHARS = 200_000
 MAX_LOGPROBS = 5
+MAX_NEW_TOKENS = 4096  # per request; past the context the window slides, so the context is not the cap
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 def _stop_tuple(value: str | list[str] | None) -> tuple[str, ...]:
@@ -27,11 +29,12 @@ def _stop_tuple(value: str | list[str] | None) -> tuple[str, ...]:
     return tuple(stops)
 
 
-class _Sampling(BaseModel):
+class SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(max_length=200)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    truncate_prompt_tokens: int | None = Field(None, ge=1)  # vLLM's extension: keep the prompt's last tokens
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
@@ -49,7 +52,7 @@ class _Sampling(BaseModel):
         return _stop_tuple(self.stop)
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] = Field(max_length=MAX_PROMPT_CHARS)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -75,9 +78,9 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
-class ChatRequest(_Sampling):
+class ChatRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
 
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
