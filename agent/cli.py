@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from agent.commands import register as register_agent
+from agent.paper.cli import register as register_paper
 from distill.cli import register as register_distill
 from harness.cli_support import OneLineErrors
 from kernels.cli import register as register_kernels
@@ -23,6 +24,7 @@ register_nas(app)
 register_distill(app)
 register_kernels(app)
 register_serve(app)
+register_paper(app)
 
 
 def main() -> None:
