@@ -390,7 +390,10 @@ def probe() -> _Sandbox:
 
 
 class _OutputDrain:
-    """Reads a pipe to its end on a thread: keeps the last ``keep`` bytes and finds the nonce's verdict line."""
+    """Reads a pipe to its end on a thread: keeps the last ``keep`` bytes and finds the nonce's verdict line.
+
+    ``wake_fd`` (an eventfd) becomes readable once the verdict is in, so a waiter can poll it with the
+    process's pidfd; the caller closes it."""
 
     def __init__(self, fd, needle: bytes, keep: int):
         self._fh, self._needle, self._keep = fd, needle, keep
@@ -398,14 +401,18 @@ class _OutputDrain:
         self.verdict: bytes | None = None
         self._carry = b""
         self._hit: bytearray | None = None
+        self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while chunk := self._fh.read1(65536):
+            had = self.verdict is not None
             self._scan(chunk)
             self.tail += chunk
             del self.tail[: -self._keep]
+            if self.verdict is not None and not had:  # after the tail holds the output before it
+                os.eventfd_write(self.wake_fd, 1)
 
     def _scan(self, chunk: bytes) -> None:
         if self.verdict is not None:
@@ -469,11 +476,15 @@ def _kill_tree(root: int) -> None:
                     pass
 
 
-def _exited_within(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait for the exit through a pidfd: woken at once, where ``Popen.wait(timeout)`` polls in steps of up to 50 ms."""
+def _exited_within(proc: subprocess.Popen, timeout_s: float, wake_fd: int | None = None) -> bool:
+    """Wait for the exit through a pidfd: woken at once, where ``Popen.wait(timeout)`` polls in steps of up to 50 ms.
+
+    With ``wake_fd``, also return (False) as soon as that descriptor becomes readable."""
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
+        fd = -1
+    if fd < 0 and wake_fd is None:
         try:
             proc.wait(timeout=timeout_s)
             return True
@@ -481,10 +492,16 @@ def _exited_within(proc: subprocess.Popen, timeout_s: float) -> bool:
             return False
     try:
         poller = select.poll()  # not select(): it fails on descriptors past 1023
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(timeout_s * 1000))
+        if fd >= 0:
+            poller.register(fd, select.POLLIN)
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
+        limit = timeout_s if fd >= 0 else min(timeout_s, 0.05)  # no pidfd: look at the process now and then
+        ready = {f for f, _ in poller.poll(limit * 1000)}
+        return fd in ready if fd >= 0 else proc.poll() is not None
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
@@ -546,20 +563,38 @@ class Started:
         can happen off the caller's path; one that keeps its output open (a daemon it left) is swept first.
         """
         assert self._t0 is not None, "send() a program first"
-        code: int | None
-        if _exited_within(self._proc, self._limits.timeout_s + self._limits.grace_s):
-            deadline_hit, code = False, self._proc.wait()
+        code: int | None = None
+        deadline_hit, end = False, self._t0 + self._limits.timeout_s + self._limits.grace_s
+        while self._drain.verdict is None and self._proc.poll() is None:
+            left = end - time.perf_counter()
+            if left <= 0:
+                deadline_hit = True
+                break
+            _exited_within(self._proc, left, self._drain.wake_fd)
+        if self._drain.verdict is not None:
+            # The runner writes the verdict after the program and its checks returned, and then only exits:
+            # nothing later can change it, so the sandbox's exit and tear-down are left to close().
+            tail = bytes(self._drain.tail)
+            return ExecResult(_verdict(self._drain, False, None), self._elapsed(), self._isolation, self._text(tail))
+        if not deadline_hit:
+            code = self._proc.wait()
             self._drain.thread.join(timeout=0.05)
-            if self._drain.thread.is_alive():
+            if self._drain.thread.is_alive():  # something it left still holds its output: swept first
                 self._sweep(self._proc)
         else:
-            deadline_hit = True
             self._sweep(self._proc)
             code = kill_group(self._proc, wait_s=5.0)  # None: stuck in uninterruptible sleep, left to the kernel
         self._drain.thread.join(timeout=5.0)
-        tail = bytes(self._drain.tail).decode("utf-8", "replace").split(_MARKER, 1)[0]
-        verdict = _verdict(self._drain, deadline_hit, code)
-        return ExecResult(verdict, round(time.perf_counter() - self._t0, 4), self._isolation, tail)
+        tail = bytes(self._drain.tail)
+        return ExecResult(_verdict(self._drain, deadline_hit, code), self._elapsed(), self._isolation, self._text(tail))
+
+    def _elapsed(self) -> float:
+        assert self._t0 is not None
+        return round(time.perf_counter() - self._t0, 4)
+
+    @staticmethod
+    def _text(tail: bytes) -> str:
+        return tail.decode("utf-8", "replace").split(_MARKER, 1)[0]
 
     def close(self) -> None:
         """Tear the sandbox down: whatever is left of it is killed (its group, its uid), its group removed.
@@ -571,11 +606,13 @@ class Started:
         except OSError:
             pass
         try:
-            if self._t0 is None:
+            if self._proc.poll() is None:  # a runner with its verdict written, or with no program, ends by itself
                 _exited_within(self._proc, self._limits.grace_s)
             self._sweep(self._proc)
             kill_group(self._proc, wait_s=5.0)
             self._drain.thread.join(timeout=5.0)
+            if not self._drain.thread.is_alive():  # else it may still write to it: leaked rather than reused
+                os.close(self._drain.wake_fd)
         finally:
             self._cleanup()
 
