@@ -33,7 +33,7 @@ def run_programs(
     sources: Sequence[str],
     limits: ExecLimits = ExecLimits(),
     workers: int = 1,
-    ahead: int = 2,
+    ahead: int = 4,
     on_done: Callable[[int, ExecResult], None] | None = None,
 ) -> list[ExecResult]:
     """Run every source (each in a fresh sandbox, ``workers`` at a time) and return the results in order.
