@@ -58,6 +58,9 @@ def run_programs(
     def starter() -> None:
         try:
             start_all()
+        except BaseException as err:  # noqa: BLE001 - not one program's failure: the evaluation stops, re-raised below
+            errors.append(err)
+            stop.set()
         finally:
             starting_done.set()
         # The parent-death signal that takes a sandbox down with the evaluator fires when the *thread* that
@@ -83,7 +86,18 @@ def run_programs(
 
     def cleaner() -> None:
         while (box := finished.get()) is not None:
-            box.close()
+            try:
+                box.close()
+            except BaseException as err:  # noqa: BLE001 - the others are still torn down; re-raised below
+                errors.append(err)
+
+    def next_ready() -> Started | OSError | None:
+        while True:
+            try:
+                return ready.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():
+                    return None
 
     def worker() -> None:
         try:
@@ -92,7 +106,9 @@ def run_programs(
                     i = next(next_index, None)
                 if i is None:
                     return
-                box = ready.get()
+                box = next_ready()
+                if box is None:
+                    return
                 if isinstance(box, OSError):
                     result = _failed(box)
                 else:

@@ -132,3 +132,20 @@ def test_a_sandbox_that_cannot_start_fails_only_its_program(monkeypatch: pytest.
     ]
     assert all(isinstance(r, ExecResult) for r in results) and sorted(done) == [0, 1, 2, 3]
     assert _live_descendants(os.getpid()) == set()
+
+
+def test_an_evaluation_whose_sandboxes_cannot_start_at_all_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error that is no single program's (here a RuntimeError from start) stops the evaluation and reaches
+    the caller, instead of leaving the workers waiting for sandboxes that never come."""
+    real_start, calls = batch.start, []
+
+    def broken_after_two(limits: ExecLimits):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("the kernel refused the sandbox")
+        return real_start(limits)
+
+    monkeypatch.setattr(batch, "start", broken_after_two)
+    with pytest.raises(RuntimeError, match="kernel refused"):
+        batch.run_programs(["pass\n"] * 6, ExecLimits(unsafe_no_sandbox=True), workers=2, ahead=1)
+    assert _live_descendants(os.getpid()) == set()
