@@ -228,8 +228,7 @@ def _hf_export(model: CodeLM, out: Path, corpus: TokenizedCorpus) -> dict[str, A
     blockers = export_blockers(model.arch)
     if blockers:
         return {"hf_export": "not exportable: " + "; ".join(blockers)}
-    tok = out / "tokenizer.json"
-    export_hf(model, out / "hf", tokenizer_json=tok if tok.is_file() else None, eos_id=corpus.tokenizer.eos_id)
+    export_hf(model, out / "hf", corpus.tokenizer)
     return {"hf_export": "hf"}
 
 

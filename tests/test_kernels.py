@@ -269,7 +269,7 @@ def test_head_pruning_removes_heads_that_write_nothing_without_changing_the_outp
     ids = torch.randint(0, arch.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(small(ids), model(ids), atol=1e-5, rtol=1e-5)
-    export_hf(small, tmp_path / "hf", eos_id=0)  # head_dim * heads != hidden: still an exact Llama
+    export_hf(small, tmp_path / "hf")  # head_dim * heads != hidden: still an exact Llama
     with torch.no_grad():
         torch.testing.assert_close(load_hf_as_codelm(tmp_path / "hf")(ids), small(ids), atol=1e-5, rtol=1e-5)
     assert measure_decode(small, "static", 4, 6, 0, 1).tokens == measure_decode(small, "eager", 4, 6, 0, 1).tokens
