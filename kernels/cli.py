@@ -293,10 +293,7 @@ def _runtime_choice(
         blockers = export_blockers(net.arch)
         hf = model_dir / "hf"
         if not blockers and not (hf / "config.json").is_file():
-            tok = model_dir / "tokenizer.json"
-            hf = export_hf(
-                net, tmp / "hf", tokenizer_json=tok if tok.is_file() else None, eos_id=corpus.tokenizer.eos_id
-            )
+            hf = export_hf(net, tmp / "hf", corpus.tokenizer)
         src = RuntimeSources(
             model=net,
             out=tmp,

@@ -56,11 +56,12 @@ def bpe_run(small_corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module", params=["bpe", "byte"])
 def compressed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The run compressed with --int8 and every runtime timed at one thread."""
+    """The run compressed with --int8 and every runtime timed at one thread (its source run in ``source``)."""
     run = request.getfixturevalue("bpe_run" if request.param == "bpe" else "tiny_run")
     out = tmp_path_factory.mktemp(f"compressed-{request.param}") / "c"
     cfg = CompressConfig(int8=True, onnx=True, runtimes=RUNTIMES, runtime_threads=1, eval_bytes=4096)
-    return out, compress(run, out, cfg, log_to_console=False)
+    m = compress(run, out, cfg, log_to_console=False)
+    return out, {**m, "source_run": run}
 
 
 def _sources(out: Path) -> RuntimeSources:
@@ -71,22 +72,53 @@ def _sources(out: Path) -> RuntimeSources:
 def test_every_runtime_decodes_the_same_greedy_tokens(compressed: tuple[Path, dict]) -> None:
     out, m = compressed
     src = _sources(out)
-    model, spec_tok = src.model, load_run(out)
-    corpus = prepare_corpus(spec_tok[1], spec_tok[2])
-    prompt = [int(t) for t in corpus["val"][100:124]]  # real text, not random ids
-    reference = model.generate(prompt, 24, temperature=0.0).tokens
-    assert len(set(reference)) > 1  # a continuation that says something, not one token repeated
+    _, spec, tokenizer = load_run(m["source_run"])  # the source's tokenizer file: its tokens are cached already
+    model, corpus = src.model, prepare_corpus(spec, tokenizer)
+    val = corpus["val"]
+    prompts = [[int(t) for t in val[start : start + 24]] for start in (100, 1900)]  # real text
+    reference = [model.generate(p, 24, temperature=0.0).tokens for p in prompts]
     for name in RUNTIMES:
         where = prepare(name, src)
         assert isinstance(where, Path), (name, where)
-        tokens = load(name, where, src, threads=1).greedy(prompt, 24)
-        assert len(tokens) == 24 and all(0 <= t < model.arch.vocab_size for t in tokens)
-        if name in FP32:  # the same arithmetic up to float rounding: the same greedy path
+        runtime = load(name, where, src, threads=1)
+        tokens = [runtime.greedy(p, 24) for p in prompts]
+        assert all(len(t) == 24 and all(0 <= i < model.arch.vocab_size for i in t) for t in tokens)
+        if name in FP32:  # the same arithmetic up to float rounding: the same greedy paths
             assert tokens == reference, name
     # int8 weights change the arithmetic, so their greedy paths may part; their quality must not
     ref_bpb = m["runtime_torch_fp32_check_bpb"]
     for name in INT8:
         assert abs(m[f"runtime_{name}_check_bpb"] - ref_bpb) / ref_bpb < 0.02, name
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_fp32_runtimes_follow_one_greedy_path_where_the_tokens_vary(
+    tokenizer: str, small_corpus_dir: Path, tmp_path: Path
+) -> None:
+    """A barely trained model repeats a few tokens; random (fixed) weights make greedy paths that wander over the
+    vocabulary, so agreement token by token means the same computation."""
+    import torch
+
+    from nas.hf import export_hf
+
+    tok = prepare_corpus(CorpusSpec(source=str(small_corpus_dir)), "byte" if tokenizer == "byte" else "bpe:320")
+    arch = ArchConfig(
+        n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, context_length=96, vocab_size=tok.vocab_size
+    )
+    model = build_model(arch, seed=0).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() == 1 else 0.15) + (p.dim() == 1))
+    export_hf(model, tmp_path / "hf", tok.tokenizer)
+    src = RuntimeSources(model=model, out=tmp_path, hf_dir=tmp_path / "hf")
+    prompt = [int(t) for t in tok["val"][:16]]
+    reference = model.generate(prompt, 48, temperature=0.0).tokens
+    assert len(set(reference)) > 8
+    for name in FP32:
+        where = prepare(name, src)
+        assert isinstance(where, Path), (name, where)
+        assert load(name, where, src, threads=1).greedy(prompt, 48) == reference, name
 
 
 def test_fp32_runtimes_score_the_check_window_like_pytorch(compressed: tuple[Path, dict]) -> None:
@@ -188,7 +220,9 @@ def test_latency_cli_compares_runtimes_and_names_the_choice(bpe_run: Path, tmp_p
     out = tmp_path / "lat.json"
     before = sorted(p.name for p in bpe_run.iterdir())
     args = ["latency", "--model", str(bpe_run), "--modes", "eager", "--threads", "1", "--decode", "8"]
-    res = CliRunner().invoke(app, [*args, "--repeats", "1", "--runtimes", "torch_fp32,onnx_fp32,ct2", "--out", str(out)])
+    res = CliRunner().invoke(
+        app, [*args, "--repeats", "1", "--runtimes", "torch_fp32,onnx_fp32,ct2", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "chosen" in res.output and "ct2_int8" in res.output
     (choice,) = json.loads(out.read_text())["runtimes"]
