@@ -5,7 +5,9 @@ never writes into it. Writes an output folder with the compressed model (``model
 with its zeros, ``model_int8.safetensors`` with ``--int8``), ``arch.json``, the tokenizer, and a flat
 ``metrics.json`` (through ``harness.run_files``): val bpb before / after each stage on the same validation
 bytes, sizes on disk, sparsity, parameters and batch-1 decode latency before and after; and ``log.txt``, one
-line per stage, as every worker writes.
+line per stage, as every worker writes. Each deployment runtime (:mod:`kernels.runtimes`: PyTorch, ONNX Runtime,
+CTranslate2, whose conversions stay in ``ct2_fp32/`` / ``ct2_int8/``) is scored on the check window and timed, and
+the fastest within the bpb tolerance is named ``deploy_cpu_runtime``.
 """
 
 from __future__ import annotations
@@ -211,7 +213,8 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
         m["latency_speedup"] = round(m["latency_ms_p50_before"] / m["latency_ms_p50"], 3)
     if cfg.onnx:
         m.update(_onnx(model, out, corpus, cfg))
-    m.update(choose_cpu_deployment(_measure_runtimes(model, out, corpus, cfg, m), cfg.runtime_tolerance_pct))
+    figures = _measure_runtimes(model, out, corpus, cfg, m, progress=log_to_console)
+    m.update(choose_cpu_deployment(figures, cfg.runtime_tolerance_pct))
     m["wall_s"] = round(time.perf_counter() - t0, 3)
     m = write_metrics(out, m).flat()
     append_log(
@@ -243,7 +246,7 @@ def default_runtimes(cfg: CompressConfig, hf_exported: bool) -> tuple[str, ...]:
 
 
 def _measure_runtimes(
-    model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig, m: dict[str, Any]
+    model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig, m: dict[str, Any], progress: bool = False
 ) -> list[RuntimeFigures]:
     """Each deployment runtime prepared into ``out`` (ONNX graphs, ``ct2_*/`` folders) and scored on the check
     window; timed too when latency is measured."""
@@ -257,7 +260,15 @@ def _measure_runtimes(
     )
     names = cfg.runtimes if cfg.runtimes is not None else default_runtimes(cfg, src.hf_dir is not None)
     window = np.asarray(corpus["val"][: model.arch.context_length], dtype=np.int64)
-    figures = measure(names, src, window, corpus.token_bytes, threads=cfg.runtime_threads, timed=cfg.measure_latency)
+    figures = measure(
+        names,
+        src,
+        window,
+        corpus.token_bytes,
+        threads=cfg.runtime_threads,
+        timed=cfg.measure_latency,
+        progress=progress,
+    )
     for f in figures:
         append_log(
             out,
