@@ -153,7 +153,8 @@ def compress_command(
 def runtime_table(choice: RuntimeChoice, title: str) -> Table:
     """One row per runtime: ms/token, check-window bpb and its change from PyTorch fp32, and which one is chosen."""
     table = Table(title=title)
-    for col in ("runtime", "threads", "ms/token p50", "ms/token p90", "check bpb", "change %", "chosen"):
+    table.add_column("runtime", no_wrap=True)
+    for col in ("threads", "ms/token p50", "ms/token p90", "check bpb", "change %", "chosen"):
         table.add_column(col, justify="right")
     for f in choice.figures:
         if f.skipped:
