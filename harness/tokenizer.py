@@ -12,11 +12,14 @@ import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from harness.errors import UserError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer as HFTokenizer
 
 EOS_TOKEN = "<|endoftext|>"
 # Document separators of other tokenizers a teacher may bring (GPT-2/StarCoder, Llama 2, Llama 3, Gemma).
@@ -199,3 +202,34 @@ def tokenizer_file(spec: str) -> Path | None:
 
 def load_tokenizer_file(path: str | Path) -> BPETokenizer:
     return BPETokenizer.load(_tokenizer_path(path))
+
+
+def byte_level_symbols() -> list[str]:
+    """The byte tokenizer's 256 tokens as text, in id order: GPT-2's printable stand-in for byte i at index i.
+
+    This is the spelling byte-level BPE vocabularies use, so the byte tokenizer exports as a BPE with no merges
+    (for ``transformers``, CTranslate2 and llama.cpp alike) and its ids stay the byte values.
+    """
+    table = _bytes_to_unicode()
+    return [table[b] for b in range(256)]
+
+
+def hf_backend(tokenizer: Tokenizer) -> HFTokenizer:
+    """A ``tokenizers.Tokenizer`` that encodes text to exactly ``tokenizer``'s ids and decodes them back.
+
+    BPE: a copy of the trained tokenizer. Byte: a byte-level BPE over :func:`byte_level_symbols` with no merges,
+    so every byte is its own token and id i is byte i (NUL, the separator, included). Anything else has no
+    exact backend and is refused.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    if isinstance(tokenizer, BPETokenizer):
+        return HFTokenizer.from_str(tokenizer._tok.to_str())
+    if isinstance(tokenizer, ByteTokenizer):
+        vocab = {symbol: i for i, symbol in enumerate(byte_level_symbols())}
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+    raise UserError(f"no Hugging Face tokenizer for {tokenizer.name!r}: only the byte and BPE tokenizers export")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -14,6 +14,9 @@ from harness.errors import UserError
 from harness.model_code import model_code_root, reexec_with_model_code, write_code_record
 from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE
 from nas import validate
+
+if TYPE_CHECKING:  # torch-importing modules stay out of the command line's import time
+    from kernels.runtimes import RuntimeChoice
 
 REPORT_KEYS = (
     "val_bpb_before",
@@ -41,8 +44,18 @@ REPORT_KEYS = (
     "latency_ms_p50_onnx_int8",
     "deploy_cpu_runtime",
     "latency_ms_p50_deploy_cpu",
+    "runtime_tolerance_pct",
     "hf_export",
     "wall_s",
+)
+
+
+RUNTIMES_OPTION = typer.Option(
+    help="deployment runtimes to measure and choose from: torch, onnx, ct2 (both precisions) or torch_fp32, "
+    "torch_int8, onnx_fp32, onnx_int8, ct2_fp32, ct2_int8"
+)
+TOLERANCE_OPTION = typer.Option(
+    help="percent a runtime's check-window bpb may differ from PyTorch fp32's and still be chosen"
 )
 
 
@@ -70,6 +83,11 @@ def compress_command(
     ] = False,
     eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     seed: Annotated[int, typer.Option()] = 0,
+    runtimes: Annotated[str | None, RUNTIMES_OPTION] = None,
+    runtime_tolerance: Annotated[float, TOLERANCE_OPTION] = 1.0,
+    runtime_threads: Annotated[
+        int | None, typer.Option(min=1, help="threads the runtimes are timed at (default: torch's)")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
@@ -84,11 +102,15 @@ def compress_command(
     validate.number(recover_lr, "--recover-lr", gt=0, le=10)
     validate.seed(seed)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
+    validate.number(runtime_tolerance, "--runtime-tolerance", ge=0, le=100)
     reexec_with_model_code(model)  # compressed by the code that trained it
 
     # torch is imported only after the cheap checks above, and after the re-exec on the model's own code
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
+    from kernels.runtimes import choose_runtime, figures_from_metrics, parse_runtimes
+
+    runtime_names = parse_runtimes(runtimes) if runtimes is not None else None
 
     if int8_backend not in ("cpu", "cuda", "reference"):
         raise UserError(f"unknown --int8-backend {int8_backend!r}: use cpu, cuda or reference")
@@ -108,6 +130,9 @@ def compress_command(
         recover_distill=recover_distill,
         eval_bytes=eval_bytes,
         seed=seed,
+        runtimes=runtime_names,
+        runtime_tolerance_pct=runtime_tolerance,
+        runtime_threads=runtime_threads,
     )
     if overwrite:  # a failure below must not leave the old figures looking new
         for name in (METRICS_FILE, LOG_FILE):
@@ -120,6 +145,33 @@ def compress_command(
     metrics = compress(model, out_dir, cfg, log_to_console=not quiet)
     write_code_record(out_dir, model_code_root())  # the compressed model carries the same code
     print_metrics(metrics, REPORT_KEYS)
+    figures = figures_from_metrics(metrics)
+    if figures:
+        console.print(runtime_table(choose_runtime(figures, runtime_tolerance), f"deployment runtimes of {out_dir}"))
+
+
+def runtime_table(choice: RuntimeChoice, title: str) -> Table:
+    """One row per runtime: ms/token, check-window bpb and its change from PyTorch fp32, and which one is chosen."""
+    table = Table(title=title)
+    table.add_column("runtime", no_wrap=True)
+    for col in ("threads", "ms/token p50", "ms/token p90", "check bpb", "change %", "chosen"):
+        table.add_column(col, justify="right")
+    for f in choice.figures:
+        if f.skipped:
+            table.add_row(f.name, "", "", "", "", "", f"skipped: {f.skipped}")
+            continue
+        change = f.change_pct(choice.reference_bpb) if choice.reference_bpb is not None else None
+        mark = "[green]chosen[/green]" if f.name == choice.runtime else ("" if choice.eligible(f) else "[red]off[/red]")
+        table.add_row(
+            f.name,
+            str(f.threads or ""),
+            "" if f.ms_p50 is None else f"{f.ms_p50:.3f}",
+            "" if f.ms_p90 is None else f"{f.ms_p90:.3f}",
+            "" if f.check_bpb is None else f"{f.check_bpb:.5f}",
+            "" if change is None else f"{change:+.3f}",
+            mark,
+        )
+    return table
 
 
 @user_errors
@@ -135,6 +187,8 @@ def latency_command(
     repeats: Annotated[int, typer.Option(min=1)] = 5,
     out: Annotated[Path | None, typer.Option(help="write the figures as JSON here")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    runtimes: Annotated[str | None, RUNTIMES_OPTION] = None,
+    runtime_tolerance: Annotated[float, TOLERANCE_OPTION] = 1.0,
 ) -> None:
     """Batch-1 prefill and per-token decode latency (p50/p90) of a model, by decoding mode and thread count."""
     # Everything a user can get wrong is checked before torch is imported.
@@ -146,6 +200,7 @@ def latency_command(
     validate.number(prompt, "--prompt", le=100_000)
     validate.number(decode, "--decode", le=100_000)
     validate.number(repeats, "--repeats", le=10_000)
+    validate.number(runtime_tolerance, "--runtime-tolerance", ge=0, le=100)
 
     # torch is imported only after the cheap checks above, and after the re-exec on the model's own code
     import torch
@@ -188,11 +243,68 @@ def latency_command(
             f"[red]{', '.join(drifted)}: greedy tokens differ from the eager forward's; those times are not "
             "the model's[/red]"
         )
+    record: dict[str, object] = {"model": str(model), "device": device, "rows": rows}
+    if runtimes is not None:
+        from kernels.runtimes import parse_runtimes
+
+        if device != "cpu":
+            raise UserError("--runtimes compares CPU deployment runtimes: use --device cpu")
+        names = parse_runtimes(runtimes)
+        choices = []
+        for n in counts:
+            choice = _runtime_choice(model, names, n, prompt, decode, repeats, runtime_tolerance)
+            choices.append(choice.model_dump(mode="json"))
+            console.print(
+                runtime_table(choice, f"deployment runtimes of {model} ({n or torch.get_num_threads()} threads)")
+            )
+        record["runtimes"] = choices
     if out:
         try:
-            out.write_text(json.dumps({"model": str(model), "device": device, "rows": rows}, indent=2))
+            out.write_text(json.dumps(record, indent=2))
         except OSError as err:
             raise UserError(f"cannot write --out {out}: {err.strerror or err}") from None
+
+
+def _runtime_choice(
+    model_dir: Path,
+    names: tuple[str, ...],
+    threads: int | None,
+    prompt: int,
+    decode: int,
+    repeats: int,
+    tolerance: float,
+) -> RuntimeChoice:
+    """Every runtime of ``names`` measured on the run folder's model; exports and conversions go to a scratch
+    folder (the run folder is only read: ONNX graphs, ``ct2_*/`` and ``hf/`` found there are reused)."""
+    import numpy as np
+
+    from harness.data import prepare_corpus
+    from kernels.compress import load_run
+    from kernels.onnx_export import ONNX_FILE, ONNX_INT8_FILE
+    from kernels.quant import INT8_FILE
+    from kernels.runtimes import RuntimeSources, choose_runtime, measure, scratch_dir
+    from nas.hf import export_blockers, export_hf
+
+    net, spec, tokenizer = load_run(model_dir)
+    corpus = prepare_corpus(spec, tokenizer)
+    with scratch_dir() as tmp:
+        for name in (ONNX_FILE, ONNX_INT8_FILE, "ct2_fp32", "ct2_int8"):
+            if (model_dir / name).exists():
+                (tmp / name).symlink_to((model_dir / name).resolve())
+        blockers = export_blockers(net.arch)
+        hf = model_dir / "hf"
+        if not blockers and not (hf / "config.json").is_file():
+            hf = export_hf(net, tmp / "hf", corpus.tokenizer)
+        src = RuntimeSources(
+            model=net,
+            out=tmp,
+            int8_dir=model_dir if (model_dir / INT8_FILE).is_file() else None,
+            hf_dir=None if blockers else hf,
+            hf_blocker="not exportable: " + "; ".join(blockers) if blockers else None,
+        )
+        window = np.asarray(corpus["val"][: net.arch.context_length], dtype=np.int64)
+        figures = measure(names, src, window, corpus.token_bytes, threads, prompt, decode, repeats, progress=True)
+    return choose_runtime(figures, tolerance)
 
 
 def register(app: typer.Typer) -> None:

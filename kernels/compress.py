@@ -5,7 +5,9 @@ never writes into it. Writes an output folder with the compressed model (``model
 with its zeros, ``model_int8.safetensors`` with ``--int8``), ``arch.json``, the tokenizer, and a flat
 ``metrics.json`` (through ``harness.run_files``): val bpb before / after each stage on the same validation
 bytes, sizes on disk, sparsity, parameters and batch-1 decode latency before and after; and ``log.txt``, one
-line per stage, as every worker writes.
+line per stage, as every worker writes. Each deployment runtime (:mod:`kernels.runtimes`: PyTorch, ONNX Runtime,
+CTranslate2, whose conversions stay in ``ct2_fp32/`` / ``ct2_int8/``) is scored on the check window and timed, and
+the fastest within the bpb tolerance is named ``deploy_cpu_runtime``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
@@ -40,6 +43,7 @@ from kernels.prune import (
     require_semi_structured_device,
 )
 from kernels.quant import for_runtime, int8_summary, load_int8, save_int8
+from kernels.runtimes import RuntimeFigures, RuntimeSources, choose_runtime, measure, parse_runtimes
 from nas.hf import export_blockers, export_hf
 from nas.model import CodeLM, build_model
 from nas.run_folder import load_trained_model
@@ -61,6 +65,11 @@ class CompressConfig(BaseModel):
     seed: int = 0
     measure_latency: bool = True
     onnx: bool = False  # also export the decode step to ONNX (fp32, and int8 with int8) and check it
+    # deployment runtimes measured and chosen from (kernels.runtimes names); None: PyTorch, ONNX with --onnx,
+    # CTranslate2 where it is installed and the model has a Hugging Face export, int8 variants with --int8
+    runtimes: tuple[str, ...] | None = None
+    runtime_tolerance_pct: float = Field(1.0, ge=0)  # check-window bpb change from PyTorch fp32 a runtime may have
+    runtime_threads: int | None = Field(None, ge=1)  # intra-op threads the runtimes are timed at (None: torch's)
 
     @classmethod
     def with_recovery(cls, recover: Budget | None, **kw: Any) -> CompressConfig:
@@ -204,8 +213,8 @@ def compress(model_dir: Path, out: Path, cfg: CompressConfig, log_to_console: bo
         m["latency_speedup"] = round(m["latency_ms_p50_before"] / m["latency_ms_p50"], 3)
     if cfg.onnx:
         m.update(_onnx(model, out, corpus, cfg))
-    if cfg.measure_latency:
-        m.update(choose_cpu_deployment(m))
+    figures = _measure_runtimes(model, out, corpus, cfg, m, progress=log_to_console)
+    m.update(choose_cpu_deployment(figures, cfg.runtime_tolerance_pct))
     m["wall_s"] = round(time.perf_counter() - t0, 3)
     m = write_metrics(out, m).flat()
     append_log(
@@ -222,37 +231,63 @@ def _hf_export(model: CodeLM, out: Path, corpus: TokenizedCorpus) -> dict[str, A
     blockers = export_blockers(model.arch)
     if blockers:
         return {"hf_export": "not exportable: " + "; ".join(blockers)}
-    tok = out / "tokenizer.json"
-    export_hf(model, out / "hf", tokenizer_json=tok if tok.is_file() else None, eos_id=corpus.tokenizer.eos_id)
+    export_hf(model, out / "hf", corpus.tokenizer)
     return {"hf_export": "hf"}
 
 
-# ONNX runtimes: the metric that times each, and the one that checks its scores against PyTorch's.
-ONNX_RUNTIMES = {
-    "onnx_fp32": ("latency_ms_p50_onnx", "onnx_check_bpb_onnx"),
-    "onnx_int8": ("latency_ms_p50_onnx_int8", "onnx_check_bpb_onnx_int8"),
-}
+def default_runtimes(cfg: CompressConfig, hf_exported: bool) -> tuple[str, ...]:
+    """The runtimes measured when ``--runtimes`` is not given: PyTorch, ONNX Runtime with ``--onnx``, CTranslate2
+    where it is installed and the model has a Hugging Face export; the INT8 variants with ``--int8``."""
+    from kernels.ct2_runtime import available
+
+    names = ["torch"] + (["onnx"] if cfg.onnx else []) + (["ct2"] if hf_exported and available() is None else [])
+    picked = parse_runtimes(",".join(names))
+    return tuple(r for r in picked if cfg.int8 or not r.endswith("_int8"))
 
 
-def choose_cpu_deployment(m: dict[str, Any], max_check_change_pct: float = 1.0) -> dict[str, Any]:
-    """The fastest measured CPU runtime whose scores agree with PyTorch's: an ONNX graph counts only when its bpb on
-    the check window is within ``max_check_change_pct`` of the PyTorch model's on the same window."""
-    timed = {"torch_fp32" if not m.get("int8_backend") else "torch_int8": m.get("latency_ms_p50")}
-    base = m.get("onnx_check_bpb_torch")
-    for name, (latency_key, key) in ONNX_RUNTIMES.items():
-        latency = m.get(latency_key)
-        if (
-            latency is not None
-            and base
-            and m.get(key) is not None
-            and 100 * abs(m[key] - base) / base <= max_check_change_pct
-        ):
-            timed[name] = latency
-    measured: dict[str, float] = {k: v for k, v in timed.items() if isinstance(v, (int, float))}
-    if not measured:
-        return {}
-    best = min(measured, key=measured.__getitem__)
-    return {"deploy_cpu_runtime": best, "latency_ms_p50_deploy_cpu": measured[best]}
+def _measure_runtimes(
+    model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig, m: dict[str, Any], progress: bool = False
+) -> list[RuntimeFigures]:
+    """Each deployment runtime prepared into ``out`` (ONNX graphs, ``ct2_*/`` folders) and scored on the check
+    window; timed too when latency is measured."""
+    hf = out / "hf"
+    src = RuntimeSources(
+        model=model,
+        out=out,
+        int8_dir=out if cfg.int8 else None,
+        hf_dir=hf if m.get("hf_export") == "hf" else None,
+        hf_blocker=None if m.get("hf_export") == "hf" else str(m.get("hf_export")),
+    )
+    names = cfg.runtimes if cfg.runtimes is not None else default_runtimes(cfg, src.hf_dir is not None)
+    window = np.asarray(corpus["val"][: model.arch.context_length], dtype=np.int64)
+    figures = measure(
+        names,
+        src,
+        window,
+        corpus.token_bytes,
+        threads=cfg.runtime_threads,
+        timed=cfg.measure_latency,
+        progress=progress,
+    )
+    for f in figures:
+        append_log(
+            out,
+            f"runtime {f.name}: "
+            + (
+                f"skipped ({f.skipped})"
+                if f.skipped
+                else f"check bpb {f.check_bpb:.4f}"
+                + (f", {f.ms_p50:.3f} ms/token p50 at {f.threads} thread(s)" if f.ms_p50 is not None else "")
+            ),
+        )
+    return figures
+
+
+def choose_cpu_deployment(figures: list[RuntimeFigures], tolerance_pct: float = 1.0) -> dict[str, Any]:
+    """The per-runtime figures and the fastest CPU runtime whose check-window bpb is within ``tolerance_pct``
+    percent of PyTorch fp32's, as flat metrics (``deploy_cpu_runtime``, ``latency_ms_p50_deploy_cpu``, and
+    ``runtime_<name>_*``); see :func:`kernels.runtimes.choose_runtime`."""
+    return choose_runtime(figures, tolerance_pct).flat()
 
 
 def _onnx(model: CodeLM, out: Path, corpus: TokenizedCorpus, cfg: CompressConfig) -> dict[str, Any]:

@@ -153,8 +153,7 @@ def _export_hf_folder(out_dir: Path, arch_cfg: Any, data: Any) -> None:
         return
     model = CodeLM(arch_cfg)
     load_model(model, str(out_dir / "model.safetensors"))
-    tok_json = getattr(data.tokenizer, "path", None)
-    export_hf(model, out_dir / "hf", tokenizer_json=tok_json, eos_id=data.tokenizer.eos_id)
+    export_hf(model, out_dir / "hf", data.tokenizer)
     err_console.print(f"Hugging Face folder: {out_dir / 'hf'}", highlight=False)
 
 

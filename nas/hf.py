@@ -1,13 +1,15 @@
 """Hugging Face ``transformers`` export and import for Llama-family architectures.
 
 An ArchConfig with RMSNorm + SwiGLU + RoPE is exactly a ``LlamaForCausalLM``: the weights map one to one
-(our module names follow Llama's), so the exported folder loads with ``AutoModelForCausalLM`` anywhere.
+(our module names follow Llama's), so the exported folder loads with ``AutoModelForCausalLM`` anywhere, and its
+tokenizer (byte-level or BPE) with ``AutoTokenizer``, encoding text to exactly the ids the model was trained on.
 Other shapes (LayerNorm, GELU, learned positions) have no lossless Llama equivalent and are refused with
 the reason, instead of being exported approximately.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,13 +20,14 @@ from safetensors.torch import save_file
 from harness.errors import UserError
 from harness.humaneval import truncate_at_stop
 from harness.model_code import active_code_hash, stock_code_hash
+from harness.tokenizer import ByteTokenizer, Tokenizer, hf_backend
 from nas.model import CodeLM
 from nas.space import ArchConfig
 
 # transformers (and tokenizers) are imported inside the functions that use them: importing transformers takes
 # seconds, and a worker that never exports or loads a Hugging Face model should not pay for it.
 if TYPE_CHECKING:
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 
 class NotExportable(UserError):
@@ -90,34 +93,60 @@ def _hf_state_dict(model: CodeLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def export_hf(
-    model: CodeLM, out_dir: str | Path, tokenizer_json: str | Path | None = None, eos_id: int | None = None
-) -> Path:
-    """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads: config.json,
-    model.safetensors and, when given, the tokenizer (``tokenizer.json`` for ``PreTrainedTokenizerFast``)."""
+def export_hf(model: CodeLM, out_dir: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Write a folder that ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` load:
+    config.json, generation_config.json, model.safetensors and the tokenizer (tokenizer.json +
+    tokenizer_config.json), whose ids are exactly ``tokenizer``'s.
+
+    ``tokenizer`` None is the byte tokenizer, as for a run folder without a tokenizer.json.
+    """
     from transformers import GenerationConfig
 
-    config = to_hf_config(model.arch, eos_id)
+    tok = tokenizer if tokenizer is not None else ByteTokenizer()
+    if tok.vocab_size != model.arch.vocab_size:
+        raise UserError(f"the model has {model.arch.vocab_size} tokens, its tokenizer {tok.name!r} {tok.vocab_size}")
+    config = to_hf_config(model.arch, tok.eos_id)
     config.architectures = ["LlamaForCausalLM"]
     config.dtype = "float32"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
-    GenerationConfig(eos_token_id=eos_id, bos_token_id=eos_id, pad_token_id=eos_id).save_pretrained(out)
+    eos = tok.eos_id
+    GenerationConfig(eos_token_id=eos, bos_token_id=eos, pad_token_id=eos).save_pretrained(out)
     save_file(_hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer_json is not None:
-        _save_hf_tokenizer(Path(tokenizer_json), out, eos_id)
+    save_hf_tokenizer(tok, out, model.arch.context_length)
     return out
 
 
-def _save_hf_tokenizer(tokenizer_json: Path, out: Path, eos_id: int | None) -> None:
-    from tokenizers import Tokenizer
+def hf_tokenizer(tokenizer: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
+    """``tokenizer`` as a ``PreTrainedTokenizerFast`` that adds no bos/eos and whose eos, bos and pad are our
+    document separator (the model was trained with it between documents and nothing else)."""
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    eos = tok.id_to_token(eos_id) if eos_id is not None else None
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=eos)
-    fast.save_pretrained(out)
+    backend = hf_backend(tokenizer)
+    sep = backend.id_to_token(tokenizer.eos_id)
+    # The byte tokenizer's separator is the stand-in for NUL ("Ā"), also a real character: with
+    # split_special_tokens, text is never matched against it, so "Ā" in text encodes to its UTF-8 bytes as ours does.
+    # A BPE's "<|endoftext|>" in text is the separator in our encoding too, so it stays matched there.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=sep,
+        bos_token=sep,
+        pad_token=sep,
+        model_max_length=max_length,
+        split_special_tokens=isinstance(tokenizer, ByteTokenizer),
+    )
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> None:
+    """Save :func:`hf_tokenizer` into ``out`` under the class name every transformers version loads."""
+    hf_tokenizer(tokenizer, max_length).save_pretrained(out)
+    # transformers 5 records its new class name (TokenizersBackend), which transformers 4 (and tools pinned to it)
+    # cannot resolve; PreTrainedTokenizerFast is the same class under the name both know.
+    config_file = out / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def arch_from_hf_config(config: LlamaConfig) -> ArchConfig:

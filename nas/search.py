@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from harness.budget import parse_budget
 from harness.errors import UserError
-from harness.tokenizer import parse_tokenizer_spec
+from harness.tokenizer import Tokenizer, parse_tokenizer_spec
 from nas.executors import Executor, LocalExecutor, RayExecutor
 from nas.objectives import Objective, parse_objectives
 from nas.pareto import rank_order
@@ -116,7 +116,7 @@ class Search:
             view,
             clock,
         )
-        return run.run(eos_id=corpus.tokenizer.eos_id)
+        return run.run(corpus.tokenizer)
 
 
 class _SearchRun:
@@ -139,7 +139,7 @@ class _SearchRun:
 
     # ------------------------------------------------------------------------------------------- the order of things
 
-    def run(self, eos_id: int) -> dict[str, Any]:
+    def run(self, tokenizer: Tokenizer) -> dict[str, Any]:
         try:
             self._resubmit_interrupted()
             self.view.start(self._status)
@@ -163,14 +163,14 @@ class _SearchRun:
             self.studies.save_elapsed(self.clock.elapsed())
             self.view.stop(self._status)
             self.runner.executor.shutdown()
-        return self._finalize(eos_id)
+        return self._finalize(tokenizer)
 
-    def _finalize(self, eos_id: int) -> dict[str, Any]:
+    def _finalize(self, tokenizer: Tokenizer) -> dict[str, Any]:
         """Re-measure the final front's latency, write pareto.json / metrics.json / results.tsv / pareto.png, export
         the best."""
         stage, members = self.results.final_front()
         summary = self.results.write_final(stage, members, self.clock.elapsed())
-        export_front(self.results.out, [(m.arch, m.folder) for m in members], self.cfg.export_hf, eos_id)
+        export_front(self.results.out, [(m.arch, m.folder) for m in members], self.cfg.export_hf, tokenizer)
         return summary
 
     def _status(self) -> LiveStatus:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import load_model
 
+from harness.tokenizer import Tokenizer
 from nas.hf import export_blockers, export_hf
 from nas.model import CodeLM
 from nas.space import ArchConfig
@@ -23,7 +24,9 @@ def best_arch_file(out: Path, index: int, arch_hash: str) -> Path:
     return out / BEST_DIR / f"{index:02d}-{arch_hash}.json"
 
 
-def export_front(out: Path, members: Sequence[tuple[ArchConfig, Path]], export_hf_folders: bool, eos_id: int) -> None:
+def export_front(
+    out: Path, members: Sequence[tuple[ArchConfig, Path]], export_hf_folders: bool, tokenizer: Tokenizer
+) -> None:
     """Write ``best/`` for the front's members, given as (architecture, trial folder) in front order."""
     best = out / BEST_DIR
     best.mkdir(exist_ok=True)
@@ -33,10 +36,4 @@ def export_front(out: Path, members: Sequence[tuple[ArchConfig, Path]], export_h
         if export_hf_folders and not export_blockers(arch) and weights.is_file():
             model = CodeLM(arch)
             load_model(model, str(weights))
-            tok = folder / "tokenizer.json"
-            export_hf(
-                model,
-                best / f"{i:02d}-{arch.short_hash()}-hf",
-                tokenizer_json=tok if tok.is_file() else None,
-                eos_id=eos_id,
-            )
+            export_hf(model, best / f"{i:02d}-{arch.short_hash()}-hf", tokenizer)

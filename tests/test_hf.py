@@ -29,7 +29,7 @@ def _perturbed(arch: ArchConfig):
 @pytest.mark.parametrize("arch", LLAMA_ARCHS, ids=lambda a: a.describe())
 def test_hf_logits_match(tmp_path, arch):
     model = _perturbed(arch)
-    export_hf(model, tmp_path / "hf", eos_id=0)
+    export_hf(model, tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(hf).__name__ == "LlamaForCausalLM"
     x = torch.randint(0, arch.vocab_size, (2, arch.context_length))
@@ -55,11 +55,10 @@ def test_non_llama_archs_say_why(fields, reason):
 def test_bpe_tokenizer_exports_with_model(tmp_path, small_corpus_dir):
     texts = [p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))]
     tok = train_bpe(texts, 512)
-    tok.save(tmp_path / "tok.json")
     arch = ArchConfig(
         n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, vocab_size=tok.vocab_size, context_length=32
     )
-    export_hf(build_model(arch), tmp_path / "hf", tokenizer_json=tmp_path / "tok.json", eos_id=tok.eos_id)
+    export_hf(build_model(arch), tmp_path / "hf", tok)
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     code = "def add(a, b):\n    return a + b\n"
     assert hf_tok(code)["input_ids"] == tok.encode(code)

@@ -221,23 +221,17 @@ def test_compressed_folder_carries_a_hugging_face_export(tiny_run: Path, tmp_pat
 
 def test_cpu_deployment_is_the_fastest_runtime_that_scores_like_pytorch() -> None:
     from kernels.compress import choose_cpu_deployment
+    from kernels.runtimes import RuntimeFigures
 
-    m = {
-        "int8_backend": "cpu",
-        "latency_ms_p50": 6.4,
-        "latency_ms_p50_onnx": 7.2,
-        "latency_ms_p50_onnx_int8": 3.0,
-        "onnx_check_bpb_torch": 2.0,
-        "onnx_check_bpb_onnx": 2.0,
-        "onnx_check_bpb_onnx_int8": 2.01,
-    }
-    assert choose_cpu_deployment(m) == {"deploy_cpu_runtime": "onnx_int8", "latency_ms_p50_deploy_cpu": 3.0}
-    drifted = {**m, "onnx_check_bpb_onnx_int8": 2.1}  # 5 % off PyTorch on the check window: not eligible
-    assert choose_cpu_deployment(drifted) == {"deploy_cpu_runtime": "torch_int8", "latency_ms_p50_deploy_cpu": 6.4}
-    assert choose_cpu_deployment({"latency_ms_p50": 1.0}) == {
-        "deploy_cpu_runtime": "torch_fp32",
-        "latency_ms_p50_deploy_cpu": 1.0,
-    }
+    def fig(name: str, ms: float, bpb: float) -> RuntimeFigures:
+        return RuntimeFigures(name=name, threads=1, ms_p50=ms, ms_p90=ms, check_bpb=bpb)
+
+    figures = [fig("torch_fp32", 9.0, 2.0), fig("torch_int8", 6.4, 2.0), fig("onnx_fp32", 7.2, 2.0)]
+    chosen = choose_cpu_deployment([*figures, fig("onnx_int8", 3.0, 2.01)])
+    assert (chosen["deploy_cpu_runtime"], chosen["latency_ms_p50_deploy_cpu"]) == ("onnx_int8", 3.0)
+    drifted = choose_cpu_deployment([*figures, fig("onnx_int8", 3.0, 2.1)])  # 5 % off PyTorch: not eligible
+    assert (drifted["deploy_cpu_runtime"], drifted["latency_ms_p50_deploy_cpu"]) == ("torch_int8", 6.4)
+    assert choose_cpu_deployment(figures[:1])["deploy_cpu_runtime"] == "torch_fp32"
 
 
 @pytest.mark.parametrize(
@@ -269,7 +263,7 @@ def test_head_pruning_removes_heads_that_write_nothing_without_changing_the_outp
     ids = torch.randint(0, arch.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(small(ids), model(ids), atol=1e-5, rtol=1e-5)
-    export_hf(small, tmp_path / "hf", eos_id=0)  # head_dim * heads != hidden: still an exact Llama
+    export_hf(small, tmp_path / "hf")  # head_dim * heads != hidden: still an exact Llama
     with torch.no_grad():
         torch.testing.assert_close(load_hf_as_codelm(tmp_path / "hf")(ids), small(ids), atol=1e-5, rtol=1e-5)
     assert measure_decode(small, "static", 4, 6, 0, 1).tokens == measure_decode(small, "eager", 4, 6, 0, 1).tokens
