@@ -150,6 +150,7 @@ def latency_command(
     # torch is imported only after the cheap checks above, and after the re-exec on the model's own code
     import torch
 
+    from kernels.bandwidth import floor_per_thread_count
     from kernels.compress import load_run
     from kernels.latency import MODES, measure_decode
 
@@ -169,19 +170,30 @@ def latency_command(
         for mode in wanted
     ]
     rows = [r.as_dict() for r in results]
+    # the physical floor: weight bytes one token reads (fp32 here: these modes run the fp32 model) / bandwidth
+    floors = floor_per_thread_count(net, [r.threads for r in results], "fp32") if device == "cpu" else {}
     table = Table(title=f"decode latency of {model} ({device})")
     for col in ("mode", "threads", "prefill_ms_p50", "decode_ms_p50", "decode_ms_p90", "tokens = eager"):
         table.add_column(col, justify="right")
-    for r in results:
-        table.add_row(
+    if floors:
+        table.add_column("x floor", justify="right")
+    for r, row in zip(results, rows, strict=True):
+        cells = [
             r.mode,
             str(r.threads),
             f"{r.prefill_ms_p50:.3f}",
             f"{r.decode_ms_p50:.3f}",
             f"{r.decode_ms_p90:.3f}",
             "(reference)" if r.tokens_equal_eager is None else f"{r.tokens_equal_eager}/{len(r.tokens)}",
-        )
+        ]
+        if floors:
+            floor = floors[r.threads]
+            row.update(floor.as_dict() | {"floor_multiple": r.decode_ms_p50 / floor.floor_ms})
+            cells.append(f"{row['floor_multiple']:.2f}")
+        table.add_row(*cells)
     console.print(table)
+    for floor in floors.values():
+        console.print(floor.describe(), highlight=False)
     drifted = [r.mode for r in results if not r.agrees_with_eager]
     if drifted:
         console.print(

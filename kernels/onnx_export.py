@@ -1,10 +1,14 @@
-"""ONNX export of the batch-1 decode step with the KV cache as graph inputs and outputs, run by onnxruntime.
+"""ONNX export of the batch-1 decode step over a preallocated KV cache, run by onnxruntime.
 
-``decode_step.onnx`` maps ``(input_ids [1, 1], position [1], past_k, past_v [L, n_kv, P, hd])`` to
-``(logits [1, V], present_k, present_v [L, n_kv, P + 1, hd])``: the caller keeps the cache between calls,
-so one ``session.run`` is one generated token. ``quantize_onnx_int8`` makes the INT8 twin with
-onnxruntime's dynamic quantization (per-channel weights). The graph is checked against the PyTorch
-model by scoring the same validation tokens with both (bits per byte must agree).
+``decode_step.onnx`` maps ``(input_ids [1, 1], position [1], past_key_i, past_value_i [1, n_kv, C, hd] per
+layer)`` to ``(logits [1, V], present_key_i, present_value_i)`` with ``C = context_length``. Attention is
+onnxruntime's ``com.microsoft::GroupQueryAttention`` contrib operator (it runs on the CPU provider): with the
+past and present of a layer bound to the same buffer it writes the new key/value at ``position`` in place and
+attends over the filled slots only. :class:`OnnxDecoder` binds them so once (IO binding over numpy buffers),
+so a token costs no copy of the cache; the first version fed the cache in and got ``P + 1`` positions back
+per token, a cost that grew with the sequence. ``quantize_onnx_int8`` makes the INT8 twin with onnxruntime's
+dynamic quantization (per-channel weights). The graph is checked against the PyTorch model by scoring the
+same validation tokens with both (bits per byte must agree).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,16 +39,79 @@ def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
+class _GroupQueryAttention(torch.autograd.Function):
+    """One query token against a preallocated cache ``[1, n_kv, C, hd]``, written at slot ``seqlens_k``.
+
+    Exported as onnxruntime's ``com.microsoft::GroupQueryAttention``: when the caller binds ``past_key`` and
+    ``present_key`` to the same buffer the operator writes the new key in place and attends over the filled
+    slots only, so a token costs no copy of the cache (onnxruntime-genai drives its decoders the same way).
+    The PyTorch body is the operator's meaning, run only while tracing the export.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: object,
+        q: torch.Tensor,  # [1, 1, n_heads * hd]
+        k: torch.Tensor,  # [1, 1, n_kv * hd]
+        v: torch.Tensor,
+        past_k: torch.Tensor,  # [1, n_kv, C, hd]
+        past_v: torch.Tensor,
+        seqlens_k: torch.Tensor,  # int32 [1]: the slot of this token (= total length - 1)
+        total_length: torch.Tensor,  # int32 []
+        n_heads: int,
+        n_kv: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hd = past_k.shape[-1]
+        slot = int(seqlens_k[0])
+        present_k, present_v = past_k.clone(), past_v.clone()
+        present_k[0, :, slot] = k.view(n_kv, hd)
+        present_v[0, :, slot] = v.view(n_kv, hd)
+        rep = n_heads // n_kv
+        keys = present_k[:, :, : slot + 1].repeat_interleave(rep, dim=1)
+        values = present_v[:, :, : slot + 1].repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q.view(1, 1, n_heads, hd).transpose(1, 2), keys, values)
+        return y.transpose(1, 2).reshape(1, 1, n_heads * hd), present_k, present_v
+
+    @staticmethod
+    def symbolic(  # the TorchScript exporter's hook: the whole function becomes one contrib node
+        g: Any,
+        q: Any,
+        k: Any,
+        v: Any,
+        past_k: Any,
+        past_v: Any,
+        seqlens_k: Any,
+        total_length: Any,
+        n_heads: int,
+        n_kv: int,
+    ) -> Any:
+        return g.op(
+            "com.microsoft::GroupQueryAttention",
+            q,
+            k,
+            v,
+            past_k,
+            past_v,
+            seqlens_k,
+            total_length,
+            num_heads_i=n_heads,
+            kv_num_heads_i=n_kv,
+            outputs=3,
+        )
+
+
 class DecodeStep(torch.nn.Module):
-    """One token through ``model`` given the past keys/values, written without the stateful KVCache."""
+    """One token through ``model`` against per-layer preallocated caches ``[1, n_kv, context_length, hd]``.
+
+    ``forward(input_ids [1, 1], position [1], past_key_0, past_value_0, ...)`` returns ``(logits [1, V],
+    present_key_0, present_value_0, ...)``; the presents are the pasts with slot ``position`` written.
+    """
 
     def __init__(self, model: CodeLM):
         super().__init__()
         self.model = model.eval()
 
-    def forward(
-        self, input_ids: torch.Tensor, position: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, position: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m, arch = self.model, self.model.arch
         hd = arch.head_dim
         x = m.embed_tokens(input_ids)  # [1, 1, d]
@@ -53,32 +120,36 @@ class DecodeStep(torch.nn.Module):
             x = x + m.embed_positions(position)[None]
         else:
             rope = (m.rope_cos[position], m.rope_sin[position])  # [1, hd]
-        new_k, new_v = [], []
+        seqlens_k = position.to(torch.int32)  # the slot written, = total length - 1
+        total = (position + 1).to(torch.int32).reshape(())
+        presents: list[torch.Tensor] = []
         for i, module in enumerate(m.layers):
             layer = cast(Block, module)  # m.layers is an nn.ModuleList of Blocks
             attn = layer.self_attn
             h = _norm(layer.input_layernorm, x)
-            q = attn.q_proj(h).view(1, 1, arch.n_heads, hd).transpose(1, 2)
-            k = attn.k_proj(h).view(1, 1, arch.n_kv_heads, hd).transpose(1, 2)
-            v = attn.v_proj(h).view(1, 1, arch.n_kv_heads, hd).transpose(1, 2)
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)  # [1, 1, heads * hd]
             if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            k_all = torch.cat([past_k[i : i + 1], k], dim=2)
-            v_all = torch.cat([past_v[i : i + 1], v], dim=2)
-            new_k.append(k_all)
-            new_v.append(v_all)
-            if arch.n_kv_heads != arch.n_heads:
-                rep = arch.n_heads // arch.n_kv_heads
-                k_all, v_all = k_all.repeat_interleave(rep, dim=1), v_all.repeat_interleave(rep, dim=1)
-            att = torch.softmax((q @ k_all.transpose(-1, -2)) / math.sqrt(hd), dim=-1)
-            y = (att @ v_all).transpose(1, 2).reshape(1, 1, arch.n_heads * hd)
+                q = apply_rope(q.view(1, 1, arch.n_heads, hd).transpose(1, 2), *rope).reshape(1, 1, -1)
+                k = apply_rope(k.view(1, 1, arch.n_kv_heads, hd).transpose(1, 2), *rope).reshape(1, 1, -1)
+            y, pk, pv = cast(
+                tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                _GroupQueryAttention.apply(
+                    q, k, v, past[2 * i], past[2 * i + 1], seqlens_k, total, arch.n_heads, arch.n_kv_heads
+                ),
+            )
+            presents += [pk, pv]
             x = x + attn.o_proj(y)
             x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
         logits = m.lm_head(_norm(m.norm, x))[:, -1]
-        return logits, torch.cat(new_k, 0), torch.cat(new_v, 0)
+        return (logits, *presents)
+
+
+def _cache_names(model: CodeLM, kind: str) -> list[str]:
+    return [f"{kind}_{what}_{i}" for i in range(model.arch.n_layers) for what in ("key", "value")]
 
 
 def empty_cache(model: CodeLM) -> tuple[np.ndarray, np.ndarray]:
+    """An empty cache in :meth:`OnnxDecoder.step`'s format, ``[L, n_kv, 0, hd]`` keys and values."""
     a = model.arch
     z = np.zeros((a.n_layers, a.n_kv_heads, 0, a.head_dim), dtype=np.float32)
     return z, z.copy()
@@ -89,8 +160,8 @@ def export_decode_step(model: CodeLM, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     a = model.arch
-    past = torch.zeros(a.n_layers, a.n_kv_heads, 3, a.head_dim)
-    args = (torch.zeros(1, 1, dtype=torch.long), torch.tensor([3]), past, past.clone())
+    past = [torch.zeros(1, a.n_kv_heads, a.context_length, a.head_dim) for _ in range(2 * a.n_layers)]
+    args = (torch.zeros(1, 1, dtype=torch.long), torch.tensor([3]), *past)
     path = out_dir / ONNX_FILE
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -100,14 +171,9 @@ def export_decode_step(model: CodeLM, out_dir: Path) -> Path:
             str(path),
             dynamo=False,
             opset_version=17,
-            input_names=["input_ids", "position", "past_k", "past_v"],
-            output_names=["logits", "present_k", "present_v"],
-            dynamic_axes={
-                "past_k": {2: "past"},
-                "past_v": {2: "past"},
-                "present_k": {2: "total"},
-                "present_v": {2: "total"},
-            },
+            input_names=["input_ids", "position", *_cache_names(model, "past")],
+            output_names=["logits", *_cache_names(model, "present")],
+            custom_opsets={"com.microsoft": 1},
         )
     return path
 
@@ -124,7 +190,12 @@ def quantize_onnx_int8(fp32_path: Path) -> Path:
 
 
 class OnnxDecoder:
-    """An onnxruntime session of the decode step, driven token by token."""
+    """An onnxruntime session of the decode step, driven token by token over a cache it owns.
+
+    The caches are numpy buffers shared with onnxruntime (``OrtValue`` over the same memory) and bound as both
+    the past input and the present output of every layer, once; the token and position are one-element
+    buffers bound the same way. A step is then two scalar writes and ``run_with_iobinding``.
+    """
 
     def __init__(self, path: Path, model_arch_source: CodeLM, threads: int | None = None):
         try:
@@ -132,45 +203,81 @@ class OnnxDecoder:
         except ImportError:
             raise UserError("onnxruntime is not installed: pip install 'autonas-codelm[kernels]'") from None
         opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.model = model_arch_source
+        a = model_arch_source.arch
+        shape = (1, a.n_kv_heads, a.context_length, a.head_dim)
+        self.cache = [np.zeros(shape, dtype=np.float32) for _ in range(2 * a.n_layers)]  # k0, v0, k1, v1, ...
+        self._token = np.zeros((1, 1), dtype=np.int64)
+        self._position = np.zeros(1, dtype=np.int64)
+        self._logits = np.zeros((1, a.vocab_size), dtype=np.float32)
+        self.binding = self.session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy  # shares the numpy buffer (CPU, contiguous)
+        self._kept = [value(x) for x in (self._token, self._position, self._logits, *self.cache)]
+        token, position, logits, *caches = self._kept
+        self.binding.bind_ortvalue_input("input_ids", token)
+        self.binding.bind_ortvalue_input("position", position)
+        self.binding.bind_ortvalue_output("logits", logits)
+        for past, present, buf in zip(
+            _cache_names(self.model, "past"), _cache_names(self.model, "present"), caches, strict=True
+        ):
+            self.binding.bind_ortvalue_input(past, buf)
+            self.binding.bind_ortvalue_output(present, buf)
+        self.pos = 0
+
+    def reset(self) -> None:
+        """Start a new sequence (the stale slots past ``pos`` are never read)."""
+        self.pos = 0
+
+    def next_logits(self, token: int) -> np.ndarray:
+        """Feed ``token`` at the next position; the logits ``[V]`` (a view, overwritten by the next call)."""
+        if self.pos >= self.model.arch.context_length:
+            raise UserError(f"the decode step holds {self.model.arch.context_length} positions; all are used")
+        self._token[0, 0] = token
+        self._position[0] = self.pos
+        self.session.run_with_iobinding(self.binding)
+        self.pos += 1
+        return self._logits[0]
 
     def step(
         self, token: int, position: int, past_k: np.ndarray, past_v: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        logits, k, v = self.session.run(
-            None,
-            {
-                "input_ids": np.array([[token]], dtype=np.int64),
-                "position": np.array([position], dtype=np.int64),
-                "past_k": past_k,
-                "past_v": past_v,
-            },
-        )
-        return logits[0], k, v
+        """Stateless form: ``past_k/v [L, n_kv, position, hd]`` in, ``present [L, n_kv, position + 1, hd]`` out.
+
+        Copies the cache in and out (kept for callers that hold their own cache); :meth:`next_logits` does not.
+        """
+        for i in range(self.model.arch.n_layers):
+            self.cache[2 * i][0, :, :position] = past_k[i]
+            self.cache[2 * i + 1][0, :, :position] = past_v[i]
+        self.pos = position
+        logits = self.next_logits(token).copy()
+        k = np.stack([c[0, :, : position + 1] for c in self.cache[0::2]])
+        v = np.stack([c[0, :, : position + 1] for c in self.cache[1::2]])
+        return logits, k, v
 
     def nll_nats(self, tokens: np.ndarray) -> np.ndarray:
         """Negative log-likelihood of tokens[1:] given their prefix (within one context window)."""
-        past_k, past_v = empty_cache(self.model)
+        self.reset()
         out = []
         for pos in range(len(tokens) - 1):
-            logits, past_k, past_v = self.step(int(tokens[pos]), pos, past_k, past_v)
-            lse = np.logaddexp.reduce(logits.astype(np.float64))
-            out.append(lse - float(logits[int(tokens[pos + 1])]))
+            logits = self.next_logits(int(tokens[pos])).astype(np.float64)
+            out.append(np.logaddexp.reduce(logits) - float(logits[int(tokens[pos + 1])]))
         return np.array(out)
 
     def decode_latency_ms(self, prompt_tokens: int = 32, decode_tokens: int = 32, repeats: int = 3) -> dict[str, float]:
         times = []
         for _ in range(repeats + 1):
-            past_k, past_v = empty_cache(self.model)
-            for pos in range(prompt_tokens):
-                _, past_k, past_v = self.step(1, pos, past_k, past_v)
+            self.reset()
+            for _ in range(prompt_tokens):
+                self.next_logits(1)
             run = []
-            for pos in range(prompt_tokens, prompt_tokens + decode_tokens):
+            for _ in range(decode_tokens):
                 t0 = time.perf_counter()
-                _, past_k, past_v = self.step(1, pos, past_k, past_v)
+                self.next_logits(1)
                 run.append((time.perf_counter() - t0) * 1e3)
             times.append(run)
         flat = sorted(x for run in times[1:] for x in run)  # the first repeat warms up
