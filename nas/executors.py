@@ -81,6 +81,25 @@ class _Worker:
         self.process = None
 
 
+WORKER_THREADS_ENV = "AUTONAS_WORKER_THREADS"
+
+
+def worker_threads(workers: int) -> int:
+    """Intra-op threads of each local worker: ``AUTONAS_WORKER_THREADS`` when set, else the cores shared evenly.
+
+    The even share is measured, not assumed (``benchmarks/thread_choice.py``, 2-core machine): a worker's
+    training throughput at 2 threads beats 1 thread when the machine is idle, and under a competing job the
+    two are within the spread, so a lone worker takes every core and two workers take one each. On a machine
+    that is shared with other jobs, ``AUTONAS_WORKER_THREADS=1`` caps each worker at one core.
+    """
+    raw = os.environ.get(WORKER_THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise UserError(f"{WORKER_THREADS_ENV}={raw!r}: give a whole number of threads, at least 1")
+        return int(raw)
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 class LocalExecutor:
     """One worker per visible GPU, else ``workers`` CPU processes sharing the cores evenly."""
 
@@ -94,7 +113,7 @@ class LocalExecutor:
                 devices = ["cpu"] * (workers or 1)
         if not devices:
             raise UserError("no devices to run trials on")
-        threads = max(1, (os.cpu_count() or 1) // len(devices))
+        threads = worker_threads(len(devices))
         self.workers: list[_Worker] = []
         for dev in devices:
             env = {"OMP_NUM_THREADS": str(threads), "AUTONAS_WORKER_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
