@@ -72,6 +72,10 @@ def compress_command(
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for the whole run: recovery, the latency figures, the ONNX sessions"),
+    ] = None,
 ) -> None:
     """Compress a trained model; writes the compressed model and metrics.json (bpb, size, latency before/after)."""
     # Everything a user can get wrong is checked before torch is imported or anything is written.
@@ -84,11 +88,17 @@ def compress_command(
     validate.number(recover_lr, "--recover-lr", gt=0, le=10)
     validate.seed(seed)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
+    validate.number(threads, "--threads", ge=1, le=1024)
     reexec_with_model_code(model)  # compressed by the code that trained it
 
     # torch is imported only after the cheap checks above, and after the re-exec on the model's own code
+    import torch
+
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
+
+    if threads is not None:  # read back by every timed step and by the ONNX sessions (torch.get_num_threads)
+        torch.set_num_threads(threads)
 
     if int8_backend not in ("cpu", "cuda", "reference"):
         raise UserError(f"unknown --int8-backend {int8_backend!r}: use cpu, cuda or reference")

@@ -13,6 +13,7 @@ same validation tokens with both (bits per byte must agree).
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -45,7 +46,9 @@ class _GroupQueryAttention(torch.autograd.Function):
     Exported as onnxruntime's ``com.microsoft::GroupQueryAttention``: when the caller binds ``past_key`` and
     ``present_key`` to the same buffer the operator writes the new key in place and attends over the filled
     slots only, so a token costs no copy of the cache (onnxruntime-genai drives its decoders the same way).
-    The PyTorch body is the operator's meaning, run only while tracing the export.
+    With ``cos``/``sin`` tables (``[C, hd / 2]``) the operator also applies the rotary embedding (rotate-half
+    layout, as :func:`nas.model.apply_rope`) at position ``seqlens_k``, in the same kernel. The PyTorch body is
+    the operator's meaning, run only while tracing the export.
     """
 
     @staticmethod
@@ -58,18 +61,24 @@ class _GroupQueryAttention(torch.autograd.Function):
         past_v: torch.Tensor,
         seqlens_k: torch.Tensor,  # int32 [1]: the slot of this token (= total length - 1)
         total_length: torch.Tensor,  # int32 []
+        cos: torch.Tensor | None,  # [C, hd / 2], or None: no rotary embedding
+        sin: torch.Tensor | None,
         n_heads: int,
         n_kv: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hd = past_k.shape[-1]
         slot = int(seqlens_k[0])
+        qh, kh = q.view(1, 1, n_heads, hd).transpose(1, 2), k.view(1, 1, n_kv, hd).transpose(1, 2)
+        if cos is not None and sin is not None:
+            c, s = cos[slot].repeat(2)[None], sin[slot].repeat(2)[None]  # [1, hd]
+            qh, kh = apply_rope(qh, c, s), apply_rope(kh, c, s)
         present_k, present_v = past_k.clone(), past_v.clone()
-        present_k[0, :, slot] = k.view(n_kv, hd)
+        present_k[0, :, slot] = kh[0, :, 0]
         present_v[0, :, slot] = v.view(n_kv, hd)
         rep = n_heads // n_kv
         keys = present_k[:, :, : slot + 1].repeat_interleave(rep, dim=1)
         values = present_v[:, :, : slot + 1].repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q.view(1, 1, n_heads, hd).transpose(1, 2), keys, values)
+        y = F.scaled_dot_product_attention(qh, keys, values)
         return y.transpose(1, 2).reshape(1, 1, n_heads * hd), present_k, present_v
 
     @staticmethod
@@ -82,22 +91,24 @@ class _GroupQueryAttention(torch.autograd.Function):
         past_v: Any,
         seqlens_k: Any,
         total_length: Any,
+        cos: Any,
+        sin: Any,
         n_heads: int,
         n_kv: int,
     ) -> Any:
-        return g.op(
+        rotary = cos is not None and sin is not None
+        y, present_k, present_v = g.op(
             "com.microsoft::GroupQueryAttention",
-            q,
-            k,
-            v,
-            past_k,
-            past_v,
-            seqlens_k,
-            total_length,
+            *(q, k, v, past_k, past_v, seqlens_k, total_length, *((cos, sin) if rotary else ())),
             num_heads_i=n_heads,
             kv_num_heads_i=n_kv,
+            do_rotary_i=int(rotary),
             outputs=3,
         )
+        y.setType(q.type())  # the exporter has no shape inference for contrib operators: give it the types
+        present_k.setType(past_k.type())
+        present_v.setType(past_v.type())
+        return y, present_k, present_v
 
 
 class DecodeStep(torch.nn.Module):
@@ -105,6 +116,7 @@ class DecodeStep(torch.nn.Module):
 
     ``forward(input_ids [1, 1], position [1], past_key_0, past_value_0, ...)`` returns ``(logits [1, V],
     present_key_0, present_value_0, ...)``; the presents are the pasts with slot ``position`` written.
+    The q, k and v projections run as one matrix product (their weights concatenated once, at export).
     """
 
     def __init__(self, model: CodeLM):
@@ -115,26 +127,25 @@ class DecodeStep(torch.nn.Module):
         m, arch = self.model, self.model.arch
         hd = arch.head_dim
         x = m.embed_tokens(input_ids)  # [1, 1, d]
-        rope = None
+        cos = sin = None
         if m.embed_positions is not None:
             x = x + m.embed_positions(position)[None]
-        else:
-            rope = (m.rope_cos[position], m.rope_sin[position])  # [1, hd]
+        else:  # the rotate-half tables repeat their first half: the operator takes that half
+            cos, sin = m.rope_cos[:, : hd // 2], m.rope_sin[:, : hd // 2]
         seqlens_k = position.to(torch.int32)  # the slot written, = total length - 1
         total = (position + 1).to(torch.int32).reshape(())
+        sizes = [arch.n_heads * hd, arch.n_kv_heads * hd, arch.n_kv_heads * hd]
         presents: list[torch.Tensor] = []
         for i, module in enumerate(m.layers):
             layer = cast(Block, module)  # m.layers is an nn.ModuleList of Blocks
             attn = layer.self_attn
             h = _norm(layer.input_layernorm, x)
-            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)  # [1, 1, heads * hd]
-            if rope is not None:
-                q = apply_rope(q.view(1, 1, arch.n_heads, hd).transpose(1, 2), *rope).reshape(1, 1, -1)
-                k = apply_rope(k.view(1, 1, arch.n_kv_heads, hd).transpose(1, 2), *rope).reshape(1, 1, -1)
+            qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # folded at export
+            q, k, v = F.linear(h, qkv_weight).split(sizes, dim=-1)  # [1, 1, heads * hd] each
             y, pk, pv = cast(
                 tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                 _GroupQueryAttention.apply(
-                    q, k, v, past[2 * i], past[2 * i + 1], seqlens_k, total, arch.n_heads, arch.n_kv_heads
+                    q, k, v, past[2 * i], past[2 * i + 1], seqlens_k, total, cos, sin, arch.n_heads, arch.n_kv_heads
                 ),
             )
             presents += [pk, pv]
@@ -202,7 +213,13 @@ def quantize_onnx_int8(fp32_path: Path) -> Path:
     quantizer = MatMulNBitsQuantizer(
         onnx.load(str(fp32_path)), bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4
     )
-    quantizer.process()
+    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = log.level
+    log.setLevel(logging.WARNING)  # it logs a line per graph node at INFO
+    try:
+        quantizer.process()
+    finally:
+        log.setLevel(level)
     out = Path(fp32_path).with_name(ONNX_INT8_FILE)
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
     return out
