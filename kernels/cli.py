@@ -13,6 +13,7 @@ from harness.cli_support import OneLineErrors, console, err_console, print_metri
 from harness.errors import UserError
 from harness.model_code import model_code_root, reexec_with_model_code, write_code_record
 from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE
+from kernels.threads import DECODE_THREADS
 from nas import validate
 
 REPORT_KEYS = (
@@ -73,9 +74,9 @@ def compress_command(
     overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     threads: Annotated[
-        int | None,
+        int,
         typer.Option(help="CPU threads for the whole run: recovery, the latency figures, the ONNX sessions"),
-    ] = None,
+    ] = DECODE_THREADS,
 ) -> None:
     """Compress a trained model; writes the compressed model and metrics.json (bpb, size, latency before/after)."""
     # Everything a user can get wrong is checked before torch is imported or anything is written.
@@ -97,8 +98,7 @@ def compress_command(
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
 
-    if threads is not None:  # read back by every timed step and by the ONNX sessions (torch.get_num_threads)
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # read back by every timed step and by the ONNX sessions (torch.get_num_threads)
 
     if int8_backend not in ("cpu", "cuda", "reference"):
         raise UserError(f"unknown --int8-backend {int8_backend!r}: use cpu, cuda or reference")
@@ -138,8 +138,8 @@ def latency_command(
     modes: Annotated[str, typer.Option(help="comma list of eager, static, compile, cuda-graph")] = "eager,static",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     threads: Annotated[
-        str | None, typer.Option(help="CPU thread counts to compare, e.g. 1,2 (default: torch's)")
-    ] = None,
+        str, typer.Option(help="CPU thread counts to compare, e.g. 1,2 (default: the measured decode default)")
+    ] = str(DECODE_THREADS),
     prompt: Annotated[int, typer.Option(min=1)] = 32,
     decode: Annotated[int, typer.Option(min=2)] = 64,
     repeats: Annotated[int, typer.Option(min=1)] = 5,
@@ -152,7 +152,7 @@ def latency_command(
     if out is not None:
         validate.output_file(out, "--out", overwrite=overwrite)
     reexec_with_model_code(model)  # timed with the code that trained it
-    counts: list[int | None] = list(validate.int_list(threads, "--threads", ge=1, le=1024)) if threads else [None]
+    counts = validate.int_list(threads, "--threads", ge=1, le=1024)
     validate.number(prompt, "--prompt", le=100_000)
     validate.number(decode, "--decode", le=100_000)
     validate.number(repeats, "--repeats", le=10_000)

@@ -9,6 +9,22 @@ so a token costs no copy of the cache; the first version fed the cache in and go
 per token, a cost that grew with the sequence. ``quantize_onnx_int8`` makes the INT8 twin (8-bit
 ``MatMulNBits``). The graph is checked against the PyTorch model by scoring the
 same validation tokens with both (bits per byte must agree).
+
+What was measured (1 thread, ~10M and ~50M Llama shapes of ``benchmarks/compression.py``, 32-token prompt
+then 128 tokens, fresh processes in alternated order; this 2-core machine was shared, load average 13-17, so
+the figures spread widely and the lead re-runs ``benchmarks/onnx_vs_ctranslate2.py`` on a quiet one):
+
+- the in-place cache (GroupQueryAttention, IO binding) against the first version's cache in/out, both with
+  dynamic int8: ~10M 0.50 / 1.03 / 0.67 ms/token against 1.16 / 1.15 / 1.50; ~50M 8.3 / 33.9 / 28.9
+  against 31.0 / 56.2 / 36.9. Kept.
+- ``ORT_ENABLE_ALL`` already fuses our written-out RMSNorm into ``SimplifiedLayerNormalization`` and SiLU
+  into ``QuickGelu``; packing q/k/v into one product and moving the rotary embedding into the attention
+  operator took the optimised graph from about 200 nodes to 86 (31 ``MatMulNBits``, 13 norms, 13 ``Add``,
+  6 each of ``GroupQueryAttention``, ``Split``, ``QuickGelu``). Kept.
+- int8 as 8-bit ``MatMulNBits`` against ``quantize_dynamic``'s ``MatMulInteger``: see
+  :func:`quantize_onnx_int8`. Kept.
+- onnxruntime's profiler on the result (~10M, 1 thread): ``MatMulNBits`` 66 % of kernel time,
+  ``GroupQueryAttention`` 24 %, everything else under 10 %: what is left is the weights' matrix products.
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import UserError
+from kernels.threads import DECODE_THREADS
 from nas.model import Block, CodeLM, apply_rope
 
 ONNX_FILE = "decode_step.onnx"
@@ -240,8 +257,7 @@ class OnnxDecoder:
             raise UserError("onnxruntime is not installed: pip install 'autonas-codelm[kernels]'") from None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or DECODE_THREADS
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.model = model_arch_source

@@ -7,16 +7,16 @@ import os
 import pytest
 
 from harness.errors import UserError
-from nas.executors import WORKER_THREADS_ENV, worker_threads
+from nas.executors import CPU_WORKER_THREADS, WORKER_THREADS_ENV, worker_threads
 
 
-def test_worker_threads_default_share_the_cores_and_the_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_threads_default_to_the_measured_count_and_the_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(WORKER_THREADS_ENV, raising=False)
-    cores = os.cpu_count() or 1
-    assert worker_threads(1) == cores and worker_threads(cores * 2) == 1
+    assert worker_threads(["cpu"]) == worker_threads(["cpu", "cpu"]) == CPU_WORKER_THREADS == 1
+    assert worker_threads(["cuda:0"]) == (os.cpu_count() or 1)  # a GPU worker keeps the cores
     monkeypatch.setenv(WORKER_THREADS_ENV, "3")
-    assert worker_threads(1) == 3 and worker_threads(8) == 3
+    assert worker_threads(["cpu"]) == 3 and worker_threads(["cuda:0", "cuda:1"]) == 3
     for bad in ("0", "two", "-1", "1.5"):
         monkeypatch.setenv(WORKER_THREADS_ENV, bad)
         with pytest.raises(UserError, match=f"{WORKER_THREADS_ENV}='{bad}'"):
-            worker_threads(1)
+            worker_threads(["cpu"])
