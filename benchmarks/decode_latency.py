@@ -3,6 +3,8 @@ graphs on a GPU) for ~10M and ~50M-parameter shapes, batch 1, greedy, after a 32
 
 On CPU it also compares thread counts (1 and all cores). The greedy continuations of all modes are compared
 (the same tokens means the modes compute the same thing). Weights are random: latency does not depend on them.
+Each CPU row also gives its time as a multiple of the memory-bandwidth floor (fp32 weight bytes per token over
+this machine's copy bandwidth at that thread count, ``kernels/bandwidth.py``).
 
     python benchmarks/decode_latency.py [--device cuda] [--modes eager,static,compile] [--decode 64] [--repeats 5]
 """
@@ -16,6 +18,7 @@ import torch
 from _common import report
 from compression import SHAPES
 
+from kernels.bandwidth import measure_bandwidth, weight_bytes_per_token
 from kernels.latency import MODES, measure_decode
 from nas.model import build_model
 
@@ -34,6 +37,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
     rows = []
+    bandwidth = {n: measure_bandwidth(n) for n in threads} if device.type == "cpu" else {}
     for label, arch in SHAPES.items():
         model = build_model(arch, seed=0).to(device).eval()
         params = sum(p.numel() for p in model.parameters())
@@ -62,6 +66,9 @@ def main() -> None:
                         "same_tokens_as_eager": r.tokens == reference,
                     }
                 )
+                if n in bandwidth:
+                    floor = bandwidth[n].floor_ms(weight_bytes_per_token(model, "fp32"))
+                    rows[-1]["x_floor"] = round(r.decode_ms_p50 / floor, 2)
     name = f"decode_latency_{device.type}"
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     report(name, f"decode latency per token, batch 1 ({gpu or 'CPU'})", rows, {"device": gpu or "cpu"})

@@ -13,6 +13,7 @@ from harness.cli_support import OneLineErrors, console, err_console, print_metri
 from harness.errors import UserError
 from harness.model_code import model_code_root, reexec_with_model_code, write_code_record
 from harness.run_files import EVAL_BYTES, LOG_FILE, METRICS_FILE
+from kernels.threads import DECODE_THREADS
 from nas import validate
 
 if TYPE_CHECKING:  # torch-importing modules stay out of the command line's import time
@@ -90,6 +91,10 @@ def compress_command(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="write into an --out that already holds a metrics.json")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    threads: Annotated[
+        int,
+        typer.Option(help="CPU threads for the whole run: recovery, the latency figures, the ONNX sessions"),
+    ] = DECODE_THREADS,
 ) -> None:
     """Compress a trained model; writes the compressed model and metrics.json (bpb, size, latency before/after)."""
     # Everything a user can get wrong is checked before torch is imported or anything is written.
@@ -103,14 +108,19 @@ def compress_command(
     validate.seed(seed)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
     validate.number(runtime_tolerance, "--runtime-tolerance", ge=0, le=100)
+    validate.number(threads, "--threads", ge=1, le=1024)
     reexec_with_model_code(model)  # compressed by the code that trained it
 
     # torch is imported only after the cheap checks above, and after the re-exec on the model's own code
+    import torch
+
     from kernels.compress import CompressConfig, compress
     from kernels.prune import PruneSpec
     from kernels.runtimes import choose_runtime, figures_from_metrics, parse_runtimes
 
     runtime_names = parse_runtimes(runtimes) if runtimes is not None else None
+
+    torch.set_num_threads(threads)  # read back by every timed step and by the ONNX sessions (torch.get_num_threads)
 
     if int8_backend not in ("cpu", "cuda", "reference"):
         raise UserError(f"unknown --int8-backend {int8_backend!r}: use cpu, cuda or reference")
@@ -180,8 +190,8 @@ def latency_command(
     modes: Annotated[str, typer.Option(help="comma list of eager, static, compile, cuda-graph")] = "eager,static",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     threads: Annotated[
-        str | None, typer.Option(help="CPU thread counts to compare, e.g. 1,2 (default: torch's)")
-    ] = None,
+        str, typer.Option(help="CPU thread counts to compare, e.g. 1,2 (default: the measured decode default)")
+    ] = str(DECODE_THREADS),
     prompt: Annotated[int, typer.Option(min=1)] = 32,
     decode: Annotated[int, typer.Option(min=2)] = 64,
     repeats: Annotated[int, typer.Option(min=1)] = 5,
@@ -196,7 +206,7 @@ def latency_command(
     if out is not None:
         validate.output_file(out, "--out", overwrite=overwrite)
     reexec_with_model_code(model)  # timed with the code that trained it
-    counts: list[int | None] = list(validate.int_list(threads, "--threads", ge=1, le=1024)) if threads else [None]
+    counts = validate.int_list(threads, "--threads", ge=1, le=1024)
     validate.number(prompt, "--prompt", le=100_000)
     validate.number(decode, "--decode", le=100_000)
     validate.number(repeats, "--repeats", le=10_000)
@@ -205,6 +215,7 @@ def latency_command(
     # torch is imported only after the cheap checks above, and after the re-exec on the model's own code
     import torch
 
+    from kernels.bandwidth import floor_per_thread_count
     from kernels.compress import load_run
     from kernels.latency import MODES, measure_decode
 
@@ -224,19 +235,30 @@ def latency_command(
         for mode in wanted
     ]
     rows = [r.as_dict() for r in results]
+    # the physical floor: weight bytes one token reads (fp32 here: these modes run the fp32 model) / bandwidth
+    floors = floor_per_thread_count(net, [r.threads for r in results], "fp32") if device == "cpu" else {}
     table = Table(title=f"decode latency of {model} ({device})")
     for col in ("mode", "threads", "prefill_ms_p50", "decode_ms_p50", "decode_ms_p90", "tokens = eager"):
         table.add_column(col, justify="right")
-    for r in results:
-        table.add_row(
+    if floors:
+        table.add_column("x floor", justify="right")
+    for r, row in zip(results, rows, strict=True):
+        cells = [
             r.mode,
             str(r.threads),
             f"{r.prefill_ms_p50:.3f}",
             f"{r.decode_ms_p50:.3f}",
             f"{r.decode_ms_p90:.3f}",
             "(reference)" if r.tokens_equal_eager is None else f"{r.tokens_equal_eager}/{len(r.tokens)}",
-        )
+        ]
+        if floors:
+            floor = floors[r.threads]
+            row.update(floor.as_dict() | {"floor_multiple": r.decode_ms_p50 / floor.floor_ms})
+            cells.append(f"{row['floor_multiple']:.2f}")
+        table.add_row(*cells)
     console.print(table)
+    for floor in floors.values():
+        console.print(floor.describe(), highlight=False)
     drifted = [r.mode for r in results if not r.agrees_with_eager]
     if drifted:
         console.print(

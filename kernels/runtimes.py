@@ -36,7 +36,6 @@ from kernels.onnx_export import (
     ONNX_FILE,
     ONNX_INT8_FILE,
     OnnxDecoder,
-    empty_cache,
     export_decode_step,
     quantize_onnx_int8,
     torch_nll_nats,
@@ -126,15 +125,16 @@ class OnnxRuntime(Runtime):
         self.decoder = OnnxDecoder(path, model, threads)
 
     def greedy(self, prompt: Sequence[int], new_tokens: int) -> list[int]:
-        past_k, past_v = empty_cache(self.model)
+        """Through the in-place cache (:meth:`OnnxDecoder.next_logits`), as the timed decode runs."""
+        self.decoder.reset()
         logits = np.zeros(0)
-        for pos, token in enumerate(prompt):
-            logits, past_k, past_v = self.decoder.step(int(token), pos, past_k, past_v)
+        for token in prompt:
+            logits = self.decoder.next_logits(int(token))
         out: list[int] = []
-        for pos in range(len(prompt), len(prompt) + new_tokens):
+        while len(out) < new_tokens:
             out.append(int(np.argmax(logits)))
             if len(out) < new_tokens:
-                logits, past_k, past_v = self.decoder.step(out[-1], pos, past_k, past_v)
+                logits = self.decoder.next_logits(out[-1])
         return out
 
     def nll_nats(self, tokens: np.ndarray) -> np.ndarray:

@@ -81,6 +81,31 @@ class _Worker:
         self.process = None
 
 
+WORKER_THREADS_ENV = "AUTONAS_WORKER_THREADS"
+CPU_WORKER_THREADS = 1
+
+
+def worker_threads(devices: list[str]) -> int:
+    """Intra-op threads of each local worker: ``AUTONAS_WORKER_THREADS`` when set, else the measured default.
+
+    CPU workers default to one thread each. Measured with ``benchmarks/thread_choice.py`` on this project's
+    shared 2-core machine (fresh processes, alternated, 2 rounds; other jobs kept the load average near 12):
+    a training process made 742 tokens/s at 1 thread against 140 at 2 with no competitor of ours, and 454
+    against 73 beside a second training process; 2 threads on a busy machine only queue behind the other jobs.
+    GPU workers keep the cores shared evenly (their CPU threads feed the device; not measured here). On a
+    quiet machine with cores to spare, ``AUTONAS_WORKER_THREADS=2`` (or more) in the driver's environment
+    gives each worker more.
+    """
+    raw = os.environ.get(WORKER_THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise UserError(f"{WORKER_THREADS_ENV}={raw!r}: give a whole number of threads, at least 1")
+        return int(raw)
+    if any(d.startswith("cuda") for d in devices):
+        return max(1, (os.cpu_count() or 1) // len(devices))
+    return CPU_WORKER_THREADS
+
+
 class LocalExecutor:
     """One worker per visible GPU, else ``workers`` CPU processes sharing the cores evenly."""
 
@@ -94,7 +119,7 @@ class LocalExecutor:
                 devices = ["cpu"] * (workers or 1)
         if not devices:
             raise UserError("no devices to run trials on")
-        threads = max(1, (os.cpu_count() or 1) // len(devices))
+        threads = worker_threads(devices)
         self.workers: list[_Worker] = []
         for dev in devices:
             env = {"OMP_NUM_THREADS": str(threads), "AUTONAS_WORKER_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}

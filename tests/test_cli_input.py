@@ -43,6 +43,7 @@ ROWS: list[tuple] = [
         ["compress", "--model", "{model}", "--prune", "magnitude:0.5", "--recover", "99999h", "--out", "{fresh}"],
         "30 days",
     ),
+    ("compress-threads-zero", ["compress", "--model", "{model}", "--threads", "0", "--out", "{fresh}"], "at least 1"),
     (
         "compress-recover-lr-nan",
         ["compress", "--model", "{model}", "--int8", "--recover-lr", "nan", "--out", "{fresh}"],

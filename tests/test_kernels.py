@@ -312,6 +312,13 @@ def test_latency_cli_reports_modes_and_refuses_bad_input(tiny_run: Path, tmp_pat
     assert rows[0]["tokens_equal_eager"] is None and rows[1]["tokens_equal_eager"] == len(rows[1]["tokens"])
     n = len(rows[1]["tokens"])
     assert f"{n}/{n}" in ok.output and "differ from the eager" not in ok.output
+    from kernels.bandwidth import weight_bytes_per_token
+
+    fp32_bytes = weight_bytes_per_token(load_run(tiny_run)[0], "fp32")
+    for r in rows:  # each row is set against the floor: fp32 weight bytes / the bandwidth measured at 1 thread
+        assert r["weight_bytes_per_token"] == fp32_bytes and r["bandwidth_gb_per_s"] > 0
+        assert r["floor_multiple"] == pytest.approx(r["decode_ms_p50"] / r["floor_ms"])
+    assert "copy bandwidth" in ok.output and "x floor" in ok.output
     for args, message in (
         (["--modes", "warp"], "--modes 'warp'"),
         (["--threads", "two"], "--threads 'two'"),
