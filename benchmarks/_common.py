@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,37 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+LOAD_WARMUP_S = 8.0  # the load job reaches its training loop before the first measurement
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """A child's environment with its thread pools (OpenMP, MKL) capped at ``threads``."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+@contextmanager
+def training_load(out: Path, budget: str = "2h", extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
+    """A training job on every core beside the measurements, for "busy machine" figures: started in its own session,
+    given :data:`LOAD_WARMUP_S` to reach its loop, and killed with its process group at the end."""
+    cmd = [sys.executable, "-m", "nas", "train", "--budget", budget, "--out", str(out), "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(
+        [*cmd, *extra],
+        cwd=REPO,
+        env=thread_env(os.cpu_count() or 1),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(LOAD_WARMUP_S)
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def machine() -> dict[str, Any]:

@@ -13,9 +13,9 @@ measured job runs at one thread (OMP_NUM_THREADS=1); the load job uses every cor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,14 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import report
-
-REPO = Path(__file__).resolve().parents[1]
-LOAD_WARMUP_S = 8.0  # the load job reaches its training loop before the measured job starts
-
-
-def _env(threads: int) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+from _common import REPO, report, thread_env, training_load
 
 
 def train(out: Path, budget: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -54,7 +47,7 @@ def train(out: Path, budget: str, args: argparse.Namespace) -> dict[str, Any]:
         "--quiet",
     ]
     t0 = time.monotonic()
-    subprocess.run(cmd, cwd=REPO, env=_env(1), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, cwd=REPO, env=thread_env(1), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.monotonic() - t0
     m = json.loads((out / "metrics.json").read_text())
     return {
@@ -65,43 +58,6 @@ def train(out: Path, budget: str, args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": round(wall, 1),
         "stopped_by": m["stopped_by"],
     }
-
-
-def start_load(out: Path) -> subprocess.Popen:
-    """Another training job beside the measured one (its own session, ended by its process group)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "nas",
-        "train",
-        "--budget",
-        "30m",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--quiet",
-        "--seed",
-        "1",
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=_env(os.cpu_count() or 1),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    time.sleep(LOAD_WARMUP_S)
-    return proc
-
-
-def stop_load(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def main() -> None:
@@ -119,12 +75,12 @@ def main() -> None:
             for run, load in enumerate(("idle", "loaded", "loaded"), start=1):
                 budget = args.tokens if kind == "tokens" else seconds
                 assert budget is not None
-                proc = start_load(tmp / f"load-{kind}-{run}") if load == "loaded" else None
-                try:
+                with (
+                    training_load(tmp / f"load-{kind}-{run}", "30m", ("--seed", "1"))
+                    if load == "loaded"
+                    else contextlib.nullcontext()
+                ):
                     r = train(tmp / f"{kind.replace(' ', '-')}-{run}", budget, args)
-                finally:
-                    if proc is not None:
-                        stop_load(proc)
                 rows.append(
                     {
                         "budget": f"{kind} ({budget})",

@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import report
+from _common import report, training_load
 from compression import SHAPES
 
 from kernels.quant import save_int8
@@ -39,7 +37,6 @@ ALL_SHAPES = {
     **SHAPES,
     "tiny": ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128, context_length=256),
 }
-LOAD_WARMUP_S = 8.0  # the training job reaches its loop before the first measurement
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -90,29 +87,6 @@ def spawn(folder: Path, name: str, threads: int, args: argparse.Namespace) -> fl
     return float(json.loads(out.stdout.strip().splitlines()[-1])["ms_p50"])
 
 
-def start_load(out: Path) -> subprocess.Popen:
-    """A training job on every core beside the measurements (its own session, ended by its process group)."""
-    cmd = [sys.executable, "-m", "nas", "train", "--budget", "2h", "--out", str(out), "--device", "cpu", "--quiet"]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=_env(os.cpu_count() or 1),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    time.sleep(LOAD_WARMUP_S)
-    return proc
-
-
-def stop_load(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def sweep(folders: dict[str, Path], threads: list[int], args: argparse.Namespace) -> dict[tuple, list[float]]:
     """(shape, runtime, threads) -> the p50 of each round; the runtime order flips every other round."""
     times: dict[tuple, list[float]] = {}
@@ -159,11 +133,8 @@ def main() -> None:
         quiet = sweep(folders, threads, args)
         busy: dict[tuple, list[float]] = {}
         if args.load:
-            proc = start_load(Path(tmp) / "load")
-            try:
+            with training_load(Path(tmp) / "load"):
                 busy = sweep(folders, threads, args)
-            finally:
-                stop_load(proc)
     rows = []
     for (shape, name, n), values in quiet.items():
         med, spread = _summary(values)
