@@ -8,6 +8,7 @@ from agent.commands import register as register_agent
 from distill.cli import register as register_distill
 from harness.cli_support import OneLineErrors
 from kernels.cli import register as register_kernels
+from kernels.export_cli import register as register_export
 from nas.cli import register as register_nas
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ register_agent(app)
 register_nas(app)
 register_distill(app)
 register_kernels(app)
+register_export(app)
 
 
 def main() -> None:
