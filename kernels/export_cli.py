@@ -57,7 +57,12 @@ def export_command(
     reexec_with_model_code(model)  # exported by the code that trained it (which export then refuses if edited)
 
     # torch, transformers and gguf are imported only after the cheap checks above
-    from kernels.gguf_export import GGUFType, export_gguf
+    try:
+        from kernels.gguf_export import GGUFType, export_gguf
+    except ModuleNotFoundError as err:
+        if err.name != "gguf":
+            raise
+        raise UserError("the GGUF export needs the gguf package: pip install 'autonas-codelm[kernels]'") from None
     from nas.hf import NotExportable, export_blockers, export_hf
     from nas.run_folder import load_trained_model
 
