@@ -401,3 +401,26 @@ def test_autonas_export_refuses_a_non_llama_run(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["export", str(run), "--gguf"])
     assert res.exit_code == 2 and "not Llama-shaped" in res.output and "RMSNorm" in res.output
     assert sorted(p.name for p in run.iterdir()) == ["arch.json", "model.safetensors"]
+
+
+def test_llama_cpp_runs_the_file(tmp_path: Path, small_corpus_dir: Path) -> None:
+    """Where llama.cpp's Python binding is installed (it builds from source, so not on every machine): llama.cpp
+    itself loads the file, tokenizes text to our ids and computes our logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    text = "def área(r):\n\treturn 3.14 * r  *  r  # π ∑ 🐍\n"
+    bpe = train_bpe([p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))], 600)
+    for tokenizer in (ByteTokenizer(), bpe):
+        arch = ARCHS[0].model_copy(update={"vocab_size": tokenizer.vocab_size})
+        model = _perturbed(arch)
+        path = export_gguf(model, tokenizer, tmp_path / f"{tokenizer.name}.gguf", "f32").path
+        llm = llama_cpp.Llama(str(path), n_ctx=arch.context_length, logits_all=True, n_threads=1, verbose=False)
+        ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+        assert ids == tokenizer.encode(text), tokenizer.name
+        assert llm.tokenize(b"x", add_bos=True)[0] == tokenizer.eos_id  # the separator goes in front of a prompt
+        assert llm.detokenize(ids).decode() == text
+        ids = ids[: arch.context_length]
+        llm.eval(ids)
+        theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+        with torch.no_grad():
+            ours = model(torch.tensor([ids]))[0].double().numpy()
+        assert np.abs(ours - theirs).max() < 1e-3, tokenizer.name
