@@ -181,8 +181,8 @@ def _add_vocab(w: gguf.GGUFWriter, vocab: GGUFVocab) -> None:
     w.add_eos_token_id(vocab.eos_id)
     w.add_bos_token_id(vocab.eos_id)
     w.add_pad_token_id(vocab.eos_id)
-    # The model was trained with the separator before every document (and our own generate() starts a prompt with
-    # it), so llama.cpp should put it in front of a prompt too; it never appends one.
+    # The training text joins documents with the separator, so a document starts right after one (and our own
+    # generate() starts a prompt with it): llama.cpp should put it in front of a prompt too, and never append one.
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
 
