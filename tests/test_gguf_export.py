@@ -1,8 +1,9 @@
 """GGUF export, checked by reading the file back with ``gguf``'s own reader: names, shapes, types, metadata, the
 tokenizer, the weights themselves, and the logits of llama.cpp's ``llama`` graph rebuilt from the file alone.
 
-llama.cpp itself cannot be installed here, so the last check re-implements the parts of its ``llama`` graph that
-the file drives (RMSNorm, GQA attention with its adjacent-pair RoPE, SwiGLU) from the file's metadata and tensors.
+llama.cpp's Python binding builds from source only, so it is no dependency: the logits check re-implements the parts
+of its ``llama`` graph that the file drives (RMSNorm, GQA attention with its adjacent-pair RoPE, SwiGLU) from the
+file's metadata and tensors, and the last test, where ``llama_cpp`` is importable, has llama.cpp itself run the file.
 """
 
 from __future__ import annotations
@@ -409,10 +410,12 @@ def test_llama_cpp_runs_the_file(tmp_path: Path, small_corpus_dir: Path) -> None
     llama_cpp = pytest.importorskip("llama_cpp")
     text = "def área(r):\n\treturn 3.14 * r  *  r  # π ∑ 🐍\n"
     bpe = train_bpe([p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))], 600)
-    for tokenizer in (ByteTokenizer(), bpe):
-        arch = ARCHS[0].model_copy(update={"vocab_size": tokenizer.vocab_size})
+    # every shape with the byte tokenizer (GQA, MQA with its own head, pruned heads), and a BPE
+    cases: list[tuple[Tokenizer, ArchConfig]] = [(ByteTokenizer(), a) for a in ARCHS] + [(bpe, ARCHS[0])]
+    for tokenizer, shape in cases:
+        arch = shape.model_copy(update={"vocab_size": tokenizer.vocab_size})
         model = _perturbed(arch)
-        path = export_gguf(model, tokenizer, tmp_path / f"{tokenizer.name}.gguf", "f32").path
+        path = export_gguf(model, tokenizer, tmp_path / f"{tokenizer.name}-{arch.short_hash()}.gguf", "f32").path
         llm = llama_cpp.Llama(str(path), n_ctx=arch.context_length, logits_all=True, n_threads=1, verbose=False)
         ids = llm.tokenize(text.encode(), add_bos=False, special=False)
         assert ids == tokenizer.encode(text), tokenizer.name
@@ -423,4 +426,6 @@ def test_llama_cpp_runs_the_file(tmp_path: Path, small_corpus_dir: Path) -> None
         theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
         with torch.no_grad():
             ours = model(torch.tensor([ids]))[0].double().numpy()
-        assert np.abs(ours - theirs).max() < 1e-3, tokenizer.name
+        # llama.cpp keeps its KV cache in float16 by default: agreement to that precision, on logits of size ~3
+        assert np.abs(ours).max() > 2.0 and np.abs(ours - theirs).max() < 2e-2, tokenizer.name
+        assert (ours.argmax(-1) == theirs.argmax(-1)).mean() > 0.95, tokenizer.name
