@@ -9,6 +9,7 @@ from agent.paper.cli import register as register_paper
 from distill.cli import register as register_distill
 from harness.cli_support import OneLineErrors
 from kernels.cli import register as register_kernels
+from kernels.export_cli import register as register_export
 from nas.cli import register as register_nas
 from serve.cli import register as register_serve
 
@@ -23,6 +24,7 @@ register_agent(app)
 register_nas(app)
 register_distill(app)
 register_kernels(app)
+register_export(app)
 register_serve(app)
 register_paper(app)
 

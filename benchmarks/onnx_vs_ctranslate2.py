@@ -5,8 +5,8 @@ set against the memory-bandwidth floor (int8 weight bytes per token / this machi
 CTranslate2 is the peer a user would pick instead: it converts the model's Hugging Face export
 (``TransformersConverter(...).convert(out, quantization="int8")``). Both runtimes run in fresh processes, in
 alternating order, for several rounds; the table gives the median of the per-round medians and their spread.
-Weights are random but fixed (seed 0): decode time does not depend on their values. The token vocabulary given
-to CTranslate2 is a placeholder word list of the model's size (its converter wants a tokenizer).
+Weights are random but fixed (seed 0): decode time does not depend on their values. CTranslate2's converter
+reads the byte tokenizer that every hf/ folder carries.
 
     python benchmarks/onnx_vs_ctranslate2.py [--rounds 3] [--threads 1] [--shapes ~10M,~50M]
 """
@@ -61,7 +61,6 @@ def _ct2_child(folder: Path, threads: int) -> float:
 
 def _export(shape: str, folder: Path) -> None:
     import ctranslate2
-    from tokenizers import Tokenizer, models
 
     from kernels.onnx_export import export_decode_step, quantize_onnx_int8
     from nas.hf import export_hf
@@ -70,9 +69,7 @@ def _export(shape: str, folder: Path) -> None:
     arch = SHAPES[shape]
     model = build_model(arch, seed=0).eval()
     quantize_onnx_int8(export_decode_step(model, folder))
-    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(arch.vocab_size)}, unk_token="t0"))
-    words.save(str(folder / "tokenizer.json"))
-    export_hf(model, folder / "hf", folder / "tokenizer.json", eos_id=0)
+    export_hf(model, folder / "hf")  # the byte tokenizer (vocab 256), which hf/ now carries for CTranslate2
     ctranslate2.converters.TransformersConverter(str(folder / "hf")).convert(str(folder / "ct2"), quantization="int8")
 
 

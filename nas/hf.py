@@ -80,7 +80,7 @@ def to_hf_config(arch: ArchConfig, eos_id: int | None = None) -> LlamaConfig:
     )
 
 
-def _hf_state_dict(model: CodeLM) -> dict[str, torch.Tensor]:
+def hf_state_dict(model: CodeLM) -> dict[str, torch.Tensor]:
     """Our names -> Llama names (``model.`` prefix for the trunk); tied head stored once."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
@@ -113,7 +113,7 @@ def export_hf(model: CodeLM, out_dir: str | Path, tokenizer: Tokenizer | None = 
     config.save_pretrained(out)
     eos = tok.eos_id
     GenerationConfig(eos_token_id=eos, bos_token_id=eos, pad_token_id=eos).save_pretrained(out)
-    save_file(_hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     save_hf_tokenizer(tok, out, model.arch.context_length)
     return out
 
