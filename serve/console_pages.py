@@ -16,7 +16,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
+from sandbox.redact import redact, secret_values
 from serve import console_auth as auth
 from serve.console_experiment import read_experiment
 from serve.console_live import run_events
@@ -25,7 +27,6 @@ from serve.console_runs import Run, UnknownRun, list_runs, read_run, request_sto
 from serve.registry import ModelRegistry
 
 HERE = Path(__file__).parent
-TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
 MAX_LOGIN_BYTES = 4096
 
 
@@ -42,9 +43,25 @@ def _num(value: float | None, fmt: str = ".4f", signed: bool = False) -> str:
     return format(value, ("+" if signed else "") + fmt)
 
 
-TEMPLATES.env.filters["duration"] = _duration
-TEMPLATES.env.filters["num"] = _num
-TEMPLATES.env.globals["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
+
+
+def templates(secrets: tuple[str, ...]) -> Jinja2Templates:
+    """The console's templates, with every value they print passed through :func:`sandbox.redact.redact` (Jinja's
+    ``finalize``): whatever a run folder holds, no page shows a key or a tail of one."""
+    out = Jinja2Templates(directory=str(HERE / "templates"))
+
+    def mask(value: object) -> object:
+        if isinstance(value, Markup):  # already-safe HTML (the plots, the live part): the mask is safe HTML too
+            return Markup(redact(str(value), secrets))
+        return redact(value, secrets) if isinstance(value, str) else value
+
+    out.env.finalize = mask
+    out.env.filters["duration"] = _duration
+    out.env.filters["num"] = _num
+    out.env.globals["when"] = _when
+    return out
 
 
 class NotSignedIn(Exception):
@@ -54,6 +71,7 @@ class NotSignedIn(Exception):
 def mount_console(app: FastAPI, runs_dir: Path | None, api_key: str | None, registry: ModelRegistry) -> None:
     """Add the console's routes and static files to ``app`` (the same app as the model API)."""
     router = APIRouter(prefix="/console")
+    TEMPLATES = templates(secret_values(extra=[api_key]))  # noqa: N806 - the one template set of this app
 
     def guard(request: Request) -> None:
         if not auth.key_given(request, api_key):

@@ -198,3 +198,19 @@ def test_redact_masks_values_tails_and_shapes() -> None:
     out = redact(text, [key])
     assert key not in out and key[-20:] not in out and "x" * 30 not in out
     assert out.startswith("full ") and out.endswith("plain words stay")
+
+
+def test_every_page_masks_a_key_wherever_it_sits_in_the_folder(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key that reached run.json's goal, a judge's reason or a metric (an LLM echoed it) is masked on every page."""
+    monkeypatch.setenv("OPENAI_API_KEY", "plainvalue-7781-abcdef-QQ")
+    run_json = runs / "r1" / layout.RUN_JSON
+    run_json.write_text(run_json.read_text().replace("under 2 MB", "under 2 MB plainvalue-7781-abcdef-QQ"))
+    results = runs / "r1" / layout.WORKSPACE / layout.RESULTS_TSV
+    results.write_text(results.read_text().replace("judge says keep e001", "judge saw ...7781-abcdef-QQ"))
+    metrics = runs / "r1" / layout.WORKSPACE / "runs" / "e001" / layout.METRICS_JSON
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "note": "key plainvalue-7781-abcdef-QQ"}))
+    c = _client(runs)
+    for url in ("/console/", "/console/runs/r1", "/console/runs/r1/experiments/e001"):
+        page = c.get(url)
+        assert page.status_code == 200 and "7781-abcdef" not in page.text and MASK in page.text, url
+    assert "judge saw" in c.get("/console/runs/r1").text
