@@ -81,7 +81,8 @@ def serve_command(
         f"serving on http://{host}:{port}/v1 ({len(named)} named models, runs in {runs_dir}); "
         f"console at http://{host}:{port}/console/"
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    # a console page following a live run holds an event stream open: Ctrl-C ends it after a few seconds
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def register(app: typer.Typer) -> None:
