@@ -214,3 +214,15 @@ def test_every_page_masks_a_key_wherever_it_sits_in_the_folder(runs: Path, monke
         page = c.get(url)
         assert page.status_code == 200 and "7781-abcdef" not in page.text and MASK in page.text, url
     assert "judge saw" in c.get("/console/runs/r1").text
+
+
+def test_the_plotted_front_is_the_pareto_front() -> None:
+    import random
+
+    from nas.pareto import pareto_front
+    from serve.console_plots import front_2d
+
+    rng = random.Random(0)
+    for n in (1, 2, 5, 40, 200):
+        pts = [(float(rng.randint(1, 12)), float(rng.randint(1, 12))) for _ in range(n)]
+        assert sorted(front_2d(pts)) == sorted(pareto_front(pts)), pts
