@@ -226,3 +226,12 @@ def test_the_plotted_front_is_the_pareto_front() -> None:
     for n in (1, 2, 5, 40, 200):
         pts = [(float(rng.randint(1, 12)), float(rng.randint(1, 12))) for _ in range(n)]
         assert sorted(front_2d(pts)) == sorted(pareto_front(pts)), pts
+
+
+def test_the_event_stream_of_a_finished_run_sends_the_page_then_ends(runs: Path) -> None:
+    reply = _client(runs).get("/console/runs/r1/events")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+    events = [block for block in reply.text.split("\n\n") if block.strip()]
+    assert events[0].startswith("event: update") and events[-1].startswith("event: end")
+    update = json.loads(events[0].split("data: ", 1)[1])
+    assert update["state"] == "finished" and update["experiments"] == 7 and 'id="row-e007"' in update["html"]
