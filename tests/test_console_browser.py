@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ def _end(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture()
-def browser(tmp_path: Path) -> Iterator[object]:
+def browser(tmp_path: Path) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
@@ -68,10 +69,10 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
-def _shot(driver: object, tmp_path: Path, name: str) -> None:
+def _shot(driver: Any, tmp_path: Path, name: str) -> None:
     path = tmp_path / "screens" / f"{name}.png"
     path.parent.mkdir(exist_ok=True)
-    driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    driver.save_screenshot(str(path))
     assert path.stat().st_size > 1000
     keep = os.environ.get("AUTONAS_TEST_ARTEFACTS")
     if keep:
@@ -81,7 +82,7 @@ def _shot(driver: object, tmp_path: Path, name: str) -> None:
 
 @pytest.mark.slow
 def test_console_follows_a_live_run_stops_it_and_streams_a_completion(
-    tmp_path: Path, small_corpus_dir: Path, tiny_run: Path, browser: object
+    tmp_path: Path, small_corpus_dir: Path, tiny_run: Path, browser: Any
 ) -> None:
     driver = browser
     runs = tmp_path / "runs"
@@ -112,52 +113,52 @@ def test_console_follows_a_live_run_stops_it_and_streams_a_completion(
             time.sleep(0.5)
 
         # the runs list
-        driver.get(f"{base}/console/")  # type: ignore[attr-defined]
+        driver.get(f"{base}/console/")
         link = WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.LINK_TEXT, "live")))
-        assert "find the best Python code model" in driver.find_element(By.ID, "runs").text  # type: ignore[attr-defined]
+        assert "find the best Python code model" in driver.find_element(By.ID, "runs").text
         _shot(driver, tmp_path, "runs")
 
         # the run page: a new experiment appears without a reload
         link.click()
         WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.ID, "live")))
-        assert driver.find_elements(By.ID, "row-e001") == []  # type: ignore[attr-defined]
-        driver.execute_script("window.__sameDocument = 'yes';")  # type: ignore[attr-defined]
+        assert driver.find_elements(By.ID, "row-e001") == []
+        driver.execute_script("window.__sameDocument = 'yes';")
         WebDriverWait(driver, 900, poll_frequency=1).until(ec.presence_of_element_located((By.ID, "row-e001")))
-        assert driver.execute_script("return window.__sameDocument;") == "yes"  # type: ignore[attr-defined]
-        assert int(driver.find_element(By.ID, "exp-count").text) >= 1  # type: ignore[attr-defined]
+        assert driver.execute_script("return window.__sameDocument;") == "yes"
+        assert int(driver.find_element(By.ID, "exp-count").text) >= 1
         _shot(driver, tmp_path, "run-live")
 
         # STOP: the run ends and the page says so, still without a reload
-        driver.find_element(By.ID, "stop").click()  # type: ignore[attr-defined]
+        driver.find_element(By.ID, "stop").click()
         WebDriverWait(driver, 10).until(ec.alert_is_present()).accept()
         WebDriverWait(driver, 30).until(ec.text_to_be_present_in_element((By.ID, "stop-note"), "stop requested"))
         assert (runs / "live" / "STOP").is_file()
         WebDriverWait(driver, 900, poll_frequency=2).until(
             ec.text_to_be_present_in_element((By.ID, "run-state"), "finished")
         )
-        assert driver.execute_script("return window.__sameDocument;") == "yes"  # type: ignore[attr-defined]
+        assert driver.execute_script("return window.__sameDocument;") == "yes"
         assert run.wait(300) == 0
         _shot(driver, tmp_path, "run-stopped")
 
         # an experiment: its diff
-        driver.find_element(By.LINK_TEXT, "e001").click()  # type: ignore[attr-defined]
+        driver.find_element(By.LINK_TEXT, "e001").click()
         diff = WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.ID, "diff")))
         assert "configs/arch.json" in diff.text and "+" in diff.text
-        assert driver.find_element(By.ID, "reproduce").text.strip()  # type: ignore[attr-defined]
+        assert driver.find_element(By.ID, "reproduce").text.strip()
         _shot(driver, tmp_path, "experiment")
 
         # the playground: a completion streams in, with its speed
-        driver.get(f"{base}/console/playground?model=tiny")  # type: ignore[attr-defined]
+        driver.get(f"{base}/console/playground?model=tiny")
         prompt = WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.ID, "prompt")))
         prompt.clear()
         prompt.send_keys("import os\ndef main(")
-        driver.find_element(By.ID, "max-tokens").clear()  # type: ignore[attr-defined]
-        driver.find_element(By.ID, "max-tokens").send_keys("24")  # type: ignore[attr-defined]
-        driver.find_element(By.ID, "generate").click()  # type: ignore[attr-defined]
+        driver.find_element(By.ID, "max-tokens").clear()
+        driver.find_element(By.ID, "max-tokens").send_keys("24")
+        driver.find_element(By.ID, "generate").click()
         WebDriverWait(driver, 300).until(lambda d: d.find_element(By.ID, "speed").get_attribute("data-done") == "yes")
-        speed = driver.find_element(By.ID, "speed").text  # type: ignore[attr-defined]
+        speed = driver.find_element(By.ID, "speed").text
         assert "tokens/s" in speed and "ms/token" in speed and "error" not in speed, speed
-        assert driver.find_element(By.ID, "generated").text  # type: ignore[attr-defined]
+        assert driver.find_element(By.ID, "generated").text
         _shot(driver, tmp_path, "playground")
     finally:
         _end(run)
