@@ -12,36 +12,7 @@ from agent.judge import Verdict
 from agent.plans import AnyPlan, DistillPlan, TrainPlan
 from agent.state import HistoryEntry
 from harness.model_code import read_code_record
-
-RESULT_COLUMNS = [
-    "experiment",
-    "commit",
-    "kind",
-    "decision",
-    "val_bpb",
-    "size_bytes_int8",
-    "latency_ms_p50",
-    "params",
-    "delta_bpb",
-    "noise_bpb",
-    "seed",
-    "arch",
-    "rationale",
-    "reason",
-    "planner",
-    "noise_source",
-]
-#: metrics.json key -> commit trailer of a kept experiment
-METRIC_TRAILERS = (
-    ("val_bpb", "val-bpb"),
-    ("size_bytes_int8", "size-int8-bytes"),
-    ("latency_ms_p50", "latency-ms-p50"),
-    ("latency_ms_spread", "latency-ms-spread"),
-    ("params", "params"),
-    ("humaneval_pass_at_1", "humaneval-pass-at-1"),
-    ("size_bytes_on_disk_int8", "size-on-disk-int8-bytes"),
-    ("val_bpb_change_pct", "bpb-change-pct"),
-)
+from harness.run_folder_layout import METRIC_TRAILERS, RESULT_COLUMNS  # shared with the readers (console)
 
 
 def metric_trailers(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from ccaa.claude_code import confinement_flags, editor_env, find_claude_binary
 from ccaa.editor import EditInstruction, Editor, EditorReport, EditorUnavailable, snapshot_tree
 from sandbox.environment import GUI_EDITOR, TOOL, child_env
+from sandbox.redact import contains_secret, redact, secret_values
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,30 @@ def grab_screen(path: Path) -> bytes:
         return bytes(shot.rgb)
 
 
+def mask_screenshot(png: Path, secrets: Sequence[str]) -> None:
+    """Black out every word of the screenshot that shows a key or a part of one (word boxes from tesseract's TSV
+    output). When no box can be found (no tesseract, or OCR split the key differently) the whole screen is blacked
+    out: a kept screenshot never shows a key."""
+    from PIL import Image, ImageDraw  # optional (the gui extra)
+
+    boxes = []
+    if shutil.which("tesseract") is not None:
+        proc = subprocess.run(
+            ["tesseract", str(png), "stdout", "tsv"], capture_output=True, text=True, env=child_env(TOOL), timeout=120
+        )
+        for line in proc.stdout.splitlines()[1:]:
+            cols = line.split("\t")
+            if len(cols) == 12 and cols[11].strip() and contains_secret(cols[11], secrets):
+                left, top, width, height = (int(c) for c in cols[6:10])
+                boxes.append((left - 2, top - 2, left + width + 2, top + height + 2))
+    with Image.open(png) as img:
+        masked = img.convert("RGB")
+    draw = ImageDraw.Draw(masked)
+    for box in boxes or [(0, 0, masked.width, masked.height)]:
+        draw.rectangle(box, fill="black")
+    masked.save(png)
+
+
 def is_blank(png: Path) -> bool:
     from PIL import Image  # optional (the gui extra)
 
@@ -365,8 +390,11 @@ class GuiEditor(Editor):
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        # keys the terminal's tool may print (Claude Code shows an API key's last 20 characters when it asks to use
+        # it): masked in the transcript's text and blacked out in the kept screenshots
+        secrets = secret_values(env) + secret_values()
         try:
-            return self._drive(gui, reader, term, workspace, instruction, shots, transcript)
+            return self._drive(gui, reader, term, workspace, instruction, shots, transcript, secrets)
         finally:
             kill_tree(term)
             if private_home is not None:
@@ -397,6 +425,7 @@ class GuiEditor(Editor):
         instruction: EditInstruction,
         shots: Path,
         transcript: Path,
+        secrets: Sequence[str] = (),
     ) -> EditorReport:
         deadline = time.monotonic() + (self.timeout_s or instruction.timeout_s)
         tree_before = snapshot_tree(workspace)
@@ -415,7 +444,7 @@ class GuiEditor(Editor):
                             "step": step,
                             "screenshot": png.name if png else None,
                             "action": action,
-                            "text": text,
+                            "text": redact(text, secrets),
                         }
                     )
                     + "\n"
@@ -430,6 +459,8 @@ class GuiEditor(Editor):
                 if changed:
                     last_pixels, last_change = pixels, time.monotonic()
                     text = reader.read(png)
+                    if contains_secret(text, secrets):
+                        mask_screenshot(png, secrets)
                 else:
                     png.unlink()
                 action = None

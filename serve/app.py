@@ -1,13 +1,13 @@
 """The one ASGI app ``autonas serve`` runs: the OpenAI-compatible model API (and, beside it, the web console).
 
-Safe by default: request bodies over :data:`MAX_BODY_BYTES` are refused before they are read into memory, every
+The console (``/console``, :mod:`serve.console_pages`) reads the runs folder and needs the same key. Safe by
+default: request bodies over :data:`MAX_BODY_BYTES` are refused before they are read into memory, every
 ``/v1`` route needs the API key when one is set (compared in constant time), and every error leaves as OpenAI's
 error body with a 4xx/5xx status while the server keeps serving.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve.console_auth import key_given
+from serve.console_pages import mount_console
 from serve.engine import EngineOptions
 from serve.openai_api import APIError, build_router
 from serve.openai_schema import error_body
@@ -86,12 +88,10 @@ async def _no_body() -> Message:
 
 
 def _key_check(api_key: str | None):  # noqa: ANN202 - a FastAPI dependency
+    """The bearer key, or the console's session cookie (the playground's requests carry that, never the key)."""
+
     async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        if not secrets.compare_digest(token.encode(), api_key.encode()):
+        if not key_given(request, api_key):
             raise APIError(401, "a valid API key is needed (Authorization: Bearer ...)", "authentication_error")
 
     return check
@@ -108,6 +108,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="AutoNAS-CodeLM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.registry = registry
     app.include_router(build_router(registry), dependencies=[Depends(_key_check(settings.api_key))])
+    mount_console(app, settings.runs_dir, settings.api_key, registry)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError) -> JSONResponse:

@@ -42,9 +42,10 @@ def check_bind(host: str, port: int) -> None:
 
 @user_errors
 def serve_command(
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Offer every run's kept model (RUN/best).")] = Path(
-        "runs"
-    ),
+    runs_dir: Annotated[
+        Path,
+        typer.Option("--runs-dir", help="Offer every run's kept model (RUN/best) and show the runs in the console."),
+    ] = Path("runs"),
     model: Annotated[
         list[str] | None, typer.Option("--model", help="Also offer this model folder: PATH or NAME=PATH (repeatable).")
     ] = None,
@@ -76,8 +77,12 @@ def serve_command(
         max_loaded_mb=max_loaded_mb,
         engine=EngineOptions(max_batch=max_batch, max_waiting=max_waiting),
     )
-    err_console.print(f"serving on http://{host}:{port}/v1 ({len(named)} named models, runs in {runs_dir})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    err_console.print(
+        f"serving on http://{host}:{port}/v1 ({len(named)} named models, runs in {runs_dir}); "
+        f"console at http://{host}:{port}/console/"
+    )
+    # a console page following a live run holds an event stream open: Ctrl-C ends it after a few seconds
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def register(app: typer.Typer) -> None:
