@@ -9,7 +9,6 @@ without ``run.json`` or ``results.tsv`` is refused in one line naming the missin
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import platform
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.settings import RunSettings
 from harness.errors import UserError, describe_validation_error
+from harness.run_folder_layout import read_results
 from nas.space import GENES, get_space
 from sandbox.workspace import run_git
 
@@ -96,15 +96,13 @@ def _number(text: str | None, kind: type) -> Any:
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    """results.tsv's complete rows (a last line still being written is left out)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        lines = lines[:-1]
-    rows = list(csv.DictReader(lines, delimiter="\t"))
-    if lines and not all(c in (rows[0].keys() if rows else lines[0].split("\t")) for c in REQUIRED_COLUMNS):
-        raise UserError(f"{path} has no {', '.join(REQUIRED_COLUMNS)} columns: a results file from another version")
-    return rows
+    """results.tsv's complete rows (:func:`harness.run_folder_layout.read_results`: a row being written is left
+    out); a file without the columns the paper needs is from another version."""
+    read = read_results(path)
+    missing = [c for c in REQUIRED_COLUMNS if c in read.missing_columns]
+    if missing and (read.rows or path.read_text(errors="replace").strip()):
+        raise UserError(f"{path} has no {', '.join(missing)} column: a results file from another version")
+    return read.rows
 
 
 def _trailers(workspace: Path, commit: str) -> dict[str, str]:
