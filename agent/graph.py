@@ -127,6 +127,7 @@ class ResearchAgent:
         t0 = time.monotonic()
         reason = stop_reason(self.s, state, self.ledger, self.run_dir)
         if reason:
+            PROGRESS.print(f"[bold]stopped:[/] {escape(reason)}")
             return {"done": True, "stop_reason": reason, **self._timed(t0)}
         history = state.get("history", [])
         repeat = scheduled_repeat(history)  # the loop's own repeats come before any planner's idea
