@@ -5,6 +5,10 @@ LangGraph's checkpointer serialises the pydantic models here (and rebuilds them 
 are registered with it (:data:`CHECKPOINT_TYPES`, used by :func:`agent.graph.open_checkpointer`). The history and
 the timers are reducer channels: a node returns only its own experiment or its own seconds, and LangGraph adds them.
 A checkpoint written by an older version (plans and history as plain dicts) is refused in one line, not resumed.
+
+Words (one per idea, as in :mod:`harness.run_files`): a worker's run that ended without a result is ``crashed`` (its
+metrics' ``status``, the text why in ``fail_reason``); the judge's decision for it is ``crash`` (results.tsv's
+``decision``); an entry's ``reason`` is the judge's justification of its decision, whatever the decision.
 """
 
 from __future__ import annotations

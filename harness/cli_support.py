@@ -130,23 +130,25 @@ class Outcome(Protocol):
     """What a training run ends with (``nas.train.Outcome`` and the distillation trainer's): a status and why."""
 
     status: str
-    reason: str
+    fail_reason: str
     metrics: dict[str, Any]
 
 
 def exit_unless_finished(outcome: Outcome, out_dir: Path) -> None:
     """An interrupted run exits 130 (rerun to resume), a capped or failed one 1 with its recorded reason."""
     if outcome.status == "interrupted":
-        err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
+        err_console.print(f"interrupted: {outcome.fail_reason}; run the same command to resume", highlight=False)
         raise typer.Exit(130)
     if outcome.status == "capped":
         err_console.print(
-            f"[bold red]stopped early:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False
+            f"[bold red]stopped early:[/] {outcome.fail_reason} (recorded in {out_dir / 'metrics.json'})",
+            highlight=False,
         )
         raise typer.Exit(1)
     if outcome.status != "ok":
         err_console.print(
-            f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False
+            f"[bold red]trial failed:[/] {outcome.fail_reason} (recorded in {out_dir / 'metrics.json'})",
+            highlight=False,
         )
         raise typer.Exit(1)
 

@@ -328,7 +328,7 @@ def _recover(
         extra_record={"recover_from": str(init), "recover_distill": teacher is not None},
     ).run()
     if outcome.status != "ok":
-        raise UserError(f"recovery fine-tune ended: {outcome.status} {outcome.reason}")
+        raise UserError(f"recovery fine-tune ended: {outcome.status} {outcome.fail_reason}")
     recovered = build_model(model.arch)
     load_model(recovered, str(rec_dir / "model.safetensors"))
     return recovered.eval()

@@ -12,17 +12,16 @@ import time
 import traceback
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeGuard, get_args
+from typing import Any, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.budget import parse_budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
-from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, read_metrics
+from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, Status, read_metrics
 from nas.space import ArchConfig
 
-Status = Literal["ok", "diverged", "capped", "failed", "timeout", "crashed", "interrupted"]
 RESULT_FILES = (METRICS_FILE, "log.txt", "arch.json", "run.json")
 
 
@@ -58,8 +57,8 @@ class TrialResult(BaseModel):
 
     number: int
     stage: int
-    status: Status
-    reason: str = ""
+    status: Status  # the words of metrics.json (harness.run_files)
+    fail_reason: str = ""
     metrics: dict[str, Any] = {}
     run_s: float = 0.0  # time inside run_trial (training + eval + set-up in the worker)
     files: dict[str, str] = {}  # small result files, for executors whose workers do not share the disk
@@ -87,12 +86,12 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     t0 = time.perf_counter()
     out = Path(spec.out_dir)
 
-    def result(status: Status, reason: str = "", metrics: dict[str, Any] | None = None) -> TrialResult:
+    def result(status: Status, fail_reason: str = "", metrics: dict[str, Any] | None = None) -> TrialResult:
         return TrialResult(
             number=spec.number,
             stage=spec.stage,
             status=status,
-            reason=reason,
+            fail_reason=fail_reason,
             metrics=metrics or {},
             run_s=time.perf_counter() - t0,
             files=_read_files(out) if include_files else {},
@@ -102,8 +101,8 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     if (out / METRICS_FILE).exists() or (out / METRICS_FILE).is_symlink():
         try:
             saved = read_metrics(out / METRICS_FILE)
-        except RunFileError as err:  # not what the trainer writes: the trial failed, it is not retrained over
-            return result("failed", str(err))
+        except RunFileError as err:  # not what the trainer writes: the trial crashed, it is not retrained over
+            return result("crashed", str(err))
         return result(saved.status, saved.fail_reason, saved.flat())
     try:
         corpus = cached_corpus(spec.corpus, spec.tokenizer)
@@ -121,12 +120,12 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         prepare_run_dir(out)
         outcome = Trainer(spec.arch, corpus, cfg, out, spec.corpus, spec.tokenizer, log_to_console=False).run()
     except UserError as err:
-        return result("failed", str(err))
+        return result("crashed", str(err))
     except (RuntimeError, MemoryError) as err:  # CUDA / CPU out of memory, shape errors of exotic configs
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         kind = "out of memory" if "out of memory" in text.lower() or isinstance(err, MemoryError) else "runtime error"
         (out / "error.txt").write_text(traceback.format_exc()) if out.is_dir() else None
-        return result("failed", f"{kind}: {text[:300]}")
+        return result("crashed", f"{kind}: {text[:300]}")
     if not _is_status(outcome.status):
         raise ValueError(f"the trainer ended with an unknown status {outcome.status!r}")
-    return result(outcome.status, outcome.reason, outcome.metrics)
+    return result(outcome.status, outcome.fail_reason, outcome.metrics)
