@@ -26,6 +26,7 @@ from rich.markup import escape
 
 from agent.confining import experiment_confinement, harness_scored, prepare_shared_cache, trusted_scoring
 from agent.editing import apply_code_change, edit_summary, worker_env
+from agent.edits import EditSummary
 from agent.goal import Goal, parse_goal
 from agent.judge import Verdict, judge, noise_estimate, settle_latency
 from agent.limits import experiment_limits, stop_reason
@@ -46,6 +47,7 @@ from agent.state import (
     CHECKPOINT_TYPES,
     AgentState,
     HistoryEntry,
+    current_edit,
     model_runs,
     noise_margin,
     refuse_old_state,
@@ -187,7 +189,7 @@ class ResearchAgent:
         configs = BuiltinEditor(watch=()).edit(ws.root, EditInstruction(files=plan.config_files(exp_id)))
         if not configs.ok:
             return {
-                "edit": {"ok": False, "editor": "builtin", "error": f"builtin: {configs.error}", "cost_usd": 0.0},
+                "edit": EditSummary(ok=False, editor="builtin", error=f"builtin: {configs.error}"),
                 **self._timed(t0),
             }
         if not plan.code_change:
@@ -257,9 +259,9 @@ class ResearchAgent:
                 **self._timed(t0),
             }
 
-        edit = state.get("edit")
-        if edit and not edit["ok"]:
-            return failed(f"edit failed: {edit['error']}")
+        edit = current_edit(state)
+        if edit and not edit.ok:
+            return failed(f"edit failed: {edit.error}")
         try:
             cmd, timeout = self._command(plan, out, state)
         except UserError as err:  # e.g. the teacher's run folder is gone
@@ -416,7 +418,7 @@ class ResearchAgent:
             decision=decision,
             reason=verdict.reason,
             commit=commit,
-            edit=state.get("edit"),
+            edit=current_edit(state),
             run_dir=state.get("run_dir"),
             worker_s=state.get("exp_worker_s"),
             val_bpb=metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
@@ -454,12 +456,12 @@ class ResearchAgent:
         run_dir = state.get("run_dir")
         if run_dir and (Path(run_dir) / COMMAND_FILE).is_file():
             body += f"\n\nCommand: {WorkerCommand.load(Path(run_dir)).display()}"
-        edit = state.get("edit")
-        if edit and edit.get("ok"):
-            body += f"\n\nCode change ({edit['editor']}): {plan.code_change}\nFiles: {', '.join(edit['files'])}"
-            trailers["editor"] = edit["editor"]
-            if edit.get("cost_usd"):
-                trailers["edit-cost-usd"] = edit["cost_usd"]
+        edit = current_edit(state)
+        if edit and edit.ok:
+            body += f"\n\nCode change ({edit.editor}): {plan.code_change}\nFiles: {', '.join(edit.files)}"
+            trailers["editor"] = edit.editor
+            if edit.cost_usd:
+                trailers["edit-cost-usd"] = edit.cost_usd
         commit = ws.commit_experiment(plan.title(), body, trailers)
         if run_dir and plan.is_model:
             stamp_commit(Path(run_dir), commit)
