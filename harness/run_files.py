@@ -124,6 +124,14 @@ class RunMetrics(BaseModel):
         return {k: v for k, v in self.model_dump(exclude_unset=True).items() if not (k in typed and v is None)}
 
 
+def outcome_fail_reason(outcome: object) -> str:
+    """The failure text of a trainer's outcome (``nas.train.TrainOutcome``). The trainer is editable model code, and a
+    run's workspace or a model's carried code may hold a copy from before the field was named ``fail_reason``: its
+    ``reason`` is read the same."""
+    text = getattr(outcome, "fail_reason", None)
+    return str(text if text is not None else getattr(outcome, "reason", ""))
+
+
 def current_status(word: str) -> str:
     """A status as today's word (an old one mapped, see :data:`OLD_STATUS`; any other as it is)."""
     return OLD_STATUS.get(word, word)

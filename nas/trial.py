@@ -16,11 +16,10 @@ from typing import Any, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.budget import parse_budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
-from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, Status, read_metrics
-from nas.space import ArchConfig
+from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, Status, outcome_fail_reason, read_metrics
+from nas.request import TrainRequest
 
 RESULT_FILES = (METRICS_FILE, "log.txt", "arch.json", "run.json")
 
@@ -30,21 +29,17 @@ def _is_status(text: str) -> TypeGuard[Status]:
     return text in get_args(Status)
 
 
-class TrialSpec(BaseModel):
-    """Everything a worker needs to run a trial (JSON-serialisable, sent across processes/machines)."""
+class TrialSpec(TrainRequest):
+    """Everything a worker needs to run a trial: the training request (arch, budget, lr, batch size, seed) and where
+    and how it runs (flat JSON, sent across processes/machines)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     number: int
     stage: int = Field(1, ge=1)
-    arch: ArchConfig
-    budget: str
     out_dir: str
     corpus: CorpusSpec = CorpusSpec()
     tokenizer: str = "byte"
-    batch_size: int = 16
-    lr: float = 3e-3
-    seed: int = 0
     device: str = "auto"
     eval_bytes: int = EVAL_BYTES
     time_limit_s: float | None = None
@@ -81,7 +76,7 @@ def _read_files(out: Path) -> dict[str, str]:
 def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     """Train ``spec.arch`` for ``spec.budget`` into ``spec.out_dir``; never raises for a bad trial."""
     # deliberate: nas.train imports torch; this module's TrialSpec/TrialResult are read by light processes
-    from nas.train import TrainConfig, Trainer, prepare_run_dir
+    from nas.train import Trainer, prepare_run_dir
 
     t0 = time.perf_counter()
     out = Path(spec.out_dir)
@@ -106,11 +101,7 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         return result(saved.status, saved.fail_reason, saved.flat())
     try:
         corpus = cached_corpus(spec.corpus, spec.tokenizer)
-        cfg = TrainConfig.from_budget(
-            parse_budget(spec.budget),
-            batch_size=spec.batch_size,
-            lr=spec.lr,
-            seed=spec.seed,
+        cfg = spec.train_config(
             device=spec.device,
             eval_bytes=spec.eval_bytes,
             measure_latency=spec.measure_latency,
@@ -128,4 +119,4 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         return result("crashed", f"{kind}: {text[:300]}")
     if not _is_status(outcome.status):
         raise ValueError(f"the trainer ended with an unknown status {outcome.status!r}")
-    return result(outcome.status, outcome.fail_reason, outcome.metrics)
+    return result(outcome.status, outcome_fail_reason(outcome), outcome.metrics)

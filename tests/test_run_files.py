@@ -367,3 +367,17 @@ def test_an_old_metrics_file_saying_failed_reads_as_crashed(tmp_path: Path) -> N
     assert m.flat() == {"status": "crashed", "fail_reason": "out of memory: CUDA", "kind": "train"}
     with pytest.raises(RunFileError, match="status"):  # an unknown word is still refused
         parse_metrics('{"status": "exploded"}')
+
+
+def test_a_trainers_failure_text_reads_from_an_older_copy_of_the_trainer() -> None:
+    from types import SimpleNamespace
+
+    from harness.run_files import outcome_fail_reason
+
+    # nas/train.py is editable: a workspace or a model's carried code may hold a copy whose outcome says ``reason``
+    assert (
+        outcome_fail_reason(SimpleNamespace(status="capped", reason="wall-clock cap", metrics={})) == "wall-clock cap"
+    )
+    assert outcome_fail_reason(SimpleNamespace(status="diverged", fail_reason="loss became nan", metrics={})) == (
+        "loss became nan"
+    )
