@@ -251,9 +251,9 @@ class ResearchAgent:
         out = Path("runs") / exp_id  # relative to the workspace, ignored by git
         (ws.root / out).mkdir(parents=True, exist_ok=True)
 
-        def failed(reason: str) -> dict[str, Any]:  # the experiment fails with the reason, the run goes on
+        def crashed(fail_reason: str) -> dict[str, Any]:  # the experiment crashes with the reason, the run goes on
             return {
-                "metrics": RunMetrics.failure("crashed", reason).flat(),
+                "metrics": RunMetrics.failure("crashed", fail_reason).flat(),
                 "run_dir": str(ws.root / out),
                 "exp_worker_s": 0.0,
                 **self._timed(t0),
@@ -261,11 +261,11 @@ class ResearchAgent:
 
         edit = current_edit(state)
         if edit and not edit.ok:
-            return failed(f"edit failed: {edit.error}")
+            return crashed(f"edit failed: {edit.error}")
         try:
             cmd, timeout = self._command(plan, out, state)
         except UserError as err:  # e.g. the teacher's run folder is gone
-            return failed(str(err))
+            return crashed(str(err))
         cmd += plan.continuation(ws.root / out)
         log = ws.root / out / "worker.log"
         try:
@@ -284,7 +284,7 @@ class ResearchAgent:
                 confinement=confinement,
             )
         except (ConfinementUnavailable, UserError) as err:
-            return failed(str(err))
+            return crashed(str(err))
         # what re-makes this result, written by us after the worker is gone (its own copies are not trusted)
         stored_command(cmd, out, timeout, ws.has_code()).save(ws.root / out)
         if plan.is_model and (ws.root / out / "model.safetensors").is_file():

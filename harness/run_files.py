@@ -113,9 +113,9 @@ class RunMetrics(BaseModel):
         return self
 
     @classmethod
-    def failure(cls, status: Status, reason: str) -> RunMetrics:
+    def failure(cls, status: Status, fail_reason: str) -> RunMetrics:
         """The metrics of a run that produced none of its own (the reason cut to fit the contract)."""
-        return cls(status=status, fail_reason=_one_line(reason, MAX_STRING_CHARS))
+        return cls(status=status, fail_reason=_one_line(fail_reason, MAX_STRING_CHARS))
 
     def flat(self) -> dict[str, Any]:
         """The keys the run wrote, as a plain dict (what the agent keeps in its state). A typed key written as
