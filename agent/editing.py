@@ -13,8 +13,8 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from agent.edits import EditAttempt, EditSummary
 from agent.plans import AnyPlan
 from agent.prompting import Prompts
 from agent.settings import RunSettings
@@ -107,9 +107,9 @@ def code_instruction(
 def replay_patch(history: list[HistoryEntry], code_change: str) -> Path | None:
     """The stored diff of an earlier experiment whose editor made this same code change (an absolute path)."""
     for h in reversed(history):
-        edit = h.edit or {}
-        if h.plan.code_change == code_change and edit.get("ok") and edit.get("patch") and Path(edit["patch"]).is_file():
-            return Path(edit["patch"]).resolve()
+        edit = h.edit
+        if h.plan.code_change == code_change and edit and edit.ok and edit.patch and Path(edit.patch).is_file():
+            return Path(edit.patch).resolve()
     return None
 
 
@@ -175,30 +175,30 @@ def apply_code_change(
     return results
 
 
-def edit_summary(results: list[EditResult], log_dir: Path) -> dict[str, Any]:
-    """A checkpoint-friendly record of the attempts (plain JSON)."""
+def edit_summary(results: list[EditResult], log_dir: Path) -> EditSummary:
+    """The checkpointed record of the attempts (the last one decides)."""
     last = results[-1]
     error = None if last.ok else "; ".join(f"{r.editor}: {r.error}" for r in results)
-    return {
-        "ok": last.ok,
-        "editor": last.editor,
-        "files": list(last.files_changed),
-        "error": error,
-        "cost_usd": sum(r.cost_usd for r in results),
-        "turns": last.turns,
-        "session_id": last.session_id,
-        "patch": str((log_dir / PATCH_NAME).resolve()) if last.ok else None,
-        "attempts": [
-            {
-                "editor": r.editor,
-                "ok": r.ok,
-                "error": r.error,
-                "wall_s": round(r.wall_s, 2),
-                "transcript": str(r.transcript) if r.transcript else None,
-            }
+    return EditSummary(
+        ok=last.ok,
+        editor=last.editor,
+        files=list(last.files_changed),
+        error=error,
+        cost_usd=sum(r.cost_usd for r in results),
+        turns=last.turns,
+        session_id=last.session_id,
+        patch=str((log_dir / PATCH_NAME).resolve()) if last.ok else None,
+        attempts=[
+            EditAttempt(
+                editor=r.editor,
+                ok=r.ok,
+                error=r.error,
+                wall_s=round(r.wall_s, 2),
+                transcript=str(r.transcript) if r.transcript else None,
+            )
             for r in results
         ],
-    }
+    )
 
 
 def worker_env(workspace_has_code: bool, workspace: Path, base: Mapping[str, str]) -> dict[str, str]:

@@ -26,6 +26,7 @@ from rich.markup import escape
 
 from agent.confining import experiment_confinement, harness_scored, prepare_shared_cache, trusted_scoring
 from agent.editing import apply_code_change, edit_summary, worker_env
+from agent.edits import EditSummary
 from agent.goal import Goal, parse_goal
 from agent.judge import Verdict, judge, noise_estimate, settle_latency
 from agent.limits import experiment_limits, stop_reason
@@ -46,6 +47,7 @@ from agent.state import (
     CHECKPOINT_TYPES,
     AgentState,
     HistoryEntry,
+    current_edit,
     model_runs,
     noise_margin,
     refuse_old_state,
@@ -127,6 +129,7 @@ class ResearchAgent:
         t0 = time.monotonic()
         reason = stop_reason(self.s, state, self.ledger, self.run_dir)
         if reason:
+            PROGRESS.print(f"[bold]stopped:[/] {escape(reason)}")
             return {"done": True, "stop_reason": reason, **self._timed(t0)}
         history = state.get("history", [])
         repeat = scheduled_repeat(history)  # the loop's own repeats come before any planner's idea
@@ -186,7 +189,7 @@ class ResearchAgent:
         configs = BuiltinEditor(watch=()).edit(ws.root, EditInstruction(files=plan.config_files(exp_id)))
         if not configs.ok:
             return {
-                "edit": {"ok": False, "editor": "builtin", "error": f"builtin: {configs.error}", "cost_usd": 0.0},
+                "edit": EditSummary(ok=False, editor="builtin", error=f"builtin: {configs.error}"),
                 **self._timed(t0),
             }
         if not plan.code_change:
@@ -248,21 +251,21 @@ class ResearchAgent:
         out = Path("runs") / exp_id  # relative to the workspace, ignored by git
         (ws.root / out).mkdir(parents=True, exist_ok=True)
 
-        def failed(reason: str) -> dict[str, Any]:  # the experiment fails with the reason, the run goes on
+        def crashed(fail_reason: str) -> dict[str, Any]:  # the experiment crashes with the reason, the run goes on
             return {
-                "metrics": RunMetrics.failure("crashed", reason).flat(),
+                "metrics": RunMetrics.failure("crashed", fail_reason).flat(),
                 "run_dir": str(ws.root / out),
                 "exp_worker_s": 0.0,
                 **self._timed(t0),
             }
 
-        edit = state.get("edit")
-        if edit and not edit["ok"]:
-            return failed(f"edit failed: {edit['error']}")
+        edit = current_edit(state)
+        if edit and not edit.ok:
+            return crashed(f"edit failed: {edit.error}")
         try:
             cmd, timeout = self._command(plan, out, state)
         except UserError as err:  # e.g. the teacher's run folder is gone
-            return failed(str(err))
+            return crashed(str(err))
         cmd += plan.continuation(ws.root / out)
         log = ws.root / out / "worker.log"
         try:
@@ -281,7 +284,7 @@ class ResearchAgent:
                 confinement=confinement,
             )
         except (ConfinementUnavailable, UserError) as err:
-            return failed(str(err))
+            return crashed(str(err))
         # what re-makes this result, written by us after the worker is gone (its own copies are not trusted)
         stored_command(cmd, out, timeout, ws.has_code()).save(ws.root / out)
         if plan.is_model and (ws.root / out / "model.safetensors").is_file():
@@ -415,7 +418,7 @@ class ResearchAgent:
             decision=decision,
             reason=verdict.reason,
             commit=commit,
-            edit=state.get("edit"),
+            edit=current_edit(state),
             run_dir=state.get("run_dir"),
             worker_s=state.get("exp_worker_s"),
             val_bpb=metrics.get("val_bpb") if isinstance(metrics.get("val_bpb"), float) else None,
@@ -453,12 +456,12 @@ class ResearchAgent:
         run_dir = state.get("run_dir")
         if run_dir and (Path(run_dir) / COMMAND_FILE).is_file():
             body += f"\n\nCommand: {WorkerCommand.load(Path(run_dir)).display()}"
-        edit = state.get("edit")
-        if edit and edit.get("ok"):
-            body += f"\n\nCode change ({edit['editor']}): {plan.code_change}\nFiles: {', '.join(edit['files'])}"
-            trailers["editor"] = edit["editor"]
-            if edit.get("cost_usd"):
-                trailers["edit-cost-usd"] = edit["cost_usd"]
+        edit = current_edit(state)
+        if edit and edit.ok:
+            body += f"\n\nCode change ({edit.editor}): {plan.code_change}\nFiles: {', '.join(edit.files)}"
+            trailers["editor"] = edit.editor
+            if edit.cost_usd:
+                trailers["edit-cost-usd"] = edit.cost_usd
         commit = ws.commit_experiment(plan.title(), body, trailers)
         if run_dir and plan.is_model:
             stamp_commit(Path(run_dir), commit)

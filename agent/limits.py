@@ -15,6 +15,10 @@ from agent.settings import RunSettings
 from agent.state import AgentState, HistoryEntry
 from harness.budget import parse_budget
 
+#: the floor of an experiment's wall clock before one has finished: a worker's start-up (Python, torch, the corpus)
+#: and one evaluation of a model; deliberately low, so that only a run with seconds left stops on it
+MIN_EXPERIMENT_S = 15.0
+
 
 def gpu_count() -> int:
     import torch  # deliberate: the agent process needs torch only to count GPUs for --max-gpu-hours
@@ -40,9 +44,23 @@ def stop_reason(settings: RunSettings, state: AgentState, ledger: CostLedger, ru
     ):
         return f"{s.max_gpu_hours:g} GPU-hours spent"
     remaining = s.budget_s - state.get("elapsed_s", 0.0)
-    if remaining < 0.5 * expected_experiment_s(s.experiment_budget, state.get("history", [])):
-        return "too little time left for another experiment"
+    history = state.get("history", [])
+    shortest, measured = shortest_experiment_s(history)
+    if remaining < shortest:
+        what = "the shortest experiment so far" if measured else "a worker's start-up and one evaluation"
+        return f"{max(remaining, 0.0):.0f} s left, shorter than {what} ({shortest:.0f} s)"
+    expected = expected_experiment_s(s.experiment_budget, history)
+    if remaining < 0.5 * expected:
+        return f"{max(remaining, 0.0):.0f} s left, less than half a model experiment ({expected:.0f} s)"
     return None
+
+
+def shortest_experiment_s(history: list[HistoryEntry]) -> tuple[float, bool]:
+    """The least wall clock any experiment can take, and whether it was measured: the shortest worker of an
+    experiment that finished (of any kind; one that crashed, often at its wall cap, says nothing about how long
+    a finished one takes), else :data:`MIN_EXPERIMENT_S`. Planning one with less time left only makes a crash."""
+    walls = [h.worker_s for h in history if h.decision != "crash" and h.worker_s]
+    return (min(walls), True) if walls else (MIN_EXPERIMENT_S, False)
 
 
 def expected_experiment_s(experiment_budget: str, history: list[HistoryEntry]) -> float:

@@ -25,18 +25,18 @@ from harness.budget import Budget, parse_budget
 from harness.errors import UserError, describe_validation_error
 from nas import validate
 from nas.objectives import parse_objectives
+from nas.request import TrainRequest
 from nas.space import ArchConfig, ArchConstraints, get_space
 from nas.validate import MAX_SEED
 
 
-class TrainConfigPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrainConfigPlan(TrainRequest):
+    """A ``train`` plan's config: the training request (:class:`nas.request.TrainRequest`, the same JSON), within a
+    planner's bounds. A budget left out becomes the run's experiment budget (:meth:`PlanBase.default_budgets`)."""
 
-    arch: ArchConfig
-    budget: str = "60s"
+    budget: str = Field("60s", description="wall clock (60s) or tokens (500ktok), of the kind of the run's")
     lr: float = Field(3e-3, gt=0, lt=1)
     batch_size: int = Field(16, ge=1, le=512)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class SearchConfigPlan(BaseModel):
@@ -52,22 +52,16 @@ class SearchConfigPlan(BaseModel):
     max_latency_ms: float | None = Field(None, gt=0)
 
 
-class DistillConfigPlan(BaseModel):
-    """Distil an earlier experiment's model (the teacher) into a student architecture ``arch``."""
-
-    model_config = ConfigDict(extra="forbid")
+class DistillConfigPlan(TrainConfigPlan):
+    """Distil an earlier experiment's model (the teacher) into a student architecture ``arch``: the training request
+    of a ``train`` plan, plus the teacher and the loss."""
 
     teacher: str = Field(
         "incumbent", description="'incumbent' or the id of a finished train/distill experiment, e.g. e003"
     )
-    arch: ArchConfig
     loss: Literal["fkl", "rkl", "skl", "srkl"] = "fkl"
     temperature: float = Field(1.0, gt=0, le=10)
     ce_weight: float = Field(0.5, ge=0, le=1)
-    budget: str = "60s"
-    lr: float = Field(3e-3, gt=0, lt=1)
-    batch_size: int = Field(16, ge=1, le=512)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class EvalConfigPlan(BaseModel):

@@ -5,6 +5,10 @@ LangGraph's checkpointer serialises the pydantic models here (and rebuilds them 
 are registered with it (:data:`CHECKPOINT_TYPES`, used by :func:`agent.graph.open_checkpointer`). The history and
 the timers are reducer channels: a node returns only its own experiment or its own seconds, and LangGraph adds them.
 A checkpoint written by an older version (plans and history as plain dicts) is refused in one line, not resumed.
+
+Words (one per idea, as in :mod:`harness.run_files`): a worker's run that ended without a result is ``crashed`` (its
+metrics' ``status``, the text why in ``fail_reason``); the judge's decision for it is ``crash`` (results.tsv's
+``decision``); an entry's ``reason`` is the judge's justification of its decision, whatever the decision.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Annotated, Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict
 
+from agent.edits import EditSummary
 from agent.judge import MIN_NOISE, Decision, Verdict
 from agent.plans import PLAN_CLASSES, AnyPlan, Plan
 from harness.errors import UserError
@@ -31,7 +36,7 @@ class HistoryEntry(BaseModel):
     reason: str = ""
     planner: str = "offline"
     commit: str = ""
-    edit: dict[str, Any] | None = None  # agent.editing.edit_summary: the attempts of the code edit, if any
+    edit: EditSummary | None = None  # the attempts of the code edit, if any
     run_dir: str | None = None
     worker_s: float | None = None
     val_bpb: float | None = None
@@ -54,7 +59,7 @@ class AgentState(TypedDict, total=False):
     metrics: dict[str, Any] | None  # the experiment's flat metrics.json (a file contract), as scored by the harness
     exp_worker_s: float | None
     verdict: Verdict | None
-    edit: dict[str, Any] | None
+    edit: EditSummary | None
     history: Annotated[list[HistoryEntry], operator.add]
     incumbent: HistoryEntry | None
     noise: float | None
@@ -67,7 +72,7 @@ class AgentState(TypedDict, total=False):
 
 #: the classes the checkpointer may rebuild, ``(module, name)`` as langgraph's ``allowed_msgpack_modules`` wants them:
 #: the models the state holds at its top level (nested ones, a plan's config, are stored in their parent's dump)
-_CHECKPOINT_CLASSES: tuple[type, ...] = (*PLAN_CLASSES, Verdict, HistoryEntry)
+_CHECKPOINT_CLASSES: tuple[type, ...] = (*PLAN_CLASSES, Verdict, HistoryEntry, EditSummary)
 CHECKPOINT_TYPES: tuple[tuple[str, str], ...] = tuple((cls.__module__, cls.__name__) for cls in _CHECKPOINT_CLASSES)
 
 
@@ -84,6 +89,13 @@ def refuse_old_state(state: AgentState, run_id: str) -> None:
             f"run {run_id} was checkpointed by an older version of autonas, whose state this one cannot "
             "resume: start a new run (its workspace, results.tsv and commits stay as they are)"
         )
+
+
+def current_edit(state: AgentState) -> EditSummary | None:
+    """The experiment's edit summary; a checkpoint of an earlier version holds it as a dict of the same keys, read
+    as the model (so a run killed between its edit and its record still resumes)."""
+    edit: Any = state.get("edit")
+    return EditSummary.model_validate(edit) if isinstance(edit, dict) else edit
 
 
 def model_runs(history: list[HistoryEntry]) -> dict[str, str]:

@@ -89,7 +89,7 @@ def main() -> None:
         trained = sum(
             v
             for k, v in summary["counts"].items()
-            if k.startswith("stage1_") and k.split("_", 1)[1] in ("ok", "diverged", "failed")
+            if k.startswith("stage1_") and k.split("_", 1)[1] in ("ok", "diverged", "crashed")
         )
     rows.append(
         {

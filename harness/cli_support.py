@@ -28,6 +28,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from harness.errors import UserError, describe_validation_error
+from harness.run_files import outcome_fail_reason
 
 err_console = Console(stderr=True)
 console = Console()
@@ -129,24 +130,26 @@ class OneLineErrors(TyperGroup):
 class Outcome(Protocol):
     """What a training run ends with (``nas.train.Outcome`` and the distillation trainer's): a status and why."""
 
-    status: str
-    reason: str
+    status: str  # its failure text is read with harness.run_files.outcome_fail_reason
     metrics: dict[str, Any]
 
 
 def exit_unless_finished(outcome: Outcome, out_dir: Path) -> None:
     """An interrupted run exits 130 (rerun to resume), a capped or failed one 1 with its recorded reason."""
+    fail_reason = outcome_fail_reason(outcome)
     if outcome.status == "interrupted":
-        err_console.print(f"interrupted: {outcome.reason}; run the same command to resume", highlight=False)
+        err_console.print(f"interrupted: {fail_reason}; run the same command to resume", highlight=False)
         raise typer.Exit(130)
     if outcome.status == "capped":
         err_console.print(
-            f"[bold red]stopped early:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False
+            f"[bold red]stopped early:[/] {fail_reason} (recorded in {out_dir / 'metrics.json'})",
+            highlight=False,
         )
         raise typer.Exit(1)
     if outcome.status != "ok":
         err_console.print(
-            f"[bold red]trial failed:[/] {outcome.reason} (recorded in {out_dir / 'metrics.json'})", highlight=False
+            f"[bold red]trial failed:[/] {fail_reason} (recorded in {out_dir / 'metrics.json'})",
+            highlight=False,
         )
         raise typer.Exit(1)
 

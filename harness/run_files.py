@@ -10,6 +10,17 @@ A run folder may have been written by edited, untrusted code: the reader follows
 regular file (a FIFO is refused without blocking), caps the size, refuses NaN / infinity, nesting and
 over-long strings, and ends every refusal in one line (:class:`RunFileError`, a :class:`UserError`).
 
+One word per idea, in code and in every file:
+
+- a run's outcome is its ``status`` (:data:`Status`); a run that ended without a result of its own (an exception,
+  a worker that died, a file it wrote wrong) is ``crashed``. Earlier versions also said ``failed``: the reader
+  maps it (:data:`OLD_STATUS`), nothing writes it.
+- the text that says why a run did not end ``ok`` is ``fail_reason`` (metrics.json, a trial's result, a search
+  trial's stored attributes, the search's results.tsv).
+- the agent's judge decides ``keep``, ``discard``, ``close``, ``repeat`` or ``crash`` (results.tsv's ``decision``,
+  as in autoresearch); a judge's ``reason`` is the verdict's justification, whatever the decision, not a failure
+  text.
+
 ``EVAL_BYTES`` is the one default for how many validation bytes a bits-per-byte figure is scored on, so
 figures from ``train``, ``search``, ``distill``, ``compress`` and the agent are comparable. It lives here,
 not beside ``evaluate_bpb``, because the command lines read it before torch is imported.
@@ -45,7 +56,9 @@ MAX_STRING_CHARS = 4_096  # room for a path (PATH_MAX) or a one-line failure rea
 MAX_INT = 2**63 - 1  # what every JSON reader (and SQLite, pandas) holds exactly enough
 KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 
-Status = Literal["ok", "failed", "crashed", "diverged", "capped", "timeout", "interrupted"]
+Status = Literal["ok", "crashed", "diverged", "capped", "timeout", "interrupted"]
+#: statuses of earlier versions -> today's word (an old run folder or search storage still reads)
+OLD_STATUS: dict[str, Status] = {"failed": "crashed"}
 Kind = Literal["train", "search", "distill", "compress", "eval"]
 Number = Annotated[float, Field(allow_inf_nan=False, ge=0)]
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
@@ -79,6 +92,13 @@ class RunMetrics(BaseModel):
     tokens_trained: Count | None = None
     seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_status(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("status"), str) and data["status"] in OLD_STATUS:
+            return {**data, "status": OLD_STATUS[data["status"]]}
+        return data
+
     @model_validator(mode="after")
     def _flat_extras(self) -> RunMetrics:
         extra = self.model_extra or {}
@@ -93,15 +113,28 @@ class RunMetrics(BaseModel):
         return self
 
     @classmethod
-    def failure(cls, status: Status, reason: str) -> RunMetrics:
+    def failure(cls, status: Status, fail_reason: str) -> RunMetrics:
         """The metrics of a run that produced none of its own (the reason cut to fit the contract)."""
-        return cls(status=status, fail_reason=_one_line(reason, MAX_STRING_CHARS))
+        return cls(status=status, fail_reason=_one_line(fail_reason, MAX_STRING_CHARS))
 
     def flat(self) -> dict[str, Any]:
         """The keys the run wrote, as a plain dict (what the agent keeps in its state). A typed key written as
         null reads as absent, so ``metrics.get("latency_ms_p50", 0)`` is always a number."""
         typed = type(self).model_fields
         return {k: v for k, v in self.model_dump(exclude_unset=True).items() if not (k in typed and v is None)}
+
+
+def outcome_fail_reason(outcome: object) -> str:
+    """The failure text of a trainer's outcome (``nas.train.TrainOutcome``). The trainer is editable model code, and a
+    run's workspace or a model's carried code may hold a copy from before the field was named ``fail_reason``: its
+    ``reason`` is read the same."""
+    text = getattr(outcome, "fail_reason", None)
+    return str(text if text is not None else getattr(outcome, "reason", ""))
+
+
+def current_status(word: str) -> str:
+    """A status as today's word (an old one mapped, see :data:`OLD_STATUS`; any other as it is)."""
+    return OLD_STATUS.get(word, word)
 
 
 def _flat_problem(value: Any) -> str:

@@ -29,7 +29,7 @@ from harness.budget import Budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.metrics import CachedLanguageModel, evaluate_bpb, measure_latency
-from harness.run_files import EVAL_BYTES, append_log, write_metrics
+from harness.run_files import EVAL_BYTES, append_log, outcome_fail_reason, write_metrics
 from kernels.onnx_export import OnnxDecoder, check_against_torch, export_decode_step, quantize_onnx_int8
 from kernels.prune import (
     SEMI_STRUCTURED_DTYPE,
@@ -363,7 +363,7 @@ def _recover(
         extra_record={"recover_from": str(init), "recover_distill": teacher is not None},
     ).run()
     if outcome.status != "ok":
-        raise UserError(f"recovery fine-tune ended: {outcome.status} {outcome.reason}")
+        raise UserError(f"recovery fine-tune ended: {outcome.status} {outcome_fail_reason(outcome)}")
     recovered = build_model(model.arch)
     load_model(recovered, str(rec_dir / "model.safetensors"))
     return recovered.eval()

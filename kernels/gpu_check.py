@@ -339,7 +339,7 @@ def _train(
     ctx.shared.pop("watch_log", None)
     m = outcome.metrics
     if outcome.status != "ok":
-        raise RuntimeError(f"trainer status {outcome.status}: {outcome.reason}")
+        raise RuntimeError(f"trainer status {outcome.status}: {outcome.fail_reason}")
     tps = float(m["tokens_per_s"])
     flops = 3 * flops_per_token(arch)  # forward + backward, attention at the average position
     figures = {
@@ -688,7 +688,7 @@ def _one_gpu_trial(ex: Any, spec: Any, what: str, t0: float) -> tuple[Any, dict[
         "latency_ms_p50": r.metrics.get("latency_ms_p50"),
     }
     if r.status != "ok":
-        raise RuntimeError(f"trial {r.status}: {r.reason}")
+        raise RuntimeError(f"trial {r.status}: {r.fail_reason}")
     if not str(r.metrics.get("device", "")).startswith("cuda"):
         raise RuntimeError(f"the {what} ran on {r.metrics.get('device')!r}, not on the GPU")
     return r, figures

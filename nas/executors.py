@@ -157,7 +157,7 @@ class LocalExecutor:
             number=spec.number,
             stage=spec.stage,
             status=status,
-            reason=reason,
+            fail_reason=reason,
             run_s=time.monotonic() - worker.started,
         )
 
@@ -314,7 +314,7 @@ class RayExecutor:
                     number=spec.number,
                     stage=spec.stage,
                     status="crashed",
-                    reason=f"ray task failed: {first[:300]}",
+                    fail_reason=f"ray task failed: {first[:300]}",
                     run_s=time.monotonic() - start,
                 )
             _write_missing_files(spec, result)
@@ -328,7 +328,7 @@ class RayExecutor:
                         number=spec.number,
                         stage=spec.stage,
                         status="timeout",
-                        reason=f"no result within the trial time limit of {spec.time_limit_s:.0f} s",
+                        fail_reason=f"no result within the trial time limit of {spec.time_limit_s:.0f} s",
                         run_s=time.monotonic() - start,
                     )
                 )

@@ -253,12 +253,14 @@ class _SearchRun:
         measured = result.status == "ok" and all(o.metric in result.metrics for o in self.objectives)
         if measured:
             values = [float(result.metrics[o.metric]) for o in self.objectives]
-            outcome = Outcome(TrialState.COMPLETE, result.status, result.reason, values, result.metrics, result.run_s)
+            outcome = Outcome(
+                TrialState.COMPLETE, result.status, result.fail_reason, values, result.metrics, result.run_s
+            )
             desc = " ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, values, strict=True))
             self.view.note(f"stage {result.stage} #{result.number}: {desc}")
         else:
-            outcome = Outcome(TrialState.FAIL, result.status, result.reason, None, result.metrics, result.run_s)
-            self.view.note(f"stage {result.stage} #{result.number} {result.status}: {result.reason}")
+            outcome = Outcome(TrialState.FAIL, result.status, result.fail_reason, None, result.metrics, result.run_s)
+            self.view.note(f"stage {result.stage} #{result.number} {result.status}: {result.fail_reason}")
         self.studies.tell(result.stage, result.number, outcome)
         self.studies.save_elapsed(self.clock.elapsed())
         self.results.write_tsv()

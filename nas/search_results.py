@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from harness.metrics import measure_latency
 from harness.run_files import write_metrics
@@ -28,14 +28,14 @@ from nas.pareto import pareto_front
 from nas.search_config import SearchConfig
 from nas.search_export import best_arch_file
 from nas.search_schedule import trial_folder
-from nas.search_study import SearchStudies
+from nas.search_study import SearchStudies, trial_fail_reason, trial_status
 from nas.space import ArchConfig
 
 RESULTS_FILE = "results.tsv"
 PARETO_FILE = "pareto.json"
 PLOT_FILE = "pareto.png"
 # results.tsv's first columns; the objectives' metrics follow, then every other field sorted
-ROW_HEAD = ("stage", "trial", "state", "status", "reason", "arch_hash", "arch", "parent")
+ROW_HEAD = ("stage", "trial", "state", "status", "fail_reason", "arch_hash", "arch", "parent")
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ class SearchResults:
                         "stage": stage,
                         "trial": t.number,
                         "state": t.state.name.lower(),
-                        "status": t.user_attrs.get("status", "running" if t.state == TrialState.RUNNING else ""),
-                        "reason": t.user_attrs.get("reason", ""),
+                        "status": trial_status(t),
+                        "fail_reason": trial_fail_reason(t),
                         "arch_hash": t.user_attrs.get("arch_hash", ""),
                         "arch": ArchConfig(**arch).describe() if arch else "",
                         "parent": t.user_attrs.get("parent", ""),
@@ -160,7 +160,7 @@ class SearchResults:
     def _write_metrics(self, members: list[FrontMember], counts: dict[str, int], elapsed_s: float) -> None:
         """The worker contract: a flat metrics.json (the best-bpb member of the front, and counts)."""
         metrics: dict[str, Any] = {
-            "status": "ok" if members else "failed",
+            "status": "ok" if members else "crashed",
             "fail_reason": "" if members else "no trial finished",
             "kind": "search",
             "eval_bytes": self.cfg.eval_bytes,

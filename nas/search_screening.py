@@ -20,6 +20,7 @@ from optuna.trial import Trial, TrialState
 
 from harness.data import TokenizedCorpus
 from harness.metrics import measure_latency
+from harness.run_files import OLD_STATUS
 from nas.counting import arch_metrics
 from nas.model import build_model
 from nas.objectives import Objective
@@ -100,7 +101,7 @@ class Screener:
         for t in self.studies.trials(1):
             if (
                 t.user_attrs.get("arch_hash")
-                and t.user_attrs.get("status") in (None, "ok", "diverged", "failed")
+                and t.user_attrs.get("status") in (None, "ok", "diverged", "crashed", *OLD_STATUS)
                 and t.state != TrialState.PRUNED
             ):
                 out.setdefault(t.user_attrs["arch_hash"], (t.number, t.user_attrs.get("metrics", {})))

@@ -16,12 +16,13 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from harness.errors import UserError
+from harness.run_files import OLD_STATUS, Status, current_status
 from nas.pareto import rank_order
 from nas.search_config import SCORED_ALIKE, SearchConfig
 from nas.space import ArchConfig, SearchSpace
@@ -30,7 +31,8 @@ from nas.storage import describe_storage, open_storage, study_exists
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # statuses of a stage-1 trial that went to a worker and came back (whatever the outcome): they count against --trials
-TRAINED_STATUSES = ("ok", "diverged", "capped", "failed", "timeout", "crashed", "interrupted")
+# (a storage written by an earlier version may hold an old word for one of them)
+TRAINED_STATUSES: tuple[str, ...] = (*get_args(Status), *OLD_STATUS)
 
 
 @dataclass(frozen=True)
@@ -38,19 +40,33 @@ class Outcome:
     """How a trial ended. ``values`` go to the sampler (COMPLETE only); the rest is stored as user attributes."""
 
     state: TrialState
-    status: str
-    reason: str
+    status: str  # a run's status (harness.run_files.Status) or the search's own: rejected, duplicate, not_run, lost
+    fail_reason: str
     values: list[float] | None = None
     metrics: dict[str, Any] | None = None  # None: the trial has no metrics (never sampled / never trained)
     run_s: float | None = None
 
     def user_attrs(self) -> dict[str, Any]:
-        attrs: dict[str, Any] = {"status": self.status, "reason": self.reason}
+        attrs: dict[str, Any] = {"status": self.status, "fail_reason": self.fail_reason}
         if self.metrics is not None:
             attrs["metrics"] = self.metrics
         if self.run_s is not None:
             attrs["run_s"] = round(self.run_s, 3)
         return attrs
+
+
+def trial_status(t: FrozenTrial) -> str:
+    """A told trial's status in today's words (a storage of an earlier version may hold ``failed``); an untold one's
+    is ``running`` or empty."""
+    status = t.user_attrs.get("status")
+    if status is None:
+        return "running" if t.state == TrialState.RUNNING else ""
+    return current_status(str(status))
+
+
+def trial_fail_reason(t: FrozenTrial) -> str:
+    """Why a trial did not end ``ok`` (a storage of an earlier version holds it as ``reason``)."""
+    return str(t.user_attrs.get("fail_reason", t.user_attrs.get("reason", "")))
 
 
 def arch_attrs(arch: ArchConfig, stage: int, parent: int | None = None) -> dict[str, Any]:

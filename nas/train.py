@@ -145,7 +145,7 @@ def build_optimizer(model: CodeLM, cfg: TrainConfig, device: torch.device) -> to
 class TrainOutcome:
     status: str  # ok | diverged | capped | interrupted
     metrics: dict[str, Any]
-    reason: str = ""
+    fail_reason: str = ""  # metrics.json's word (harness.run_files)
 
 
 class _StopRequest:

@@ -12,17 +12,15 @@ import time
 import traceback
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeGuard, get_args
+from typing import Any, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.budget import parse_budget
 from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
-from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, read_metrics
-from nas.space import ArchConfig
+from harness.run_files import EVAL_BYTES, METRICS_FILE, RunFileError, Status, outcome_fail_reason, read_metrics
+from nas.request import TrainRequest
 
-Status = Literal["ok", "diverged", "capped", "failed", "timeout", "crashed", "interrupted"]
 RESULT_FILES = (METRICS_FILE, "log.txt", "arch.json", "run.json")
 
 
@@ -31,21 +29,17 @@ def _is_status(text: str) -> TypeGuard[Status]:
     return text in get_args(Status)
 
 
-class TrialSpec(BaseModel):
-    """Everything a worker needs to run a trial (JSON-serialisable, sent across processes/machines)."""
+class TrialSpec(TrainRequest):
+    """Everything a worker needs to run a trial: the training request (arch, budget, lr, batch size, seed) and where
+    and how it runs (flat JSON, sent across processes/machines)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     number: int
     stage: int = Field(1, ge=1)
-    arch: ArchConfig
-    budget: str
     out_dir: str
     corpus: CorpusSpec = CorpusSpec()
     tokenizer: str = "byte"
-    batch_size: int = 16
-    lr: float = 3e-3
-    seed: int = 0
     device: str = "auto"
     eval_bytes: int = EVAL_BYTES
     time_limit_s: float | None = None
@@ -58,8 +52,8 @@ class TrialResult(BaseModel):
 
     number: int
     stage: int
-    status: Status
-    reason: str = ""
+    status: Status  # the words of metrics.json (harness.run_files)
+    fail_reason: str = ""
     metrics: dict[str, Any] = {}
     run_s: float = 0.0  # time inside run_trial (training + eval + set-up in the worker)
     files: dict[str, str] = {}  # small result files, for executors whose workers do not share the disk
@@ -82,17 +76,17 @@ def _read_files(out: Path) -> dict[str, str]:
 def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     """Train ``spec.arch`` for ``spec.budget`` into ``spec.out_dir``; never raises for a bad trial."""
     # deliberate: nas.train imports torch; this module's TrialSpec/TrialResult are read by light processes
-    from nas.train import TrainConfig, Trainer, prepare_run_dir
+    from nas.train import Trainer, prepare_run_dir
 
     t0 = time.perf_counter()
     out = Path(spec.out_dir)
 
-    def result(status: Status, reason: str = "", metrics: dict[str, Any] | None = None) -> TrialResult:
+    def result(status: Status, fail_reason: str = "", metrics: dict[str, Any] | None = None) -> TrialResult:
         return TrialResult(
             number=spec.number,
             stage=spec.stage,
             status=status,
-            reason=reason,
+            fail_reason=fail_reason,
             metrics=metrics or {},
             run_s=time.perf_counter() - t0,
             files=_read_files(out) if include_files else {},
@@ -102,16 +96,12 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
     if (out / METRICS_FILE).exists() or (out / METRICS_FILE).is_symlink():
         try:
             saved = read_metrics(out / METRICS_FILE)
-        except RunFileError as err:  # not what the trainer writes: the trial failed, it is not retrained over
-            return result("failed", str(err))
+        except RunFileError as err:  # not what the trainer writes: the trial crashed, it is not retrained over
+            return result("crashed", str(err))
         return result(saved.status, saved.fail_reason, saved.flat())
     try:
         corpus = cached_corpus(spec.corpus, spec.tokenizer)
-        cfg = TrainConfig.from_budget(
-            parse_budget(spec.budget),
-            batch_size=spec.batch_size,
-            lr=spec.lr,
-            seed=spec.seed,
+        cfg = spec.train_config(
             device=spec.device,
             eval_bytes=spec.eval_bytes,
             measure_latency=spec.measure_latency,
@@ -121,12 +111,12 @@ def run_trial(spec: TrialSpec, include_files: bool = False) -> TrialResult:
         prepare_run_dir(out)
         outcome = Trainer(spec.arch, corpus, cfg, out, spec.corpus, spec.tokenizer, log_to_console=False).run()
     except UserError as err:
-        return result("failed", str(err))
+        return result("crashed", str(err))
     except (RuntimeError, MemoryError) as err:  # CUDA / CPU out of memory, shape errors of exotic configs
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         kind = "out of memory" if "out of memory" in text.lower() or isinstance(err, MemoryError) else "runtime error"
         (out / "error.txt").write_text(traceback.format_exc()) if out.is_dir() else None
-        return result("failed", f"{kind}: {text[:300]}")
+        return result("crashed", f"{kind}: {text[:300]}")
     if not _is_status(outcome.status):
         raise ValueError(f"the trainer ended with an unknown status {outcome.status!r}")
-    return result(outcome.status, outcome.reason, outcome.metrics)
+    return result(outcome.status, outcome_fail_reason(outcome), outcome.metrics)

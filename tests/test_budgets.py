@@ -330,7 +330,7 @@ def test_a_search_caps_its_token_trials_at_its_wall_clock_budget(tmp_path, small
         rows = list(csv.DictReader(fh, delimiter="\t"))
     trained = [r for r in rows if r["status"] not in ("rejected", "not_run", "")]
     assert trained and all(r["status"] == "capped" for r in trained), [
-        (r["status"], r["state"], r["reason"]) for r in rows
+        (r["status"], r["state"], r["fail_reason"]) for r in rows
     ]
     for r in trained:
         m = json.loads((out / "trials" / f"s1-{int(r['trial']):05d}" / "metrics.json").read_text())

@@ -96,7 +96,7 @@ def test_distil_from_hf_teacher_shares_its_tokenizer(
         out,
         log_to_console=False,
     )
-    assert outcome.status == "ok", outcome.reason
+    assert outcome.status == "ok", outcome.fail_reason
     m = json.loads((out / "metrics.json").read_text())
     assert m["kd_teacher"].startswith("hf:") and m["kd_loss"] == "fkl" and m["vocab_size"] == 320
     assert 0 < m["val_bpb"] < 20 and 0 < m["kd_teacher_val_bpb"] < 20

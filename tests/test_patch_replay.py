@@ -58,7 +58,8 @@ def test_a_diff_ending_in_blank_context_lines_round_trips(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path / "run")  # the agent's working folder is not the workspace
     first = _first_edit(Path("workspace"), "e001")  # a relative workspace, as with a relative --runs-dir
     assert first.edit is not None
-    stored = Path(first.edit["patch"])
+    assert first.edit.patch is not None
+    stored = Path(first.edit.patch)
     assert stored.is_absolute() and stored.is_file()
     raw = stored.read_bytes()
     assert raw.endswith(b"\n \n \n \n") or raw.endswith(b"\n \r\n \r\n")  # the blank context lines are kept

@@ -285,13 +285,13 @@ def test_a_trial_reuses_a_valid_metrics_file_and_fails_on_a_hostile_one(tmp_path
     hostile.mkdir()
     (hostile / METRICS_FILE).write_text('{"status": "ok", "val_bpb": {"nested": 1}}')
     failed = run_trial(spec.model_copy(update={"out_dir": str(hostile)}))
-    assert failed.status == "failed" and "val_bpb" in failed.reason and failed.metrics == {}
+    assert failed.status == "crashed" and "val_bpb" in failed.fail_reason and failed.metrics == {}
 
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / METRICS_FILE).symlink_to(done / METRICS_FILE)
     refused = run_trial(spec.model_copy(update={"out_dir": str(linked)}))
-    assert refused.status == "failed" and "cannot be opened safely" in refused.reason
+    assert refused.status == "crashed" and "cannot be opened safely" in refused.fail_reason
 
 
 def test_a_remote_trials_metrics_reach_the_folder_only_through_the_writer(tmp_path: Path) -> None:
@@ -357,3 +357,27 @@ def test_every_command_and_config_scores_the_same_bytes_by_default() -> None:
     for model in (TrainConfig, CompressConfig, SearchConfig, TrialSpec, RunSettings):
         assert model.model_fields["eval_bytes"].default == EVAL_BYTES, model
     assert inspect.signature(evaluate_bpb).parameters["max_bytes"].default == EVAL_BYTES
+
+
+def test_an_old_metrics_file_saying_failed_reads_as_crashed(tmp_path: Path) -> None:
+    # written by an earlier version, whose trials said "failed" where today's say "crashed"
+    (tmp_path / METRICS_FILE).write_text('{"status": "failed", "fail_reason": "out of memory: CUDA", "kind": "train"}')
+    m = read_metrics(tmp_path)
+    assert m.status == "crashed" and m.fail_reason == "out of memory: CUDA"
+    assert m.flat() == {"status": "crashed", "fail_reason": "out of memory: CUDA", "kind": "train"}
+    with pytest.raises(RunFileError, match="status"):  # an unknown word is still refused
+        parse_metrics('{"status": "exploded"}')
+
+
+def test_a_trainers_failure_text_reads_from_an_older_copy_of_the_trainer() -> None:
+    from types import SimpleNamespace
+
+    from harness.run_files import outcome_fail_reason
+
+    # nas/train.py is editable: a workspace or a model's carried code may hold a copy whose outcome says ``reason``
+    assert (
+        outcome_fail_reason(SimpleNamespace(status="capped", reason="wall-clock cap", metrics={})) == "wall-clock cap"
+    )
+    assert outcome_fail_reason(SimpleNamespace(status="diverged", fail_reason="loss became nan", metrics={})) == (
+        "loss became nan"
+    )

@@ -228,7 +228,7 @@ def test_trial_timeout_kills_only_its_worker(tmp_path, small_corpus_dir):
         results = []
         while not results:
             results = ex.wait(timeout=10)
-        assert results[0].status == "timeout" and "time limit" in results[0].reason
+        assert results[0].status == "timeout" and "time limit" in results[0].fail_reason
         with pytest.raises(ProcessLookupError):
             os.killpg(old_pid, 0)  # the whole group is gone
         ex.submit(
@@ -406,7 +406,7 @@ def test_latency_limit_is_checked_on_the_untrained_model(tmp_path, small_corpus_
     rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
     assert len(rejected) >= 50 and not (out / "trials").exists() and not [r for r in rows if r["status"] == "ok"]
     assert all(
-        "latency over the limit" in t.user_attrs["reason"] and t.user_attrs["metrics"]["latency_ms_p50"] > 0
+        "latency over the limit" in t.user_attrs["fail_reason"] and t.user_attrs["metrics"]["latency_ms_p50"] > 0
         for t in rejected
     )
 
@@ -457,9 +457,23 @@ def test_screening_times_only_candidates_within_the_size_limits(tmp_path, small_
         if too_big and len(too_big) < len(trials):
             break
     assert too_big and len(too_big) < len(trials), [
-        (t.user_attrs.get("status"), t.user_attrs.get("reason")) for t in trials
+        (t.user_attrs.get("status"), t.user_attrs.get("fail_reason")) for t in trials
     ]
     for t in too_big:
-        assert "params over the limit" in t.user_attrs["reason"] and "latency" not in t.user_attrs["reason"]
+        assert "params over the limit" in t.user_attrs["fail_reason"] and "latency" not in t.user_attrs["fail_reason"]
         assert "latency_ms_p50" not in t.user_attrs["metrics"]
     assert len(timed) == len(trials) - len(too_big)  # every candidate within the size limits was timed, no other
+
+
+def test_a_trial_stored_by_an_earlier_version_reads_in_todays_words() -> None:
+    from nas.search_study import TRAINED_STATUSES, trial_fail_reason, trial_status
+
+    old = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL, user_attrs={"status": "failed", "reason": "out of memory: CUDA"}
+    )
+    assert trial_status(old) == "crashed" and trial_fail_reason(old) == "out of memory: CUDA"
+    assert old.user_attrs["status"] in TRAINED_STATUSES  # it still counts against --trials on resume
+    new = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL, user_attrs={"status": "timeout", "fail_reason": "no result"}
+    )
+    assert trial_status(new) == "timeout" and trial_fail_reason(new) == "no result"
