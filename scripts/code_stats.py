@@ -27,6 +27,7 @@ PACKAGES = (
     "kernels",
     "nas",
     "sandbox",
+    "serve",
     "triton_ops",
     "benchmarks",
     "scripts",
