@@ -150,7 +150,9 @@ class AnthropicClient(LLMClient):
         import anthropic  # only when this provider is chosen: the offline agent runs without either SDK
 
         self._sdk = anthropic
-        kwargs: dict[str, Any] = {"api_key": api_key, "timeout": spec.timeout_s, "max_retries": spec.max_retries}
+        # a local server given by base_url may need no key, but the SDK refuses to send a request without one
+        key = api_key or ("no-key" if spec.base_url else None)
+        kwargs: dict[str, Any] = {"api_key": key, "timeout": spec.timeout_s, "max_retries": spec.max_retries}
         if spec.base_url:
             kwargs["base_url"] = spec.base_url
         self._client = anthropic.Anthropic(**kwargs)

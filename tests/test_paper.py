@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.llm import LLMSpec, ToolReply, Usage
+from agent.llm import ToolReply, Usage
 from agent.paper.content import number_book
 from agent.paper.facts import read_run
 from agent.paper.latex import bibliography_keys
@@ -22,6 +22,7 @@ from agent.paper.numbers import NumberBook, invented_numbers
 from agent.paper.prose import check_draft, draft_section
 from agent.results import RESULT_COLUMNS
 from agent.settings import RunSettings
+from tests.llm_server import Reply, ScriptedLLMServer, anthropic_tool, openai_tool
 
 ARCH_A = "L4 d128 h4/4MHA ff512 swiglu rmsnorm rope V256 ctx256 tied"
 ARCH_B = "L4 d128 h4/4MHA ff768 swiglu rmsnorm rope V256 ctx256 tied"
@@ -201,15 +202,31 @@ def test_llm_prose_with_an_invented_number_or_citation_is_refused() -> None:
     assert check_draft("the value 3.3012 itself", book, keys) == ""  # the run's own number, written out
 
 
-def test_paper_with_an_llm_through_the_cli_keeps_numbers_from_the_run(tmp_path: Path, monkeypatch) -> None:
-    import agent.paper.cli as paper_cli
-
-    fake = FakeLLM("A search over {{space_size}} configurations kept {{n_kept}} models; we made up 99.9 here.")
-    monkeypatch.setattr(
-        paper_cli, "make_client", lambda spec, role: fake if spec == LLMSpec(provider="openai") else None
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_paper_with_a_real_llm_peer_keeps_numbers_from_the_run(tmp_path: Path, provider: str) -> None:
+    """The real SDK against a local server: a section with a made-up number is refused, the others are used."""
+    texts = iter(
+        [
+            "In a search over {{space_size}} configurations the agent kept {{n_kept}} models; we made up 99.9 here.",
+            "The agent kept {{n_kept}} of {{n_experiments}} experiments [@real2019regularized].",
+        ]
     )
+
+    def answer(path: str, body: dict) -> Reply:
+        text = next(texts, "The run is described by its tables.")
+        return (
+            anthropic_tool("section_text", {"text": text})
+            if provider == "anthropic"
+            else openai_tool("section_text", {"text": text})
+        )
+
     run = make_run(tmp_path)
-    result = CliRunner().invoke(app, ["paper", str(run), "--llm", "openai"])
+    with ScriptedLLMServer(answer) as srv:
+        url = srv.anthropic_url if provider == "anthropic" else srv.openai_url
+        result = CliRunner().invoke(app, ["paper", str(run), "--llm", provider, "--base-url", url])
     assert result.exit_code == 0, result.output
-    assert fake.calls >= 5 and "LLM draft refused (numbers not in the run: 99.9)" in result.output
-    assert "99.9" not in (run / "paper" / "paper.tex").read_text()
+    assert len(srv.requests) >= 5
+    assert "LLM draft refused (numbers not in the run: 99.9)" in result.output
+    tex = (run / "paper" / "paper.tex").read_text()
+    assert "99.9" not in tex and "The agent kept 3 of 5 experiments \\citep{real2019regularized}." in tex
+    assert "written by the LLM" in (run / "paper" / "paper_log.txt").read_text()
