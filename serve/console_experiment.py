@@ -17,7 +17,6 @@ from typing import Any
 
 from harness import run_folder_layout as layout
 from sandbox.redact import redact, secret_values
-from sandbox.workspace import run_git
 from serve.console_runs import EXPERIMENT_ID, Experiment, Run, UnknownRun, valid_id
 
 MAX_DIFF_BYTES = 2_000_000  # a diff over this is cut (and says so): a page stays loadable
@@ -112,9 +111,12 @@ def _git_text(workspace: Path, problems: list[str], *args: str, limit: int = MAX
         problems.append("the workspace has no git repository: diffs cannot be shown")
         return ""
     try:
+        # GitPython refuses to import where git is not installed: `autonas` (and the server) start without it
+        from sandbox.workspace import run_git
+
         out = run_git(workspace, *args, check=False)
-    except (OSError, RuntimeError) as err:
-        problems.append(f"git {args[0]} failed: {err}")
+    except (OSError, RuntimeError, ImportError) as err:  # ImportError: GitPython finds no git installed
+        problems.append(f"git {args[0]} failed: {str(err).splitlines()[0] if str(err) else err}")
         return ""
     text = out[:limit].decode("utf-8", "replace")
     return text + (f"\n… cut at {limit:,} bytes\n" if len(out) > limit else "")

@@ -9,7 +9,6 @@ from typing import Annotated, Literal
 import typer
 
 from agent.llm import LLMSpec, make_client
-from agent.paper.write import write_paper
 from harness.cli_support import console, err_console, user_errors
 from harness.errors import UserError
 
@@ -45,6 +44,9 @@ def paper_command(
     """Write a research paper (LaTeX, figures, BibTeX, PDF) from a run; every number comes from the run's files."""
     folder = resolve_run(run, runs_dir)
     client = make_client(LLMSpec(provider=llm, model=llm_model, base_url=base_url), "paper")
+    # GitPython (for the commits' trailers) refuses to import where git is not installed: `autonas` starts without it
+    from agent.paper.write import write_paper
+
     result = write_paper(folder, out or folder / "paper", client)
     for note in result.notes:
         err_console.print(note, highlight=False, markup=False, soft_wrap=True)
