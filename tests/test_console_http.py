@@ -39,6 +39,18 @@ def runs(tmp_path: Path) -> Path:
     return runs_dir
 
 
+@pytest.fixture(scope="module")
+def runs_with_hidden(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run folder (and a hidden one beside it) shared by the id tests, which only read: building a run with its
+    git history is most of a test's time."""
+    runs_dir = tmp_path_factory.mktemp("ids") / "runs"
+    runs_dir.mkdir()
+    make_run(runs_dir, "r1", 7, secret=SECRET)
+    (runs_dir / ".hidden").mkdir()
+    (runs_dir / ".hidden" / "run.json").write_text("{}")
+    return runs_dir
+
+
 def _client(runs_dir: Path, api_key: str | None = None) -> TestClient:
     return TestClient(create_app(ServeSettings(runs_dir=runs_dir, api_key=api_key)))
 
@@ -80,14 +92,15 @@ def test_pages_show_the_run_and_change_nothing(runs: Path, monkeypatch: pytest.M
         "r1..",
     ],
 )
-def test_ids_that_are_not_plain_names_are_404(runs: Path, bad: str) -> None:
-    (runs / ".hidden").mkdir()
-    (runs / ".hidden" / "run.json").write_text("{}")
+def test_ids_that_are_not_plain_names_are_404(runs_with_hidden: Path, bad: str) -> None:
+    runs = runs_with_hidden
+    before = sorted(p.name for p in runs.iterdir())
     c = _client(runs)
     assert c.get(f"/console/runs/{bad}").status_code == 404
     assert c.get(f"/console/runs/r1/experiments/{bad}").status_code == 404
     assert c.get(f"/console/runs/{bad}/experiments/e001").status_code == 404
     assert c.post(f"/console/runs/{bad}/stop", headers={"X-Autonas-Console": "stop"}).status_code == 404
+    assert sorted(p.name for p in runs.iterdir()) == before and not (runs / "r1" / "STOP").exists()
 
 
 def test_a_link_out_of_the_runs_folder_is_404(runs: Path, tmp_path: Path) -> None:
