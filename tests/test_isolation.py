@@ -31,6 +31,7 @@ from sandbox.isolation import (
     probe,
     run_program,
 )
+from tests.proc_tree import live_descendants
 
 AUTONAS = str(Path(sys.executable).with_name("autonas"))
 PROBLEMS = read_problems()
@@ -395,25 +396,6 @@ def test_without_a_sandbox_the_harness_refuses_unless_told(tmp_path: Path) -> No
     assert metrics["humaneval_isolation"] == "none" and metrics["humaneval_pass_at_1"] == 1.0
 
 
-def _descendants(root: int) -> set[int]:
-    """Live (non-zombie) processes below ``root``, found through /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(name))
-    found, stack = set(), [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
-
-
 def _uid(pid: int) -> int:
     try:
         return os.stat(f"/proc/{pid}").st_uid
@@ -466,7 +448,9 @@ def test_killing_the_evaluator_takes_its_programs_with_it(tmp_path: Path) -> Non
         deadline, sandboxes = time.monotonic() + 60, set()
         while proc.poll() is None and time.monotonic() < deadline:
             sandboxes = {
-                p for p in _descendants(proc.pid) if SANDBOX_UID_BASE <= _uid(p) < SANDBOX_UID_BASE + SANDBOX_UID_SPAN
+                p
+                for p in live_descendants(proc.pid)
+                if SANDBOX_UID_BASE <= _uid(p) < SANDBOX_UID_BASE + SANDBOX_UID_SPAN
             }
             if len(sandboxes) >= 6:  # two programs (one per core), each an outer bwrap, the namespace's init, python
                 break
@@ -474,7 +458,7 @@ def test_killing_the_evaluator_takes_its_programs_with_it(tmp_path: Path) -> Non
         assert sandboxes, (
             f"no sandbox started (evaluator exit {proc.poll()}: {(tmp_path / 'stderr.txt').read_text()[-500:]})"
         )
-        everything = _descendants(proc.pid)
+        everything = live_descendants(proc.pid)
     finally:
         proc.kill()
         proc.wait()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
 from sandbox import batch
 from sandbox.isolation import ExecLimits, ExecResult, probe, start
+from tests.proc_tree import live_descendants
 
 try:
     probe()
@@ -48,29 +48,11 @@ LOOKER = (
 )
 
 
-def _live_descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(name))
-    found, stack = set(), [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
-
-
 @pytest.fixture
 def pre_existing() -> set[int]:
     """This process's children before the test: a test run holds others (GitPython's cat-file helpers of earlier
     tests live until their Repo is collected), and only a process the evaluation left behind is a leak."""
-    return _live_descendants(os.getpid())
+    return live_descendants(os.getpid())
 
 
 @needs_sandbox
@@ -81,7 +63,7 @@ def test_programs_of_one_evaluation_cannot_see_each_other(workers: int, pre_exis
     assert len(results) == len(sources)
     for i, r in enumerate(results):
         assert r.passed, f"program {i}: {r.result}"
-    assert _live_descendants(os.getpid()) - pre_existing == set()  # the daemons went with their sandboxes
+    assert live_descendants(os.getpid()) - pre_existing == set()  # the daemons went with their sandboxes
 
 
 @needs_sandbox
@@ -93,7 +75,7 @@ def test_a_sandbox_started_ahead_counts_the_deadline_from_the_hand_over(pre_exis
     hung = start(limits)
     time.sleep(0.5)
     assert hung.run("while True:\n    pass\n").result == "timed out"
-    assert _live_descendants(os.getpid()) - pre_existing == set()
+    assert live_descendants(os.getpid()) - pre_existing == set()
 
 
 @needs_sandbox
@@ -105,14 +87,14 @@ def test_hung_and_forking_programs_are_killed_and_nothing_is_left(pre_existing: 
     ]
     results = batch.run_programs(sources, ExecLimits(timeout_s=0.5, grace_s=0.5), workers=2)
     assert [r.result for r in results] == ["timed out", "timed out", "passed"]
-    assert _live_descendants(os.getpid()) - pre_existing == set()
+    assert live_descendants(os.getpid()) - pre_existing == set()
 
 
 @needs_sandbox
 def test_a_sandbox_that_gets_no_program_is_torn_down(pre_existing: set[int]) -> None:
     box = start(ExecLimits())
     box.close()
-    assert _live_descendants(os.getpid()) - pre_existing == set()
+    assert live_descendants(os.getpid()) - pre_existing == set()
 
 
 def test_a_sandbox_that_cannot_start_fails_only_its_program(
@@ -140,7 +122,7 @@ def test_a_sandbox_that_cannot_start_fails_only_its_program(
         "passed",
     ]
     assert all(isinstance(r, ExecResult) for r in results) and sorted(done) == [0, 1, 2, 3]
-    assert _live_descendants(os.getpid()) - pre_existing == set()
+    assert live_descendants(os.getpid()) - pre_existing == set()
 
 
 def test_an_evaluation_whose_sandboxes_cannot_start_at_all_raises(
@@ -159,4 +141,4 @@ def test_an_evaluation_whose_sandboxes_cannot_start_at_all_raises(
     monkeypatch.setattr(batch, "start", broken_after_two)
     with pytest.raises(RuntimeError, match="kernel refused"):
         batch.run_programs(["pass\n"] * 6, ExecLimits(unsafe_no_sandbox=True), workers=2, ahead=1)
-    assert _live_descendants(os.getpid()) - pre_existing == set()
+    assert live_descendants(os.getpid()) - pre_existing == set()

@@ -1,0 +1,25 @@
+"""The live process tree below a pid, read from /proc: what the tests use to prove nothing was left running."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def live_descendants(root: int) -> set[int]:
+    """Live (non-zombie) processes below ``root``."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(name))
+    found, stack = set(), [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
