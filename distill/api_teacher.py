@@ -346,9 +346,9 @@ class CompletionsModel:
             max_retries=spec.max_retries,
         )
         try:
-            models = client.models.list()
-        except openai.APIError as err:
-            raise UserError(f"cannot list the models of {spec.base_url}: {str(err).splitlines()[0][:200]}") from None
+            models = list(client.models.list())
+        except openai.APIError:  # a server without /v1/models (or that fails it) is asked through chat, as before
+            return None
         mine = [m for m in models if m.id == spec.model and getattr(m, "owned_by", None) == SERVED_BY]
         return cls(spec, client) if mine else None
 

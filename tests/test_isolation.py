@@ -28,22 +28,14 @@ from sandbox.isolation import (
     SANDBOX_UID_BASE,
     SANDBOX_UID_SPAN,
     ExecLimits,
-    probe,
     run_program,
 )
-from tests.proc_tree import live_descendants
+from tests.sandbox_helpers import live_descendants, needs_sandbox
 
 AUTONAS = str(Path(sys.executable).with_name("autonas"))
 PROBLEMS = read_problems()
 TASK = "HumanEval/0"
 WRONG = "    return True\n"  # fails HumanEval/0's checks
-
-try:
-    probe()
-    SANDBOX_ERROR = None
-except Exception as e:  # noqa: BLE001 - the reason is shown as the skip reason
-    SANDBOX_ERROR = str(e)
-needs_sandbox = pytest.mark.skipif(SANDBOX_ERROR is not None, reason=f"no kernel sandbox here: {SANDBOX_ERROR}")
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)

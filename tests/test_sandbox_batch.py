@@ -13,15 +13,8 @@ import time
 import pytest
 
 from sandbox import batch
-from sandbox.isolation import ExecLimits, ExecResult, probe, start
-from tests.proc_tree import live_descendants
-
-try:
-    probe()
-    SANDBOX_ERROR = None
-except Exception as e:  # noqa: BLE001 - the reason is shown as the skip reason
-    SANDBOX_ERROR = str(e)
-needs_sandbox = pytest.mark.skipif(SANDBOX_ERROR is not None, reason=f"no kernel sandbox here: {SANDBOX_ERROR}")
+from sandbox.isolation import ExecLimits, ExecResult, start
+from tests.sandbox_helpers import live_descendants, needs_sandbox
 
 # Leaves a file in /tmp and /dev/shm, a change to a module it imported, a variable in the environment, and a
 # daemon in a session of its own; then passes.
