@@ -213,8 +213,9 @@ def export_decode_step(model: CodeLM, out_dir: Path) -> Path:
 INT8_BLOCK = 128  # input channels per scale; each block of a weight row has its own fp32 scale
 
 
-def quantize_onnx_int8(fp32_path: Path) -> Path:
-    """The INT8 twin: every MatMul with a constant weight becomes onnxruntime's ``MatMulNBits`` at 8 bits.
+def quantize_onnx_int8(fp32_path: Path, out: Path | None = None) -> Path:
+    """The INT8 twin (written to ``out``, by default ``decode_step_int8.onnx`` beside the fp32 graph): every MatMul
+    with a constant weight becomes onnxruntime's ``MatMulNBits`` at 8 bits.
 
     Symmetric int8 weights with one scale per block of ``INT8_BLOCK`` input channels, and accuracy level 4:
     the activations are quantized to int8 on the fly, so the products run on int8 dot-product kernels.
@@ -241,7 +242,7 @@ def quantize_onnx_int8(fp32_path: Path) -> Path:
         quantizer.process()
     finally:
         log.setLevel(level)
-    out = Path(fp32_path).with_name(ONNX_INT8_FILE)
+    out = Path(out) if out is not None else Path(fp32_path).with_name(ONNX_INT8_FILE)
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
     return out
 
