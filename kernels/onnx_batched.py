@@ -46,7 +46,7 @@ class _BatchedGroupQueryAttention(_GroupQueryAttention):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: object,
         q: torch.Tensor,  # [B, S, n_heads * hd]
         k: torch.Tensor,  # [B, S, n_kv * hd]

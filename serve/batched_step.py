@@ -14,7 +14,7 @@ here; GQA repeats the key/value heads as the model does.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -83,3 +83,42 @@ def decode_step(
         x = x + attn.o_proj(y.transpose(1, 2).reshape(b, 1, arch.n_heads * hd))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     return model.lm_head(model.norm(x))[:, -1]
+
+
+class SlotDecoder(Protocol):
+    """What the engine needs of a runtime: fill a slot with a prompt, decode some slots one token each, free a slot.
+
+    Logits come back as float tensors on the CPU (``[vocab]`` from ``prefill``, ``[B, vocab]`` from ``step``, rows in
+    the order of ``slots``), owned by the caller. ``runtime`` names what decodes (shown by ``/v1/models``).
+    """
+
+    runtime: str
+
+    def prefill(self, slot: int, prompt: list[int]) -> torch.Tensor: ...
+
+    def step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor: ...
+
+    def release(self, slot: int) -> None: ...
+
+
+class TorchSlotDecoder:
+    """The model's own modules in PyTorch over a :class:`SlotCache` (any slot may decode with any other)."""
+
+    runtime = "torch_fp32"
+
+    def __init__(self, model: CodeLM, slots: int):
+        self.model, self.cache = model.eval(), SlotCache(model, slots)
+
+    def prefill(self, slot: int, prompt: list[int]) -> torch.Tensor:
+        return prefill(self.model, self.cache, slot, prompt)
+
+    def step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        device = self.cache.positions.device
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, device=device)
+
+        return decode_step(self.model, self.cache, tensor(slots), tensor(tokens), tensor(positions))
+
+    def release(self, slot: int) -> None:
+        """Nothing to do: a slot's stale keys past its new owner's position are never read."""

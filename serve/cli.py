@@ -14,7 +14,7 @@ import uvicorn
 from harness.cli_support import err_console, user_errors
 from harness.errors import UserError
 from serve.app import ServeSettings, create_app
-from serve.engine import EngineOptions
+from serve.engine import RUNTIME_CHOICES, EngineOptions
 from serve.registry import parse_model_option
 
 API_KEY_ENV = "AUTONAS_SERVE_API_KEY"
@@ -59,8 +59,18 @@ def serve_command(
     max_batch: Annotated[int, typer.Option(min=1, max=256, help="Sequences decoded together per model.")] = 16,
     max_waiting: Annotated[int, typer.Option(min=1, max=10_000, help="Queued requests before 429.")] = 64,
     max_loaded_mb: Annotated[float, typer.Option(min=1, help="Weights kept loaded, all models together.")] = 2048.0,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="What decodes: auto (each folder's measured fastest that batches: ONNX int8/fp32, else PyTorch), "
+            "torch, onnx or onnx-int8.",
+        ),
+    ] = "auto",
 ) -> None:
     """Serve the runs' models behind an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions)."""
+    if runtime not in RUNTIME_CHOICES:
+        raise UserError(f"--runtime {runtime!r}: use one of {', '.join(RUNTIME_CHOICES)}")
     key = api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(host) and key is None:
         raise UserError(
@@ -75,10 +85,10 @@ def serve_command(
         models=named,
         api_key=key,
         max_loaded_mb=max_loaded_mb,
-        engine=EngineOptions(max_batch=max_batch, max_waiting=max_waiting),
+        engine=EngineOptions(max_batch=max_batch, max_waiting=max_waiting, runtime=runtime),
     )
     err_console.print(
-        f"serving on http://{host}:{port}/v1 ({len(named)} named models, runs in {runs_dir}); "
+        f"serving on http://{host}:{port}/v1 ({len(named)} named models, runs in {runs_dir}; runtime {runtime}); "
         f"console at http://{host}:{port}/console/"
     )
     # a console page following a live run holds an event stream open: Ctrl-C ends it after a few seconds

@@ -29,8 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness import run_folder_layout as layout
+from serve.ids import valid_id
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # ASCII only: no look-alike characters
 EXPERIMENT_ID = re.compile(r"e[0-9]{3,6}")
 ACTIVE_S = 300.0
 RunStateName = Literal["running", "stopping", "finished", "crashed"]
@@ -38,10 +38,6 @@ RunStateName = Literal["running", "stopping", "finished", "crashed"]
 
 class UnknownRun(LookupError):
     """No run (or experiment) by that id, or an id that is not a valid name: the page answers 404."""
-
-
-def valid_id(text: str, pattern: re.Pattern[str] = ID_PATTERN) -> bool:
-    return text.isascii() and pattern.fullmatch(text) is not None and ".." not in text
 
 
 def run_dir(runs_dir: Path, run_id: str) -> Path:

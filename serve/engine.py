@@ -10,6 +10,10 @@ request. A request ends at ``max_tokens``, at the end-of-text token, at a stop s
 window as :meth:`nas.model.CodeLM.generate` does (the last three quarters re-encoded), so served text is the model's
 own ``generate`` text, token for token at temperature 0 and for the same seed when sampling.
 
+The decode itself sits behind :class:`~serve.batched_step.SlotDecoder` (PyTorch over a slot cache, or the batched
+ONNX graph of :mod:`serve.onnx_step`): admission, sampling, stop strings, cancelling and the sliding window are this
+one code path whatever runs the model.
+
 Tokens travel back as :class:`TokenEvent` objects on a thread-safe queue per request, so the asyncio side (the
 HTTP handlers) can await them without blocking the event loop.
 """
@@ -28,7 +32,7 @@ import torch
 from harness.tokenizer import Tokenizer
 from nas.model import CodeLM
 from nas.model import _sample as sample_token  # the model's own sampler: serving samples as generate() does
-from serve.batched_step import SlotCache, decode_step, prefill
+from serve.batched_step import SlotDecoder, TorchSlotDecoder
 
 
 class QueueFull(Exception):
@@ -105,17 +109,30 @@ class EngineOptions:
     max_batch: int = 16
     max_waiting: int = 64
     batching: bool = True
+    runtime: str = "auto"  # one of RUNTIME_CHOICES: what decodes (serve.registry resolves "auto" per model)
+
+
+RUNTIME_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
 
 
 class Engine:
-    """Serves one model from one thread."""
+    """Serves one model from one thread; ``decoder`` (by default PyTorch over a slot cache) runs the steps.
 
-    def __init__(self, model: CodeLM, tokenizer: Tokenizer, options: EngineOptions = EngineOptions()):
+    ``make_decoder(max_batch)`` builds it when given, so the caller picks the runtime and the engine the slot count.
+    """
+
+    def __init__(
+        self,
+        model: CodeLM,
+        tokenizer: Tokenizer,
+        options: EngineOptions = EngineOptions(),
+        make_decoder: Callable[[int], SlotDecoder] | None = None,
+    ):
         self.model, self.tokenizer, self.options = model.eval(), tokenizer, options
         self.max_batch = options.max_batch if options.batching else 1
         max_waiting = options.max_waiting
         self.context = model.arch.context_length
-        self.cache = SlotCache(model, self.max_batch)
+        self.decoder: SlotDecoder = (make_decoder or (lambda n: TorchSlotDecoder(model, n)))(self.max_batch)
         self.stats = EngineStats()
         self._waiting: queue.Queue[Request] = queue.Queue(maxsize=max_waiting)
         self._active: list[_Active] = []
@@ -136,6 +153,11 @@ class Engine:
         except queue.Full:
             raise QueueFull(f"{self._waiting.maxsize} requests are already waiting") from None
         return request
+
+    @property
+    def runtime(self) -> str:
+        """What decodes this model: ``torch_fp32``, ``onnx_fp32`` or ``onnx_int8``."""
+        return self.decoder.runtime
 
     @property
     def waiting(self) -> int:
@@ -161,7 +183,7 @@ class Engine:
             except Exception as err:  # a bug must not leave clients waiting forever
                 for a in self._active:
                     a.request.send(TokenEvent(None, finish_reason="error", error=str(err)[:300]))
-                self._free.extend(a.slot for a in self._active)
+                    self._release(a.slot)
                 self._active.clear()
 
     def _admit(self) -> None:
@@ -180,11 +202,11 @@ class Engine:
         s = request.settings
         generator = None
         if s.seed is not None:
-            generator = torch.Generator(device=self.cache.positions.device).manual_seed(s.seed)
+            generator = torch.Generator().manual_seed(s.seed)  # logits come back on the CPU
         try:
-            logits = prefill(self.model, self.cache, slot, request.prompt)
+            logits = self.decoder.prefill(slot, request.prompt)
         except Exception as err:  # this request fails; the others go on
-            self._free.append(slot)
+            self._release(slot)
             request.send(TokenEvent(None, finish_reason="error", error=str(err)[:300]))
             return
         active = _Active(request, slot, len(request.prompt), -1, [], generator)
@@ -196,11 +218,7 @@ class Engine:
         self._active = live
         if not live:
             return
-        device = self.cache.positions.device
-        slots = torch.tensor([a.slot for a in live], device=device)
-        tokens = torch.tensor([a.last_token for a in live], device=device)
-        positions = torch.tensor([a.position for a in live], device=device)
-        logits = decode_step(self.model, self.cache, slots, tokens, positions)
+        logits = self.decoder.step([a.slot for a in live], [a.last_token for a in live], [a.position for a in live])
         self.stats.steps += 1
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(live))
         for a in live:
@@ -237,15 +255,19 @@ class Engine:
             return True
         if a.position >= self.context:  # the slot is full: slide the window as generate() does, then go on
             keep = (a.request.prompt + a.generated)[-(3 * self.context // 4) :]
-            logits = prefill(self.model, self.cache, a.slot, keep)
+            logits = self.decoder.prefill(a.slot, keep)
             a.position = len(keep)
             return self._emit(a, logits)
         return False
 
     def _finish(self, a: _Active, reason: str) -> None:
         a.request.send(TokenEvent(None, finish_reason=reason))
-        self._free.append(a.slot)
+        self._release(a.slot)
         self.stats.requests_done += 1
+
+    def _release(self, slot: int) -> None:
+        self.decoder.release(slot)
+        self._free.append(slot)
 
 
 def _contains_stop(text: str, stop: tuple[str, ...]) -> bool:

@@ -189,7 +189,14 @@ def build_router(registry: ModelRegistry) -> APIRouter:
     @router.get("/models")
     def list_models() -> dict[str, Any]:
         data = [
-            {"id": e.id, "object": "model", "created": e.created, "owned_by": "autonas"} for e in registry.entries()
+            {
+                "id": e.id,
+                "object": "model",
+                "created": e.created,
+                "owned_by": "autonas",
+                "runtime": registry.runtime_of(e.id),
+            }
+            for e in registry.entries()
         ]
         return {"object": "list", "data": data}
 

@@ -6,22 +6,36 @@ checked against a strict pattern before any path is built from them, so ``../`` 
 the file system. Models load on first use through :func:`nas.run_folder.load_trained_model`, which refuses a
 folder whose carried model code differs from the code this server runs (edited code is never run in the server's
 process), and stay loaded, least recently used first out, while their weights fit ``max_loaded_mb``.
+
+Each model decodes with the runtime :func:`plan_runtime` names: with ``--runtime auto`` the one its folder measured
+fastest (``deploy_cpu_runtime`` in ``metrics.json``, written by ``autonas compress``) when the engine can batch it
+(ONNX Runtime fp32 or int8, PyTorch fp32), else PyTorch fp32; or the one the option names. The ONNX graphs are
+exported from the loaded model into a scratch folder the registry owns and removes on close.
 """
 
 from __future__ import annotations
 
-import re
+import importlib.util
+import json
+import shutil
+import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
+from nas.model import CodeLM
 from nas.run_folder import load_trained_model
-from serve.engine import Engine, EngineOptions
+from serve.batched_step import SlotDecoder, TorchSlotDecoder
+from serve.engine import RUNTIME_CHOICES, Engine, EngineOptions
+from serve.ids import ID_PATTERN, valid_id
 
-MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 BEST = "best"
+# the folder's measured runtime (kernels.runtimes names) -> what the engine batches it with
+BATCHABLE = {"torch_fp32": "torch", "onnx_fp32": "onnx", "onnx_int8": "onnx-int8"}
+RUNTIME_NAMES = {"torch": "torch_fp32", "onnx": "onnx_fp32", "onnx-int8": "onnx_int8"}
 
 
 class UnknownModel(LookupError):
@@ -44,11 +58,48 @@ def parse_model_option(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     folder = Path(path if sep else text).expanduser()
     name = name if sep else folder.resolve().name
-    if not MODEL_ID.match(name):
-        raise UserError(f"--model {text!r}: the name {name!r} must match {MODEL_ID.pattern}")
+    if not valid_id(name):
+        raise UserError(f"--model {text!r}: the name {name!r} must match {ID_PATTERN.pattern} (ASCII, no '..')")
     if not is_model_folder(folder):
         raise UserError(f"--model {text!r}: {folder} is not a model folder (needs arch.json and model.safetensors)")
     return name, folder
+
+
+def measured_runtime(folder: Path) -> str | None:
+    """The runtime ``autonas compress`` measured fastest for this folder (``deploy_cpu_runtime``), if any."""
+    try:
+        value = json.loads((folder / "metrics.json").read_text()).get("deploy_cpu_runtime")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def plan_runtime(folder: Path, option: str = "auto") -> str:
+    """What serves the model in ``folder``: ``torch_fp32``, ``onnx_fp32`` or ``onnx_int8``.
+
+    ``auto`` takes the folder's measured choice when the engine can batch it and onnxruntime is installed (a
+    measured ``torch_int8`` or CTranslate2 choice is served by PyTorch fp32); any other option is taken as it is."""
+    if option not in RUNTIME_CHOICES:
+        raise UserError(f"--runtime {option!r}: use one of {', '.join(RUNTIME_CHOICES)}")
+    if option != "auto":
+        return RUNTIME_NAMES[option]
+    choice = BATCHABLE.get(measured_runtime(folder) or "", "torch")
+    if choice != "torch" and importlib.util.find_spec("onnxruntime") is None:
+        return RUNTIME_NAMES["torch"]
+    return RUNTIME_NAMES[choice]
+
+
+def decoder_factory(model: CodeLM, runtime: str, work_dir: Path) -> Callable[[int], SlotDecoder]:
+    """Builds the engine's decoder for ``runtime`` (a :func:`plan_runtime` name) once the slot count is known."""
+    if runtime == "torch_fp32":
+        return lambda slots: TorchSlotDecoder(model, slots)
+
+    def onnx(slots: int) -> SlotDecoder:
+        from serve.onnx_step import OnnxSlotDecoder  # onnxruntime is loaded only for a model that uses it
+
+        return OnnxSlotDecoder(model, slots, work_dir, int8=runtime == "onnx_int8")
+
+    return onnx
 
 
 class ModelRegistry:
@@ -66,6 +117,14 @@ class ModelRegistry:
         self.options = options
         self._loaded: OrderedDict[str, tuple[Engine, int]] = OrderedDict()
         self._lock = threading.Lock()
+        self._scratch: Path | None = None  # where ONNX graphs are exported; made on first need
+
+    def runtime_of(self, model_id: str) -> str:
+        """The runtime serving ``model_id`` (loaded), or the one that will (not loaded yet)."""
+        with self._lock:
+            if model_id in self._loaded:
+                return self._loaded[model_id][0].runtime
+        return plan_runtime(self.path_of(model_id), self.options.runtime)
 
     def entries(self) -> list[ModelEntry]:
         """Every named folder and every run's kept model, in that order; a run still without ``best/`` is left out."""
@@ -73,12 +132,12 @@ class ModelRegistry:
         if self.runs_dir is not None and self.runs_dir.is_dir():
             for run in sorted(self.runs_dir.iterdir()):
                 best = run / BEST
-                if MODEL_ID.match(run.name) and run.name not in self.named and is_model_folder(best):
+                if valid_id(run.name) and run.name not in self.named and is_model_folder(best):
                     out.append(self._entry(run.name, best))
         return out
 
     def path_of(self, model_id: str) -> Path:
-        if not MODEL_ID.match(model_id):
+        if not valid_id(model_id):
             raise UnknownModel(f"model {model_id[:80]!r} is not a valid model id")
         if model_id in self.named:
             return self.named[model_id]
@@ -96,9 +155,22 @@ class ModelRegistry:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id][0]
-            model, tokenizer = load_trained_model(self.path_of(model_id))
+            folder = self.path_of(model_id)
+            model, tokenizer = load_trained_model(folder)
             size = sum(p.numel() * p.element_size() for p in model.parameters())
-            engine = Engine(model, tokenizer, self.options)
+            runtime = plan_runtime(folder, self.options.runtime)
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="autonas-serve-"))
+            try:
+                engine = Engine(
+                    model, tokenizer, self.options, decoder_factory(model, runtime, self._scratch / model_id)
+                )
+            except Exception as err:  # an export or a session that fails: auto falls back, a named runtime says why
+                if self.options.runtime != "auto" or runtime == "torch_fp32":
+                    raise UserError(
+                        f"cannot serve {model_id} with {runtime}: {str(err).splitlines()[0][:200]}"
+                    ) from None
+                engine = Engine(model, tokenizer, self.options)
             self._loaded[model_id] = (engine, size)
             while len(self._loaded) > 1 and sum(s for _, s in self._loaded.values()) > self.max_loaded_bytes:
                 _, (old, _) = self._loaded.popitem(last=False)
@@ -110,6 +182,9 @@ class ModelRegistry:
             for engine, _ in self._loaded.values():
                 engine.close()
             self._loaded.clear()
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
     @staticmethod
     def _entry(name: str, path: Path) -> ModelEntry:

@@ -1,0 +1,230 @@
+"""Serving through ONNX Runtime: the batched decode graph against PyTorch, the engine on it, and the runtime choice.
+
+Tiny random-weight models (what is checked is the decoding, not what the model learned): greedy tokens of the
+batched fp32 graph must be PyTorch's own, with sequences of different lengths decoding together, joining and leaving;
+the INT8 twin must score within the bpb tolerance ``autonas compress`` uses to choose a runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_model
+from typer.testing import CliRunner
+
+from agent.cli import app as autonas_app
+from harness.tokenizer import ByteTokenizer
+from kernels.compress import CompressConfig
+from kernels.onnx_batched import BatchedOnnxDecoder, export_batched
+from kernels.onnx_export import torch_nll_nats
+from nas.model import CodeLM, build_model
+from nas.space import ArchConfig
+from serve.app import ServeSettings
+from serve.engine import Engine, EngineOptions, Request, SamplingSettings
+from serve.onnx_step import OnnxSlotDecoder
+from serve.registry import plan_runtime
+
+pytest.importorskip("onnxruntime")
+
+ARCH = ArchConfig(
+    n_layers=2,
+    d_model=64,
+    n_heads=4,
+    n_kv_heads=2,  # grouped-query attention: two query heads per key/value head
+    d_ff=128,
+    activation="swiglu",
+    norm="rmsnorm",
+    pos="rope",
+    tie_embeddings=True,
+    vocab_size=256,
+    context_length=64,
+)
+PROMPTS = [[7, 101, 32, 40], [9] * 23, [120, 5], list(range(40, 51)), [33]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: a tiny model gains nothing from two, and on a loaded machine two run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=["rope", "learned"])
+def model(request: pytest.FixtureRequest) -> CodeLM:
+    return build_model(ARCH.model_copy(update={"pos": request.param}), seed=5).eval()
+
+
+@pytest.fixture(scope="module")
+def graphs(model: CodeLM, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("graphs")
+    export_batched(model, folder, int8=True)
+    return folder
+
+
+def _greedy_together(decoder: OnnxSlotDecoder, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+    """Greedy tokens of every prompt, all decoding in shared steps; a sequence leaves when it has its tokens and the
+    next prompt takes its slot (so rows are packed and moved as the engine makes them)."""
+    slots = list(range(decoder.decoder.slots))
+    out: dict[int, list[int]] = {}
+    live: dict[int, tuple[int, int]] = {}  # slot -> (prompt index, next position)
+    waiting = list(range(len(prompts)))
+    logits: dict[int, torch.Tensor] = {}
+    while waiting or live:
+        while waiting and len(live) < len(slots):
+            i = waiting.pop(0)
+            slot = next(s for s in slots if s not in live)
+            logits[slot] = decoder.prefill(slot, prompts[i])
+            live[slot], out[i] = (i, len(prompts[i])), []
+        for slot, (i, _) in list(live.items()):
+            out[i].append(int(logits[slot].argmax()))
+            if len(out[i]) == lengths[i]:
+                decoder.release(slot)
+                del live[slot]
+        if live:
+            order = list(live)
+            rows = decoder.step(order, [out[live[s][0]][-1] for s in order], [live[s][1] for s in order])
+            for slot, row in zip(order, rows, strict=True):
+                logits[slot] = row
+                live[slot] = (live[slot][0], live[slot][1] + 1)
+    return [out[i] for i in range(len(prompts))]
+
+
+def test_batched_onnx_greedy_tokens_are_pytorchs_for_mixed_lengths_decoding_together(
+    model: CodeLM, graphs: Path
+) -> None:
+    lengths = [12, 30, 5, 18, 25]  # different prompt and output lengths: rows join and leave mid-way
+    decoder = OnnxSlotDecoder(model, slots=3, work_dir=graphs, threads=1)
+    got = _greedy_together(decoder, PROMPTS, lengths)
+    want = [model.generate(p, n, temperature=0.0).tokens for p, n in zip(PROMPTS, lengths, strict=True)]
+    assert got == want
+    assert not decoder._row  # every slot given back
+
+
+def test_batched_onnx_int8_scores_within_the_runtime_tolerance(model: CodeLM, graphs: Path) -> None:
+    """Teacher-forced windows of different lengths decoding in shared steps: NLL against PyTorch fp32's."""
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 256, size=n) for n in (64, 57, 40)]  # the shortest last: it leaves first
+    dec = BatchedOnnxDecoder(graphs / "decode_batched_int8.onnx", model, slots=3, threads=1)
+    nll = [
+        [float(np.logaddexp.reduce(lg) - lg[w[1]])]
+        for lg, w in ((dec.prefill(r, [int(w[0])]), w) for r, w in enumerate(windows))
+    ]
+    for pos in range(1, 63):
+        live = [r for r, w in enumerate(windows) if pos < len(w) - 1]
+        if len(live) < len(windows):  # a window is done: only the first rows decode on
+            assert live == list(range(len(live)))
+        tokens = np.array([windows[r][pos] for r in live])
+        rows = dec.step(tokens, np.full(len(live), pos)).astype(np.float64)
+        for r, lg in zip(live, rows, strict=True):
+            nll[r].append(float(np.logaddexp.reduce(lg) - lg[windows[r][pos + 1]]))
+    tolerance_pct = CompressConfig.model_fields["runtime_tolerance_pct"].default
+    for r, w in enumerate(windows):
+        reference = float(torch_nll_nats(model, w).sum())
+        assert len(nll[r]) == len(w) - 1
+        assert abs(sum(nll[r]) - reference) / reference * 100 <= tolerance_pct
+        assert sum(nll[r]) != reference  # really the 8-bit graph, not the fp32 one
+
+
+def _tokens(request: Request) -> tuple[list[int], str]:
+    out = []
+    while True:
+        event = request.events.get(timeout=60)
+        if event.token is None:
+            return out, str(event.finish_reason)
+        out.append(event.token)
+
+
+def test_the_engine_serving_through_onnx_gives_the_models_own_generate_text(model: CodeLM, graphs: Path) -> None:
+    tok = ByteTokenizer()
+    engine = Engine(
+        model,
+        tok,
+        EngineOptions(max_batch=3),
+        lambda slots: OnnxSlotDecoder(model, slots, graphs, threads=1),
+    )
+    try:
+        assert engine.runtime == "onnx_fp32"
+        lengths = [20, 90, 6, 33, 15]  # 90 runs past the 64-token context: the window slides as generate() does
+        requests = [
+            engine.submit(p, SamplingSettings(max_tokens=n, temperature=0.0))
+            for p, n in zip(PROMPTS, lengths, strict=True)
+        ]
+        seeded = engine.submit(PROMPTS[0], SamplingSettings(max_tokens=12, temperature=0.9, top_p=0.9, seed=4))
+        for request, prompt, n in zip(requests, PROMPTS, lengths, strict=True):
+            got, finish = _tokens(request)
+            want = model.generate(prompt, n, temperature=0.0, eos_id=tok.eos_id).tokens
+            assert got == want and finish == ("length" if len(want) == n else "stop")
+        sampled, _ = _tokens(seeded)
+        generator = torch.Generator().manual_seed(4)
+        want = model.generate(PROMPTS[0], 12, temperature=0.9, top_p=0.9, eos_id=tok.eos_id, generator=generator)
+        assert sampled == want.tokens
+        assert engine.stats.max_batch_seen == 3
+    finally:
+        engine.close()
+    with pytest.raises(queue.Empty):  # nothing more arrives after the final event
+        requests[0].events.get_nowait()
+
+
+def _folder(root: Path, name: str, deploy: str | None) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    save_model(build_model(ARCH, seed=2), str(folder / "model.safetensors"))
+    (folder / "arch.json").write_text(ARCH.model_dump_json())
+    if deploy is not None:
+        (folder / "metrics.json").write_text(json.dumps({"deploy_cpu_runtime": deploy, "val_bpb": 5.0}))
+    return folder
+
+
+def test_the_runtime_is_the_folders_measured_choice_when_it_batches_and_v1_models_says_which(tmp_path: Path) -> None:
+    from tests.test_serve import Server
+
+    named = {
+        "int8": _folder(tmp_path, "int8", "onnx_int8"),
+        "ct2": _folder(tmp_path, "ct2", "ct2_int8"),  # not a runtime the engine batches: PyTorch
+        "plain": _folder(tmp_path, "plain", None),
+    }
+    assert [plan_runtime(named[n]) for n in named] == ["onnx_int8", "torch_fp32", "torch_fp32"]
+    assert (
+        plan_runtime(named["plain"], "onnx-int8") == "onnx_int8"
+        and plan_runtime(named["int8"], "torch") == "torch_fp32"
+    )
+    with Server(ServeSettings(runs_dir=None, models=named)) as s:
+        with httpx.Client(base_url=s.url, timeout=60) as h:
+            listed = {m["id"]: m["runtime"] for m in h.get("/models").json()["data"]}
+            assert listed == {"int8": "onnx_int8", "ct2": "torch_fp32", "plain": "torch_fp32"}
+            body = {"model": "int8", "prompt": "def f(x):", "max_tokens": 8, "temperature": 0}
+            text = h.post("/completions", json=body).json()["choices"][0]["text"]
+        assert s.engine("int8").runtime == "onnx_int8" and len(text) > 0
+        assert {m["runtime"] for m in s.client().models.list().model_dump()["data"] if m["id"] == "int8"} == {
+            "onnx_int8"
+        }
+
+
+def test_a_bad_runtime_option_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        autonas_app, ["serve", "--model", str(_folder(tmp_path, "m", None)), "--runtime", "fast"]
+    )
+    assert result.exit_code == 2
+    assert "--runtime 'fast'" in result.output and "onnx-int8" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    with pytest.raises(Exception, match="--runtime"):
+        plan_runtime(tmp_path / "m", "fast")
+
+
+def test_every_slot_decodes_in_a_step_or_the_onnx_step_refuses(model: CodeLM, graphs: Path) -> None:
+    decoder = OnnxSlotDecoder(model, slots=2, work_dir=graphs, threads=1)
+    decoder.prefill(0, [1, 2, 3])
+    decoder.prefill(1, [4, 5])
+    with pytest.raises(ValueError, match="every live slot"):
+        decoder.step([1], [6], [2])
+    assert math.isfinite(float(decoder.step([1, 0], [6, 7], [2, 3]).sum()))
