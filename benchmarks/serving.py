@@ -1,13 +1,18 @@
-"""``autonas serve`` under concurrent streaming clients: batched decoding against one request at a time.
+"""``autonas serve`` under concurrent streaming clients: batched decoding against one request at a time, PyTorch
+against ONNX Runtime int8.
 
 For each model (the default architecture, 1.1 M parameters, and a ~10.7 M one; random but fixed weights: speed
-does not depend on what the weights learned) and each client count (1, 4, 16), the server runs in a fresh
-process twice, batched (``--max-batch 16``) and one at a time (``--max-batch 1``), in alternating order across
-rounds. Every client streams ``/v1/completions`` (greedy, 64 new tokens) in a loop for the measuring window; the
-benchmark records total generated tokens per second, time to first token (p50/p99) and the gap between tokens
-(p50/p99), and reports the batched / one-at-a-time throughput ratio. Median over rounds.
+does not depend on what the weights learned), each runtime (``--runtime torch``: PyTorch fp32 over the slot cache;
+``--runtime onnx-int8``: the batched 8-bit ONNX graph), each thread count (1 and 2) and each client count (1, 4,
+16), the server runs in a fresh process batched (``--max-batch 16``) and one at a time (``--max-batch 1``); the
+order of the server configurations is reversed every other round. Every client streams ``/v1/completions``
+(greedy, 64 new tokens) in a loop for the measuring window; the benchmark records total generated tokens per second,
+time to first token (p50/p99) and the gap between tokens (p50/p99). The table gives the median over rounds (tok/s
+with its min-max spread), the batched / one-at-a-time ratio of each runtime, and ONNX int8 / PyTorch when batched:
+all ratios from servers measured in the same run.
 
-    python benchmarks/serving.py [--rounds 2] [--clients 1,4,16] [--seconds 8] [--threads 1]
+    python benchmarks/serving.py [--rounds 2] [--clients 1,4,16] [--seconds 4] [--threads 1,2]
+                                 [--runtimes torch,onnx-int8]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,12 +59,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(runs: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+def _start_server(runs: Path, max_batch: int, threads: int, runtime: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     autonas = Path(sys.executable).with_name("autonas")
     proc = subprocess.Popen(
-        [str(autonas), "serve", "--runs-dir", str(runs), "--port", str(port), "--max-batch", str(max_batch)],
+        [
+            *(str(autonas), "serve", "--runs-dir", str(runs), "--port", str(port)),
+            *("--max-batch", str(max_batch), "--runtime", runtime),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -95,12 +104,14 @@ async def _client(url: str, model: str, stop_at: float, out: dict[str, list[floa
 
 async def _load(url: str, model: str, clients: int, seconds: float) -> dict[str, float]:
     out: dict[str, list[float]] = {"ttft": [], "gap": [], "tokens": []}
-    await _client(url, model, time.perf_counter(), {"ttft": [], "gap": [], "tokens": []}, -1)  # load the model
+    async with httpx.AsyncClient(timeout=300) as h:  # load the model (and export its ONNX graph) before timing
+        body = {"model": model, "prompt": "x", "max_tokens": 4, "temperature": 0}
+        (await h.post(f"{url}/completions", json=body)).raise_for_status()
     start = time.perf_counter()
     await asyncio.gather(*(_client(url, model, start + seconds, out, i) for i in range(clients)))
     wall = time.perf_counter() - start
 
-    def pct(values: list[float], q: float) -> float:
+    def pct(values: list[float], q: int) -> float:
         return 1000 * statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else float("nan")
 
     return {
@@ -112,63 +123,87 @@ async def _load(url: str, model: str, clients: int, seconds: float) -> dict[str,
     }
 
 
+MODES = ("batched", "one-at-a-time")
+Key = tuple[str, str, int, int, str]  # model, runtime, threads, clients, mode
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _rows(
+    results: dict[Key, list[dict[str, float]]], runtimes: list[str], threads: list[int], counts: list[int]
+) -> list[dict[str, Any]]:
+    rows = []
+    for model in MODELS:
+        for t in threads:
+            for n in counts:
+                for rt in runtimes:
+                    b, o = results[(model, rt, t, n, "batched")], results[(model, rt, t, n, "one-at-a-time")]
+                    tok = [r["tokens_per_s"] for r in b]
+                    row = {
+                        "model": model,
+                        "threads": t,
+                        "clients": n,
+                        "runtime": rt,
+                        "batched tok/s (min-max)": f"{statistics.median(tok):.0f} ({min(tok):.0f}-{max(tok):.0f})",
+                        "one-at-a-time tok/s": round(_median(o, "tokens_per_s"), 1),
+                        "batched/one": round(_median(b, "tokens_per_s") / _median(o, "tokens_per_s"), 2),
+                        "TTFT p50/p99 ms (batched)": f"{_median(b, 'ttft_ms_p50'):.0f}/{_median(b, 'ttft_ms_p99'):.0f}",
+                        "TTFT p50/p99 ms (one)": f"{_median(o, 'ttft_ms_p50'):.0f}/{_median(o, 'ttft_ms_p99'):.0f}",
+                        "token gap p50/p99 ms (batched)": (
+                            f"{_median(b, 'token_gap_ms_p50'):.1f}/{_median(b, 'token_gap_ms_p99'):.1f}"
+                        ),
+                    }
+                    if rt != runtimes[0]:  # against the first runtime (PyTorch), both batched
+                        first = results[(model, runtimes[0], t, n, "batched")]
+                        row[f"vs {runtimes[0]} (batched)"] = round(
+                            _median(b, "tokens_per_s") / _median(first, "tokens_per_s"), 2
+                        )
+                    rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--clients", default="1,4,16")
-    p.add_argument("--seconds", type=float, default=8.0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--runtimes", default="torch,onnx-int8")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import report
 
     counts = [int(c) for c in args.clients.split(",")]
-    results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
+    threads = [int(t) for t in args.threads.split(",")]
+    runtimes = args.runtimes.split(",")
+    configs = [(rt, t, mode) for t in threads for rt in runtimes for mode in MODES]
+    results: dict[Key, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         _make_models(runs)
         for r in range(args.rounds):
-            modes = ("batched", "one-at-a-time") if r % 2 == 0 else ("one-at-a-time", "batched")
-            for mode in modes:
-                proc, url = _start_server(runs, 16 if mode == "batched" else 1, args.threads)
+            for rt, t, mode in configs if r % 2 == 0 else configs[::-1]:
+                proc, url = _start_server(runs, 16 if mode == "batched" else 1, t, rt)
                 try:
                     for model in MODELS:
                         for n in counts:
                             m = asyncio.run(_load(url, model, n, args.seconds))
-                            results.setdefault((model, n, mode), []).append(m)
-                            print(f"round {r + 1} {mode} {model} x{n}: {m['tokens_per_s']:.0f} tok/s", file=sys.stderr)
+                            results.setdefault((model, rt, t, n, mode), []).append(m)
+                            print(
+                                f"round {r + 1} {rt} {t}t {mode} {model} x{n}: {m['tokens_per_s']:.0f} tok/s",
+                                file=sys.stderr,
+                            )
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
-    rows = []
-    for model in MODELS:
-        for n in counts:
-            med = {
-                mode: {
-                    k: statistics.median(x[k] for x in results[(model, n, mode)]) for k in results[(model, n, mode)][0]
-                }
-                for mode in ("batched", "one-at-a-time")
-            }
-            b, o = med["batched"], med["one-at-a-time"]
-            rows.append(
-                {
-                    "model": model,
-                    "clients": n,
-                    "batched tok/s": round(b["tokens_per_s"], 1),
-                    "one-at-a-time tok/s": round(o["tokens_per_s"], 1),
-                    "ratio": round(b["tokens_per_s"] / o["tokens_per_s"], 2),
-                    "TTFT p50/p99 ms (batched)": f"{b['ttft_ms_p50']:.0f}/{b['ttft_ms_p99']:.0f}",
-                    "TTFT p50/p99 ms (one)": f"{o['ttft_ms_p50']:.0f}/{o['ttft_ms_p99']:.0f}",
-                    "token gap p50/p99 ms (batched)": f"{b['token_gap_ms_p50']:.1f}/{b['token_gap_ms_p99']:.1f}",
-                    "token gap p50/p99 ms (one)": f"{o['token_gap_ms_p50']:.1f}/{o['token_gap_ms_p99']:.1f}",
-                }
-            )
     report(
         "serving",
-        f"autonas serve, streaming clients, greedy {NEW_TOKENS} tokens, {args.threads} thread(s), "
-        f"median of {args.rounds} rounds x {args.seconds:g} s",
-        rows,
-        {"raw": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in results.items()}, "args": vars(args)},
+        f"autonas serve, streaming clients, greedy {NEW_TOKENS} tokens, median of {args.rounds} rounds x "
+        f"{args.seconds:g} s, fresh server per runtime/threads/mode, order reversed every other round",
+        _rows(results, runtimes, threads, counts),
+        {"raw": {"|".join(map(str, k)): v for k, v in results.items()}, "args": vars(args)},
     )
 
 

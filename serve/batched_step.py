@@ -10,6 +10,9 @@ against :meth:`nas.model.CodeLM.generate`).
 
 The step uses the model's modules (projections, norms, MLP, head), so any architecture the builder makes decodes
 here; GQA repeats the key/value heads as the model does.
+
+:class:`SlotDecoder` is what the engine sees of a runtime (prefill a slot, step some slots, release a slot);
+:class:`TorchSlotDecoder` is this module's, :class:`serve.onnx_step.OnnxSlotDecoder` the ONNX Runtime one.
 """
 
 from __future__ import annotations
