@@ -67,7 +67,8 @@ def decode_step(
     else:
         cos, sin = cast(torch.Tensor, model.rope_cos), cast(torch.Tensor, model.rope_sin)
         rope = (cos[positions][:, None, None], sin[positions][:, None, None])  # [B, 1, 1, hd]: one angle per row
-    visible = (cache.positions[None] <= positions[:, None]).view(b, 1, 1, cache.max_len)
+    filled = int(positions.max()) + 1  # no row reads past this: gather and attend over the filled prefix only
+    visible = (cache.positions[None, :filled] <= positions[:, None]).view(b, 1, 1, filled)
     for i, module in enumerate(model.layers):
         layer = cast(Block, module)
         attn = layer.self_attn
@@ -79,7 +80,7 @@ def decode_step(
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         cache.k[i][slots, :, positions] = k[:, :, 0]
         cache.v[i][slots, :, positions] = v[:, :, 0]
-        k_all, v_all = cache.k[i][slots], cache.v[i][slots]  # [B, n_kv, max_len, hd]
+        k_all, v_all = cache.k[i][slots, :, :filled], cache.v[i][slots, :, :filled]  # [B, n_kv, filled, hd]
         if rep > 1:
             k_all, v_all = k_all.repeat_interleave(rep, dim=1), v_all.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=visible)
