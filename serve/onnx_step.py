@@ -26,6 +26,7 @@ class OnnxSlotDecoder:
         self.runtime = "onnx_int8" if int8 else "onnx_fp32"
         path = export_batched(model, work_dir, int8=int8)
         self.decoder = BatchedOnnxDecoder(path, model, slots, threads or torch.get_num_threads())
+        self.decoder.warm()  # every shape once now, not in some request's time to first token
         self._row: dict[int, int] = {}  # slot -> row; the rows in use are 0..len-1
         self._length: dict[int, int] = {}  # slot -> positions filled
 
