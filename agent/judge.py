@@ -34,6 +34,12 @@ class Verdict(BaseModel):
     noise: float | None = None
 
 
+def settled(done: bool, reason: str, metric: float | None = None) -> Verdict:
+    """The verdict of a kind the metric rule does not judge (a search, a compression, an evaluation): kept when the
+    worker did its job, a crash when it did not; ``reason`` says which."""
+    return Verdict(decision="keep" if done else "crash", reason=reason, metric=metric)
+
+
 def violations(goal: Goal, metrics: dict[str, Any]) -> list[str]:
     out = []
     if goal.max_mb is not None and metrics.get("size_bytes_int8", 0) > goal.max_mb * 1e6:
@@ -126,26 +132,17 @@ def judge(
     sigma = noise if noise is not None else MIN_NOISE
     # the mean of n repeats has standard error sigma / sqrt(n); the incumbent is itself a mean
     threshold = k * sigma * math.sqrt(1.0 / max(repeats, 1) + 1.0)
+
+    def compared(decision: Decision, reason: str) -> Verdict:
+        """A verdict against the incumbent: it carries the figures it was decided on."""
+        return Verdict(decision=decision, reason=reason, metric=bpb, delta=delta, noise=noise)
+
     if delta < -threshold:
-        return Verdict(
-            decision="keep",
-            reason=f"beats the incumbent by {-delta:.4f} bpb (> {threshold:.4f}, {k:g} sigma)",
-            metric=bpb,
-            delta=delta,
-            noise=noise,
-        )
+        return compared("keep", f"beats the incumbent by {-delta:.4f} bpb (> {threshold:.4f}, {k:g} sigma)")
     if delta < 0 and repeats < 3:
-        return Verdict(
-            decision="close",
-            reason=f"better by {-delta:.4f} bpb, within noise ({threshold:.4f}): re-run with another seed",
-            metric=bpb,
-            delta=delta,
-            noise=noise,
+        return compared(
+            "close", f"better by {-delta:.4f} bpb, within noise ({threshold:.4f}): re-run with another seed"
         )
-    return Verdict(
-        decision="discard",
-        reason=f"not better than the incumbent beyond noise (delta {delta:+.4f}, threshold {threshold:.4f})",
-        metric=bpb,
-        delta=delta,
-        noise=noise,
+    return compared(
+        "discard", f"not better than the incumbent beyond noise (delta {delta:+.4f}, threshold {threshold:.4f})"
     )

@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from agent.judge import Verdict
+from agent.judge import Verdict, settled
 from agent.search_resume import search_continuation
 from harness.budget import Budget, parse_budget
 from harness.errors import UserError, describe_validation_error
@@ -233,6 +233,29 @@ def _budget_default(plan: _P, field: str, value: str) -> _P:
     return plan.model_copy(update={"config": plan.config.model_copy(update={field: value})})
 
 
+def _worker(*command: str, **options: str | int | float | bool | Path | None) -> list[str]:
+    """``python -m <command>`` and its options, in the order given: ``max_mb=3`` is ``--max-mb 3`` (a one-letter
+    name is a short flag, ``n=5`` is ``-n 5``), ``True`` a bare flag, ``False`` its ``--no-`` form, ``None`` left
+    out. Every kind spells its worker's command line through this, so an option reads the same in all of them."""
+    cmd = [sys.executable, "-m", *command]
+    for name, value in options.items():
+        flag = f"-{name}" if len(name) == 1 else "--" + name.replace("_", "-")
+        if value is True:
+            cmd.append(flag)
+        elif value is False:
+            cmd.append("--no-" + flag.removeprefix("--"))
+        elif value is not None:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def _time_limit(budget: str, per_second: float, margin_s: float, token_budget_s: float) -> float:
+    """A worker's own time limit: ``per_second`` times a wall-clock budget plus ``margin_s`` (start-up, scoring);
+    a token budget has no known duration, so it gets ``token_budget_s`` (the run's wall cap bounds it anyway)."""
+    seconds = parse_budget(budget).seconds
+    return seconds * per_second + margin_s if seconds else token_budget_s
+
+
 class TrainPlan(PlanBase):
     is_model: ClassVar[bool] = True
     kind: Literal["train"] = "train"
@@ -251,33 +274,21 @@ class TrainPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [
-            sys.executable,
-            "-m",
+        cmd = _worker(
             "nas",
             "train",
-            "--arch",
-            "configs/arch.json",
-            "--budget",
-            c.budget,
-            "--out",
-            str(out),
-            "--seed",
-            str(c.seed),
-            "--lr",
-            str(c.lr),
-            "--batch-size",
-            str(c.batch_size),
-            "--tokenizer",
-            setup.tokenizer,
-            "--corpus",
-            setup.corpus,
-            "--eval-bytes",
-            str(setup.eval_bytes),
-            "--quiet",
-        ]
-        b = parse_budget(c.budget)
-        return cmd, (b.seconds * 3 + 180) if b.seconds else 3600.0
+            arch="configs/arch.json",
+            budget=c.budget,
+            out=out,
+            seed=c.seed,
+            lr=c.lr,
+            batch_size=c.batch_size,
+            tokenizer=setup.tokenizer,
+            corpus=setup.corpus,
+            eval_bytes=setup.eval_bytes,
+            quiet=True,
+        )
+        return cmd, _time_limit(c.budget, 3, 180, 3600.0)
 
     def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
         return cmd + ["--max-seconds", f"{cap_s:.1f}"]
@@ -306,43 +317,26 @@ class SearchPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [
-            sys.executable,
-            "-m",
+        cmd = _worker(
             "nas",
             "nas",
             "search",
-            "--out",
-            str(out),
-            "--space",
-            c.space,
-            "--objectives",
-            c.objectives,
-            "--strategy",
-            c.strategy,
-            "--trials",
-            str(c.trials),
-            "--stage1",
-            c.stage1_budget,
-            "--stage2",
-            "none",
-            "--seed",
-            str(c.seed),
-            "--tokenizer",
-            setup.tokenizer,
-            "--corpus",
-            setup.corpus,
-            "--eval-bytes",
-            str(setup.eval_bytes),
-            "--quiet",
-        ]
-        if c.max_mb:
-            cmd += ["--max-mb", str(c.max_mb)]
-        if c.max_latency_ms:
-            cmd += ["--max-latency-ms", str(c.max_latency_ms)]
-        b = parse_budget(c.stage1_budget)
-        per = (b.seconds * 3 + 120) if b.seconds else 600.0
-        return cmd, per * c.trials + 300
+            out=out,
+            space=c.space,
+            objectives=c.objectives,
+            strategy=c.strategy,
+            trials=c.trials,
+            stage1=c.stage1_budget,
+            stage2="none",
+            seed=c.seed,
+            tokenizer=setup.tokenizer,
+            corpus=setup.corpus,
+            eval_bytes=setup.eval_bytes,
+            quiet=True,
+            max_mb=c.max_mb,
+            max_latency_ms=c.max_latency_ms,
+        )
+        return cmd, _time_limit(c.stage1_budget, 3, 120, 600.0) * c.trials + 300
 
     def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
         # the search stops sampling at its budget and caps its trials at what is left
@@ -354,15 +348,8 @@ class SearchPlan(PlanBase):
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
         m = metrics or {}
         ok = m.get("status") == "ok"
-        return Verdict(
-            decision="keep" if ok else "crash",
-            metric=m.get("val_bpb"),
-            reason=(
-                f"search found a front of {m.get('front_size')}; its members are trained next"
-                if ok
-                else str(m.get("fail_reason", "search failed"))
-            ),
-        )
+        found = f"search found a front of {m.get('front_size')}; its members are trained next"
+        return settled(ok, found if ok else str(m.get("fail_reason", "search failed")), m.get("val_bpb"))
 
     def check(self, ctx: PlanContext) -> Self:
         cfg = self.config
@@ -402,39 +389,24 @@ class DistillPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [
-            sys.executable,
-            "-m",
+        cmd = _worker(
             "distill",
             "distill",
-            "--teacher",
-            setup.resolve_model(c.teacher),
-            "--student",
-            "configs/arch.json",
-            "--loss",
-            c.loss,
-            "--temperature",
-            str(c.temperature),
-            "--ce-weight",
-            str(c.ce_weight),
-            "--budget",
-            c.budget,
-            "--out",
-            str(out),
-            "--seed",
-            str(c.seed),
-            "--lr",
-            str(c.lr),
-            "--batch-size",
-            str(c.batch_size),
-            "--corpus",
-            setup.corpus,
-            "--eval-bytes",
-            str(setup.eval_bytes),
-            "--quiet",
-        ]
-        b = parse_budget(c.budget)
-        return cmd, (b.seconds * 4 + 180) if b.seconds else 3600.0
+            teacher=setup.resolve_model(c.teacher),
+            student="configs/arch.json",
+            loss=c.loss,
+            temperature=c.temperature,
+            ce_weight=c.ce_weight,
+            budget=c.budget,
+            out=out,
+            seed=c.seed,
+            lr=c.lr,
+            batch_size=c.batch_size,
+            corpus=setup.corpus,
+            eval_bytes=setup.eval_bytes,
+            quiet=True,
+        )
+        return cmd, _time_limit(c.budget, 4, 180, 3600.0)
 
     def with_wall_cap(self, cmd: list[str], cap_s: float) -> list[str]:
         return cmd + ["--max-seconds", f"{cap_s:.1f}"]
@@ -468,28 +440,21 @@ class CompressPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [
-            sys.executable,
-            "-m",
+        # with ONNX Runtime installed the deployment runtime is chosen among PyTorch and ONNX Runtime by measurement
+        onnx = bool(importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"))
+        cmd = _worker(
             "kernels",
             "compress",
-            "--model",
-            setup.resolve_model(c.target),
-            "--out",
-            str(out),
-            "--eval-bytes",
-            str(setup.eval_bytes),
-            "--quiet",
-            "--int8" if c.int8 else "--no-int8",
-        ]
-        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-            cmd.append("--onnx")  # so the deployment runtime is chosen among PyTorch and ONNX Runtime by measurement
-        if c.prune:
-            cmd += ["--prune", c.prune]
-        if c.recover:
-            cmd += ["--recover", c.recover]
-        b = parse_budget(c.recover) if c.recover else None
-        return cmd, ((b.seconds or 0) * 3 if b else 0) + 600.0
+            model=setup.resolve_model(c.target),
+            out=out,
+            eval_bytes=setup.eval_bytes,
+            quiet=True,
+            int8=c.int8,
+            onnx=onnx or None,
+            prune=c.prune or None,
+            recover=c.recover or None,
+        )
+        return cmd, _time_limit(c.recover, 3, 600.0, 600.0) if c.recover else 600.0
 
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
         m = metrics or {}
@@ -510,7 +475,7 @@ class CompressPlan(PlanBase):
                     else ""
                 )
             )
-        return Verdict(decision="keep" if ok else "crash", metric=None, reason=reason)
+        return settled(ok, reason)
 
     def check(self, ctx: PlanContext) -> Self:
         c = self.config
@@ -544,42 +509,26 @@ class EvalPlan(PlanBase):
 
     def worker_command(self, setup: WorkerSetup, out: Path) -> tuple[list[str], float]:
         c = self.config
-        cmd = [
-            sys.executable,
-            "-m",
+        cmd = _worker(
             "distill",
             "eval",
             "humaneval",
-            "--model",
-            setup.resolve_model(c.target),
-            "--out",
-            str(out),
-            "--generate-only",
-            "-n",
-            str(c.n),
-            "-k",
-            "1",
-            "--max-new-tokens",
-            str(c.max_new_tokens),
-            "--seed",
-            str(c.seed),
-        ]
-        if c.limit:
-            cmd += ["--limit", str(c.limit)]
+            model=setup.resolve_model(c.target),
+            out=out,
+            generate_only=True,
+            n=c.n,
+            k=1,
+            max_new_tokens=c.max_new_tokens,
+            seed=c.seed,
+            limit=c.limit,
+        )
         return cmd, 1800.0
 
     def settled_verdict(self, metrics: dict[str, Any] | None) -> Verdict | None:
         m = metrics or {}
-        ok = "humaneval_pass_at_1" in m
-        return Verdict(
-            decision="keep" if ok else "crash",
-            metric=None,
-            reason=(
-                f"HumanEval pass@1 {m['humaneval_pass_at_1']:.4f} on {m['humaneval_problems']} problems"
-                if ok
-                else str(m.get("fail_reason", "evaluation failed"))
-            ),
-        )
+        if "humaneval_pass_at_1" not in m:
+            return settled(False, str(m.get("fail_reason", "evaluation failed")))
+        return settled(True, f"HumanEval pass@1 {m['humaneval_pass_at_1']:.4f} on {m['humaneval_problems']} problems")
 
     def check(self, ctx: PlanContext) -> Self:
         _check_model_ref(self.config.target, "target", ctx)

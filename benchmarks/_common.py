@@ -64,11 +64,14 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def report(name: str, title: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
-    """Print ``rows`` as a table and write them (with the machine) to results/<name>.json."""
+def report(
+    name: str, title: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None, *, wide: bool = False
+) -> Path:
+    """Print ``rows`` as a table and write them (with the machine) to results/<name>.json. Records of more than 7
+    fields are printed transposed, unless ``wide`` (many short records: one line each reads better)."""
     table = Table(title=title)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    if len(columns) <= 7:
+    if wide or len(columns) <= 7:
         for c in columns:
             table.add_column(c, justify="right")
         for r in rows:
@@ -79,7 +82,7 @@ def report(name: str, title: str, rows: list[dict[str, Any]], extra: dict[str, A
             table.add_column(str(i + 1) if len(rows) > 1 else "value", justify="right")
         for c in columns:
             table.add_row(c, *(_fmt(r.get(c)) for r in rows))
-    Console(width=max(100, Console().width)).print(table)
+    Console(width=max(160 if wide else 100, Console().width)).print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), "rows": rows, **(extra or {})}, indent=2))

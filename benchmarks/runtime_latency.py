@@ -1,12 +1,23 @@
-"""Per-token decode latency of every deployment runtime (kernels/runtimes.py), each in a fresh process.
+"""Per-token decode latency of every deployment runtime (kernels/runtimes.py), each in a fresh process, set
+against the memory-bandwidth floor, with the runtime our rule would ship marked.
 
 For a ~10M and a ~50M-parameter Llama-shaped model: PyTorch fp32 / int8, ONNX Runtime fp32 / int8 and
-CTranslate2 fp32 / int8 (CTranslate2's own conversion of our Hugging Face export), batch 1, a 32-token prompt and
-128 new tokens, at 1 and 2 threads. Each measurement is its own process (nothing warm carries over from another
-runtime), the runtime order is reversed every other round, and each row is the median over rounds of the
-per-process p50 ms/token, with the spread (max - min over rounds, as % of the median). The weights are random but
-fixed (seed 0): decode time does not depend on them, so the figures are timing only, not quality. ``--load`` runs
-the whole thing a second time with a training job beside it, for the "busy machine" columns.
+CTranslate2 fp32 / int8 (CTranslate2's own conversion of our Hugging Face export: the peer a user would pick
+instead), batch 1, a 32-token prompt and 128 new tokens, at 1 and 2 threads. Each measurement is its own process
+(nothing warm carries over from another runtime), the runtime order is reversed every other round, and each row is
+the median over rounds of the per-process p50 ms/token, with the spread (max - min over rounds, as % of the
+median). ``--load`` runs the whole thing a second time with a training job beside it, for the "busy machine"
+columns.
+
+- ``x_floor``: the median as a multiple of the bandwidth floor (``kernels/bandwidth.py``: weight bytes one token
+  reads in the runtime's format, fp32 or int8, over this machine's copy bandwidth at that thread count, measured
+  once before the sweeps on the idle machine; ``busy_x_floor`` divides the busy median by the same floor).
+- ``chosen``: the runtime :func:`kernels.runtimes.choose_runtime` picks at that thread count from these medians
+  and each runtime's check-window bpb (computed once per shape, untimed, on a stdlib source file as bytes).
+- ``x_ct2_int8``: the median over CTranslate2 int8's.
+
+The weights are random but fixed (seed 0): decode time does not depend on them, so the figures are timing only,
+not quality, and the bpb check only rules out a runtime that computes something else.
 
     python benchmarks/runtime_latency.py [--rounds 3] [--threads 1,2] [--shapes ~10M,~50M] [--load]
     python benchmarks/runtime_latency.py --rounds 1 --shapes tiny --decode 32      # a smoke run
@@ -15,6 +26,7 @@ the whole thing a second time with a training job beside it, for the "busy machi
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -23,11 +35,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from _common import report, training_load
 from compression import SHAPES
+from safetensors.torch import load_model, save_model
 
+from harness.tokenizer import ByteTokenizer
+from kernels.bandwidth import Bandwidth, measure_bandwidth, weight_bytes_per_token
 from kernels.quant import save_int8
-from kernels.runtimes import RUNTIMES, RuntimeSources, load, prepare
+from kernels.runtimes import RUNTIMES, RuntimeFigures, RuntimeSources, choose_runtime, load, measure, prepare
 from nas.hf import export_hf
 from nas.model import build_model
 from nas.space import ArchConfig
@@ -37,6 +53,7 @@ ALL_SHAPES = {
     **SHAPES,
     "tiny": ArchConfig(n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=128, context_length=256),
 }
+Key = tuple[str, str, int]  # (shape, runtime, threads)
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -46,27 +63,28 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
-def prepare_shape(arch: ArchConfig, folder: Path) -> None:
+def prepare_shape(arch: ArchConfig, folder: Path) -> list[RuntimeFigures]:
     """The model (random, seed 0) with everything each runtime loads: weights, INT8 weights, ONNX graphs, hf/ and
-    the CTranslate2 conversions; done once, in this process, before any timing."""
-    from safetensors.torch import save_model
-
+    the CTranslate2 conversions; done once, in this process, before any timing. Returns each runtime's check-window
+    bpb (untimed), which :func:`choose_runtime` needs besides the medians."""
     model = build_model(arch, seed=0).eval()
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, str(folder / "model.safetensors"))
     (folder / "arch.json").write_text(arch.to_json())
     save_int8(model, folder)
     src = RuntimeSources(model=model, out=folder, int8_dir=folder, hf_dir=export_hf(model, folder / "hf"))
-    for name in RUNTIMES:
-        where = prepare(name, src)
-        if isinstance(where, str):
-            raise SystemExit(f"{name}: {where}")
+    tok = ByteTokenizer()
+    window = np.asarray(tok.encode(inspect.getsource(statistics))[: arch.context_length], dtype=np.int64)
+    figures = measure(RUNTIMES, src, window, tok.token_bytes(), threads=1, timed=False)
+    for f in figures:
+        if f.skipped:
+            raise SystemExit(f"{f.name}: {f.skipped}")
+    return figures
 
 
 def measure_one(folder: Path, name: str, threads: int, prompt: int, decode: int, repeats: int) -> dict[str, float]:
     """Child side: load one runtime and time it (this process times nothing else)."""
     import torch
-    from safetensors.torch import load_model
 
     torch.set_num_threads(threads)
     model = build_model(ArchConfig.model_validate_json((folder / "arch.json").read_text()))
@@ -87,9 +105,9 @@ def spawn(folder: Path, name: str, threads: int, args: argparse.Namespace) -> fl
     return float(json.loads(out.stdout.strip().splitlines()[-1])["ms_p50"])
 
 
-def sweep(folders: dict[str, Path], threads: list[int], args: argparse.Namespace) -> dict[tuple, list[float]]:
+def sweep(folders: dict[str, Path], threads: list[int], args: argparse.Namespace) -> dict[Key, list[float]]:
     """(shape, runtime, threads) -> the p50 of each round; the runtime order flips every other round."""
-    times: dict[tuple, list[float]] = {}
+    times: dict[Key, list[float]] = {}
     for r in range(args.rounds):
         order = list(RUNTIMES) if r % 2 == 0 else list(reversed(RUNTIMES))
         for shape, folder in folders.items():
@@ -104,6 +122,35 @@ def sweep(folders: dict[str, Path], threads: list[int], args: argparse.Namespace
 def _summary(values: list[float]) -> tuple[float, float]:
     med = statistics.median(values)
     return med, 100 * (max(values) - min(values)) / med if med else 0.0
+
+
+def floors_ms(shapes: list[str], bandwidth: dict[int, Bandwidth]) -> dict[Key, float]:
+    """(shape, runtime, threads) -> the bandwidth floor in ms/token: the weight bytes one token reads in the
+    runtime's format (``*_int8`` int8, the others fp32) over the copy bandwidth at that thread count."""
+    out = {}
+    for shape in shapes:
+        model = build_model(ALL_SHAPES[shape], seed=0)
+        nbytes = {fmt: weight_bytes_per_token(model, fmt) for fmt in ("fp32", "int8")}
+        for name in RUNTIMES:
+            fmt = "int8" if name.endswith("_int8") else "fp32"
+            for n, bw in bandwidth.items():
+                out[(shape, name, n)] = bw.floor_ms(nbytes[fmt])
+    return out
+
+
+def chosen(checks: dict[str, list[RuntimeFigures]], quiet: dict[Key, list[float]], threads: list[int]) -> set[Key]:
+    """The runtime the shipping rule picks for each shape and thread count, from the quiet medians."""
+    picks = set()
+    for shape, figures in checks.items():
+        for n in threads:
+            timed = [
+                f.model_copy(update={"threads": n, "ms_p50": statistics.median(quiet[(shape, f.name, n)])})
+                for f in figures
+            ]
+            pick = choose_runtime(timed).runtime
+            if pick is not None:
+                picks.add((shape, pick, n))
+    return picks
 
 
 def main() -> None:
@@ -124,34 +171,45 @@ def main() -> None:
         return
     threads = [int(t) for t in args.threads.split(",")]
     shapes = [s.strip() for s in args.shapes.split(",")]
+    print(f"measuring copy bandwidth at {', '.join(map(str, threads))} thread(s)", flush=True)
+    bandwidth = {n: measure_bandwidth(n) for n in threads}
+    floors = floors_ms(shapes, bandwidth)
     with tempfile.TemporaryDirectory(prefix="runtime-latency-") as tmp:
-        folders = {}
+        folders, checks = {}, {}
         for shape in shapes:
             folders[shape] = Path(tmp) / shape.strip("~")
             print(f"preparing {shape}: weights, int8, ONNX graphs, hf/, CTranslate2 conversions", flush=True)
-            prepare_shape(ALL_SHAPES[shape], folders[shape])
+            checks[shape] = prepare_shape(ALL_SHAPES[shape], folders[shape])
         quiet = sweep(folders, threads, args)
-        busy: dict[tuple, list[float]] = {}
+        busy: dict[Key, list[float]] = {}
         if args.load:
             with training_load(Path(tmp) / "load"):
                 busy = sweep(folders, threads, args)
+    picks = chosen(checks, quiet, threads)
     rows = []
-    for (shape, name, n), values in quiet.items():
+    for key, values in quiet.items():
+        shape, name, n = key
         med, spread = _summary(values)
         ct2 = statistics.median(quiet[(shape, "ct2_int8", n)])
-        arch = ALL_SHAPES[shape]
         row = {
             "shape": shape,
-            "params": sum(p.numel() for p in build_model(arch).parameters()),
             "runtime": name,
             "threads": n,
             "ms_p50": round(med, 4),
             "spread_%": round(spread, 1),
+            "x_floor": round(med / floors[key], 2),
             "x_ct2_int8": round(med / ct2, 3),
+            "chosen": "yes" if key in picks else "",
         }
         if busy:
-            b_med, b_spread = _summary(busy[(shape, name, n)])
-            row.update({"busy_ms_p50": round(b_med, 4), "busy_spread_%": round(b_spread, 1)})
+            b_med, b_spread = _summary(busy[key])
+            row.update(
+                {
+                    "busy_ms_p50": round(b_med, 4),
+                    "busy_spread_%": round(b_spread, 1),
+                    "busy_x_floor": round(b_med / floors[key], 2),
+                }
+            )
         rows.append(row)
     rows.sort(key=lambda r: (r["shape"], r["threads"], r["ms_p50"]))
     report(
@@ -165,7 +223,11 @@ def main() -> None:
             "rounds": args.rounds,
             "weights": "random, seed 0 (timing only)",
             "load": args.load,
+            "params": {s: sum(p.numel() for p in build_model(ALL_SHAPES[s]).parameters()) for s in shapes},
+            "bandwidth_gb_per_s": {n: bw.gb_per_s_best for n, bw in bandwidth.items()},
+            "floor_ms": {f"{s} {r} {n}": round(v, 4) for (s, r, n), v in floors.items()},
         },
+        wide=True,
     )
 
 

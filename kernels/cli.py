@@ -218,6 +218,7 @@ def latency_command(
     from kernels.bandwidth import floor_per_thread_count
     from kernels.compress import load_run
     from kernels.latency import MODES, measure_decode
+    from kernels.runtimes import parse_runtimes
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     bad = [m for m in wanted if m not in MODES]
@@ -267,8 +268,6 @@ def latency_command(
         )
     record: dict[str, object] = {"model": str(model), "device": device, "rows": rows}
     if runtimes is not None:
-        from kernels.runtimes import parse_runtimes
-
         if device != "cpu":
             raise UserError("--runtimes compares CPU deployment runtimes: use --device cpu")
         names = parse_runtimes(runtimes)
@@ -298,6 +297,8 @@ def _runtime_choice(
 ) -> RuntimeChoice:
     """Every runtime of ``names`` measured on the run folder's model; exports and conversions go to a scratch
     folder (the run folder is only read: ONNX graphs, ``ct2_*/`` and ``hf/`` found there are reused)."""
+    # imported here, as in the commands: this module is loaded by ``autonas --help``, and these modules import
+    # torch and the model's code, which must come after latency_command's re-exec on the model's own code
     import numpy as np
 
     from harness.data import prepare_corpus

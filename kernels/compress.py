@@ -30,6 +30,7 @@ from harness.data import CorpusSpec, TokenizedCorpus, prepare_corpus
 from harness.errors import UserError
 from harness.metrics import CachedLanguageModel, evaluate_bpb, measure_latency
 from harness.run_files import EVAL_BYTES, append_log, outcome_fail_reason, write_metrics
+from kernels import ct2_runtime
 from kernels.onnx_export import OnnxDecoder, check_against_torch, export_decode_step, quantize_onnx_int8
 from kernels.prune import (
     SEMI_STRUCTURED_DTYPE,
@@ -238,9 +239,8 @@ def _hf_export(model: CodeLM, out: Path, corpus: TokenizedCorpus) -> dict[str, A
 def default_runtimes(cfg: CompressConfig, hf_exported: bool) -> tuple[str, ...]:
     """The runtimes measured when ``--runtimes`` is not given: PyTorch, ONNX Runtime with ``--onnx``, CTranslate2
     where it is installed and the model has a Hugging Face export; the INT8 variants with ``--int8``."""
-    from kernels.ct2_runtime import available
-
-    names = ["torch"] + (["onnx"] if cfg.onnx else []) + (["ct2"] if hf_exported and available() is None else [])
+    ct2 = hf_exported and ct2_runtime.available() is None
+    names = ["torch"] + (["onnx"] if cfg.onnx else []) + (["ct2"] if ct2 else [])
     picked = parse_runtimes(",".join(names))
     return tuple(r for r in picked if cfg.int8 or not r.endswith("_int8"))
 

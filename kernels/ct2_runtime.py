@@ -46,7 +46,7 @@ def convert(hf_dir: Path, out: Path, precision: str) -> Path | str:
         return out
     if not (hf_dir / "tokenizer.json").is_file() and not (hf_dir / "tokenizer_config.json").is_file():
         return f"{hf_dir} has no tokenizer (CTranslate2's converter reads its vocabulary from it)"
-    import ctranslate2
+    import ctranslate2  # optional (the 'kernels' extra): imported where it is used, after available() said yes
 
     ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
         str(out), quantization=QUANTIZATION[precision], force=True
@@ -58,7 +58,7 @@ class Ct2Runtime(Runtime):
     """A ``ctranslate2.Generator`` over a converted folder, on ``device`` (cpu or cuda)."""
 
     def __init__(self, name: str, path: Path, threads: int, device: str = "cpu"):
-        import ctranslate2
+        import ctranslate2  # optional (the 'kernels' extra): only a CTranslate2 runtime needs it
 
         self.name, self.threads, self.device = name, threads, device
         self.generator = ctranslate2.Generator(str(path), device=device, intra_threads=threads)

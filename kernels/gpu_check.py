@@ -48,6 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 
 # The project's modules (and triton, torchao, safetensors) are imported inside the checks that use them, on
@@ -742,8 +743,6 @@ def check_ctranslate2_cuda(ctx: Context) -> dict[str, Any]:
     ct2 = _require_module("ctranslate2")
     if ct2.get_cuda_device_count() == 0:
         raise Skip(f"ctranslate2 {ct2.__version__} has no CUDA support here (get_cuda_device_count() == 0)")
-    import numpy as np
-
     from kernels.ct2_runtime import Ct2Runtime, convert
     from kernels.onnx_export import torch_nll_nats
     from nas.hf import export_hf

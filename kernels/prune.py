@@ -21,7 +21,7 @@ from typing import cast
 
 import numpy as np
 import torch
-from torch.sparse import to_sparse_semi_structured
+from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
 from harness.errors import UserError
 from nas.model import Block, CodeLM, build_model
@@ -148,8 +148,6 @@ def densify_semi_structured(model: CodeLM) -> None:
     pointer), fine-tuned, or quantized by the int8 path, so everything after the 2:4 measurement works on the
     dense weights with the same zeros, as it does for magnitude and Wanda pruning.
     """
-    from torch.sparse import SparseSemiStructuredTensor
-
     for lin in prunable_linears(model).values():
         if isinstance(lin.weight, SparseSemiStructuredTensor):
             lin.weight = torch.nn.Parameter(lin.weight.to_dense().float())

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from harness.cli_support import err_console
 from harness.errors import UserError
 from kernels.latency import cpu_threads, measure_decode
 from kernels.onnx_export import (
@@ -40,6 +41,7 @@ from kernels.onnx_export import (
     quantize_onnx_int8,
     torch_nll_nats,
 )
+from kernels.quant import for_runtime, load_int8
 from nas.model import CodeLM
 
 REFERENCE = "torch_fp32"
@@ -249,7 +251,8 @@ def prepare(name: str, src: RuntimeSources) -> Path | str:
         int8 = src.out / ONNX_INT8_FILE
         return int8 if int8.is_file() else quantize_onnx_int8(fp32)
     if name.startswith("ct2_"):
-        from kernels.ct2_runtime import convert  # imported here: ctranslate2 is an optional extra
+        # imported here, not at the top: kernels.ct2_runtime builds on this module (a cycle at import time)
+        from kernels.ct2_runtime import convert
 
         if src.hf_dir is None:
             return src.hf_blocker or "no Hugging Face export"
@@ -262,13 +265,11 @@ def load(name: str, path: Path, src: RuntimeSources, threads: int, device: str =
     if name == "torch_fp32":
         return TorchRuntime(name, src.model, threads)
     if name == "torch_int8":
-        from kernels.quant import for_runtime, load_int8
-
         return TorchRuntime(name, for_runtime(load_int8(path), "cpu"), threads)  # type: ignore[arg-type]
     if name.startswith("onnx_"):
         return OnnxRuntime(name, path, src.model, threads)
     if name.startswith("ct2_"):
-        from kernels.ct2_runtime import Ct2Runtime
+        from kernels.ct2_runtime import Ct2Runtime  # here, not at the top: it builds on this module
 
         return Ct2Runtime(name, path, threads, device)
     raise UserError(f"unknown runtime {name!r}: use {', '.join(RUNTIMES)}")
@@ -294,8 +295,6 @@ def measure(
     out = []
     for name in names:
         if progress:
-            from harness.cli_support import err_console
-
             err_console.print(f"runtime {name}: preparing and measuring at {n} thread(s)", highlight=False)
         where = prepare(name, src)
         if isinstance(where, str):

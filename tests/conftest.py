@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.data import stdlib_dir
+from harness.tokenizer import BPETokenizer, train_bpe
 
 SMALL_CORPUS_FILES = [
     "json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "json/tool.py",
@@ -36,6 +37,12 @@ def small_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / rel, target)
     return root
+
+
+@pytest.fixture(scope="session")
+def small_corpus_bpe(small_corpus_dir: Path) -> BPETokenizer:
+    """A 600-token BPE trained on the small corpus, once per session (tests only read it)."""
+    return train_bpe([p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))], 600)
 
 
 @pytest.fixture(autouse=True)

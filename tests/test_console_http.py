@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -31,21 +32,26 @@ def _tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture()
-def runs(tmp_path: Path) -> Path:
-    runs_dir = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def built_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The runs folder with run r1 (7 experiments, their git history), built once for the module: building the git
+    history takes seconds, a copy of it milliseconds. Tests take a copy (:func:`runs`), never this folder."""
+    runs_dir = tmp_path_factory.mktemp("built") / "runs"
     runs_dir.mkdir()
     make_run(runs_dir, "r1", 7, secret=SECRET)
     return runs_dir
 
 
+@pytest.fixture()
+def runs(built_runs: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the built runs folder (files, times and git history as built), free to change."""
+    return Path(shutil.copytree(built_runs, tmp_path / "runs", symlinks=True))
+
+
 @pytest.fixture(scope="module")
-def runs_with_hidden(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run folder (and a hidden one beside it) shared by the id tests, which only read: building a run with its
-    git history is most of a test's time."""
-    runs_dir = tmp_path_factory.mktemp("ids") / "runs"
-    runs_dir.mkdir()
-    make_run(runs_dir, "r1", 7, secret=SECRET)
+def runs_with_hidden(built_runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One copy (and a hidden run folder beside r1) shared by the id tests, which only read."""
+    runs_dir = Path(shutil.copytree(built_runs, tmp_path_factory.mktemp("ids") / "runs", symlinks=True))
     (runs_dir / ".hidden").mkdir()
     (runs_dir / ".hidden" / "run.json").write_text("{}")
     return runs_dir

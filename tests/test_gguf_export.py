@@ -222,8 +222,8 @@ def test_byte_tokenizer_is_its_256_symbols_with_an_empty_merges_list(tmp_path: P
     assert [int(p[0]) for p in merges.parts[2:]] == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING, 0]
 
 
-def test_bpe_tokenizer_tokens_merges_and_separator(tmp_path: Path, small_corpus_dir: Path) -> None:
-    tok = train_bpe([p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))], 600)
+def test_bpe_tokenizer_tokens_merges_and_separator(tmp_path: Path, small_corpus_bpe: BPETokenizer) -> None:
+    tok = small_corpus_bpe
     arch = ARCHS[0].model_copy(update={"vocab_size": tok.vocab_size})
     r = gguf.GGUFReader(export_gguf(_perturbed(arch), tok, tmp_path / "m.gguf").path)
     spec = json.loads(hf_backend(tok).to_str())
@@ -404,12 +404,12 @@ def test_autonas_export_refuses_a_non_llama_run(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.iterdir()) == ["arch.json", "model.safetensors"]
 
 
-def test_llama_cpp_runs_the_file(tmp_path: Path, small_corpus_dir: Path) -> None:
+def test_llama_cpp_runs_the_file(tmp_path: Path, small_corpus_bpe: BPETokenizer) -> None:
     """Where llama.cpp's Python binding is installed (it builds from source, so not on every machine): llama.cpp
     itself loads the file, tokenizes text to our ids and computes our logits."""
     llama_cpp = pytest.importorskip("llama_cpp")
     text = "def área(r):\n\treturn 3.14 * r  *  r  # π ∑ 🐍\n"
-    bpe = train_bpe([p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))], 600)
+    bpe = small_corpus_bpe
     # every shape with the byte tokenizer (GQA, MQA with its own head, pruned heads), and a BPE
     cases: list[tuple[Tokenizer, ArchConfig]] = [(ByteTokenizer(), a) for a in ARCHS] + [(bpe, ARCHS[0])]
     for tokenizer, shape in cases:

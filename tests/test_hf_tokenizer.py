@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from harness.errors import UserError
-from harness.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, byte_level_symbols, train_bpe
+from harness.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, byte_level_symbols
 from nas.hf import export_hf
 from nas.model import build_model
 from nas.space import ArchConfig
@@ -27,9 +27,9 @@ CODE = (
 )
 
 
-@pytest.fixture(scope="module")
-def bpe(small_corpus_dir: Path) -> BPETokenizer:
-    return train_bpe([p.read_text() for p in sorted(small_corpus_dir.rglob("*.py"))], 600)
+@pytest.fixture()
+def bpe(small_corpus_bpe: BPETokenizer) -> BPETokenizer:
+    return small_corpus_bpe
 
 
 def _export(tmp_path: Path, tokenizer: Tokenizer) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from harness.data import CorpusSpec, prepare_corpus
 from harness.errors import UserError
 from kernels.compress import CompressConfig, compress, load_run
+from kernels.latency import cpu_threads
 from kernels.prune import PruneSpec, input_norms, prunable_linears, prune_ffn_channels, prune_unstructured
 from kernels.quant import dequantize, for_runtime, load_int8, quantize_per_channel, save_int8
 from nas.model import build_model
@@ -30,6 +32,14 @@ SWIGLU = ArchConfig(
     norm="rmsnorm",
     tie_embeddings=False,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Each test on one thread, as tests/test_runtimes.py's fixtures: the models are tiny, and on the shared 2-core
+    test machine under load two threads made training and compression 7-20x slower. No assertion is about speed."""
+    with cpu_threads(1):
+        yield
 
 
 def test_per_channel_int8_round_trip_is_within_half_a_step() -> None:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from harness.data import CorpusSpec, prepare_corpus
 from harness.errors import UserError
 from kernels.compress import CompressConfig, compress, load_run
+from kernels.latency import cpu_threads
 from kernels.runtimes import (
     REFERENCE,
     RUNTIMES,
@@ -35,13 +36,18 @@ from nas.space import ArchConfig
 pytest.importorskip("ctranslate2")
 pytest.importorskip("onnxruntime")
 
+# The fixtures train and compress on one thread: these models are tiny, and on the shared 2-core test machine under
+# load two threads made the BPE run's training 124-248 s against 6-18 s, and its compression 319 s against 36 s.
+# The tests check what the runtimes compute, not how fast, so the thread count changes no assertion.
+ONE_THREAD = 1
 FP32 = ("torch_fp32", "onnx_fp32", "ct2_fp32")
 INT8 = ("torch_int8", "onnx_int8", "ct2_int8")
 
 
 @pytest.fixture(scope="module")
 def bpe_run(small_corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run of a tiny Llama-shaped model (grouped-query attention) with a 320-token BPE vocabulary."""
+    """A finished run of a tiny Llama-shaped model (grouped-query attention) with a 320-token BPE vocabulary, trained
+    on one thread (see :data:`ONE_THREAD`)."""
     from nas.train import TrainConfig, Trainer
 
     out = tmp_path_factory.mktemp("bpe-run")
@@ -49,18 +55,21 @@ def bpe_run(small_corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     arch = ArchConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64, context_length=64, vocab_size=320)
     cfg = TrainConfig(budget_tokens=20_000, batch_size=8, eval_bytes=4096, measure_latency=False, device="cpu")
     corpus = prepare_corpus(spec, "bpe:320")
-    outcome = Trainer(arch, corpus, cfg, out, spec, "bpe:320", log_to_console=False).run()
+    with cpu_threads(ONE_THREAD):
+        outcome = Trainer(arch, corpus, cfg, out, spec, "bpe:320", log_to_console=False).run()
     assert outcome.status == "ok"
     return out
 
 
 @pytest.fixture(scope="module", params=["bpe", "byte"])
 def compressed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The run compressed with --int8 and every runtime timed at one thread (its source run in ``source``)."""
+    """The run compressed with --int8 and every runtime timed at one thread (its source run in ``source``); the
+    whole compression runs on one thread (see :data:`ONE_THREAD`)."""
     run = request.getfixturevalue("bpe_run" if request.param == "bpe" else "tiny_run")
     out = tmp_path_factory.mktemp(f"compressed-{request.param}") / "c"
     cfg = CompressConfig(int8=True, onnx=True, runtimes=RUNTIMES, runtime_threads=1, eval_bytes=4096)
-    m = compress(run, out, cfg, log_to_console=False)
+    with cpu_threads(ONE_THREAD):
+        m = compress(run, out, cfg, log_to_console=False)
     return out, {**m, "source_run": run}
 
 
