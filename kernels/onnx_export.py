@@ -12,7 +12,7 @@ same validation tokens with both (bits per byte must agree).
 
 What was measured (1 thread, ~10M and ~50M Llama shapes of ``benchmarks/compression.py``, 32-token prompt
 then 128 tokens, fresh processes in alternated order; this 2-core machine was shared, load average 13-17, so
-the figures spread widely and the lead re-runs ``benchmarks/onnx_vs_ctranslate2.py`` on a quiet one):
+the figures spread widely and the lead re-runs ``benchmarks/runtime_latency.py`` on a quiet one):
 
 - the in-place cache (GroupQueryAttention, IO binding) against the first version's cache in/out, both with
   dynamic int8: ~10M 0.50 / 1.03 / 0.67 ms/token against 1.16 / 1.15 / 1.50; ~50M 8.3 / 33.9 / 28.9
@@ -26,7 +26,7 @@ the figures spread widely and the lead re-runs ``benchmarks/onnx_vs_ctranslate2.
 - onnxruntime's profiler on the result (~10M, 1 thread): ``MatMulNBits`` 66 % of kernel time,
   ``GroupQueryAttention`` 24 %, everything else under 10 %: what is left is the weights' matrix products.
 
-Against CTranslate2's own int8 conversion of the same model (``benchmarks/onnx_vs_ctranslate2.py``, 1 thread,
+Against CTranslate2's own int8 conversion of the same model (``benchmarks/runtime_latency.py``, 1 thread,
 3 alternated rounds, same loaded machine): ~10M 0.44 and 0.56 ms/token against 1.12 and 3.28 in two runs
 (single sequential runs: 0.50-0.67 against 0.69-0.76); ~50M 6.2 and 10.9 against 24.1 and 24.0.
 """

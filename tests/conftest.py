@@ -27,6 +27,23 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_process() -> None:
+    """Tests run torch on one thread, in this process and in every worker it starts (``OMP_NUM_THREADS`` is on the
+    workers' allow-list). The test models are tiny: a second thread adds a synchronisation per operator and buys
+    nothing, and on a shared 2-core machine two threads per process made the fixtures 7-20x slower. The product's
+    own defaults are not changed; tests that choose a thread count still set it themselves."""
+    import torch  # deliberate: the fixtures that need torch import it anyway; collection stays light without it
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def small_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~25 real Python files (about 300 KB) copied from the standard library."""
