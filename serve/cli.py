@@ -13,9 +13,7 @@ import uvicorn
 
 from harness.cli_support import err_console, user_errors
 from harness.errors import UserError
-from serve.app import ServeSettings, create_app
-from serve.engine import RUNTIME_CHOICES, EngineOptions
-from serve.registry import parse_model_option
+from serve.runtime_choice import RUNTIME_CHOICES
 
 API_KEY_ENV = "AUTONAS_SERVE_API_KEY"
 
@@ -71,6 +69,11 @@ def serve_command(
     """Serve the runs' models behind an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions)."""
     if runtime not in RUNTIME_CHOICES:
         raise UserError(f"--runtime {runtime!r}: use one of {', '.join(RUNTIME_CHOICES)}")
+    # deliberate: the app, the engine and the registry import torch; the checks above and `autonas --help` need none
+    from serve.app import ServeSettings, create_app
+    from serve.engine import EngineOptions
+    from serve.registry import parse_model_option
+
     key = api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(host) and key is None:
         raise UserError(

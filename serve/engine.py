@@ -112,9 +112,6 @@ class EngineOptions:
     runtime: str = "auto"  # one of RUNTIME_CHOICES: what decodes (serve.registry resolves "auto" per model)
 
 
-RUNTIME_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
-
-
 class Engine:
     """Serves one model from one thread; ``decoder`` (by default PyTorch over a slot cache) runs the steps.
 

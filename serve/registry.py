@@ -29,8 +29,9 @@ from harness.errors import UserError
 from nas.model import CodeLM
 from nas.run_folder import load_trained_model
 from serve.batched_step import SlotDecoder, TorchSlotDecoder
-from serve.engine import RUNTIME_CHOICES, Engine, EngineOptions
+from serve.engine import Engine, EngineOptions
 from serve.ids import ID_PATTERN, valid_id
+from serve.runtime_choice import RUNTIME_CHOICES
 
 BEST = "best"
 # the folder's measured runtime (kernels.runtimes names) -> what the engine batches it with

@@ -148,3 +148,14 @@ def test_run_paths_and_editors_default_to_the_settings() -> None:
     options = _option_defaults("run")
     assert str(options["runs_dir"]) == RunSettings.model_fields["runs_dir"].default
     assert tuple(options["editor"].split(",")) == RunSettings.model_fields["editors"].default
+
+
+def test_the_command_line_starts_without_torch() -> None:
+    """Every ``autonas`` command, refused ones included, pays for its imports: the command tree itself (help, option
+    checks, one-line refusals) must not import torch, which costs seconds; each command imports it after its checks."""
+    import subprocess
+    import sys
+
+    probe = "import sys, agent.cli\nprint([m for m in ('torch', 'onnxruntime', 'ctranslate2') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
