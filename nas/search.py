@@ -257,7 +257,7 @@ class _SearchRun:
 
     def _resubmit_interrupted(self) -> None:
         """Trials a killed search left RUNNING: run them again (their folders resume or hold the result)."""
-        for stage in (1, 2):
+        for stage in self.studies.stages:
             for t in self.studies.interrupted(stage):
                 arch_attr = t.user_attrs.get("arch")
                 if arch_attr is None:

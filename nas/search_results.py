@@ -32,7 +32,7 @@ from nas.pareto import pareto_front
 from nas.search_config import SearchConfig
 from nas.search_export import best_arch_file
 from nas.search_schedule import trial_folder
-from nas.search_study import SearchStudies, trial_fail_reason, trial_status
+from nas.search_study import TRAINED_STATUSES, SearchStudies, trial_fail_reason, trial_status
 from nas.space import ArchConfig
 from nas.trial import with_cumulative_tokens
 
@@ -125,8 +125,9 @@ class SearchResults:
         return rows
 
     def tokens_trained(self) -> int:
-        """Tokens trained by every finished trial and replicate of every stage (what --token-budget counts)."""
-        return sum(int(r.get("tokens_trained") or 0) for r in self.rows())
+        """Tokens trained by every finished trial and replicate of every stage (what --token-budget counts). A
+        duplicate carries its twin's metrics and trained nothing itself: only trials that went to a worker count."""
+        return sum(int(r.get("tokens_trained") or 0) for r in self.rows() if r["status"] in TRAINED_STATUSES)
 
     def counts(self) -> dict[str, int]:
         """Trials by stage and status (or state while unfinished): ``{"stage1_ok": 4, "stage1_rejected": 2}``."""

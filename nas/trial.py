@@ -110,6 +110,7 @@ def prepare_start(spec: TrialSpec, out: Path) -> tuple[InitRecord, Path | None]:
     """The trial's start, decided once: ``init.json`` (and ``init.safetensors`` when inherited) written before
     training, read back by a resumed trial. Returns the record and the weights to start from (None: fresh)."""
     record_path = out / INIT_RECORD
+    out.mkdir(parents=True, exist_ok=True)
     if record_path.is_file():
         saved = InitRecord.model_validate_json(record_path.read_text())
         grown = out / INIT_WEIGHTS
@@ -117,7 +118,6 @@ def prepare_start(spec: TrialSpec, out: Path) -> tuple[InitRecord, Path | None]:
     record, weights = (
         (InitRecord(init="scratch"), None) if spec.init_from is None else _grow_from(spec, Path(spec.init_from), out)
     )
-    out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(record.model_dump_json())
     return record, weights
 
@@ -133,12 +133,14 @@ def _grow_from(spec: TrialSpec, parent_dir: Path, out: Path) -> tuple[InitRecord
 
     name = parent_dir.name
     weights = parent_dir / "model.safetensors"
-    if not weights.is_file() or not (parent_dir / "arch.json").is_file():
-        return InitRecord(init=f"scratch: parent {name} has no trained model"), None
+    if not (parent_dir / "arch.json").is_file():
+        return InitRecord(init=f"scratch: parent {name} has no architecture file"), None
     parent_arch = ArchConfig.load(parent_dir / "arch.json")
     how = plan_inheritance(parent_arch, spec.arch)
     if not how.preserved:
         return InitRecord(init=f"scratch: {how.reason}"), None
+    if not weights.is_file():
+        return InitRecord(init=f"scratch: parent {name} has no trained model"), None
     parent = build_model(parent_arch, seed=spec.seed)
     load_model(parent, str(weights), device="cpu")
     child, how = grow(parent, spec.arch, seed=spec.seed)
