@@ -10,6 +10,13 @@ Stages (each budget a setting):
 2. **Longer training** of the best ``1/eta`` of stage 1 by Pareto rank (at most ``stage2_max``), in a
    second study ``<name>.stage2`` of the same storage so fidelities never mix in one sampler.
 
+With ``rungs`` (e.g. ``1/27,1/9,1/3,1`` of ``max_budget`` tokens) stages 1 and 2 become rungs 1..K, run as
+asynchronous successive halving (:class:`_RungSearchRun`, :mod:`nas.search_rungs`): a promoted trial continues from its
+lower rung's weights and trains only the difference, each rung's noise is measured by replicates, and a promotion
+follows the noise rule of :mod:`nas.rungs`. With ``inherit``, an aging-evolution child whose change keeps its parent's
+function (deeper, wider FFN) starts from the parent's rung-1 weights (:mod:`nas.morphism`); every trial records its
+start. ``token_budget`` stops the search when its trials together trained that many tokens (equal compute).
+
 Every trial's architecture is stored on the Optuna trial before it runs; a trial found RUNNING after a
 crash is run again from its folder (continuing from its checkpoint, or reading its finished metrics), so a
 resumed search loses no completed trial and repeats none. Optuna's multi-objective studies have no

@@ -131,7 +131,9 @@ def test_a_search_with_three_rungs(tmp_path: Path, small_corpus_dir: Path, one_t
         rows = list(csv.DictReader(fh, delimiter="\t"))
     trials = [r for r in rows if not r["replicate"]]
     by_stage = {k: [r for r in trials if r["stage"] == str(k) and r["status"] == "ok"] for k in (1, 2, 3)}
-    assert len(by_stage[1]) == 6 and 3 <= len(by_stage[2]) <= 4 and 2 <= len(by_stage[3]) <= 3  # quota .. cap
+    assert len(by_stage[1]) == 6 and by_stage[2] and by_stage[3]
+    for k in (1, 2):  # never more promotions than the cap allows for the rung's final count (eta 2, cap 1.5)
+        assert len(by_stage[k + 1]) <= int(1.5 * (len(by_stage[k]) // 2))
     for k, trained in ((2, 4096), (3, 8192)):  # rung k's trials continue their parents by the rungs' difference
         parents = {int(r["trial"]): r for r in by_stage[k - 1]}
         for r in by_stage[k]:
