@@ -36,6 +36,7 @@ from harness.tokenizer import parse_tokenizer_spec
 from nas import validate
 from nas.counting import arch_metrics
 from nas.objectives import SearchLimits
+from nas.rungs import parse_rungs
 from nas.space import SPACES, ArchConfig, ArchConstraints, get_space
 
 
@@ -271,7 +272,7 @@ def search_command(
         str, typer.Option(help="bpb plus any of bytes_int8, bytes_fp16, params, latency")
     ] = "bpb,bytes_int8",
     strategy: Annotated[str, typer.Option(help="nsga2, evolution or random")] = "nsga2",
-    trials: Annotated[int | None, typer.Option(min=1, help="stage-1 trainings")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="stage-1 (rung-1) trainings")] = None,
     budget: Annotated[str | None, typer.Option(help="wall-clock budget of the search, e.g. 1h")] = None,
     cap_trials: Annotated[
         bool,
@@ -307,6 +308,23 @@ def search_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     eval_bytes: Annotated[int, typer.Option(min=1, help="bytes of validation text scored")] = EVAL_BYTES,
     quiet: Annotated[bool, typer.Option(help="no live table")] = False,
+    rungs: Annotated[
+        str | None,
+        typer.Option(help="successive halving over fractions of --max-budget, e.g. 1/27,1/9,1/3,1 (replaces --stage2)"),
+    ] = None,
+    max_budget: Annotated[str | None, typer.Option(help="tokens of the last rung, e.g. 270ktok")] = None,
+    token_budget: Annotated[
+        str | None, typer.Option(help="stop when all trials together trained this many tokens, e.g. 5Mtok")
+    ] = None,
+    replicates: Annotated[int, typer.Option(min=0, help="trials per rung trained twice to measure its noise")] = 2,
+    noise_z: Annotated[float, typer.Option(min=0, help="promotion margin in standard deviations")] = 1.0,
+    promote_cap: Annotated[float, typer.Option(min=1, help="promotions per rung at most this times 1/eta")] = 1.5,
+    inherit: Annotated[
+        bool, typer.Option(help="evolution children start from their parent's weights when that keeps its function")
+    ] = False,
+    grow_share: Annotated[
+        float, typer.Option(min=0, max=1, help="with --inherit, share of children mutated by growth moves")
+    ] = 0.5,
 ) -> None:
     """Multi-objective, multi-fidelity architecture search (resumable with --resume)."""
     from nas.search import Search, SearchConfig  # optuna and torch: after the flags are checked
@@ -318,6 +336,16 @@ def search_command(
     validate.budget(stage1, "--stage1")
     if stage2 != "none":
         validate.budget(stage2, "--stage2")
+    if (rungs is None) != (max_budget is None):
+        raise UserError("--rungs and --max-budget go together: give both (or neither, for --stage1 / --stage2)")
+    if rungs is not None and max_budget is not None:
+        parse_rungs(rungs)
+        if validate.budget(max_budget, "--max-budget").tokens is None:
+            raise UserError(f"--max-budget is a token count (rungs add tokens up), e.g. 270ktok, got {max_budget!r}")
+    if token_budget is not None and validate.budget(token_budget, "--token-budget").tokens is None:
+        raise UserError(f"--token-budget is a token count (all trials together), e.g. 5Mtok, got {token_budget!r}")
+    if inherit and strategy != "evolution":
+        raise UserError("--inherit needs --strategy evolution (only its children have a parent)")
     validate.seed(seed)
     validate.number(batch_size, "--batch-size", le=65_536)
     validate.number(eval_bytes, "--eval-bytes", le=10**11)
@@ -368,6 +396,14 @@ def search_command(
         tokenizer=tokenizer,
         batch_size=batch_size,
         eval_bytes=eval_bytes,
+        rungs=rungs,
+        max_budget=max_budget,
+        token_budget=token_budget,
+        replicates=replicates,
+        noise_z=noise_z,
+        promote_cap=promote_cap,
+        inherit=inherit,
+        grow_share=grow_share,
     )
     summary = Search(cfg, resume=resume, live=not quiet).run()
     console.print()

@@ -156,6 +156,7 @@ class LocalExecutor:
         return TrialResult(
             number=spec.number,
             stage=spec.stage,
+            replicate=spec.replicate,
             status=status,
             fail_reason=reason,
             run_s=time.monotonic() - worker.started,
@@ -313,6 +314,7 @@ class RayExecutor:
                 result = TrialResult(
                     number=spec.number,
                     stage=spec.stage,
+                    replicate=spec.replicate,
                     status="crashed",
                     fail_reason=f"ray task failed: {first[:300]}",
                     run_s=time.monotonic() - start,
@@ -327,6 +329,7 @@ class RayExecutor:
                     TrialResult(
                         number=spec.number,
                         stage=spec.stage,
+                        replicate=spec.replicate,
                         status="timeout",
                         fail_reason=f"no result within the trial time limit of {spec.time_limit_s:.0f} s",
                         run_s=time.monotonic() - start,

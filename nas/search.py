@@ -10,6 +10,13 @@ Stages (each budget a setting):
 2. **Longer training** of the best ``1/eta`` of stage 1 by Pareto rank (at most ``stage2_max``), in a
    second study ``<name>.stage2`` of the same storage so fidelities never mix in one sampler.
 
+With ``rungs`` (e.g. ``1/27,1/9,1/3,1`` of ``max_budget`` tokens) stages 1 and 2 become rungs 1..K, run as
+asynchronous successive halving (:class:`_RungSearchRun`, :mod:`nas.search_rungs`): a promoted trial continues from its
+lower rung's weights and trains only the difference, each rung's noise is measured by replicates, and a promotion
+follows the noise rule of :mod:`nas.rungs`. With ``inherit``, an aging-evolution child whose change keeps its parent's
+function (deeper, wider FFN) starts from the parent's rung-1 weights (:mod:`nas.morphism`); every trial records its
+start. ``token_budget`` stops the search when its trials together trained that many tokens (equal compute).
+
 Every trial's architecture is stored on the Optuna trial before it runs; a trial found RUNNING after a
 crash is run again from its folder (continuing from its checkpoint, or reading its finished metrics), so a
 resumed search loses no completed trial and repeats none. Optuna's multi-objective studies have no
@@ -37,11 +44,13 @@ from nas.executors import Executor, LocalExecutor, RayExecutor
 from nas.objectives import Objective, parse_objectives
 from nas.pareto import rank_order
 from nas.proxies import PROXY_NAMES
+from nas.rungs import parse_rungs, rung_tokens
 from nas.search_config import SearchConfig
 from nas.search_export import export_front
 from nas.search_live import LiveStatus, LiveView
 from nas.search_results import SearchResults
-from nas.search_schedule import SearchClock, TrialRunner, trial_folder
+from nas.search_rungs import RungLadder
+from nas.search_schedule import Job, SearchClock, TrialRunner, trial_folder
 from nas.search_screening import Candidate, Screener
 from nas.search_study import TRAINED_STATUSES, Outcome, SearchStudies, arch_attrs
 from nas.space import ArchConfig, SearchSpace, get_space
@@ -68,8 +77,14 @@ class Search:
         for b in (cfg.stage1_budget, cfg.stage2_budget, cfg.budget):
             if b is not None:
                 parse_budget(b)
-        if cfg.trials is None and cfg.budget is None:
-            raise UserError("give --trials or --budget (or both) so the search knows when to stop")
+        if cfg.trials is None and cfg.budget is None and cfg.token_budget is None:
+            raise UserError("give --trials, --budget or --token-budget so the search knows when to stop")
+        if cfg.token_budget is not None and parse_budget(cfg.token_budget).tokens is None:
+            raise UserError(f"--token-budget {cfg.token_budget} is a time: give tokens trained in all, e.g. 5Mtok")
+        if cfg.rungs is not None:
+            self.cfg = cfg = _with_rungs(cfg)
+        elif cfg.token_budget is not None and parse_budget(cfg.stage1_budget).tokens is None:
+            raise UserError("--token-budget counts tokens: give the trials a token budget too (--stage1 e.g. 50ktok)")
         if cfg.budget is not None and parse_budget(cfg.budget).seconds is None:
             raise UserError(f"--budget {cfg.budget} is a token count: a search's --budget is wall-clock time, e.g. 1h")
         if cfg.screen_proxy not in PROXY_NAMES:
@@ -106,7 +121,7 @@ class Search:
             executor.shutdown()
             raise
         clock = SearchClock(self.cfg, self.out, studies.elapsed_before, started)
-        run = _SearchRun(
+        run = (_RungSearchRun if self.cfg.rungs else _SearchRun)(
             self.cfg,
             self.objectives,
             studies,
@@ -117,6 +132,21 @@ class Search:
             clock,
         )
         return run.run(corpus.tokenizer)
+
+
+def _with_rungs(cfg: SearchConfig) -> SearchConfig:
+    """A rung search's config with stage 1 set to rung 1's token budget and no separate stage 2 (one line for bad
+    rungs)."""
+    assert cfg.rungs is not None and cfg.max_budget is not None
+    fractions = parse_rungs(cfg.rungs)
+    max_tokens = parse_budget(cfg.max_budget).tokens
+    if max_tokens is None:
+        raise UserError(
+            f"--max-budget {cfg.max_budget} is a time: rungs need tokens (they add up across rungs), e.g. 270ktok"
+        )
+    return cfg.model_copy(
+        update={"stage1_budget": f"{rung_tokens(max_tokens, fractions)[0]}tok", "stage2_budget": None}
+    )
 
 
 class _SearchRun:
@@ -149,15 +179,15 @@ class _SearchRun:
                 or self._stage1_open()
                 or (self.ready and self._stage1_open_for_submit())
             ):
-                self.runner.fill(1, self._next_stage1)
+                self.runner.fill(self._next_stage1)
                 if not self.runner.running:
                     break
                 self._drain()
             if not self.clock.stop_requested():
                 self._close_queue()
-                self.runner.pending.extend((2, number, arch) for number, arch in self._promotions())
+                self.runner.pending.extend(Job(2, number, arch) for number, arch in self._promotions())
                 while self.runner.pending or self.runner.running:
-                    self.runner.fill(2, lambda: None)
+                    self.runner.fill(lambda: None)
                     self._drain()
         finally:
             self.studies.save_elapsed(self.clock.elapsed())
@@ -169,12 +199,16 @@ class _SearchRun:
         """Re-measure the final front's latency, write pareto.json / metrics.json / results.tsv / pareto.png, export
         the best."""
         stage, members = self.results.final_front()
-        summary = self.results.write_final(stage, members, self.clock.elapsed())
+        summary = self.results.write_final(stage, members, self.clock.elapsed(), self._rungs_record())
         export_front(self.results.out, [(m.arch, m.folder) for m in members], self.cfg.export_hf, tokenizer)
         return summary
 
+    def _rungs_record(self) -> dict[str, Any] | None:
+        """rungs.json's content for pareto.json (a search without rungs has none)."""
+        return None
+
     def _status(self) -> LiveStatus:
-        return LiveStatus(self.clock.elapsed(), self.results.counts(), list(self.runner.running))
+        return LiveStatus(self.clock.elapsed(), self.results.counts(), [k[:2] for k in self.runner.running])
 
     # ------------------------------------------------------------------------------------------- stage 1
 
@@ -189,17 +223,30 @@ class _SearchRun:
     def _stage1_open(self) -> bool:
         """May more candidates be asked for (the queue counts as planned work)?"""
         limit = self.cfg.trials
-        planned = self._stage1_trained() + len(self.runner.running) + len(self.ready)
-        return self.clock.stage1_time_left() and (limit is None or planned < limit)
+        planned = self._stage1_trained() + self._stage1_running() + len(self.ready)
+        return self.clock.stage1_time_left() and (limit is None or planned < limit) and self._tokens_left()
 
     def _stage1_open_for_submit(self) -> bool:
         """May a queued candidate start training?"""
         limit = self.cfg.trials
-        return self.clock.stage1_time_left() and (
-            limit is None or self._stage1_trained() + len(self.runner.running) < limit
+        return (
+            self.clock.stage1_time_left()
+            and (limit is None or self._stage1_trained() + self._stage1_running() < limit)
+            and self._tokens_left()
         )
 
-    def _next_stage1(self) -> tuple[int, ArchConfig] | None:
+    def _stage1_running(self) -> int:
+        return sum(1 for stage, _, replicate in self.runner.running if stage == 1 and not replicate)
+
+    def _tokens_left(self) -> bool:
+        """With ``token_budget``: whether one more stage-1 training fits in what is left of it."""
+        total = self.cfg.token_budget_tokens
+        if total is None:
+            return True
+        spent = self.results.tokens_trained() + self.runner.planned_tokens()
+        return spent + (parse_budget(self.cfg.stage1_budget).tokens or 0) <= total
+
+    def _next_stage1(self) -> Job | None:
         """The next screened candidate to train, screening new batches while the queue is empty and stage 1 is open."""
         batches = 0
         while not self.ready and self._stage1_open():
@@ -213,11 +260,11 @@ class _SearchRun:
         if not self.ready or not self._stage1_open_for_submit():
             return None
         cand = self.ready.popleft()
-        return cand.number, cand.arch
+        return Job(1, cand.number, cand.arch, init_from=cand.init_from)
 
     def _resubmit_interrupted(self) -> None:
         """Trials a killed search left RUNNING: run them again (their folders resume or hold the result)."""
-        for stage in (1, 2):
+        for stage in self.studies.stages:
             for t in self.studies.interrupted(stage):
                 arch_attr = t.user_attrs.get("arch")
                 if arch_attr is None:
@@ -228,10 +275,11 @@ class _SearchRun:
                     )
                     continue
                 arch = ArchConfig(**arch_attr)
+                init_from = t.user_attrs.get("init_from")
                 if stage == 1 and not trial_folder(self.results.out, 1, t.number).exists():
-                    self.ready.append(Candidate(t.number, arch))  # chosen but never started: back in the queue
+                    self.ready.append(Candidate(t.number, arch, init_from))  # chosen but never started: queue again
                 else:
-                    self.runner.pending.append((stage, t.number, arch))
+                    self.runner.pending.append(Job(stage, t.number, arch, t.user_attrs.get("train_budget"), init_from))
 
     def _close_queue(self) -> None:
         """Candidates still queued when stage 1 ends are closed as not run (a resume must not start them)."""
@@ -286,3 +334,67 @@ class _SearchRun:
                 trial.set_user_attr(key, value)
             out.append((trial.number, arch))
         return out
+
+
+class _RungSearchRun(_SearchRun):
+    """A search with rungs (:mod:`nas.search_rungs`), asynchronous successive halving (ASHA, Li et al. 2020): each
+    free worker gets, in this order, a replicate a rung still owes (its noise), the best promotable trial from the
+    highest rung down, else a new screened rung-1 candidate. The search ends when none of them can start and no job
+    is running (the stage-1 limits, --budget, --token-budget or a STOP file close the door to new work)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.ladder = RungLadder(self.cfg, self.results.out, self.studies)
+
+    def run(self, tokenizer: Tokenizer) -> dict[str, Any]:
+        try:
+            self._resubmit_interrupted()
+            self.runner.pending.extend(self.ladder.unfinished_replicates())
+            self.view.start(self._status)
+            while True:
+                self.runner.fill(self._next_job)
+                if not self.runner.running:
+                    break
+                self._drain()
+            if not self.clock.stop_requested():
+                self._close_queue()
+        finally:
+            self.studies.save_elapsed(self.clock.elapsed())
+            self.ladder.write_json()
+            self.view.stop(self._status)
+            self.runner.executor.shutdown()
+        return self._finalize(tokenizer)
+
+    def _rungs_record(self) -> dict[str, Any] | None:
+        return self.ladder.write_json()
+
+    def _tokens_free(self) -> int | None:
+        """Tokens of --token-budget not yet trained or promised to a running job (None: no such budget)."""
+        total = self.cfg.token_budget_tokens
+        if total is None:
+            return None
+        return total - self.results.tokens_trained() - self.runner.planned_tokens()
+
+    def _next_job(self) -> Job | None:
+        if self.clock.time_left():
+            free = self._tokens_free()
+            job = self.ladder.next_replicate(free)
+            if job is not None:
+                return job
+            promoted = self.ladder.next_promotion(free)
+            if promoted is not None:
+                self.view.note(f"promote s{promoted.stage - 1}#{self._parent_of(promoted)} -> s{promoted.stage}")
+                return promoted
+        return self._next_stage1()
+
+    def _parent_of(self, job: Job) -> int:
+        return int(Path(str(job.init_from)).name.split("-")[1])
+
+    def _record(self, result: TrialResult) -> None:
+        if result.replicate:
+            bpb = result.metrics.get("val_bpb")
+            self.view.note(f"stage {result.stage} #{result.number} replicate: {result.status} bpb={bpb}")
+            self.results.write_tsv()
+        else:
+            super()._record(result)
+        self.ladder.write_json()

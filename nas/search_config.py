@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.budget import parse_budget
 from harness.data import CorpusSpec
 from harness.run_files import EVAL_BYTES
 from nas.objectives import SearchLimits
 
 Strategy = Literal["nsga2", "evolution", "random"]
 # fields a resumed study must share with the one stored: otherwise its trials would not be comparable
-SCORED_ALIKE = ("space", "objectives", "tokenizer", "stage1_budget", "corpus", "eval_bytes")
+SCORED_ALIKE = ("space", "objectives", "tokenizer", "stage1_budget", "corpus", "eval_bytes", "rungs", "max_budget")
 
 
 class SearchConfig(BaseModel):
@@ -61,11 +62,41 @@ class SearchConfig(BaseModel):
     eval_bytes: int = Field(EVAL_BYTES, gt=0)
     trial_timeout_s: float = Field(1800.0, gt=0, description="limit for token-budget trials")
     export_hf: bool = True
+    # rungs (successive halving across several fidelities, nas.rungs): set both to replace stage 1 / stage 2
+    rungs: str | None = Field(None, description="fractions of --max-budget, e.g. 1/27,1/9,1/3,1 (None: two stages)")
+    max_budget: str | None = Field(None, description="token budget of the last rung, e.g. 270ktok")
+    replicates: int = Field(2, ge=0, description="trials per rung trained again with another seed (rung noise)")
+    noise_z: float = Field(1.0, ge=0, description="promotion margin in standard deviations of a difference")
+    promote_cap: float = Field(1.5, ge=1, description="promotions per rung at most this times the noise-free quota")
+    token_budget: str | None = Field(None, description="tokens trained by all trials together, e.g. 5Mtok")
+    inherit: bool = Field(False, description="evolution children start from their parent when that keeps function")
+    grow_share: float = Field(0.5, ge=0, le=1, description="with inherit, share of children mutated by growth moves")
 
     @field_validator("stage2_budget", mode="before")
     @classmethod
     def _none_means_no_stage2(cls, v: Any) -> Any:
         return None if isinstance(v, str) and v.strip().lower() in ("", "none", "off", "0") else v
+
+    @field_validator("rungs", "max_budget", "token_budget", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in ("", "none", "off") else v
+
+    @model_validator(mode="after")
+    def _rungs_need_a_token_budget(self) -> SearchConfig:
+        if (self.rungs is None) != (self.max_budget is None):
+            raise ValueError("rungs and max_budget go together: give both (or neither, for the two stages)")
+        return self
+
+    @property
+    def token_budget_tokens(self) -> int | None:
+        """``token_budget`` as a count (the search checks at its start that it is one)."""
+        return parse_budget(self.token_budget).tokens if self.token_budget else None
+
+    @property
+    def n_stages(self) -> int:
+        """Studies the search keeps: one per rung, or stage 1 and stage 2."""
+        return len([part for part in self.rungs.split(",") if part.strip()]) if self.rungs else 2
 
     @property
     def has_stage2(self) -> bool:

@@ -4,8 +4,12 @@ All of them are read back from the studies (trials' user attributes), never from
 stopped search writes the same files as an uninterrupted one. Their field names are contracts: tests, the agent's
 judge and old run folders read them.
 
-- ``results.tsv``: one row per trial of both stages (rewritten atomically after every result).
-- ``pareto.json``: the final front (stage 2's when any stage-2 trial finished ok, else stage 1's), latency re-measured.
+- ``results.tsv``: one row per trial of every stage, and per replicate (``replicate`` 1), rewritten atomically after
+  every result; a trial's start (``init``, ``init_from``) and tokens (``tokens_trained``, ``tokens_cumulative``) are
+  columns.
+- ``pareto.json``: the final front, latency re-measured. Two stages: stage 2's when any stage-2 trial finished ok,
+  else stage 1's. Rungs: the front over every trial's furthest rung (each member says its stage), and the rungs'
+  measured noise (``rungs``).
 - ``metrics.json``: the worker contract, flat: the front's best-bpb member, and trial counts.
 - ``pareto.png``: every trained trial and the front, bpb against the second objective.
 """
@@ -21,21 +25,23 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from harness.metrics import measure_latency
-from harness.run_files import write_metrics
+from harness.run_files import METRICS_FILE, RunFileError, read_metrics, write_metrics
 from nas.model import build_model
 from nas.objectives import Objective
 from nas.pareto import pareto_front
 from nas.search_config import SearchConfig
 from nas.search_export import best_arch_file
 from nas.search_schedule import trial_folder
-from nas.search_study import SearchStudies, trial_fail_reason, trial_status
+from nas.search_study import TRAINED_STATUSES, SearchStudies, trial_fail_reason, trial_status
 from nas.space import ArchConfig
+from nas.trial import with_cumulative_tokens
 
 RESULTS_FILE = "results.tsv"
 PARETO_FILE = "pareto.json"
 PLOT_FILE = "pareto.png"
 # results.tsv's first columns; the objectives' metrics follow, then every other field sorted
 ROW_HEAD = ("stage", "trial", "state", "status", "fail_reason", "arch_hash", "arch", "parent")
+REPLICATE_HEAD = ("replicate", "init", "tokens_cumulative")  # after the objectives: newer columns
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,10 @@ class SearchResults:
         self.cfg, self.out, self.objectives, self.studies = cfg, out, objectives, studies
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per trial of both stages: its metrics and proxies, then its own fields (which win)."""
+        """One dict per trial of every stage, then per replicate: metrics and proxies, then its own fields (which
+        win)."""
         rows = []
-        for stage in (1, 2):
+        for stage in self.studies.stages:
             for t in self.studies.trials(stage):
                 arch = t.user_attrs.get("arch")
                 row: dict[str, Any] = dict(t.user_attrs.get("metrics") or {})
@@ -88,22 +95,52 @@ class SearchResults:
                         "arch_hash": t.user_attrs.get("arch_hash", ""),
                         "arch": ArchConfig(**arch).describe() if arch else "",
                         "parent": t.user_attrs.get("parent", ""),
+                        "init_from": Path(t.user_attrs["init_from"]).name if t.user_attrs.get("init_from") else "",
                     }
                 )
                 rows.append(row)
+        return rows + self._replicate_rows()
+
+    def _replicate_rows(self) -> list[dict[str, Any]]:
+        """Replicates (the same trial again with another seed: a rung's noise) from their folders' metrics.json."""
+        rows = []
+        for folder in sorted((self.out / "trials").glob("s*-*-r*")):
+            stage, number, replicate = folder.name.split("-")
+            row: dict[str, Any] = {}
+            try:
+                row.update(read_metrics(folder / METRICS_FILE).flat())
+                status = str(row.get("status", ""))
+            except (RunFileError, OSError):
+                status = ""
+            row.update(
+                {
+                    "stage": int(stage[1:]),
+                    "trial": int(number),
+                    "replicate": int(replicate[1:]),
+                    "state": "complete" if status else "running",
+                    "status": status,
+                }
+            )
+            rows.append(with_cumulative_tokens(row))
         return rows
+
+    def tokens_trained(self) -> int:
+        """Tokens trained by every finished trial and replicate of every stage (what --token-budget counts). A
+        duplicate carries its twin's metrics and trained nothing itself: only trials that went to a worker count."""
+        return sum(int(r.get("tokens_trained") or 0) for r in self.rows() if r["status"] in TRAINED_STATUSES)
 
     def counts(self) -> dict[str, int]:
         """Trials by stage and status (or state while unfinished): ``{"stage1_ok": 4, "stage1_rejected": 2}``."""
         counts: dict[str, int] = {}
         for r in self.rows():
-            key = f"stage{r['stage']}_{r['status'] or r['state']}"
+            kind = "_replicate" if r.get("replicate") else ""
+            key = f"stage{r['stage']}{kind}_{r['status'] or r['state']}"
             counts[key] = counts.get(key, 0) + 1
         return counts
 
     def write_tsv(self) -> Path:
         rows = self.rows()
-        head = list(ROW_HEAD) + [o.metric for o in self.objectives if o.metric not in ROW_HEAD]
+        head = list(ROW_HEAD) + [o.metric for o in self.objectives if o.metric not in ROW_HEAD] + list(REPLICATE_HEAD)
         extra = sorted({k for r in rows for k in r} - set(head))
         path = self.out / RESULTS_FILE
         tmp = path.with_suffix(".tsv.tmp")
@@ -119,11 +156,25 @@ class SearchResults:
         ok = self.studies.ok_trials(stage)
         return [ok[i] for i in pareto_front([t.values for t in ok])]
 
+    def furthest(self) -> list[tuple[int, FrozenTrial]]:
+        """Each architecture's ok result at the furthest stage it reached (a rung search's final candidates)."""
+        best: dict[str, tuple[int, FrozenTrial]] = {}
+        for stage in self.studies.stages:
+            for t in self.studies.ok_trials(stage):
+                best[t.user_attrs["arch_hash"]] = (stage, t)
+        return list(best.values())
+
     def final_front(self) -> tuple[int, list[FrontMember]]:
-        """(stage of the front, its members by bpb): stage 2's front when it has one, else stage 1's."""
-        stage = 2 if self.front(2) else 1
+        """(highest stage on the front, its members by bpb). Two stages: stage 2's front when it has one, else stage
+        1's. Rungs: the front of :meth:`furthest`."""
+        if self.cfg.rungs:
+            last = self.furthest()
+            chosen = [last[i] for i in pareto_front([t.values for _, t in last])]
+        else:
+            stage = 2 if self.front(2) else 1
+            chosen = [(stage, t) for t in self.front(stage)]
         members = []
-        for t in sorted(self.front(stage), key=lambda t: t.values[0]):
+        for stage, t in sorted(chosen, key=lambda st: st[1].values[0]):
             arch = ArchConfig(**t.user_attrs["arch"])
             lat = measure_latency(build_model(arch, seed=0), warmup=3, repeats=10)
             members.append(
@@ -137,28 +188,37 @@ class SearchResults:
                     folder=trial_folder(self.out, stage, t.number),
                 )
             )
-        return stage, members
+        return max((m.stage for m in members), default=1), members
 
-    def write_final(self, stage: int, members: list[FrontMember], elapsed_s: float) -> dict[str, Any]:
-        """pareto.json, metrics.json, results.tsv and pareto.png for the final front; returns pareto.json's content."""
+    def write_final(
+        self, stage: int, members: list[FrontMember], elapsed_s: float, rungs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """pareto.json, metrics.json, results.tsv and pareto.png for the final front; returns pareto.json's content.
+        ``rungs``: a rung search's rungs.json, joined to pareto.json and (its sigmas) to metrics.json."""
         counts = self.counts()
-        summary = {
+        summary: dict[str, Any] = {
             "study": self.cfg.study_name,
             "objectives": [o.name for o in self.objectives],
             "strategy": self.cfg.strategy,
             "stage_of_front": stage,
             "elapsed_s": round(elapsed_s, 1),
             "counts": counts,
+            "tokens_trained": self.tokens_trained(),
             "front": [m.to_json() for m in members],
         }
+        if rungs is not None:
+            summary["rungs"] = rungs
         (self.out / PARETO_FILE).write_text(json.dumps(summary, indent=2))
-        self._write_metrics(members, counts, elapsed_s)
+        noise = {f"sigma_bpb_rung{n['rung']}": n["sigma_bpb"] for n in (rungs or {}).get("noise", [])}
+        self._write_metrics(members, counts, elapsed_s, {k: v for k, v in noise.items() if v is not None})
         self.write_tsv()
         self._plot(members)
         return summary
 
-    def _write_metrics(self, members: list[FrontMember], counts: dict[str, int], elapsed_s: float) -> None:
-        """The worker contract: a flat metrics.json (the best-bpb member of the front, and counts)."""
+    def _write_metrics(
+        self, members: list[FrontMember], counts: dict[str, int], elapsed_s: float, extra: dict[str, float]
+    ) -> None:
+        """The worker contract: a flat metrics.json (the best-bpb member of the front, counts, rung noise)."""
         metrics: dict[str, Any] = {
             "status": "ok" if members else "crashed",
             "fail_reason": "" if members else "no trial finished",
@@ -170,6 +230,8 @@ class SearchResults:
             "wall_s": round(elapsed_s, 1),
         }
         metrics.update({f"trials_{k}": v for k, v in counts.items()})
+        metrics.update(extra)
+        metrics["search_tokens_trained"] = self.tokens_trained()
         if members:
             best = min(members, key=lambda m: m.objectives["bpb"])
             metrics.update(
@@ -193,7 +255,8 @@ class SearchResults:
         x_obj = self.objectives[1] if len(self.objectives) > 1 else None
         x_key = x_obj.metric if x_obj else "params"
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for stage, colour in ((1, "#9aa5b1"), (2, "#1f77b4")):
+        colours = ("#9aa5b1", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+        for stage, colour in zip(self.studies.stages, colours, strict=False):
             shown = [t for t in self.studies.ok_trials(stage) if t.user_attrs["metrics"].get(x_key) is not None]
             if shown:
                 xs = [t.user_attrs["metrics"][x_key] for t in shown]

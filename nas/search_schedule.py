@@ -1,9 +1,10 @@
-"""When and where the search's trials run: its wall clock across resumes, and trials on an executor.
+"""When and where the search's trials run: its wall clock across resumes, and trials (jobs) on an executor.
 
 The clock decides whether stage 1 may still start work (``--budget`` minus the share kept for stage 2, a STOP file
 in the run folder) and, with ``cap_trials``, the wall-clock deadline every trial gets. The runner turns a trial
-number and architecture into a :class:`~nas.trial.TrialSpec` (one folder per stage and number, so a trial run again
-after a kill finds its checkpoint or its finished metrics), keeps the executor's slots busy and hands back results.
+number and architecture (a :class:`Job`) into a :class:`~nas.trial.TrialSpec` (one folder per stage and number, and
+per replicate, so a trial run again after a kill finds its checkpoint or its finished metrics), keeps the executor's
+slots busy and hands back results.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.budget import parse_budget
@@ -29,8 +31,26 @@ def trial_time_limit(budget: str, fallback: float) -> float:
     return b.seconds * 3 + 120 if b.seconds is not None else fallback
 
 
-def trial_folder(out: Path, stage: int, number: int) -> Path:
-    return out / "trials" / f"s{stage}-{number:05d}"
+def trial_folder(out: Path, stage: int, number: int, replicate: int = 0) -> Path:
+    """``trials/s1-00012``; a replicate (the same trial again with another seed) is ``trials/s1-00012-r1``."""
+    return out / "trials" / (f"s{stage}-{number:05d}" + (f"-r{replicate}" if replicate else ""))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training for a worker: trial ``number`` of ``stage`` (its ``replicate``-th repeat when > 0), trained for
+    ``budget`` (None: the stage's budget of the two-stage search) from ``init_from`` (a folder) or from scratch."""
+
+    stage: int
+    number: int
+    arch: ArchConfig
+    budget: str | None = None
+    init_from: str | None = None
+    replicate: int = 0
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.stage, self.number, self.replicate)
 
 
 class SearchClock:
@@ -64,6 +84,12 @@ class SearchClock:
                 return False
         return True
 
+    def time_left(self) -> bool:
+        """Whether any work may still start: no STOP file, and --budget not spent."""
+        if self.stop_requested():
+            return False
+        return self.cfg.budget is None or self.elapsed() < self._budget_s()
+
     def deadline(self) -> float | None:
         """With ``cap_trials``, the end of the search's --budget (``time.time()``): a trial's wall cap, so the search
         ends by its budget even when its trials' token budgets would take longer (None: trials run to their budget)."""
@@ -73,52 +99,61 @@ class SearchClock:
 
 
 class TrialRunner:
-    """Trials on an executor. ``pending`` trials (resumed after a kill, promoted to stage 2) take free slots before
-    new ones are made."""
+    """Jobs on an executor. ``pending`` jobs (resumed after a kill, promoted to stage 2) take free slots before new
+    ones are made."""
 
     def __init__(self, cfg: SearchConfig, out: Path, executor: Executor, clock: SearchClock):
         self.cfg, self.out, self.executor, self.clock = cfg, out, executor, clock
-        self.running: dict[tuple[int, int], TrialSpec] = {}  # (stage, number) -> what a worker is running
-        self.pending: deque[tuple[int, int, ArchConfig]] = deque()  # (stage, number, arch) waiting for a slot
+        self.running: dict[tuple[int, int, int], TrialSpec] = {}  # (stage, number, replicate) -> what a worker runs
+        self.pending: deque[Job] = deque()  # waiting for a slot
 
-    def spec(self, stage: int, number: int, arch: ArchConfig) -> TrialSpec:
+    def spec(self, job: Job) -> TrialSpec:
         cfg = self.cfg
-        budget = cfg.stage1_budget if stage == 1 else str(cfg.stage2_budget)
+        budget = job.budget or (cfg.stage1_budget if job.stage == 1 else str(cfg.stage2_budget))
+        seed = cfg.seed
+        if cfg.rungs:  # a continued trial must not replay its start's batches; a replicate is another seed
+            seed = (cfg.seed + 7919 * (job.stage - 1) + 1_000_003 * job.replicate) % 2**32
         return TrialSpec(
-            number=number,
-            stage=stage,
-            arch=arch,
+            number=job.number,
+            stage=job.stage,
+            arch=job.arch,
             budget=budget,
-            out_dir=str(trial_folder(self.out, stage, number)),
+            out_dir=str(trial_folder(self.out, job.stage, job.number, job.replicate)),
             corpus=cfg.corpus,
             tokenizer=cfg.tokenizer,
             batch_size=cfg.batch_size,
             lr=cfg.lr,
-            seed=cfg.seed,
+            seed=seed,
             eval_bytes=cfg.eval_bytes,
             time_limit_s=trial_time_limit(budget, cfg.trial_timeout_s),
             deadline=self.clock.deadline(),
+            init_from=job.init_from,
+            replicate=job.replicate,
         )
 
-    def submit(self, stage: int, number: int, arch: ArchConfig) -> None:
-        spec = self.spec(stage, number, arch)
+    def submit(self, job: Job) -> None:
+        spec = self.spec(job)
         self.executor.submit(spec)
-        self.running[(stage, number)] = spec
+        self.running[job.key] = spec
 
-    def fill(self, stage: int, make: Callable[[], tuple[int, ArchConfig] | None]) -> None:
-        """Give every free slot a pending trial, else a new one of ``stage`` from ``make`` (None: nothing to run)."""
+    def planned_tokens(self) -> int:
+        """Tokens the running jobs were asked to train (a time budget counts 0: its tokens are not known)."""
+        return sum(parse_budget(s.budget).tokens or 0 for s in self.running.values())
+
+    def fill(self, make: Callable[[], Job | None]) -> None:
+        """Give every free slot a pending job, else a new one from ``make`` (None: nothing to run now)."""
         while self.executor.free_slots() > 0:
             if self.pending:
-                self.submit(*self.pending.popleft())
+                self.submit(self.pending.popleft())
                 continue
-            item = make()
-            if item is None:
+            job = make()
+            if job is None:
                 return
-            self.submit(stage, *item)
+            self.submit(job)
 
     def wait(self, timeout: float) -> list[TrialResult]:
-        """Results that came back within ``timeout`` seconds (their trials no longer count as running)."""
+        """Results that came back within ``timeout`` seconds (their jobs no longer count as running)."""
         results = self.executor.wait(timeout=timeout)
         for result in results:
-            self.running.pop((result.stage, result.number), None)
+            self.running.pop((result.stage, result.number, result.replicate), None)
         return results

@@ -12,6 +12,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,11 @@ from harness.metrics import measure_latency
 from harness.run_files import OLD_STATUS
 from nas.counting import arch_metrics
 from nas.model import build_model
+from nas.morphism import plan_inheritance
 from nas.objectives import Objective
 from nas.proxies import compute_proxies
 from nas.search_config import SearchConfig
+from nas.search_schedule import trial_folder
 from nas.search_study import Outcome, SearchStudies, arch_attrs, evolution_params
 from nas.space import GENES, ArchConfig, SearchSpace
 
@@ -40,6 +43,7 @@ class Candidate:
 
     number: int
     arch: ArchConfig
+    init_from: str | None = None  # the parent's folder when this evolution child starts from its weights
 
 
 def proxy_batch(corpus: TokenizedCorpus, space: SearchSpace, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,18 +72,28 @@ class Screener:
         self.rng = random.Random(cfg.seed)  # aging evolution's tournaments and mutations
         self.proxy_x, self.proxy_y = proxy_batch(corpus, space, cfg.seed)
 
-    def _ask(self) -> tuple[Trial, ArchConfig]:
-        """A new stage-1 trial and its architecture (an evolution child, or what the sampler suggests)."""
-        params = None
-        if self.cfg.strategy == "evolution":
-            params = evolution_params(self.studies, self.space, self.cfg.population, self.cfg.tournament, self.rng)
+    def _ask(self) -> tuple[Trial, ArchConfig, str | None]:
+        """A new stage-1 trial, its architecture (an evolution child, or what the sampler suggests) and the folder of
+        the parent it starts from (with ``inherit``, when the child keeps the parent's function; else None)."""
+        cfg = self.cfg
+        params, parent = None, None
+        if cfg.strategy == "evolution":
+            grow_share = cfg.grow_share if cfg.inherit else 0.0
+            asked = evolution_params(self.studies, self.space, cfg.population, cfg.tournament, self.rng, grow_share)
+            if asked is not None:
+                params, parent = asked
         trial = self.studies.ask(1, params)
         arch = self.space.decode(
             {name: trial.suggest_categorical(name, list(getattr(self.space, name))) for name in GENES}
         )
-        for key, value in arch_attrs(arch, stage=1).items():
+        init_from = None
+        if parent is not None and cfg.inherit:
+            how = plan_inheritance(ArchConfig(**parent.user_attrs["arch"]), arch)
+            init_from = str(trial_folder(Path(cfg.out), 1, parent.number)) if how.preserved else None
+        attrs = arch_attrs(arch, stage=1, parent=parent.number if parent is not None else None, init_from=init_from)
+        for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        return trial, arch
+        return trial, arch, init_from
 
     def _limits(self, trial: Trial, arch: ArchConfig) -> tuple[dict[str, float], dict[str, float | str]]:
         """(constraint values, > 0 = violated; the metrics measured to check them). Latency is measured only for a
@@ -114,7 +128,7 @@ class Screener:
         seen = self._known_stage1()
         batch: list[tuple[Candidate, dict[str, float]]] = []
         for _ in range(cfg.screen_batch):
-            trial, arch = self._ask()
+            trial, arch, init_from = self._ask()
             number = trial.number
             constraints, static = self._limits(trial, arch)
             if any(v > 0 for v in constraints.values()):
@@ -136,7 +150,7 @@ class Screener:
             proxies = compute_proxies(arch, self.proxy_x, self.proxy_y, seed=cfg.seed)
             trial.set_user_attr("proxies", proxies)
             seen[arch.short_hash()] = (number, {})  # not trained yet: no metrics
-            batch.append((Candidate(number, arch), proxies))
+            batch.append((Candidate(number, arch, init_from), proxies))
         keep = len(batch)
         if cfg.screen and len(batch) > 1:
             keep = max(1, math.ceil(cfg.screen_keep * len(batch)))

@@ -1,7 +1,8 @@
-"""The search's two Optuna studies, created or resumed, and spoken to through ask/tell only.
+"""The search's Optuna studies, one per stage (rung), created or resumed, and spoken to through ask/tell only.
 
-Stage 1 (``<name>``) is what the sampler learns from; stage 2 (``<name>.stage2``) holds the longer trainings of
-promoted trials, so fidelities never mix in one sampler. A trial is asked, its architecture stored on it as user
+Stage 1 (``<name>``) is what the sampler learns from; stage k > 1 (``<name>.stage2``, ``<name>.stage3`` ...) holds
+the longer trainings of trials promoted from stage k-1, so fidelities never mix in one sampler (a two-stage storage
+of an earlier version reads the same). A trial is asked, its architecture stored on it as user
 attributes before it runs, and it is told by its number (``Study.tell(number, ...)``) with an :class:`Outcome`
 whose fields become its user attributes: ``results.tsv`` and ``pareto.json`` are read back from those.
 
@@ -69,11 +70,23 @@ def trial_fail_reason(t: FrozenTrial) -> str:
     return str(t.user_attrs.get("fail_reason", t.user_attrs.get("reason", "")))
 
 
-def arch_attrs(arch: ArchConfig, stage: int, parent: int | None = None) -> dict[str, Any]:
-    """The user attributes that let a trial be run again from its storage alone (resume) and be reported."""
+def arch_attrs(
+    arch: ArchConfig,
+    stage: int,
+    parent: int | None = None,
+    init_from: str | None = None,
+    train_budget: str | None = None,
+) -> dict[str, Any]:
+    """The user attributes that let a trial be run again from its storage alone (resume) and be reported:
+    ``parent`` (the trial number it was promoted or mutated from), ``init_from`` (the folder whose weights it starts
+    from) and ``train_budget`` (what it trains, when that is not its stage's budget)."""
     attrs: dict[str, Any] = {"arch": arch.model_dump(), "arch_hash": arch.short_hash(), "stage": stage}
     if parent is not None:
         attrs["parent"] = parent
+    if init_from is not None:
+        attrs["init_from"] = init_from
+    if train_budget is not None:
+        attrs["train_budget"] = train_budget
     return attrs
 
 
@@ -86,7 +99,7 @@ def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
 
 
 class SearchStudies:
-    """The stage-1 and stage-2 studies of one search in one storage. Opening checks create-vs-resume."""
+    """The studies of one search (stage 1 and every higher stage) in one storage. Opening checks create-vs-resume."""
 
     def __init__(self, cfg: SearchConfig, out: Path, n_objectives: int, resume: bool):
         self.storage = open_storage(cfg.storage, out)
@@ -107,13 +120,16 @@ class SearchStudies:
             sampler=_sampler(cfg),
             load_if_exists=True,
         )
-        self.stage2 = optuna.create_study(
-            storage=self.storage,
-            study_name=f"{cfg.study_name}.stage2",
-            directions=directions,
-            sampler=optuna.samplers.RandomSampler(seed=cfg.seed),
-            load_if_exists=True,
-        )
+        self.higher = [
+            optuna.create_study(
+                storage=self.storage,
+                study_name=f"{cfg.study_name}.stage{stage}",
+                directions=directions,
+                sampler=optuna.samplers.RandomSampler(seed=cfg.seed),
+                load_if_exists=True,
+            )
+            for stage in range(2, cfg.n_stages + 1)
+        ]
         mine = json.loads(cfg.model_dump_json())
         if not resume:
             self.stage1.set_user_attr("config", mine)
@@ -128,8 +144,12 @@ class SearchStudies:
         self.elapsed_before = float(self.stage1.user_attrs.get("elapsed_s", 0.0))  # seconds run before a resume
         self._asked: dict[tuple[int, int], Trial] = {}  # (stage, number) -> trials asked by this process, until told
 
+    @property
+    def stages(self) -> range:
+        return range(1, len(self.higher) + 2)
+
     def of(self, stage: int) -> optuna.Study:
-        return self.stage1 if stage == 1 else self.stage2
+        return self.stage1 if stage == 1 else self.higher[stage - 2]
 
     def trials(self, stage: int, *states: TrialState) -> list[FrozenTrial]:
         return self.of(stage).get_trials(deepcopy=False, states=states or None)
@@ -174,15 +194,40 @@ class SearchStudies:
 
 
 def evolution_params(
-    studies: SearchStudies, space: SearchSpace, population: int, tournament: int, rng: random.Random
-) -> dict[str, Any] | None:
+    studies: SearchStudies,
+    space: SearchSpace,
+    population: int,
+    tournament: int,
+    rng: random.Random,
+    grow_share: float = 0.0,
+) -> tuple[dict[str, Any], FrozenTrial] | None:
     """Aging evolution (Real et al. 2019) on Pareto rank: tournament over the newest ``population`` trained trials,
-    mutate the winner. None while the first population is still random."""
+    mutate the winner; returns the child's parameters and its parent. None while the first population is still
+    random. A ``grow_share`` of the children are mutated by a growth move (:func:`grow_genes`) when the parent can
+    grow, so that they can start from the parent's weights instead of from scratch."""
     done = studies.ok_trials(1)
     if len(done) < population:
         return None
     newest = sorted(done, key=lambda t: t.number)[-population:]
     sample = rng.sample(newest, min(tournament, len(newest)))
     parent = sample[rank_order([t.values for t in sample])[0]]
-    child = space.mutate(ArchConfig(**parent.user_attrs["arch"]), rng)
-    return space.encode(child)
+    arch = ArchConfig(**parent.user_attrs["arch"])
+    child = grow_genes(space, arch, rng) if grow_share > 0 and rng.random() < grow_share else None
+    return space.encode(child or space.mutate(arch, rng)), parent
+
+
+#: genes whose next larger choice grows the network without changing its function (nas.morphism): deeper, wider FFN
+GROWTH_GENES = ("n_layers", "ffn_mult")
+
+
+def grow_genes(space: SearchSpace, arch: ArchConfig, rng: random.Random) -> ArchConfig | None:
+    """``arch`` one step larger on one growth gene (more layers, or a wider FFN), or None when it is at the top of
+    the space on both. Head count cannot grow alone in the gene space (it follows the residual width)."""
+    genes = space.encode(arch)
+    movable = [g for g in GROWTH_GENES if any(c > genes[g] for c in getattr(space, g))]
+    if not movable:
+        return None
+    name = rng.choice(movable)
+    genes[name] = min(c for c in getattr(space, name) if c > genes[name])
+    child = space.decode(genes)
+    return child if child != arch else None

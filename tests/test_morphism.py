@@ -81,3 +81,33 @@ def test_the_wider_ffns_copies_can_diverge() -> None:
     loss.backward()
     grad = child.layers[0].mlp.down_proj.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_a_trial_starts_from_its_parents_folder_once(tmp_path) -> None:  # noqa: ANN001
+    """run_trial's start: grown from the parent's model.safetensors (same logits), recorded in init.json, and read
+    back (never grown again) when the trial is run a second time, e.g. after a kill."""
+    from safetensors.torch import load_model, save_model
+
+    from nas.trial import TrialSpec, prepare_start
+
+    parent_dir = tmp_path / "trials" / "s1-00003"
+    parent_dir.mkdir(parents=True)
+    parent = _trained_like(PARENT)
+    save_model(parent, str(parent_dir / "model.safetensors"))
+    (parent_dir / "arch.json").write_text(PARENT.to_json())
+    child_arch = PARENT.model_copy(update={"n_layers": 3})
+    spec = TrialSpec(number=7, arch=child_arch, budget="1ktok", out_dir=str(tmp_path / "c"), init_from=str(parent_dir))
+    record, weights = prepare_start(spec, tmp_path / "c")
+    assert record.init == "parent s1-00003 (deeper)" and record.init_from == "s1-00003" and weights is not None
+    child = build_model(child_arch, seed=9)
+    load_model(child, str(weights))
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(child.eval()(ids), parent(ids), rtol=1e-5, atol=1e-5)
+    (parent_dir / "model.safetensors").unlink()  # a second start must not look at the parent again
+    again, weights_again = prepare_start(spec, tmp_path / "c")
+    assert again == record and weights_again == weights
+    wider = PARENT.model_copy(update={"d_model": 96, "d_ff": 128})
+    scratch = spec.model_copy(update={"arch": wider, "out_dir": str(tmp_path / "d")})
+    record, weights = prepare_start(scratch, tmp_path / "d")
+    assert record.init == "scratch: d_model changed" and weights is None

@@ -336,6 +336,12 @@ def finished_search(tmp_path_factory, small_corpus_dir):
         (["--budget", "5Mtok"], "--budget is wall-clock time"),
         ([], "already exists"),
         (["--study-name", "other", "--resume"], "nothing to resume"),
+        (["--rungs", "1/3,1/9,1", "--max-budget", "9ktok"], "fractions must increase"),
+        (["--rungs", "1/3,1", "--max-budget", "60s"], "--max-budget is a token count"),
+        (["--rungs", "1/3,1"], "go together"),
+        (["--token-budget", "1h"], "--token-budget is a token count"),
+        (["--inherit"], "--inherit needs --strategy evolution"),
+        (["--rungs", "1/3,1", "--max-budget", "9ktok", "--stage1", "4ktok"], "already exists"),
     ],
 )
 def test_bad_input_leaves_the_study_untouched(finished_search, small_corpus_dir, extra, message):
