@@ -1,0 +1,215 @@
+"""The learned screening ranker and the statistics that judge rankers; the screener's choice of ranker.
+
+No training here: the ranker is fitted on synthetic points, and the screener's "trained" trials are told by hand.
+"""
+
+import json
+import math
+import random
+
+import numpy as np
+import optuna
+import pytest
+
+from harness.data import CorpusSpec
+from harness.errors import UserError
+from nas.counting import count_params
+from nas.proxies import PROXY_NAMES
+from nas.ranker import (
+    LEARNED,
+    RankPoint,
+    RidgeRanker,
+    ScreenRanker,
+    bootstrap_ci,
+    load_rank_points,
+    spearman,
+    within_bin_spearman,
+)
+from nas.search_config import SearchConfig
+from nas.space import get_space
+
+
+def _archs(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    space = get_space("default")
+    out = []
+    while len(out) < n:
+        a = space.sample(rng)
+        if a not in out:
+            out.append(a)
+    return out
+
+
+def _points(n: int, seed: int = 0, noise: float = 0.0):
+    """bpb falls with a hidden proxy ``good`` (monotone); ``junk`` is random. Both sit among the real proxy names."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    points = []
+    for a in _archs(n, seed):
+        good, junk = float(rng.normal()), float(rng.normal())
+        proxies = {name: 0.0 for name in PROXY_NAMES} | {"synflow": good, "snip": junk}
+        bpb = 5.0 - 0.3 * math.tanh(good) + noise * float(rng.normal())
+        points.append(RankPoint(a, proxies, bpb))
+    return points
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    x = [1, 2, 2, 3, 5, 4, 4, 9]
+    y = [2, 1, 3, 3, 6, 5, 7, 8]
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_within_bin_spearman_ignores_the_order_between_bins():
+    # inside each bin the score orders quality perfectly; across bins it is reversed (big bins score low)
+    score = [10, 11, 12, 0, 1, 2]
+    quality = [1, 2, 3, 11, 12, 13]
+    bins = ["a", "a", "a", "b", "b", "b"]
+    assert spearman(score, quality) < 0
+    assert within_bin_spearman(score, quality, bins) == pytest.approx((1.0, 1.0))
+    # one bin reversed: per-bin mean 0, and pooled 0 as well (equal bin sizes)
+    mean, pooled = within_bin_spearman([10, 11, 12, 2, 1, 0], quality, bins)
+    assert mean == pytest.approx(0.0) and pooled == pytest.approx(0.0)
+
+
+def test_bootstrap_ci_is_narrow_for_a_strong_relation_and_wide_around_zero_for_noise():
+    rng = np.random.Generator(np.random.PCG64(1))
+    bins = np.repeat(np.arange(4), 15)
+    quality = rng.normal(size=60)
+    good = quality + 0.1 * rng.normal(size=60)
+    junk = rng.normal(size=60)
+    lo, hi = bootstrap_ci(lambda i: within_bin_spearman(good[i], quality[i], bins[i])[1], bins, rounds=300)
+    assert 0.9 < lo <= hi <= 1.0
+    lo, hi = bootstrap_ci(lambda i: within_bin_spearman(junk[i], quality[i], bins[i])[1], bins, rounds=300)
+    assert lo < 0 < hi and hi - lo > 0.3
+
+
+def test_ridge_ranker_learns_a_monotone_relation_and_beats_a_useless_feature():
+    train, test = _points(40, seed=0, noise=0.02), _points(30, seed=1)
+    ranker = RidgeRanker(PROXY_NAMES).fit(train)
+    bpb = [p.val_bpb for p in test]
+    learned = [ranker.score(p.arch, p.proxies) for p in test]
+    junk = [p.proxies["snip"] for p in test]
+    assert spearman(learned, [-b for b in bpb]) > 0.9
+    assert abs(spearman(junk, [-b for b in bpb])) < 0.5
+    w = ranker.weights()
+    assert w["synflow"] < 0  # more of the good proxy predicts lower bpb
+    assert abs(w["synflow"]) > 5 * abs(w["snip"])
+
+
+def test_ridge_ranker_centres_each_group_so_an_offset_between_datasets_does_not_matter():
+    a, b = _points(20, seed=2), _points(20, seed=3)
+    shifted = [RankPoint(p.arch, p.proxies, p.val_bpb + 1.5, group="other") for p in b]
+    test = _points(20, seed=4)
+    r1 = RidgeRanker(PROXY_NAMES).fit([*a, *b])
+    r2 = RidgeRanker(PROXY_NAMES).fit([*a, *shifted])
+    s1 = [r1.score(p.arch, p.proxies) for p in test]
+    s2 = [r2.score(p.arch, p.proxies) for p in test]
+    assert spearman(s1, s2) == pytest.approx(1.0)
+
+
+def test_screen_ranker_falls_back_below_its_minimum_and_uses_the_fit_from_it():
+    points = _points(20, seed=5)
+    batch = [(p.arch, p.proxies) for p in _points(6, seed=6)]
+    ranker = ScreenRanker(LEARNED, PROXY_NAMES, fallback="snip", min_points=12)
+    few = ranker.score(batch, points[:11])
+    assert few.ranker == "snip" and few.scores == [p["snip"] for _, p in batch]
+    assert ranker.score(batch, points[:12]).ranker == f"{LEARNED} (ridge on 12 trained)"
+    enough = ranker.score(batch, points)
+    assert spearman(enough.scores, [p["synflow"] for _, p in batch]) > 0.9  # it learned the good proxy, not snip
+    seeded = ScreenRanker(LEARNED, PROXY_NAMES, fallback="snip", min_points=12, seed_points=points[:10])
+    assert seeded.score(batch, points[10:12]).ranker.startswith(LEARNED)
+    assert ScreenRanker("flops", PROXY_NAMES, fallback="snip").score(batch, points).ranker == "flops"
+
+
+def test_load_rank_points_reads_a_dataset_and_says_what_is_wrong(tmp_path):
+    a = _archs(2)
+    rows = [
+        {"arch": a[0].model_dump(), "proxies": {"synflow": 1.0}, "runs": {"0": 4.5, "1": 4.6}},
+        {"arch": a[1].model_dump(), "proxies": {"synflow": 2.0}, "runs": {"0": None}},  # crashed: left out
+    ]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"archs": rows}))
+    (p,) = load_rank_points(path)
+    assert p.arch == a[0] and p.val_bpb == 4.5 and p.group == str(path)
+    with pytest.raises(UserError, match="not found"):
+        load_rank_points(tmp_path / "missing.json")
+    path.write_text(json.dumps({"rows": []}))
+    with pytest.raises(UserError, match="not a proxy_correlation dataset"):
+        load_rank_points(path)
+
+
+def _screener(tmp_path, corpus_dir, **kw):
+    import nas.search_screening as screening
+    from nas.objectives import parse_objectives
+    from nas.search_study import SearchStudies
+    from nas.trial import cached_corpus
+
+    cfg = SearchConfig(
+        out=str(tmp_path / "s"),
+        space="tiny",
+        strategy="random",
+        trials=4,
+        screen_batch=4,
+        screen_proxy=LEARNED,
+        corpus=CorpusSpec(source=str(corpus_dir)),
+        **kw,
+    )
+    objectives = parse_objectives(cfg.objectives)
+    studies = SearchStudies(cfg, tmp_path / "s", len(objectives), resume=False)
+    corpus = cached_corpus(cfg.corpus, cfg.tokenizer)
+    return screening, screening.Screener(cfg, get_space("tiny"), objectives, studies, corpus, note=lambda line: None)
+
+
+def _train_by_hand(screening, screener, candidates):
+    """Tell each kept candidate as trained: bpb falls with log parameter count (what the learned ranker must find)."""
+    from nas.search_study import Outcome
+
+    for c in candidates:
+        bpb = 9.0 - 0.5 * math.log(count_params(c.arch).total)
+        outcome = Outcome(optuna.trial.TrialState.COMPLETE, "ok", "", [bpb, 1e5], {"val_bpb": bpb})
+        screener.studies.tell(1, c.number, outcome)
+
+
+def test_screener_with_the_learned_ranker_falls_back_then_uses_its_fit(tmp_path, small_corpus_dir):
+    screening, screener = _screener(tmp_path, small_corpus_dir, screen_min_fit=4, screen_keep=1.0)
+    decided = []
+    for _ in range(4):
+        kept = screener.screen_batch()
+        numbers = {c.number for c in kept}
+        decided += [
+            (len(screener.trained_points()), t.user_attrs["screen_ranker"], t.user_attrs["screen_score"], t)
+            for t in screener.studies.trials(1)
+            if t.number in numbers
+        ]
+        _train_by_hand(screening, screener, kept)
+    before = [d for d in decided if d[0] < 4]
+    after = [d for d in decided if d[0] >= 4]
+    assert before and after
+    assert all(r == screening.FALLBACK_PROXY for _, r, _, _ in before)
+    assert all(r.startswith(LEARNED) for _, r, _, _ in after)
+    assert all(t.user_attrs["proxies"][screening.FALLBACK_PROXY] == s for _, _, s, t in before)
+    # the fit learned "bigger is better" from the trials told above: its scores rise with parameter count
+    sizes = [count_params(screening.ArchConfig(**t.user_attrs["arch"])).total for _, _, _, t in after]
+    scores = [s for _, _, s, _ in after]
+    if len(set(sizes)) > 2:
+        assert spearman(scores, sizes) > 0.8
+
+
+def test_screener_drops_the_bottom_by_the_ranker_that_decided(tmp_path, small_corpus_dir):
+    screening, screener = _screener(tmp_path, small_corpus_dir, screen_min_fit=50)
+    kept = screener.screen_batch()
+    dropped = [t for t in screener.studies.trials(1) if t.user_attrs.get("status") == "screened"]
+    assert dropped and kept
+    floor = min(
+        t.user_attrs["screen_score"] for t in screener.studies.trials(1) if t.number in {c.number for c in kept}
+    )
+    for t in dropped:
+        assert t.user_attrs["fail_reason"] == f"bottom of its batch by {screening.FALLBACK_PROXY}"
+        assert t.user_attrs["screen_score"] <= floor
+
+
+def test_a_missing_screening_dataset_is_one_user_error(tmp_path, small_corpus_dir):
+    with pytest.raises(UserError, match="screening dataset not found"):
+        _screener(tmp_path, small_corpus_dir, screen_dataset=str(tmp_path / "nope.json"))
