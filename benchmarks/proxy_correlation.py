@@ -38,7 +38,7 @@ from harness.data import prepare_corpus
 from nas.counting import count_params
 from nas.executors import LocalExecutor
 from nas.proxies import PROXY_NAMES, compute_proxies
-from nas.ranker import RankPoint, RidgeRanker, arch_features, bootstrap_ci, within_bin_spearman
+from nas.ranker import RankPoint, RidgeRanker, arch_features, bootstrap_ci, load_rank_points, within_bin_spearman
 from nas.space import ArchConfig, get_space
 from nas.trial import TrialSpec
 
@@ -181,7 +181,35 @@ def oof_scores(points: list[RankPoint], folds: np.ndarray, proxy_names: tuple[st
     return out
 
 
-def analyse(data: dict[str, Any], rounds: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def learning_curve(
+    points: list[RankPoint], bins: np.ndarray, quality: np.ndarray, seed: int, splits: int = 100
+) -> list[dict[str, float]]:
+    """How the learned ranker ranks the held-out architectures when fitted on only ``n`` trained ones (what the
+    search has early on): pooled within-bin Spearman over random splits, median and 10-90% range."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out = []
+    for n in (8, 12, 20, 30, 45):
+        if n > len(points) - 12:
+            break
+        rhos = []
+        for _ in range(splits):
+            perm = rng.permutation(len(points))
+            fit, test = perm[:n], perm[n:]
+            ranker = RidgeRanker(PROXY_NAMES).fit([points[i] for i in fit])
+            s = np.array([ranker.score(points[i].arch, points[i].proxies) for i in test])
+            rhos.append(within_bin_spearman(s, quality[test], bins[test])[1])
+        lo, med, hi = np.nanpercentile(rhos, [10, 50, 90])
+        out.append(
+            {"fitted_on": n, "median": round(float(med), 3), "p10": round(float(lo), 3), "p90": round(float(hi), 3)}
+        )
+    return out
+
+
+def analyse(
+    data: dict[str, Any], rounds: int, transfer: list[RankPoint] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The table (one row per ranker) and the extra record; ``transfer``: points of another dataset (another budget)
+    that a ranker is fitted on and then scored on this one, as ``--screen-dataset`` uses it."""
     rows = [r for r in data["archs"] if r["runs"].get("0") is not None and math.isfinite(r["runs"]["0"])]
     points = [RankPoint(ArchConfig.model_validate(r["arch"]), r["proxies"], r["runs"]["0"]) for r in rows]
     bins = np.array([r["bin"] for r in rows])
@@ -193,6 +221,11 @@ def analyse(data: dict[str, Any], rounds: int) -> tuple[list[dict[str, Any]], di
     scores["learned (leave-one-bin-out)"] = oof_scores(points, bins, PROXY_NAMES)
     scores["learned (5-fold)"] = oof_scores(points, kfold, PROXY_NAMES)
     scores["learned, arch features only (5-fold)"] = oof_scores(points, kfold, ())
+    centred = [RankPoint(p.arch, p.proxies, p.val_bpb, group=str(b)) for p, b in zip(points, bins, strict=True)]
+    scores["learned, bpb centred per bin (5-fold)"] = oof_scores(centred, kfold, PROXY_NAMES)
+    if transfer:
+        ranker = RidgeRanker(PROXY_NAMES).fit(transfer)
+        scores["learned, fitted on the other dataset"] = np.array([ranker.score(p.arch, p.proxies) for p in points])
     table = []
     for name, s in scores.items():
         mean, pooled = within_bin_spearman(s, quality, bins)
@@ -213,6 +246,7 @@ def analyse(data: dict[str, Any], rounds: int) -> tuple[list[dict[str, Any]], di
             }
         )
     table.sort(key=lambda r: -r["pooled_in_bin"])
+    curve = learning_curve(points, bins, quality, data["seed"])
     full = RidgeRanker(PROXY_NAMES).fit(points)
     extra = {
         "archs_trained": len(rows),
@@ -220,6 +254,7 @@ def analyse(data: dict[str, Any], rounds: int) -> tuple[list[dict[str, Any]], di
         "budget": data["budget"],
         "bootstrap_rounds": rounds,
         "fidelity": fidelity(data),
+        "learning_curve": curve,
         "learned_alpha": full.alpha,
         "learned_weights": full.weights(),
         "note": "learned rankers are scored out of fold; their bootstrap resamples the out-of-fold scores "
@@ -239,6 +274,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=2000, help="bootstrap resamples")
     ap.add_argument("--out", type=Path, default=DATASET, help="where a new dataset is written")
+    ap.add_argument("--report", default="proxy_correlation", help="results/<report>.json gets the table")
+    ap.add_argument("--transfer", type=Path, help="another dataset: fit the learned ranker there, score it here")
     args = ap.parse_args()
     if args.dataset is not None:
         path = args.dataset
@@ -250,14 +287,22 @@ def main() -> None:
     if args.dataset is None or args.train:
         tmp = Path(tempfile.gettempdir()) / f"proxy_correlation_{data['seed']}_{data['budget']}"
         train(data, path, args.workers, tmp)
-    table, extra = analyse(data, args.rounds)
+    transfer = load_rank_points(args.transfer) if args.transfer else None
+    table, extra = analyse(data, args.rounds, transfer)
+    if args.transfer:
+        extra["transfer_from"] = str(args.transfer)
+    for row in extra["learning_curve"]:
+        print(
+            f"learned ranker fitted on {row['fitted_on']:2d} archs: held-out pooled in-bin Spearman "
+            f"{row['median']:+.2f} (10-90%: {row['p10']:+.2f} .. {row['p90']:+.2f})"
+        )
     f = extra["fidelity"]
     print(
         f"fidelity {data['budget']}: seed sd {f['seed_sd']:.4f} bpb over {f['seed_pairs']} pairs, "
         f"within-bin sd between archs {f['within_bin_sd']:.4f}: ratio {f['noise_ratio']:.2f}"
     )
     report(
-        "proxy_correlation",
+        args.report,
         f"screening rankers vs trained val bpb within +-10% parameter bins: {extra['archs_trained']} archs, "
         f"{len(data['bins'])} bins, {data['budget']} each",
         table,
