@@ -27,6 +27,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,15 @@ from harness.data import prepare_corpus
 from nas.counting import count_params
 from nas.executors import LocalExecutor
 from nas.proxies import PROXY_NAMES, compute_proxies
-from nas.ranker import RankPoint, RidgeRanker, arch_features, bootstrap_ci, load_rank_points, within_bin_spearman
+from nas.ranker import (
+    SIZE_GROUP,
+    RankPoint,
+    RidgeRanker,
+    arch_features,
+    bootstrap_ci,
+    load_rank_points,
+    within_bin_spearman,
+)
 from nas.space import ArchConfig, get_space
 from nas.trial import TrialSpec
 
@@ -170,12 +179,18 @@ def fidelity(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def oof_scores(points: list[RankPoint], folds: np.ndarray, proxy_names: tuple[str, ...]) -> np.ndarray:
-    """Out-of-fold learned scores: each point scored by a ranker fitted on the other folds."""
+def oof_scores(
+    points: list[RankPoint],
+    folds: np.ndarray,
+    proxy_names: tuple[str, ...],
+    extra: Sequence[RankPoint] = (),
+    size_group: float | None = SIZE_GROUP,
+) -> np.ndarray:
+    """Out-of-fold learned scores: each point scored by a ranker fitted on the other folds (and ``extra``)."""
     out = np.empty(len(points))
     for f in np.unique(folds):
         test = np.flatnonzero(folds == f)
-        ranker = RidgeRanker(proxy_names).fit([points[i] for i in np.flatnonzero(folds != f)])
+        ranker = RidgeRanker(proxy_names, size_group).fit([*extra, *(points[i] for i in np.flatnonzero(folds != f))])
         for i in test:
             out[i] = ranker.score(points[i].arch, points[i].proxies)
     return out
@@ -221,11 +236,13 @@ def analyse(
     scores["learned (leave-one-bin-out)"] = oof_scores(points, bins, PROXY_NAMES)
     scores["learned (5-fold)"] = oof_scores(points, kfold, PROXY_NAMES)
     scores["learned, arch features only (5-fold)"] = oof_scores(points, kfold, ())
+    scores["learned, raw bpb target (5-fold)"] = oof_scores(points, kfold, PROXY_NAMES, size_group=None)
     centred = [RankPoint(p.arch, p.proxies, p.val_bpb, group=str(b)) for p, b in zip(points, bins, strict=True)]
-    scores["learned, bpb centred per bin (5-fold)"] = oof_scores(centred, kfold, PROXY_NAMES)
+    scores["learned, bpb centred per known bin (5-fold)"] = oof_scores(centred, kfold, PROXY_NAMES, size_group=None)
     if transfer:
         ranker = RidgeRanker(PROXY_NAMES).fit(transfer)
         scores["learned, fitted on the other dataset"] = np.array([ranker.score(p.arch, p.proxies) for p in points])
+        scores["learned (5-fold) + the other dataset"] = oof_scores(points, kfold, PROXY_NAMES, transfer)
     table = []
     for name, s in scores.items():
         mean, pooled = within_bin_spearman(s, quality, bins)
@@ -272,7 +289,7 @@ def main() -> None:
     ap.add_argument("--budget", default="120ktok")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--rounds", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--out", type=Path, default=DATASET, help="where a new dataset is written")
     ap.add_argument("--report", default="proxy_correlation", help="results/<report>.json gets the table")
     ap.add_argument("--transfer", type=Path, help="another dataset: fit the learned ranker there, score it here")

@@ -31,6 +31,7 @@ from nas.space import ArchConfig
 
 LEARNED = "learned"  # the screen_proxy value that asks for the learned ranker
 MIN_FIT_POINTS = 12  # trained trials the learned ranker needs before it replaces its fallback proxy
+SIZE_GROUP = 0.2  # log-parameter width of the groups whose bpb is centred before a fit (about +-10% of a size)
 RIDGE_ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # picked per fit by leave-one-out error (closed form)
 
 ARCH_FEATURES = (
@@ -161,11 +162,16 @@ def bootstrap_ci(
 class RidgeRanker:
     """Ridge regression of val bpb on standardized proxies + architecture features; scores = -predicted bpb.
 
+    The target is bpb centred within each size group (and each source of points): the ranker predicts how much
+    better or worse than others *of its size* a model trains, which is what screening has to tell (size itself
+    is the search's other objective and a hard limit, not something to screen on) and what ranked best in
+    ``benchmarks/proxy_correlation.py``.
+
     The penalty is chosen at each fit from :data:`RIDGE_ALPHAS` by exact leave-one-out error (the hat-matrix
     shortcut), so a refit on a few dozen trials neither overfits their noise nor needs a held-out set."""
 
-    def __init__(self, proxy_names: Sequence[str]):
-        self.proxy_names = tuple(proxy_names)
+    def __init__(self, proxy_names: Sequence[str], size_group: float | None = SIZE_GROUP):
+        self.proxy_names, self.size_group = tuple(proxy_names), size_group
         self.feature_names = (*self.proxy_names, *ARCH_FEATURES)
         self.alpha: float | None = None
         self._mean: np.ndarray | None = None  # feature means (missing values are filled with them)
@@ -184,8 +190,12 @@ class RidgeRanker:
             raise ValueError(f"a ridge ranker needs at least 3 points, got {len(points)}")
         X = np.stack([self.features(p.arch, p.proxies) for p in points])
         y = np.array([p.val_bpb for p in points], dtype=float)
-        groups = np.array([p.group for p in points])
-        for g in np.unique(groups):  # bpb measured at another fidelity or corpus differs by an offset, not an order
+        # bpb measured at another fidelity or corpus differs by an offset, not an order; and within a size group the
+        # fit learns what makes a model good *for its size* rather than the (non-linear) size curve
+        keys = [f"{p.group}/{self._size_key(p.arch)}" for p in points]
+        # a model alone in its size group would be centred to 0 and teach nothing: it is centred on its source instead
+        groups = np.array([k if keys.count(k) > 1 else f"{p.group}/*" for k, p in zip(keys, points, strict=True)])
+        for g in np.unique(groups):
             y[groups == g] -= y[groups == g].mean()
         mean = np.nanmean(np.where(np.isnan(X), np.nan, X), axis=0)
         mean = np.where(np.isnan(mean), 0.0, mean)
@@ -209,6 +219,12 @@ class RidgeRanker:
         _, self.alpha, self._coef = best
         self._mean, self._scale, self._intercept = mean, scale, y_mean
         return self
+
+    def _size_key(self, arch: ArchConfig) -> int:
+        """The size group of ``arch``: buckets of ``size_group`` in log parameters (0 for all when unset)."""
+        if self.size_group is None:
+            return 0
+        return round(math.log(count_params(arch).total) / self.size_group)
 
     def predict_bpb(self, arch: ArchConfig, proxies: Mapping[str, float]) -> float:
         if self._coef is None or self._mean is None or self._scale is None:
