@@ -14,8 +14,15 @@ architecture's own features), scored out of fold: leave-one-bin-out (it never sa
 The trained dataset is written to ``results/proxy_dataset.json`` after every trial (a rerun resumes it), so rankers
 can be refit without retraining:
 
-    python benchmarks/proxy_correlation.py                       # train (about 45 min on 2 loaded cores), analyse
+    python benchmarks/proxy_correlation.py                       # train (about 25 min on 2 loaded cores), analyse
     python benchmarks/proxy_correlation.py --dataset benchmarks/results/proxy_dataset.json   # analyse only
+
+Measured (results/): at 120ktok seed noise is 0.46 of the spread between architectures of a bin, at 240ktok 0.31,
+so 240ktok is the fidelity the table in ``proxy_correlation.json`` is read at (``proxy_correlation_120ktok.json``
+holds the other):
+
+    python benchmarks/proxy_correlation.py --budget 240ktok --out benchmarks/results/proxy_dataset_240ktok.json \
+        --transfer benchmarks/results/proxy_dataset.json
 """
 
 from __future__ import annotations

@@ -291,10 +291,10 @@ def search_command(
     screen_proxy: Annotated[
         str,
         typer.Option(
-            help="what ranks candidates at screening: a zero-cost proxy, or 'learned' (a ridge ranker refit on the "
-            "study's trained trials; see benchmarks/results/proxy_correlation.json)"
+            help="what ranks candidates at screening: 'learned' (a ridge ranker refit on the study's trained trials, "
+            "synflow until it has enough; ranked best in benchmarks/results/proxy_correlation.json) or a proxy"
         ),
-    ] = "synflow",
+    ] = "learned",
     screen_dataset: Annotated[
         str | None,
         typer.Option(help="with --screen-proxy learned: a proxy_correlation dataset (JSON) it also learns from"),

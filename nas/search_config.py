@@ -44,7 +44,9 @@ class SearchConfig(BaseModel):
     stage2_share: float = Field(0.3, ge=0, lt=1, description="part of --budget kept for stage 2")
     screen: bool = True
     screen_proxy: str = Field(
-        "synflow", description="what ranks a screening batch: a proxy of nas.proxies, or 'learned' (nas.ranker)"
+        "learned",
+        description="what ranks a screening batch: a proxy of nas.proxies, or 'learned' (nas.ranker; ranked best "
+        "within parameter bins in benchmarks/results/proxy_correlation.json)",
     )
     screen_dataset: str | None = Field(
         None, description="a proxy_correlation dataset (JSON) the learned screening ranker also fits on"

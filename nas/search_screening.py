@@ -35,7 +35,9 @@ from nas.space import GENES, ArchConfig, SearchSpace
 PROXY_BATCH = 4  # sequences in the batch every proxy is computed on
 PROXY_CONTEXT = 128  # tokens per sequence at most (the space's shortest context if shorter)
 REJECTED_BPB = 8.0  # the bpb objective told for a rejected candidate: worse than any trained byte model
-FALLBACK_PROXY = "synflow"  # what the learned ranker falls back to: the best single proxy in proxy_correlation.json
+# what the learned ranker falls back to: the best single proxy within bins over both fidelities measured
+# (benchmarks/results/proxy_correlation*.json: synflow +0.40 at 240ktok, +0.20 at 120ktok; the others lower at one)
+FALLBACK_PROXY = "synflow"
 
 
 @dataclass(frozen=True)
