@@ -290,8 +290,16 @@ def search_command(
     ] = None,
     screen: Annotated[bool, typer.Option("--screen/--no-screen", help="zero-cost proxy screening")] = True,
     screen_proxy: Annotated[
-        str, typer.Option(help="proxy that ranks candidates at screening (best measured: synflow)")
-    ] = "synflow",
+        str,
+        typer.Option(
+            help="what ranks candidates at screening: 'learned' (a ridge ranker refit on the study's trained trials, "
+            "synflow until it has enough; ranked best in benchmarks/results/proxy_correlation.json) or a proxy"
+        ),
+    ] = "learned",
+    screen_dataset: Annotated[
+        str | None,
+        typer.Option(help="with --screen-proxy learned: a proxy_correlation dataset (JSON) it also learns from"),
+    ] = None,
     population: Annotated[int, typer.Option(min=2)] = 12,
     seed: Annotated[int, typer.Option()] = 0,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
@@ -358,6 +366,8 @@ def search_command(
     validate.corpus(corpus)
     parse_tokenizer_spec(tokenizer)
     _check_space(space)
+    if screen_dataset is not None and not Path(screen_dataset).is_file():
+        raise UserError(f"--screen-dataset {screen_dataset}: no such file")
     if storage is not None and "://" not in storage:  # a journal file of ours
         validate.output_file(Path(storage), "--storage", overwrite=True)
     # A search folder of ours is the study's business (--resume, --study-name); another run's results are refused.
@@ -385,6 +395,7 @@ def search_command(
         stage2_max=stage2_max,
         screen=screen,
         screen_proxy=screen_proxy,
+        screen_dataset=screen_dataset,
         population=population,
         seed=seed,
         executor=executor,

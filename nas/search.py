@@ -44,6 +44,7 @@ from nas.executors import Executor, LocalExecutor, RayExecutor
 from nas.objectives import Objective, parse_objectives
 from nas.pareto import rank_order
 from nas.proxies import PROXY_NAMES
+from nas.ranker import LEARNED
 from nas.rungs import parse_rungs, rung_tokens
 from nas.search_config import SearchConfig
 from nas.search_export import export_front
@@ -87,8 +88,10 @@ class Search:
             raise UserError("--token-budget counts tokens: give the trials a token budget too (--stage1 e.g. 50ktok)")
         if cfg.budget is not None and parse_budget(cfg.budget).seconds is None:
             raise UserError(f"--budget {cfg.budget} is a token count: a search's --budget is wall-clock time, e.g. 1h")
-        if cfg.screen_proxy not in PROXY_NAMES:
-            raise UserError(f"unknown screening proxy {cfg.screen_proxy!r}: choose from {', '.join(PROXY_NAMES)}")
+        if cfg.screen_proxy not in (*PROXY_NAMES, LEARNED):
+            raise UserError(
+                f"unknown screening proxy {cfg.screen_proxy!r}: choose from {', '.join((*PROXY_NAMES, LEARNED))}"
+            )
         smallest = self.space.smallest()
         too_big = [k for k, v in cfg.limits.size_violations(smallest).items() if v > 0]
         if too_big:

@@ -44,7 +44,15 @@ class SearchConfig(BaseModel):
     stage2_max: int = Field(4, ge=0)
     stage2_share: float = Field(0.3, ge=0, lt=1, description="part of --budget kept for stage 2")
     screen: bool = True
-    screen_proxy: str = "synflow"
+    screen_proxy: str = Field(
+        "learned",
+        description="what ranks a screening batch: a proxy of nas.proxies, or 'learned' (nas.ranker; ranked best "
+        "within parameter bins in benchmarks/results/proxy_correlation.json)",
+    )
+    screen_dataset: str | None = Field(
+        None, description="a proxy_correlation dataset (JSON) the learned screening ranker also fits on"
+    )
+    screen_min_fit: int = Field(12, ge=3, description="trained points the learned screening ranker needs to decide")
     screen_batch: int = Field(6, ge=1)
     screen_keep: float = Field(0.5, gt=0, le=1)
     population: int = Field(12, ge=2)

@@ -3,7 +3,9 @@
 Cheapest first: the size limits (from the config alone) reject a candidate before anything is built, and only a
 candidate within them is built and timed for a latency limit (on the untrained model, which decodes as fast as the
 trained one). A candidate whose architecture was already trained in this study is not trained again. The rest are
-ranked by a zero-cost proxy within their batch and the worst part is dropped (Optuna state PRUNED, with its proxies).
+ranked within their batch by a zero-cost proxy, or by the learned ranker (:mod:`nas.ranker`, refit on this study's
+trained stage-1 trials) once it has enough of them, and the worst part is dropped (Optuna state PRUNED, with its
+proxies). Each ranked trial records which ranker decided (``screen_ranker``) and its score (``screen_score``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from nas.counting import arch_metrics
 from nas.model import build_model
 from nas.morphism import plan_inheritance
 from nas.objectives import Objective
-from nas.proxies import compute_proxies
+from nas.proxies import PROXY_NAMES, compute_proxies
+from nas.ranker import RankPoint, ScreenRanker, load_rank_points
 from nas.search_config import SearchConfig
 from nas.search_schedule import trial_folder
 from nas.search_study import Outcome, SearchStudies, arch_attrs, evolution_params
@@ -35,6 +38,9 @@ from nas.space import GENES, ArchConfig, SearchSpace
 PROXY_BATCH = 4  # sequences in the batch every proxy is computed on
 PROXY_CONTEXT = 128  # tokens per sequence at most (the space's shortest context if shorter)
 REJECTED_BPB = 8.0  # the bpb objective told for a rejected candidate: worse than any trained byte model
+# what the learned ranker falls back to: the best single proxy within bins over both fidelities measured
+# (benchmarks/results/proxy_correlation*.json: synflow +0.40 at 240ktok, +0.20 at 120ktok; the others lower at one)
+FALLBACK_PROXY = "synflow"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class Screener:
         self.cfg, self.space, self.objectives, self.studies, self.note = cfg, space, objectives, studies, note
         self.rng = random.Random(cfg.seed)  # aging evolution's tournaments and mutations
         self.proxy_x, self.proxy_y = proxy_batch(corpus, space, cfg.seed)
+        seeds = load_rank_points(cfg.screen_dataset) if cfg.screen_dataset else []
+        self.ranker = ScreenRanker(cfg.screen_proxy, PROXY_NAMES, FALLBACK_PROXY, cfg.screen_min_fit, seeds)
 
     def _ask(self) -> tuple[Trial, ArchConfig, str | None]:
         """A new stage-1 trial, its architecture (an evolution child, or what the sampler suggests) and the folder of
@@ -121,12 +129,22 @@ class Screener:
                 out.setdefault(t.user_attrs["arch_hash"], (t.number, t.user_attrs.get("metrics", {})))
         return out
 
+    def trained_points(self) -> list[RankPoint]:
+        """This study's stage-1 trials trained to the end, as the learned ranker fits them (proxies, arch, val bpb)."""
+        points = []
+        for t in self.studies.ok_trials(1):
+            bpb, proxies, arch = t.user_attrs.get("metrics", {}).get("val_bpb"), t.user_attrs.get("proxies"), None
+            if bpb is not None and proxies and "arch" in t.user_attrs:
+                arch = ArchConfig(**t.user_attrs["arch"])
+                points.append(RankPoint(arch, proxies, float(bpb), group="study"))
+        return points
+
     def screen_batch(self) -> list[Candidate]:
         """Ask ``screen_batch`` candidates; drop what breaks the limits or is a known architecture, rank the rest by
         proxy and return the kept part, best first."""
         cfg = self.cfg
         seen = self._known_stage1()
-        batch: list[tuple[Candidate, dict[str, float]]] = []
+        batch: list[tuple[Candidate, dict[str, float], Trial]] = []
         for _ in range(cfg.screen_batch):
             trial, arch, init_from = self._ask()
             number = trial.number
@@ -150,21 +168,26 @@ class Screener:
             proxies = compute_proxies(arch, self.proxy_x, self.proxy_y, seed=cfg.seed)
             trial.set_user_attr("proxies", proxies)
             seen[arch.short_hash()] = (number, {})  # not trained yet: no metrics
-            batch.append((Candidate(number, arch, init_from), proxies))
+            batch.append((Candidate(number, arch, init_from), proxies, trial))
         keep = len(batch)
         if cfg.screen and len(batch) > 1:
             keep = max(1, math.ceil(cfg.screen_keep * len(batch)))
-        batch.sort(key=lambda cp: -cp[1][cfg.screen_proxy])
-        for cand, _ in batch[keep:]:
+        ranked = self.ranker.score([(c.arch, p) for c, p, _ in batch], self.trained_points() if batch else [])
+        for (_, _, trial), score in zip(batch, ranked.scores, strict=True):
+            trial.set_user_attr("screen_ranker", ranked.ranker)
+            trial.set_user_attr("screen_score", score)
+        order = sorted(range(len(batch)), key=lambda i: -ranked.scores[i])
+        batch = [batch[i] for i in order]
+        for cand, _, _ in batch[keep:]:
             self.studies.tell(
                 1,
                 cand.number,
                 Outcome(
                     TrialState.PRUNED,
                     "screened",
-                    f"bottom of its batch by {cfg.screen_proxy}",
+                    f"bottom of its batch by {ranked.ranker}",
                     metrics=arch_metrics(cand.arch),
                 ),
             )
             self.note(f"#{cand.number} screened out ({cand.arch.describe()})")
-        return [cand for cand, _ in batch[:keep]]
+        return [cand for cand, _, _ in batch[:keep]]

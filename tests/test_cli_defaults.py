@@ -118,6 +118,7 @@ CASES: dict[str, list[tuple[type[BaseModel], dict[str, Any]]]] = {
                 "stage2_max": SAME_NAME,
                 "screen": SAME_NAME,
                 "screen_proxy": SAME_NAME,
+                "screen_dataset": SAME_NAME,
                 "population": SAME_NAME,
                 "seed": SAME_NAME,
                 "executor": SAME_NAME,
