@@ -5,7 +5,10 @@ and the default space, at the search's default lowest-rung budget (``--stage1``,
 the stdlib corpus: a night's search is these trials one after the other. Two settings share the machine's cores:
 one worker per core at one thread each (the default of ``nas.executors.worker_threads``), and one worker with every
 core's thread. The order of spaces and settings alternates round by round; medians and spreads are reported, with the
-load average around each measurement (this shared machine's speed swings several-fold with other jobs).
+load average around each measurement (this shared machine's speed swings several-fold with other jobs). On this
+machine at load 13-15, one worker at two threads trained 490 tokens/s and its trials did not finish their evaluation
+within the 210 s trial limit (3 timeouts in 11 minutes), so that setting was measured as timing out and the figures
+below are at one thread per worker (``--settings 2x1``).
 
 Figures, per measurement (the whole command: start-up, screening, trials, final front, ``best/`` export):
 
@@ -135,6 +138,7 @@ def main() -> None:
     p.add_argument("--spaces", default="tiny,default")
     p.add_argument("--corpus", default="stdlib")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", default="", help="WORKERSxTHREADS,... (default: cores x 1 and 1 x cores)")
     p.add_argument("--one", nargs=3, metavar=("SPACE", "WORKERS", "THREADS"))
     args = p.parse_args()
     if args.one:
@@ -147,6 +151,8 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     settings = [(cores, 1), (1, cores)] if cores > 1 else [(1, 1)]
+    if args.settings:  # e.g. "2x1": what a loaded machine leaves time for (see the module docstring)
+        settings = [(int(w), int(t)) for w, t in (x.split("x") for x in args.settings.split(","))]
     cases = [(s, w, t) for s in args.spaces.split(",") for w, t in settings]
     runs: dict[str, list[dict[str, Any]]] = {f"{s} {w}x{t}": [] for s, w, t in cases}
     for r in range(args.rounds):
