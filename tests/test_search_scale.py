@@ -48,8 +48,8 @@ def test_a_1000_trial_search_trains_every_trial_once(tmp_path, small_corpus_dir,
     what the search itself does with 1000 trials: sampling, screening, bookkeeping and results. Random sampling: in a
     space this small NSGA-II converges and most of its later candidates are architectures already trained.
 
-    It is the suite's one long test (13 min on the shared 2-core machine at load 12-20), almost all of it the driver's
-    own work per trial: results.tsv rewritten after every result, screening, Optuna's per-ask scans."""
+    It is the suite's one long test (5.4 min on the shared 2-core machine at load 1-6, 13 min at 12-20), most of it
+    the driver's own work per trial: results.tsv rewritten after every result, screening, Optuna's per-ask scans."""
     out = tmp_path / "s"
     cfg = SearchConfig(
         out=str(out),
