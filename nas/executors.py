@@ -212,13 +212,23 @@ class LocalExecutor:
                 return out
 
     def shutdown(self) -> None:
+        """Idle workers are told to finish (end of their input) all at once, then given 5 s together to exit (one
+        after the other, a loaded machine made this 4 s per worker); a busy or stuck one is killed with its group."""
+        idle = [w for w in self.workers if w.process is not None and w.process.stdin is not None and w.spec is None]
+        for w in idle:
+            try:
+                assert w.process is not None and w.process.stdin is not None
+                w.process.stdin.close()
+            except OSError:
+                pass
+        end = time.monotonic() + 5
+        for w in idle:
+            try:
+                assert w.process is not None
+                w.process.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
         for w in self.workers:
-            if w.process is not None and w.process.stdin is not None and w.spec is None and w.alive():
-                try:
-                    w.process.stdin.close()
-                    w.process.wait(timeout=5)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
             w.kill()
 
 
@@ -232,12 +242,42 @@ def _ray_run(spec_json: str, threads: int) -> str:
     return run_trial(TrialSpec.model_validate_json(spec_json), include_files=True).model_dump_json()
 
 
+MAX_LOST_RETRIES = 2  # times a trial lost with its node or worker is run again before it counts as crashed
+# Ray's errors for a task lost with its worker process or node (ray.exceptions): the trial did not fail by itself.
+# A RayTaskError (the trial's own exception), OutOfMemoryError (the trial used too much memory), a cancellation
+# (the trial's time limit) are the trial's own outcome and are not retried.
+LOST_ERRORS = ("NodeDiedError", "WorkerCrashedError", "LocalRayletDiedError", "ObjectLostError")
+
+
+def task_lost(err: BaseException, exceptions: Any) -> bool:
+    """Whether ``err`` (from ``ray.get``) says a task was lost with its node or worker rather than failed by itself;
+    ``exceptions`` is ``ray.exceptions`` (passed in: this module does not import Ray unless it is used)."""
+    lost = tuple(getattr(exceptions, name) for name in LOST_ERRORS)
+    return isinstance(err, lost) and not isinstance(err, exceptions.RayTaskError)
+
+
+@dataclass
+class _RayTask:
+    """A trial on the cluster: its spec, when its current attempt started, and why earlier attempts were lost."""
+
+    spec: TrialSpec
+    started: float  # time.monotonic() of this attempt: the trial's time limit counts from here
+    first_started: float
+    lost: list[str]
+
+
 class RayExecutor:
     """Trials as Ray tasks on an existing cluster (``address``), or a local one (``address='local'``).
 
     Each task asks for ``gpus_per_trial`` GPUs (default: 1 where the cluster has GPUs) and
     ``cpus_per_trial`` CPUs; Ray places it. Workers write the trial folder themselves when they share the
     driver's disk; otherwise the small result files come back with the result and are written here.
+
+    A task lost with its node or worker process (:data:`LOST_ERRORS`) is submitted again, at most
+    ``max_lost_retries`` times; its result then carries ``executor_retries`` and ``executor_retry_reason`` in its
+    metrics (so results.tsv shows them). The retries are ours, not Ray's (``max_retries=0``), so that they are
+    recorded and so that a trial that fails by itself is never run twice. On a shared disk a retried trial continues
+    from its folder's checkpoint, or reads its finished ``metrics.json``, like a resumed search's.
     """
 
     def __init__(
@@ -246,6 +286,7 @@ class RayExecutor:
         cpus_per_trial: int = 1,
         gpus_per_trial: float | None = None,
         connect_timeout_s: float = 30.0,
+        max_lost_retries: int = MAX_LOST_RETRIES,
     ):
         try:
             import ray  # optional (the 'ray' extra) and heavy: only the Ray executor needs it
@@ -278,26 +319,67 @@ class RayExecutor:
         gpus = resources.get("GPU", 0)
         self.gpus_per_trial = gpus_per_trial if gpus_per_trial is not None else (1.0 if gpus >= 1 else 0.0)
         self.cpus_per_trial = cpus_per_trial
-        by_cpu = int(resources.get("CPU", 1) // max(cpus_per_trial, 1))
-        self.slots = max(1, int(gpus // self.gpus_per_trial) if self.gpus_per_trial else by_cpu)
+        self.max_lost_retries = max_lost_retries
+        self.slots = self._slots(resources)
         self._remote = ray.remote(_ray_run).options(
             num_cpus=cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0
         )
-        self._running: dict[Any, tuple[TrialSpec, float]] = {}
+        self._running: dict[Any, _RayTask] = {}
+
+    def _slots(self, resources: dict[str, float]) -> int:
+        """Trials the cluster can run at once, from its resources (a lost node lowers it)."""
+        if self.gpus_per_trial:
+            return max(1, int(resources.get("GPU", 0) // self.gpus_per_trial))
+        return max(1, int(resources.get("CPU", 1) // max(self.cpus_per_trial, 1)))
 
     def free_slots(self) -> int:
         return self.slots - len(self._running)
 
+    def _launch(self, task: _RayTask) -> None:
+        ref = self._remote.remote(task.spec.model_dump_json(), self.cpus_per_trial)
+        self._running[ref] = task
+
     def submit(self, spec: TrialSpec) -> None:
-        spec = spec.model_copy(update={"device": "auto"})
-        ref = self._remote.remote(spec.model_dump_json(), self.cpus_per_trial)
-        self._running[ref] = (spec, time.monotonic())
+        now = time.monotonic()
+        self._launch(_RayTask(spec.model_copy(update={"device": "auto"}), now, now, []))
+
+    def _result(self, ref: Any, task: _RayTask) -> TrialResult | None:
+        """The finished task's result; None when it was lost and has been submitted again."""
+        spec = task.spec
+        try:
+            result = TrialResult.model_validate_json(self.ray.get(ref))
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = f"{type(err).__name__}: {first[:300]}"
+            if task_lost(err, self.ray.exceptions) and len(task.lost) < self.max_lost_retries:
+                task.lost.append(reason)
+                task.started = time.monotonic()
+                self.slots = min(self.slots, self._slots(self.ray.cluster_resources()))
+                self._launch(task)
+                return None
+            lost = f" (after {len(task.lost)} retries of a lost task)" if task.lost else ""
+            result = TrialResult(
+                number=spec.number,
+                stage=spec.stage,
+                replicate=spec.replicate,
+                status="crashed",
+                fail_reason=f"ray task failed{lost}: {reason}",
+                run_s=time.monotonic() - task.first_started,
+            )
+        if task.lost:
+            result.metrics = {
+                **result.metrics,
+                "executor_retries": len(task.lost),
+                "executor_retry_reason": task.lost[-1],
+            }
+        _write_missing_files(spec, result)
+        return result
 
     def wait(self, timeout: float | None = None) -> list[TrialResult]:
         if not self._running:
             return []
         now = time.monotonic()
-        deadlines = [start + spec.time_limit_s - now for spec, start in self._running.values() if spec.time_limit_s]
+        deadlines = [t.started + t.spec.time_limit_s - now for t in self._running.values() if t.spec.time_limit_s]
         limit = (
             min([timeout] + deadlines)
             if timeout is not None and deadlines
@@ -306,23 +388,12 @@ class RayExecutor:
         ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=None if limit is None else max(0.0, limit))
         out = []
         for ref in ready:
-            spec, start = self._running.pop(ref)
-            try:
-                result = TrialResult.model_validate_json(self.ray.get(ref))
-            except Exception as err:  # the task's worker died
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                result = TrialResult(
-                    number=spec.number,
-                    stage=spec.stage,
-                    replicate=spec.replicate,
-                    status="crashed",
-                    fail_reason=f"ray task failed: {first[:300]}",
-                    run_s=time.monotonic() - start,
-                )
-            _write_missing_files(spec, result)
-            out.append(result)
-        for ref, (spec, start) in list(self._running.items()):
-            if spec.time_limit_s and time.monotonic() - start >= spec.time_limit_s:
+            result = self._result(ref, self._running.pop(ref))
+            if result is not None:
+                out.append(result)
+        for ref, task in list(self._running.items()):
+            spec = task.spec
+            if spec.time_limit_s and time.monotonic() - task.started >= spec.time_limit_s:
                 self.ray.cancel(ref, force=True)
                 self._running.pop(ref)
                 out.append(
@@ -332,7 +403,7 @@ class RayExecutor:
                         replicate=spec.replicate,
                         status="timeout",
                         fail_reason=f"no result within the trial time limit of {spec.time_limit_s:.0f} s",
-                        run_s=time.monotonic() - start,
+                        run_s=time.monotonic() - task.first_started,
                     )
                 )
         return out
