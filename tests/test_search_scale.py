@@ -48,8 +48,8 @@ def test_a_1000_trial_search_trains_every_trial_once(tmp_path, small_corpus_dir,
     what the search itself does with 1000 trials: sampling, screening, bookkeeping and results. Random sampling: in a
     space this small NSGA-II converges and most of its later candidates are architectures already trained.
 
-    It is the suite's one long test (5.4 min on the shared 2-core machine at load 1-6, 13 min at 12-20), most of it
-    the driver's own work per trial: results.tsv rewritten after every result, screening, Optuna's per-ask scans."""
+    It is one of the suite's long tests: about 62 s on the 2-core machine at load 1 (it took 5.4 min before the driver
+    ran its proxies on one thread, rewrote results.tsv at most every 10 s and stopped timing each trial's latency)."""
     out = tmp_path / "s"
     cfg = SearchConfig(
         out=str(out),
@@ -74,7 +74,8 @@ def test_a_1000_trial_search_trains_every_trial_once(tmp_path, small_corpus_dir,
     stage1 = [r for r in rows if r["stage"] == "1"]
     trained = [r for r in stage1 if r["status"] not in ("screened", "duplicate", "rejected", "not_run", "lost")]
     assert len(trained) == TRIALS and all(r["status"] == "ok" for r in trained)
-    assert {r["status"] for r in stage1} <= {"ok", "screened", "duplicate"}  # nothing left running or lost
+    # nothing left running or lost; a screening batch may overshoot the trial count, and its surplus is closed not_run
+    assert {r["status"] for r in stage1} <= {"ok", "screened", "duplicate", "not_run"}
     assert any(r["status"] == "screened" for r in stage1)  # screening dropped candidates before training
     hashes = [r["arch_hash"] for r in trained]
     assert len(set(hashes)) == TRIALS  # no architecture trained twice
