@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from harness.errors import UserError
-from kernels.onnx_export import _GroupQueryAttention, _norm, quantize_onnx_int8
+from kernels.onnx_export import _GroupQueryAttention, _norm, gqa_blocks, quantize_onnx_int8
 from kernels.threads import DECODE_THREADS
-from nas.model import Block, CodeLM, apply_rope
+from nas.model import CodeLM, apply_rope
 
 BATCHED_FILE = "decode_batched.onnx"
 BATCHED_INT8_FILE = "decode_batched_int8.onnx"
@@ -109,23 +109,7 @@ class BatchedDecodeStep(torch.nn.Module):
         else:  # the rotate-half tables repeat their first half: the operator takes that half
             cos, sin = m.rope_cos[:, : hd // 2], m.rope_sin[:, : hd // 2]
         total = (seqlens_k.max() + 1).to(torch.int32).reshape(())
-        sizes = [arch.n_heads * hd, arch.n_kv_heads * hd, arch.n_kv_heads * hd]
-        presents: list[torch.Tensor] = []
-        for i, module in enumerate(m.layers):
-            layer = cast(Block, module)
-            attn = layer.self_attn
-            h = _norm(layer.input_layernorm, x)
-            qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # folded at export
-            q, k, v = F.linear(h, qkv_weight).split(sizes, dim=-1)
-            y, pk, pv = cast(
-                tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                _BatchedGroupQueryAttention.apply(
-                    q, k, v, past[2 * i], past[2 * i + 1], seqlens_k, total, cos, sin, arch.n_heads, arch.n_kv_heads
-                ),
-            )
-            presents += [pk, pv]
-            x = x + attn.o_proj(y)
-            x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+        x, presents = gqa_blocks(m, x, past, seqlens_k, total, cos, sin, _BatchedGroupQueryAttention)
         picked = x[torch.arange(x.shape[0]), last]  # [B, d]: one token of each row (a prompt may be padded)
         logits = m.lm_head(_norm(m.norm, picked))
         return (logits, *presents)

@@ -155,25 +155,44 @@ class DecodeStep(torch.nn.Module):
             cos, sin = m.rope_cos[:, : hd // 2], m.rope_sin[:, : hd // 2]
         seqlens_k = position.to(torch.int32)  # the slot written, = total length - 1
         total = (position + 1).to(torch.int32).reshape(())
-        sizes = [arch.n_heads * hd, arch.n_kv_heads * hd, arch.n_kv_heads * hd]
-        presents: list[torch.Tensor] = []
-        for i, module in enumerate(m.layers):
-            layer = cast(Block, module)  # m.layers is an nn.ModuleList of Blocks
-            attn = layer.self_attn
-            h = _norm(layer.input_layernorm, x)
-            qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # folded at export
-            q, k, v = F.linear(h, qkv_weight).split(sizes, dim=-1)  # [1, 1, heads * hd] each
-            y, pk, pv = cast(
-                tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                _GroupQueryAttention.apply(
-                    q, k, v, past[2 * i], past[2 * i + 1], seqlens_k, total, cos, sin, arch.n_heads, arch.n_kv_heads
-                ),
-            )
-            presents += [pk, pv]
-            x = x + attn.o_proj(y)
-            x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+        x, presents = gqa_blocks(m, x, past, seqlens_k, total, cos, sin, _GroupQueryAttention)
         logits = m.lm_head(_norm(m.norm, x))[:, -1]
         return (logits, *presents)
+
+
+def gqa_blocks(
+    m: CodeLM,
+    x: torch.Tensor,
+    past: tuple[torch.Tensor, ...],
+    seqlens_k: torch.Tensor,
+    total: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    attention: type[torch.autograd.Function],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The model's blocks as exported: q, k and v as one matrix product (weights concatenated once, at export) and
+    attention through ``attention`` (the batch-1 or the batched GroupQueryAttention operator, same arguments) over
+    the cache ``past`` (key, value per layer). Returns the residual stream and the updated caches."""
+    arch = m.arch
+    hd = arch.head_dim
+    sizes = [arch.n_heads * hd, arch.n_kv_heads * hd, arch.n_kv_heads * hd]
+    presents: list[torch.Tensor] = []
+    for i, module in enumerate(m.layers):
+        layer = cast(Block, module)  # m.layers is an nn.ModuleList of Blocks
+        attn = layer.self_attn
+        h = _norm(layer.input_layernorm, x)
+        qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        q, k, v = F.linear(h, qkv_weight).split(sizes, dim=-1)
+        y, pk, pv = cast(
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+            attention.apply(
+                q, k, v, past[2 * i], past[2 * i + 1], seqlens_k, total, cos, sin, arch.n_heads, arch.n_kv_heads
+            ),
+        )
+        presents += [pk, pv]
+        x = x + attn.o_proj(y)
+        x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+    return x, presents
 
 
 def _cache_names(model: CodeLM, kind: str) -> list[str]:
