@@ -2,7 +2,10 @@
 
 1. Train a baseline that fits the goal's limits (the graph repeats it with another seed to measure
    run-to-run noise, whoever plans: agent.repeats).
-2. Run a small multi-objective architecture search under the same limits.
+2. Run a small multi-objective architecture search under the same limits: with token budgets large enough that
+   the lowest rung of 1/9,1/3,1 is at least :data:`MIN_RUNG_TOKENS`, successive halving over those rungs
+   (aging evolution, children grown from their parents' weights, one experiment's tokens in all); else the
+   two-stage search, every trial a quarter of an experiment.
 3. Train the search's Pareto front at the full experiment budget, best first.
 4. (Close calls are re-run with another seed by the graph, so a lucky seed is never kept.)
 5. Distil the incumbent into its own architecture once (born-again networks, Furlanello et al. 2018:
@@ -34,9 +37,20 @@ from agent.plans import (
     budget_fraction,
 )
 from agent.state import HistoryEntry
+from harness.budget import parse_budget
+from nas.rungs import parse_rungs, rung_tokens
 from nas.space import ArchConfig, ArchConstraints, get_space
 
 __all__ = ["OfflinePlanner", "budget_fraction"]  # budget_fraction lives with the plans, whose defaults it makes
+
+#: the rungs of the offline planner's search, as fractions of one experiment's tokens
+RUNGS = "1/9,1/3,1"
+#: the least tokens a rung-1 training needs for its ranking to mean something. Measured on the default space
+#: (benchmarks/results/proxy_correlation_120ktok.json, 60 architectures in six size bins): at 120ktok two seeds of
+#: one architecture differ by sd 0.051 bpb while architectures of one size bin spread by sd 0.110 (ratio 0.46; at
+#: 240ktok 0.31). Below it the seed is as large as the differences the rung is meant to rank, and a promotion is a
+#: coin toss; so the rungs are used when one experiment is at least 9 x 120ktok (1.08M tokens).
+MIN_RUNG_TOKENS = 120_000
 
 
 class OfflinePlanner:
@@ -62,6 +76,36 @@ class OfflinePlanner:
             return arch
         return self.space.sample_feasible(random.Random(self.seed), self.constraints)
 
+    def _rungs_pay(self) -> bool:
+        """Whether one experiment's tokens make the lowest rung a ranking (see :data:`MIN_RUNG_TOKENS`)."""
+        tokens = parse_budget(self.train_budget).tokens
+        return tokens is not None and rung_tokens(tokens, parse_rungs(RUNGS))[0] >= MIN_RUNG_TOKENS
+
+    def _rung_search(self, objectives: str) -> SearchPlan:
+        """Successive halving over :data:`RUNGS` of one experiment, aging evolution whose children start from their
+        parents' weights where the change keeps the function, and the search's tokens in all one experiment's (so
+        it costs what one more training would). One replicate per rung measures its noise for the promotions; the
+        first half of the trials is the random population evolution starts from."""
+        return SearchPlan(
+            config=SearchConfigPlan(
+                objectives=objectives,
+                strategy="evolution",
+                trials=self.search_trials,
+                stage1_budget=budget_fraction(self.train_budget, 4),
+                seed=self.seed,
+                max_mb=self.goal.max_mb,
+                max_latency_ms=self.goal.max_latency_ms,
+                rungs=RUNGS,
+                max_budget=self.train_budget,
+                token_budget=self.train_budget,
+                replicates=1,
+                inherit=True,
+                population=max(2, self.search_trials // 2),
+            ),
+            rationale=f"multi-objective search (bpb vs int8 size) by successive halving over rungs {RUNGS} of one "
+            "experiment, children grown from their parents, one experiment's tokens in all",
+        )
+
     def propose(self, history: list[HistoryEntry], incumbent: HistoryEntry | None) -> AnyPlan:
         tried = {h.plan.group_key() for h in history}
         trains = [h for h in history if isinstance(h.plan, TrainPlan)]
@@ -72,6 +116,8 @@ class OfflinePlanner:
         searches = [h for h in history if isinstance(h.plan, SearchPlan)]
         if not searches:
             objectives = "bpb,bytes_int8" + (",latency" if self.goal.max_latency_ms else "")
+            if self._rungs_pay():
+                return self._rung_search(objectives)
             return SearchPlan(
                 config=SearchConfigPlan(
                     objectives=objectives,

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from agent.judge import Verdict, settled
 from agent.search_resume import search_continuation
@@ -26,6 +35,7 @@ from harness.errors import UserError, describe_validation_error
 from nas import validate
 from nas.objectives import parse_objectives
 from nas.request import TrainRequest
+from nas.rungs import parse_rungs, rung_tokens
 from nas.space import ArchConfig, ArchConstraints, get_space
 from nas.validate import MAX_SEED
 
@@ -40,16 +50,55 @@ class TrainConfigPlan(TrainRequest):
 
 
 class SearchConfigPlan(BaseModel):
+    """An architecture search: every trial trains stage1_budget, or with rungs the lowest rung first and the
+    promising ones on to the next rungs."""
+
     model_config = ConfigDict(extra="forbid")
 
     space: str = "default"
     objectives: str = "bpb,bytes_int8"
     strategy: Literal["nsga2", "evolution", "random"] = "nsga2"
-    trials: int = Field(6, ge=1, le=1000)
+    trials: int = Field(6, ge=1, le=1000, description="stage-1 trainings (with rungs: rung-1 trainings)")
     stage1_budget: str = "20s"
     seed: int = Field(0, ge=0, le=MAX_SEED)
     max_mb: float | None = Field(None, gt=0)
     max_latency_ms: float | None = Field(None, gt=0)
+    rungs: str | None = Field(
+        None,
+        description="successive halving over fractions of max_budget, e.g. 1/9,1/3,1 (replaces stage1_budget): "
+        "every candidate trains the lowest rung, the promising ones continue to the next; runs with token budgets only",
+    )
+    max_budget: str | None = Field(
+        None, description="with rungs: tokens of the last rung, e.g. 900ktok (default: one experiment's budget)"
+    )
+    token_budget: str | None = Field(
+        None, description="tokens all of the search's trainings together may use, e.g. 900ktok (equal compute)"
+    )
+    replicates: int | None = Field(
+        None, ge=0, le=8, description="with rungs: trials per rung trained twice to measure its noise (default 2)"
+    )
+    inherit: bool = Field(
+        False,
+        description="with strategy evolution: a child whose change keeps its parent's function (deeper, wider FFN) "
+        "starts from the parent's weights",
+    )
+    population: int | None = Field(
+        None, ge=2, le=1000, description="with strategy evolution: random trials before children (default 12)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_rung_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A plan without the rung fields dumps without them (config files, the resume stamp, the history), so an
+        old plan's files and worker command stay byte for byte what they were."""
+        data: dict[str, Any] = handler(self)
+        for key in SEARCH_RUNG_FIELDS:
+            if data.get(key) is None or data.get(key) is False:
+                data.pop(key, None)
+        return data
+
+
+#: the optional fields of a search plan that an old plan does not have (left out of its dump when unset)
+SEARCH_RUNG_FIELDS = ("rungs", "max_budget", "token_budget", "replicates", "inherit", "population")
 
 
 class DistillConfigPlan(TrainConfigPlan):
@@ -306,10 +355,20 @@ class SearchPlan(PlanBase):
     config: SearchConfigPlan
 
     def config_title(self) -> str:
-        return f"architecture search: {self.config.trials} trials, {self.config.objectives}"
+        c = self.config
+        if c.rungs:
+            return f"architecture search: {c.trials} trials, rungs {c.rungs} of {c.max_budget}, {c.objectives}"
+        return f"architecture search: {c.trials} trials, {c.objectives}"
 
     def summary(self) -> str:
         c = self.config
+        if c.rungs:
+            spent = f", {c.token_budget} in all" if c.token_budget else ""
+            grown = " + inherit" if c.inherit else ""
+            return (
+                f"search {c.strategy}{grown}, {c.trials} trials on rungs {c.rungs} of {c.max_budget}{spent}, "
+                f"{c.objectives}"
+            )
         return f"search {c.strategy}, {c.trials} trials x {c.stage1_budget}, {c.objectives}"
 
     def own_config_files(self) -> dict[str, str]:
@@ -335,6 +394,13 @@ class SearchPlan(PlanBase):
             quiet=True,
             max_mb=c.max_mb,
             max_latency_ms=c.max_latency_ms,
+            # the rung fields last and only when set: an old plan's command is what it was
+            rungs=c.rungs,
+            max_budget=c.max_budget,
+            token_budget=c.token_budget,
+            replicates=c.replicates,
+            inherit=True if c.inherit else None,
+            population=c.population,
         )
         return cmd, _time_limit(c.stage1_budget, 3, 120, 600.0) * c.trials + 300
 
@@ -358,6 +424,7 @@ class SearchPlan(PlanBase):
         b = _check_budget_kind(cfg.stage1_budget, "config.stage1_budget", ctx)
         if b.seconds is not None and b.seconds * cfg.trials > 2 * max(ctx.time_left_s, 1.0):
             raise PlanError(f"{cfg.trials} trials of {cfg.stage1_budget} do not fit in the {ctx.time_left_s:.0f}s left")
+        _check_search_rungs(cfg, ctx)
         limits = {
             "max_mb": _tighter(cfg.max_mb, ctx.max_mb),
             "max_latency_ms": _tighter(cfg.max_latency_ms, ctx.max_latency_ms),
@@ -365,7 +432,46 @@ class SearchPlan(PlanBase):
         return self.model_copy(update={"config": cfg.model_copy(update=limits)})
 
     def default_budgets(self, experiment_budget: str) -> Self:
-        return _budget_default(self, "stage1_budget", budget_fraction(experiment_budget, 4))
+        plan = _budget_default(self, "stage1_budget", budget_fraction(experiment_budget, 4))
+        if plan.config.rungs and parse_budget(experiment_budget).tokens is not None:
+            plan = _budget_default(plan, "max_budget", experiment_budget)  # the last rung: one full experiment
+        return plan
+
+
+def _check_search_rungs(cfg: SearchConfigPlan, ctx: PlanContext) -> None:
+    """The rung fields of a search plan agree with each other and with the run (PlanError, one line, else)."""
+    if cfg.rungs is None:
+        for name in ("max_budget", "replicates"):
+            if getattr(cfg, name) is not None:
+                raise PlanError(f"config.{name} belongs to a search with rungs: give config.rungs too (e.g. 1/9,1/3,1)")
+    if cfg.inherit and cfg.strategy != "evolution":
+        raise PlanError("config.inherit needs config.strategy evolution (only its children have a parent)")
+    if cfg.population is not None and cfg.strategy != "evolution":
+        raise PlanError("config.population belongs to config.strategy evolution")
+    first = parse_budget(cfg.stage1_budget).tokens
+    if cfg.rungs is not None:
+        if ctx.experiment_budget is not None and parse_budget(ctx.experiment_budget).tokens is None:
+            raise PlanError(
+                f"config.rungs needs token budgets but this run counts experiment budgets in wall-clock time "
+                f"({ctx.experiment_budget}): leave rungs out"
+            )
+        if cfg.max_budget is None:
+            raise PlanError("config.rungs needs config.max_budget, the tokens of the last rung (e.g. 900ktok)")
+        fractions = parse_rungs(cfg.rungs)  # a UserError is the plan's error (check_plan)
+        most = validate.budget(cfg.max_budget, "config.max_budget").tokens
+        if most is None:
+            raise PlanError(f"config.max_budget {cfg.max_budget} is wall-clock time: rungs add tokens up, e.g. 900ktok")
+        first = rung_tokens(most, fractions)[0]
+    if cfg.token_budget is not None:
+        total = validate.budget(cfg.token_budget, "config.token_budget").tokens
+        if total is None:
+            raise PlanError(f"config.token_budget {cfg.token_budget} is wall-clock time: give tokens, e.g. 900ktok")
+        if first is None:
+            raise PlanError("config.token_budget counts tokens: give config.stage1_budget in tokens too (or rungs)")
+        if total < first:
+            raise PlanError(
+                f"config.token_budget {cfg.token_budget} is less than one trial of the lowest rung ({first} tokens)"
+            )
 
 
 class DistillPlan(PlanBase):
