@@ -29,7 +29,7 @@ from agent.editing import apply_code_change, edit_summary, worker_env
 from agent.edits import EditSummary
 from agent.goal import Goal, parse_goal
 from agent.judge import Verdict, judge, noise_estimate, settle_latency
-from agent.limits import experiment_limits, stop_reason
+from agent.limits import experiment_limits, shortest_experiment_s, stop_reason
 from agent.llm import CallRecord, CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner
@@ -143,6 +143,10 @@ class ResearchAgent:
             else self.planner.propose(history, state.get("incumbent"), state.get("noise"), self._plan_context(state))
         )
         plan = outcome.plan
+        cannot = self._cannot_finish(plan, state)
+        if cannot:
+            PROGRESS.print(f"[bold]stopped:[/] {escape(cannot)}")
+            return {"done": True, "stop_reason": cannot, **self._timed(t0)}
         exp_id = f"e{state.get('step', 0) + 1:03d}"
         notes = "".join(f"- {n}\n" for n in outcome.notes)
         self._journal(f"## {exp_id}: {plan.kind} (planned by {outcome.source})\n\n{notes}{plan.rationale}\n")
@@ -229,8 +233,8 @@ class ResearchAgent:
         """Time kept for the harness's scoring of a model: 1.5 x the slowest scoring so far (60 s before the first)."""
         return 1.5 * (self._scoring_s if self._scoring_s is not None else FIRST_SCORING_S)
 
-    def _command(self, plan: AnyPlan, out: Path, state: AgentState) -> tuple[list[str], float]:
-        """The worker's command, told to stop at the run's wall cap, and its timeout."""
+    def _limits(self, plan: AnyPlan, out: Path, state: AgentState) -> tuple[list[str], float, float]:
+        """The worker's command (without its cap), its timeout and its wall cap (UserError: e.g. a missing teacher)."""
         setup = WorkerSetup(
             tokenizer=self.s.tokenizer,
             corpus=self.s.corpus,
@@ -241,7 +245,31 @@ class ResearchAgent:
         timeout, cap = experiment_limits(
             self.s, own_s, state.get("elapsed_s", 0.0), self._scoring_reserve_s() if plan.is_model else 0.0
         )
+        return cmd, timeout, cap
+
+    def _command(self, plan: AnyPlan, out: Path, state: AgentState) -> tuple[list[str], float]:
+        """The worker's command, told to stop at the run's wall cap, and its timeout."""
+        cmd, timeout, cap = self._limits(plan, out, state)
         return plan.with_wall_cap(cmd, cap), timeout
+
+    def _cannot_finish(self, plan: AnyPlan, state: AgentState) -> str | None:
+        """Why ``plan`` would only end as a crash at its wall cap (None: it can finish). The stop rule before planning
+        knows the time left but not the plan: a model experiment's cap also leaves the harness's scoring its reserve
+        (60 s before the first scoring), so with 45 s left a training got a 1 s cap and crashed."""
+        try:
+            _, _, cap = self._limits(plan, Path("runs") / "next", state)
+        except UserError:
+            return None  # the run node reports it as the experiment's failure
+        least, measured = shortest_experiment_s(state.get("history", []), plan.kind)
+        if cap >= least:
+            return None
+        left = max(self.s.budget_s - state.get("elapsed_s", 0.0), 0.0)
+        reserve = f" after the scoring reserve of {self._scoring_reserve_s():.0f} s" if plan.is_model else ""
+        what = f"the shortest {plan.kind} experiment so far" if measured else "a worker's start-up and one evaluation"
+        return (
+            f"{left:.0f} s left: a {plan.kind} experiment would get a {cap:.0f} s cap{reserve}, "
+            f"shorter than {what} ({least:.0f} s)"
+        )
 
     def run(self, state: AgentState) -> dict[str, Any]:
         t0 = time.monotonic()

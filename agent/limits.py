@@ -55,11 +55,11 @@ def stop_reason(settings: RunSettings, state: AgentState, ledger: CostLedger, ru
     return None
 
 
-def shortest_experiment_s(history: list[HistoryEntry]) -> tuple[float, bool]:
-    """The least wall clock any experiment can take, and whether it was measured: the shortest worker of an
-    experiment that finished (of any kind; one that crashed, often at its wall cap, says nothing about how long
+def shortest_experiment_s(history: list[HistoryEntry], kind: str | None = None) -> tuple[float, bool]:
+    """The least wall clock an experiment (of ``kind``; None: of any kind) can take, and whether it was measured:
+    the shortest worker of one that finished (one that crashed, often at its wall cap, says nothing about how long
     a finished one takes), else :data:`MIN_EXPERIMENT_S`. Planning one with less time left only makes a crash."""
-    walls = [h.worker_s for h in history if h.decision != "crash" and h.worker_s]
+    walls = [h.worker_s for h in history if h.decision != "crash" and h.worker_s and kind in (None, h.plan.kind)]
     return (min(walls), True) if walls else (MIN_EXPERIMENT_S, False)
 
 

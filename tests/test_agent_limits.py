@@ -75,3 +75,23 @@ def test_the_plan_node_goes_to_the_report_with_the_reason(tmp_path: Path) -> Non
     assert update["done"] is True
     assert update["stop_reason"] == "8 s left, shorter than the shortest experiment so far (41 s)"
     assert "plan" not in update  # nothing was planned
+
+
+def test_a_model_experiment_whose_cap_is_eaten_by_the_scoring_reserve_is_not_started(tmp_path: Path) -> None:
+    """45 s left passes the stop rule (the 12 s eval fits, and more than half the 80 s training), but a training
+    leaves the harness's scoring its 60 s reserve: its cap would be 1 s and it could only crash. The plan node stops
+    instead; with time for the training it plans it."""
+    agent = ResearchAgent(_settings(tmp_path))
+    agent.run_dir.mkdir(parents=True, exist_ok=True)
+    history = [_done("e001", "keep", 80.0), _done("e002", "keep", 12.0, kind="eval")]
+    assert _reason(tmp_path, 300 - 45, history) is None
+    state: AgentState = {"elapsed_s": 300 - 45, "history": history, "step": 2}
+    update = agent.plan(state)
+    assert update["done"] is True and "plan" not in update
+    assert update["stop_reason"] == (
+        "45 s left: a train experiment would get a 1 s cap after the scoring reserve of 60 s, "
+        "shorter than the shortest train experiment so far (80 s)"
+    )
+    agent.s.workspace.mkdir(parents=True, exist_ok=True)  # the planned experiment goes into the journal
+    planned = agent.plan({**state, "elapsed_s": 300 - 150})  # 150 s: a 90 s cap, longer than the 80 s training
+    assert not planned.get("done") and planned["plan"].kind == "train"

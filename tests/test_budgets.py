@@ -262,7 +262,11 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
 
 @pytest.mark.slow
 def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path, small_corpus_dir):
-    budget_s, grace_s = 25, 15
+    # 80 s: the first training's cap is what is left after the harness's 60 s scoring reserve (20 s), enough to start;
+    # with the 25 s this test had, that cap was 1 s, and the run no longer starts an experiment that can only crash.
+    # The grace is the default 30 s: the search planned next gets the time left as its --budget, which its own
+    # clock starts after its start-up (imports, the corpus: ~10 s at load 7), so a 10 s grace killed it at its timeout
+    budget_s, grace_s = 80, 30
     t0 = time.monotonic()
     result = runner.invoke(
         app,
