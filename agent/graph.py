@@ -29,7 +29,7 @@ from agent.editing import apply_code_change, edit_summary, worker_env
 from agent.edits import EditSummary
 from agent.goal import Goal, parse_goal
 from agent.judge import Verdict, judge, noise_estimate, settle_latency
-from agent.limits import experiment_limits, shortest_experiment_s, stop_reason
+from agent.limits import MIN_EXPERIMENT_S, experiment_limits, shortest_experiment_s, stop_reason
 from agent.llm import CallRecord, CostLedger, judge_spec, make_client
 from agent.llm_judge import LLMJudge
 from agent.offline import OfflinePlanner
@@ -260,7 +260,12 @@ class ResearchAgent:
             _, _, cap = self._limits(plan, Path("runs") / "next", state)
         except UserError:
             return None  # the run node reports it as the experiment's failure
-        least, measured = shortest_experiment_s(state.get("history", []), plan.kind)
+        # a search ends by its cap with what it found: only a worker's start-up and one evaluation must fit
+        least, measured = (
+            (MIN_EXPERIMENT_S, False)
+            if plan.ends_by_its_cap
+            else shortest_experiment_s(state.get("history", []), plan.kind)
+        )
         if cap >= least:
             return None
         left = max(self.s.budget_s - state.get("elapsed_s", 0.0), 0.0)

@@ -190,6 +190,9 @@ class PlanBase(BaseModel):
     is_model: ClassVar[bool] = False
     #: a code change may go with this kind
     takes_code_change: ClassVar[bool] = True
+    #: the worker ends by its wall cap with a result (a search stops sampling and caps its trials), so a cap shorter
+    #: than its last run is a smaller result, not a crash
+    ends_by_its_cap: ClassVar[bool] = False
 
     rationale: str = Field(min_length=1)
     code_change: str | None = Field(
@@ -351,6 +354,7 @@ class TrainPlan(PlanBase):
 
 
 class SearchPlan(PlanBase):
+    ends_by_its_cap: ClassVar[bool] = True
     kind: Literal["nas_search"] = "nas_search"
     config: SearchConfigPlan
 

@@ -95,3 +95,24 @@ def test_a_model_experiment_whose_cap_is_eaten_by_the_scoring_reserve_is_not_sta
     agent.s.workspace.mkdir(parents=True, exist_ok=True)  # the planned experiment goes into the journal
     planned = agent.plan({**state, "elapsed_s": 300 - 150})  # 150 s: a 90 s cap, longer than the 80 s training
     assert not planned.get("done") and planned["plan"].kind == "train"
+
+
+def test_a_search_with_less_time_than_its_last_run_still_starts(tmp_path: Path) -> None:
+    """A search stops sampling at its cap and reports what it found: only a worker's start-up must fit, not its last
+    run's length. A training with the same time left would only crash."""
+    agent = ResearchAgent(_settings(tmp_path))
+    history = [
+        _done("e001", "keep", 30.0),
+        HistoryEntry(
+            id="e002",
+            plan=parse_plan({"kind": "nas_search", "config": {"trials": 4}, "rationale": "x"}),
+            decision="keep",
+            worker_s=200.0,
+        ),
+    ]
+    state: AgentState = {"elapsed_s": 300 - 40, "history": history, "step": 2}
+    search = parse_plan({"kind": "nas_search", "config": {"trials": 2, "seed": 1}, "rationale": "x"})
+    assert agent._cannot_finish(search, state) is None
+    assert agent._cannot_finish(search, {**state, "elapsed_s": 300 - MIN_EXPERIMENT_S + 1}) is not None
+    train = parse_plan({"kind": "train", "config": {"arch": ArchConfig().model_dump()}, "rationale": "x"})
+    assert "shorter than the shortest train experiment so far (30 s)" in str(agent._cannot_finish(train, state))
