@@ -67,8 +67,12 @@ class OfflinePlanner:
             max_bytes=int(goal.max_mb * 1e6) if goal.max_mb else None, max_params=goal.max_params
         )
 
-    def _train(self, arch: ArchConfig, rationale: str, seed: int = 0) -> TrainPlan:
-        return TrainPlan(config=TrainConfigPlan(arch=arch, budget=self.train_budget, seed=seed), rationale=rationale)
+    def _train(self, arch: ArchConfig, rationale: str) -> TrainPlan:
+        """A training at the full budget with the run's seed (``autonas run --seed``: runs with other seeds are other
+        samples of the whole strategy, their trainings included, not the same trainings again)."""
+        return TrainPlan(
+            config=TrainConfigPlan(arch=arch, budget=self.train_budget, seed=self.seed), rationale=rationale
+        )
 
     def _baseline_arch(self) -> ArchConfig:
         arch = ArchConfig(vocab_size=self.vocab)
@@ -139,7 +143,7 @@ class OfflinePlanner:
         if incumbent is not None and not any(isinstance(h.plan, DistillPlan) for h in history):
             return DistillPlan(
                 config=DistillConfigPlan(
-                    teacher=incumbent.id, arch=_arch_of(incumbent), loss="fkl", budget=self.train_budget
+                    teacher=incumbent.id, arch=_arch_of(incumbent), loss="fkl", budget=self.train_budget, seed=self.seed
                 ),
                 rationale=f"born-again distillation: {incumbent.id}'s soft targets into its own architecture",
             )

@@ -172,3 +172,13 @@ def test_the_worker_runs_a_rung_plans_command(tmp_path: Path, small_corpus_dir: 
     assert [r for r in trained if r["stage"] == "1" and not r["replicate"]]
     assert sum(int(r["tokens_trained"] or 0) for r in trained) <= 30_000
     assert json.loads((out / "metrics.json").read_text())["status"] == "ok"
+
+
+def test_the_offline_planners_trainings_take_the_runs_seed() -> None:
+    """``autonas run --seed`` makes another sample of the whole strategy: its trainings too, not only the search."""
+    goal = parse_goal("find the best Python code model under 2 MB")
+    for seed in (0, 3):
+        planner = OfflinePlanner(goal, 256, "500ktok", 6, seed=seed)
+        baseline = planner.propose([], None)
+        history = [HistoryEntry.model_validate({"id": "e001", "plan": baseline.model_dump(), "decision": "keep"})]
+        assert baseline.config.seed == seed and planner.propose(history, history[0]).config.seed == seed
