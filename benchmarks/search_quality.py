@@ -152,6 +152,7 @@ def main() -> None:
     secs: dict[str, dict[int, float]] = {s: {} for s in strategies}
     tokens: dict[str, dict[int, int]] = {s: {} for s in strategies}
     n_full: dict[str, dict[int, int]] = {s: {} for s in strategies}
+    points: dict[str, dict[int, list[tuple[float, float]]]] = {s: {} for s in strategies}  # (bpb, int8 bytes)
     work = [
         (strategy, seed)
         for i, seed in enumerate(seeds)
@@ -166,6 +167,7 @@ def main() -> None:
         secs[strategy][seed] = wall
         tokens[strategy][seed] = int(summary.get("tokens_trained", 0))
         n_full[strategy][seed] = len(full)
+        points[strategy][seed] = full
         print(
             f"{strategy} seed {seed}: hv={hvs[strategy][seed]:.4f} full-budget={len(full)} "
             f"tokens={tokens[strategy][seed]:,} in {wall:.0f}s",
@@ -204,6 +206,7 @@ def main() -> None:
             "hypervolumes": hvs,
             "tokens_trained": tokens,
             "full_trainings": n_full,
+            "full_budget_points": points,
             "search_s": secs,
             "reference_bytes": ref_bytes,
             "args": vars(args),
