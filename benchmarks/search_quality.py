@@ -1,6 +1,6 @@
 """Hypervolume reached by each search strategy at equal compute: the same tokens trained in all, not the same trials.
 
-Strategies (all on the tiny space, screening off, so only the strategy differs):
+Strategies (all on the tiny space; screening off unless ``--rung-flags`` turns it on for the rung strategies):
 
 - ``random``, ``nsga2``, ``evolution``: every trial trained to ``--max-budget`` (one fidelity, no stage 2);
 - ``rungs-random``: random candidates with rungs (``--rungs`` of ``--max-budget``, ASHA with the measured-noise
