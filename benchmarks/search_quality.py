@@ -9,8 +9,10 @@ Strategies (all on the tiny space; screening off unless ``--rung-flags`` turns i
 
 Each search stops at ``--token-budget`` tokens trained by all its trials (replicates and promotions included) and
 runs in a fresh process (``python -m nas nas search``), ``--jobs`` of them at a time; the strategies' order is rotated
-from seed to seed. ``--rung-flags`` are added to the rung strategies' command lines (e.g. ``--replicates 0
---screen --screen-proxy learned``): the flat strategies stay plain, as a user would run them.
+from seed to seed, seed after seed, so ``--time-limit-min`` (no search starts after it) ends the benchmark with whole
+seeds: the table keeps the seeds every strategy finished. ``--rung-flags`` are added to the rung strategies' command
+lines (e.g. ``--replicates 0 --screen --screen-proxy learned``): the flat strategies stay plain, as a user would run
+them.
 
 **Only full trainings are scored.** A search's hypervolume is that of the (val bpb, int8 bytes) front of the trials
 trained to ``--max-budget`` tokens, read from its ``results.tsv``: the last rung of a rung search, every trial of a
@@ -137,6 +139,12 @@ def main() -> None:
     ap.add_argument("--inherit", action=argparse.BooleanOptionalAction, default=False, help="rungs-evolution")
     ap.add_argument("--rung-flags", default="", help="more `nas search` flags for the rung strategies")
     ap.add_argument("--name", default="search_quality", help="results/<name>.json")
+    ap.add_argument(
+        "--time-limit-min",
+        type=float,
+        default=0.0,
+        help="start no search after this many minutes; the table keeps the seeds every strategy finished (0: none)",
+    )
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--space", default="tiny")
     ap.add_argument("--corpus", default="stdlib")
@@ -159,8 +167,12 @@ def main() -> None:
         for strategy in strategies[i % len(strategies) :] + strategies[: i % len(strategies)]  # rotated per seed
     ]
 
+    started = time.monotonic()
+
     def one(job: tuple[str, int]) -> None:
         strategy, seed = job
+        if args.time_limit_min and time.monotonic() - started > args.time_limit_min * 60:
+            return  # past --time-limit-min: start no more searches (the table keeps the seeds every strategy finished)
         summary, full, wall = run_search(strategy, seed, args)
         pts = [(bpb / 8.0, size / ref_bytes) for bpb, size in full]
         hvs[strategy][seed] = hypervolume(pts, (1.0, 1.0))
@@ -176,6 +188,10 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(one, work))
+    planned = seeds
+    seeds = [seed for seed in seeds if all(seed in hvs[s] for s in strategies)]  # finished by every strategy
+    if not seeds:
+        raise SystemExit("no seed was finished by every strategy within --time-limit-min")
     rows = []
     for strategy in strategies:
         values = [hvs[strategy][seed] for seed in seeds]
@@ -187,9 +203,9 @@ def main() -> None:
             "hv_ci95_low": mean - half,
             "hv_ci95_high": mean + half,
             "hv_std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "tokens_mean": statistics.fmean(tokens[strategy].values()),
-            "full_trainings_mean": statistics.fmean(n_full[strategy].values()),
-            "search_s_median": statistics.median(secs[strategy].values()),
+            "tokens_mean": statistics.fmean(tokens[strategy][seed] for seed in seeds),
+            "full_trainings_mean": statistics.fmean(n_full[strategy][seed] for seed in seeds),
+            "search_s_median": statistics.median(secs[strategy][seed] for seed in seeds),
         }
         if "random" in hvs and strategy != "random":
             row["wins_vs_random"] = f"{sum(hvs[strategy][s] > hvs['random'][s] for s in seeds)}/{len(seeds)}"
@@ -203,6 +219,7 @@ def main() -> None:
         rows,
         {
             "seeds": seeds,
+            "seeds_planned": planned,
             "hypervolumes": hvs,
             "tokens_trained": tokens,
             "full_trainings": n_full,
