@@ -300,6 +300,13 @@ def search_command(
         str | None,
         typer.Option(help="with --screen-proxy learned: a proxy_correlation dataset (JSON) it also learns from"),
     ] = None,
+    screen_by: Annotated[
+        str,
+        typer.Option(
+            help="score: keep the best-ranked half of each screening batch; front: keep its predicted front over "
+            "(rank, size), so small models are not screened out of a multi-objective search"
+        ),
+    ] = "score",
     population: Annotated[int, typer.Option(min=2)] = 12,
     seed: Annotated[int, typer.Option()] = 0,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
@@ -352,6 +359,8 @@ def search_command(
             raise UserError(f"--max-budget is a token count (rungs add tokens up), e.g. 270ktok, got {max_budget!r}")
     if token_budget is not None and validate.budget(token_budget, "--token-budget").tokens is None:
         raise UserError(f"--token-budget is a token count (all trials together), e.g. 5Mtok, got {token_budget!r}")
+    if screen_by not in ("score", "front"):
+        raise UserError(f"--screen-by {screen_by!r}: use score or front")
     if inherit and strategy != "evolution":
         raise UserError("--inherit needs --strategy evolution (only its children have a parent)")
     validate.seed(seed)
@@ -396,6 +405,7 @@ def search_command(
         screen=screen,
         screen_proxy=screen_proxy,
         screen_dataset=screen_dataset,
+        screen_by=screen_by,
         population=population,
         seed=seed,
         executor=executor,

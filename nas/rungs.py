@@ -19,7 +19,13 @@ within noise of the cut is kept instead of being dropped by chance. With several
 but smaller than its beaters stays (the front is kept at every size). So that a large sigma cannot promote the
 whole rung, promotions out of rung k are capped at ``floor(cap * (n_k // eta))`` (``cap`` >= 1, the search's default
 1.5: at most half again what the noise-free rule would promote); when more qualify, the ones beaten by fewest go
-first, then by bpb.
+first, then in NSGA-II's order (:func:`nas.pareto.rank_order`: non-dominated front, then crowding distance, the
+extremes of a front first). With one objective that is bpb order; with several it spreads the promotions along the
+front instead of spending them on near-twins of the best-bpb trial, so the full-budget front covers every size
+(benchmarks/search_quality.py scores that front's hypervolume).
+
+Only the rungs below the last make promotions, so only their noise is ever used: the last rung owes no replicates
+(:func:`replicated_rungs`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from harness.errors import UserError
+from nas.pareto import rank_order
 
 Values = Sequence[float]  # a trial's objective values, all minimised; bpb first
 
@@ -57,6 +64,12 @@ def rung_tokens(max_tokens: int, fractions: Sequence[Fraction]) -> list[int]:
     for f in fractions:
         out.append(max(int(round(max_tokens * f)), out[-1] + 1 if out else 1))
     return out
+
+
+def replicated_rungs(n_rungs: int) -> range:
+    """The rungs (1-based) whose noise is measured by replicates: every rung that promotes, i.e. all but the last.
+    A replicate of the last rung would cost a full training and decide nothing."""
+    return range(1, n_rungs)
 
 
 def pooled_sigma(pairs: Sequence[tuple[float, float]]) -> float | None:
@@ -103,7 +116,8 @@ def promotable(values: Sequence[Values], eta: int, sigma: float, z: float = 1.0,
         raise ValueError("the promotion cap must be at least 1 (the noise-free quota)")
     quota = len(values) // eta
     beaten = beaten_by(values, noise_margin(sigma, z))
-    qualified = sorted((i for i in range(len(values)) if beaten[i] < quota), key=lambda i: (beaten[i], values[i][0], i))
+    position = {i: k for k, i in enumerate(rank_order(values))}  # NSGA-II's order: front, then crowding
+    qualified = sorted((i for i in range(len(values)) if beaten[i] < quota), key=lambda i: (beaten[i], position[i]))
     return Promotion(tuple(qualified), quota, math.floor(cap * quota))
 
 

@@ -53,6 +53,11 @@ class SearchConfig(BaseModel):
         None, description="a proxy_correlation dataset (JSON) the learned screening ranker also fits on"
     )
     screen_min_fit: int = Field(12, ge=3, description="trained points the learned screening ranker needs to decide")
+    screen_by: Literal["score", "front"] = Field(
+        "score",
+        description="what a screening batch keeps: the best scores, or the predicted front over (score, the "
+        "objectives known before training: size, parameters), which keeps small models in a multi-objective search",
+    )
     screen_batch: int = Field(6, ge=1)
     screen_keep: float = Field(0.5, gt=0, le=1)
     population: int = Field(12, ge=2)

@@ -5,11 +5,12 @@ Rung k is stage k (study ``<name>`` for rung 1, ``<name>.stage<k>`` above). A tr
 a trial promoted to rung k continues from its rung-(k-1) folder (same architecture, a plain copy of the weights) and
 trains the difference ``r_k - r_(k-1)``, so its model has seen ``r_k`` tokens in all (``tokens_cumulative``).
 
-Replicates measure each rung's noise: the first ``replicates`` finished trials of a rung are trained again with
-another seed, in ``trials/s<k>-<number>-r1`` (a replicate above rung 1 continues from its parent's replicate when
-that exists, so the whole lineage is measured twice; else from the same start). Each replicate folder holds
-``job.json``, written when the job is made, so a resumed search finds the replicates it had started. The measured
-sigmas are written to ``rungs.json`` after every result.
+Replicates measure each promoting rung's noise (every rung but the last, whose noise decides nothing, so no full
+training is spent on it): the first ``replicates`` finished trials of a rung are trained again with another seed, in
+``trials/s<k>-<number>-r1`` (a replicate above rung 1 continues from its parent's replicate when that exists, so
+the whole lineage is measured twice; else from the same start). Each replicate folder holds ``job.json``, written
+when the job is made, so a resumed search finds the replicates it had started. The measured sigmas are written to
+``rungs.json`` after every result.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from harness.budget import parse_budget
 from harness.run_files import METRICS_FILE, RunFileError, read_metrics
-from nas.rungs import next_promotion, noise_margin, parse_rungs, pooled_sigma, rung_tokens
+from nas.rungs import next_promotion, noise_margin, parse_rungs, pooled_sigma, replicated_rungs, rung_tokens
 from nas.search_config import SearchConfig
 from nas.search_schedule import Job, trial_folder
 from nas.search_study import SearchStudies, arch_attrs
@@ -117,7 +118,7 @@ class RungLadder:
         ``fits``: tokens left for it (None: no limit)."""
         if self.cfg.replicates <= 0:
             return None
-        for stage in self.studies.stages:
+        for stage in replicated_rungs(len(self.tokens)):
             made = {int(p.name.split("-")[1]) for p in self._replicate_folders(stage)}
             if len(made) >= self.cfg.replicates:
                 continue

@@ -5,7 +5,11 @@ candidate within them is built and timed for a latency limit (on the untrained m
 trained one). A candidate whose architecture was already trained in this study is not trained again. The rest are
 ranked within their batch by a zero-cost proxy, or by the learned ranker (:mod:`nas.ranker`, refit on this study's
 trained stage-1 trials) once it has enough of them, and the worst part is dropped (Optuna state PRUNED, with its
-proxies). Each ranked trial records which ranker decided (``screen_ranker``) and its score (``screen_score``).
+proxies). With ``screen_by="front"`` the batch is ordered instead by NSGA-II's order
+(:func:`nas.pareto.rank_order`) over (predicted quality, the objectives known before training: sizes, parameters), so
+a multi-objective search keeps the predicted front of each batch; by score alone the small models, which the proxies
+and a bpb ranker rate low, are screened out and the front's small end is never trained (benchmarks/search_quality.py
+measured it). Each ranked trial records which ranker decided (``screen_ranker``) and its score (``screen_score``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from nas.counting import arch_metrics
 from nas.model import build_model
 from nas.morphism import plan_inheritance
 from nas.objectives import Objective
+from nas.pareto import rank_order
 from nas.proxies import PROXY_NAMES, compute_proxies
 from nas.ranker import RankPoint, ScreenRanker, load_rank_points
 from nas.search_config import SearchConfig
@@ -60,6 +65,15 @@ def proxy_batch(corpus: TokenizedCorpus, space: SearchSpace, seed: int) -> tuple
     starts = g.integers(0, train.size - T - 1, size=PROXY_BATCH)
     window = torch.from_numpy(np.stack([np.asarray(train[s : s + T + 1], dtype=np.int64) for s in starts]))
     return window[:, :-1], window[:, 1:]
+
+
+def screen_order(scores: list[float], sizes: list[list[float]] | None = None) -> list[int]:
+    """Indices of a screened batch, the kept ones first: by score (higher predicted better), or, given each
+    candidate's objectives known before training (``sizes``, minimised), in NSGA-II's order over (-score, *sizes):
+    the predicted front of the batch first, its extremes first, then the next front."""
+    if not sizes or not sizes[0]:
+        return sorted(range(len(scores)), key=lambda i: -scores[i])
+    return rank_order([(-score, *size) for score, size in zip(scores, sizes, strict=True)])
 
 
 class Screener:
@@ -176,7 +190,9 @@ class Screener:
         for (_, _, trial), score in zip(batch, ranked.scores, strict=True):
             trial.set_user_attr("screen_ranker", ranked.ranker)
             trial.set_user_attr("screen_score", score)
-        order = sorted(range(len(batch)), key=lambda i: -ranked.scores[i])
+        known = [arch_metrics(c.arch) for c, _, _ in batch]  # the objectives known before training
+        sizes = [[float(m[o.metric]) for o in self.objectives if o.metric in m] for m in known]
+        order = screen_order(ranked.scores, sizes if cfg.screen_by == "front" else None)
         batch = [batch[i] for i in order]
         for cand, _, _ in batch[keep:]:
             self.studies.tell(

@@ -238,3 +238,18 @@ def test_screener_drops_the_bottom_by_the_ranker_that_decided(tmp_path, small_co
 def test_a_missing_screening_dataset_is_one_user_error(tmp_path, small_corpus_dir, monkeypatch):
     with pytest.raises(UserError, match="screening dataset not found"):
         _screener(tmp_path, small_corpus_dir, monkeypatch, screen_dataset=str(tmp_path / "nope.json"))
+
+
+def test_screening_by_front_keeps_the_small_models_a_score_alone_drops():
+    from nas.search_screening import screen_order
+
+    # scores (higher predicted better) rise with size, as proxies and a bpb ranker rate models: by score alone the
+    # three biggest are kept and the front's small end is never trained
+    scores = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    sizes = [[10.0], [20.0], [30.0], [40.0], [50.0], [60.0]]
+    assert screen_order(scores)[:3] == [5, 4, 3]
+    front = screen_order(scores, sizes)
+    assert set(front[:2]) == {0, 5}  # every one is on the predicted front; its two ends go first
+    # a candidate as big as another and predicted worse is dominated: it goes after the whole front
+    assert screen_order([1.0, 2.0, 1.5], [[10.0], [20.0], [20.0]])[-1] == 2
+    assert screen_order(scores, [[], [], [], [], [], []]) == screen_order(scores)  # no size objective: by score

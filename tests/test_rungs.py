@@ -14,7 +14,16 @@ import torch
 
 from harness.data import CorpusSpec
 from harness.errors import UserError
-from nas.rungs import beaten_by, next_promotion, noise_margin, parse_rungs, pooled_sigma, promotable, rung_tokens
+from nas.rungs import (
+    beaten_by,
+    next_promotion,
+    noise_margin,
+    parse_rungs,
+    pooled_sigma,
+    promotable,
+    replicated_rungs,
+    rung_tokens,
+)
 from nas.search import Search, SearchConfig
 from nas.search_study import grow_genes
 from nas.space import get_space
@@ -68,6 +77,27 @@ def test_the_cap_holds_under_huge_noise() -> None:
         promoted.add(i)
     assert promoted == {0, 1, 2, 3, 4, 5}  # the cap, best first
     assert next_promotion(values, {0, 1, 2}, eta=3, sigma=0.0) is None  # the noise-free three went up already
+
+
+def test_ties_go_up_in_nsga2_order_so_the_front_spreads() -> None:
+    # (bpb, bytes), all six on one front (none beaten): three near-twins of the best bpb, then smaller models.
+    # bpb order would spend a cap of 3 on the three big twins; NSGA-II's order takes the front's two ends first
+    # (infinite crowding distance), then the most isolated middle point.
+    values = [[1.00, 100.0], [1.01, 99.0], [1.02, 98.0], [1.30, 60.0], [1.60, 30.0], [2.50, 10.0]]
+    rule = promotable(values, eta=2, sigma=0.0, cap=1.0)
+    assert rule.quota == 3 and set(rule.qualified) == set(range(6))
+    promoted: set[int] = set()
+    while (i := next_promotion(values, promoted, eta=2, sigma=0.0, cap=1.0)) is not None:
+        promoted.add(i)
+    assert promoted == {0, 5, 4}  # not {0, 1, 2}
+    # fewer beaters still goes first: a dominated trial never jumps a front member
+    values.append([1.015, 99.5])  # beaten by trial 1 only
+    assert promotable(values, eta=2, sigma=0.0).qualified[-1] == 6
+
+
+def test_only_promoting_rungs_are_replicated() -> None:
+    assert list(replicated_rungs(4)) == [1, 2, 3]  # rung 4, the full budget, promotes nothing: no replicate
+    assert list(replicated_rungs(2)) == [1]
 
 
 def test_growth_mutation_only_grows() -> None:
@@ -148,8 +178,13 @@ def test_a_search_with_three_rungs(tmp_path: Path, small_corpus_dir: Path, one_t
     assert all(int(r["tokens_cumulative"]) > int(r["tokens_trained"]) for r in inherited)
     rungs = json.loads((out / "rungs.json").read_text())
     assert [n["tokens"] for n in rungs["noise"]] == [4000, 8000, 16000]
-    assert all(n["replicate_pairs"] == 1 and n["sigma_bpb"] is not None for n in rungs["noise"])
-    assert [r["stage"] for r in rows if r["replicate"] == "1"] == ["1", "2", "3"]
+    # the promoting rungs' noise is measured; the last rung's would decide nothing, so it costs no replicate
+    assert [(n["replicate_pairs"], n["sigma_bpb"] is not None) for n in rungs["noise"]] == [
+        (1, True),
+        (1, True),
+        (0, False),
+    ]
+    assert [r["stage"] for r in rows if r["replicate"] == "1"] == ["1", "2"]
     assert summary["rungs"]["noise"] == rungs["noise"]
     # every training counts once (a duplicate shows its twin's metrics but trained nothing), within the budget
     trained = sum(int(r["tokens_trained"] or 0) for r in rows if r["status"] != "duplicate")
