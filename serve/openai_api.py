@@ -2,18 +2,22 @@
 
 Each request is tokenised (the document separator first, as in training), handed to the model's
 :class:`~serve.engine.Engine`, and answered either whole or as server-sent events in OpenAI's chunk format ending
-with ``data: [DONE]``. Tokens come back from the engine thread through ``loop.call_soon_threadsafe`` into an asyncio
-queue, so a waiting request costs no thread. A client that disconnects mid-stream cancels its request, which frees
-its decode slot at the engine's next step.
+with ``data: [DONE]``. Tokens come back from the engine thread into an asyncio queue per request, so a waiting
+request costs no thread: a :class:`LoopBridge` gathers what the engine hands over and wakes the event loop once for
+all of it (one ``call_soon_threadsafe`` per engine step, not one per token), and a stream sends the tokens that
+arrived together as one server-sent event (one decode, one JSON encoding, one socket write). A client that
+disconnects mid-stream cancels its request, which frees its decode slot at the engine's next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -45,6 +49,51 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(self.message, self.kind, self.code), self.status, headers=self.headers)
+
+
+class LoopBridge:
+    """Events from engine threads to asyncio queues on one event loop, with one wake-up per batch of events.
+
+    ``sink(queue)`` is what the engine calls with each event (on its own thread). The first event of a batch
+    schedules :meth:`_flush` on the loop; events that follow before the flush runs (the rest of an engine step)
+    join that batch, so 16 streams cost one self-pipe write and one loop turn per step instead of 16. Each queue
+    gets its events in the order they were sent."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue[TokenEvent], TokenEvent]] = []
+
+    def sink(self, events: asyncio.Queue[TokenEvent]) -> Callable[[TokenEvent], None]:
+        def send(event: TokenEvent) -> None:  # called on an engine thread
+            with self._lock:
+                self._pending.append((events, event))
+                first = len(self._pending) == 1
+            if first:
+                try:
+                    self.loop.call_soon_threadsafe(self._flush)
+                except RuntimeError:  # the loop has closed: the server is stopping, nobody is waiting
+                    pass
+
+        return send
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for events, event in pending:
+            events.put_nowait(event)
+
+
+_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = weakref.WeakKeyDictionary()
+
+
+def _bridge() -> LoopBridge:
+    """The running loop's bridge (a server runs one loop; tests may run several, one after another)."""
+    loop = asyncio.get_running_loop()
+    bridge = _bridges.get(loop)
+    if bridge is None:
+        bridge = _bridges[loop] = LoopBridge(loop)
+    return bridge
 
 
 @dataclass
@@ -100,14 +149,9 @@ def _start(
         seed=body.seed,
         logprobs=logprobs,
     )
-    loop = asyncio.get_running_loop()
     events: asyncio.Queue[TokenEvent] = asyncio.Queue()
-
-    def wake(event: TokenEvent) -> None:  # called on the engine's thread
-        loop.call_soon_threadsafe(events.put_nowait, event)
-
     try:
-        request = engine.submit(ids, settings, sink=wake)
+        request = engine.submit(ids, settings, sink=_bridge().sink(events))
     except QueueFull as err:
         wait = retry_after_s(engine.waiting, engine.max_batch)
         raise APIError(
@@ -117,24 +161,30 @@ def _start(
 
 
 async def _deltas(job: _Job) -> AsyncIterator[str]:
-    """The text of each new token as it becomes certain; sets ``job.finish_reason`` at the end."""
+    """New text as it becomes certain, one piece for all the tokens that arrived together; sets
+    ``job.finish_reason`` at the end."""
     try:
         while True:
-            event = await job.events.get()
-            if event.token is None:
-                if event.finish_reason == "error":
-                    raise APIError(500, f"decoding failed: {event.error}", "server_error")
+            batch = [await job.events.get()]
+            while not job.events.empty():
+                batch.append(job.events.get_nowait())
+            tokens = [event for event in batch if event.token is not None]
+            end = next((event for event in batch if event.token is None), None)  # nothing follows it
+            if tokens:
+                job.tokens.extend(tokens)
+                piece = job.text.push_many([cast(int, event.token) for event in tokens])
+                if piece:
+                    yield piece
+                if job.text.stopped:  # the text reached a stop string: the rest is not shown
+                    job.finish_reason = "stop"
+                    return
+            if end is not None:
+                if end.finish_reason == "error":
+                    raise APIError(500, f"decoding failed: {end.error}", "server_error")
                 tail = job.text.finish()
-                job.finish_reason = "stop" if job.text.stopped else event.finish_reason
+                job.finish_reason = "stop" if job.text.stopped else end.finish_reason
                 if tail:
                     yield tail
-                return
-            job.tokens.append(event)
-            piece = job.text.push(event.token)
-            if piece:
-                yield piece
-            if job.text.stopped:  # the text reached a stop string: the rest is not shown
-                job.finish_reason = "stop"
                 return
     finally:
         if job.finish_reason != "length":  # ended early (stop string, client gone): free the slot now
