@@ -211,9 +211,11 @@ def _logprobs(job: _Job, start_offset: int) -> dict[str, Any]:
     }
 
 
-def _stream(job: _Job, chunk: Any, first_text: str = "") -> StreamingResponse:
+def _stream(job: _Job, chunk: Any, first_text: str = "", include_usage: bool = False) -> StreamingResponse:
     """Server-sent events: ``chunk(text, finish_reason)`` builds each event's body; ``first_text`` (an echoed prompt)
-    goes out before the first token."""
+    goes out before the first token. A chunk may carry several tokens' text (those that arrived together), so a
+    client that counts tokens asks for ``stream_options.include_usage``: a last chunk with no choices and the usage.
+    """
 
     async def events() -> AsyncIterator[str]:
         if first_text:
@@ -222,11 +224,17 @@ def _stream(job: _Job, chunk: Any, first_text: str = "") -> StreamingResponse:
             async for piece in _deltas(job):
                 yield _sse(chunk(piece, None))
             yield _sse(chunk("", job.finish_reason))
+            if include_usage:
+                yield _sse({**chunk("", None), "choices": [], "usage": usage(len(job.prompt_ids), len(job.tokens))})
         except APIError as err:
             yield _sse(error_body(err.message, err.kind, err.code))
         yield _sse("[DONE]")
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _wants_usage(body: SamplingRequest) -> bool:
+    return body.stream_options is not None and body.stream_options.include_usage
 
 
 async def _collect(job: _Job) -> str:
@@ -266,7 +274,7 @@ def build_router(registry: ModelRegistry) -> APIRouter:
             }
 
         if body.stream:
-            return _stream(job, chunk, prefix)
+            return _stream(job, chunk, prefix, _wants_usage(body))
         text = await _collect(job)
         out = chunk(prefix + text, job.finish_reason)
         if body.logprobs is not None:
@@ -294,7 +302,7 @@ def build_router(registry: ModelRegistry) -> APIRouter:
             }
 
         if body.stream:
-            return _stream(job, chunk)
+            return _stream(job, chunk, include_usage=_wants_usage(body))
         text = await _collect(job)
         return {
             "id": cid,

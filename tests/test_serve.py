@@ -28,7 +28,7 @@ from harness.tokenizer import ByteTokenizer
 from nas.model import build_model
 from nas.space import ArchConfig
 from serve.app import ServeSettings, create_app
-from serve.engine import EngineOptions, TokenEvent
+from serve.engine import EngineOptions, SamplingSettings, TokenEvent
 from serve.openai_api import LoopBridge
 from serve.text_stream import TextStream
 
@@ -208,9 +208,18 @@ def test_many_concurrent_streams_each_get_every_token_in_order(server: Server, r
 
     def stream(prompt: str) -> tuple[str, set[str], str | None]:
         chunks = list(
-            server.client().completions.create(model="run-a", prompt=prompt, max_tokens=40, temperature=0, stream=True)
+            server.client().completions.create(
+                model="run-a",
+                prompt=prompt,
+                max_tokens=40,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
         )
-        return "".join(c.choices[0].text for c in chunks), {c.id for c in chunks}, chunks[-1].choices[0].finish_reason
+        *texts, usage = chunks  # a chunk may carry several tokens: the count comes in a last chunk, with no choices
+        assert usage.choices == [] and usage.usage is not None and usage.usage.completion_tokens == 40
+        return "".join(c.choices[0].text for c in texts), {c.id for c in chunks}, texts[-1].choices[0].finish_reason
 
     engine = server.engine("run-a")
     seen_before = engine.stats.max_batch_seen
@@ -445,3 +454,25 @@ def test_humaneval_through_the_server_equals_scoring_the_folder(tiny_run: Path, 
     for key in ("humaneval_pass_at_1", "humaneval_passed", "humaneval_samples"):
         assert served_m[key] == direct_m[key]
     assert served_m["humaneval_model"].startswith("openai:tiny@")
+
+
+def test_models_load_on_first_use_and_the_least_recent_is_unloaded_past_the_memory_limit(runs: Path) -> None:
+    from serve.registry import ModelRegistry
+
+    one_model_mb = sum(p.numel() * 4 for p in build_model(ARCH).parameters()) / 1e6
+    registry = ModelRegistry(runs, {"extra": runs.parent / "extra-model"}, max_loaded_mb=1.5 * one_model_mb)
+    try:
+        assert [e.id for e in registry.entries()] == ["extra", "run-a"] and not registry._loaded  # listing loads none
+        first = registry.engine("run-a")
+        assert registry.engine("run-a") is first  # cached
+        registry.engine("extra")  # two models do not fit: run-a, the least recently used, goes
+        assert list(registry._loaded) == ["extra"] and not first._thread.is_alive()
+        again = registry.engine("run-a")
+        assert again is not first and list(registry._loaded) == ["run-a"]
+        request = again.submit([0, 1, 2], SamplingSettings(max_tokens=3, temperature=0))
+        events = [request.events.get(timeout=30)]
+        while events[-1].token is not None:
+            events.append(request.events.get(timeout=30))
+        assert events[-1].finish_reason in ("length", "stop") and len(events) <= 4  # the reloaded model serves
+    finally:
+        registry.close()
