@@ -116,6 +116,7 @@ def main() -> None:
         for threads in (1, 2):
             console: list[dict[str, float]] = []
             status: list[float] = []
+            load_before = os.getloadavg()[0]  # this machine is shared: say how busy it was
             for r in range(args.rounds):
                 sides = ["console", "status"] if r % 2 == 0 else ["status", "console"]
                 for side in sides:
@@ -136,6 +137,7 @@ def main() -> None:
                     "autonas status ms (median)": statistics.median(status) * 1000,
                     "status spread ms": _spread(status),
                     "rounds": args.rounds,
+                    "load 1-min (start-end)": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}",
                 }
             )
     report(

@@ -7,9 +7,13 @@ does not depend on what the weights learned), each runtime (``--runtime torch``:
 16), the server runs in a fresh process batched (``--max-batch 16``) and one at a time (``--max-batch 1``); the
 order of the server configurations is reversed every other round. Every client streams ``/v1/completions``
 (greedy, 64 new tokens) in a loop for the measuring window; the benchmark records total generated tokens per second,
-time to first token (p50/p99) and the gap between tokens (p50/p99). The table gives the median over rounds (tok/s
-with its min-max spread), the batched / one-at-a-time ratio of each runtime, and ONNX int8 / PyTorch when batched:
-all ratios from servers measured in the same run.
+time to first token (p50/p99), the time per token within a request ((last - first text) / (tokens - 1), p50/p99
+over requests), and the server process's CPU time per generated
+token (from ``/proc``): on a machine shared with other jobs tokens/s follows the CPU share the server happens to get,
+while CPU ms per token is what the server itself costs, so it is the steadier figure. The table gives the median
+over rounds (tok/s with its min-max spread), the batched / one-at-a-time ratio of each runtime (of tokens/s and of
+CPU per token), and ONNX int8 / PyTorch when batched: all ratios from servers measured in the same run. The 1-minute
+load average at each measurement is kept in the JSON.
 
     python benchmarks/serving.py [--rounds 2] [--clients 1,4,16] [--seconds 4] [--threads 1,2]
                                  [--runtimes torch,onnx-int8]
@@ -85,41 +89,71 @@ def _start_server(runs: Path, max_batch: int, threads: int, runtime: str) -> tup
 
 
 async def _client(url: str, model: str, stop_at: float, out: dict[str, list[float]], i: int) -> None:
-    body = {"model": model, "prompt": f"def f{i}(x):\n", "max_tokens": NEW_TOKENS, "temperature": 0, "stream": True}
-    async with httpx.AsyncClient(timeout=120) as h:
+    """Streams completions one after another until ``stop_at`` (the last one started runs to its end).
+
+    A server-sent event may carry several tokens (those that reached the server's event loop together), so tokens
+    are counted from the usage chunk (``stream_options.include_usage``) and the time per token of a request is
+    (last text - first text) / (tokens - 1)."""
+    body = {
+        "model": model,
+        "prompt": f"def f{i}(x):\n",
+        "max_tokens": NEW_TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with httpx.AsyncClient(timeout=None) as h:  # a queued request may wait long on a loaded machine
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            last, first = t0, True
+            first = last = None
+            tokens = 0
             async with h.stream("POST", f"{url}/completions", json=body) as r:
                 async for line in r.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    if not json.loads(line[6:])["choices"][0]["text"]:
-                        continue
-                    now = time.perf_counter()
-                    out["ttft" if first else "gap"].append(now - (t0 if first else last))
-                    out["tokens"].append(now)
-                    first, last = False, now
+                    chunk = json.loads(line[6:])
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+                    elif chunk["choices"][0]["text"]:
+                        last = time.perf_counter()
+                        first = first or last
+            if first is None or last is None:
+                continue
+            out["ttft"].append(first - t0)
+            out["tokens"].append(tokens)
+            if tokens > 1:
+                out["per_token"].append((last - first) / (tokens - 1))
 
 
-async def _load(url: str, model: str, clients: int, seconds: float) -> dict[str, float]:
-    out: dict[str, list[float]] = {"ttft": [], "gap": [], "tokens": []}
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _load(url: str, model: str, clients: int, seconds: float, server_pid: int) -> dict[str, float]:
+    out: dict[str, list[float]] = {"ttft": [], "per_token": [], "tokens": []}
     async with httpx.AsyncClient(timeout=300) as h:  # load the model (and export its ONNX graph) before timing
         body = {"model": model, "prompt": "x", "max_tokens": 4, "temperature": 0}
         (await h.post(f"{url}/completions", json=body)).raise_for_status()
-    start = time.perf_counter()
+    cpu0, start = _cpu_s(server_pid), time.perf_counter()
     await asyncio.gather(*(_client(url, model, start + seconds, out, i) for i in range(clients)))
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _cpu_s(server_pid) - cpu0
 
     def pct(values: list[float], q: int) -> float:
         return 1000 * statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else float("nan")
 
     return {
-        "tokens_per_s": len(out["tokens"]) / wall,
+        "tokens_per_s": sum(out["tokens"]) / wall,
         "ttft_ms_p50": pct(out["ttft"], 50),
         "ttft_ms_p99": pct(out["ttft"], 99),
-        "token_gap_ms_p50": pct(out["gap"], 50),
-        "token_gap_ms_p99": pct(out["gap"], 99),
+        "ms_per_token_p50": pct(out["per_token"], 50),
+        "ms_per_token_p99": pct(out["per_token"], 99),
+        "server_cpu_ms_per_token": 1000 * cpu / max(1, sum(out["tokens"])),
+        "load_1min": os.getloadavg()[0],
     }
 
 
@@ -149,10 +183,16 @@ def _rows(
                         "batched tok/s (min-max)": f"{statistics.median(tok):.0f} ({min(tok):.0f}-{max(tok):.0f})",
                         "one-at-a-time tok/s": round(_median(o, "tokens_per_s"), 1),
                         "batched/one": round(_median(b, "tokens_per_s") / _median(o, "tokens_per_s"), 2),
+                        "server CPU ms/token batched/one": (
+                            f"{_median(b, 'server_cpu_ms_per_token'):.2f}/{_median(o, 'server_cpu_ms_per_token'):.2f}"
+                        ),
                         "TTFT p50/p99 ms (batched)": f"{_median(b, 'ttft_ms_p50'):.0f}/{_median(b, 'ttft_ms_p99'):.0f}",
                         "TTFT p50/p99 ms (one)": f"{_median(o, 'ttft_ms_p50'):.0f}/{_median(o, 'ttft_ms_p99'):.0f}",
-                        "token gap p50/p99 ms (batched)": (
-                            f"{_median(b, 'token_gap_ms_p50'):.1f}/{_median(b, 'token_gap_ms_p99'):.1f}"
+                        "ms/token p50/p99 (batched)": (
+                            f"{_median(b, 'ms_per_token_p50'):.1f}/{_median(b, 'ms_per_token_p99'):.1f}"
+                        ),
+                        "ms/token p50/p99 (one)": (
+                            f"{_median(o, 'ms_per_token_p50'):.1f}/{_median(o, 'ms_per_token_p99'):.1f}"
                         ),
                     }
                     if rt != runtimes[0]:  # against the first runtime (PyTorch), both batched
@@ -189,10 +229,11 @@ def main() -> None:
                 try:
                     for model in MODELS:
                         for n in counts:
-                            m = asyncio.run(_load(url, model, n, args.seconds))
+                            m = asyncio.run(_load(url, model, n, args.seconds, proc.pid))
                             results.setdefault((model, rt, t, n, mode), []).append(m)
                             print(
-                                f"round {r + 1} {rt} {t}t {mode} {model} x{n}: {m['tokens_per_s']:.0f} tok/s",
+                                f"round {r + 1} {rt} {t}t {mode} {model} x{n}: {m['tokens_per_s']:.0f} tok/s, "
+                                f"{m['server_cpu_ms_per_token']:.2f} server CPU ms/token, load {m['load_1min']:.1f}",
                                 file=sys.stderr,
                             )
                 finally:

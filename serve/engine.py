@@ -14,8 +14,12 @@ The decode itself sits behind :class:`~serve.batched_step.SlotDecoder` (PyTorch 
 ONNX graph of :mod:`serve.onnx_step`): admission, sampling, stop strings, cancelling and the sliding window are this
 one code path whatever runs the model.
 
-Tokens travel back as :class:`TokenEvent` objects on a thread-safe queue per request, so the asyncio side (the
-HTTP handlers) can await them without blocking the event loop.
+Tokens travel back as :class:`TokenEvent` objects, through each request's ``sink`` (by default a thread-safe queue
+per request). The events of one loop turn (the tokens of a whole batched step) are held in an outbox and handed
+over together at the end of the turn, so a sink that wakes an event loop (the HTTP side) can wake it once per step
+rather than once per token; the row of each step's tokens is chosen in one batched call too (argmax and
+log-softmax over the batch), and only sampled rows draw one by one, each with its own generator. Under 16
+streaming clients the per-token wake-ups and per-row tensor calls were what held the GIL longest (py-spy).
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ class Engine:
         self._waiting: queue.Queue[Request] = queue.Queue(maxsize=max_waiting)
         self._active: list[_Active] = []
         self._free = list(range(self.max_batch))
+        self._outbox: list[tuple[Request, TokenEvent]] = []  # this turn's events, handed over by _deliver()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="autonas-serve-engine", daemon=True)
         self._thread.start()
@@ -175,13 +180,24 @@ class Engine:
                     self._admit_one(self._waiting.get(timeout=0.05))
                 except queue.Empty:
                     continue
+            self._deliver()  # first tokens now, not after the next step
             try:
                 self._step()
             except Exception as err:  # a bug must not leave clients waiting forever
                 for a in self._active:
-                    a.request.send(TokenEvent(None, finish_reason="error", error=str(err)[:300]))
+                    self._send(a.request, TokenEvent(None, finish_reason="error", error=str(err)[:300]))
                     self._release(a.slot)
                 self._active.clear()
+            self._deliver()
+
+    def _send(self, request: Request, event: TokenEvent) -> None:
+        self._outbox.append((request, event))
+
+    def _deliver(self) -> None:
+        """Hand this turn's events to their requests, in the order they were made."""
+        outbox, self._outbox = self._outbox, []
+        for request, event in outbox:
+            request.send(event)
 
     def _admit(self) -> None:
         while self._free:
@@ -193,7 +209,7 @@ class Engine:
 
     def _admit_one(self, request: Request) -> None:
         if request.cancelled.is_set():
-            request.send(TokenEvent(None, finish_reason="cancelled"))
+            self._send(request, TokenEvent(None, finish_reason="cancelled"))
             return
         slot = self._free.pop()
         s = request.settings
@@ -204,10 +220,10 @@ class Engine:
             logits = self.decoder.prefill(slot, request.prompt)
         except Exception as err:  # this request fails; the others go on
             self._release(slot)
-            request.send(TokenEvent(None, finish_reason="error", error=str(err)[:300]))
+            self._send(request, TokenEvent(None, finish_reason="error", error=str(err)[:300]))
             return
         active = _Active(request, slot, len(request.prompt), -1, [], generator)
-        if not self._emit(active, logits):
+        if not self._emit_rows([active], logits[None])[0]:
             self._active.append(active)
 
     def _step(self) -> None:
@@ -220,7 +236,8 @@ class Engine:
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(live))
         for a in live:
             a.position += 1
-        self._active = [a for row, a in zip(logits, live, strict=True) if not self._emit(a, row)]
+        ended = self._emit_rows(live, logits)
+        self._active = [a for a, end in zip(live, ended, strict=True) if not end]
 
     def _finish_if_cancelled(self, a: _Active) -> bool:
         if not a.request.cancelled.is_set():
@@ -228,22 +245,34 @@ class Engine:
         self._finish(a, "cancelled")
         return True
 
-    def _emit(self, a: _Active, logits: torch.Tensor) -> bool:
-        """Sample the next token of ``a`` from ``logits``, send it; True when the request has ended."""
+    def _emit_rows(self, rows: list[_Active], logits: torch.Tensor) -> list[bool]:
+        """Choose the next token of each of ``rows`` from its row of ``logits [B, vocab]`` and send it; for each row,
+        True when its request has ended.
+
+        Greedy rows take the batch's argmax and every row's log-probability comes from one log-softmax over the
+        batch: the same numbers as one row at a time (``generate``'s sampler takes the first maximum too), in a
+        few tensor calls per step instead of a few per token. A sampled row draws alone, with its own generator."""
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        greedy = torch.argmax(logits, dim=-1).tolist()
+        tokens = [_choose(a, g, logits[i]) for i, (a, g) in enumerate(zip(rows, greedy, strict=True))]
+        chosen = logp[torch.arange(len(rows)), torch.tensor(tokens)].tolist()
+        return [self._emit(a, t, lp, logp[i]) for i, (a, t, lp) in enumerate(zip(rows, tokens, chosen, strict=True))]
+
+    def _emit(self, a: _Active, token: int, logprob: float, logp: torch.Tensor) -> bool:
+        """Send ``token``, chosen for ``a`` (``logp``: its row of log-probabilities); True when the request ended."""
         s = a.request.settings
-        token = sample_token(logits.float(), s.temperature, s.top_p, a.generator)  # exactly as generate() samples
-        logp = torch.log_softmax(logits.float(), dim=-1)
         if token == self.tokenizer.eos_id:
             self._finish(a, "stop")
             return True
         top = None
         if s.logprobs:
             values, ids = logp.topk(min(s.logprobs, logp.shape[-1]))
-            top = {int(i): float(v) for i, v in zip(ids, values, strict=True)}
+            top = dict(zip(ids.tolist(), values.tolist(), strict=True))
         a.generated.append(token)
         a.last_token = token
         self.stats.tokens += 1
-        a.request.send(TokenEvent(token, float(logp[token]), top))
+        self._send(a.request, TokenEvent(token, logprob, top))
         if len(a.generated) >= s.max_tokens:
             self._finish(a, "length")
             return True
@@ -254,17 +283,23 @@ class Engine:
             keep = (a.request.prompt + a.generated)[-(3 * self.context // 4) :]
             logits = self.decoder.prefill(a.slot, keep)
             a.position = len(keep)
-            return self._emit(a, logits)
+            return self._emit_rows([a], logits[None])[0]
         return False
 
     def _finish(self, a: _Active, reason: str) -> None:
-        a.request.send(TokenEvent(None, finish_reason=reason))
+        self._send(a.request, TokenEvent(None, finish_reason=reason))
         self._release(a.slot)
         self.stats.requests_done += 1
 
     def _release(self, slot: int) -> None:
         self.decoder.release(slot)
         self._free.append(slot)
+
+
+def _choose(a: _Active, greedy: int, logits: torch.Tensor) -> int:
+    """``a``'s next token: the row's argmax at temperature 0, else drawn exactly as ``generate()`` draws."""
+    s = a.request.settings
+    return greedy if s.temperature <= 0 else sample_token(logits, s.temperature, s.top_p, a.generator)
 
 
 def _contains_stop(text: str, stop: tuple[str, ...]) -> bool:

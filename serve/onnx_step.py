@@ -12,7 +12,14 @@ ONNX int8 served 3-14x the tokens per second of PyTorch fp32 batched (10.7M mode
 16 clients: 397 against 128), with time to first token cut alike. Its batched/one-at-a-time ratio was 1.0-1.7 on
 the default model and under 1 on the 10.7M one with 16 clients: there the engine outruns what one Python process
 streams over HTTP (the engine alone, 16 staggered in-process clients: 812-1882 tok/s batched against 507-541 one at
-a time). At 2 threads on that loaded machine both runtimes were slower than at 1.
+a time). At 2 threads on that loaded machine both runtimes were slower than at 1. Re-measured at load 9-12 (1
+thread, 2 rounds): batched/one 1.66 (default) and 6.39 (10.7M) with 16 clients, and in server CPU per token 0.72
+against 1.91 ms and 2.50 against 16.31 ms; py-spy put ~80% of the engine thread's samples in onnxruntime (which
+releases the GIL) and the HTTP side at about a third of the server's CPU, so the earlier 0.47 reads as the load's
+noise rather than a serving bottleneck. Handing a step's tokens over together (serve.engine, serve.openai_api)
+cut the engine's own CPU per token (in-process, 16 requests: 0.62-0.67 against 0.69-1.02 ms), but end to end the
+server did not measurably change at that load (8 alternated rounds, 16 clients: tok/s medians 256 and 215 before
+against 220 and 177 after; CPU ms/token 0.92 and 1.39 before against 1.04 and 1.16 after).
 """
 
 from __future__ import annotations

@@ -2,18 +2,22 @@
 
 Each request is tokenised (the document separator first, as in training), handed to the model's
 :class:`~serve.engine.Engine`, and answered either whole or as server-sent events in OpenAI's chunk format ending
-with ``data: [DONE]``. Tokens come back from the engine thread through ``loop.call_soon_threadsafe`` into an asyncio
-queue, so a waiting request costs no thread. A client that disconnects mid-stream cancels its request, which frees
-its decode slot at the engine's next step.
+with ``data: [DONE]``. Tokens come back from the engine thread into an asyncio queue per request, so a waiting
+request costs no thread: a :class:`LoopBridge` gathers what the engine hands over and wakes the event loop once for
+all of it (one ``call_soon_threadsafe`` per engine step, not one per token), and a stream sends the tokens that
+arrived together as one server-sent event (one decode, one JSON encoding, one socket write). A client that
+disconnects mid-stream cancels its request, which frees its decode slot at the engine's next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -45,6 +49,51 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(self.message, self.kind, self.code), self.status, headers=self.headers)
+
+
+class LoopBridge:
+    """Events from engine threads to asyncio queues on one event loop, with one wake-up per batch of events.
+
+    ``sink(queue)`` is what the engine calls with each event (on its own thread). The first event of a batch
+    schedules :meth:`_flush` on the loop; events that follow before the flush runs (the rest of an engine step)
+    join that batch, so 16 streams cost one self-pipe write and one loop turn per step instead of 16. Each queue
+    gets its events in the order they were sent."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue[TokenEvent], TokenEvent]] = []
+
+    def sink(self, events: asyncio.Queue[TokenEvent]) -> Callable[[TokenEvent], None]:
+        def send(event: TokenEvent) -> None:  # called on an engine thread
+            with self._lock:
+                self._pending.append((events, event))
+                first = len(self._pending) == 1
+            if first:
+                try:
+                    self.loop.call_soon_threadsafe(self._flush)
+                except RuntimeError:  # the loop has closed: the server is stopping, nobody is waiting
+                    pass
+
+        return send
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for events, event in pending:
+            events.put_nowait(event)
+
+
+_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = weakref.WeakKeyDictionary()
+
+
+def _bridge() -> LoopBridge:
+    """The running loop's bridge (a server runs one loop; tests may run several, one after another)."""
+    loop = asyncio.get_running_loop()
+    bridge = _bridges.get(loop)
+    if bridge is None:
+        bridge = _bridges[loop] = LoopBridge(loop)
+    return bridge
 
 
 @dataclass
@@ -100,14 +149,9 @@ def _start(
         seed=body.seed,
         logprobs=logprobs,
     )
-    loop = asyncio.get_running_loop()
     events: asyncio.Queue[TokenEvent] = asyncio.Queue()
-
-    def wake(event: TokenEvent) -> None:  # called on the engine's thread
-        loop.call_soon_threadsafe(events.put_nowait, event)
-
     try:
-        request = engine.submit(ids, settings, sink=wake)
+        request = engine.submit(ids, settings, sink=_bridge().sink(events))
     except QueueFull as err:
         wait = retry_after_s(engine.waiting, engine.max_batch)
         raise APIError(
@@ -117,24 +161,30 @@ def _start(
 
 
 async def _deltas(job: _Job) -> AsyncIterator[str]:
-    """The text of each new token as it becomes certain; sets ``job.finish_reason`` at the end."""
+    """New text as it becomes certain, one piece for all the tokens that arrived together; sets
+    ``job.finish_reason`` at the end."""
     try:
         while True:
-            event = await job.events.get()
-            if event.token is None:
-                if event.finish_reason == "error":
-                    raise APIError(500, f"decoding failed: {event.error}", "server_error")
+            batch = [await job.events.get()]
+            while not job.events.empty():
+                batch.append(job.events.get_nowait())
+            tokens = [event for event in batch if event.token is not None]
+            end = next((event for event in batch if event.token is None), None)  # nothing follows it
+            if tokens:
+                job.tokens.extend(tokens)
+                piece = job.text.push_many([cast(int, event.token) for event in tokens])
+                if piece:
+                    yield piece
+                if job.text.stopped:  # the text reached a stop string: the rest is not shown
+                    job.finish_reason = "stop"
+                    return
+            if end is not None:
+                if end.finish_reason == "error":
+                    raise APIError(500, f"decoding failed: {end.error}", "server_error")
                 tail = job.text.finish()
-                job.finish_reason = "stop" if job.text.stopped else event.finish_reason
+                job.finish_reason = "stop" if job.text.stopped else end.finish_reason
                 if tail:
                     yield tail
-                return
-            job.tokens.append(event)
-            piece = job.text.push(event.token)
-            if piece:
-                yield piece
-            if job.text.stopped:  # the text reached a stop string: the rest is not shown
-                job.finish_reason = "stop"
                 return
     finally:
         if job.finish_reason != "length":  # ended early (stop string, client gone): free the slot now
@@ -161,9 +211,11 @@ def _logprobs(job: _Job, start_offset: int) -> dict[str, Any]:
     }
 
 
-def _stream(job: _Job, chunk: Any, first_text: str = "") -> StreamingResponse:
+def _stream(job: _Job, chunk: Any, first_text: str = "", include_usage: bool = False) -> StreamingResponse:
     """Server-sent events: ``chunk(text, finish_reason)`` builds each event's body; ``first_text`` (an echoed prompt)
-    goes out before the first token."""
+    goes out before the first token. A chunk may carry several tokens' text (those that arrived together), so a
+    client that counts tokens asks for ``stream_options.include_usage``: a last chunk with no choices and the usage.
+    """
 
     async def events() -> AsyncIterator[str]:
         if first_text:
@@ -172,11 +224,17 @@ def _stream(job: _Job, chunk: Any, first_text: str = "") -> StreamingResponse:
             async for piece in _deltas(job):
                 yield _sse(chunk(piece, None))
             yield _sse(chunk("", job.finish_reason))
+            if include_usage:
+                yield _sse({**chunk("", None), "choices": [], "usage": usage(len(job.prompt_ids), len(job.tokens))})
         except APIError as err:
             yield _sse(error_body(err.message, err.kind, err.code))
         yield _sse("[DONE]")
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _wants_usage(body: SamplingRequest) -> bool:
+    return body.stream_options is not None and body.stream_options.include_usage
 
 
 async def _collect(job: _Job) -> str:
@@ -216,7 +274,7 @@ def build_router(registry: ModelRegistry) -> APIRouter:
             }
 
         if body.stream:
-            return _stream(job, chunk, prefix)
+            return _stream(job, chunk, prefix, _wants_usage(body))
         text = await _collect(job)
         out = chunk(prefix + text, job.finish_reason)
         if body.logprobs is not None:
@@ -244,7 +302,7 @@ def build_router(registry: ModelRegistry) -> APIRouter:
             }
 
         if body.stream:
-            return _stream(job, chunk)
+            return _stream(job, chunk, include_usage=_wants_usage(body))
         text = await _collect(job)
         return {
             "id": cid,

@@ -29,6 +29,12 @@ def _stop_tuple(value: str | list[str] | None) -> tuple[str, ...]:
     return tuple(stops)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False  # OpenAI's: one more chunk before [DONE], with no choices and the usage
+
+
 class SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -40,6 +46,7 @@ class SamplingRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="one choice per request")
 
     @field_validator("stop")

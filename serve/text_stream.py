@@ -22,7 +22,11 @@ class TextStream:
 
     def push(self, token: int) -> str:
         """Add a token; the text that is now certain and was not released yet."""
-        self.ids.append(token)
+        return self.push_many([token])
+
+    def push_many(self, tokens: list[int]) -> str:
+        """Add tokens that arrived together (one decode for all of them); the text now certain and not released."""
+        self.ids.extend(tokens)
         text = self._cut(self.decode(self.ids))
         if not self.stopped:
             text = text[: len(text) - self._unsettled_tail(text)]

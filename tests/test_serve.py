@@ -6,6 +6,7 @@ folders (what is checked is the serving, not the model: greedy text must equal t
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import json
 import socket
@@ -27,7 +28,8 @@ from harness.tokenizer import ByteTokenizer
 from nas.model import build_model
 from nas.space import ArchConfig
 from serve.app import ServeSettings, create_app
-from serve.engine import EngineOptions
+from serve.engine import EngineOptions, SamplingSettings, TokenEvent
+from serve.openai_api import LoopBridge
 from serve.text_stream import TextStream
 
 ARCH = ArchConfig(
@@ -197,6 +199,88 @@ def test_concurrent_clients_share_decode_steps_and_seeded_sampling_does_not_depe
     assert engine.stats.max_batch_seen > 1  # requests were decoded in shared steps
     alone = [ask(i) for i in (0, 7, 23)]
     assert alone == [together[0], together[7], together[23]]
+
+
+def test_many_concurrent_streams_each_get_every_token_in_order(server: Server, runs: Path) -> None:
+    """16 streams decoding in shared steps: each one's text is its prompt's own greedy text, every chunk names its
+    own request, and the tokens of one step (handed to the event loop together) reach the right streams."""
+    prompts = [f"def f{i}(x):\n    return x * {i}" for i in range(16)]
+
+    def stream(prompt: str) -> tuple[str, set[str], str | None]:
+        chunks = list(
+            server.client().completions.create(
+                model="run-a",
+                prompt=prompt,
+                max_tokens=40,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        *texts, usage = chunks  # a chunk may carry several tokens: the count comes in a last chunk, with no choices
+        assert usage.choices == [] and usage.usage is not None and usage.usage.completion_tokens == 40
+        return "".join(c.choices[0].text for c in texts), {c.id for c in chunks}, texts[-1].choices[0].finish_reason
+
+    engine = server.engine("run-a")
+    seen_before = engine.stats.max_batch_seen
+    engine.stats.max_batch_seen = 0
+    with cf.ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(stream, prompts))
+    assert engine.stats.max_batch_seen > 1  # the streams did share decode steps
+    engine.stats.max_batch_seen = max(seen_before, engine.stats.max_batch_seen)
+    folder = runs / "run-a" / "best"
+    for prompt, (text, ids, finish) in zip(prompts, got, strict=True):
+        assert text == _reference(folder, prompt, 40)
+        assert len(ids) == 1 and finish == "length"
+    assert len({ids.pop() for _, ids, _ in got}) == 16
+
+
+def test_the_loop_bridge_delivers_every_event_in_order_from_several_threads() -> None:
+    """Events sent from several engine threads at once reach each asyncio queue complete and in the order sent."""
+
+    async def run() -> list[list[int | None]]:
+        bridge = LoopBridge(asyncio.get_running_loop())
+        queues: list[asyncio.Queue[TokenEvent]] = [asyncio.Queue() for _ in range(8)]
+
+        def engine_thread(k: int) -> None:  # thread k sends to queues k and k + 4, interleaved
+            a, b = bridge.sink(queues[k]), bridge.sink(queues[k + 4])
+            for t in range(300):
+                a(TokenEvent(t))
+                b(TokenEvent(1000 + t))
+            a(TokenEvent(None, finish_reason="length"))
+            b(TokenEvent(None, finish_reason="length"))
+
+        threads = [threading.Thread(target=engine_thread, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+
+        async def drain(q: asyncio.Queue[TokenEvent]) -> list[int | None]:
+            out: list[int | None] = []
+            while not out or out[-1] is not None:
+                out.append((await q.get()).token)
+            return out
+
+        got = await asyncio.wait_for(asyncio.gather(*(drain(q) for q in queues)), timeout=30)
+        for t in threads:
+            t.join()
+        return got
+
+    got = asyncio.run(run())
+    for k, tokens in enumerate(got):
+        base = 0 if k < 4 else 1000
+        assert tokens == [*range(base, base + 300), None]
+
+
+def test_tokens_pushed_together_give_the_text_of_tokens_pushed_one_by_one() -> None:
+    tok = ByteTokenizer()
+    ids = tok.encode("x = 'é' + \"<stop>\" ; y")
+    one = TextStream(tok.decode, ("<stop>",))
+    pieces = [one.push(i) for i in ids]
+    together = TextStream(tok.decode, ("<stop>",))
+    groups = [ids[i : i + 3] for i in range(0, len(ids), 3)]
+    grouped = [together.push_many(g) for g in groups]
+    assert "".join(pieces) + one.finish() == "".join(grouped) + together.finish() == "x = 'é' + \""
+    assert one.stopped and together.stopped
 
 
 @pytest.mark.parametrize(
@@ -370,3 +454,25 @@ def test_humaneval_through_the_server_equals_scoring_the_folder(tiny_run: Path, 
     for key in ("humaneval_pass_at_1", "humaneval_passed", "humaneval_samples"):
         assert served_m[key] == direct_m[key]
     assert served_m["humaneval_model"].startswith("openai:tiny@")
+
+
+def test_models_load_on_first_use_and_the_least_recent_is_unloaded_past_the_memory_limit(runs: Path) -> None:
+    from serve.registry import ModelRegistry
+
+    one_model_mb = sum(p.numel() * 4 for p in build_model(ARCH).parameters()) / 1e6
+    registry = ModelRegistry(runs, {"extra": runs.parent / "extra-model"}, max_loaded_mb=1.5 * one_model_mb)
+    try:
+        assert [e.id for e in registry.entries()] == ["extra", "run-a"] and not registry._loaded  # listing loads none
+        first = registry.engine("run-a")
+        assert registry.engine("run-a") is first  # cached
+        registry.engine("extra")  # two models do not fit: run-a, the least recently used, goes
+        assert list(registry._loaded) == ["extra"] and not first._thread.is_alive()
+        again = registry.engine("run-a")
+        assert again is not first and list(registry._loaded) == ["run-a"]
+        request = again.submit([0, 1, 2], SamplingSettings(max_tokens=3, temperature=0))
+        events = [request.events.get(timeout=30)]
+        while events[-1].token is not None:
+            events.append(request.events.get(timeout=30))
+        assert events[-1].finish_reason in ("length", "stop") and len(events) <= 4  # the reloaded model serves
+    finally:
+        registry.close()
