@@ -25,6 +25,12 @@ compared figure is hypervolume per token, so the machine's load does not enter i
 
     python benchmarks/search_quality.py [--seeds 5] [--seed-start 0] [--token-budget 400ktok] [--max-budget 27ktok]
     python benchmarks/search_quality.py --trials 16 --strategies nsga2,evolution,random   # the old equal-trials form
+
+``--continue NAME`` finishes a run that ``--time-limit-min`` (or a kill) cut short: it takes the searches that
+``results/NAME.json`` holds, refuses if any setting that changes a search differs, and runs only the (strategy, seed)
+pairs of the planned seeds that are missing, so the planned seed list, fixed before any result was seen, is what the
+table reports. Each rung strategy's paired difference from ``random`` on the same seeds (mean and 95 % t-interval)
+is reported beside the unpaired intervals.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import shlex
 import statistics
 import subprocess
@@ -41,8 +48,9 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from _common import REPO, report, thread_env
+from _common import REPO, RESULTS, report, thread_env
 from scipy.stats import t as student_t
 
 from nas.counting import size_bytes
@@ -126,6 +134,34 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean, float(student_t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
 
 
+# the settings that change what a search does: a continued run must match the one it continues on all of them
+SEARCH_SETTINGS = (
+    "token_budget", "trials", "max_budget", "rungs", "eta", "inherit", "rung_flags", "strategies", "space", "corpus",
+    "workers",
+)  # fmt: skip
+SeedTable = dict[str, dict[int, Any]]  # strategy -> seed -> value
+
+
+def load_finished(name: str, args: argparse.Namespace) -> dict[str, SeedTable]:
+    """The searches an earlier run of the same settings finished (``--continue``), by table name."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"--continue {name}: no {path}")
+    old = json.loads(path.read_text())
+    differ = [k for k in SEARCH_SETTINGS if old["args"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--continue {name}: its searches ran with other settings ({', '.join(differ)})")
+    tables = ("hypervolumes", "search_s", "tokens_trained", "full_trainings", "full_budget_points")
+    return {t: {s: {int(k): v for k, v in by_seed.items()} for s, by_seed in old[t].items()} for t in tables}
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float], seeds: list[int]) -> dict[str, Any]:
+    """Mean of a - b over the same seeds, its 95 % t-interval and how many seeds a won."""
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, half = t_interval(diffs)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "wins": f"{sum(d > 0 for d in diffs)}/{len(diffs)}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
@@ -149,6 +185,7 @@ def main() -> None:
     ap.add_argument("--space", default="tiny")
     ap.add_argument("--corpus", default="stdlib")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--continue", dest="continue_from", default="", help="results/<name>.json to finish (see above)")
     args = ap.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = set(strategies) - set(STRATEGIES)
@@ -161,13 +198,26 @@ def main() -> None:
     tokens: dict[str, dict[int, int]] = {s: {} for s in strategies}
     n_full: dict[str, dict[int, int]] = {s: {} for s in strategies}
     points: dict[str, dict[int, list[tuple[float, float]]]] = {s: {} for s in strategies}  # (bpb, int8 bytes)
+    if args.continue_from:
+        done = load_finished(args.continue_from, args)
+        for table, into in (
+            ("hypervolumes", hvs),
+            ("search_s", secs),
+            ("tokens_trained", tokens),
+            ("full_trainings", n_full),
+            ("full_budget_points", points),
+        ):
+            for strategy in strategies:
+                into[strategy].update({k: v for k, v in done[table].get(strategy, {}).items() if k in seeds})
     work = [
         (strategy, seed)
         for i, seed in enumerate(seeds)
         for strategy in strategies[i % len(strategies) :] + strategies[: i % len(strategies)]  # rotated per seed
+        if seed not in hvs[strategy]
     ]
 
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
 
     def one(job: tuple[str, int]) -> None:
         strategy, seed = job
@@ -210,6 +260,15 @@ def main() -> None:
         if "random" in hvs and strategy != "random":
             row["wins_vs_random"] = f"{sum(hvs[strategy][s] > hvs['random'][s] for s in seeds)}/{len(seeds)}"
         rows.append(row)
+    paired = {
+        f"paired_difference_{strategy.replace('-', '_')}_minus_random": paired_difference(
+            hvs[strategy], hvs["random"], seeds
+        )
+        for strategy in strategies
+        if strategy.startswith("rungs-") and "random" in hvs
+    }
+    for name, diff in paired.items():
+        print(f"{name}: {diff['mean']:+.4f} [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}], wins {diff['wins']}")
     stop = f"{args.token_budget} per search" if args.token_budget else f"{args.trials} trials"
     report(
         args.name,
@@ -227,6 +286,9 @@ def main() -> None:
             "search_s": secs,
             "reference_bytes": ref_bytes,
             "args": vars(args),
+            "command": "python " + shlex.join(sys.argv),
+            "load_1min_start_end": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
+            **paired,
         },
     )
 
