@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from agent import graph as agent_graph
 from agent.cli import app
 from agent.plans import PlanContext, PlanError, check_plan, parse_plan
 from agent.state import HistoryEntry
@@ -261,12 +262,14 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
 
 
 @pytest.mark.slow
-def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path, small_corpus_dir):
-    # 80 s: the first training's cap is what is left after the harness's 60 s scoring reserve (20 s), enough to start;
-    # with the 25 s this test had, that cap was 1 s, and the run no longer starts an experiment that can only crash.
+def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path, small_corpus_dir, monkeypatch):
+    # The scoring time assumed before the first scoring is 40 s (a 60 s reserve), so a short budget leaves the first
+    # training no cap worth starting (the run no longer starts an experiment that can only crash). Here it is 10 s
+    # (a 15 s reserve): a 40 s budget gives the first training a 25 s cap, enough to start, and the run stays short.
     # The grace is the default 30 s: the search planned next gets the time left as its --budget, which its own
     # clock starts after its start-up (imports, the corpus: ~10 s at load 7), so a 10 s grace killed it at its timeout
-    budget_s, grace_s = 80, 30
+    monkeypatch.setattr(agent_graph, "FIRST_SCORING_S", 10.0)
+    budget_s, grace_s = 40, 30
     t0 = time.monotonic()
     result = runner.invoke(
         app,
