@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,36 +25,6 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.setenv("AUTONAS_CACHE", str(tmp_path_factory.mktemp("autonas-cache")))
     yield
     mp.undo()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Under pytest-xdist (two workers share this 2-core machine), a test marked ``exclusive`` runs alone: it looks
-    at the whole machine (every process of a kind, every sandbox uid, new names in /tmp) or times a cap that a
-    neighbour's load would stretch. Every other test holds a shared lock on one file for its whole protocol (set-up,
-    which may build a module's fixtures, call and tear-down), an exclusive test the exclusive lock. A turnstile
-    lock, taken by both before their main lock, keeps a waiting exclusive test from being starved by a stream of
-    shared ones. Without xdist this does nothing."""
-    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not run_id:
-        yield
-        return
-    exclusive = item.get_closest_marker("exclusive") is not None
-    lock_dir = Path(os.environ.get("TMPDIR", "/tmp"))
-    with (
-        open(lock_dir / f"pytest-{run_id}.lock", "a+") as main,
-        open(lock_dir / f"pytest-{run_id}.turnstile", "a+") as turnstile,
-    ):
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        if not exclusive:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)  # a shared holder only passes through the turnstile
-        fcntl.flock(main, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        if exclusive:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(main, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -42,7 +42,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(open(path), delimiter="\t")) if path.is_file() else []
 
 
-@pytest.mark.exclusive  # it samples /proc for short-lived workers, which a neighbour's load makes it miss
 @pytest.mark.slow
 def test_a_search_killed_with_the_agent_resumes_with_its_finished_trials(
     tmp_path: Path, small_corpus_dir: Path

@@ -76,7 +76,6 @@ def test_the_metric_judge_treats_a_capped_run_as_a_crash_with_its_reason():
     assert v.decision == "crash" and "wall-clock cap" in v.reason
 
 
-@pytest.mark.exclusive  # it times a wall-clock cap, which a neighbour's load would stretch
 def test_train_worker_stops_at_its_cap_counted_from_its_start_and_exits_1(tmp_path, small_corpus_dir):
     arch = tmp_path / "arch.json"
     arch.write_text(TINY.to_json())
@@ -262,7 +261,6 @@ def test_each_experiment_is_limited_by_the_time_left(tmp_path, tiny_run):
     assert timeout == 20 * 3 + 180 and float(cmd[cmd.index("--max-seconds") + 1]) == timeout - 60 - 20
 
 
-@pytest.mark.exclusive  # it times a wall-clock cap, which a neighbour's load would stretch
 @pytest.mark.slow
 def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path, small_corpus_dir, monkeypatch):
     # The scoring time assumed before the first scoring is 40 s (a 60 s reserve), so a short budget leaves the first
@@ -311,7 +309,6 @@ def test_a_run_whose_experiment_would_overrun_ends_by_budget_plus_grace(tmp_path
     assert wall < budget_s + grace_s + 30, wall  # the set-up (imports, the workspace) on top
 
 
-@pytest.mark.exclusive  # it times a wall-clock cap, which a neighbour's load would stretch
 def test_a_search_caps_its_token_trials_at_its_wall_clock_budget(tmp_path, small_corpus_dir):
     """What the agent gives a nas_search experiment: --budget (the time left). Trials of a token budget far beyond it
     stop at what is left of it, recorded as capped, and the search ends by its budget plus the trials' last step."""
@@ -348,7 +345,6 @@ def test_a_search_caps_its_token_trials_at_its_wall_clock_budget(tmp_path, small
     assert summary["elapsed_s"] < 20 + 30, summary["elapsed_s"]  # not the hours 50M tokens would take
 
 
-@pytest.mark.exclusive  # it times a wall-clock cap, which a neighbour's load would stretch
 def test_distill_worker_stops_at_its_cap(tmp_path, small_corpus_dir, tiny_run):
     out = tmp_path / "kd"
     done = subprocess.run(

@@ -331,7 +331,6 @@ def test_claude_code_refused_outside_write_leaves_an_empty_diff(tmp_path: Path) 
     assert not result.ok and "empty diff" in result.error
 
 
-@pytest.mark.exclusive  # it looks for every claude process on the machine
 @needs_claude
 def test_claude_code_that_hangs_is_killed_with_its_group(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)

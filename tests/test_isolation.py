@@ -249,7 +249,6 @@ def _payloads(canaries: list[str], victims: list[str], port: int, secret: str, k
     }
 
 
-@pytest.mark.exclusive  # it looks at every sandbox process and every new name in /tmp
 @needs_sandbox
 def test_hostile_programs_fail_and_leave_no_trace(tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:12]
