@@ -8,6 +8,7 @@ runtime, and each runtime is then loaded from the compress output as a user woul
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ pytest.importorskip("onnxruntime")
 ONE_THREAD = 1
 FP32 = ("torch_fp32", "onnx_fp32", "ct2_fp32")
 INT8 = ("torch_int8", "onnx_int8", "ct2_int8")
+OUR_INT8 = ("torch_int8", "onnx_int8")  # quantized by our code; CTranslate2 quantizes its own
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +96,20 @@ def test_every_runtime_decodes_the_same_greedy_tokens(compressed: tuple[Path, di
         assert all(len(t) == 24 and all(0 <= i < model.arch.vocab_size for i in t) for t in tokens)
         if name in FP32:  # the same arithmetic up to float rounding: the same greedy paths
             assert tokens == reference, name
-    # int8 weights change the arithmetic, so their greedy paths may part; their quality must not
+    # int8 weights change the arithmetic, so their greedy paths may part; our own INT8 (PyTorch's, ONNX Runtime's
+    # from our quantizer) must keep the quality
     ref_bpb = m["runtime_torch_fp32_check_bpb"]
-    for name in INT8:
+    for name in OUR_INT8:
         assert abs(m[f"runtime_{name}_check_bpb"] - ref_bpb) / ref_bpb < 0.02, name
+    # CTranslate2's int8 GEMM is the CPU's: with oneDNN (its default off Intel CPUs) on AVX2 without VNNI, u8 x s8
+    # products are summed in saturating int16 (oneDNN's "nuances of int8 computations"). On the AMD EPYC test machine
+    # this byte model's check bpb rose 5.8 % that way and 0.0 % with CT2_USE_MKL=1, while an Intel runner stays
+    # within 2 %. Whatever it costs on this CPU is measured, and past the tolerance the deployment choice leaves it out.
+    ct2_change_pct = 100 * (m["runtime_ct2_int8_check_bpb"] - ref_bpb) / ref_bpb
+    assert math.isfinite(ct2_change_pct)
+    assert m["runtime_ct2_int8_check_change_pct"] == pytest.approx(ct2_change_pct, abs=1e-3)
+    if abs(ct2_change_pct) > m["runtime_tolerance_pct"]:
+        assert m.get("deploy_cpu_runtime") != "ct2_int8"
 
 
 @pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
