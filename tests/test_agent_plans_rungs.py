@@ -133,7 +133,8 @@ def test_the_offline_planner_uses_rungs_only_where_the_lowest_rung_ranks() -> No
         c = check_plan(search, _ctx(budget)).config  # what the graph checks before running it
         if rungs:
             assert c.rungs == RUNGS and c.max_budget == c.token_budget == budget
-            assert c.strategy == "evolution" and c.inherit and c.replicates == 1 and c.population == 3
+            assert c.strategy == "random" and c.rungs == "1/9,1" and c.replicates == 1
+            assert not c.inherit and c.population is None
             assert c.max_mb == 2.0
         else:
             assert all(getattr(c, f) in (None, False) for f in SEARCH_RUNG_FIELDS), budget
