@@ -262,6 +262,13 @@ def test_humaneval_of_a_served_onnx_int8_folder_equals_scoring_the_folder_with_o
     assert direct_m["humaneval_model"] == "autonas:int8" and served_m["humaneval_model"].startswith("openai:int8@")
     assert sorted(p.name for p in folder.iterdir()) == ["arch.json", "metrics.json", "model.safetensors"]  # unwritten
 
+    auto = cli.invoke(  # auto: what the server picked, the folder's measured onnx_int8
+        autonas_app,
+        [*common, "--model", str(folder), "--runtime", "auto", "--generate-only", "--out", str(tmp_path / "a")],
+    )
+    assert auto.exit_code == 0, auto.output
+    assert _samples(tmp_path / "a") == _samples(tmp_path / "direct")
+    assert json.loads((tmp_path / "a" / "generation.json").read_text())["humaneval_runtime"] == "onnx_int8"
     plain = cli.invoke(  # no --runtime: PyTorch fp32 as before, and generation.json says so
         autonas_app, [*common, "--model", str(folder), "--generate-only", "--out", str(tmp_path / "plain")]
     )
