@@ -352,6 +352,19 @@ class CompletionsModel:
         mine = [m for m in models if m.id == spec.model and getattr(m, "owned_by", None) == SERVED_BY]
         return cls(spec, client) if mine else None
 
+    @property
+    def runtime(self) -> str | None:
+        """What the server decodes this model with (``runtime`` in its ``/v1/models`` entry), asked when read: after
+        generating, the runtime that really served (a failed ONNX start under ``auto`` falls back to PyTorch)."""
+        import openai
+
+        try:
+            models = list(self._client.models.list())
+        except openai.APIError:
+            return None
+        value = next((getattr(m, "runtime", None) for m in models if m.id == self.spec.model), None)
+        return value if isinstance(value, str) else None
+
     def complete(
         self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int
     ) -> list[str]:

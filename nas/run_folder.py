@@ -53,6 +53,7 @@ class OurModelSource:
         self.model, self.tokenizer = load_trained_model(run_dir)
         self.model.to(torch.device(device))
         self.name = f"autonas:{run_dir.name}"
+        self.runtime = "torch_fp32"  # what decodes (kernels.runtimes' name): model.generate in fp32
 
     def complete(
         self, prompt: str, n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int

@@ -1,6 +1,7 @@
 """One experiment in full, for the console's experiment page: its commit (kept) or discarded ref with the whole
-diff, the code and configuration at that commit, the plan's words, the editor's transcript, the metrics and the
-command that re-makes it.
+diff, the code and configuration at that commit (shown side by side, the files the commit changed marked and listed
+first), the model code the trained model carries (its ``code.json``), the plan's words, the editor's transcript, the
+metrics and the command that re-makes it.
 
 Git is only read (``git show``, ``git ls-tree``) through :func:`sandbox.workspace.run_git`, the project's one way
 of running git in a workspace (no hooks, no config, no keys), so a run can be inspected while it is being written.
@@ -10,12 +11,15 @@ Every text shown passes :func:`sandbox.redact.redact`: API keys never reach the 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import run_folder_layout as layout
+from harness.errors import UserError
+from harness.model_code import CODE_DIR, CodeRecord, read_code_record
 from sandbox.redact import redact, secret_values
 from serve.console_runs import EXPERIMENT_ID, Experiment, Run, UnknownRun, valid_id
 
@@ -25,12 +29,14 @@ CODE_SUFFIXES = (".py",)
 CONFIG_DIR = "configs/"
 TRANSCRIPTS = ("claude_transcript.jsonl", "gui_transcript.jsonl")
 COMMAND_JSON = "command.json"  # written by the agent beside each worker's output: how the worker was started
+CARRIED_NAME = re.compile(r"^nas/[a-z_][a-z0-9_]*\.py$")  # a carried model-code file, as code.json names them
 
 
 @dataclass(frozen=True)
 class SourceFile:
     path: str
     text: str
+    changed: bool = False  # the experiment's commit added or modified it
 
 
 @dataclass
@@ -39,8 +45,11 @@ class ExperimentDetail:
     ref: str  # the commit sha shown ("" when the experiment left no commit)
     ref_kind: str  # "commit" (kept), "discarded ref" or "none"
     diff: str
-    code: list[SourceFile]
+    code: list[SourceFile]  # changed files first, then the rest in tree order
     configs: list[SourceFile]
+    changed: list[str]  # every path the commit changed against its parent (deleted ones too)
+    carried: CodeRecord | None  # the code.json beside the trained model: which model code it was trained with
+    carried_files: list[SourceFile]  # that code's files, shown where the commit's tree holds no model code
     rationale: str
     code_change: str | None
     journal: str
@@ -64,9 +73,12 @@ def read_experiment(run: Run, exp_id: str, runs_dir: Path, api_key: str | None =
     diff, plan = "", {}
     code: list[SourceFile] = []
     configs: list[SourceFile] = []
+    changed: list[str] = []
     if ref:
         diff = _git_text(workspace, problems, "show", "--format=fuller", "--stat", "--patch", ref, limit=MAX_DIFF_BYTES)
-        code, configs = _tree_files(workspace, ref, problems)
+        names = _git_text(workspace, problems, "diff-tree", "--root", "--no-commit-id", "-r", "--name-only", ref)
+        changed = names.splitlines()
+        code, configs = _tree_files(workspace, ref, set(changed), problems)
         plan_file = next((c for c in configs if c.path == f"{CONFIG_DIR}plan.json"), None)
         if plan_file is not None:
             try:
@@ -76,14 +88,20 @@ def read_experiment(run: Run, exp_id: str, runs_dir: Path, api_key: str | None =
                 problems.append("configs/plan.json at that commit is not JSON")
     exp_folder = workspace / layout.EXPERIMENT_RUNS / exp_id
     metrics = _read_metrics(exp_folder / layout.METRICS_JSON, problems)
+    carried = _carried_code(exp_folder, problems)
+    # a configuration-only run's workspace holds no model code: the code its model was built by is the carried copy
+    carried_files = _carried_files(exp_folder, carried) if carried is not None and not code else []
     code_change = plan.get("code_change") if isinstance(plan.get("code_change"), str) else None
     return ExperimentDetail(
         row=row,
         ref=ref,
         ref_kind=kind,
         diff=redact(diff, secrets),
-        code=[SourceFile(f.path, redact(f.text, secrets)) for f in code],
-        configs=[SourceFile(f.path, redact(f.text, secrets)) for f in configs],
+        code=[SourceFile(f.path, redact(f.text, secrets), f.changed) for f in code],
+        configs=[SourceFile(f.path, redact(f.text, secrets), f.changed) for f in configs],
+        changed=changed,
+        carried=carried,
+        carried_files=[SourceFile(f.path, redact(f.text, secrets)) for f in carried_files],
         rationale=redact(str(plan.get("rationale") or row.rationale), secrets),
         code_change=redact(code_change, secrets) if code_change else None,
         journal=redact(_journal_section(workspace / layout.JOURNAL, exp_id), secrets),
@@ -122,16 +140,50 @@ def _git_text(workspace: Path, problems: list[str], *args: str, limit: int = MAX
     return text + (f"\n… cut at {limit:,} bytes\n" if len(out) > limit else "")
 
 
-def _tree_files(workspace: Path, ref: str, problems: list[str]) -> tuple[list[SourceFile], list[SourceFile]]:
-    """The model code (``.py`` files) and the configurations at ``ref``."""
+def _tree_files(
+    workspace: Path, ref: str, changed: set[str], problems: list[str]
+) -> tuple[list[SourceFile], list[SourceFile]]:
+    """The model code (``.py`` files) and the configurations at ``ref``, each list with the ``changed`` files first."""
     names = _git_text(workspace, problems, "ls-tree", "-r", "--name-only", ref).splitlines()
-    code, configs = [], []
+    code: list[SourceFile] = []
+    configs: list[SourceFile] = []
     for name in names:
-        if name.startswith(CONFIG_DIR):
-            configs.append(SourceFile(name, _git_text(workspace, problems, "show", f"{ref}:{name}")))
-        elif name.endswith(CODE_SUFFIXES):
-            code.append(SourceFile(name, _git_text(workspace, problems, "show", f"{ref}:{name}")))
-    return code, configs
+        if name.startswith(CONFIG_DIR) or name.endswith(CODE_SUFFIXES):
+            f = SourceFile(name, _git_text(workspace, problems, "show", f"{ref}:{name}"), name in changed)
+            (configs if name.startswith(CONFIG_DIR) else code).append(f)
+    return _changed_first(code), _changed_first(configs)
+
+
+def _changed_first(files: list[SourceFile]) -> list[SourceFile]:
+    return sorted(files, key=lambda f: not f.changed)  # stable: tree order within each group
+
+
+def _carried_code(exp_folder: Path, problems: list[str]) -> CodeRecord | None:
+    """The experiment's ``code.json`` (written beside a trained model), or None where it trained nothing."""
+    try:
+        return read_code_record(exp_folder)
+    except UserError as err:
+        problems.append(str(err))
+    except OSError as err:
+        problems.append(f"code.json cannot be read: {err.strerror or err}")
+    return None
+
+
+def _carried_files(exp_folder: Path, record: CodeRecord) -> list[SourceFile]:
+    """The files ``code.json`` names, read from the experiment's ``code/``: plain files only, never through a link,
+    only ``nas/<module>.py`` names (a record cannot point the page at another file)."""
+    root = exp_folder / CODE_DIR
+    out = []
+    for name in record.files:
+        path = root / name
+        if not CARRIED_NAME.match(name) or any(p.is_symlink() for p in (root, path.parent, path)):
+            continue
+        try:
+            data = path.read_bytes()[:MAX_FILE_BYTES]
+        except OSError:
+            continue
+        out.append(SourceFile(name, data.decode("utf-8", "replace")))
+    return out
 
 
 def _read_metrics(path: Path, problems: list[str]) -> dict[str, Any]:

@@ -306,6 +306,13 @@ def _contains_stop(text: str, stop: tuple[str, ...]) -> bool:
     return any(s in text for s in stop)
 
 
+def prompt_tokens(tokenizer: Tokenizer, text: str, context: int, keep: int | None = None) -> list[int]:
+    """The ids a prompt is decoded from: the document separator first, as in training, then ``text``; with ``keep``,
+    only the most recent ``min(keep, context - 1)`` of them (as the model's ``generate`` keeps the tail)."""
+    ids = [tokenizer.eos_id, *tokenizer.encode(text)]
+    return ids if keep is None else ids[-min(keep, context - 1) :]
+
+
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """``text`` up to the first stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)

@@ -23,7 +23,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from harness.errors import UserError
-from serve.engine import Engine, QueueFull, SamplingSettings, TokenEvent, retry_after_s
+from serve.engine import Engine, QueueFull, SamplingSettings, TokenEvent, prompt_tokens, retry_after_s
 from serve.engine import Request as EngineRequest
 from serve.openai_schema import (
     DEFAULT_COMPLETION_TOKENS,
@@ -130,9 +130,7 @@ def _start(
     less one. Generation itself may run past the context: the window slides as the model's ``generate`` does."""
     engine = _engine(registry, body.model)
     tok = engine.tokenizer
-    ids = [tok.eos_id, *tok.encode(prompt)]
-    if body.truncate_prompt_tokens is not None:
-        ids = ids[-min(body.truncate_prompt_tokens, engine.context - 1) :]
+    ids = prompt_tokens(tok, prompt, engine.context, body.truncate_prompt_tokens)
     if len(ids) >= engine.context:
         raise APIError(
             400,

@@ -103,6 +103,24 @@ def decoder_factory(model: CodeLM, runtime: str, work_dir: Path) -> Callable[[in
     return onnx
 
 
+def start_engine(folder: Path, options: EngineOptions, work_dir: Path, name: str) -> Engine:
+    """Load the model in ``folder`` and start its engine on the runtime :func:`plan_runtime` picks for
+    ``options.runtime``; ONNX graphs go under ``work_dir`` (the caller's scratch space, never the run folder).
+
+    The server's models and ``autonas eval humaneval --runtime`` both start engines here, so a folder scored
+    directly decodes exactly as it does when served. With ``auto`` a runtime that fails to start (an export or an
+    ONNX session) falls back to PyTorch fp32; a runtime named outright raises :class:`~harness.errors.UserError`
+    saying why (``name`` is what the message calls the model)."""
+    model, tokenizer = load_trained_model(folder)
+    runtime = plan_runtime(folder, options.runtime)
+    try:
+        return Engine(model, tokenizer, options, decoder_factory(model, runtime, work_dir))
+    except Exception as err:  # an export or a session that fails: auto falls back, a named runtime says why
+        if options.runtime != "auto" or runtime == "torch_fp32":
+            raise UserError(f"cannot serve {name} with {runtime}: {str(err).splitlines()[0][:200]}") from None
+        return Engine(model, tokenizer, options)
+
+
 class ModelRegistry:
     """Lists the servable models and hands out an :class:`Engine` per model, loading it on first use."""
 
@@ -157,21 +175,10 @@ class ModelRegistry:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id][0]
             folder = self.path_of(model_id)
-            model, tokenizer = load_trained_model(folder)
-            size = sum(p.numel() * p.element_size() for p in model.parameters())
-            runtime = plan_runtime(folder, self.options.runtime)
             if self._scratch is None:
                 self._scratch = Path(tempfile.mkdtemp(prefix="autonas-serve-"))
-            try:
-                engine = Engine(
-                    model, tokenizer, self.options, decoder_factory(model, runtime, self._scratch / model_id)
-                )
-            except Exception as err:  # an export or a session that fails: auto falls back, a named runtime says why
-                if self.options.runtime != "auto" or runtime == "torch_fp32":
-                    raise UserError(
-                        f"cannot serve {model_id} with {runtime}: {str(err).splitlines()[0][:200]}"
-                    ) from None
-                engine = Engine(model, tokenizer, self.options)
+            engine = start_engine(folder, self.options, self._scratch / model_id, model_id)
+            size = sum(p.numel() * p.element_size() for p in engine.model.parameters())
             self._loaded[model_id] = (engine, size)
             while len(self._loaded) > 1 and sum(s for _, s in self._loaded.values()) > self.max_loaded_bytes:
                 _, (old, _) = self._loaded.popitem(last=False)

@@ -1,7 +1,8 @@
-"""A synthetic run folder laid out as ``autonas run`` writes one (run.json, a git workspace with kept commits and
-discarded refs, results.tsv, journal.md, per-experiment metrics.json, an editor transcript, llm_calls.jsonl), for the
-console's tests and its render benchmark. The workspace is made through :class:`sandbox.workspace.Workspace`, the
-agent's own way, so commits and refs are where the agent puts them."""
+"""A synthetic run folder laid out as ``autonas run`` writes one (run.json, a git workspace seeded with the model code
+and holding kept commits and discarded refs, results.tsv, journal.md, per-experiment metrics.json, an editor
+transcript, the code a trained model carries, llm_calls.jsonl), for the console's tests and its render benchmark. The
+workspace is made through :class:`sandbox.workspace.Workspace`, the agent's own way, so commits and refs are where
+the agent puts them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from harness import run_folder_layout as layout
+from harness.model_code import seed_files, write_code_record
 from sandbox.workspace import Workspace
 
 
@@ -22,11 +24,16 @@ def make_run(
     secret: str | None = None,
     finished: bool = True,
     goal: str = "find the best Python code model under 2 MB",
+    code_editing: bool = True,
 ) -> Path:
-    """A run of ``n`` experiments (every third one kept), e002 with an LLM editor whose transcript shows ``secret``."""
+    """A run of ``n`` experiments (every third one kept), e002 with an LLM editor whose transcript shows ``secret``
+    and a change to ``nas/model.py``. Every experiment's model carries the code it was built by (``code.json``):
+    the workspace's where the run edits code, else the installed code, whose copy the workspace then lacks."""
     folder = runs_dir / run_id
     ws_root = folder / layout.WORKSPACE
     ws = Workspace.create(ws_root, run_id)
+    if code_editing:  # as autonas run does: the stock model code, committed before the first experiment
+        ws.seed_code(seed_files())
     (folder / layout.RUN_JSON).write_text(
         json.dumps({"run_id": run_id, "goal": goal, "runs_dir": str(runs_dir), "budget": "10m"})
     )
@@ -59,6 +66,7 @@ def make_run(
         finished_at = start + 60 * i
         os.utime(exp_dir / layout.METRICS_JSON, (finished_at, finished_at))
         section = f"## {exp}: train (planned by offline)\n\n{plan['rationale']}\n"
+        write_code_record(exp_dir, ws_root if code_editing else None)
         if i == 2:
             edit_dir = exp_dir / layout.EDIT_LOGS
             edit_dir.mkdir()

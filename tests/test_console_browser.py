@@ -1,8 +1,8 @@
 """The console in a real headless browser (the system's chromium through chromedriver), against a real
 ``autonas serve`` following a real offline ``autonas run`` as it writes its folder: the runs list, a new experiment
-appearing on the run page without a reload, an experiment's diff, STOP ending the run, and a streamed completion in
-the playground. A screenshot of each page is kept (in the test's tmp folder, and in $AUTONAS_TEST_ARTEFACTS when
-set)."""
+appearing on the run page without a reload, an experiment's diff and its code and configuration side by side, STOP
+ending the run, and a streamed completion in the playground. A screenshot of each page is kept (in the test's tmp
+folder, and in $AUTONAS_TEST_ARTEFACTS when set)."""
 
 from __future__ import annotations
 
@@ -140,12 +140,25 @@ def test_console_follows_a_live_run_stops_it_and_streams_a_completion(
         assert run.wait(300) == 0
         _shot(driver, tmp_path, "run-stopped")
 
-        # an experiment: its diff
+        # an experiment: its diff, then its code and its configuration side by side, the changed files open
         driver.find_element(By.LINK_TEXT, "e001").click()
         diff = WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.ID, "diff")))
         assert "configs/arch.json" in diff.text and "+" in diff.text
         assert driver.find_element(By.ID, "reproduce").text.strip()
         _shot(driver, tmp_path, "experiment")
+        section = driver.find_element(By.ID, "code-and-config")
+        driver.execute_script("arguments[0].scrollIntoView();", section)
+        code, config = driver.find_element(By.ID, "code-pane"), driver.find_element(By.ID, "config-pane")
+        left, right = code.rect, config.rect
+        assert left["width"] > 300 and right["width"] > 300, (left, right)
+        assert left["x"] + left["width"] <= right["x"], (left, right)  # the code on the left, the config beside it
+        assert abs(left["y"] - right["y"]) < 5, (left, right)  # on the same row, not stacked
+        arch = config.find_element(By.CSS_SELECTOR, 'details[data-path="configs/arch.json"]')
+        assert arch.get_attribute("open") is not None and "changed" in arch.text  # changed: open and marked
+        assert '"n_layers"' in arch.find_element(By.TAG_NAME, "pre").text
+        shown = [d.get_attribute("data-path") for d in code.find_elements(By.CSS_SELECTOR, "details.file")]
+        assert "nas/model.py" in shown, shown  # an offline run edits no code: the code its model carries
+        _shot(driver, tmp_path, "experiment-code-and-config")
 
         # the playground: a completion streams in, with its speed
         driver.get(f"{base}/console/playground?model=tiny")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,98 @@ def test_the_event_stream_of_a_finished_run_sends_the_page_then_ends(runs: Path)
     assert events[0].startswith("event: update") and events[-1].startswith("event: end")
     update = json.loads(events[0].split("data: ", 1)[1])
     assert update["state"] == "finished" and update["experiments"] == 7 and 'id="row-e007"' in update["html"]
+
+
+class _Panes(HTMLParser):
+    """The experiment page's two panes: for each file shown, (pane id, path, open, marked changed, its text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[tuple[str, str, bool, bool, str]] = []
+        self.pane_parent: dict[str, str] = {}  # pane id -> the class of the element that holds it
+        self._stack: list[tuple[str, dict[str, str | None]]] = []
+        self._file: dict[str, str | bool] | None = None
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("id") in ("code-pane", "config-pane") and self._stack:
+            self.pane_parent[str(a["id"])] = str(self._stack[-1][1].get("class"))
+        pane = next((str(x.get("id")) for _, x in reversed(self._stack) if x.get("id", "") in _PANES), None)
+        if tag == "details" and pane is not None:
+            changed = "changed" in str(a.get("class")).split()
+            self._file = {"pane": pane, "path": str(a.get("data-path")), "open": "open" in a, "changed": changed}
+        if tag == "span" and self._file is not None and a.get("class") == "badge changed":
+            self._file["badge"] = True
+        if tag == "pre" and self._file is not None:
+            self._text = []
+        self._stack.append((tag, a))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack and self._stack.pop()[0] != tag:
+            pass
+        if tag == "pre" and self._file is not None and self._text is not None:
+            f = self._file
+            marked = bool(f["changed"]) and bool(f.get("badge"))
+            self.files.append((str(f["pane"]), str(f["path"]), bool(f["open"]), marked, "".join(self._text)))
+            self._file, self._text = None, None
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+
+_PANES = ("code-pane", "config-pane")
+
+
+def test_the_experiment_page_shows_its_code_and_config_side_by_side(runs: Path) -> None:
+    """e002 changed nas/model.py and its configs: the code pane and the configuration pane sit in one side-by-side
+    row, each file's text is the file at the experiment's ref, and exactly the changed files are open and marked."""
+    from sandbox.workspace import run_git
+
+    ws = runs / "r1" / layout.WORKSPACE
+    ref = f"{layout.DISCARDED_REF_PREFIX}e002"
+    page = _client(runs).get("/console/runs/r1/experiments/e002")
+    assert page.status_code == 200
+    panes = _Panes()
+    panes.feed(page.text)
+    assert panes.pane_parent == {"code-pane": "side-by-side", "config-pane": "side-by-side"}
+    shown = {(pane, path): (opened, marked, text) for pane, path, opened, marked, text in panes.files}
+    tree = run_git(ws, "ls-tree", "-r", "--name-only", ref).decode().split()
+    changed = set(run_git(ws, "diff-tree", "--no-commit-id", "-r", "--name-only", ref).decode().split())
+    assert changed == {"nas/model.py", "configs/plan.json", "configs/train.json"}
+    want = {
+        ("config-pane" if p.startswith("configs/") else "code-pane", p) for p in tree if p.endswith((".py", ".json"))
+    }
+    assert set(shown) == want and ("code-pane", "nas/space.py") in want
+    for (_, path), (opened, marked, text) in shown.items():
+        assert text == run_git(ws, "show", f"{ref}:{path}").decode(), path  # the file as that commit has it
+        assert opened == marked == (path in changed), path
+    assert "def gated_mlp(x):" in shown[("code-pane", "nas/model.py")][2]
+    plan = json.loads(shown[("config-pane", "configs/plan.json")][2])
+    assert plan["experiment"] == "e002" and plan["code_change"] == "use a gated MLP in nas/model.py"
+    assert json.loads(shown[("config-pane", "configs/train.json")][2]) == {"d_model": 66}
+    order = [path for pane, path, *_ in panes.files if pane == "code-pane"]
+    assert order[0] == "nas/model.py"  # the changed file first
+    record = json.loads((ws / layout.EXPERIMENT_RUNS / "e002" / "code.json").read_text())
+    assert f"hash <code>{record['hash'][:16]}</code>" in page.text  # the code the trained model carries
+
+
+def test_a_configuration_only_experiment_shows_the_code_its_model_carries(tmp_path: Path) -> None:
+    """No model code in the workspace (a run without code editing): the code pane shows the files the trained model
+    carries (its code/ folder, named by code.json), folded, beside the configuration."""
+    from harness.model_code import seed_files
+
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    make_run(runs_dir, "plain", 1, code_editing=False)
+    page = _client(runs_dir).get("/console/runs/plain/experiments/e001")
+    assert page.status_code == 200 and "configuration-only run" in page.text
+    panes = _Panes()
+    panes.feed(page.text)
+    assert panes.pane_parent == {"code-pane": "side-by-side", "config-pane": "side-by-side"}
+    code = {path: (opened, text) for pane, path, opened, _, text in panes.files if pane == "code-pane"}
+    installed = {name: data.decode() for name, data in seed_files().items()}
+    assert code == {name: (False, text) for name, text in installed.items()}
+    configs = {path for pane, path, *_ in panes.files if pane == "config-pane"}
+    assert configs == {"configs/plan.json", "configs/train.json"}

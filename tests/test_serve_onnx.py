@@ -228,3 +228,88 @@ def test_every_slot_decodes_in_a_step_or_the_onnx_step_refuses(model: CodeLM, gr
     with pytest.raises(ValueError, match="every live slot"):
         decoder.step([1], [6], [2])
     assert math.isfinite(float(decoder.step([1, 0], [6, 7], [2, 3]).sum()))
+
+
+def _samples(out: Path) -> list[tuple[str, str]]:
+    rows = map(json.loads, (out / "samples.jsonl").read_text().splitlines())
+    return [(r["task_id"], r["completion"]) for r in rows]
+
+
+def test_humaneval_of_a_served_onnx_int8_folder_equals_scoring_the_folder_with_onnx_int8(tmp_path: Path) -> None:
+    """`--model openai:NAME --base-url` against `autonas serve` and `--model FOLDER --runtime onnx-int8` in process:
+    the same samples, the same pass@1, and both say the int8 graph decoded them; the default stays PyTorch fp32."""
+    from tests.test_serve import Server
+
+    folder = _folder(tmp_path, "int8", "onnx_int8")
+    cli = CliRunner()
+    common = ["eval", "humaneval", "--limit", "4", "--max-new-tokens", "40", "--workers", "2"]
+    with Server(ServeSettings(runs_dir=None, models={"int8": folder})) as s:
+        served = cli.invoke(
+            autonas_app, [*common, "--model", "openai:int8", "--base-url", s.url, "--out", str(tmp_path / "served")]
+        )
+        assert served.exit_code == 0, served.output
+    direct = cli.invoke(
+        autonas_app, [*common, "--model", str(folder), "--runtime", "onnx-int8", "--out", str(tmp_path / "direct")]
+    )
+    assert direct.exit_code == 0, direct.output
+    assert _samples(tmp_path / "served") == _samples(tmp_path / "direct")
+    assert len(_samples(tmp_path / "direct")) == 4 and any(text for _, text in _samples(tmp_path / "direct"))
+    served_m = json.loads((tmp_path / "served" / "metrics.json").read_text())
+    direct_m = json.loads((tmp_path / "direct" / "metrics.json").read_text())
+    for key in ("humaneval_pass_at_1", "humaneval_passed", "humaneval_samples", "humaneval_problems"):
+        assert served_m[key] == direct_m[key]
+    assert served_m["humaneval_runtime"] == direct_m["humaneval_runtime"] == "onnx_int8"
+    assert direct_m["humaneval_model"] == "autonas:int8" and served_m["humaneval_model"].startswith("openai:int8@")
+    assert sorted(p.name for p in folder.iterdir()) == ["arch.json", "metrics.json", "model.safetensors"]  # unwritten
+
+    auto = cli.invoke(  # auto: what the server picked, the folder's measured onnx_int8
+        autonas_app,
+        [*common, "--model", str(folder), "--runtime", "auto", "--generate-only", "--out", str(tmp_path / "a")],
+    )
+    assert auto.exit_code == 0, auto.output
+    assert _samples(tmp_path / "a") == _samples(tmp_path / "direct")
+    assert json.loads((tmp_path / "a" / "generation.json").read_text())["humaneval_runtime"] == "onnx_int8"
+    plain = cli.invoke(  # no --runtime: PyTorch fp32 as before, and generation.json says so
+        autonas_app, [*common, "--model", str(folder), "--generate-only", "--out", str(tmp_path / "plain")]
+    )
+    assert plain.exit_code == 0, plain.output
+    assert json.loads((tmp_path / "plain" / "generation.json").read_text())["humaneval_runtime"] == "torch_fp32"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--runtime", "fast"], "--runtime 'fast': use one of auto, torch, onnx, onnx-int8"),
+        (["--runtime", "onnx-int8", "--model", "openai:int8", "--base-url", "http://127.0.0.1:9/v1"], "run folder"),
+        (["--runtime", "auto", "--device", "cuda"], "decodes on the CPU"),
+    ],
+)
+def test_runtime_options_are_checked_before_anything_runs(tmp_path: Path, args: list[str], said: str) -> None:
+    folder = _folder(tmp_path, "m", "onnx_int8")
+    model = [] if "--model" in args else ["--model", str(folder)]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(autonas_app, ["eval", "humaneval", *model, *args, "--limit", "1", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert said in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["arch.json", "metrics.json", "model.safetensors"]
+
+
+def test_the_distill_worker_alone_scores_folders_with_torch_only(tmp_path: Path) -> None:
+    """`python -m distill` has no server engine (distill may not import serve): another runtime is one line, exit 2."""
+    import subprocess
+    import sys
+
+    folder = _folder(tmp_path, "m", "onnx_int8")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "distill", "eval", "humaneval", "--model", str(folder), "--runtime", "onnx-int8"]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    said = (done.stdout + done.stderr).strip()
+    assert "torch only" in said and len(said.splitlines()) == 1
+    assert not out.exists()
