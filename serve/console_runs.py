@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness import run_folder_layout as layout
+from sandbox.safe_files import UnsafeFile, read_json_object
 from serve.ids import valid_id
 
 EXPERIMENT_ID = re.compile(r"e[0-9]{3,6}")
@@ -328,10 +329,9 @@ def _experiment(row: dict[str, str], workspace: Path, journal: dict[str, str]) -
     metrics_path = workspace / layout.EXPERIMENT_RUNS / exp_id / layout.METRICS_JSON
     metrics: dict[str, Any] = {}
     if valid_id(exp_id, EXPERIMENT_ID):
-        try:
-            loaded = json.loads(metrics_path.read_text())
-            metrics = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
+        try:  # written by edited code: never through a link, never a FIFO (it would hang every page of the run)
+            metrics = read_json_object(metrics_path) or {}
+        except (OSError, UnsafeFile):
             metrics = {}
     size = _number(row.get("size_bytes_int8"))
     tokens = metrics.get("tokens_trained")
