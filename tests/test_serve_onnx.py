@@ -351,3 +351,25 @@ def test_a_folder_carrying_other_model_code_is_refused_by_the_engine_runtimes_ne
     assert done.returncode != 0, said
     assert "other model code" in said and "--runtime torch" in said and len(said.splitlines()) == 1
     assert not (out / "samples.jsonl").exists()
+
+
+def test_a_fifo_or_a_link_as_the_folders_metrics_never_blocks_the_runtime_choice(tmp_path: Path) -> None:
+    """A model folder's metrics.json is written by the run (edited code): a FIFO there blocked ``plan_runtime``,
+    so /v1/models and ``eval humaneval --runtime auto`` hung; now it is not read (PyTorch fp32), nor is a link."""
+    import os
+    import threading
+
+    folder = _folder(tmp_path, "m", None)
+    os.mkfifo(folder / "metrics.json")
+    linked = _folder(tmp_path, "linked", None)
+    (tmp_path / "elsewhere.json").write_text(json.dumps({"deploy_cpu_runtime": "onnx_int8"}))
+    (linked / "metrics.json").symlink_to(tmp_path / "elsewhere.json")
+    got: list[str] = []
+    worker = threading.Thread(target=lambda: got.extend([plan_runtime(folder), plan_runtime(linked)]), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():
+        os.close(os.open(folder / "metrics.json", os.O_WRONLY | os.O_NONBLOCK))  # let the blocked reader end
+        worker.join(30)
+        pytest.fail("plan_runtime waited on a FIFO metrics.json")
+    assert got == ["torch_fp32", "torch_fp32"]
