@@ -3,8 +3,9 @@ diff, the code and configuration at that commit (shown side by side, the files t
 first), the model code the trained model carries (its ``code.json``), the plan's words, the editor's transcript, the
 metrics and the command that re-makes it.
 
-Git is only read (``git show``, ``git ls-tree``) through :func:`sandbox.workspace.run_git`, the project's one way
-of running git in a workspace (no hooks, no config, no keys), so a run can be inspected while it is being written.
+Git is only read (``git show``, ``git ls-tree``) through :func:`sandbox.workspace.run_git_head`, the project's
+way of running git in a workspace (no hooks, no config, no keys) holding no more of its output than is shown, so a
+run can be inspected while it is being written.
 Every text shown passes :func:`sandbox.redact.redact`: API keys never reach the page, nor a tail of one.
 
 The experiment's folder and the workspace files beside git (metrics, code record, carried code, transcripts, journal)
@@ -159,14 +160,14 @@ def _git_text(workspace: Path, problems: list[str], *args: str, limit: int = MAX
         return ""
     try:
         # GitPython refuses to import where git is not installed: `autonas` (and the server) start without it
-        from sandbox.workspace import run_git
+        from sandbox.workspace import run_git_head
 
-        out = run_git(workspace, *args, check=False)
+        out, cut = run_git_head(workspace, *args, limit=limit)  # never more than limit bytes held, whatever git says
     except (OSError, RuntimeError, ImportError) as err:  # ImportError: GitPython finds no git installed
         problems.append(f"git {args[0]} failed: {str(err).splitlines()[0] if str(err) else err}")
         return ""
-    text = out[:limit].decode("utf-8", "replace")
-    return text + (f"\n… cut at {limit:,} bytes\n" if len(out) > limit else "")
+    text = out.decode("utf-8", "replace")
+    return text + (f"\n… cut at {limit:,} bytes\n" if cut else "")
 
 
 def _tree_files(

@@ -206,3 +206,28 @@ def runs_dir_r1(tmp_path: Path) -> Path:
     runs_dir.mkdir()
     make_run(runs_dir, "r", 1)
     return runs_dir
+
+
+def test_a_huge_committed_file_is_never_held_whole(runs_dir_r1: Path) -> None:
+    """A kept commit that adds a 40 MB module: the page reads at most its caps of git's output (the diff and the
+    listing), not the whole patch (before, git's 40 MB of output was read into memory, then cut)."""
+    import tracemalloc
+
+    from sandbox.workspace import Workspace
+    from serve.console_experiment import read_experiment
+    from serve.console_runs import read_run
+
+    ws = runs_dir_r1 / "r" / layout.WORKSPACE
+    (ws / "nas" / "huge.py").write_text("# " + "z" * 40_000_000 + "\n")
+    sha = Workspace.open(ws, "r").commit_experiment("a huge module", "why", {})
+    _set_commit(ws, "e001", sha[:10])
+    run = read_run(runs_dir_r1, "r")
+    tracemalloc.start()
+    try:
+        detail = read_experiment(run, "e001", runs_dir_r1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert detail.ref == sha and detail.diff.endswith(f"… cut at {MAX_DIFF_BYTES:,} bytes\n")
+    assert next(f for f in detail.code if f.path == "nas/huge.py").note.startswith("40000003 bytes: too large")
+    assert peak < 10 * MAX_DIFF_BYTES  # a few copies of the shown 2 MB at most, never the 40 MB
