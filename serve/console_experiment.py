@@ -29,7 +29,7 @@ from harness.errors import UserError
 from harness.model_code import CODE_DIR, CODE_RECORD, CodeRecord, parse_code_record
 from sandbox.redact import redact, secret_values
 from sandbox.safe_files import UnsafeFile, read_regular_head
-from serve.console_runs import EXPERIMENT_ID, Experiment, Run, UnknownRun, valid_id
+from serve.console_runs import EXPERIMENT_ID, MAX_JOURNAL_BYTES, Experiment, Run, UnknownRun, valid_id
 
 MAX_DIFF_BYTES = 2_000_000  # a diff over this is cut (and says so): a page stays loadable
 MAX_FILE_BYTES = 200_000
@@ -38,7 +38,6 @@ MAX_SHOWN_FILES = 400
 MAX_JSON_BYTES = 4 * 2**20  # metrics.json, code.json, command.json
 MAX_TRANSCRIPT_BYTES = 2_000_000  # per transcript file; the rest is cut (and says so)
 MAX_LINE_CHARS = 2_000  # per transcript line
-MAX_JOURNAL_BYTES = 16 * 2**20
 SHA = re.compile(r"[0-9a-f]{1,40}")  # a commit as results.tsv names it: hex only, so never an option or a path
 CODE_SUFFIXES = (".py",)
 CONFIG_DIR = "configs/"

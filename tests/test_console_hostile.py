@@ -231,3 +231,27 @@ def test_a_huge_committed_file_is_never_held_whole(runs_dir_r1: Path) -> None:
     assert detail.ref == sha and detail.diff.endswith(f"… cut at {MAX_DIFF_BYTES:,} bytes\n")
     assert next(f for f in detail.code if f.path == "nas/huge.py").note.startswith("40000003 bytes: too large")
     assert peak < 10 * MAX_DIFF_BYTES  # a few copies of the shown 2 MB at most, never the 40 MB
+
+
+def test_a_journal_of_millions_of_short_lines_still_reads(runs_dir_r1: Path) -> None:
+    """journal.md lies in the workspace: 6 million short lines under one heading (12 MB). Each page reads the journal;
+    splitting it added line by line to a string (quadratic: 38 s for 1.6 MB, hours for this one). It runs in a child
+    process so a page that never answers is stopped, not left computing."""
+    import subprocess
+    import sys
+
+    journal = runs_dir_r1 / "r" / layout.WORKSPACE / layout.JOURNAL
+    journal.write_text("## e001: train\n" + "x\n" * 6_000_000)
+    code = (
+        "import sys; from pathlib import Path; from serve.console_experiment import read_experiment; "
+        "from serve.console_runs import read_run; runs = Path(sys.argv[1]); "
+        "d = read_experiment(read_run(runs, 'r'), 'e001', runs); print(len(d.journal), d.journal[:14])"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(runs_dir_r1)], capture_output=True, text=True, timeout=240
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a run whose journal has 6 million lines did not end in 240 s")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(MAX_FILE_BYTES), "##", "e001:", "train"]
