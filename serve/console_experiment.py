@@ -154,8 +154,12 @@ def _find_ref(workspace: Path, row: Experiment, problems: list[str]) -> tuple[st
 
 
 def _git_text(workspace: Path, problems: list[str], *args: str, limit: int = MAX_FILE_BYTES) -> str:
-    if not (workspace / ".git").exists():
+    dot_git = workspace / ".git"
+    if not dot_git.exists():
         problems.append("the workspace has no git repository: diffs cannot be shown")
+        return ""
+    if dot_git.is_symlink() or not dot_git.is_dir():  # a gitdir file or a link would point git at another repository
+        problems.append("the workspace's .git is not a folder (a link or a gitdir file): its history is not read")
         return ""
     try:
         # GitPython refuses to import where git is not installed: `autonas` (and the server) start without it

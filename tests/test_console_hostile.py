@@ -255,3 +255,30 @@ def test_a_journal_of_millions_of_short_lines_still_reads(runs_dir_r1: Path) -> 
         pytest.fail("reading a run whose journal has 6 million lines did not end in 240 s")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(MAX_FILE_BYTES), "##", "e001:", "train"]
+
+
+@pytest.mark.parametrize("how", ["gitdir-file", "link"])
+def test_a_dot_git_that_points_at_another_repository_is_not_read(runs_dir_r1: Path, tmp_path: Path, how: str) -> None:
+    """An editor that swaps the workspace's .git for a gitdir file or a link (restored only after its edit) would
+    point the page's git at another repository of the user's: its commits are never shown."""
+    import subprocess
+
+    other = tmp_path / "private"
+    other.mkdir()
+    (other / "secret.py").write_text(f"TOKEN = {OUTSIDE_SECRET!r}\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x", "GIT_COMMITTER_NAME": "u"}
+    env["GIT_COMMITTER_EMAIL"] = "u@x"
+    for args in (["init", "-q"], ["add", "secret.py"], ["commit", "-q", "-m", "private"]):
+        subprocess.run(["git", "-C", str(other), *args], check=True, env=env)
+    sha = subprocess.run(["git", "-C", str(other), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    ws = runs_dir_r1 / "r" / layout.WORKSPACE
+    (ws / ".git").rename(tmp_path / "git-was")
+    if how == "link":
+        (ws / ".git").symlink_to(other / ".git", target_is_directory=True)
+    else:
+        (ws / ".git").write_text(f"gitdir: {other / '.git'}\n")
+    _set_commit(ws, "e001", sha[:10])
+    page = _client(runs_dir_r1).get("/console/runs/r/experiments/e001")
+    assert page.status_code == 200
+    assert OUTSIDE_SECRET not in page.text and "secret.py" not in page.text
+    assert "its history is not read" in page.text
