@@ -38,6 +38,7 @@ MAX_SHOWN_FILES = 400
 MAX_JSON_BYTES = 4 * 2**20  # metrics.json, code.json, command.json
 MAX_TRANSCRIPT_BYTES = 2_000_000  # per transcript file; the rest is cut (and says so)
 MAX_LINE_CHARS = 2_000  # per transcript line
+NO_DRIVERS = ("show", "--no-textconv", "--no-ext-diff")  # git show running nothing the repository names
 SHA = re.compile(r"[0-9a-f]{1,40}")  # a commit as results.tsv names it: hex only, so never an option or a path
 CODE_SUFFIXES = (".py",)
 CONFIG_DIR = "configs/"
@@ -90,7 +91,11 @@ def read_experiment(run: Run, exp_id: str, runs_dir: Path, api_key: str | None =
     configs: list[SourceFile] = []
     changed: list[str] = []
     if ref:
-        diff = _git_text(workspace, problems, "show", "--format=fuller", "--stat", "--patch", ref, limit=MAX_DIFF_BYTES)
+        # no textconv, no external diff: a .git/config planted during an edit (restored only after it) or a driver
+        # named in .gitattributes would otherwise run a command of the editor's choosing in the server
+        diff = _git_text(
+            workspace, problems, *NO_DRIVERS, "--format=fuller", "--stat", "--patch", ref, limit=MAX_DIFF_BYTES
+        )
         names = _git_text(
             workspace,
             problems,
@@ -201,7 +206,7 @@ def _tree_files(
         elif shown + size > MAX_SHOWN_BYTES:
             text, note = "", f"not shown: the page shows {MAX_SHOWN_BYTES:,} bytes of files at most"
         else:
-            text, note = _git_text(workspace, problems, "show", f"{ref}:{name}"), ""
+            text, note = _git_text(workspace, problems, "cat-file", "blob", f"{ref}:{name}"), ""  # plumbing: no driver
             shown += size
         files.append(SourceFile(name, text, name in changed, note))
     code = [f for f in files if not f.path.startswith(CONFIG_DIR)]

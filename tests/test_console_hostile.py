@@ -282,3 +282,21 @@ def test_a_dot_git_that_points_at_another_repository_is_not_read(runs_dir_r1: Pa
     assert page.status_code == 200
     assert OUTSIDE_SECRET not in page.text and "secret.py" not in page.text
     assert "its history is not read" in page.text
+
+
+def test_a_diff_driver_planted_in_the_repository_never_runs(runs_dir_r1: Path, tmp_path: Path) -> None:
+    """While an editor runs, .git is its to change (the agent puts it back only afterwards): a textconv driver in
+    .git/config, named for every file by .git/info/attributes, ran as the console's user when the page showed the
+    diff or a file. Git shows the bytes now, running nothing the repository names."""
+    ran = tmp_path / "driver-ran"
+    ws = runs_dir_r1 / "r" / layout.WORKSPACE
+    with open(ws / ".git" / "config", "a") as fh:
+        fh.write(f'[diff "x"]\n\ttextconv = "sh -c \'touch {ran}; cat \\"$0\\"\'"\n')
+        fh.write(f"[diff]\n\texternal = \"sh -c 'touch {ran}'\"\n")
+    (ws / ".git" / "info").mkdir(exist_ok=True)
+    (ws / ".git" / "info" / "attributes").write_text("* diff=x\n")
+    page = _client(runs_dir_r1).get("/console/runs/r/experiments/e001")
+    assert page.status_code == 200
+    assert not ran.exists()
+    shown = {path: text for _, path, _, _, text in _fed(page.text).files}
+    assert shown["configs/train.json"] == (ws / "configs" / "train.json").read_text()  # the bytes, no driver
