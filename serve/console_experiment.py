@@ -3,9 +3,9 @@ diff, the code and configuration at that commit (shown side by side, the files t
 first), the model code the trained model carries (its ``code.json``), the plan's words, the editor's transcript, the
 metrics and the command that re-makes it.
 
-Git is only read (``git show``, ``git ls-tree``) through :func:`sandbox.workspace.run_git_head`, the project's
-way of running git in a workspace (no hooks, no config, no keys) holding no more of its output than is shown, so a
-run can be inspected while it is being written.
+Git is only read (``git show`` with no diff driver, ``ls-tree``, ``cat-file``) through
+:func:`sandbox.workspace.run_git_head`, the project's way of running git in a workspace (no hooks, no global config,
+no keys) holding no more of its output than is shown, so a run can be inspected while it is being written.
 Every text shown passes :func:`sandbox.redact.redact`: API keys never reach the page, nor a tail of one.
 
 The experiment's folder and the workspace files beside git (metrics, code record, carried code, transcripts, journal)
