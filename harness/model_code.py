@@ -194,16 +194,25 @@ def read_code_record(run_dir: Path) -> CodeRecord | None:
     path = Path(run_dir) / CODE_RECORD
     if not path.is_file():
         return None
+    return parse_code_record(path.read_text(), path)
+
+
+def parse_code_record(text: str, where: str | Path) -> CodeRecord:
+    """The record in ``text`` (a ``code.json``'s); :class:`UserError` naming ``where`` for anything else, a record cut
+    by a write in progress or one of the wrong shape (a run folder's files are written by untrusted code)."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
+        files, commit = raw.get("files", []), raw.get("commit")
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise TypeError("files is not a list of names")
         return CodeRecord(
             hash=str(raw["hash"]),
-            files=tuple(raw.get("files", ())),
-            commit=raw.get("commit"),
+            files=tuple(files),
+            commit=commit if isinstance(commit, str) else None,
             source=str(raw.get("source", "workspace")),
         )
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{path} is not a code record (corrupt?)") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # AttributeError: not a JSON object
+        raise UserError(f"{where} is not a code record (corrupt?)") from None
 
 
 def stamp_commit(run_dir: Path, commit: str) -> None:

@@ -48,6 +48,28 @@ def read_regular(path: str | Path, max_bytes: int) -> bytes | None:
         os.close(fd)
 
 
+def read_regular_head(path: str | Path, max_bytes: int) -> tuple[bytes, bool] | None:
+    """At most ``max_bytes`` of ``path`` if it is a regular file (None if it does not exist), and whether it was cut:
+    for a reader that shows the start of a file of any size (a page), where :func:`read_regular` refuses it whole."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:  # ELOOP: the last component is a link
+        raise UnsafeFile(f"{path} cannot be opened safely ({err.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeFile(f"{path} is not a regular file")
+        chunks, total = [], 0
+        while total <= max_bytes and (chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+        data = b"".join(chunks)
+        return data[:max_bytes], len(data) > max_bytes
+    finally:
+        os.close(fd)
+
+
 def read_json_object(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any] | None:
     """A JSON object from ``path`` (None if missing); :class:`UnsafeFile` for anything else."""
     data = read_regular(path, max_bytes)

@@ -11,6 +11,7 @@ raw commands go through :func:`run_git`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,36 @@ def run_git(root: Path, *args: str, env: Mapping[str, str] | None = None, check:
         message = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
         raise RuntimeError(f"git {' '.join(args)} failed: {message.strip()}")
     return out
+
+
+def run_git_head(root: Path, *args: str, limit: int) -> tuple[bytes, bool]:
+    """The first ``limit`` bytes of one git command's stdout (run as :func:`run_git` runs it) and whether it had
+    more; git is stopped once that much is read. For a reader that shows output of any size (a console page over a
+    commit an editor made huge) without holding all of it in memory. Git's failures are not raised: its stdout,
+    often empty, is the answer."""
+    gitexe.use_for_gitpython()
+    cmd = git.Git(root)
+    handle = cmd.execute([cmd.GIT_PYTHON_GIT_EXECUTABLE, *args], as_process=True, stdout_as_string=False)
+    proc = handle.proc
+    assert proc is not None and proc.stdout is not None and proc.stderr is not None  # as_process pipes both
+    stdout, stderr = proc.stdout, proc.stderr
+    drain = threading.Thread(target=stderr.read, daemon=True)  # a full stderr pipe must not stall git
+    drain.start()
+    try:
+        chunks, total = [], 0
+        while total <= limit and (chunk := stdout.read(min(1 << 20, limit + 1 - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+        data = b"".join(chunks)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        drain.join()
+        for pipe in (stdout, stderr, proc.stdin):
+            if pipe is not None:
+                pipe.close()
+    return data[:limit], len(data) > limit
 
 
 def _fmt(v: str | float | int) -> str:

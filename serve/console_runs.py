@@ -29,10 +29,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness import run_folder_layout as layout
+from sandbox.safe_files import UnsafeFile, read_json_object, read_regular_head
 from serve.ids import valid_id
 
 EXPERIMENT_ID = re.compile(r"e[0-9]{3,6}")
 ACTIVE_S = 300.0
+MAX_JOURNAL_BYTES = 16 * 2**20  # journal.md read at most (it grows by a few kB an experiment)
 RunStateName = Literal["running", "stopping", "finished", "crashed"]
 
 
@@ -291,19 +293,27 @@ def _read_calls(path: Path) -> list[LLMCall]:
 
 
 def _journal_sections(path: Path) -> dict[str, str]:
-    """journal.md split by its ``## eNNN: ...`` headings."""
-    if not path.is_file():
+    """journal.md split by its ``## eNNN: ...`` headings.
+
+    The journal lies in the workspace, where an editor may write: only its first :data:`MAX_JOURNAL_BYTES` are read,
+    never through a link or from a FIFO, and each section is joined once (adding line by line to a string was
+    quadratic: a 1.6 MB journal of short lines took 38 s a page)."""
+    try:
+        got = read_regular_head(path, MAX_JOURNAL_BYTES)
+    except (OSError, UnsafeFile):
         return {}
-    sections: dict[str, str] = {}
+    if got is None:
+        return {}
+    sections: dict[str, list[str]] = {}
     current = None
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+    for line in got[0].decode("utf-8", "replace").splitlines(keepends=True):
         m = re.match(r"## (e[0-9]{3,6}):", line)
         if m:
             current = m.group(1)
-            sections[current] = ""
+            sections[current] = []
         if current is not None:
-            sections[current] += line
-    return sections
+            sections[current].append(line)
+    return {exp: "".join(lines) for exp, lines in sections.items()}
 
 
 def _number(text: str | None) -> float | None:
@@ -328,10 +338,9 @@ def _experiment(row: dict[str, str], workspace: Path, journal: dict[str, str]) -
     metrics_path = workspace / layout.EXPERIMENT_RUNS / exp_id / layout.METRICS_JSON
     metrics: dict[str, Any] = {}
     if valid_id(exp_id, EXPERIMENT_ID):
-        try:
-            loaded = json.loads(metrics_path.read_text())
-            metrics = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
+        try:  # written by edited code: never through a link, never a FIFO (it would hang every page of the run)
+            metrics = read_json_object(metrics_path) or {}
+        except (OSError, UnsafeFile):
             metrics = {}
     size = _number(row.get("size_bytes_int8"))
     tokens = metrics.get("tokens_trained")

@@ -16,7 +16,6 @@ exported from the loaded model into a scratch folder the registry owns and remov
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 from harness.errors import UserError
 from nas.model import CodeLM
 from nas.run_folder import load_trained_model
+from sandbox.safe_files import UnsafeFile, read_json_object
 from serve.batched_step import SlotDecoder, TorchSlotDecoder
 from serve.engine import Engine, EngineOptions
 from serve.ids import ID_PATTERN, valid_id
@@ -67,10 +67,13 @@ def parse_model_option(text: str) -> tuple[str, Path]:
 
 
 def measured_runtime(folder: Path) -> str | None:
-    """The runtime ``autonas compress`` measured fastest for this folder (``deploy_cpu_runtime``), if any."""
+    """The runtime ``autonas compress`` measured fastest for this folder (``deploy_cpu_runtime``), if any.
+
+    The run wrote that file: it is read only as a regular file, not through a link, so a FIFO cannot hang the
+    server's model list (or a scoring) and a link cannot pick the runtime from a file elsewhere."""
     try:
-        value = json.loads((folder / "metrics.json").read_text()).get("deploy_cpu_runtime")
-    except (OSError, ValueError, AttributeError):
+        value = (read_json_object(folder / "metrics.json") or {}).get("deploy_cpu_runtime")
+    except (OSError, UnsafeFile):
         return None
     return value if isinstance(value, str) else None
 

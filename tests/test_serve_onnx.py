@@ -313,3 +313,63 @@ def test_the_distill_worker_alone_scores_folders_with_torch_only(tmp_path: Path)
     said = (done.stdout + done.stderr).strip()
     assert "torch only" in said and len(said.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("runtime", ["onnx-int8", "auto"])
+def test_a_folder_carrying_other_model_code_is_refused_by_the_engine_runtimes_never_run(
+    tmp_path: Path, runtime: str
+) -> None:
+    """The server's engine runs the installed model code only (the server refuses a folder whose carried code
+    differs): ``--runtime`` other than torch refuses it too, in one line, and never imports that code (no re-start on
+    it), while a folder's edited code may be hostile. Here its nas/model.py leaves a file behind when imported."""
+    import subprocess
+    import sys
+
+    from harness.model_code import installed_package_dir, write_code_record
+
+    marker = tmp_path / "imported"
+    edited = tmp_path / "edited"
+    (edited / "nas").mkdir(parents=True)
+    stock = (installed_package_dir() / "model.py").read_text()
+    future = "from __future__ import annotations\n"
+    assert future in stock
+    (edited / "nas" / "model.py").write_text(
+        stock.replace(future, f"{future}open({str(marker)!r}, 'w').write('ran')\n")
+    )
+    folder = _folder(tmp_path, "m", "onnx_int8")
+    write_code_record(folder, edited)  # as a run that edited nas/model.py leaves its model
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "autonas"), "eval", "humaneval", "--model", str(folder)]
+        + ["--runtime", runtime, "--limit", "1", "--max-new-tokens", "4", "--generate-only", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    said = (done.stdout + done.stderr).strip()
+    assert not marker.exists()  # the carried code was never imported (before: re-started on it, and scored)
+    assert done.returncode != 0, said
+    assert "other model code" in said and "--runtime torch" in said and len(said.splitlines()) == 1
+    assert not (out / "samples.jsonl").exists()
+
+
+def test_a_fifo_or_a_link_as_the_folders_metrics_never_blocks_the_runtime_choice(tmp_path: Path) -> None:
+    """A model folder's metrics.json is written by the run (edited code): a FIFO there blocked ``plan_runtime``,
+    so /v1/models and ``eval humaneval --runtime auto`` hung; now it is not read (PyTorch fp32), nor is a link."""
+    import os
+    import threading
+
+    folder = _folder(tmp_path, "m", None)
+    os.mkfifo(folder / "metrics.json")
+    linked = _folder(tmp_path, "linked", None)
+    (tmp_path / "elsewhere.json").write_text(json.dumps({"deploy_cpu_runtime": "onnx_int8"}))
+    (linked / "metrics.json").symlink_to(tmp_path / "elsewhere.json")
+    got: list[str] = []
+    worker = threading.Thread(target=lambda: got.extend([plan_runtime(folder), plan_runtime(linked)]), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():
+        os.close(os.open(folder / "metrics.json", os.O_WRONLY | os.O_NONBLOCK))  # let the blocked reader end
+        worker.join(30)
+        pytest.fail("plan_runtime waited on a FIFO metrics.json")
+    assert got == ["torch_fp32", "torch_fp32"]
