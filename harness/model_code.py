@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness.errors import UserError
+from sandbox.environment import WORKER, child_env
 
 EDITABLE_MODULES = ("space", "model", "train")
 MODEL_CODE_ENV = "AUTONAS_MODEL_CODE"
@@ -241,7 +242,10 @@ def reexec_with_model_code(run_dir: Path) -> None:
 
     For command-line entry points that take one trained model (``--model RUN``): a model trained from edited code is
     then evaluated, compressed or exported by its own code, without the user naming it. Returns when no restart is
-    needed; raises UserError when the folder's code is missing or differs but cannot be used."""
+    needed; raises UserError when the folder's code is missing or differs but cannot be used.
+
+    The restarted command runs the carried code as this user, unconfined (as ``trust_remote_code`` does for a
+    Hugging Face model), but with only the allow-listed worker environment: the user's keys stay behind."""
     if carried_code_mismatch(run_dir) is None:
         return
     record = read_code_record(run_dir)
@@ -257,7 +261,9 @@ def reexec_with_model_code(run_dir: Path) -> None:
             raise UserError(f"the model code in {code} does not match its code.json hash (edited after training?)")
         if model_code_root() == code:
             raise UserError(carried_code_mismatch(run_dir) or "")
-        env = {**os.environ, MODEL_CODE_ENV: str(code)}
+        # The carried code may be an agent's edit: it gets the workers' allow-listed environment (no API keys, no
+        # credentials by shape), as the agent's own workers do; no command that restarts on it needs a key.
+        env = child_env(WORKER, extra={MODEL_CODE_ENV: str(code)})
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from harness.model_code import (
     read_code_record,
     seed_files,
     stock_code_hash,
+    write_code_record,
 )
 from sandbox.workspace import Workspace
 from tests.conftest import TINY_ARCH
@@ -333,3 +335,39 @@ def test_a_carried_code_folder_that_was_changed_after_training_is_refused(
     assert (
         proc.returncode == 2 and "does not match its code.json hash" in proc.stderr and "Traceback" not in proc.stderr
     )
+
+
+def test_a_command_restarted_on_carried_code_leaves_the_users_keys_behind(
+    tmp_path: Path, small_corpus_dir: Path, tiny_run: Path
+) -> None:
+    """Carried code may be a hostile agent's edit, run when the user evaluates its model in the morning: the restarted
+    command gets the workers' allow-listed environment, so code that reads the environment at import finds no key."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    overlay = tmp_path / "edited"
+    (overlay / "nas").mkdir(parents=True)
+    seen = tmp_path / "seen.json"
+    stock_model = seed_files()["nas/model.py"].decode()
+    (overlay / "nas" / "model.py").write_text(
+        stock_model + f"\nimport json as _j, os as _o\nopen({str(seen)!r}, 'w').write(_j.dumps(dict(_o.environ)))\n"
+    )
+    record = write_code_record(run, overlay)
+    assert record.hash != stock_code_hash()
+    secrets = {
+        "OPENAI_API_KEY": "sk-leak-openai",
+        "ANTHROPIC_API_KEY": "sk-ant-leak",
+        "MY_SERVICE_CREDENTIALS": "leak-credentials",
+        "DATABASE_URL": "postgresql://u:leakpw@h/db",
+    }
+    env = {**_env(), **secrets, "OMP_NUM_THREADS": "1"}
+    args = ["-m", "nas", "evaluate", "--model", str(run), "--split", "val", "--corpus", str(small_corpus_dir)]
+    proc = subprocess.run(
+        [sys.executable, *args, "--eval-bytes", "1024"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["code_hash"] == record.hash  # scored by the carried code, which ran its import
+    environ = json.loads(seen.read_text())
+    assert environ[MODEL_CODE_ENV] == str((run / "code").absolute()) and environ["OMP_NUM_THREADS"] == "1"
+    assert "PATH" in environ
+    leaked = [name for name, value in environ.items() if name in secrets or "leak" in value]
+    assert leaked == []
