@@ -25,6 +25,7 @@ from agent.plans import MODEL_KINDS
 from agent.settings import RunSettings
 from harness.errors import UserError
 from harness.model_code import MODEL_CODE_ENV, hash_files, model_files, write_code_record
+from harness.run_folder_layout import COMMAND_JSON, WORKER_PACKAGES, is_worker_invocation
 from harness.scoring import ScoringRefused
 from sandbox.confine import ConfinementUnavailable
 from sandbox.environment import WORKER, child_env
@@ -32,7 +33,7 @@ from sandbox.runner import run_limited
 from sandbox.safe_files import UnsafeFile, read_json_object
 from sandbox.workspace import ExperimentCommit, Workspace
 
-COMMAND_FILE = "command.json"
+COMMAND_FILE = COMMAND_JSON
 MARGIN_SIGMAS = 2.0
 
 
@@ -59,6 +60,11 @@ class WorkerCommand:
             raise UserError(
                 f"{folder / COMMAND_FILE} is missing: the experiment was run by an older version, which did not "
                 "store its command"
+            )
+        if not is_worker_invocation(raw.get("python_args")):
+            raise UserError(
+                f"{folder / COMMAND_FILE} does not start one of the workers (python -m "
+                f"{'|'.join(WORKER_PACKAGES)} ... --out DIR): it was changed after the agent wrote it; not run"
             )
         try:
             return cls(

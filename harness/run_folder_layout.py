@@ -27,6 +27,11 @@ LLM_CALLS = "llm_calls.jsonl"  # every LLM call with its cost, one JSON line eac
 REPORT_MD = "report.md"
 BEST_DIR = "best"  # the kept model, copied when the run finishes
 DISCARDED_REF_PREFIX = "refs/autonas/discarded/"  # + experiment id: the commit of a discarded experiment's diff
+COMMAND_JSON = "command.json"  # in an experiment's folder: how its worker was started (``python_args``, ...)
+#: what a stored worker command may run: ``python -m <one of these> ...`` with an ``--out``. ``command.json`` lies
+#: in the workspace, which later editors can write, so whoever shows or runs a stored command checks this shape
+#: first: a command of any other shape is not one the agent started.
+WORKER_PACKAGES = ("nas", "distill", "kernels")
 
 RESULT_COLUMNS = [
     "experiment",
@@ -94,3 +99,16 @@ def read_results(path: Path) -> ResultsRead:
     if not path.is_file():
         return ResultsRead()
     return parse_results(path.read_bytes().decode("utf-8", "replace"))
+
+
+def is_worker_invocation(python_args: object) -> bool:
+    """Whether ``python_args`` (the interpreter's arguments of a stored command) start one of our workers the way
+    the agent does: ``-m <worker package> ... --out DIR``, every argument a string without NUL."""
+    return (
+        isinstance(python_args, list)
+        and all(isinstance(a, str) and "\x00" not in a for a in python_args)
+        and len(python_args) >= 3
+        and python_args[0] == "-m"
+        and python_args[1] in WORKER_PACKAGES
+        and "--out" in python_args[2:-1]
+    )

@@ -27,6 +27,7 @@ from typing import Any
 from harness import run_folder_layout as layout
 from harness.errors import UserError
 from harness.model_code import CODE_DIR, CODE_RECORD, CodeRecord, parse_code_record
+from harness.run_folder_layout import COMMAND_JSON, is_worker_invocation
 from sandbox.redact import redact, secret_values
 from sandbox.safe_files import UnsafeFile, read_regular_head
 from serve.console_runs import EXPERIMENT_ID, MAX_JOURNAL_BYTES, Experiment, Run, UnknownRun, valid_id
@@ -43,7 +44,6 @@ SHA = re.compile(r"[0-9a-f]{1,40}")  # a commit as results.tsv names it: hex onl
 CODE_SUFFIXES = (".py",)
 CONFIG_DIR = "configs/"
 TRANSCRIPTS = ("claude_transcript.jsonl", "gui_transcript.jsonl")
-COMMAND_JSON = "command.json"  # written by the agent beside each worker's output: how the worker was started
 CARRIED_NAME = re.compile(r"^nas/[a-z_][a-z0-9_]*\.py$")  # a carried model-code file, as code.json names them
 
 
@@ -339,6 +339,9 @@ def _reproduce_command(
         return f"autonas reproduce {shlex.quote(run.id)} {row.id} --runs-dir {shlex.quote(str(runs_dir))}"
     stored = _read_json(run.folder / layout.WORKSPACE, exp_folder / COMMAND_JSON, problems)
     raw = stored.get("python_args") if isinstance(stored, dict) else None
+    if raw is not None and not is_worker_invocation(raw):  # rewritten in the workspace: never offered to be run
+        problems.append(f"{COMMAND_JSON} does not start one of the workers: it was changed after the agent wrote it")
+        raw = None
     args = [str(a) for a in raw] if isinstance(raw, list) else []
     workspace = shlex.quote(str(run.folder / layout.WORKSPACE))
     target = shlex.quote(f"/tmp/{run.id}-{row.id}")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.reproduce import check_code
+from agent.reproduce import WorkerCommand, check_code
 from harness.errors import UserError
 from harness.model_code import hash_files, seed_files, stock_code_hash
 
@@ -75,3 +75,31 @@ def test_code_that_no_longer_matches_its_recorded_hash_is_refused(tmp_path: Path
     (tmp_path / "nas" / "model.py").write_bytes(files["nas/model.py"] + b"\n# changed after the run\n")
     with pytest.raises(UserError, match="does not match the recorded code hash"):
         check_code(tmp_path, hash_files(files))
+
+
+@pytest.mark.parametrize(
+    "python_args",
+    [
+        ["-c", "import os; os.system('sh')", "--out", "x"],
+        ["-m", "pip", "install", "evil", "--out", "x"],
+        ["-m", "nas", "train", "--seed", "0"],
+        ["-m", "nas", "train", "--out"],
+        ["-m", "nas", "train", "--out", "x\x00y", "--seed", "0"],
+        "-m nas train --out x",
+    ],
+)
+def test_a_stored_command_rewritten_in_the_workspace_is_refused_before_anything_runs(
+    tmp_path: Path, python_args: object
+) -> None:
+    """A later editor can write runs/<experiment>/command.json; reproduce runs only a worker the agent starts (and
+    runs one without model code unconfined), so any other shape ends in one line before a tree is exported."""
+    (tmp_path / "command.json").write_text(
+        json.dumps({"python_args": python_args, "out": "x", "timeout_s": 60, "model_code": False})
+    )
+    with pytest.raises(UserError, match="does not start one of the workers"):
+        WorkerCommand.load(tmp_path)
+    real = ["-m", "distill", "distill", "--teacher", "runs/e001", "--out", "runs/e004", "--seed", "0"]
+    (tmp_path / "command.json").write_text(
+        json.dumps({"python_args": real, "out": "runs/e004", "timeout_s": 60, "model_code": True})
+    )
+    assert WorkerCommand.load(tmp_path).python_args == real
