@@ -23,18 +23,29 @@ class UnsafeFile(ValueError):
     """The file is a link, not a regular file, too large or malformed; the message says which."""
 
 
-def read_regular(path: str | Path, max_bytes: int) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file (None if it does not exist)."""
+def _open_regular(path: str | Path) -> tuple[int, os.stat_result] | None:
+    """A read descriptor of ``path`` and its status if it is a regular file, opened without following a final link
+    and without blocking (a FIFO never hangs the reader); None if it does not exist. The caller closes it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as err:  # ELOOP: the last component is a link
         raise UnsafeFile(f"{path} cannot be opened safely ({err.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafeFile(f"{path} is not a regular file")
+    return fd, st
+
+
+def read_regular(path: str | Path, max_bytes: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (None if it does not exist)."""
+    opened = _open_regular(path)
+    if opened is None:
+        return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFile(f"{path} is not a regular file")
         if st.st_size > max_bytes:
             raise UnsafeFile(f"{path} is {st.st_size} bytes, more than the {max_bytes} allowed")
         chunks, total = [], 0
@@ -51,15 +62,11 @@ def read_regular(path: str | Path, max_bytes: int) -> bytes | None:
 def read_regular_head(path: str | Path, max_bytes: int) -> tuple[bytes, bool] | None:
     """At most ``max_bytes`` of ``path`` if it is a regular file (None if it does not exist), and whether it was cut:
     for a reader that shows the start of a file of any size (a page), where :func:`read_regular` refuses it whole."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    opened = _open_regular(path)
+    if opened is None:
         return None
-    except OSError as err:  # ELOOP: the last component is a link
-        raise UnsafeFile(f"{path} cannot be opened safely ({err.strerror})") from None
+    fd = opened[0]
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafeFile(f"{path} is not a regular file")
         chunks, total = [], 0
         while total <= max_bytes and (chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total))):
             chunks.append(chunk)
