@@ -103,7 +103,7 @@ def read_results(path: Path) -> ResultsRead:
 
 def is_worker_invocation(python_args: object) -> bool:
     """Whether ``python_args`` (the interpreter's arguments of a stored command) start one of our workers the way
-    the agent does: ``-m <worker package> ... --out DIR``, every argument a string without NUL."""
+    the agent does: ``-m <worker package> ... --out DIR`` with one ``--out``, every argument a string without NUL."""
     return (
         isinstance(python_args, list)
         and all(isinstance(a, str) and "\x00" not in a for a in python_args)
@@ -111,4 +111,6 @@ def is_worker_invocation(python_args: object) -> bool:
         and python_args[0] == "-m"
         and python_args[1] in WORKER_PACKAGES
         and "--out" in python_args[2:-1]
+        and python_args.count("--out") == 1  # the one a re-run replaces: a second (or --out=) would win over it
+        and not any(a.startswith("--out=") for a in python_args)
     )

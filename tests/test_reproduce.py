@@ -85,6 +85,8 @@ def test_code_that_no_longer_matches_its_recorded_hash_is_refused(tmp_path: Path
         ["-m", "nas", "train", "--seed", "0"],
         ["-m", "nas", "train", "--out"],
         ["-m", "nas", "train", "--out", "x\x00y", "--seed", "0"],
+        ["-m", "nas", "train", "--out", "x", "--seed", "0", "--out", "/home/user/.config"],
+        ["-m", "nas", "train", "--out", "x", "--out=/home/user/.config"],
         "-m nas train --out x",
     ],
 )
